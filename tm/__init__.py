@@ -1,0 +1,1 @@
+"""TaskManager: distributes and manages calculation jobs on Unix hosts without root."""
