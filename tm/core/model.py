@@ -1,0 +1,217 @@
+"""Jobs, hosts and users as plain data, and the rules of the job state machine.
+
+Pure: no I/O, no reactor, no clock.  Every state change of a job goes through
+:func:`check_transition`; the database applies it as a compare-and-set.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class JobState(str, enum.Enum):
+    """The states of DESIGN.md section 5."""
+
+    WAITING = "waiting"
+    PENDING = "pending"
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+    KILLED = "killed"
+    LOST = "lost"
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+    @property
+    def holds_slots(self) -> bool:
+        """Pending and running jobs occupy slots on their host."""
+        return self in (JobState.PENDING, JobState.RUNNING)
+
+
+TERMINAL_STATES = frozenset({JobState.FINISHED, JobState.FAILED, JobState.KILLED})
+ACTIVE_STATES = frozenset({JobState.WAITING, JobState.PENDING, JobState.RUNNING, JobState.LOST})
+
+#: old state -> states it may move to.  ``lost`` is left again only by a requeue
+#: (``waiting`` with attempt + 1) or by giving up (``failed``).  Admin repair
+#: commands (setallpjobsaswaiting, setallrjobsasfinished, ...) use the same edges.
+ALLOWED_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.WAITING: frozenset({JobState.PENDING, JobState.KILLED}),
+    JobState.PENDING: frozenset(
+        {
+            JobState.WAITING,
+            JobState.RUNNING,
+            JobState.FINISHED,
+            JobState.FAILED,
+            JobState.KILLED,
+            JobState.LOST,
+        }
+    ),
+    JobState.RUNNING: frozenset(
+        {JobState.WAITING, JobState.FINISHED, JobState.FAILED, JobState.KILLED, JobState.LOST}
+    ),
+    JobState.LOST: frozenset({JobState.WAITING, JobState.FAILED}),
+    JobState.FINISHED: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.KILLED: frozenset(),
+}
+
+
+class TransitionError(ValueError):
+    """A state change that the state machine does not allow."""
+
+
+def check_transition(old: JobState, new: JobState) -> None:
+    """Raise :class:`TransitionError` unless ``old -> new`` is an allowed edge."""
+    if new not in ALLOWED_TRANSITIONS[old]:
+        raise TransitionError(f"a job cannot go from {old.value} to {new.value}")
+
+
+def is_allowed(old: JobState, new: JobState) -> bool:
+    return new in ALLOWED_TRANSITIONS[old]
+
+
+def ending_state(exit_code: int | None, signal: int | None, killed: bool = False) -> JobState:
+    """The state a job ends in, from how its process ended.
+
+    ``finished`` means exit code 0; a job ended by our own kill is ``killed``;
+    every other ending (non-zero exit, a signal we did not send) is ``failed``.
+    """
+    if killed:
+        return JobState.KILLED
+    if signal is None and exit_code == 0:
+        return JobState.FINISHED
+    return JobState.FAILED
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One compare-and-set state change of one job attempt.
+
+    Applied only if the job is still in ``old`` with ``attempt``.  ``new_attempt``
+    is set when a requeue starts the next attempt.  The other fields are written
+    with the change when not None.
+    """
+
+    job_id: int
+    attempt: int
+    old: JobState
+    new: JobState
+    reason: str = ""
+    host: str | None = None
+    pid: int | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    new_attempt: int | None = None
+    clear_host: bool = False
+
+    def __post_init__(self) -> None:
+        check_transition(self.old, self.new)
+
+
+MIN_PRIORITY = 0
+MAX_PRIORITY = 127
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What a user asks to run: everything a submission carries for one job.
+
+    ``cwd``, ``umask`` and ``env`` are the submission's, shared by a whole chunk
+    on the wire but stored per job.
+    """
+
+    uuid: str
+    command: str
+    shell: str = "/bin/sh"
+    slots: int = 1
+    priority: int = 0
+    group: str = ""
+    info: str = ""
+    stdout: str = ""
+    stderr: str = ""
+    logfile: str = ""
+    excluded_hosts: tuple[str, ...] = ()
+    estimated_time: float | None = None
+    estimated_memory: float | None = None
+
+
+@dataclass(frozen=True)
+class JobEnvironment:
+    """Where and how a submission's jobs run: its directory, umask and environment."""
+
+    cwd: str
+    umask: int = 0o022
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Job:
+    """A job as the dispatcher and the database know it."""
+
+    id: int
+    uuid: str
+    user: str
+    spec: JobSpec
+    state: JobState
+    attempt: int
+    submitted_at: float
+    host: str | None = None
+    pid: int | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    reason: str = ""
+    started_at: float | None = None
+    ended_at: float | None = None
+    state_since: float | None = None
+    suspended: bool = False
+    cwd: str = ""
+    umask: int = 0o022
+    env_id: int | None = None
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One row of a job's history: a transition with its timestamp."""
+
+    at: float
+    state: JobState
+    attempt: int
+    host: str | None = None
+    reason: str = ""
+
+
+@dataclass
+class Host:
+    """A cluster host as configured (etc/cluster.tab) plus its persisted switches."""
+
+    name: str  # full_name: the host's identity
+    short_name: str = ""
+    number_slots: int = 1
+    max_slots: int = 1  # max_number_occupied_slots
+    additional_info: str = ""
+    active: bool = True
+    retired: bool = False
+    load_check: bool = False
+    ssh_target: str = ""  # what ssh connects to; "" for the local host (spawned directly)
+    tmmenial_command: str = ""  # command that starts tmmenial there; "" for the default
+
+    @property
+    def display_name(self) -> str:
+        return self.short_name or self.name
+
+
+@dataclass
+class User:
+    name: str
+    roles: frozenset[str] = frozenset({"user"})
+    enabled: bool = True
+
+    @property
+    def is_admin(self) -> bool:
+        return "admin" in self.roles

@@ -1,0 +1,305 @@
+"""Typed records on the wire: the AMP field lists and their conversion to and from model objects.
+
+Every record that crosses a link is converted here and nowhere else.  Lists
+travel as :class:`amp.AmpList` values, which must stay below
+``MAX_VALUE_BYTES``; :func:`fit_to_value` trims a page so that it does.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from twisted.protocols import amp
+
+from tm.core.model import HistoryEntry, Host, Job, JobEnvironment, JobSpec, JobState
+
+#: AMP refuses values of 65 535 bytes or more; keep headroom for the encoding.
+MAX_VALUE_BYTES = 60_000
+#: Command texts longer than this are refused at submission (one job must fit a value).
+MAX_COMMAND_BYTES = 16_000
+#: Listings carry at most this much of a command.
+LISTING_COMMAND_CHARS = 120
+
+T = TypeVar("T")
+
+
+class JSON(amp.Argument):
+    """A JSON document (object, list, ...) as one AMP value."""
+
+    def toString(self, inObject: Any) -> bytes:  # noqa: N802 - AMP's API
+        return json.dumps(inObject, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+    def fromString(self, inString: bytes) -> Any:  # noqa: N802 - AMP's API
+        return json.loads(inString.decode("utf-8"))
+
+
+JOB_SPEC_FIELDS: list[tuple[bytes, amp.Argument]] = [
+    (b"uuid", amp.Unicode()),
+    (b"command", amp.Unicode()),
+    (b"shell", amp.Unicode()),
+    (b"slots", amp.Integer()),
+    (b"priority", amp.Integer()),
+    (b"group", amp.Unicode()),
+    (b"info", amp.Unicode()),
+    (b"stdout", amp.Unicode()),
+    (b"stderr", amp.Unicode()),
+    (b"logfile", amp.Unicode()),
+    (b"excluded_hosts", amp.ListOf(amp.Unicode())),
+    (b"estimated_time", amp.Float(optional=True)),
+    (b"estimated_memory", amp.Float(optional=True)),
+]
+
+JOB_SUMMARY_FIELDS: list[tuple[bytes, amp.Argument]] = [
+    (b"id", amp.Integer()),
+    (b"user", amp.Unicode()),
+    (b"state", amp.Unicode()),
+    (b"attempt", amp.Integer()),
+    (b"slots", amp.Integer()),
+    (b"priority", amp.Integer()),
+    (b"host", amp.Unicode()),
+    (b"group", amp.Unicode()),
+    (b"info", amp.Unicode()),
+    (b"command", amp.Unicode()),
+    (b"submitted_at", amp.Float()),
+    (b"state_since", amp.Float()),
+    (b"exit_code", amp.Integer(optional=True)),
+    (b"signal", amp.Integer(optional=True)),
+    (b"reason", amp.Unicode()),
+    (b"suspended", amp.Boolean()),
+]
+
+JOB_DETAIL_FIELDS: list[tuple[bytes, amp.Argument]] = JOB_SUMMARY_FIELDS + [
+    (b"uuid", amp.Unicode()),
+    (b"shell", amp.Unicode()),
+    (b"cwd", amp.Unicode()),
+    (b"stdout", amp.Unicode()),
+    (b"stderr", amp.Unicode()),
+    (b"logfile", amp.Unicode()),
+    (b"excluded_hosts", amp.ListOf(amp.Unicode())),
+    (b"estimated_time", amp.Float(optional=True)),
+    (b"estimated_memory", amp.Float(optional=True)),
+    (b"pid", amp.Integer(optional=True)),
+    (b"started_at", amp.Float(optional=True)),
+    (b"ended_at", amp.Float(optional=True)),
+]
+
+HISTORY_FIELDS: list[tuple[bytes, amp.Argument]] = [
+    (b"at", amp.Float()),
+    (b"state", amp.Unicode()),
+    (b"attempt", amp.Integer()),
+    (b"host", amp.Unicode()),
+    (b"reason", amp.Unicode()),
+]
+
+HOST_FIELDS: list[tuple[bytes, amp.Argument]] = [
+    (b"name", amp.Unicode()),
+    (b"short_name", amp.Unicode()),
+    (b"number_slots", amp.Integer()),
+    (b"max_slots", amp.Integer()),
+    (b"occupied_slots", amp.Integer()),
+    (b"active", amp.Boolean()),
+    (b"retired", amp.Boolean()),
+    (b"load_check", amp.Boolean()),
+    (b"load", amp.Float(optional=True)),
+    (b"executors", amp.Integer()),
+    (b"additional_info", amp.Unicode()),
+]
+
+USER_FIELDS: list[tuple[bytes, amp.Argument]] = [
+    (b"name", amp.Unicode()),
+    (b"roles", amp.ListOf(amp.Unicode())),
+    (b"enabled", amp.Boolean()),
+    (b"tms_connected", amp.Boolean()),
+    (b"executors", amp.ListOf(amp.Unicode())),
+    (b"waiting", amp.Integer()),
+    (b"pending", amp.Integer()),
+    (b"running", amp.Integer()),
+    (b"usage", amp.Float()),
+]
+
+STATE_COUNT_FIELDS: list[tuple[bytes, amp.Argument]] = [
+    (b"state", amp.Unicode()),
+    (b"count", amp.Integer()),
+]
+
+#: The start order a TMMS receives: the job, its attempt, and where and how to run it.
+RUN_JOB_ARGUMENTS: list[tuple[bytes, amp.Argument]] = [
+    (b"job_id", amp.Integer()),
+    (b"attempt", amp.Integer()),
+    (b"command", amp.Unicode()),
+    (b"shell", amp.Unicode()),
+    (b"cwd", amp.Unicode()),
+    (b"umask", amp.Integer()),
+    (b"env", JSON()),
+    (b"stdout", amp.Unicode()),
+    (b"stderr", amp.Unicode()),
+    (b"logfile", amp.Unicode()),
+    (b"slots", amp.Integer()),
+]
+
+
+def spec_to_amp(spec: JobSpec) -> dict[str, Any]:
+    return {
+        "uuid": spec.uuid,
+        "command": spec.command,
+        "shell": spec.shell,
+        "slots": spec.slots,
+        "priority": spec.priority,
+        "group": spec.group,
+        "info": spec.info,
+        "stdout": spec.stdout,
+        "stderr": spec.stderr,
+        "logfile": spec.logfile,
+        "excluded_hosts": list(spec.excluded_hosts),
+        "estimated_time": spec.estimated_time,
+        "estimated_memory": spec.estimated_memory,
+    }
+
+
+def spec_from_amp(d: dict[str, Any]) -> JobSpec:
+    return JobSpec(
+        uuid=d["uuid"],
+        command=d["command"],
+        shell=d["shell"],
+        slots=d["slots"],
+        priority=d["priority"],
+        group=d["group"],
+        info=d["info"],
+        stdout=d["stdout"],
+        stderr=d["stderr"],
+        logfile=d["logfile"],
+        excluded_hosts=tuple(d["excluded_hosts"]),
+        estimated_time=d.get("estimated_time"),
+        estimated_memory=d.get("estimated_memory"),
+    )
+
+
+def environment_to_amp(environment: JobEnvironment) -> dict[str, Any]:
+    return {"cwd": environment.cwd, "umask": environment.umask, "env": dict(environment.env)}
+
+
+def environment_from_amp(d: dict[str, Any]) -> JobEnvironment:
+    env = d["env"]
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+    ):
+        raise ValueError("the environment must map names to strings")
+    return JobEnvironment(cwd=d["cwd"], umask=d["umask"], env=env)
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def job_summary_to_amp(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "user": job.user,
+        "state": job.state.value,
+        "attempt": job.attempt,
+        "slots": job.spec.slots,
+        "priority": job.spec.priority,
+        "host": job.host or "",
+        "group": job.spec.group,
+        "info": _shorten(job.spec.info, LISTING_COMMAND_CHARS),
+        "command": _shorten(job.spec.command, LISTING_COMMAND_CHARS),
+        "submitted_at": job.submitted_at,
+        "state_since": job.state_since if job.state_since is not None else job.submitted_at,
+        "exit_code": job.exit_code,
+        "signal": job.signal,
+        "reason": _shorten(job.reason, 200),
+        "suspended": job.suspended,
+    }
+
+
+def job_detail_to_amp(job: Job) -> dict[str, Any]:
+    d = job_summary_to_amp(job)
+    d.update(
+        {
+            "info": job.spec.info,
+            "command": job.spec.command,
+            "reason": job.reason,
+            "uuid": job.uuid,
+            "shell": job.spec.shell,
+            "cwd": job.cwd,
+            "stdout": job.spec.stdout,
+            "stderr": job.spec.stderr,
+            "logfile": job.spec.logfile,
+            "excluded_hosts": list(job.spec.excluded_hosts),
+            "estimated_time": job.spec.estimated_time,
+            "estimated_memory": job.spec.estimated_memory,
+            "pid": job.pid,
+            "started_at": job.started_at,
+            "ended_at": job.ended_at,
+        }
+    )
+    return d
+
+
+def history_to_amp(entry: HistoryEntry) -> dict[str, Any]:
+    return {
+        "at": entry.at,
+        "state": entry.state.value,
+        "attempt": entry.attempt,
+        "host": entry.host or "",
+        "reason": entry.reason,
+    }
+
+
+def history_from_amp(d: dict[str, Any]) -> HistoryEntry:
+    return HistoryEntry(
+        at=d["at"],
+        state=JobState(d["state"]),
+        attempt=d["attempt"],
+        host=d["host"] or None,
+        reason=d["reason"],
+    )
+
+
+def host_to_amp(
+    host: Host, occupied_slots: int, load: float | None, executors: int
+) -> dict[str, Any]:
+    return {
+        "name": host.name,
+        "short_name": host.short_name,
+        "number_slots": host.number_slots,
+        "max_slots": host.max_slots,
+        "occupied_slots": occupied_slots,
+        "active": host.active,
+        "retired": host.retired,
+        "load_check": host.load_check,
+        "load": load,
+        "executors": executors,
+        "additional_info": host.additional_info,
+    }
+
+
+def encoded_size(fields: Sequence[tuple[bytes, amp.Argument]], rows: Iterable[dict]) -> int:
+    """The size in bytes of ``rows`` encoded as one :class:`amp.AmpList` value."""
+    return len(amp.AmpList(list(fields)).toStringProto(list(rows), None))
+
+
+def fit_to_value(
+    fields: Sequence[tuple[bytes, amp.Argument]],
+    rows: Sequence[T],
+    to_amp: Callable[[T], dict],
+    limit: int = MAX_VALUE_BYTES,
+) -> tuple[list[dict], int]:
+    """Encode as many leading ``rows`` as fit in one AMP value.
+
+    Returns the encoded dicts and how many of ``rows`` they cover.  Each row is
+    sized on its own (the AmpList encoding is a concatenation), so this is linear.
+    """
+    codec = amp.AmpList(list(fields))
+    out: list[dict] = []
+    used = 0
+    for row in rows:
+        d = to_amp(row)
+        size = len(codec.toStringProto([d], None))
+        if used + size > limit:
+            break
+        out.append(d)
+        used += size
+    return out, len(out)
