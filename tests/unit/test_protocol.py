@@ -80,9 +80,10 @@ def test_declared_errors_arrive_with_their_type_and_text() -> None:
 def test_box_with_too_many_keys_closes_the_connection() -> None:
     server, client, locator, pump = pair()
     box = amp.AmpBox({f"k{i}".encode(): b"v" for i in range(server.max_box_keys + 1)})
+    server_transport = server.transport
     client.transport.write(box.serialize())
     pump.flush()
-    assert server.transport.disconnecting
+    assert server_transport.disconnecting
 
 
 def test_requests_beyond_the_in_flight_bound_are_refused() -> None:
