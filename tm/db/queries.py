@@ -1,0 +1,566 @@
+"""Every SQL statement of TaskManager, as functions of a DB-API transaction.
+
+Each function takes ``txn`` (a cursor inside one transaction, as
+``ConnectionPool.runInteraction`` hands it out) and a :class:`Dialect`, and
+returns plain data.  Statements are written with ``?`` parameters; the dialect
+turns them into the driver's paramstyle.  Time is always passed in as ``now``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tm.core.model import (
+    ACTIVE_STATES,
+    HistoryEntry,
+    Job,
+    JobEnvironment,
+    JobSpec,
+    JobState,
+    Transition,
+    User,
+)
+from tm.protocol.commands import InvalidRequest
+
+#: Largest number of values in one ``IN (...)`` list.
+IN_CHUNK = 500
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What differs between SQLite and MySQL/MariaDB."""
+
+    name: str  # "sqlite" or "mysql"
+    paramstyle: str  # "?" or "%s"
+    autoinc_pk: str
+    table_options: str
+
+    def q(self, sql: str) -> str:
+        """``sql`` written with ``?`` parameters, in this driver's paramstyle."""
+        if self.paramstyle == "?":
+            return sql
+        return sql.replace("?", self.paramstyle)
+
+    def render_schema(self, text: str) -> list[str]:
+        """The statements of a migration file, placeholders substituted."""
+        text = text.replace("{AUTOINC_PK}", self.autoinc_pk)
+        text = text.replace("{TABLE_OPTIONS}", self.table_options)
+        lines = [line for line in text.splitlines() if not line.lstrip().startswith("--")]
+        return [stmt.strip() for stmt in "\n".join(lines).split(";") if stmt.strip()]
+
+    def insert_ignore(self, table: str, columns: Sequence[str], conflict: str) -> str:
+        cols = ", ".join(columns)
+        marks = ", ".join("?" for _ in columns)
+        if self.name == "mysql":
+            return self.q(f"INSERT IGNORE INTO {table} ({cols}) VALUES ({marks})")
+        return self.q(
+            f"INSERT INTO {table} ({cols}) VALUES ({marks}) ON CONFLICT({conflict}) DO NOTHING"
+        )
+
+    def upsert(self, table: str, columns: Sequence[str], key: str, update: Sequence[str]) -> str:
+        cols = ", ".join(columns)
+        marks = ", ".join("?" for _ in columns)
+        if self.name == "mysql":
+            sets = ", ".join(f"{c} = VALUES({c})" for c in update)
+            return self.q(
+                f"INSERT INTO {table} ({cols}) VALUES ({marks}) ON DUPLICATE KEY UPDATE {sets}"
+            )
+        sets = ", ".join(f"{c} = excluded.{c}" for c in update)
+        return self.q(
+            f"INSERT INTO {table} ({cols}) VALUES ({marks}) ON CONFLICT({key}) DO UPDATE SET {sets}"
+        )
+
+
+SQLITE = Dialect(
+    name="sqlite",
+    paramstyle="?",
+    autoinc_pk="INTEGER PRIMARY KEY AUTOINCREMENT",
+    table_options="",
+)
+MYSQL = Dialect(
+    name="mysql",
+    paramstyle="%s",
+    autoinc_pk="BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY",
+    table_options="ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci",
+)
+
+
+def _chunks(items: Sequence[Any], size: int = IN_CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" for _ in range(n))
+
+
+# --- schema -----------------------------------------------------------------
+
+
+def ensure_version_table(txn: Any, d: Dialect) -> None:
+    txn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version "
+        f"(version INTEGER NOT NULL PRIMARY KEY) {d.table_options}"
+    )
+
+
+def applied_versions(txn: Any, d: Dialect) -> set[int]:
+    ensure_version_table(txn, d)
+    txn.execute("SELECT version FROM schema_version")
+    return {int(row[0]) for row in txn.fetchall()}
+
+
+def apply_migration(txn: Any, d: Dialect, version: int, statements: list[str]) -> None:
+    for stmt in statements:
+        txn.execute(stmt)
+    txn.execute(d.q("INSERT INTO schema_version (version) VALUES (?)"), (version,))
+
+
+def ping(txn: Any, d: Dialect) -> None:
+    txn.execute("SELECT 1")
+    txn.fetchall()
+
+
+# --- jobs -------------------------------------------------------------------
+
+JOB_COLUMNS = (
+    "id",
+    "uuid",
+    "user_name",
+    "command",
+    "shell",
+    "cwd",
+    "umask",
+    "env_id",
+    "slots",
+    "priority",
+    "group_name",
+    "info_text",
+    "stdout",
+    "stderr",
+    "logfile",
+    "excluded_hosts",
+    "estimated_time",
+    "estimated_memory",
+    "state",
+    "attempt",
+    "host",
+    "pid",
+    "exit_code",
+    "`signal`",
+    "reason",
+    "suspended",
+    "submitted_at",
+    "state_since",
+    "started_at",
+    "ended_at",
+)
+_SELECT_JOBS = "SELECT " + ", ".join(JOB_COLUMNS) + " FROM jobs"
+
+
+def _opt_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _opt_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def job_from_row(row: Sequence[Any]) -> Job:
+    r = dict(zip((c.strip("`") for c in JOB_COLUMNS), row, strict=True))
+    spec = JobSpec(
+        uuid=r["uuid"],
+        command=r["command"],
+        shell=r["shell"],
+        slots=int(r["slots"]),
+        priority=int(r["priority"]),
+        group=r["group_name"],
+        info=r["info_text"],
+        stdout=r["stdout"],
+        stderr=r["stderr"],
+        logfile=r["logfile"],
+        excluded_hosts=tuple(json.loads(r["excluded_hosts"])),
+        estimated_time=_opt_float(r["estimated_time"]),
+        estimated_memory=_opt_float(r["estimated_memory"]),
+    )
+    return Job(
+        id=int(r["id"]),
+        uuid=r["uuid"],
+        user=r["user_name"],
+        spec=spec,
+        state=JobState(r["state"]),
+        attempt=int(r["attempt"]),
+        submitted_at=float(r["submitted_at"]),
+        host=r["host"],
+        pid=_opt_int(r["pid"]),
+        exit_code=_opt_int(r["exit_code"]),
+        signal=_opt_int(r["signal"]),
+        reason=r["reason"],
+        started_at=_opt_float(r["started_at"]),
+        ended_at=_opt_float(r["ended_at"]),
+        state_since=_opt_float(r["state_since"]),
+        suspended=bool(r["suspended"]),
+        cwd=r["cwd"],
+        umask=int(r["umask"]),
+        env_id=_opt_int(r["env_id"]),
+    )
+
+
+def environment_sha256(env: dict[str, str]) -> str:
+    return hashlib.sha256(_env_json(env).encode("utf-8")).hexdigest()
+
+
+def _env_json(env: dict[str, str]) -> str:
+    return json.dumps(env, sort_keys=True, separators=(",", ":"))
+
+
+def store_environment(txn: Any, d: Dialect, env: dict[str, str]) -> int:
+    """The id of ``env`` in ``environments``, inserting it if it is new."""
+    digest = environment_sha256(env)
+    txn.execute(
+        d.insert_ignore("environments", ("sha256", "data"), "sha256"), (digest, _env_json(env))
+    )
+    txn.execute(d.q("SELECT id FROM environments WHERE sha256 = ?"), (digest,))
+    return int(txn.fetchone()[0])
+
+
+def get_environment(txn: Any, d: Dialect, env_id: int) -> dict[str, str] | None:
+    txn.execute(d.q("SELECT data FROM environments WHERE id = ?"), (env_id,))
+    row = txn.fetchone()
+    return None if row is None else dict(json.loads(row[0]))
+
+
+def ids_by_uuid(txn: Any, d: Dialect, uuids: Sequence[str]) -> dict[str, tuple[int, str]]:
+    """uuid -> (id, user) for the uuids that exist."""
+    found: dict[str, tuple[int, str]] = {}
+    for chunk in _chunks(list(uuids)):
+        txn.execute(
+            d.q(f"SELECT uuid, id, user_name FROM jobs WHERE uuid IN ({_marks(len(chunk))})"),
+            tuple(chunk),
+        )
+        for uuid, job_id, user in txn.fetchall():
+            found[uuid] = (int(job_id), user)
+    return found
+
+
+_INSERT_JOB_COLUMNS = (
+    "uuid",
+    "user_name",
+    "command",
+    "shell",
+    "cwd",
+    "umask",
+    "env_id",
+    "slots",
+    "priority",
+    "group_name",
+    "info_text",
+    "stdout",
+    "stderr",
+    "logfile",
+    "excluded_hosts",
+    "estimated_time",
+    "estimated_memory",
+    "state",
+    "attempt",
+    "reason",
+    "suspended",
+    "submitted_at",
+    "state_since",
+)
+
+
+def submit_jobs(
+    txn: Any,
+    d: Dialect,
+    user: str,
+    environment: JobEnvironment,
+    specs: Sequence[JobSpec],
+    now: float,
+) -> list[int]:
+    """Insert the jobs idempotently by uuid; their ids in the order of ``specs``.
+
+    A uuid that already exists (a retried submission) keeps its job; it must
+    belong to ``user``.
+    """
+    if not specs:
+        return []
+    env_id = store_environment(txn, d, dict(environment.env))
+    insert = d.insert_ignore("jobs", _INSERT_JOB_COLUMNS, "uuid")
+    new_uuids: list[str] = []
+    for spec in specs:
+        txn.execute(
+            insert,
+            (
+                spec.uuid,
+                user,
+                spec.command,
+                spec.shell,
+                environment.cwd,
+                environment.umask,
+                env_id,
+                spec.slots,
+                spec.priority,
+                spec.group,
+                spec.info,
+                spec.stdout,
+                spec.stderr,
+                spec.logfile,
+                json.dumps(list(spec.excluded_hosts)),
+                spec.estimated_time,
+                spec.estimated_memory,
+                JobState.WAITING.value,
+                1,
+                "",
+                0,
+                now,
+                now,
+            ),
+        )
+        if txn.rowcount == 1:
+            new_uuids.append(spec.uuid)
+    found = ids_by_uuid(txn, d, [spec.uuid for spec in specs])
+    for spec in specs:
+        owner = found[spec.uuid][1]
+        if owner != user:
+            raise InvalidRequest(
+                f"job uuid {spec.uuid} is already used by another user's job; "
+                "generate a fresh uuid for each job"
+            )
+    history = d.q(
+        "INSERT INTO job_history (job_id, attempt, state, at, host, reason) "
+        "VALUES (?, ?, ?, ?, ?, ?)"
+    )
+    for uuid in new_uuids:
+        txn.execute(history, (found[uuid][0], 1, JobState.WAITING.value, now, None, "submitted"))
+    return [found[spec.uuid][0] for spec in specs]
+
+
+def apply_transitions(
+    txn: Any, d: Dialect, transitions: Sequence[Transition], now: float
+) -> list[bool]:
+    """Apply each transition as a compare-and-set; which ones were applied."""
+    results: list[bool] = []
+    history = d.q(
+        "INSERT INTO job_history (job_id, attempt, state, at, host, reason) "
+        "VALUES (?, ?, ?, ?, ?, ?)"
+    )
+    for t in transitions:
+        sets = ["state = ?", "state_since = ?", "reason = ?"]
+        params: list[Any] = [t.new.value, now, t.reason]
+        if t.new is JobState.RUNNING:
+            sets.append("started_at = ?")
+            params.append(now)
+        if t.new.terminal:
+            sets.append("ended_at = ?")
+            params.append(now)
+        if t.new_attempt is not None:
+            sets.append("attempt = ?")
+            params.append(t.new_attempt)
+        if t.clear_host:
+            sets.extend(["host = NULL", "pid = NULL"])
+        if t.host is not None:
+            sets.append("host = ?")
+            params.append(t.host)
+        if t.pid is not None:
+            sets.append("pid = ?")
+            params.append(t.pid)
+        if t.exit_code is not None:
+            sets.append("exit_code = ?")
+            params.append(t.exit_code)
+        if t.signal is not None:
+            sets.append("`signal` = ?")
+            params.append(t.signal)
+        params.extend([t.job_id, t.old.value, t.attempt])
+        txn.execute(
+            d.q(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ? AND state = ? AND attempt = ?"),
+            tuple(params),
+        )
+        applied = txn.rowcount == 1
+        results.append(applied)
+        if applied:
+            attempt = t.new_attempt if t.new_attempt is not None else t.attempt
+            txn.execute(history, (t.job_id, attempt, t.new.value, now, t.host, t.reason))
+    return results
+
+
+def load_active_jobs(txn: Any, d: Dialect) -> list[Job]:
+    states = sorted(s.value for s in ACTIVE_STATES)
+    txn.execute(
+        d.q(f"{_SELECT_JOBS} WHERE state IN ({_marks(len(states))}) ORDER BY id"), tuple(states)
+    )
+    return [job_from_row(row) for row in txn.fetchall()]
+
+
+def get_job(txn: Any, d: Dialect, job_id: int) -> Job | None:
+    txn.execute(d.q(f"{_SELECT_JOBS} WHERE id = ?"), (job_id,))
+    row = txn.fetchone()
+    return None if row is None else job_from_row(row)
+
+
+def get_history(txn: Any, d: Dialect, job_id: int, limit: int) -> list[HistoryEntry]:
+    """The last ``limit`` history rows of a job, oldest first."""
+    txn.execute(
+        d.q(
+            "SELECT at, state, attempt, host, reason FROM job_history "
+            "WHERE job_id = ? ORDER BY id DESC LIMIT ?"
+        ),
+        (job_id, limit),
+    )
+    rows = list(txn.fetchall())
+    rows.reverse()
+    return [
+        HistoryEntry(
+            at=float(at), state=JobState(state), attempt=int(attempt), host=host, reason=reason
+        )
+        for at, state, attempt, host, reason in rows
+    ]
+
+
+def escape_like(text: str, escape: str = "!") -> str:
+    """``text`` with LIKE wildcards escaped by ``escape`` (use ``ESCAPE '!'``)."""
+    for ch in (escape, "%", "_"):
+        text = text.replace(ch, escape + ch)
+    return text
+
+
+def _job_filters(
+    states: Sequence[JobState], user: str | None, group: str | None
+) -> tuple[list[str], list[Any]]:
+    where: list[str] = []
+    params: list[Any] = []
+    if states:
+        where.append(f"state IN ({_marks(len(states))})")
+        params.extend(s.value for s in states)
+    if user is not None:
+        where.append("user_name = ?")
+        params.append(user)
+    if group is not None:
+        where.append("group_name = ?")
+        params.append(group)
+    return where, params
+
+
+def list_jobs(
+    txn: Any,
+    d: Dialect,
+    states: Sequence[JobState],
+    user: str | None,
+    group: str | None,
+    text: str | None,
+    after_id: int,
+    limit: int,
+) -> list[Job]:
+    """Jobs with id > ``after_id``, by id; an empty ``states`` means every state."""
+    where, params = _job_filters(states, user, group)
+    where.append("id > ?")
+    params.append(after_id)
+    if text:
+        pattern = "%" + escape_like(text.lower()) + "%"
+        where.append(
+            "(LOWER(command) LIKE ? ESCAPE '!' OR LOWER(info_text) LIKE ? ESCAPE '!' "
+            "OR LOWER(group_name) LIKE ? ESCAPE '!')"
+        )
+        params.extend([pattern, pattern, pattern])
+    params.append(limit)
+    txn.execute(
+        d.q(f"{_SELECT_JOBS} WHERE {' AND '.join(where)} ORDER BY id LIMIT ?"), tuple(params)
+    )
+    return [job_from_row(row) for row in txn.fetchall()]
+
+
+def count_by_state(txn: Any, d: Dialect, user: str | None) -> dict[JobState, int]:
+    where, params = _job_filters((), user, None)
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    txn.execute(d.q(f"SELECT state, COUNT(*) FROM jobs{clause} GROUP BY state"), tuple(params))
+    counts = dict.fromkeys(JobState, 0)
+    for state, n in txn.fetchall():
+        counts[JobState(state)] = int(n)
+    return counts
+
+
+def group_counts(
+    txn: Any, d: Dialect, user: str | None, group: str | None
+) -> dict[str, dict[str, int]]:
+    """group name -> state -> number of jobs."""
+    where, params = _job_filters((), user, group)
+    clause = f" WHERE {' AND '.join(where)}" if where else ""
+    txn.execute(
+        d.q(f"SELECT group_name, state, COUNT(*) FROM jobs{clause} GROUP BY group_name, state"),
+        tuple(params),
+    )
+    result: dict[str, dict[str, int]] = {}
+    for group_name, state, n in txn.fetchall():
+        result.setdefault(group_name, {})[state] = int(n)
+    return result
+
+
+def set_suspended(txn: Any, d: Dialect, job_id: int, suspended: bool) -> bool:
+    txn.execute(d.q("UPDATE jobs SET suspended = ? WHERE id = ?"), (int(suspended), job_id))
+    return txn.rowcount == 1
+
+
+def delete_jobs(txn: Any, d: Dialect, job_ids: Sequence[int]) -> int:
+    deleted = 0
+    for chunk in _chunks(list(job_ids)):
+        marks = _marks(len(chunk))
+        txn.execute(d.q(f"DELETE FROM job_history WHERE job_id IN ({marks})"), tuple(chunk))
+        txn.execute(d.q(f"DELETE FROM jobs WHERE id IN ({marks})"), tuple(chunk))
+        deleted += txn.rowcount
+    return deleted
+
+
+# --- settings, hosts, users ---------------------------------------------------
+
+
+def get_setting(txn: Any, d: Dialect, name: str) -> str | None:
+    txn.execute(d.q("SELECT `value` FROM settings WHERE name = ?"), (name,))
+    row = txn.fetchone()
+    return None if row is None else str(row[0])
+
+
+def set_setting(txn: Any, d: Dialect, name: str, value: str) -> None:
+    txn.execute(d.upsert("settings", ("name", "`value`"), "name", ("`value`",)), (name, value))
+
+
+def load_hosts(txn: Any, d: Dialect) -> dict[str, tuple[bool, bool]]:
+    txn.execute("SELECT name, active, retired FROM hosts ORDER BY name")
+    return {name: (bool(active), bool(retired)) for name, active, retired in txn.fetchall()}
+
+
+def save_host(txn: Any, d: Dialect, name: str, active: bool, retired: bool) -> None:
+    txn.execute(
+        d.upsert("hosts", ("name", "active", "retired"), "name", ("active", "retired")),
+        (name, int(active), int(retired)),
+    )
+
+
+def _roles_text(roles: Iterable[str]) -> str:
+    return ",".join(sorted(roles))
+
+
+def sync_users(txn: Any, d: Dialect, users: Sequence[User]) -> None:
+    """Insert missing users, update everyone's roles; ``enabled`` stays as stored."""
+    insert = d.insert_ignore("users", ("name", "enabled", "roles"), "name")
+    update = d.q("UPDATE users SET roles = ? WHERE name = ?")
+    for user in users:
+        roles = _roles_text(user.roles)
+        txn.execute(insert, (user.name, int(user.enabled), roles))
+        txn.execute(update, (roles, user.name))
+
+
+def load_users(txn: Any, d: Dialect) -> dict[str, bool]:
+    txn.execute("SELECT name, enabled FROM users ORDER BY name")
+    return {name: bool(enabled) for name, enabled in txn.fetchall()}
+
+
+def set_user_enabled(txn: Any, d: Dialect, name: str, enabled: bool) -> bool:
+    txn.execute(d.q("SELECT name FROM users WHERE name = ?"), (name,))
+    if txn.fetchone() is None:
+        return False
+    txn.execute(d.q("UPDATE users SET enabled = ? WHERE name = ?"), (int(enabled), name))
+    return True
