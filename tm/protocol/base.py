@@ -37,6 +37,23 @@ class BoundedAMP(amp.AMP):
         self._box_bytes = 0
         self._box_keys = 0
         self._in_flight = 0
+        self._lost: list[Deferred] = []
+
+    def when_lost(self) -> Deferred:
+        """A Deferred that fires when this connection is gone."""
+        d: Deferred = Deferred()
+        if self.gone:
+            d.callback(None)
+        else:
+            self._lost.append(d)
+        return d
+
+    def connectionLost(self, reason: Any) -> None:  # noqa: N802 - Twisted's API
+        self.gone = True
+        super().connectionLost(reason)
+        waiting, self._lost = self._lost, []
+        for d in waiting:
+            d.callback(None)
 
     # --- bounded boxes -------------------------------------------------------
 
@@ -51,6 +68,7 @@ class BoundedAMP(amp.AMP):
         self.transport.loseConnection()
 
     _refused = False
+    gone = False
 
     def proto_init(self, string: bytes) -> str:
         self._box_bytes = 0

@@ -1,0 +1,144 @@
+"""One machine, end to end, with real processes: the dispatcher under twistd, the user's
+TMS and TMMS started on demand, and the real hRunJob / hConnect."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.processes import Installation, wait_until
+
+
+@pytest.fixture
+def tm(tmp_path: Path) -> Iterator[Installation]:
+    inst = Installation(tmp_path)
+    try:
+        inst.start_dispatcher()
+        yield inst
+    finally:
+        inst.cleanup()
+
+
+def submit(tm: Installation, *args: str, cwd: Path | None = None) -> int:
+    result = tm.run("hRunJob", *args, cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    match = re.fullmatch(r"Job \[(\d+)\] has been submitted to TaskDispatcher\.\n", result.stdout)
+    assert match, result.stdout
+    return int(match.group(1))
+
+
+def job_state(tm: Installation, job_id: int) -> str:
+    out = tm.run("hConnect", f"lajob:{job_id}", check=True).stdout
+    match = re.search(r"^\s*state\s*:?\s*(\w+)", out, re.M)
+    assert match, out
+    return match.group(1)
+
+
+def test_hello_world_lands_in_the_submission_directory(tm: Installation) -> None:
+    here = tm.work / "project"
+    here.mkdir()
+    result = tm.run("hRunJob", "--wait", "echo hello > out.txt", cwd=here)
+    assert result.returncode == 0, result.stderr
+    assert (here / "out.txt").read_text() == "hello\n"
+
+
+def test_ids_are_unique_and_increasing_and_the_tms_is_reused(tm: Installation) -> None:
+    first = submit(tm, "true")
+    pid_before = (tm.home / ".taskmanager" / "tms.pid").read_text()
+    second = submit(tm, "true")
+    assert second > first
+    assert (tm.home / ".taskmanager" / "tms.pid").read_text() == pid_before
+
+
+def test_a_failing_command_ends_failed_with_its_exit_code(tm: Installation) -> None:
+    result = tm.run("hRunJob", "--wait", "exit 3")
+    assert result.returncode == 3, result.stderr
+    job_id = int(re.search(r"\[(\d+)\]", result.stdout).group(1))
+    out = tm.run("hConnect", f"lajob:{job_id}", check=True).stdout
+    assert "failed" in out and "3" in out
+
+
+def test_stdout_and_stderr_files_hold_exactly_what_the_job_wrote(tm: Installation) -> None:
+    result = tm.run("hRunJob", "--wait", "-o", "o.txt", "-O", "e.txt",
+                    "printf 'to out\\n'; printf 'to err\\n' >&2")
+    assert result.returncode == 0, result.stderr
+    assert (tm.work / "o.txt").read_text() == "to out\n"
+    assert (tm.work / "e.txt").read_text() == "to err\n"
+
+
+def test_unwritable_output_fails_the_job_with_the_reason(tm: Installation) -> None:
+    (tm.work / "afile").write_text("x")
+    result = tm.run("hRunJob", "--wait", "-o", "afile/out.txt", "echo x")
+    assert result.returncode != 0
+    job_id = int(re.search(r"\[(\d+)\]", result.stdout).group(1))
+    out = tm.run("hConnect", f"lajob:{job_id}", check=True).stdout
+    assert "afile/out.txt" in out and "failed" in out
+
+
+def test_lajob_shows_the_history_with_timestamps(tm: Installation) -> None:
+    result = tm.run("hRunJob", "--wait", "true")
+    job_id = int(re.search(r"\[(\d+)\]", result.stdout).group(1))
+    out = tm.run("hConnect", f"lajob:{job_id}", check=True).stdout
+    stamps = re.findall(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\S*\s+(waiting|pending|running|finished)", out)
+    assert stamps[:4] == ["waiting", "pending", "running", "finished"], out
+
+
+def test_twenty_jobs_on_a_two_slot_host_never_run_more_than_two_at_once(tmp_path: Path) -> None:
+    inst = Installation(tmp_path)
+    import socket
+
+    (inst.etc / "cluster.tab").write_text(
+        "short_name\tfull_name\tnumber_slots\tmax_number_occupied_slots\tadditional_info\t"
+        "allow_info_server\tinfo_server_port\tactive\n"
+        f"local\t{socket.gethostname()}\t2\t2\t\tFalse\t0\tTrue\n"
+    )
+    try:
+        inst.start_dispatcher()
+        log = inst.work / "times.log"
+        ids = [submit(inst, "-c", "1",
+                      f"echo start $(date +%s.%N) >> {log}; sleep 0.2; echo end $(date +%s.%N) >> {log}")
+               for _ in range(20)]
+        wait_until(lambda: log.exists() and log.read_text().count("end") == 20, 120,
+                   "20 jobs to end")
+        events = sorted(
+            (float(t), +1 if kind == "start" else -1)
+            for kind, t in (line.split() for line in log.read_text().splitlines())
+        )
+        running = peak = 0
+        for _, delta in events:
+            running += delta
+            peak = max(peak, running)
+        assert peak <= 2
+        assert all(job_state(inst, i) == "finished" for i in ids[-3:])
+    finally:
+        inst.cleanup()
+
+
+def test_bad_input_gets_one_clear_line(tm: Installation) -> None:
+    empty = tm.run("hRunJob")
+    assert empty.returncode != 0 and "no command" in empty.stderr and "Traceback" not in empty.stderr
+    zero = tm.run("hRunJob", "-c", "0", "true")
+    assert zero.returncode != 0 and "slot" in zero.stderr
+    huge = tm.run("hRunJob", "-c", "100000", "true")
+    assert huge.returncode != 0 and "largest host" in huge.stderr and "Traceback" not in huge.stderr
+    unknown = tm.run("hRunJob", "--no-such-option", "true")
+    assert unknown.returncode != 0 and "Traceback" not in unknown.stderr
+
+
+def test_no_dispatcher_says_where_it_looked(tmp_path: Path) -> None:
+    inst = Installation(tmp_path)
+    result = inst.run("hRunJob", "true")
+    assert result.returncode != 0
+    assert "dispatcher.json" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_hconnect_shutdown_stops_the_tms(tm: Installation) -> None:
+    submit(tm, "true")
+    pid = int((tm.home / ".taskmanager" / "tms.pid").read_text())
+    tm.run("hConnect", "shutdown", check=True)
+    wait_until(lambda: not os.path.exists(f"/proc/{pid}") or
+               open(f"/proc/{pid}/stat").read().split()[2] == "Z", 15, "the TMS to exit")

@@ -1,0 +1,166 @@
+"""What every command-line program shares: finding (or starting) the user's TMS,
+reaching the dispatcher, and turning every failure into one clear line."""
+
+from __future__ import annotations
+
+import fcntl
+import getpass
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectError, ConnectionClosed
+from twisted.internet.task import deferLater
+from twisted.protocols import amp
+
+from tm import auth
+from tm.link import DispatcherNotFound, connect_dispatcher, connect_host, find_dispatcher, user_dir
+from tm.protocol import commands
+from tm.protocol.base import BoundedAMP
+
+TMS_START_TIMEOUT = 20.0
+
+
+class CLIError(Exception):
+    """A failure to report as one line, with the exit status to use."""
+
+    def __init__(self, message: str, status: int = 1) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def tms_argv(dispatcher_path: str) -> list[str]:
+    base = user_dir()
+    return [
+        sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+        "--pidfile", str(base / "tms.pid"),
+        "--logfile", str(base / "logs" / "tms.log"),
+        "tmserver", "--dispatcher", dispatcher_path,
+    ]
+
+
+def _read_tms_info() -> dict[str, Any] | None:
+    try:
+        return json.loads(auth.read_secret(user_dir() / "tms.json"))
+    except auth.SecretFileError:
+        return None
+    except ValueError:
+        return None
+
+
+async def _connect_tms_once(reactor: Any, info: dict[str, Any]) -> BoundedAMP:
+    endpoint = SSL4ClientEndpoint(
+        reactor, connect_host(info["host"]), int(info["port"]),
+        auth.client_tls_options(info["certificate"].encode("ascii"), auth.TMS_TLS_NAME),
+        timeout=5,
+    )
+    proto = BoundedAMP(clock=reactor)
+    await connectProtocol(endpoint, proto)
+    try:
+        await proto.call(commands.Hello, timeout=10, protocol_version=commands.PROTOCOL_VERSION,
+                         role=commands.ROLE_CLIENT, user=getpass.getuser(),
+                         host=socket.gethostname())
+        await proto.call(commands.ProveKey, timeout=10, key=info["key"])
+    except BaseException:
+        proto.transport.loseConnection()
+        raise
+    return proto
+
+
+def _start_tms(dispatcher_path: str, verbose: bool) -> None:
+    """Start the TMS as a daemon; twistd returns once it has started (or failed)."""
+    (user_dir() / "logs").mkdir(mode=0o700, parents=True, exist_ok=True)
+    argv = tms_argv(dispatcher_path)
+    if verbose:
+        print("starting a TMS: " + " ".join(argv), file=sys.stderr)
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd="/")
+    if result.returncode != 0:
+        lines = (result.stderr or result.stdout).strip().splitlines()
+        raise CLIError("Could not start a TMS: " + (lines[-1] if lines else f"exit {result.returncode}"))
+
+
+async def connect_tms(reactor: Any, dispatcher: str | None = None, verbose: bool = False) -> BoundedAMP:
+    """The user's TMS, started first when none answers."""
+    info = _read_tms_info()
+    if info is not None:
+        try:
+            return await _connect_tms_once(reactor, info)
+        except (ConnectError, ConnectionClosed, commands.TMError, OSError, TimeoutError) as e:
+            if verbose:
+                print(f"TMS at {info.get('host')}:{info.get('port')} not usable: {e}", file=sys.stderr)
+    try:
+        dispatcher_info = find_dispatcher(dispatcher)
+    except DispatcherNotFound as e:
+        raise CLIError(str(e)) from None
+    base = user_dir()
+    base.mkdir(mode=0o700, exist_ok=True)
+    with open(base / "tms.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        info = _read_tms_info()
+        fresh = None
+        if info is not None:
+            try:
+                fresh = await _connect_tms_once(reactor, info)
+            except (ConnectError, ConnectionClosed, commands.TMError, OSError, TimeoutError):
+                fresh = None
+        if fresh is not None:
+            return fresh
+        try:
+            os.unlink(base / "tms.json")
+        except FileNotFoundError:
+            pass
+        _start_tms(dispatcher_info.path, verbose)
+        deadline = reactor.seconds() + TMS_START_TIMEOUT
+        while reactor.seconds() < deadline:
+            info = _read_tms_info()
+            if info is not None:
+                return await _connect_tms_once(reactor, info)
+            await deferLater(reactor, 0.05, lambda: None)
+    raise CLIError(f"Could not start a TMS: no {base / 'tms.json'} after {TMS_START_TIMEOUT:.0f} s "
+                   f"(see {base / 'logs' / 'tms.log'})")
+
+
+async def connect_dispatcher_direct(reactor: Any, dispatcher: str | None = None) -> BoundedAMP:
+    try:
+        info = find_dispatcher(dispatcher)
+    except DispatcherNotFound as e:
+        raise CLIError(str(e)) from None
+    try:
+        proto, _, _ = await connect_dispatcher(reactor, info, commands.ROLE_CLIENT)
+    except (ConnectError, ConnectionClosed, OSError, TimeoutError) as e:
+        raise CLIError(
+            f"no dispatcher is running at {info.address} (from {info.path}): {e.__class__.__name__}"
+        ) from None
+    return proto
+
+
+def run_main(prog: str, main: Callable[[Any], Awaitable[int]]) -> None:
+    """Run ``main(reactor)`` under ``task.react``; every failure becomes one line on stderr."""
+    from twisted.internet import task
+
+    async def guarded(reactor: Any) -> None:
+        try:
+            status = await main(reactor)
+        except CLIError as e:
+            print(f"{prog}: {e}", file=sys.stderr)
+            status = e.status
+        except commands.TMError as e:
+            print(f"{prog}: {e}", file=sys.stderr)
+            status = 1
+        except amp.UnknownRemoteError as e:
+            print(f"{prog}: the server failed to answer ({e})", file=sys.stderr)
+            status = 1
+        except (ConnectError, ConnectionClosed, TimeoutError) as e:
+            print(f"{prog}: connection failed: {e.__class__.__name__}: {e}", file=sys.stderr)
+            status = 1
+        except KeyboardInterrupt:
+            status = 130
+        if status:
+            raise SystemExit(status)
+
+    task.react(guarded)

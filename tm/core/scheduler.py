@@ -1,0 +1,300 @@
+"""Pure job placement: which waiting jobs start on which hosts in one pass.
+
+Pure: no I/O, no reactor, no clock.  The dispatcher builds a
+:class:`SchedulerInput` from the database and its host monitors, calls
+:func:`schedule`, and applies the :class:`Decision`.
+
+Policy of one pass
+------------------
+
+* Nothing is placed while the cluster is deactivated; jobs of disabled users
+  are skipped.
+* A job never spans hosts.  A host is usable for a job only if it is active
+  (active, not retired, its connection ok), not in the job's excluded set, and
+  ``(user, host)`` is not in back-off.  ``occupied + slots <= max_slots``
+  always holds.  With ``load_check`` the host's load must be known and
+  ``load + slots placed there this pass + slots <= number_slots``.
+* Order: priority descending; at equal priority, fair share between users --
+  the user with the least ``usage + PLACEMENT_CHARGE * slots placed this pass``
+  goes next (ties: the user whose next job was submitted first); within one
+  user, submission order (job id).  A job that fits nowhere is skipped and does
+  not block the jobs behind it.
+* Host choice among the fitting hosts: most free slots, then host name
+  (deterministic "spread" placement).
+* Starvation guard (reservations): at most one reservation is outstanding.  An
+  earlier reservation from ``inp.reservations`` is kept while it is still valid
+  (the job is still waiting, its user is enabled, the host is still usable for
+  it and ``slots <= max_slots``); while kept, *no other job* is placed on the
+  reserved host.  Without a valid earlier reservation, the first job in pass
+  order that cannot be placed but fits the ``max_slots`` of some usable host
+  gets one, on the usable host with the most free slots (then name); the load
+  check is ignored for choosing it.
+
+  Bound: once job J holds a reservation on host H, the occupied slots on H only
+  decrease (nothing new starts there), so J starts in the first pass after
+  enough of the jobs running on H at reservation time have ended (and, with
+  load_check, the load has fallen) -- at the latest when all of them have
+  ended.  A job that is the highest-ranked blocked job gets the reservation as
+  soon as the outstanding one (if any) is consumed, so the wait of any job that
+  fits some host is bounded by the run times of the jobs already running plus
+  the jobs ranked ahead of it.
+
+Cost: O(J log U + P * H) for J waiting jobs, U users, P placements and H hosts;
+failed placements are memoised per (user, slots, excluded) until the next
+placement changes the cluster, and the pass stops as soon as no usable host has
+a free slot.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+#: Seconds of usage charged per slot placed in this pass, for fair share.
+PLACEMENT_CHARGE = 3600.0
+
+
+@dataclass(frozen=True)
+class HostView:
+    name: str
+    max_slots: int
+    number_slots: int
+    occupied: int
+    active: bool  # eligible: active, not retired, cluster-side connection ok
+    load: float | None = None
+    load_check: bool = False
+
+
+@dataclass(frozen=True)
+class JobView:
+    id: int  # id order = submission order
+    user: str
+    slots: int
+    priority: int
+    excluded: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class SchedulerInput:
+    hosts: tuple[HostView, ...]
+    jobs: tuple[JobView, ...]  # the waiting jobs
+    usage: Mapping[str, float] = field(default_factory=dict)  # decayed slot-seconds
+    cluster_active: bool = True
+    disabled_users: frozenset[str] = frozenset()
+    blocked: frozenset[tuple[str, str]] = frozenset()  # (user, host) in back-off
+    reservations: Mapping[int, str] = field(default_factory=dict)  # job id -> host
+
+
+@dataclass
+class Decision:
+    placements: list[tuple[int, str]] = field(default_factory=list)  # (job id, host)
+    reservations: dict[int, str] = field(default_factory=dict)
+
+
+def _usable(h: HostView, job: JobView, blocked: frozenset[tuple[str, str]]) -> bool:
+    return h.active and h.name not in job.excluded and (job.user, h.name) not in blocked
+
+
+def _valid_reservation(job: JobView, host: HostView | None, inp: SchedulerInput) -> bool:
+    return (
+        host is not None
+        and job.user not in inp.disabled_users
+        and _usable(host, job, inp.blocked)
+        and job.slots <= host.max_slots
+    )
+
+
+def _iterate(
+    inp: SchedulerInput,
+    charge: dict[str, float],
+    try_place: Callable[[JobView], bool | None],
+) -> Iterator[tuple[JobView, bool]]:
+    """Yield (job, placed) in pass order; ``try_place(job) -> bool`` is called per job."""
+    by_prio: dict[int, dict[str, list[JobView]]] = {}
+    for j in inp.jobs:
+        if j.user in inp.disabled_users:
+            continue
+        by_prio.setdefault(j.priority, {}).setdefault(j.user, []).append(j)
+    for prio in sorted(by_prio, reverse=True):
+        queues = by_prio[prio]
+        heap: list[tuple[float, int, str]] = []
+        pos: dict[str, int] = {}
+        for user, q in queues.items():
+            q.sort(key=lambda j: j.id)
+            pos[user] = 0
+            c = inp.usage.get(user, 0.0) + charge.get(user, 0.0)
+            heap.append((c, q[0].id, user))
+        heapq.heapify(heap)
+        while heap:
+            _, _, user = heapq.heappop(heap)
+            q = queues[user]
+            job = q[pos[user]]
+            pos[user] += 1
+            placed = try_place(job)
+            if placed is None:  # stop the whole pass
+                return
+            if placed:
+                charge[user] = charge.get(user, 0.0) + PLACEMENT_CHARGE * job.slots
+            yield job, placed
+            if pos[user] < len(q):
+                c = inp.usage.get(user, 0.0) + charge.get(user, 0.0)
+                heapq.heappush(heap, (c, q[pos[user]].id, user))
+
+
+def schedule(inp: SchedulerInput) -> Decision:
+    """One placement pass; see the module docstring for the policy and bound."""
+    decision = Decision()
+    if not inp.cluster_active or not inp.hosts:
+        return decision
+
+    hosts = {h.name: h for h in inp.hosts}
+    order = sorted(hosts)
+    free = {n: hosts[n].max_slots - hosts[n].occupied for n in order}
+    added = dict.fromkeys(order, 0)  # slots placed this pass per host
+
+    waiting = {j.id: j for j in inp.jobs}
+    reserved_host_to_job: dict[str, int] = {}
+    for jid, hname in sorted(inp.reservations.items()):
+        job = waiting.get(jid)
+        if job is None or hname in reserved_host_to_job:
+            continue
+        if _valid_reservation(job, hosts.get(hname), inp):
+            reserved_host_to_job[hname] = jid
+            decision.reservations[jid] = hname
+    # Memo of failures: key -> whether the job fits the max_slots of a usable host.
+    failed: dict[tuple[str, int, frozenset[str]], bool] = {}
+    # Free slots on active hosts (reserved ones included); the pass ends at 0.
+    open_slots = [sum(max(0, free[n]) for n in order if hosts[n].active)]
+
+    max_capacity = max((h.max_slots for h in inp.hosts if h.active), default=0)
+
+    def open_max() -> int:
+        """The most free slots on an active host not reserved for a job."""
+        return max(
+            (free[n] for n in order if hosts[n].active and n not in reserved_host_to_job),
+            default=0,
+        )
+
+    max_open = [open_max()]
+
+    def fits(h: HostView, job: JobView) -> bool:
+        n = h.name
+        if free[n] < job.slots:
+            return False
+        if h.load_check:
+            if h.load is None or h.load + added[n] + job.slots > h.number_slots:
+                return False
+        return True
+
+    def try_place(job: JobView) -> bool | None:
+        own = decision.reservations.get(job.id)
+        if open_slots[0] <= 0:
+            return None
+        if (
+            own is None
+            and job.slots > max_open[0]
+            and (decision.reservations or job.slots > max_capacity)
+        ):
+            return False  # fits no open host now, and no reservation to make
+        key = (job.user, job.slots, job.excluded)
+        if key in failed and own is None:
+            can_reserve = failed[key]
+        else:
+            best: str | None = None
+            res_best: str | None = None
+            for n in order:
+                h = hosts[n]
+                if not _usable(h, job, inp.blocked):
+                    continue
+                holder = reserved_host_to_job.get(n)
+                if holder is not None and holder != job.id:
+                    continue
+                if job.slots <= h.max_slots and (res_best is None or free[n] > free[res_best]):
+                    res_best = n
+                if fits(h, job) and (best is None or free[n] > free[best]):
+                    best = n
+            if best is not None:
+                free[best] -= job.slots
+                added[best] += job.slots
+                open_slots[0] -= job.slots
+                if own is not None:
+                    # Started (on its host or elsewhere): the reservation ends.
+                    reserved_host_to_job.pop(own, None)
+                    del decision.reservations[job.id]
+                decision.placements.append((job.id, best))
+                failed.clear()
+                max_open[0] = open_max()
+                return True
+            can_reserve = res_best is not None
+            failed[key] = can_reserve
+            if can_reserve and not decision.reservations:
+                assert res_best is not None
+                decision.reservations[job.id] = res_best
+                reserved_host_to_job[res_best] = job.id
+                max_open[0] = open_max()
+        return False
+
+    for _ in _iterate(inp, {}, try_place):
+        pass
+    return decision
+
+
+def explain_wait(job: JobView, inp: SchedulerInput) -> str:
+    """A one-line reason why the waiting ``job`` is not started."""
+    if not inp.cluster_active:
+        return "cluster is deactivated"
+    if job.user in inp.disabled_users:
+        return f"user {job.user} is disabled"
+    if not inp.hosts:
+        return "no hosts are configured"
+    largest = max(h.max_slots for h in inp.hosts)
+    if job.slots > largest:
+        return f"needs {job.slots} slots, largest host has {largest}"
+    candidates = [h for h in inp.hosts if h.active and h.name not in job.excluded]
+    if not candidates:
+        return "all hosts are excluded or inactive"
+    usable = [h for h in candidates if (job.user, h.name) not in inp.blocked]
+    if not usable:
+        return f"all usable hosts are in back-off for user {job.user}"
+    largest_usable = max(h.max_slots for h in usable)
+    if job.slots > largest_usable:
+        return f"needs {job.slots} slots, largest usable host has {largest_usable}"
+    if job not in inp.jobs:
+        inp = SchedulerInput(
+            hosts=inp.hosts,
+            jobs=(*inp.jobs, job),
+            usage=inp.usage,
+            cluster_active=inp.cluster_active,
+            disabled_users=inp.disabled_users,
+            blocked=inp.blocked,
+            reservations=inp.reservations,
+        )
+    decision = schedule(inp)
+    for jid, hname in decision.placements:
+        if jid == job.id:
+            return f"can start on {hname} in the next scheduling pass"
+    free_now = [h for h in usable if h.max_slots - h.occupied >= job.slots]
+    if free_now and all(
+        h.load_check and (h.load is None or h.load + job.slots > h.number_slots) for h in free_now
+    ):
+        return "load too high on every fitting host"
+    if job.id in decision.reservations:
+        return (
+            f"slots reserved on {decision.reservations[job.id]}, "
+            "waiting for running jobs there to end"
+        )
+    if not free_now:
+        best = max(max(0, h.max_slots - h.occupied) for h in usable)
+        return f"needs {job.slots} slots, largest free on an active host is {best}"
+    reserved = {h: j for j, h in decision.reservations.items()}
+    if all(h.name in reserved for h in free_now):
+        return f"slots reserved for job {reserved[free_now[0].name]}"
+    ahead = sum(
+        1
+        for j in inp.jobs
+        if j.user not in inp.disabled_users
+        and j.id != job.id
+        and (j.priority > job.priority or (j.priority == job.priority and j.id < job.id))
+    )
+    return f"waiting for {ahead} jobs of higher priority or earlier submission"

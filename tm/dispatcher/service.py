@@ -1,0 +1,348 @@
+"""The dispatcher: the queue, the slot accounting, and where each job runs.
+
+State lives in the database; this service keeps the working set (waiting,
+pending and running jobs, hosts, sessions) in memory and writes every change as
+a compare-and-set through the group-commit writer.  A scheduling pass runs when
+something changed, coalesced into one pass per reactor turn; a placement is
+committed (``pending``) before the start order goes out.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from twisted.application import service
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.logger import Logger
+
+from tm.core import scheduler
+from tm.core.model import Host, Job, JobState, Transition, User, ending_state
+from tm.dispatcher.writer import TransitionWriter
+from tm.protocol import commands
+
+#: How long a placed job may wait for its user's executor to appear.
+EXECUTOR_START_TIMEOUT = 60.0
+#: After a failed executor start, the host is not tried again for that user this long.
+EXECUTOR_BACKOFF = 30.0
+
+
+@dataclass
+class Settings:
+    var_dir: Path
+    config_dir: Path
+    database_url: str
+    port: int = 10101
+    interface: str = ""
+    public_host: str = field(default_factory=socket.gethostname)
+    hosts: list[Host] = field(default_factory=list)
+    users: list[User] = field(default_factory=list)
+
+
+class Dispatcher(service.Service):
+    log = Logger()
+
+    def __init__(self, reactor: Any, settings: Settings, store: Any) -> None:
+        self.reactor = reactor
+        self.settings = settings
+        self.store = store
+        self.writer = TransitionWriter(reactor, store.apply_transitions)
+        self.hosts: dict[str, Host] = {h.name: h for h in settings.hosts}
+        self.users: dict[str, User] = {u.name: u for u in settings.users}
+        self.jobs: dict[int, Job] = {}  # waiting, pending, running, lost
+        self.cluster_active = True
+        self.loads: dict[str, float] = {}
+        self.tms_sessions: dict[str, Any] = {}
+        self.executors: dict[tuple[str, str], Any] = {}
+        self.starting: dict[tuple[str, str], float] = {}
+        self.backoff: dict[tuple[str, str], float] = {}
+        self.reservations: dict[int, str] = {}
+        self.usage: dict[str, float] = {}
+        self.waiters: dict[int, list[Deferred]] = {}
+        self.started_at = 0.0
+        self._pass_scheduled = False
+        self.passes = 0
+
+    # --- start-up -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.store.upgrade()
+        self.started_at = self.reactor.seconds()
+        await self.store.sync_users(list(self.users.values()))
+        for name, enabled in (await self.store.load_users()).items():
+            if name in self.users:
+                self.users[name].enabled = enabled
+        saved = await self.store.load_hosts()
+        for name, (active, retired) in saved.items():
+            if name in self.hosts:
+                self.hosts[name].active = active
+        active = await self.store.get_setting("cluster_active")
+        self.cluster_active = active != "0"
+        for job in await self.store.load_active_jobs():
+            self.jobs[job.id] = job
+        # Placements whose start order may not have gone out: back to waiting.
+        for job in list(self.jobs.values()):
+            if job.state is JobState.PENDING:
+                self._transition(job, JobState.WAITING, "dispatcher restarted before the job started")
+        self.request_pass()
+
+    # --- sessions -------------------------------------------------------------------
+
+    def tms_connected(self, user: str, session: Any) -> None:
+        self.tms_sessions[user] = session
+        self.request_pass()
+
+    def tms_disconnected(self, user: str, session: Any) -> None:
+        if self.tms_sessions.get(user) is session:
+            del self.tms_sessions[user]
+
+    def executor_connected(self, user: str, host: str, session: Any) -> None:
+        old = self.executors.get((user, host))
+        self.executors[(user, host)] = session
+        self.starting.pop((user, host), None)
+        self.backoff.pop((user, host), None)
+        if old is not None and old is not session:
+            old.fence()
+        for job in self._jobs_on(user, host, JobState.PENDING):
+            ensureDeferred(self._send_run(job, session))
+        self.request_pass()
+
+    def executor_disconnected(self, user: str, host: str, session: Any) -> None:
+        if self.executors.get((user, host)) is not session:
+            return
+        del self.executors[(user, host)]
+        for job in self._jobs_on(user, host, JobState.RUNNING) + self._jobs_on(
+            user, host, JobState.PENDING
+        ):
+            self._lose(job, f"the executor of {user} on {host} went away")
+
+    def executor_start_failed(self, user: str, host: str, reason: str) -> None:
+        self.log.warn("starting an executor of {user} on {host} failed: {reason}",
+                      user=user, host=host, reason=reason)
+        self.starting.pop((user, host), None)
+        self.backoff[(user, host)] = self.reactor.seconds() + EXECUTOR_BACKOFF
+        self.reactor.callLater(EXECUTOR_BACKOFF + 0.01, self.request_pass)
+        for job in self._jobs_on(user, host, JobState.PENDING):
+            self._transition(job, JobState.WAITING, f"executor start on {host} failed: {reason}",
+                             clear_host=True)
+
+    def _jobs_on(self, user: str, host: str, state: JobState) -> list[Job]:
+        return [j for j in self.jobs.values() if j.user == user and j.host == host and j.state is state]
+
+    # --- transitions -------------------------------------------------------------------
+
+    def _transition(self, job: Job, new: JobState, reason: str = "", **kw: Any) -> Deferred:
+        t = Transition(job_id=job.id, attempt=job.attempt, old=job.state, new=new,
+                       reason=reason, **kw)
+        now = self.reactor.seconds()
+        job.state = new
+        job.reason = reason
+        job.state_since = now
+        if kw.get("clear_host"):
+            job.host = None
+            job.pid = None
+        if kw.get("host") is not None:
+            job.host = kw["host"]
+        if kw.get("pid") is not None:
+            job.pid = kw["pid"]
+        if new is JobState.RUNNING:
+            job.started_at = now
+        if kw.get("new_attempt") is not None:
+            job.attempt = kw["new_attempt"]
+        if new.terminal:
+            job.exit_code = kw.get("exit_code")
+            job.signal = kw.get("signal")
+            job.ended_at = now
+            self.jobs.pop(job.id, None)
+            self.reservations.pop(job.id, None)
+            for d in self.waiters.pop(job.id, []):
+                d.callback(job)
+        if new in (JobState.WAITING, JobState.FINISHED, JobState.FAILED, JobState.KILLED,
+                   JobState.LOST):
+            self.request_pass()
+        d = self.writer.write(t)
+        d.addErrback(lambda f: self.log.failure("state change of job {id} not written", f, id=job.id))
+        return d
+
+    def _lose(self, job: Job, reason: str) -> None:
+        self._transition(job, JobState.LOST, reason)
+        self._transition(job, JobState.WAITING, "requeued after: " + reason,
+                         new_attempt=job.attempt + 1, clear_host=True)
+
+    # --- scheduling ------------------------------------------------------------------------
+
+    def request_pass(self) -> None:
+        if not self._pass_scheduled:
+            self._pass_scheduled = True
+            self.reactor.callLater(0, self._run_pass)
+
+    def occupied(self) -> dict[str, int]:
+        occ = {name: 0 for name in self.hosts}
+        for job in self.jobs.values():
+            if job.state.holds_slots and job.host in occ:
+                occ[job.host] += job.spec.slots
+        return occ
+
+    def scheduler_input(self) -> scheduler.SchedulerInput:
+        occ = self.occupied()
+        now = self.reactor.seconds()
+        hosts = tuple(
+            scheduler.HostView(
+                name=h.name,
+                max_slots=h.max_slots,
+                number_slots=h.number_slots,
+                occupied=occ[h.name],
+                active=h.active and not h.retired,
+                load=self.loads.get(h.name),
+                load_check=h.load_check,
+            )
+            for h in self.hosts.values()
+        )
+        waiting = sorted(
+            (j for j in self.jobs.values() if j.state is JobState.WAITING), key=lambda j: j.id
+        )
+        blocked = {pair for pair, until in self.backoff.items() if until > now}
+        for user in {j.user for j in waiting}:
+            if user not in self.tms_sessions:
+                # Nobody can start an executor for this user: only hosts with one qualify.
+                blocked |= {(user, h) for h in self.hosts if (user, h) not in self.executors}
+        return scheduler.SchedulerInput(
+            hosts=hosts,
+            jobs=tuple(
+                scheduler.JobView(
+                    id=j.id, user=j.user, slots=j.spec.slots, priority=j.spec.priority,
+                    excluded=frozenset(j.spec.excluded_hosts),
+                )
+                for j in waiting
+            ),
+            usage=dict(self.usage),
+            cluster_active=self.cluster_active,
+            disabled_users=frozenset(u.name for u in self.users.values() if not u.enabled),
+            blocked=frozenset(blocked),
+            reservations=dict(self.reservations),
+        )
+
+    def _run_pass(self) -> None:
+        self._pass_scheduled = False
+        self.passes += 1
+        decision = scheduler.schedule(self.scheduler_input())
+        self.reservations = dict(decision.reservations)
+        for job_id, host in decision.placements:
+            job = self.jobs[job_id]
+            self.usage[job.user] = self.usage.get(job.user, 0.0) + job.spec.slots
+            d = self._transition(job, JobState.PENDING, f"placed on {host}", host=host)
+            d.addCallback(self._placed, job, job.attempt)
+
+    def _placed(self, applied: bool, job: Job, attempt: int) -> None:
+        if not applied or job.state is not JobState.PENDING or job.attempt != attempt:
+            return
+        key = (job.user, job.host)
+        session = self.executors.get(key)
+        if session is not None:
+            ensureDeferred(self._send_run(job, session))
+            return
+        if key in self.starting:
+            return
+        tms = self.tms_sessions.get(job.user)
+        if tms is None:
+            self._transition(job, JobState.WAITING, "no TMS of the user is connected", clear_host=True)
+            return
+        host = self.hosts[job.host]
+        self.starting[key] = self.reactor.seconds()
+        ensureDeferred(self._start_executor(tms, job.user, host))
+
+    async def _start_executor(self, tms: Any, user: str, host: Host) -> None:
+        try:
+            await tms.proto.call(
+                commands.StartExecutor,
+                host=host.name,
+                ssh_target=host.ssh_target,
+                command=host.tmmenial_command,
+            )
+        except Exception as e:
+            self.executor_start_failed(user, host.name, f"the TMS did not answer: {e}")
+            return
+        self.reactor.callLater(EXECUTOR_START_TIMEOUT, self._check_started, user, host.name)
+
+    def _check_started(self, user: str, host: str) -> None:
+        if (user, host) in self.starting and (user, host) not in self.executors:
+            self.executor_start_failed(user, host, "no executor connected within "
+                                       f"{EXECUTOR_START_TIMEOUT:.0f} s")
+
+    async def _send_run(self, job: Job, session: Any) -> None:
+        attempt = job.attempt
+        env = await self.store.get_environment(job.env_id) if job.env_id is not None else {}
+        try:
+            answer = await session.proto.call(
+                commands.RunJob,
+                job_id=job.id,
+                attempt=attempt,
+                command=job.spec.command,
+                shell=job.spec.shell,
+                cwd=job.cwd,
+                umask=job.umask,
+                env=env,
+                stdout=job.spec.stdout,
+                stderr=job.spec.stderr,
+                logfile=job.spec.logfile,
+                slots=job.spec.slots,
+            )
+        except commands.JobStartFailed as e:
+            if job.state is JobState.PENDING and job.attempt == attempt:
+                self._transition(job, JobState.FAILED, f"start failed: {e}")
+            return
+        except Exception as e:
+            if job.state is JobState.PENDING and job.attempt == attempt:
+                self._transition(job, JobState.WAITING, f"start order not delivered: {e}",
+                                 clear_host=True)
+            return
+        if job.state is JobState.PENDING and job.attempt == attempt:
+            self._transition(job, JobState.RUNNING, f"running on {job.host}", pid=answer["pid"])
+
+    def job_finished(self, user: str, host: str, job_id: int, attempt: int, exit_code: int | None,
+                     signal: int | None, killed: bool, reason: str) -> None:
+        job = self.jobs.get(job_id)
+        if job is None or job.attempt != attempt or job.user != user or job.host != host:
+            self.log.info("ignoring the end of job {id} attempt {a}: not current", id=job_id, a=attempt)
+            return
+        new = ending_state(exit_code, signal, killed)
+        if not reason:
+            reason = ("exit code %s" % exit_code) if signal is None else ("signal %s" % signal)
+        if job.state is JobState.PENDING:
+            # The end overtook the start answer; record the start first.
+            self._transition(job, JobState.RUNNING, f"running on {host}")
+        self._transition(job, new, reason, exit_code=exit_code, signal=signal)
+
+    # --- waiting for ends ---------------------------------------------------------------------
+
+    async def wait_job(self, job_id: int, timeout: float) -> Job | None:
+        job = self.jobs.get(job_id)
+        if job is None:
+            return await self.store.get_job(job_id)
+        d: Deferred = Deferred()
+        self.waiters.setdefault(job_id, []).append(d)
+        call = self.reactor.callLater(timeout, lambda: d.called or d.callback(None))
+        result = await d
+        if call.active():
+            call.cancel()
+        if result is None:
+            lst = self.waiters.get(job_id, [])
+            if d in lst:
+                lst.remove(d)
+            return self.jobs.get(job_id) or await self.store.get_job(job_id)
+        return result
+
+    # --- published information -----------------------------------------------------------------
+
+    def public_info(self, certificate: bytes) -> dict[str, Any]:
+        return {
+            "host": self.settings.public_host,
+            "port": self.settings.port,
+            "certificate": certificate.decode("ascii"),
+            "challenge_dir": str(self.settings.var_dir / "challenge"),
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+        }

@@ -1,0 +1,326 @@
+"""One authenticated connection to the dispatcher: its identity and its responders.
+
+A connection's user is proven once (``Hello`` then ``Authenticate``, the
+file-system challenge) and never taken from a message field afterwards.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.protocols import amp
+
+from tm import auth
+from tm.core.model import MAX_PRIORITY, MIN_PRIORITY, JobState
+from tm.protocol import commands, records
+from tm.protocol.base import BoundedAMP
+
+if False:  # pragma: no cover - typing only
+    from tm.dispatcher.service import Dispatcher
+
+ROLES = (commands.ROLE_TMS, commands.ROLE_TMMS, commands.ROLE_CLIENT)
+HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
+MAX_PAGE = 200
+
+
+class DispatcherProtocol(BoundedAMP):
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.session = Session(dispatcher, self)
+        super().__init__(locator=self.session, clock=dispatcher.reactor)
+
+    def connectionLost(self, reason: Any) -> None:  # noqa: N802
+        self.session.closed()
+        super().connectionLost(reason)
+
+
+class Session(amp.CommandLocator):
+    log = Logger()
+
+    def __init__(self, dispatcher: Dispatcher, proto: BoundedAMP) -> None:
+        self.dispatcher = dispatcher
+        self.proto = proto
+        self.user: str | None = None
+        self.claimed_user: str | None = None
+        self.role: str | None = None
+        self.host: str | None = None
+        self.challenge: auth.Challenge | None = None
+        self.fenced = False
+
+    # --- identity ---------------------------------------------------------------
+
+    def _require(self, *roles: str) -> str:
+        if self.user is None:
+            raise commands.NotAuthenticated("authenticate first (Hello, then Authenticate)")
+        if roles and self.role not in roles:
+            raise commands.PermissionDenied(f"a {self.role} connection cannot do this")
+        return self.user
+
+    def _is_admin(self) -> bool:
+        u = self.dispatcher.users.get(self.user or "")
+        return bool(u and u.is_admin)
+
+    def _require_admin(self) -> str:
+        user = self._require(commands.ROLE_CLIENT, commands.ROLE_TMS)
+        if not self._is_admin():
+            raise commands.PermissionDenied(f"{user} does not have the admin role (etc/users)")
+        return user
+
+    @commands.Hello.responder
+    def hello(self, protocol_version: int, role: str, user: str, host: str) -> dict:
+        if protocol_version != commands.PROTOCOL_VERSION:
+            raise commands.ProtocolMismatch(
+                f"the dispatcher speaks protocol {commands.PROTOCOL_VERSION}, you speak "
+                f"{protocol_version}: install the same TaskManager version"
+            )
+        if role not in ROLES:
+            raise commands.InvalidRequest(f"unknown role {role!r}")
+        if user not in self.dispatcher.users:
+            raise commands.UserNotAllowed(
+                f"user {user} is not allowed to use TaskManager: ask the admin to add "
+                f"the user to {self.dispatcher.settings.config_dir / 'users'}"
+            )
+        if role == commands.ROLE_TMMS:
+            if host not in self.dispatcher.hosts:
+                raise commands.UnknownHost(f"host {host!r} is not in the cluster configuration")
+        self.claimed_user, self.role, self.host = user, role, host
+        self.challenge = auth.new_challenge(self.dispatcher.settings.var_dir / "challenge")
+        return {
+            "protocol_version": commands.PROTOCOL_VERSION,
+            "server": "tmdispatcher",
+            "challenge_path": self.challenge.path,
+            "nonce": self.challenge.nonce,
+        }
+
+    @commands.Authenticate.responder
+    async def authenticate(self) -> dict:
+        if self.challenge is None or self.claimed_user is None:
+            raise commands.NotAuthenticated("send Hello first")
+        challenge, self.challenge = self.challenge, None
+        d = self.dispatcher
+        await deferToThreadPool(d.reactor, d.fs_pool, auth.verify_challenge, challenge,
+                                self.claimed_user)
+        self.user = self.claimed_user
+        self.log.info("{user} authenticated as {role} from {host}", user=self.user,
+                      role=self.role, host=self.host)
+        if self.role == commands.ROLE_TMS:
+            d.tms_connected(self.user, self)
+        elif self.role == commands.ROLE_TMMS:
+            d.executor_connected(self.user, self.host or "", self)
+        return {"user": self.user, "roles": sorted(d.users[self.user].roles)}
+
+    def closed(self) -> None:
+        if self.user is None:
+            return
+        if self.role == commands.ROLE_TMS:
+            self.dispatcher.tms_disconnected(self.user, self)
+        elif self.role == commands.ROLE_TMMS and not self.fenced:
+            self.dispatcher.executor_disconnected(self.user, self.host or "", self)
+
+    def fence(self) -> None:
+        """A newer executor of the same user and host replaced this one."""
+        self.fenced = True
+        self.proto.transport.loseConnection()
+
+    @commands.Ping.responder
+    def ping(self) -> dict:
+        return {"server": "tmdispatcher", "time": self.dispatcher.reactor.seconds()}
+
+    # --- jobs -----------------------------------------------------------------------
+
+    @commands.SubmitJobs.responder
+    async def submit_jobs(self, cwd: str, umask: int, env: Any, jobs: list[dict]) -> dict:
+        user = self._require(commands.ROLE_TMS, commands.ROLE_CLIENT)
+        d = self.dispatcher
+        try:
+            environment = records.environment_from_amp({"cwd": cwd, "umask": umask, "env": env})
+        except (ValueError, TypeError) as e:
+            raise commands.InvalidRequest(str(e)) from None
+        if not cwd.startswith("/"):
+            raise commands.InvalidRequest(f"the submission directory must be absolute, got {cwd!r}")
+        specs = [records.spec_from_amp(j) for j in jobs]
+        largest = max((h.max_slots for h in d.hosts.values() if not h.retired), default=0)
+        for spec in specs:
+            if not spec.command.strip():
+                raise commands.InvalidRequest("the command is empty: say what the job should run")
+            if len(spec.command.encode()) > records.MAX_COMMAND_BYTES:
+                raise commands.InvalidRequest(
+                    f"the command is longer than {records.MAX_COMMAND_BYTES} bytes: put it in a script"
+                )
+            if spec.slots < 1:
+                raise commands.InvalidRequest(f"a job needs at least 1 slot, not {spec.slots}")
+            if spec.slots > largest:
+                raise commands.InvalidRequest(
+                    f"the job needs {spec.slots} slots, but the largest host has {largest}"
+                )
+            if not MIN_PRIORITY <= spec.priority <= MAX_PRIORITY:
+                raise commands.InvalidRequest(
+                    f"priority {spec.priority} is out of range {MIN_PRIORITY}..{MAX_PRIORITY}"
+                )
+            for host in spec.excluded_hosts:
+                if host not in d.hosts and not any(h.short_name == host for h in d.hosts.values()):
+                    raise commands.UnknownHost(f"unknown host {host!r} in the excluded hosts")
+        now = d.reactor.seconds()
+        try:
+            ids = await d.store.submit_jobs(user, environment, specs, now)
+        except commands.TMError:
+            raise
+        except Exception as e:
+            self.log.failure("submission of {n} jobs failed", n=len(specs))
+            raise commands.DatabaseUnavailable(f"the submission was not stored: {e}") from None
+        for job_id in ids:
+            if job_id not in d.jobs:
+                job = await d.store.get_job(job_id)
+                if job is not None and job.state is JobState.WAITING:
+                    d.jobs[job_id] = job
+        d.request_pass()
+        return {"job_ids": ids}
+
+    def _scope_user(self, scope: str, user: str | None) -> str | None:
+        me = self._require(commands.ROLE_TMS, commands.ROLE_CLIENT)
+        if self.role == commands.ROLE_TMS or scope == "mine":
+            return me
+        return user
+
+    @commands.ListJobs.responder
+    async def list_jobs(self, states: list[str], scope: str, after_id: int, limit: int,
+                        user: str | None = None, group: str | None = None,
+                        text: str | None = None, order: str | None = None) -> dict:
+        owner = self._scope_user(scope, user)
+        try:
+            wanted = [JobState(s) for s in states] or list(JobState)
+        except ValueError as e:
+            raise commands.InvalidRequest(str(e)) from None
+        limit = max(1, min(limit, MAX_PAGE))
+        d = self.dispatcher
+        if order == "schedule":
+            inp = d.scheduler_input()
+            ranked = [d.jobs[j.id] for j in sorted(
+                inp.jobs, key=lambda j: (-j.priority, j.id)) if owner in (None, d.jobs[j.id].user)]
+            rows, n = records.fit_to_value(records.JOB_SUMMARY_FIELDS, ranked[:limit],
+                                           records.job_summary_to_amp)
+            return {"jobs": rows, "next_after_id": None}
+        jobs = await d.store.list_jobs(wanted, user=owner, group=group, text=text,
+                                       after_id=after_id, limit=limit + 1)
+        for i, job in enumerate(jobs):
+            live = d.jobs.get(job.id)
+            if live is not None:
+                jobs[i] = live
+        page = jobs[:limit]
+        rows, n = records.fit_to_value(records.JOB_SUMMARY_FIELDS, page, records.job_summary_to_amp)
+        more = n < len(page) or len(jobs) > limit
+        return {"jobs": rows, "next_after_id": rows[-1]["id"] if more and rows else None}
+
+    async def _visible_job(self, job_id: int) -> Any:
+        me = self._require(commands.ROLE_TMS, commands.ROLE_CLIENT)
+        d = self.dispatcher
+        job = d.jobs.get(job_id) or await d.store.get_job(job_id)
+        # Through a TMS a user sees only their own jobs; through the dispatcher, everyone's.
+        if job is None or (self.role == commands.ROLE_TMS and job.user != me):
+            raise commands.UnknownJob(f"unknown job {job_id}")
+        return job
+
+    @commands.GetJob.responder
+    async def get_job(self, job_id: int) -> dict:
+        job = await self._visible_job(job_id)
+        d = self.dispatcher
+        history = await d.store.get_history(job_id)
+        reason = ""
+        if job.state is JobState.WAITING:
+            from tm.core import scheduler
+
+            inp = d.scheduler_input()
+            view = next((j for j in inp.jobs if j.id == job_id), None)
+            if view is not None:
+                reason = scheduler.explain_wait(view, inp)
+        rows, _ = records.fit_to_value(records.HISTORY_FIELDS, history[-100:], records.history_to_amp)
+        return {"job": [records.job_detail_to_amp(job)], "history": rows, "wait_reason": reason}
+
+    @commands.WaitJob.responder
+    async def wait_job(self, job_id: int, timeout: float) -> dict:
+        await self._visible_job(job_id)
+        job = await self.dispatcher.wait_job(job_id, max(0.0, min(timeout, 300.0)))
+        if job is None:
+            raise commands.UnknownJob(f"unknown job {job_id}")
+        return {"state": job.state.value, "exit_code": job.exit_code, "signal": job.signal,
+                "reason": job.reason}
+
+    @commands.GetStatus.responder
+    async def get_status(self) -> dict:
+        me = self._require(commands.ROLE_TMS, commands.ROLE_CLIENT)
+        d = self.dispatcher
+        occ = d.occupied()
+        active = [h for h in d.hosts.values() if h.active and not h.retired]
+        counts = await d.store.count_by_state()
+        mine = await d.store.count_by_state(me)
+        return {
+            "cluster_active": d.cluster_active,
+            "active_hosts": len(active),
+            "total_slots": sum(h.max_slots for h in active),
+            "occupied_slots": sum(occ[h.name] for h in active),
+            "counts": [{"state": s.value, "count": counts.get(s, 0)} for s in JobState],
+            "user_counts": [{"state": s.value, "count": mine.get(s, 0)} for s in JobState],
+            "address": f"{d.settings.public_host}:{d.settings.port}",
+            "started_at": d.started_at,
+            "user": me,
+        }
+
+    @commands.ListHosts.responder
+    def list_hosts(self) -> dict:
+        self._require()
+        d = self.dispatcher
+        occ = d.occupied()
+        execs: dict[str, int] = {}
+        for (_, host) in d.executors:
+            execs[host] = execs.get(host, 0) + 1
+        rows = [records.host_to_amp(h, occ[h.name], d.loads.get(h.name), execs.get(h.name, 0))
+                for h in d.hosts.values()]
+        return {"cluster_active": d.cluster_active, "hosts": rows}
+
+    # --- executor reports ----------------------------------------------------------------
+
+    @commands.JobFinished.responder
+    def job_finished(self, job_id: int, attempt: int, exit_code: int | None, signal: int | None,
+                     killed: bool, ended_at: float, reason: str) -> dict:
+        user = self._require(commands.ROLE_TMMS)
+        self.dispatcher.job_finished(user, self.host or "", job_id, attempt, exit_code, signal,
+                                     killed, reason)
+        return {}
+
+    @commands.Heartbeat.responder
+    def heartbeat(self, load: float, running: Any) -> dict:
+        self._require(commands.ROLE_TMMS)
+        self.dispatcher.loads[self.host or ""] = load
+        return {"time": self.dispatcher.reactor.seconds()}
+
+    @commands.ExecutorStartFailed.responder
+    def executor_start_failed(self, host: str, reason: str) -> dict:
+        user = self._require(commands.ROLE_TMS)
+        self.dispatcher.executor_start_failed(user, host, reason)
+        return {}
+
+    # --- cluster control ------------------------------------------------------------------
+
+    @commands.SetClusterActive.responder
+    async def set_cluster_active(self, active: bool) -> dict:
+        self._require_admin()
+        d = self.dispatcher
+        d.cluster_active = active
+        await d.store.set_setting("cluster_active", "1" if active else "0")
+        d.request_pass()
+        return {}
+
+    @commands.SetHostActive.responder
+    async def set_host_active(self, host: str, active: bool) -> dict:
+        self._require_admin()
+        d = self.dispatcher
+        found = d.hosts.get(host) or next(
+            (h for h in d.hosts.values() if h.short_name == host), None)
+        if found is None:
+            raise commands.UnknownHost(f"unknown host {host!r}; see lscluster")
+        found.active = active
+        await d.store.save_host(found.name, active, found.retired)
+        d.request_pass()
+        return {"host": found.name}

@@ -1,0 +1,137 @@
+"""The TMMS: one user's executor on one host.
+
+It connects out to the dispatcher (no listening port), proves its user, runs
+the ``RunJob`` orders it receives through :class:`JobRunner`, reports every end
+(kept and re-sent until the dispatcher has it), heartbeats with the host's
+load, and exits after an idle period without jobs.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application import service
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.protocols import amp
+
+from tm.dispatcher_client import DispatcherLink
+from tm.executor.runner import JobEnd, JobRunner, JobStartError, RunRequest
+from tm.link import DispatcherInfo
+from tm.protocol import commands
+
+HEARTBEAT_INTERVAL = 5.0
+
+
+class ExecutorLocator(amp.CommandLocator):
+    def __init__(self, executor: Executor) -> None:
+        self.executor = executor
+
+    @commands.RunJob.responder
+    def run_job(self, job_id: int, attempt: int, command: str, shell: str, cwd: str, umask: int,
+                env: Any, stdout: str, stderr: str, logfile: str, slots: int) -> dict:
+        request = RunRequest(job_id=job_id, attempt=attempt, command=command, shell=shell, cwd=cwd,
+                             umask=umask, env=dict(env), stdout=stdout or None,
+                             stderr=stderr or None, logfile=logfile or None, slots=slots)
+        try:
+            pid = self.executor.runner.start(request, self.executor.job_ended)
+        except JobStartError as e:
+            raise commands.JobStartFailed(e.reason) from None
+        self.executor.activity()
+        return {"pid": pid, "started_at": self.executor.reactor.seconds()}
+
+    @commands.SignalJob.responder
+    def signal_job(self, job_id: int, attempt: int, action: str) -> dict:
+        runner = self.executor.runner
+        actions = {"kill": runner.kill, "stop": runner.suspend, "cont": runner.resume}
+        if action not in actions:
+            raise commands.InvalidRequest(f"unknown action {action!r}")
+        return {"found": actions[action](job_id, attempt)}
+
+    @commands.Shutdown.responder
+    def shutdown(self) -> dict:
+        self.executor.reactor.callLater(0, self.executor.reactor.stop)
+        return {}
+
+    @commands.Ping.responder
+    def ping(self) -> dict:
+        return {"server": "tmmenial", "time": self.executor.reactor.seconds()}
+
+
+class Executor(service.Service):
+    log = Logger()
+
+    def __init__(self, reactor: Any, info: DispatcherInfo, host: str, idle_timeout: float,
+                 log_dir: str) -> None:
+        self.reactor = reactor
+        self.host = host
+        self.idle_timeout = idle_timeout
+        self.runner = JobRunner(reactor, reactor, log_dir=log_dir)
+        self.unreported: list[JobEnd] = []
+        self.link = DispatcherLink(reactor, info, commands.ROLE_TMMS, host,
+                                   lambda: ExecutorLocator(self),
+                                   on_connected=lambda proto: self._flush(),
+                                   on_fatal=lambda e: reactor.stop())
+        self.heartbeat = LoopingCall(self._heartbeat)
+        self.heartbeat.clock = reactor
+        self._idle_call: Any = None
+
+    def startService(self) -> None:  # noqa: N802
+        super().startService()
+        self.link.start()
+        self.heartbeat.start(HEARTBEAT_INTERVAL, now=False)
+        self.activity()
+
+    def stopService(self) -> Any:  # noqa: N802
+        super().stopService()
+        if self.heartbeat.running:
+            self.heartbeat.stop()
+        self.link.stop()
+        return self.runner.kill_all()
+
+    # --- idle exit --------------------------------------------------------------------
+
+    def activity(self) -> None:
+        if self._idle_call is not None and self._idle_call.active():
+            self._idle_call.cancel()
+        self._idle_call = self.reactor.callLater(self.idle_timeout, self._idle)
+
+    def _idle(self) -> None:
+        if self.runner.running() or self.unreported:
+            self.activity()
+            return
+        self.log.info("no job for {t:.0f} s: the executor exits", t=self.idle_timeout)
+        self.reactor.stop()
+
+    # --- reports -------------------------------------------------------------------------
+
+    def job_ended(self, end: JobEnd) -> None:
+        self.unreported.append(end)
+        self.activity()
+        self._flush()
+
+    def _flush(self) -> None:
+        if self.link.connected:
+            for end in list(self.unreported):
+                ensureDeferred(self._report(end))
+
+    async def _report(self, end: JobEnd) -> None:
+        try:
+            await self.link.call(commands.JobFinished, job_id=end.job_id, attempt=end.attempt,
+                                 exit_code=end.exit_code, signal=end.signal, killed=end.killed,
+                                 ended_at=end.ended_at, reason=end.reason)
+        except Exception as e:
+            self.log.info("end of job {id} not reported yet: {e}", id=end.job_id, e=str(e))
+            return
+        if end in self.unreported:
+            self.unreported.remove(end)
+
+    def _heartbeat(self) -> None:
+        if not self.link.connected:
+            return
+        load = os.getloadavg()[0]
+        d = ensureDeferred(self.link.call(commands.Heartbeat, load=load,
+                                          running=[list(k) for k in self.runner.running()]))
+        d.addErrback(lambda f: self.log.info("heartbeat failed: {e}", e=f.getErrorMessage()))

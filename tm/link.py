@@ -1,0 +1,148 @@
+"""Finding the dispatcher and opening an authenticated link to it.
+
+Clients (TMS, TMMS, ``hConnect -T``) learn the dispatcher's address, its pinned
+certificate and its challenge directory from one published file,
+``dispatcher.json``.  Where that file is looked for, in order:
+
+1. the ``--dispatcher FILE`` option of a command, or ``$TM_DISPATCHER``;
+2. ``~/.taskmanager/dispatcher.json`` (the dispatcher writes it for its own account,
+   which is all a single-user installation needs);
+3. ``/etc/taskmanager/dispatcher.json`` (a multi-user installation: the admin
+   copies or links ``var/dispatcher.json`` there).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
+from twisted.internet.threads import deferToThread
+
+from tm import auth
+from tm.protocol import commands
+from tm.protocol.base import BoundedAMP
+
+SYSTEM_INFO = Path("/etc/taskmanager/dispatcher.json")
+
+
+def user_dir() -> Path:
+    return Path(os.path.expanduser("~")) / ".taskmanager"
+
+
+class DispatcherNotFound(Exception):
+    """No usable dispatcher.json; the text says where we looked."""
+
+
+@dataclass(frozen=True)
+class DispatcherInfo:
+    host: str
+    port: int
+    certificate: bytes
+    challenge_dir: str
+    path: str
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def candidate_paths(explicit: str | None = None) -> list[Path]:
+    if explicit:
+        return [Path(explicit)]
+    env = os.environ.get("TM_DISPATCHER")
+    if env:
+        return [Path(env)]
+    return [user_dir() / "dispatcher.json", SYSTEM_INFO]
+
+
+def find_dispatcher(explicit: str | None = None) -> DispatcherInfo:
+    paths = candidate_paths(explicit)
+    for path in paths:
+        if path.exists():
+            return load_info(path)
+    looked = ", ".join(str(p) for p in paths)
+    raise DispatcherNotFound(
+        f"no dispatcher found: looked for {looked}; start one with `twistd tmdispatcher` "
+        "or point TM_DISPATCHER at its var/dispatcher.json"
+    )
+
+
+def load_info(path: Path) -> DispatcherInfo:
+    try:
+        st = path.stat()
+        if st.st_mode & 0o022:
+            raise DispatcherNotFound(
+                f"{path} is writable by group or others; it cannot be trusted (chmod 644 {path})"
+            )
+        data = json.loads(path.read_text())
+        return DispatcherInfo(
+            host=data["host"],
+            port=int(data["port"]),
+            certificate=data["certificate"].encode("ascii"),
+            challenge_dir=data["challenge_dir"],
+            path=str(path),
+        )
+    except (OSError, ValueError, KeyError) as e:
+        raise DispatcherNotFound(f"cannot read dispatcher information from {path}: {e}") from None
+
+
+def write_info(path: Path, info: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".new")
+    tmp.write_text(json.dumps(info, indent=2))
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def connect_host(host: str) -> str:
+    """Connect to the loopback address when the dispatcher runs on this host."""
+    if host in (socket.gethostname(), socket.getfqdn()):
+        return "127.0.0.1"
+    return host
+
+
+async def connect_dispatcher(
+    reactor: Any,
+    info: DispatcherInfo,
+    role: str,
+    host: str | None = None,
+    locator: Any = None,
+    timeout: float = 10.0,
+) -> tuple[BoundedAMP, str, list[str]]:
+    """Open a TLS link to the pinned dispatcher and prove our user.
+
+    Returns the protocol, the proven user and their roles.
+    """
+    endpoint = SSL4ClientEndpoint(
+        reactor,
+        connect_host(info.host),
+        info.port,
+        auth.client_tls_options(info.certificate, auth.DISPATCHER_TLS_NAME),
+        timeout=timeout,
+    )
+    proto = BoundedAMP(locator=locator, clock=reactor)
+    await connectProtocol(endpoint, proto)
+    try:
+        hello = await proto.call(
+            commands.Hello,
+            timeout=timeout,
+            protocol_version=commands.PROTOCOL_VERSION,
+            role=role,
+            user=getpass.getuser(),
+            host=host or socket.gethostname(),
+        )
+        # Creating the file may block on NFS: keep it off the reactor thread.
+        await deferToThread(
+            auth.answer_challenge, hello["challenge_path"], hello["nonce"], info.challenge_dir
+        )
+        proven = await proto.call(commands.Authenticate, timeout=timeout)
+    except BaseException:
+        proto.transport.loseConnection()
+        raise
+    return proto, proven["user"], proven["roles"]

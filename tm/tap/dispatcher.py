@@ -1,0 +1,174 @@
+"""``twistd tmdispatcher``: options, configuration checks, and wiring of the dispatcher."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from twisted.application import service
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.python.threadpool import ThreadPool
+
+from tm import auth, config
+from tm.core.model import User
+from tm.link import user_dir, write_info
+
+DEFAULT_PORT = 10101
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = (
+        "Runs the TaskManager dispatcher: the queue, the slot accounting and the "
+        "placement of jobs.  With no configuration at all it uses an SQLite database "
+        "under var/, the local host with all its cores, and the account that runs it "
+        "as its only user and admin."
+    )
+    optParameters = [
+        ["port", "p", DEFAULT_PORT, "TLS port for AMP.", int],
+        ["interface", None, "", "Address to listen on (default: all)."],
+        ["database", "d", None,
+         "Database URL: sqlite:///PATH or mysql://USER:PASSWORD@HOST:PORT/DB "
+         "(default: sqlite under the var directory; also $TM_DATABASE_URL)."],
+        ["config-dir", "c", "etc", "Directory with cluster.tab / cluster.cfg and users."],
+        ["var-dir", None, "var", "Directory for run-time state (database, keys, challenge)."],
+        ["cluster-config", None, "tab", "Which cluster file to read: tab (cluster.tab) or cfg (cluster.cfg)."],
+        ["public-host", None, None, "Host name clients use to reach the dispatcher (default: this host's name)."],
+    ]
+
+    def postOptions(self) -> None:
+        if self["cluster-config"] not in ("tab", "cfg"):
+            raise usage.UsageError("--cluster-config must be 'tab' or 'cfg'")
+        self["config-dir"] = Path(self["config-dir"]).resolve()
+        self["var-dir"] = Path(self["var-dir"]).resolve()
+        if self["database"] is None:
+            self["database"] = os.environ.get("TM_DATABASE_URL") or (
+                f"sqlite:///{self['var-dir'] / 'taskmanager.sqlite'}"
+            )
+
+
+def load_cluster(config_dir: Path, kind: str) -> list:
+    path = config_dir / ("cluster.tab" if kind == "tab" else "cluster.cfg")
+    if not path.exists():
+        return [config.default_local_host(socket.gethostname(), os.cpu_count() or 1)]
+    text = path.read_text()
+    hosts = config.parse_cluster_tab(text, str(path)) if kind == "tab" else config.parse_cluster_cfg(
+        text, str(path))
+    if not hosts:
+        raise usage.UsageError(f"{path} lists no hosts")
+    return hosts
+
+
+def load_users(config_dir: Path) -> list[User]:
+    path = config_dir / "users"
+    if not path.exists():
+        return [User(name=getpass.getuser(), roles=frozenset({"user", "admin"}))]
+    users = config.parse_users(path.read_text(), str(path))
+    if not users:
+        raise usage.UsageError(f"{path} lists no users")
+    return users
+
+
+class DispatcherRunner(service.MultiService):
+    """Starts the store and the dispatcher, then listens and publishes where it is."""
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, settings: Any, listen: StreamServerEndpointService,
+                 certificate: bytes) -> None:
+        super().__init__()
+        from tm.db.store import Store
+        from tm.dispatcher.service import Dispatcher
+
+        self.reactor = reactor
+        self.store = Store.from_url(settings.database_url, reactor)
+        self.dispatcher = Dispatcher(reactor, settings, self.store)
+        self.dispatcher.fs_pool = ThreadPool(1, 4, name="tm-fs-checks")
+        self.listen = listen
+        self.certificate = certificate
+
+    def startService(self) -> None:  # noqa: N802
+        super().startService()
+        self.dispatcher.fs_pool.start()
+        self.reactor.callWhenRunning(self._start)
+
+    def _start(self) -> None:
+        from twisted.internet.defer import ensureDeferred
+
+        d = ensureDeferred(self._start_async())
+        d.addErrback(self._failed)
+
+    async def _start_async(self) -> None:
+        await self.store.check()
+        await self.dispatcher.start()
+        self.listen.setServiceParent(self)
+        info = self.dispatcher.public_info(self.certificate)
+        settings = self.dispatcher.settings
+        write_info(settings.var_dir / "dispatcher.json", info)
+        # The account that runs the dispatcher finds it without any variable.
+        write_info(user_dir() / "dispatcher.json", info)
+        self.log.info(
+            "tmdispatcher ready on port {port} with {hosts} host(s), {users} user(s), database {db}",
+            port=settings.port, hosts=len(settings.hosts), users=len(settings.users),
+            db=self.store.safe_url(),
+        )
+
+    def _failed(self, failure: Any) -> None:
+        self.log.failure("tmdispatcher could not start", failure)
+        self.reactor.stop()
+
+    def stopService(self) -> Any:  # noqa: N802
+        d = super().stopService()
+        self.dispatcher.fs_pool.stop()
+        self.store.close()
+        return d
+
+
+def makeService(options: Options) -> service.IService:  # noqa: N802
+    from twisted.internet import reactor
+
+    from tm.db.store import check_url_sync
+    from tm.dispatcher.service import Settings
+    from tm.dispatcher.session import DispatcherProtocol
+
+    try:
+        hosts = load_cluster(options["config-dir"], options["cluster-config"])
+        users = load_users(options["config-dir"])
+    except config.ConfigError as e:
+        raise usage.UsageError(f"bad configuration: {e}") from None
+    var_dir: Path = options["var-dir"]
+    var_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(var_dir, 0o711)
+    try:
+        check_url_sync(options["database"])
+    except Exception as e:
+        raise usage.UsageError(str(e)) from None
+    auth.ensure_challenge_dir(var_dir / "challenge")
+    key_pem, cert_pem = auth.ensure_key_pair(
+        var_dir / "private" / "dispatcher.key", var_dir / "dispatcher.crt", auth.DISPATCHER_TLS_NAME
+    )
+    settings = Settings(
+        var_dir=var_dir,
+        config_dir=options["config-dir"],
+        database_url=options["database"],
+        port=options["port"],
+        interface=options["interface"],
+        public_host=options["public-host"] or socket.gethostname(),
+        hosts=hosts,
+        users=users,
+    )
+    endpoint = SSL4ServerEndpoint(reactor, options["port"], auth.server_tls_options(key_pem, cert_pem),
+                                  interface=options["interface"])
+    runner: DispatcherRunner
+    factory = Factory.forProtocol(lambda: DispatcherProtocol(runner.dispatcher))
+    listen = StreamServerEndpointService(endpoint, factory)
+    listen._raiseSynchronously = True
+    runner = DispatcherRunner(reactor, settings, listen, cert_pem)
+    return runner

@@ -1,0 +1,39 @@
+"""``twistd tmmenial``: a user's executor (TMMS) on one host, started by the user's TMS."""
+
+from __future__ import annotations
+
+import socket
+
+from twisted.application import service
+from twisted.python import usage
+
+from tm.link import DispatcherNotFound, find_dispatcher, user_dir
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = "Runs a user's TaskManager executor (TMMS); it connects out to the dispatcher."
+    optParameters = [
+        ["dispatcher", None, None, "The dispatcher's dispatcher.json."],
+        ["host", None, None, "This host's name in the cluster configuration (default: hostname)."],
+        ["idle-timeout", None, 300.0, "Exit after this many seconds without a job.", float],
+        ["log-dir", None, None, "Default directory for job output (default ~/.taskmanager/logs)."],
+    ]
+
+
+def makeService(options: Options) -> service.IService:  # noqa: N802
+    from twisted.internet import reactor
+
+    from tm.executor.service import Executor
+
+    try:
+        info = find_dispatcher(options["dispatcher"])
+    except DispatcherNotFound as e:
+        raise usage.UsageError(str(e)) from None
+    return Executor(
+        reactor,
+        info,
+        host=options["host"] or socket.gethostname(),
+        idle_timeout=options["idle-timeout"],
+        log_dir=options["log-dir"] or str(user_dir() / "logs"),
+    )

@@ -1,0 +1,534 @@
+"""The text commands of ``hConnect``: parsing and formatting over typed AMP requests.
+
+Pure: :func:`parse` turns a line like ``lajob:12`` into a :class:`TextCommand`;
+:meth:`TextCommand.run` sends the matching AMP command(s) through an injected
+``call(command_class, **kwargs) -> dict`` and formats the answer as text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tm.protocol import commands
+
+Call = Callable[..., Awaitable[dict[str, Any]]]
+
+TARGETS = ("tms", "dispatcher")
+PAGE_LIMIT = 100
+ENDED_STATES = ["finished", "failed", "killed"]
+TERMINAL_STATES = ("finished", "failed", "killed", "lost")
+LIST_STATES: dict[str, tuple[list[str], str]] = {
+    "lswjobs": (["waiting"], "no waiting jobs"),
+    "lspjobs": (["pending"], "no pending jobs"),
+    "lsrjobs": (["running"], "no running jobs"),
+    "lsfjobs": (ENDED_STATES, "no finished jobs"),
+}
+ADMIN_ACTIONS = (
+    "rmjobs",
+    "rmwjobs",
+    "setallpjobsaswaiting",
+    "setallrjobsaswaiting",
+    "setallpjobsasfinished",
+    "setallrjobsasfinished",
+    "checkslots",
+    "updateload",
+)
+
+
+class TextCommandError(ValueError):
+    """A text command that cannot be understood; the message says why and how to write it."""
+
+
+@dataclass(frozen=True)
+class _Spec:
+    name: str
+    targets: tuple[str, ...]
+    arg: str  # "", "int", "ints", "text", "regex", "host", "user", "count"
+    description: str
+
+    @property
+    def usage(self) -> str:
+        return {
+            "": self.name,
+            "int": f"{self.name}:ID",
+            "ints": f"{self.name}:ID[:ID...]",
+            "text": f"{self.name}:TEXT",
+            "regex": f"{self.name}:REGEX",
+            "host": f"{self.name}:HOST",
+            "user": f"{self.name}:USER",
+            "count": f"{self.name}:N",
+            "group": f"{self.name}:GROUP",
+        }[self.arg]
+
+
+_BOTH = ("tms", "dispatcher")
+_TMS = ("tms",)
+_TD = ("dispatcher",)
+
+_SPECS: list[_Spec] = [
+    _Spec("ping", _BOTH, "", "check that the server answers"),
+    _Spec("help", _BOTH, "", "list every command"),
+    _Spec("fullhelp", _TD, "", "list every command (same as help)"),
+    _Spec("status", _TD, "", "cluster activity, hosts, slots and job counts"),
+    _Spec("gettdstatus", _BOTH, "", "dispatcher status as JSON"),
+    _Spec("printserverinfo", _TMS, "", "status of your TaskManagerServer"),
+    _Spec("lscluster", _TD, "", "list the cluster's hosts"),
+    _Spec("activatecluster", _TD, "", "allow dispatching"),
+    _Spec("deactivatecluster", _TD, "", "stop dispatching new jobs"),
+    _Spec("activatehost", _TD, "host", "let a host get new jobs"),
+    _Spec("deactivatehost", _TD, "host", "give a host no new jobs"),
+    _Spec("lsusers", _TD, "", "list the users"),
+    _Spec("lsuser", _TD, "user", "show one user"),
+    _Spec("enableuser", _TD, "user", "let a user's waiting jobs be dispatched"),
+    _Spec("disableuser", _TD, "user", "keep a user's waiting jobs waiting"),
+    _Spec("lswjobs", _BOTH, "", "list waiting jobs"),
+    _Spec("lspjobs", _BOTH, "", "list pending jobs"),
+    _Spec("lsrjobs", _BOTH, "", "list running jobs"),
+    _Spec("lsfjobs", _BOTH, "", "list ended jobs (finished, failed, killed)"),
+    _Spec("lajob", _BOTH, "int", "show everything about a job"),
+    _Spec("lagroup", _TMS, "group", "job counts and progress of a group"),
+    _Spec("lagroups", _TMS, "", "job counts and progress of every group"),
+    _Spec("hasgroupfinished", _TMS, "group", "yes if every job of the group has ended"),
+    _Spec("findjobs", _BOTH, "text", "jobs whose command, info or group contains TEXT"),
+    _Spec("lsnextjobs", _TD, "count", "the next N waiting jobs in scheduling order"),
+    _Spec("killjob", _TMS, "int", "kill a job"),
+    _Spec("killjobs", _TMS, "ints", "kill several jobs"),
+    _Spec("killmatchingjobs", _TMS, "regex", "kill the jobs whose command matches REGEX"),
+    _Spec("killalljobs", _TMS, "", "kill all your jobs"),
+    _Spec("suspendjob", _TMS, "int", "stop a running job's processes"),
+    _Spec("resumejob", _TMS, "int", "continue a suspended job"),
+    _Spec("rmjobs", _TD, "user", "remove all jobs of a user, killing running ones"),
+    _Spec("rmwjobs", _TD, "user", "remove the waiting jobs of a user"),
+    _Spec("setallpjobsaswaiting", _TD, "", "re-queue every pending job"),
+    _Spec("setallrjobsaswaiting", _TD, "", "re-queue every running job"),
+    _Spec("setallpjobsasfinished", _TD, "", "mark every pending job as finished"),
+    _Spec("setallrjobsasfinished", _TD, "", "mark every running job as finished"),
+    _Spec("checkslots", _TD, "", "recompute the occupied slots of every host"),
+    _Spec("updateload", _TD, "", "poll the load of every host now"),
+    _Spec("lsthreads", _TD, "", "the dispatcher's live sessions and timers"),
+    _Spec("reload", _TD, "", "re-read the configuration"),
+    _Spec("lstmms", _TMS, "", "list your executors (TMMS)"),
+    _Spec("invokealltmms", _TMS, "", "start an executor on every active host"),
+    _Spec("shutdownalltmms", _TMS, "", "stop all your executors"),
+    _Spec("shutdown", _TMS, "", "stop your TaskManagerServer"),
+]
+SPECS: dict[str, _Spec] = {s.name: s for s in _SPECS}
+
+
+def help_text(target: str) -> str:
+    """Every command of ``target`` with its argument syntax and a one-line description."""
+    _check_target(target)
+    specs = [s for s in _SPECS if target in s.targets]
+    width = max(len(s.usage) for s in specs)
+    title = (
+        "commands of your TaskManagerServer" if target == "tms" else "commands of the dispatcher"
+    )
+    lines = [title + ":"]
+    lines += [f"  {s.usage.ljust(width)}  {s.description}" for s in specs]
+    return "\n".join(lines)
+
+
+def _check_target(target: str) -> None:
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}: expected 'tms' or 'dispatcher'")
+
+
+def _int(text: str, spec: _Spec, what: str = "job id") -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise TextCommandError(
+            f"{spec.name}: {text!r} is not a {what}: usage: {spec.usage}"
+        ) from None
+    if value < 0:
+        raise TextCommandError(f"{spec.name}: {what} must not be negative: usage: {spec.usage}")
+    return value
+
+
+def parse(line: str, target: str) -> TextCommand:
+    """Parse ``name``, ``name:ARG`` or ``name:A:B:...`` for ``target`` ("tms" or "dispatcher")."""
+    _check_target(target)
+    line = line.strip()
+    name, sep, rest = line.partition(":")
+    name = name.strip()
+    if not name:
+        raise TextCommandError("empty command: try 'help'")
+    spec = SPECS.get(name)
+    where = "your TaskManagerServer" if target == "tms" else "the dispatcher"
+    if spec is None:
+        raise TextCommandError(f"unknown command {name!r}: try 'help'")
+    if target not in spec.targets:
+        other = "hConnect -T (the dispatcher)" if target == "tms" else "hConnect (your TMS)"
+        raise TextCommandError(f"{name!r} is not a command of {where}; use {other}, or try 'help'")
+    if spec.arg == "":
+        if sep:
+            raise TextCommandError(f"{name} takes no argument: usage: {spec.usage}")
+        return TextCommand(name, (), target)
+    if not sep or not rest:
+        what = {
+            "int": "a job id",
+            "ints": "one or more job ids",
+            "text": "a text",
+            "regex": "a regular expression",
+            "host": "a host name",
+            "user": "a user name",
+            "count": "a number",
+            "group": "a group name",
+        }[spec.arg]
+        raise TextCommandError(f"{name} needs {what}: usage: {spec.usage}")
+    args: tuple[Any, ...]
+    if spec.arg == "int":
+        args = (_int(rest, spec),)
+    elif spec.arg == "ints":
+        args = tuple(_int(p, spec) for p in rest.split(":"))
+    elif spec.arg == "count":
+        args = (_int(rest, spec, "number"),)
+    elif spec.arg == "regex":
+        try:
+            re.compile(rest)
+        except re.error as e:
+            raise TextCommandError(
+                f"{name}: bad regular expression {rest!r} ({e}): usage: {spec.usage}"
+            ) from None
+        args = (rest,)
+    else:  # text, host, user, group: the rest of the line, colons included
+        args = (rest,)
+    return TextCommand(name, args, target)
+
+
+def format_time(t: float | None) -> str:
+    if t is None:
+        return "n.a."
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
+
+
+def _shorten(text: str, n: int = 30) -> str:
+    return text[:n] + "..." if len(text) > n else text
+
+
+def _align(rows: list[list[str]]) -> str:
+    if not rows:
+        return ""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
+
+
+def _job_where(job: dict[str, Any]) -> str:
+    state = job["state"]
+    if state == "waiting":
+        return f"waiting since {format_time(job['state_since'])}"
+    if state in ("pending", "running"):
+        extra = " (suspended)" if job.get("suspended") else ""
+        return f"{state} on {job['host']}{extra}"
+    code = job.get("exit_code")
+    sig = job.get("signal")
+    end = f"exit {code}" if code is not None else (f"signal {sig}" if sig is not None else "exit -")
+    return f"{state} {format_time(job['state_since'])} {end}"
+
+
+def format_jobs(jobs: list[dict[str, Any]], with_user: bool) -> str:
+    rows = []
+    for i, job in enumerate(jobs, 1):
+        row = [str(i), str(job["id"])]
+        if with_user:
+            row.append(job["user"])
+        row += [_job_where(job), job["group"], job["info"], _shorten(job["command"])]
+        rows.append(row)
+    return _align(rows)
+
+
+def format_job_detail(response: dict[str, Any]) -> str:
+    job = response["job"][0]
+    state = job["state"]
+    if state == "waiting" and response.get("wait_reason"):
+        state += f" ({response['wait_reason']})"
+    if job.get("suspended"):
+        state += " (suspended)"
+
+    def opt(v: Any) -> str:
+        return "n.a." if v is None or v == "" else str(v)
+
+    fields = [
+        ("job id", str(job["id"])),
+        ("user", job["user"]),
+        ("state", state),
+        ("command", job["command"]),
+        ("info", job["info"]),
+        ("group", job["group"]),
+        ("slots", str(job["slots"])),
+        ("priority", str(job["priority"])),
+        ("shell", job["shell"]),
+        ("cwd", job["cwd"]),
+        ("stdout", job["stdout"]),
+        ("stderr", job["stderr"]),
+        ("logfile", job["logfile"]),
+        ("excluded hosts", json.dumps(list(job["excluded_hosts"]))),
+        ("host", opt(job["host"])),
+        ("pid", opt(job.get("pid"))),
+        ("exit code", opt(job.get("exit_code"))),
+        ("signal", opt(job.get("signal"))),
+        ("reason", job["reason"]),
+    ]
+    width = max(len(k) for k, _ in fields) + 1
+    lines = [f"{(k + ':').ljust(width)} {v}" for k, v in fields]
+    lines.append("history:")
+    for h in response["history"]:
+        parts = [
+            format_time(h["at"]),
+            h["state"],
+            f"attempt {h['attempt']}",
+            h["host"],
+            h["reason"],
+        ]
+        lines.append("  " + "  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def _group_block(group: str, counts: dict[str, int]) -> str:
+    total = sum(counts.values())
+    ended = sum(counts.get(s, 0) for s in TERMINAL_STATES)
+    progress = ended / total * 100 if total else 0.0
+    states = ["waiting", "pending", "running", "finished", "failed", "killed"]
+    states += sorted(s for s in counts if s not in states)
+    lines = [f"group: {group}"]
+    lines += [f"  {s}: {counts.get(s, 0)}" for s in states]
+    lines.append(f"  total: {total}")
+    lines.append(f"  progress: {progress:.2f}%")
+    return "\n".join(lines)
+
+
+def _counts(rows: list[dict[str, Any]]) -> dict[str, int]:
+    return {r["state"]: r["count"] for r in rows}
+
+
+def format_td_status_json(status: dict[str, Any]) -> str:
+    doc: dict[str, Any] = {
+        "activity status": bool(status["cluster_active"]),
+        "active hosts": status["active_hosts"],
+        "total slots": status["total_slots"],
+        "occupied slots": status["occupied_slots"],
+    }
+    for state, count in _counts(status["counts"]).items():
+        doc[f"{state} jobs"] = count
+    return json.dumps(doc)
+
+
+def format_status(status: dict[str, Any]) -> str:
+    counts = _counts(status["counts"])
+    lines = [
+        f"dispatcher on {status['address']} running since {format_time(status['started_at'])}",
+        "cluster is active" if status["cluster_active"] else "cluster is not active",
+        f"active hosts: {status['active_hosts']}",
+        f"occupied slots: {status['occupied_slots']} / {status['total_slots']}",
+    ]
+    for state in ["waiting", "pending", "running", *ENDED_STATES]:
+        lines.append(f"{state} jobs: {counts.get(state, 0)}")
+    return "\n".join(lines)
+
+
+def format_server_info(info: dict[str, Any], status: dict[str, Any]) -> str:
+    """The ``printserverinfo`` / ``hRunJob -s`` block from ServerInfo and GetStatus."""
+    counts = _counts(status["user_counts"])
+    connected = "connected" if info["dispatcher_connected"] else "not connected"
+    lines = [
+        f"Status of TaskManagerServer on {info['host']}:{info['port']} of user {info['user']}",
+        f"  tms running since: {format_time(info['started_at'])} (pid {info['pid']})",
+        f"  dispatcher: {info['dispatcher']} ({connected})",
+        f"  dispatcher activity status: {'active' if status['cluster_active'] else 'not active'}",
+        f"  active hosts: {status['active_hosts']}",
+        f"  occupied slots: {status['occupied_slots']} / {status['total_slots']}",
+        "  your jobs:",
+    ]
+    for state in ["waiting", "pending", "running", "finished", "failed", "killed"]:
+        lines.append(f"    {state}: {counts.get(state, 0)}")
+    return "\n".join(lines)
+
+
+def format_hosts(response: dict[str, Any]) -> str:
+    head = "cluster is active" if response["cluster_active"] else "cluster is not active"
+    rows = []
+    for i, h in enumerate(response["hosts"], 1):
+        status = "retired" if h["retired"] else ("active" if h["active"] else "inactive")
+        free = h["max_slots"] - h["occupied_slots"]
+        load = "n.a." if h.get("load") is None else f"{h['load']:.2f}"
+        rows.append(
+            [
+                str(i),
+                h["name"],
+                status,
+                f"{free}/{h['max_slots']} free",
+                f"load {load}",
+                f"executors {h['executors']}",
+            ]
+        )
+    return head + ("\n" + _align(rows) if rows else "\nno hosts")
+
+
+def format_users(users: list[dict[str, Any]]) -> str:
+    if not users:
+        return "no users"
+    rows = []
+    for i, u in enumerate(users, 1):
+        rows.append(
+            [
+                str(i),
+                u["name"],
+                ",".join(u["roles"]),
+                "enabled" if u["enabled"] else "disabled",
+                "TMS connected" if u["tms_connected"] else "no TMS",
+                f"waiting {u['waiting']}",
+                f"pending {u['pending']}",
+                f"running {u['running']}",
+                f"usage {u['usage']:.2f}",
+                "executors: " + (",".join(u["executors"]) or "-"),
+            ]
+        )
+    return _align(rows)
+
+
+def _killed(killed: list[int]) -> str:
+    if not killed:
+        return "no job killed"
+    return f"Job(s) {', '.join(str(k) for k in killed)} have been killed."
+
+
+@dataclass(frozen=True)
+class TextCommand:
+    name: str
+    args: tuple[Any, ...]
+    target: str
+
+    @property
+    def scope(self) -> str:
+        return "mine" if self.target == "tms" else "all"
+
+    async def _list(self, call: Call, states: list[str], text: str | None = None) -> list[dict]:
+        jobs: list[dict[str, Any]] = []
+        after = 0
+        while True:
+            kwargs: dict[str, Any] = {
+                "states": states,
+                "scope": self.scope,
+                "after_id": after,
+                "limit": PAGE_LIMIT,
+            }
+            if text is not None:
+                kwargs["text"] = text
+            r = await call(commands.ListJobs, **kwargs)
+            jobs.extend(r["jobs"])
+            nxt = r.get("next_after_id")
+            if nxt is None or not r["jobs"]:
+                return jobs
+            after = nxt
+
+    async def run(self, call: Call) -> str:
+        n, a = self.name, self.args
+        with_user = self.target == "dispatcher"
+        if n in ("help", "fullhelp"):
+            return help_text(self.target)
+        if n == "ping":
+            await call(commands.Ping)
+            return "pong"
+        if n in LIST_STATES:
+            states, empty = LIST_STATES[n]
+            jobs = await self._list(call, states)
+            return format_jobs(jobs, with_user) if jobs else empty
+        if n == "findjobs":
+            jobs = await self._list(call, [], text=a[0])
+            return format_jobs(jobs, with_user) if jobs else "no jobs found"
+        if n == "lsnextjobs":
+            r = await call(
+                commands.ListJobs,
+                states=["waiting"],
+                scope="all",
+                after_id=0,
+                limit=a[0],
+                order="schedule",
+            )
+            return format_jobs(r["jobs"], True) if r["jobs"] else "no jobs found to send"
+        if n == "lajob":
+            return format_job_detail(await call(commands.GetJob, job_id=a[0]))
+        if n in ("lagroup", "hasgroupfinished"):
+            r = await call(commands.GroupSummary, group=a[0], scope=self.scope)
+            counts = r["groups"].get(a[0])
+            if not counts:
+                return "group is unknown"
+            if n == "lagroup":
+                return _group_block(a[0], counts)
+            unfinished = sum(c for s, c in counts.items() if s not in TERMINAL_STATES)
+            return "no" if unfinished else "yes"
+        if n == "lagroups":
+            r = await call(commands.GroupSummary, group=None, scope=self.scope)
+            groups = r["groups"]
+            if not groups:
+                return "no groups found"
+            return "\n".join(_group_block(g, groups[g]) for g in sorted(groups))
+        if n in ("killjob", "killjobs"):
+            r = await call(commands.KillJobs, job_ids=list(a), regex=None, all=False)
+            return _killed(r["killed"])
+        if n == "killmatchingjobs":
+            r = await call(commands.KillJobs, job_ids=[], regex=a[0], all=False)
+            return _killed(r["killed"])
+        if n == "killalljobs":
+            r = await call(commands.KillJobs, job_ids=[], regex=None, all=True)
+            return _killed(r["killed"])
+        if n in ("suspendjob", "resumejob"):
+            await call(commands.SuspendJob, job_id=a[0], resume=n == "resumejob")
+            return f"job {a[0]} has been {'resumed' if n == 'resumejob' else 'suspended'}"
+        if n == "gettdstatus":
+            return format_td_status_json(await call(commands.GetStatus))
+        if n == "status":
+            return format_status(await call(commands.GetStatus))
+        if n == "printserverinfo":
+            info = await call(commands.ServerInfo)
+            status = await call(commands.GetStatus)
+            return format_server_info(info, status)
+        if n == "lscluster":
+            return format_hosts(await call(commands.ListHosts))
+        if n in ("activatecluster", "deactivatecluster"):
+            active = n == "activatecluster"
+            await call(commands.SetClusterActive, active=active)
+            return "activated." if active else "deactivated."
+        if n in ("activatehost", "deactivatehost"):
+            active = n == "activatehost"
+            r = await call(commands.SetHostActive, host=a[0], active=active)
+            host = r.get("host") or a[0]
+            return f"host {host} has been {'activated' if active else 'deactivated'}"
+        if n == "lsusers":
+            return format_users((await call(commands.ListUsers, user=None))["users"])
+        if n == "lsuser":
+            users = (await call(commands.ListUsers, user=a[0]))["users"]
+            return format_users(users) if users else f"user {a[0]} is unknown"
+        if n in ("enableuser", "disableuser"):
+            await call(commands.SetUserEnabled, user=a[0], enabled=n == "enableuser")
+            return "done."
+        if n in ADMIN_ACTIONS:
+            r = await call(commands.AdminJobs, action=n, user=a[0] if a else None)
+            return str(r["message"])
+        if n == "lsthreads":
+            lines = (await call(commands.ListSessions))["lines"]
+            return "\n".join(lines) if lines else "no sessions"
+        if n == "reload":
+            return str((await call(commands.ReloadConfig))["summary"])
+        if n == "lstmms":
+            executors = (await call(commands.ListExecutors))["executors"]
+            if not executors:
+                return "no tmms known."
+            return json.dumps(
+                [{k: e.get(k) for k in ("host", "pid", "since", "running")} for e in executors]
+            )
+        if n in ("invokealltmms", "shutdownalltmms"):
+            action = "invoke" if n == "invokealltmms" else "shutdown"
+            await call(commands.ControlExecutors, action=action)
+            return "done"
+        if n == "shutdown":
+            await call(commands.Shutdown)
+            return "terminating TMS ..."
+        raise TextCommandError(f"unknown command {n!r}: try 'help'")  # pragma: no cover

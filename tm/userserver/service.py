@@ -1,0 +1,266 @@
+"""The TMS: one user's server, the front door of that user's clients.
+
+It listens on an ephemeral TLS port announced in ``~/.taskmanager/tms.json``
+(0600 in a 0700 directory, with its certificate and a random key), keeps one
+authenticated link to the dispatcher, forwards its clients' typed requests
+over it, and starts the user's executors (TMMS) where the dispatcher asks.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import secrets
+import shlex
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from twisted.application import service
+from twisted.internet import protocol
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.logger import Logger
+from twisted.protocols import amp
+
+from tm import auth
+from tm.dispatcher_client import DispatcherLink
+from tm.link import DispatcherInfo, user_dir
+from tm.protocol import commands
+from tm.protocol.base import BoundedAMP
+
+#: Requests a client may send that the TMS passes to the dispatcher as they are;
+#: the dispatcher scopes them to this TMS's proven user.
+FORWARDED: tuple[type[amp.Command], ...] = (
+    commands.SubmitJobs,
+    commands.ListJobs,
+    commands.GetJob,
+    commands.WaitJob,
+    commands.GetStatus,
+    commands.ListHosts,
+    commands.GroupSummary,
+    commands.KillJobs,
+    commands.SuspendJob,
+    commands.ListExecutors,
+)
+#: A forwarded WaitJob may legitimately take long.
+FORWARD_TIMEOUT = 330.0
+
+
+def tms_info_path() -> Path:
+    return user_dir() / "tms.json"
+
+
+class ClientSession(amp.CommandLocator):
+    """One client connection: proven by the key from tms.json, then served."""
+
+    def __init__(self, server: UserServer) -> None:
+        self.server = server
+        self.proven = False
+
+    def locateResponder(self, name: bytes) -> Any:  # noqa: N802 - AMP's API
+        for command in FORWARDED:
+            if command.commandName == name:
+                return self._wrapWithSerialization(self._forwarder(command), command)
+        return super().locateResponder(name)
+
+    def _forwarder(self, command: type[amp.Command]) -> Any:
+        async def forward(**kw: Any) -> Any:
+            self._require()
+            link = self.server.link
+            if command is commands.WaitJob and link.proto is not None:
+                return await link.proto.call(command, timeout=FORWARD_TIMEOUT, **kw)
+            return await link.call(command, **kw)
+
+        return forward
+
+    def _require(self) -> None:
+        if not self.proven:
+            raise commands.NotAuthenticated("prove the key from ~/.taskmanager/tms.json first")
+
+    @commands.Hello.responder
+    def hello(self, protocol_version: int, role: str, user: str, host: str) -> dict:
+        if protocol_version != commands.PROTOCOL_VERSION:
+            raise commands.ProtocolMismatch(
+                f"this TMS speaks protocol {commands.PROTOCOL_VERSION}, the client "
+                f"{protocol_version}: restart it with `hConnect shutdown`"
+            )
+        return {"protocol_version": commands.PROTOCOL_VERSION, "server": "tmserver",
+                "challenge_path": None, "nonce": None}
+
+    @commands.ProveKey.responder
+    def prove_key(self, key: str) -> dict:
+        if not secrets.compare_digest(key.encode(), self.server.key.encode()):
+            raise commands.AuthenticationFailed("wrong TMS key")
+        self.proven = True
+        return {"user": self.server.user}
+
+    @commands.Ping.responder
+    def ping(self) -> dict:
+        return {"server": "tmserver", "time": self.server.reactor.seconds()}
+
+    @commands.ServerInfo.responder
+    def server_info(self) -> dict:
+        self._require()
+        s = self.server
+        return {
+            "user": s.user,
+            "host": s.public_host,
+            "port": s.port,
+            "pid": os.getpid(),
+            "started_at": s.started_at,
+            "dispatcher": s.info.address,
+            "dispatcher_connected": s.link.connected,
+        }
+
+    @commands.Shutdown.responder
+    def shutdown(self) -> dict:
+        self._require()
+        self.server.reactor.callLater(0.1, self.server.reactor.stop)
+        return {}
+
+
+class DispatcherSide(amp.CommandLocator):
+    """What the dispatcher may ask of this TMS."""
+
+    def __init__(self, server: UserServer) -> None:
+        self.server = server
+
+    @commands.StartExecutor.responder
+    def start_executor(self, host: str, ssh_target: str, command: str) -> dict:
+        self.server.start_executor(host, ssh_target, command)
+        return {}
+
+    @commands.Ping.responder
+    def ping(self) -> dict:
+        return {"server": "tmserver", "time": self.server.reactor.seconds()}
+
+
+class _LauncherProtocol(protocol.ProcessProtocol):
+    """Collects what a starting TMMS (or ssh) says, and how it ends."""
+
+    def __init__(self) -> None:
+        self.output = b""
+        self.done: Deferred = Deferred()
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:  # noqa: N802
+        if len(self.output) < 8192:
+            self.output += data
+
+    def processEnded(self, reason: Any) -> None:  # noqa: N802
+        self.done.callback(getattr(reason.value, "exitCode", None))
+
+
+class UserServer(service.Service):
+    log = Logger()
+
+    def __init__(self, reactor: Any, info: DispatcherInfo, interface: str = "") -> None:
+        self.reactor = reactor
+        self.info = info
+        self.user = getpass.getuser()
+        self.public_host = socket.gethostname()
+        self.interface = interface
+        self.key = secrets.token_urlsafe(32)
+        self.port = 0
+        self.started_at = 0.0
+        self.link = DispatcherLink(reactor, info, commands.ROLE_TMS, self.public_host,
+                                   lambda: DispatcherSide(self),
+                                   on_fatal=lambda e: None)
+        self._listening: Any = None
+
+    def startService(self) -> None:  # noqa: N802
+        super().startService()
+        self.started_at = self.reactor.seconds()
+        base = user_dir()
+        base.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(base, 0o700)
+        key_pem, cert_pem = auth.ensure_key_pair(base / "tms" / "tms.key", base / "tms" / "tms.crt",
+                                                 auth.TMS_TLS_NAME)
+        factory = protocol.Factory.forProtocol(
+            lambda: BoundedAMP(locator=ClientSession(self), clock=self.reactor))
+        endpoint = SSL4ServerEndpoint(self.reactor, 0, auth.server_tls_options(key_pem, cert_pem),
+                                      interface=self.interface)
+        d = endpoint.listen(factory)
+        d.addCallback(self._listening_on, cert_pem)
+        d.addErrback(self._failed)
+        self.link.start()
+
+    def _listening_on(self, port: Any, cert_pem: bytes) -> None:
+        import json
+
+        self._listening = port
+        self.port = port.getHost().port
+        data = {
+            "host": self.public_host,
+            "port": self.port,
+            "certificate": cert_pem.decode("ascii"),
+            "key": self.key,
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+            "dispatcher": self.info.path,
+        }
+        auth.write_secret(tms_info_path(), json.dumps(data, indent=2).encode())
+        self.log.info("tmserver of {user} ready on port {port}", user=self.user, port=self.port)
+
+    def _failed(self, failure: Any) -> None:
+        self.log.failure("tmserver could not listen", failure)
+        self.reactor.stop()
+
+    def stopService(self) -> Any:  # noqa: N802
+        super().stopService()
+        self.link.stop()
+        try:
+            import json
+
+            path = tms_info_path()
+            if json.loads(path.read_text()).get("pid") == os.getpid():
+                path.unlink()
+        except (OSError, ValueError):
+            pass
+        if self._listening is not None:
+            return self._listening.stopListening()
+        return None
+
+    # --- executors ---------------------------------------------------------------------
+
+    def executor_argv(self, host: str) -> list[str]:
+        logs = user_dir() / "logs"
+        return [
+            sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+            "--pidfile", str(user_dir() / f"tmmenial.{host}.pid"),
+            "--logfile", str(logs / f"tmmenial.{host}.log"),
+            "tmmenial", "--host", host, "--dispatcher", self.info.path,
+        ]
+
+    def start_executor(self, host: str, ssh_target: str, command: str) -> None:
+        (user_dir() / "logs").mkdir(mode=0o700, exist_ok=True)
+        if ssh_target:
+            remote = command or " ".join(shlex.quote(a) for a in self.executor_argv(host))
+            argv = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-x", ssh_target, remote]
+        else:
+            argv = self.executor_argv(host)
+        ensureDeferred(self._launch(host, argv))
+
+    async def _launch(self, host: str, argv: list[str]) -> None:
+        self.log.info("starting an executor on {host}: {argv}", host=host, argv=" ".join(argv))
+        proto = _LauncherProtocol()
+        try:
+            self.reactor.spawnProcess(proto, argv[0], argv, env=dict(os.environ),
+                                      childFDs={0: "w", 1: "r", 2: "r"})
+        except OSError as e:
+            await self._report_failure(host, f"cannot run {argv[0]}: {e.strerror}")
+            return
+        proto.transport.closeStdin()
+        code = await proto.done
+        if code != 0:
+            text = proto.output.decode("utf-8", "replace").strip().splitlines()
+            await self._report_failure(
+                host, (text[-1] if text else f"the start command exited with {code}")[:500])
+
+    async def _report_failure(self, host: str, reason: str) -> None:
+        self.log.warn("executor on {host} did not start: {reason}", host=host, reason=reason)
+        try:
+            await self.link.call(commands.ExecutorStartFailed, host=host, reason=reason)
+        except Exception as e:
+            self.log.info("could not tell the dispatcher: {e}", e=str(e))
