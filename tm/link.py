@@ -131,7 +131,7 @@ async def connect_dispatcher(
     try:
         hello = await proto.call(
             commands.Hello,
-            timeout=timeout,
+            reply_timeout=timeout,
             protocol_version=commands.PROTOCOL_VERSION,
             role=role,
             user=getpass.getuser(),
@@ -141,7 +141,7 @@ async def connect_dispatcher(
         await deferToThread(
             auth.answer_challenge, hello["challenge_path"], hello["nonce"], info.challenge_dir
         )
-        proven = await proto.call(commands.Authenticate, timeout=timeout)
+        proven = await proto.call(commands.Authenticate, reply_timeout=timeout)
     except BaseException:
         proto.transport.loseConnection()
         raise

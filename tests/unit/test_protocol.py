@@ -107,7 +107,7 @@ def test_call_times_out_on_the_injected_clock() -> None:
     clock = Clock()
     server, client, locator, pump = pair(clock)
     failures: list = []
-    client.call(commands.Ping, timeout=5).addErrback(failures.append)
+    client.call(commands.Ping, reply_timeout=5).addErrback(failures.append)
     pump.flush()
     assert not failures
     clock.advance(6)

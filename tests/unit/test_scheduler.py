@@ -122,8 +122,8 @@ def test_priority_order() -> None:
 def test_explain_waiting_behind_others() -> None:
     i = inp([host("a", 1), host("b", 2)], [job(1), job(2, slots=2), job(3), job(4)])
     d = schedule(i)
-    assert placed(d) == {1: "b", 3: "b"}
-    assert d.reservations == {2: "a"}
+    assert placed(d) == {1: "b", 3: "a"}
+    assert d.reservations == {2: "b"}
     assert explain_wait(job(4), i) == "waiting for 3 jobs of higher priority or earlier submission"
 
 

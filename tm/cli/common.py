@@ -62,10 +62,10 @@ async def _connect_tms_once(reactor: Any, info: dict[str, Any]) -> BoundedAMP:
     proto = BoundedAMP(clock=reactor)
     await connectProtocol(endpoint, proto)
     try:
-        await proto.call(commands.Hello, timeout=10, protocol_version=commands.PROTOCOL_VERSION,
+        await proto.call(commands.Hello, reply_timeout=10, protocol_version=commands.PROTOCOL_VERSION,
                          role=commands.ROLE_CLIENT, user=getpass.getuser(),
                          host=socket.gethostname())
-        await proto.call(commands.ProveKey, timeout=10, key=info["key"])
+        await proto.call(commands.ProveKey, reply_timeout=10, key=info["key"])
     except BaseException:
         proto.transport.loseConnection()
         raise

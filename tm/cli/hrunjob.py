@@ -104,7 +104,7 @@ async def submit(proto: Any, specs: list[JobSpec]) -> list[int]:
 
 async def wait_for(proto: Any, job_id: int) -> int:
     while True:
-        answer = await proto.callRemote(commands.WaitJob, job_id=job_id, timeout=60.0)
+        answer = await proto.call(commands.WaitJob, reply_timeout=120, job_id=job_id, timeout=60.0)
         if JobState(answer["state"]).terminal:
             break
     if answer["signal"] is not None:

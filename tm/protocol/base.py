@@ -119,12 +119,16 @@ class BoundedAMP(amp.AMP):
     # --- calls with a deadline -------------------------------------------------------
 
     def call(
-        self, command: type[amp.Command], timeout: float | None = DEFAULT_REPLY_TIMEOUT, **kw: Any
+        self,
+        command: type[amp.Command],
+        /,
+        reply_timeout: float | None = DEFAULT_REPLY_TIMEOUT,
+        **kw: Any,
     ) -> Deferred:
-        """``callRemote`` that fails with ``TimeoutError`` after ``timeout`` seconds."""
+        """``callRemote`` that fails with ``TimeoutError`` after ``reply_timeout`` seconds."""
         d = self.callRemote(command, **kw)
-        if timeout is not None and self.clock is not None:
-            d.addTimeout(timeout, self.clock)
+        if reply_timeout is not None and self.clock is not None:
+            d.addTimeout(reply_timeout, self.clock)
         return d
 
 

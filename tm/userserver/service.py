@@ -70,7 +70,7 @@ class ClientSession(amp.CommandLocator):
             self._require()
             link = self.server.link
             if command is commands.WaitJob and link.proto is not None:
-                return await link.proto.call(command, timeout=FORWARD_TIMEOUT, **kw)
+                return await link.proto.call(command, reply_timeout=FORWARD_TIMEOUT, **kw)
             return await link.call(command, **kw)
 
         return forward
