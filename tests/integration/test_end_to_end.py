@@ -142,3 +142,68 @@ def test_hconnect_shutdown_stops_the_tms(tm: Installation) -> None:
     tm.run("hConnect", "shutdown", check=True)
     wait_until(lambda: not os.path.exists(f"/proc/{pid}") or
                open(f"/proc/{pid}/stat").read().split()[2] == "Z", 15, "the TMS to exit")
+
+
+@pytest.fixture
+def mysql_url() -> Iterator[str]:
+    base = os.environ.get("TM_TEST_MYSQL_URL")
+    if not base:
+        pytest.skip("TM_TEST_MYSQL_URL is not set: no MariaDB to test against")
+    import uuid
+
+    import pymysql
+
+    from tm.db.store import parse_url
+
+    parsed = parse_url(base.rstrip("/") + "/mysql")
+    name = "tm_e2e_" + uuid.uuid4().hex[:12]
+    kw = {"host": parsed.host, "port": parsed.port, "user": parsed.user}
+    if parsed.password is not None:
+        kw["password"] = parsed.password
+    conn = pymysql.connect(**kw)
+    conn.cursor().execute(f"CREATE DATABASE {name}")
+    try:
+        yield base.rstrip("/") + "/" + name
+    finally:
+        conn.cursor().execute(f"DROP DATABASE {name}")
+        conn.close()
+
+
+def test_end_to_end_on_mariadb(tmp_path: Path, mysql_url: str) -> None:
+    inst = Installation(tmp_path, database_url=mysql_url)
+    try:
+        inst.start_dispatcher()
+        ok = inst.run("hRunJob", "--wait", "echo hello > out.txt")
+        assert ok.returncode == 0, ok.stderr
+        assert (inst.work / "out.txt").read_text() == "hello\n"
+        bad = inst.run("hRunJob", "--wait", "exit 4")
+        assert bad.returncode == 4
+        job_id = int(re.search(r"\[(\d+)\]", bad.stdout).group(1))
+        assert job_state(inst, job_id) == "failed"
+        # A restarted dispatcher keeps its jobs (same database).
+        inst.stop_dispatcher()
+        inst.start_dispatcher()
+        assert job_state(inst, job_id) == "failed"
+    finally:
+        inst.cleanup()
+
+
+def test_wrong_database_url_stops_the_dispatcher_with_one_line(tmp_path: Path) -> None:
+    inst = Installation(tmp_path, database_url="mysql://nobody:secret@127.0.0.1:1/tm")
+    proc = inst.start_dispatcher(wait=False)
+    out = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode != 0
+    assert "cannot reach database" in out and "secret" not in out and "Traceback" not in out
+
+
+def test_malformed_cluster_tab_is_reported_by_file_and_line(tmp_path: Path) -> None:
+    inst = Installation(tmp_path)
+    (inst.etc / "cluster.tab").write_text(
+        "short_name\tfull_name\tnumber_slots\tmax_number_occupied_slots\tadditional_info\t"
+        "allow_info_server\tinfo_server_port\tactive\n"
+        "a\thost-a\tmany\t2\t\tFalse\t0\tTrue\n"
+    )
+    proc = inst.start_dispatcher(wait=False)
+    out = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode != 0
+    assert "cluster.tab:2" in out and "number_slots" in out and "Traceback" not in out

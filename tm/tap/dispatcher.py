@@ -52,6 +52,20 @@ class Options(usage.Options):
             self["database"] = os.environ.get("TM_DATABASE_URL") or (
                 f"sqlite:///{self['var-dir'] / 'taskmanager.sqlite'}"
             )
+        # Checked here, not in makeService: twistd reports a UsageError from
+        # postOptions as one line and exits non-zero, without a traceback.
+        try:
+            self["hosts"] = load_cluster(self["config-dir"], self["cluster-config"])
+            self["users"] = load_users(self["config-dir"])
+        except config.ConfigError as e:
+            raise usage.UsageError(f"bad configuration: {e}") from None
+        from tm.db.store import check_url_sync
+
+        self["var-dir"].mkdir(parents=True, exist_ok=True)
+        try:
+            check_url_sync(self["database"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
 
 
 def load_cluster(config_dir: Path, kind: str) -> list:
@@ -134,22 +148,12 @@ class DispatcherRunner(service.MultiService):
 def makeService(options: Options) -> service.IService:  # noqa: N802
     from twisted.internet import reactor
 
-    from tm.db.store import check_url_sync
     from tm.dispatcher.service import Settings
     from tm.dispatcher.session import DispatcherProtocol
 
-    try:
-        hosts = load_cluster(options["config-dir"], options["cluster-config"])
-        users = load_users(options["config-dir"])
-    except config.ConfigError as e:
-        raise usage.UsageError(f"bad configuration: {e}") from None
+    hosts, users = options["hosts"], options["users"]
     var_dir: Path = options["var-dir"]
-    var_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(var_dir, 0o711)
-    try:
-        check_url_sync(options["database"])
-    except Exception as e:
-        raise usage.UsageError(str(e)) from None
     auth.ensure_challenge_dir(var_dir / "challenge")
     key_pem, cert_pem = auth.ensure_key_pair(
         var_dir / "private" / "dispatcher.key", var_dir / "dispatcher.crt", auth.DISPATCHER_TLS_NAME
