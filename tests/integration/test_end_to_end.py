@@ -207,3 +207,15 @@ def test_malformed_cluster_tab_is_reported_by_file_and_line(tmp_path: Path) -> N
     out = proc.communicate(timeout=60)[0].decode()
     assert proc.returncode != 0
     assert "cluster.tab:2" in out and "number_slots" in out and "Traceback" not in out
+
+
+def test_a_user_not_in_etc_users_is_refused_and_nothing_is_queued(tmp_path: Path) -> None:
+    inst = Installation(tmp_path)
+    (inst.etc / "users").write_text("nobody\tuser,admin\n")
+    try:
+        inst.start_dispatcher()
+        result = inst.run("hRunJob", "true")
+        assert result.returncode != 0
+        assert "not allowed" in result.stderr and "Traceback" not in result.stderr
+    finally:
+        inst.cleanup()

@@ -300,7 +300,8 @@ class Dispatcher(service.Service):
                                  clear_host=True)
             return
         if job.state is JobState.PENDING and job.attempt == attempt:
-            self._transition(job, JobState.RUNNING, f"running on {job.host}", pid=answer["pid"])
+            self._transition(job, JobState.RUNNING, f"running on {job.host}", pid=answer["pid"],
+                             host=job.host)
 
     def job_finished(self, user: str, host: str, job_id: int, attempt: int, exit_code: int | None,
                      signal: int | None, killed: bool, reason: str) -> None:
@@ -313,8 +314,8 @@ class Dispatcher(service.Service):
             reason = ("exit code %s" % exit_code) if signal is None else ("signal %s" % signal)
         if job.state is JobState.PENDING:
             # The end overtook the start answer; record the start first.
-            self._transition(job, JobState.RUNNING, f"running on {host}")
-        self._transition(job, new, reason, exit_code=exit_code, signal=signal)
+            self._transition(job, JobState.RUNNING, f"running on {host}", host=host)
+        self._transition(job, new, reason, exit_code=exit_code, signal=signal, host=host)
 
     # --- waiting for ends ---------------------------------------------------------------------
 
