@@ -370,7 +370,10 @@ def test_properties(i: SchedulerInput) -> None:
             assert all(h != hn for _, h in d.placements)
     # Priority: no unplaced job of higher priority would still fit (final state)
     # on a host where a lower-priority job was placed, unless reserved for another.
-    reserved_hosts = {h: jid for jid, h in d.reservations.items()}
+    # Hosts held by an earlier (input) reservation are closed to every other job
+    # until the reserved job starts, whatever its rank (documented trade-off).
+    reserved_hosts = {h: jid for jid, h in i.reservations.items()}
+    reserved_hosts.update({h: jid for jid, h in d.reservations.items()})
     for jid, hn in d.placements:
         low = jobs[jid]
         for other in i.jobs:
