@@ -90,7 +90,7 @@ def verify_challenge(challenge: Challenge, user: str) -> None:
     try:
         expected_uid = pwd.getpwnam(user).pw_uid
     except KeyError:
-        raise AuthenticationFailed(f"no Unix account named {user!r} on the dispatcher's host")
+        raise AuthenticationFailed(f"no Unix account named {user!r} on the dispatcher's host") from None
     try:
         # Make an NFS client revalidate the directory before we look (HTCondor's trick).
         probe = os.path.join(os.path.dirname(challenge.path), ".probe_" + secrets.token_hex(8))
@@ -102,7 +102,7 @@ def verify_challenge(challenge: Challenge, user: str) -> None:
         try:
             fd = os.open(challenge.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError as e:
-            raise AuthenticationFailed(f"challenge file not found or unusable: {e.strerror}")
+            raise AuthenticationFailed(f"challenge file not found or unusable: {e.strerror}") from None
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
@@ -173,7 +173,7 @@ def make_self_signed(name: str) -> tuple[bytes, bytes]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)

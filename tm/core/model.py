@@ -10,7 +10,7 @@ import enum
 from dataclasses import dataclass, field
 
 
-class JobState(str, enum.Enum):
+class JobState(enum.StrEnum):
     """The states of DESIGN.md section 5."""
 
     WAITING = "waiting"

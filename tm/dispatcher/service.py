@@ -76,7 +76,7 @@ class Dispatcher(service.Service):
             if name in self.users:
                 self.users[name].enabled = enabled
         saved = await self.store.load_hosts()
-        for name, (active, retired) in saved.items():
+        for name, (active, _retired) in saved.items():
             if name in self.hosts:
                 self.hosts[name].active = active
         active = await self.store.get_setting("cluster_active")
@@ -311,7 +311,7 @@ class Dispatcher(service.Service):
             return
         new = ending_state(exit_code, signal, killed)
         if not reason:
-            reason = ("exit code %s" % exit_code) if signal is None else ("signal %s" % signal)
+            reason = (f"exit code {exit_code}") if signal is None else (f"signal {signal}")
         if job.state is JobState.PENDING:
             # The end overtook the start answer; record the start first.
             self._transition(job, JobState.RUNNING, f"running on {host}", host=host)
