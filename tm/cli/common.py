@@ -155,8 +155,14 @@ def run_main(prog: str, main: Callable[[Any], Awaitable[int]]) -> None:
         except amp.UnknownRemoteError as e:
             print(f"{prog}: the server failed to answer ({e})", file=sys.stderr)
             status = 1
+        except amp.RemoteAmpError as e:
+            print(f"{prog}: the server cannot do this: {e}", file=sys.stderr)
+            status = 1
         except (ConnectError, ConnectionClosed, TimeoutError) as e:
             print(f"{prog}: connection failed: {e.__class__.__name__}: {e}", file=sys.stderr)
+            status = 1
+        except Exception as e:  # the last line of defence: one line, never a traceback
+            print(f"{prog}: unexpected error: {e.__class__.__name__}: {e}", file=sys.stderr)
             status = 1
         except KeyboardInterrupt:
             status = 130

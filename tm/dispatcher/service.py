@@ -317,6 +317,41 @@ class Dispatcher(service.Service):
             self._transition(job, JobState.RUNNING, f"running on {host}", host=host)
         self._transition(job, new, reason, exit_code=exit_code, signal=signal, host=host)
 
+    # --- kill and suspend ------------------------------------------------------------------
+
+    def kill(self, job: Job) -> None:
+        """Kill a job: a waiting one ends at once; a placed one through its executor."""
+        if job.state in (JobState.WAITING, JobState.LOST):
+            if job.state is JobState.LOST:
+                self._transition(job, JobState.WAITING, "requeued", new_attempt=job.attempt + 1)
+            self._transition(job, JobState.KILLED, "killed before it started")
+            return
+        session = self.executors.get((job.user, job.host or ""))
+        if session is None:
+            self._transition(job, JobState.KILLED, "killed before its executor started")
+            return
+        ensureDeferred(self._signal(job, session, "kill"))
+
+    async def _signal(self, job: Job, session: Any, action: str) -> bool:
+        try:
+            answer = await session.proto.call(commands.SignalJob, job_id=job.id,
+                                              attempt=job.attempt, action=action)
+        except Exception as e:
+            self.log.warn("could not {action} job {id}: {e}", action=action, id=job.id, e=str(e))
+            return False
+        if not answer["found"] and action == "kill" and job.state is JobState.PENDING:
+            self._transition(job, JobState.KILLED, "killed before it started")
+        return bool(answer["found"])
+
+    async def suspend(self, job: Job, resume: bool) -> None:
+        session = self.executors.get((job.user, job.host or ""))
+        if session is None:
+            raise commands.InvalidRequest(f"job {job.id} has no executor connected")
+        if not await self._signal(job, session, "cont" if resume else "stop"):
+            raise commands.InvalidRequest(f"the executor does not run job {job.id}")
+        job.suspended = not resume
+        await self.store.set_suspended(job.id, job.suspended)
+
     # --- waiting for ends ---------------------------------------------------------------------
 
     async def wait_job(self, job_id: int, timeout: float) -> Job | None:

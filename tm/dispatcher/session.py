@@ -324,3 +324,105 @@ class Session(amp.CommandLocator):
         await d.store.save_host(found.name, active, found.retired)
         d.request_pass()
         return {"host": found.name}
+
+    # --- job control, groups and users ----------------------------------------------------
+
+    def _may_touch(self, job: Any) -> bool:
+        return job.user == self.user or (self.role == commands.ROLE_CLIENT and self._is_admin())
+
+    @commands.KillJobs.responder
+    async def kill_jobs(self, job_ids: list[int], all: bool, regex: str | None = None) -> dict:
+        me = self._require(commands.ROLE_TMS, commands.ROLE_CLIENT)
+        d = self.dispatcher
+        targets = []
+        for job_id in job_ids:
+            job = d.jobs.get(job_id) or await d.store.get_job(job_id)
+            if job is None or (self.role == commands.ROLE_TMS and job.user != me):
+                raise commands.UnknownJob(f"unknown job {job_id}")
+            if not self._may_touch(job):
+                raise commands.PermissionDenied(f"job {job_id} belongs to {job.user}, not to you")
+            if not job.state.terminal:
+                targets.append(d.jobs[job_id])
+        if regex is not None or all:
+            try:
+                pattern = re.compile(regex) if regex is not None else None
+            except re.error as e:
+                raise commands.InvalidRequest(f"bad regular expression {regex!r}: {e}") from None
+            for job in list(d.jobs.values()):
+                if job.user == me and (pattern is None or pattern.search(job.spec.command)):
+                    if job not in targets:
+                        targets.append(job)
+        for job in targets:
+            d.kill(job)
+        return {"killed": [j.id for j in targets]}
+
+    @commands.SuspendJob.responder
+    async def suspend_job(self, job_id: int, resume: bool) -> dict:
+        me = self._require(commands.ROLE_TMS, commands.ROLE_CLIENT)
+        d = self.dispatcher
+        job = d.jobs.get(job_id)
+        if job is None or (self.role == commands.ROLE_TMS and job.user != me):
+            raise commands.UnknownJob(f"unknown or ended job {job_id}")
+        if not self._may_touch(job):
+            raise commands.PermissionDenied(f"job {job_id} belongs to {job.user}, not to you")
+        if job.state is not JobState.RUNNING:
+            raise commands.InvalidRequest(f"job {job_id} is {job.state.value}, not running")
+        await d.suspend(job, resume)
+        return {}
+
+    @commands.GroupSummary.responder
+    async def group_summary(self, scope: str, group: str | None = None) -> dict:
+        owner = self._scope_user(scope, None)
+        return {"groups": await self.dispatcher.store.group_counts(owner, group)}
+
+    @commands.ListUsers.responder
+    def list_users(self, user: str | None = None) -> dict:
+        self._require()
+        d = self.dispatcher
+        rows = []
+        for u in d.users.values():
+            if user is not None and u.name != user:
+                continue
+            states = [j.state for j in d.jobs.values() if j.user == u.name]
+            rows.append({
+                "name": u.name, "roles": sorted(u.roles), "enabled": u.enabled,
+                "tms_connected": u.name in d.tms_sessions,
+                "executors": sorted(h for (n, h) in d.executors if n == u.name),
+                "waiting": states.count(JobState.WAITING),
+                "pending": states.count(JobState.PENDING),
+                "running": states.count(JobState.RUNNING),
+                "usage": d.usage.get(u.name, 0.0),
+            })
+        if user is not None and not rows:
+            raise commands.UnknownUser(f"unknown user {user!r}")
+        return {"users": rows}
+
+    @commands.SetUserEnabled.responder
+    async def set_user_enabled(self, user: str, enabled: bool) -> dict:
+        self._require_admin()
+        d = self.dispatcher
+        if user not in d.users:
+            raise commands.UnknownUser(f"unknown user {user!r}; see lsusers")
+        d.users[user].enabled = enabled
+        await d.store.set_user_enabled(user, enabled)
+        d.request_pass()
+        return {}
+
+    @commands.ListExecutors.responder
+    def list_executors(self) -> dict:
+        me = self._require()
+        d = self.dispatcher
+        return {"executors": [
+            {"host": host, "pid": None, "since": None, "running": True}
+            for (name, host) in sorted(d.executors) if name == me
+        ]}
+
+    @commands.ListSessions.responder
+    def list_sessions(self) -> dict:
+        self._require()
+        d = self.dispatcher
+        lines = [f"tms {u}" for u in sorted(d.tms_sessions)]
+        lines += [f"tmms {u}@{h}" for (u, h) in sorted(d.executors)]
+        lines += [f"executor starting: {u}@{h}" for (u, h) in sorted(d.starting)]
+        lines.append(f"scheduling passes: {d.passes}, group commits: {d.writer.batches}")
+        return {"lines": lines}
