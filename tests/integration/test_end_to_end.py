@@ -219,3 +219,32 @@ def test_a_user_not_in_etc_users_is_refused_and_nothing_is_queued(tmp_path: Path
         assert "not allowed" in result.stderr and "Traceback" not in result.stderr
     finally:
         inst.cleanup()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_killjob_kills_the_whole_tree_and_frees_the_slot(tm: Installation) -> None:
+    pids = tm.work / "pids"
+    job_id = submit(tm, f"sleep 100 & echo $! >> {pids}; sleep 100 & echo $! >> {pids}; "
+                        f"echo $$ >> {pids}; wait")
+    wait_until(lambda: pids.exists() and len(pids.read_text().split()) == 3, 30, "the job's pids")
+    killed = tm.run("hConnect", f"killjob:{job_id}", check=True)
+    assert f"{job_id}" in killed.stdout
+    wait_until(lambda: job_state(tm, job_id) == "killed", 30, "the job to end killed")
+    wait_until(lambda: not any(_alive(int(p)) for p in pids.read_text().split()), 15,
+               "every process of the job to be gone")
+    # The slot is free again: the next job runs.
+    assert tm.run("hRunJob", "--wait", "true").returncode == 0
+
+
+def test_groups_report_counts_and_progress(tm: Installation) -> None:
+    for _ in range(2):
+        assert tm.run("hRunJob", "--wait", "-g", "run7", "true").returncode == 0
+    out = tm.run("hConnect", "lagroup:run7", check=True).stdout
+    assert "finished: 2" in out and "100.00%" in out
