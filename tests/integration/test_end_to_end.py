@@ -248,3 +248,16 @@ def test_groups_report_counts_and_progress(tm: Installation) -> None:
         assert tm.run("hRunJob", "--wait", "-g", "run7", "true").returncode == 0
     out = tm.run("hConnect", "lagroup:run7", check=True).stdout
     assert "finished: 2" in out and "100.00%" in out
+
+
+def test_hadmindatabase_upgrade_and_show_without_secrets(tmp_path: Path) -> None:
+    inst = Installation(tmp_path)
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    first = inst.run("hAdminDatabase", "--database", url, "upgrade", check=True)
+    assert "schema version 1" in first.stdout
+    again = inst.run("hAdminDatabase", "--database", url, "upgrade", check=True)
+    assert "up to date" in again.stdout
+    shown = inst.run("hAdminDatabase", "--database", url, "show", check=True)
+    assert "schema version: 1" in shown.stdout
+    bad = inst.run("hAdminDatabase", "--database", "mysql://u:hunter2@127.0.0.1:1/x", "show")
+    assert bad.returncode != 0 and "hunter2" not in bad.stderr and "Traceback" not in bad.stderr

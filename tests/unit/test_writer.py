@@ -1,0 +1,55 @@
+"""Group commit: the state changes of one reactor turn go to the database in one batch."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+
+from tm.core.model import JobState, Transition
+from tm.dispatcher.writer import TransitionWriter
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.batches: list[list[Transition]] = []
+        self.pending: list[Deferred] = []
+
+    def apply(self, batch: list[Transition], now: float) -> Deferred:
+        self.batches.append(batch)
+        d: Deferred = Deferred()
+        self.pending.append(d)
+        return d
+
+
+def t(job_id: int) -> Transition:
+    return Transition(job_id=job_id, attempt=1, old=JobState.WAITING, new=JobState.PENDING)
+
+
+def test_one_turn_is_one_batch_and_the_next_waits_for_the_first() -> None:
+    clock, store = Clock(), FakeStore()
+    writer = TransitionWriter(clock, store.apply)
+    results: list[bool] = []
+    for i in range(100):
+        writer.write(t(i)).addCallback(results.append)
+    assert store.batches == []  # nothing before the turn ends
+    clock.advance(0)
+    assert len(store.batches) == 1 and len(store.batches[0]) == 100
+    # Changes made while the first batch is in flight form the next one, in order.
+    writer.write(t(100))
+    writer.write(t(101))
+    clock.advance(0)
+    assert len(store.batches) == 1
+    store.pending[0].callback([True] * 100)
+    assert results == [True] * 100
+    clock.advance(0)
+    assert [x.job_id for x in store.batches[1]] == [100, 101]
+
+
+def test_a_failed_batch_fails_each_of_its_changes() -> None:
+    clock, store = Clock(), FakeStore()
+    writer = TransitionWriter(clock, store.apply)
+    errors: list = []
+    writer.write(t(1)).addErrback(errors.append)
+    clock.advance(0)
+    store.pending[0].errback(RuntimeError("database away"))
+    assert len(errors) == 1 and errors[0].check(RuntimeError)
