@@ -65,6 +65,7 @@ class Dispatcher(service.Service):
         self.started_at = 0.0
         self._pass_scheduled = False
         self.passes = 0
+        self._environments: dict[int, dict[str, str]] = {}
 
     # --- start-up -----------------------------------------------------------------
 
@@ -274,7 +275,7 @@ class Dispatcher(service.Service):
 
     async def _send_run(self, job: Job, session: Any) -> None:
         attempt = job.attempt
-        env = await self.store.get_environment(job.env_id) if job.env_id is not None else {}
+        env = await self._environment(job.env_id)
         try:
             answer = await session.proto.call(
                 commands.RunJob,
@@ -302,6 +303,18 @@ class Dispatcher(service.Service):
         if job.state is JobState.PENDING and job.attempt == attempt:
             self._transition(job, JobState.RUNNING, f"running on {job.host}", pid=answer["pid"],
                              host=job.host)
+
+    async def _environment(self, env_id: int | None) -> dict[str, str]:
+        """Submission environments, cached: a bulk submission shares one."""
+        if env_id is None:
+            return {}
+        env = self._environments.get(env_id)
+        if env is None:
+            env = await self.store.get_environment(env_id)
+            if len(self._environments) >= 256:
+                self._environments.pop(next(iter(self._environments)))
+            self._environments[env_id] = env
+        return env
 
     def job_finished(self, user: str, host: str, job_id: int, attempt: int, exit_code: int | None,
                      signal: int | None, killed: bool, reason: str) -> None:
