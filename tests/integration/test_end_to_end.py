@@ -261,3 +261,13 @@ def test_hadmindatabase_upgrade_and_show_without_secrets(tmp_path: Path) -> None
     assert "schema version: 1" in shown.stdout
     bad = inst.run("hAdminDatabase", "--database", "mysql://u:hunter2@127.0.0.1:1/x", "show")
     assert bad.returncode != 0 and "hunter2" not in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_logfile_has_command_info_stdout_and_stderr_sections(tm: Installation) -> None:
+    result = tm.run("hRunJob", "--wait", "-l", "job.log", "echo out; echo err >&2")
+    assert result.returncode == 0, result.stderr
+    log = (tm.work / "job.log").read_text()
+    for section in ("command", "info", "stdout", "stderr"):
+        assert f"BEGIN {section}" in log and f"END {section}" in log
+    assert "echo out; echo err >&2" in log and "\nout\n" in log and "\nerr\n" in log
+    assert "run time:" in log and "host:" in log

@@ -155,6 +155,9 @@ def run_main(prog: str, main: Callable[[Any], Awaitable[int]]) -> None:
         except amp.UnknownRemoteError as e:
             print(f"{prog}: the server failed to answer ({e})", file=sys.stderr)
             status = 1
+        except amp.UnhandledCommand as e:
+            print(f"{prog}: the server does not implement this command ({e.args[-1]})", file=sys.stderr)
+            status = 1
         except amp.RemoteAmpError as e:
             print(f"{prog}: the server cannot do this: {e}", file=sys.stderr)
             status = 1
