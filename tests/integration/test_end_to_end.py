@@ -271,3 +271,18 @@ def test_logfile_has_command_info_stdout_and_stderr_sections(tm: Installation) -
         assert f"BEGIN {section}" in log and f"END {section}" in log
     assert "echo out; echo err >&2" in log and "\nout\n" in log and "\nerr\n" in log
     assert "run time:" in log and "host:" in log
+
+
+def test_deactivated_cluster_accepts_but_does_not_dispatch_and_rmwjobs_removes(
+    tm: Installation,
+) -> None:
+    assert tm.run("hConnect", "-T", "deactivatecluster", check=True).stdout.strip() == "deactivated."
+    first, second = submit(tm, "true"), submit(tm, "true")
+    listing = tm.run("hConnect", "lswjobs", check=True).stdout
+    assert str(first) in listing and str(second) in listing
+    assert "cluster is deactivated" in tm.run("hConnect", f"lajob:{first}", check=True).stdout
+    removed = tm.run("hConnect", "-T", f"rmwjobs:{__import__('getpass').getuser()}", check=True)
+    assert "removed 2" in removed.stdout
+    assert tm.run("hConnect", "lswjobs", check=True).stdout.strip() == "no waiting jobs"
+    tm.run("hConnect", "-T", "activatecluster", check=True)
+    assert tm.run("hRunJob", "--wait", "true").returncode == 0

@@ -365,6 +365,39 @@ class Dispatcher(service.Service):
         job.suspended = not resume
         await self.store.set_suspended(job.id, job.suspended)
 
+    # --- admin repairs ------------------------------------------------------------------
+
+    async def remove_jobs(self, user: str, waiting_only: bool) -> int:
+        """rmwjobs / rmjobs: remove a user's (waiting) jobs; running ones are killed first."""
+        states = [JobState.WAITING] if waiting_only else list(JobState)
+        victims = await self.store.list_jobs(states, user=user, limit=1_000_000)
+        for job in victims:
+            live = self.jobs.get(job.id)
+            if live is not None and live.state.holds_slots:
+                session = self.executors.get((live.user, live.host or ""))
+                if session is not None:
+                    await self._signal(live, session, "kill")
+            self.jobs.pop(job.id, None)
+            self.reservations.pop(job.id, None)
+        count = await self.store.delete_jobs([j.id for j in victims])
+        self.request_pass()
+        return count
+
+    def set_all(self, old: JobState, new: JobState) -> int:
+        """setall[p|r]jobsas[waiting|finished]: move every job in ``old``; frees slots."""
+        jobs = [j for j in self.jobs.values() if j.state is old]
+        for job in jobs:
+            session = self.executors.get((job.user, job.host or ""))
+            if old is JobState.RUNNING and session is not None:
+                # Never two copies: the old attempt's process goes; its end is then ignored.
+                ensureDeferred(self._signal(job, session, "kill"))
+            if new is JobState.WAITING:
+                self._transition(job, JobState.WAITING, "re-queued by the admin",
+                                 new_attempt=job.attempt + 1, clear_host=True)
+            else:
+                self._transition(job, new, "set as finished by the admin")
+        return len(jobs)
+
     # --- waiting for ends ---------------------------------------------------------------------
 
     async def wait_job(self, job_id: int, timeout: float) -> Job | None:

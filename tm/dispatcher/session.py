@@ -426,3 +426,35 @@ class Session(amp.CommandLocator):
         lines += [f"executor starting: {u}@{h}" for (u, h) in sorted(d.starting)]
         lines.append(f"scheduling passes: {d.passes}, group commits: {d.writer.batches}")
         return {"lines": lines}
+
+    @commands.AdminJobs.responder
+    async def admin_jobs(self, action: str, user: str | None = None) -> dict:
+        self._require_admin()
+        d = self.dispatcher
+        if action in ("rmjobs", "rmwjobs"):
+            if not user:
+                raise commands.InvalidRequest(f"{action} needs a user: usage: {action}:USER")
+            if user not in d.users:
+                raise commands.UnknownUser(f"unknown user {user!r}; see lsusers")
+            count = await d.remove_jobs(user, waiting_only=action == "rmwjobs")
+            if count == 0:
+                return {"count": 0, "message": "nothing has been removed"}
+            return {"count": count, "message": f"removed {count} job(s) of user {user}."}
+        moves = {
+            "setallpjobsaswaiting": (JobState.PENDING, JobState.WAITING, "waiting"),
+            "setallrjobsaswaiting": (JobState.RUNNING, JobState.WAITING, "waiting"),
+            "setallpjobsasfinished": (JobState.PENDING, JobState.FINISHED, "finished"),
+            "setallrjobsasfinished": (JobState.RUNNING, JobState.FINISHED, "finished"),
+        }
+        if action in moves:
+            old, new, word = moves[action]
+            count = d.set_all(old, new)
+            return {"count": count, "message": f"set {count} jobs as {word}"}
+        if action == "checkslots":
+            # Occupied slots are always derived from the jobs that hold them.
+            occ = d.occupied()
+            return {"count": sum(occ.values()),
+                    "message": "number of occupied slots have been updated"}
+        if action == "updateload":
+            return {"count": len(d.loads), "message": "done."}
+        raise commands.InvalidRequest(f"unknown admin action {action!r}")
