@@ -117,7 +117,7 @@ class Installation:
         self.stop_dispatcher()
         for pid in self.daemon_pids():
             try:
-                wait_until(lambda pid=pid: not _alive(pid), 10, f"pid {pid} to exit")
+                wait_until(lambda pid=pid: not alive(pid), 10, f"pid {pid} to exit")
             except AssertionError:
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -125,7 +125,8 @@ class Installation:
                     pass
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a live (not zombie) process."""
     try:
         os.kill(pid, 0)
     except OSError:

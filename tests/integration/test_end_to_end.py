@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.processes import Installation, wait_until
+from tests.helpers.processes import Installation, alive, wait_until
 
 
 @pytest.fixture
@@ -221,14 +221,6 @@ def test_a_user_not_in_etc_users_is_refused_and_nothing_is_queued(tmp_path: Path
         inst.cleanup()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except OSError:
-        return False
-
-
 def test_killjob_kills_the_whole_tree_and_frees_the_slot(tm: Installation) -> None:
     pids = tm.work / "pids"
     job_id = submit(tm, f"sleep 100 & echo $! >> {pids}; sleep 100 & echo $! >> {pids}; "
@@ -237,7 +229,7 @@ def test_killjob_kills_the_whole_tree_and_frees_the_slot(tm: Installation) -> No
     killed = tm.run("hConnect", f"killjob:{job_id}", check=True)
     assert f"{job_id}" in killed.stdout
     wait_until(lambda: job_state(tm, job_id) == "killed", 30, "the job to end killed")
-    wait_until(lambda: not any(_alive(int(p)) for p in pids.read_text().split()), 15,
+    wait_until(lambda: not any(alive(int(p)) for p in pids.read_text().split()), 15,
                "every process of the job to be gone")
     # The slot is free again: the next job runs.
     assert tm.run("hRunJob", "--wait", "true").returncode == 0

@@ -396,6 +396,14 @@ def load_active_jobs(txn: Any, d: Dialect) -> list[Job]:
     return [job_from_row(row) for row in txn.fetchall()]
 
 
+def get_jobs(txn: Any, d: Dialect, job_ids: Sequence[int]) -> list[Job]:
+    jobs: list[Job] = []
+    for chunk in _chunks(list(job_ids)):
+        txn.execute(d.q(f"{_SELECT_JOBS} WHERE id IN ({_marks(len(chunk))})"), tuple(chunk))
+        jobs.extend(job_from_row(row) for row in txn.fetchall())
+    return sorted(jobs, key=lambda j: j.id)
+
+
 def get_job(txn: Any, d: Dialect, job_id: int) -> Job | None:
     txn.execute(d.q(f"{_SELECT_JOBS} WHERE id = ?"), (job_id,))
     row = txn.fetchone()

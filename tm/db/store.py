@@ -252,6 +252,9 @@ class Store:
     async def load_active_jobs(self) -> list[Job]:
         return await self._run(queries.load_active_jobs)
 
+    async def get_jobs(self, job_ids: Sequence[int]) -> list[Job]:
+        return await self._run(queries.get_jobs, job_ids)
+
     async def get_job(self, job_id: int) -> Job | None:
         return await self._run(queries.get_job, job_id)
 

@@ -170,11 +170,10 @@ class Session(amp.CommandLocator):
         except Exception as e:
             self.log.failure("submission of {n} jobs failed", n=len(specs))
             raise commands.DatabaseUnavailable(f"the submission was not stored: {e}") from None
-        for job_id in ids:
-            if job_id not in d.jobs:
-                job = await d.store.get_job(job_id)
-                if job is not None and job.state is JobState.WAITING:
-                    d.jobs[job_id] = job
+        new_ids = [i for i in ids if i not in d.jobs]
+        for job in await d.store.get_jobs(new_ids) if new_ids else []:
+            if job.state is JobState.WAITING:
+                d.jobs[job.id] = job
         d.request_pass()
         return {"job_ids": ids}
 
