@@ -278,3 +278,29 @@ def test_deactivated_cluster_accepts_but_does_not_dispatch_and_rmwjobs_removes(
     assert tm.run("hConnect", "lswjobs", check=True).stdout.strip() == "no waiting jobs"
     tm.run("hConnect", "-T", "activatecluster", check=True)
     assert tm.run("hRunJob", "--wait", "true").returncode == 0
+
+
+def test_job_file_submits_every_line_and_a_bad_line_submits_nothing(tm: Installation) -> None:
+    (tm.work / "bad.txt").write_text("command::echo one\n# fine so far\ncommand::echo two\tslots::many\n")
+    bad = tm.run("hRunJob", "-f", "bad.txt")
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == ("hRunJob: bad.txt:3: slots must be a whole number, not 'many'; "
+                                  "nothing was submitted")
+    assert tm.run("hConnect", "-T", "lswjobs", check=True).stdout.strip() == "no waiting jobs"
+    assert tm.run("hConnect", "-T", "lsfjobs", check=True).stdout.strip() == "no finished jobs"
+
+    (tm.work / "jobs.txt").write_text(
+        "command::echo line {idx} > out.{idx}\tgroup::sweep\n"
+        "\n"
+        "command::echo line {idx} > out.{idx}\tgroup::sweep\tinfoText::third\n")
+    good = tm.run("hRunJob", "-f", "jobs.txt")
+    assert good.returncode == 0, good.stderr
+    match = re.fullmatch(r"2 job\(s\) \[(\d+)-(\d+)\] have been submitted to TaskDispatcher\.\n",
+                         good.stdout)
+    assert match, good.stdout
+    assert int(match.group(2)) == int(match.group(1)) + 1
+    wait_until(lambda: (tm.work / "out.0").exists() and (tm.work / "out.2").exists(), 30,
+               "both job-file jobs to write their output")
+    assert (tm.work / "out.0").read_text() == "line 0\n"
+    assert (tm.work / "out.2").read_text() == "line 2\n"
+    assert "total: 2" in tm.run("hConnect", "lagroup:sweep", check=True).stdout

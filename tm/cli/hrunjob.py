@@ -12,6 +12,7 @@ from typing import Any
 
 from tm.cli.common import CLIError, connect_tms, run_main
 from tm.core.model import JobSpec, JobState
+from tm.jobfile import JobFileError, compress_ids, parse_job_file
 from tm.protocol import commands, records
 
 PROG = "hRunJob"
@@ -27,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--slots", type=int, default=1, help="slots (cores) on one host (default 1)")
     p.add_argument("-p", "--priority", type=int, default=0, help="0..127, higher first (default 0)")
     p.add_argument("-E", "--excludeHosts", default="", help="never run on these hosts: h1,h2")
+    p.add_argument("-f", "--jobsFile", default=None,
+                   help="submit one job per line of FILE (field::value tokens separated by tabs; "
+                        "'-' reads standard input)")
     p.add_argument("-g", "--group", default="", help="group label")
     p.add_argument("-i", "--info-text", default="", help="free-text description")
     p.add_argument("-o", "--stdout_file", default="", help="file for the job's stdout")
@@ -58,22 +62,77 @@ def current_umask() -> int:
     return mask
 
 
-def spec_from_args(args: argparse.Namespace, command: str) -> JobSpec:
+def _excluded(value: str) -> tuple[str, ...]:
+    return tuple(h.strip() for h in value.split(",") if h.strip())
+
+
+def spec_from_options(options: dict[str, Any]) -> JobSpec:
+    """A JobSpec from option values (the parsed command line, or one job-file line over it).
+
+    Raises CLIError for values that no dispatcher would accept.
+    """
+    slots, priority = options["slots"], options["priority"]
+    if slots < 1:
+        raise CLIError(f"-c needs at least 1 slot, not {slots}", status=2)
+    if not 0 <= priority <= 127:
+        raise CLIError(f"-p must be between 0 and 127, not {priority}", status=2)
     return JobSpec(
         uuid=str(uuid.uuid4()),
-        command=command,
-        shell=resolve_shell(args.shell),
-        slots=args.slots,
-        priority=args.priority,
-        group=args.group,
-        info=args.info_text,
-        stdout=args.stdout_file,
-        stderr=args.stderr_file,
-        logfile=args.logfile,
-        excluded_hosts=tuple(h.strip() for h in args.excludeHosts.split(",") if h.strip()),
-        estimated_time=args.estimatedTime,
-        estimated_memory=args.estimatedMemory,
+        command=options["command"],
+        shell=resolve_shell(options["shell"]),
+        slots=slots,
+        priority=priority,
+        group=options["group"],
+        info=options["info_text"],
+        stdout=options["stdout_file"],
+        stderr=options["stderr_file"],
+        logfile=options["logfile"],
+        excluded_hosts=_excluded(options["excludeHosts"]),
+        estimated_time=options["estimatedTime"],
+        estimated_memory=options["estimatedMemory"],
     )
+
+
+def check_against_cluster(spec: JobSpec, hosts: list[dict]) -> None:
+    """Refuse what the dispatcher would refuse, before anything is sent."""
+    names = {h["name"] for h in hosts} | {h["short_name"] for h in hosts}
+    for host in spec.excluded_hosts:
+        if host not in names:
+            raise CLIError(f"unknown host {host!r} in -E; see hConnect lscluster", status=2)
+    largest = max((h["max_slots"] for h in hosts if not h.get("retired")), default=0)
+    if spec.slots > largest:
+        raise CLIError(f"the job needs {spec.slots} slots, but the largest host has {largest}",
+                       status=2)
+
+
+def read_job_file(args: argparse.Namespace) -> list[tuple[int, JobSpec]]:
+    """Every job of ``-f FILE`` as (line number, spec); any bad line refuses the whole file."""
+    path = args.jobsFile
+    try:
+        if path == "-":
+            text = sys.stdin.read()
+        else:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+    except OSError as e:
+        raise CLIError(f"cannot read the job file {path}: {e.strerror}", status=2) from None
+    except UnicodeDecodeError as e:
+        raise CLIError(f"the job file {path} is not UTF-8 text: {e.reason} at byte {e.start}",
+                       status=2) from None
+    defaults = vars(args) | {"command": " ".join(args.command).strip()}
+    try:
+        lines = parse_job_file(text, path, defaults)
+    except JobFileError as e:
+        raise CLIError(f"{e}; nothing was submitted", status=2) from None
+    if not lines:
+        raise CLIError(f"the job file {path} holds no job; nothing was submitted", status=2)
+    out = []
+    for line in lines:
+        try:
+            out.append((line.line_no, spec_from_options(line.options)))
+        except CLIError as e:
+            raise CLIError(f"{path}:{line.line_no}: {e}; nothing was submitted", status=2) from None
+    return out
 
 
 def chunks(specs: list[JobSpec]) -> list[list[dict]]:
@@ -96,8 +155,15 @@ async def submit(proto: Any, specs: list[JobSpec]) -> list[int]:
                        "unset large variables before submitting")
     ids: list[int] = []
     for rows in chunks(specs):
-        answer = await proto.call(commands.SubmitJobs, cwd=os.getcwd(), umask=current_umask(),
-                                  env=env, jobs=rows)
+        try:
+            answer = await proto.call(commands.SubmitJobs, cwd=os.getcwd(), umask=current_umask(),
+                                      env=env, jobs=rows)
+        except Exception as e:
+            if not ids:
+                raise
+            # Earlier chunks are stored: say exactly which, so nothing is submitted twice.
+            raise CLIError(f"{e}; the first {len(ids)} job(s) [{compress_ids(ids)}] were "
+                           f"submitted, the remaining {len(specs) - len(ids)} were not") from None
         ids.extend(answer["job_ids"])
     return ids
 
@@ -124,20 +190,40 @@ async def main_async(reactor: Any, argv: list[str]) -> int:
         status = await proto.call(commands.GetStatus)
         print(format_server_info(info, status))
         return 0
+    if args.jobsFile is not None:
+        return await submit_job_file(reactor, args)
     command = " ".join(args.command).strip()
     if not command:
         raise CLIError('no command given: hRunJob "COMMAND" (see hRunJob -h)', status=2)
-    if args.slots < 1:
-        raise CLIError(f"-c needs at least 1 slot, not {args.slots}", status=2)
-    if not 0 <= args.priority <= 127:
-        raise CLIError(f"-p must be between 0 and 127, not {args.priority}", status=2)
-    spec = spec_from_args(args, command)
+    spec = spec_from_options(vars(args) | {"command": command})
     proto = await connect_tms(reactor, args.dispatcher, args.verbose)
     ids = await submit(proto, [spec])
     if not args.quiet:
         print(f"Job [{ids[0]}] has been submitted to TaskDispatcher.")
     if args.wait:
         return await wait_for(proto, ids[0])
+    return 0
+
+
+async def submit_job_file(reactor: Any, args: argparse.Namespace) -> int:
+    jobs = read_job_file(args)
+    proto = await connect_tms(reactor, args.dispatcher, args.verbose)
+    hosts = (await proto.call(commands.ListHosts))["hosts"]
+    for line_no, spec in jobs:
+        try:
+            check_against_cluster(spec, hosts)
+        except CLIError as e:
+            raise CLIError(f"{args.jobsFile}:{line_no}: {e}; nothing was submitted",
+                           status=2) from None
+    ids = await submit(proto, [spec for _, spec in jobs])
+    if not args.quiet:
+        print(f"{len(ids)} job(s) [{compress_ids(ids)}] have been submitted to TaskDispatcher.")
+    if args.wait:
+        code = 0
+        for job_id in ids:
+            end = await wait_for(proto, job_id)
+            code = code or end
+        return code
     return 0
 
 
