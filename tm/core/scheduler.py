@@ -12,8 +12,10 @@ Policy of one pass
 * A job never spans hosts.  A host is usable for a job only if it is active
   (active, not retired, its connection ok), not in the job's excluded set, and
   ``(user, host)`` is not in back-off.  ``occupied + slots <= max_slots``
-  always holds.  With ``load_check`` the host's load must be known and
-  ``load + slots placed there this pass + slots <= number_slots``.
+  always holds.  With ``load_check``, ``load + slots placed there this pass +
+  slots <= number_slots``; a host whose load no executor has reported yet
+  counts as load 0 (the check starts with the first report: refusing would
+  keep every executor, and so every report, away from it).
 * Order: priority descending; at equal priority, fair share between users --
   the user with the least ``usage + PLACEMENT_CHARGE * slots placed this pass``
   goes next (ties: the user whose next job was submitted first); within one
@@ -183,7 +185,7 @@ def schedule(inp: SchedulerInput) -> Decision:
         if free[n] < job.slots:
             return False
         if h.load_check:
-            if h.load is None or h.load + added[n] + job.slots > h.number_slots:
+            if (h.load or 0.0) + added[n] + job.slots > h.number_slots:
                 return False
         return True
 
@@ -276,7 +278,7 @@ def explain_wait(job: JobView, inp: SchedulerInput) -> str:
             return f"can start on {hname} in the next scheduling pass"
     free_now = [h for h in usable if h.max_slots - h.occupied >= job.slots]
     if free_now and all(
-        h.load_check and (h.load is None or h.load + job.slots > h.number_slots) for h in free_now
+        h.load_check and (h.load or 0.0) + job.slots > h.number_slots for h in free_now
     ):
         return "load too high on every fitting host"
     if job.id in decision.reservations:

@@ -60,6 +60,22 @@ class ExecutorLocator(amp.CommandLocator):
         return {"server": "tmmenial", "time": self.executor.reactor.seconds()}
 
 
+def read_load() -> float | None:
+    """The host's 1-minute load average.
+
+    ``$TM_LOADAVG_FILE`` names another file in /proc/loadavg's format to read instead (for a
+    host whose real load lives elsewhere, e.g. a container's, and for tests).
+    """
+    path = os.environ.get("TM_LOADAVG_FILE")
+    if not path:
+        return os.getloadavg()[0]
+    try:
+        with open(path) as f:
+            return float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 class Executor(service.Service):
     log = Logger()
 
@@ -72,7 +88,7 @@ class Executor(service.Service):
         self.unreported: list[JobEnd] = []
         self.link = DispatcherLink(reactor, info, commands.ROLE_TMMS, host,
                                    lambda: ExecutorLocator(self),
-                                   on_connected=lambda proto: self._flush(),
+                                   on_connected=lambda proto: self._connected(),
                                    on_fatal=lambda e: reactor.stop())
         self.heartbeat = LoopingCall(self._heartbeat)
         self.heartbeat.clock = reactor
@@ -112,6 +128,10 @@ class Executor(service.Service):
         self.activity()
         self._flush()
 
+    def _connected(self) -> None:
+        self._flush()
+        self._heartbeat()  # the dispatcher learns this host's load at once
+
     def _flush(self) -> None:
         if self.link.connected:
             for end in list(self.unreported):
@@ -131,7 +151,9 @@ class Executor(service.Service):
     def _heartbeat(self) -> None:
         if not self.link.connected:
             return
-        load = os.getloadavg()[0]
+        load = read_load()
+        if load is None:
+            return
         d = ensureDeferred(self.link.call(commands.Heartbeat, load=load,
                                           running=[list(k) for k in self.runner.running()]))
         d.addErrback(lambda f: self.log.info("heartbeat failed: {e}", e=f.getErrorMessage()))
