@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import configparser
 import re
+from pathlib import Path
 
 from tm.core.model import Host, User
 
@@ -33,7 +34,7 @@ FALSE = {"false", "no", "off", "0", ""}
 
 class ConfigError(ValueError):
     def __init__(self, path: str, line_no: int, message: str) -> None:
-        super().__init__(f"{path}:{line_no}: {message}")
+        super().__init__(f"{path}:{line_no}: {message}" if line_no else f"{path}: {message}")
         self.path = path
         self.line_no = line_no
         self.message = message
@@ -182,3 +183,32 @@ def default_local_host(hostname: str, cores: int) -> Host:
         number_slots=max(1, cores),
         max_slots=max(1, cores),
     )
+
+
+CLUSTER_FILES = {"tab": "cluster.tab", "cfg": "cluster.cfg"}
+
+
+def load_cluster(config_dir: Path, kind: str, hostname: str, cores: int) -> list[Host]:
+    """The hosts of ``config_dir``'s cluster file; without one, this host alone.
+
+    Raises ConfigError for a malformed or empty file, OSError if it cannot be read.
+    """
+    path = config_dir / CLUSTER_FILES[kind]
+    if not path.exists():
+        return [default_local_host(hostname, cores)]
+    text = path.read_text()
+    hosts = parse_cluster_tab(text, str(path)) if kind == "tab" else parse_cluster_cfg(text, str(path))
+    if not hosts:
+        raise ConfigError(str(path), 0, "the file lists no hosts")
+    return hosts
+
+
+def load_users(config_dir: Path, current_user: str) -> list[User]:
+    """The users of ``config_dir/users``; without that file, the current user as admin."""
+    path = config_dir / "users"
+    if not path.exists():
+        return [User(name=current_user, roles=frozenset({"user", "admin"}))]
+    users = parse_users(path.read_text(), str(path))
+    if not users:
+        raise ConfigError(str(path), 0, "the file lists no users")
+    return users

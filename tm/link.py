@@ -136,6 +136,7 @@ async def connect_dispatcher(
             role=role,
             user=getpass.getuser(),
             host=host or socket.gethostname(),
+            pid=os.getpid(),
         )
         # Creating the file may block on NFS: keep it off the reactor thread.
         await deferToThread(

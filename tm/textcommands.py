@@ -371,6 +371,18 @@ def format_hosts(response: dict[str, Any]) -> str:
     return head + ("\n" + _align(rows) if rows else "\nno hosts")
 
 
+def format_executors(executors: list[dict[str, Any]]) -> str:
+    """lstmms: one aligned row per executor (TMMS) of the user."""
+    if not executors:
+        return "no tmms known."
+    rows = [["host", "state", "pid", "since", "jobs"]]
+    for e in executors:
+        since = "-" if e.get("since") is None else format_time(e["since"])
+        pid = "-" if e.get("pid") is None else str(e["pid"])
+        rows.append([e["host"], e.get("state", "connected"), pid, since, str(e.get("running", 0))])
+    return _align(rows)
+
+
 def format_users(users: list[dict[str, Any]]) -> str:
     if not users:
         return "no users"
@@ -518,16 +530,11 @@ class TextCommand:
         if n == "reload":
             return str((await call(commands.ReloadConfig))["summary"])
         if n == "lstmms":
-            executors = (await call(commands.ListExecutors))["executors"]
-            if not executors:
-                return "no tmms known."
-            return json.dumps(
-                [{k: e.get(k) for k in ("host", "pid", "since", "running")} for e in executors]
-            )
+            return format_executors((await call(commands.ListExecutors))["executors"])
         if n in ("invokealltmms", "shutdownalltmms"):
             action = "invoke" if n == "invokealltmms" else "shutdown"
-            await call(commands.ControlExecutors, action=action)
-            return "done"
+            hosts = (await call(commands.ControlExecutors, action=action))["hosts"]
+            return "\n".join(hosts) if hosts else "no host"
         if n == "shutdown":
             await call(commands.Shutdown)
             return "terminating TMS ..."

@@ -611,10 +611,15 @@ def test_reload() -> None:
 
 
 def test_lstmms() -> None:
-    ex = [{"host": "node1", "pid": 5, "since": T0, "running": 2}]
+    ex = [{"host": "node1", "pid": 5, "since": T0, "running": 2, "state": "connected"},
+          {"host": "node22", "pid": None, "since": None, "running": 0, "state": "starting"}]
     out, call = go("lstmms", "tms", {commands.ListExecutors: {"executors": ex}})
     assert call.calls == [(commands.ListExecutors, {})]
-    assert json.loads(out) == ex
+    lines = out.splitlines()
+    assert lines[0].split() == ["host", "state", "pid", "since", "jobs"]
+    assert lines[1].split() == ["node1", "connected", "5", *format_time(T0).split(), "2"]
+    assert lines[2].split() == ["node22", "starting", "-", "-", "0"]
+    assert lines[1].index("connected") == lines[2].index("starting")  # aligned columns
     assert go("lstmms", "tms", {commands.ListExecutors: {"executors": []}})[0] == "no tmms known."
 
 
@@ -622,9 +627,10 @@ def test_lstmms() -> None:
     "name,action", [("invokealltmms", "invoke"), ("shutdownalltmms", "shutdown")]
 )
 def test_control_executors(name: str, action: str) -> None:
-    out, call = go(name, "tms", {commands.ControlExecutors: {"hosts": ["node1"]}})
+    answer = ["node1: starting", "node2: already running"]
+    out, call = go(name, "tms", {commands.ControlExecutors: {"hosts": answer}})
     assert call.calls == [(commands.ControlExecutors, {"action": action})]
-    assert out == "done"
+    assert out == "node1: starting\nnode2: already running"
 
 
 def test_shutdown() -> None:

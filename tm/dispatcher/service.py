@@ -9,7 +9,9 @@ committed (``pending``) before the start order goes out.
 
 from __future__ import annotations
 
+import getpass
 import os
+import signal
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +19,10 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.logger import Logger
 
+from tm import config
 from tm.core import scheduler
 from tm.core.model import Host, Job, JobState, Transition, User, ending_state
 from tm.dispatcher.writer import TransitionWriter
@@ -40,6 +44,7 @@ class Settings:
     public_host: str = field(default_factory=socket.gethostname)
     hosts: list[Host] = field(default_factory=list)
     users: list[User] = field(default_factory=list)
+    cluster_config: str = "tab"  # which of etc/cluster.tab | etc/cluster.cfg describes the hosts
 
 
 class Dispatcher(service.Service):
@@ -77,9 +82,11 @@ class Dispatcher(service.Service):
             if name in self.users:
                 self.users[name].enabled = enabled
         saved = await self.store.load_hosts()
-        for name, (active, _retired) in saved.items():
+        for name, (active, retired) in saved.items():
             if name in self.hosts:
                 self.hosts[name].active = active
+                if retired:  # back in the configuration
+                    await self.store.save_host(name, active, False)
         active = await self.store.get_setting("cluster_active")
         self.cluster_active = active != "0"
         for job in await self.store.load_active_jobs():
@@ -89,6 +96,83 @@ class Dispatcher(service.Service):
             if job.state is JobState.PENDING:
                 self._transition(job, JobState.WAITING, "dispatcher restarted before the job started")
         self.request_pass()
+
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, self._sighup)
+
+    # --- configuration reload -----------------------------------------------------------
+
+    def _sighup(self, signum: int, frame: Any) -> None:
+        self.reactor.callFromThread(self._reload_from_signal)
+
+    def _reload_from_signal(self) -> None:
+        d = ensureDeferred(self.reload_config())
+        d.addCallbacks(lambda summary: self.log.info("SIGHUP: {summary}", summary=summary),
+                       lambda f: self.log.error("SIGHUP: {e}", e=f.getErrorMessage()))
+
+    async def reload_config(self) -> str:
+        """Re-read the cluster and users files; add, update and retire hosts and users.
+
+        A host that left the file is retired: it gets no new jobs, its running jobs finish.
+        A host's ``active`` column only sets the state of a host new to the dispatcher;
+        activatehost/deactivatehost decide for known ones. Raises ConfigError (nothing changes)
+        when a file is malformed.
+        """
+        s = self.settings
+        try:
+            hosts = config.load_cluster(s.config_dir, s.cluster_config, socket.gethostname(),
+                                        os.cpu_count() or 1)
+            users = config.load_users(s.config_dir, getpass.getuser())
+        except OSError as e:
+            raise config.ConfigError(e.filename or str(s.config_dir), 0,
+                                     f"cannot be read: {e.strerror}") from None
+        added, updated, retired, restored = [], [], [], []
+        new_names = {h.name for h in hosts}
+        for h in hosts:
+            old = self.hosts.get(h.name)
+            if old is None:
+                self.hosts[h.name] = h
+                added.append(h.name)
+                await self.store.save_host(h.name, h.active, False)
+                continue
+            h.active = old.active
+            if old.retired:
+                restored.append(h.name)
+                await self.store.save_host(h.name, h.active, False)
+            elif h != old:
+                updated.append(h.name)
+            self.hosts[h.name] = h
+        for name, old in list(self.hosts.items()):
+            if name not in new_names and not old.retired:
+                old.retired = True
+                retired.append(name)
+                await self.store.save_host(name, old.active, True)
+        # Retired hosts with nothing left on them are forgotten (they stay retired in the store).
+        busy = {j.host for j in self.jobs.values() if j.host}
+        for name, h in list(self.hosts.items()):
+            if h.retired and name not in busy:
+                del self.hosts[name]
+        user_names = {u.name for u in users}
+        old_users = self.users
+        self.users = {}
+        for u in users:
+            previous = old_users.get(u.name)
+            if previous is not None:
+                u.enabled = previous.enabled
+            self.users[u.name] = u
+        await self.store.sync_users(users)
+        removed_users = sorted(set(old_users) - user_names)
+        new_users = sorted(user_names - set(old_users))
+        self.request_pass()
+        parts = [f"{len(self.hosts)} host(s), {len(self.users)} user(s)"]
+        for label, names in (("added", added), ("updated", updated), ("retired", retired),
+                             ("back", restored), ("new users", new_users),
+                             ("removed users", removed_users)):
+            if names:
+                parts.append(f"{label}: {', '.join(names)}")
+        summary = "configuration reloaded: " + "; ".join(parts)
+        self.log.info(summary)
+        return summary
 
     # --- sessions -------------------------------------------------------------------
 
@@ -129,6 +213,51 @@ class Dispatcher(service.Service):
         for job in self._jobs_on(user, host, JobState.PENDING):
             self._transition(job, JobState.WAITING, f"executor start on {host} failed: {reason}",
                              clear_host=True)
+
+    def invoke_executors(self, user: str) -> list[str]:
+        """Start ``user``'s executor on every active host that lacks one; say what happened."""
+        tms = self.tms_sessions.get(user)
+        now = self.reactor.seconds()
+        out = []
+        for host in sorted(self.hosts.values(), key=lambda h: h.name):
+            key = (user, host.name)
+            if not host.active or host.retired:
+                out.append(f"{host.name}: skipped, the host is not active")
+            elif key in self.executors:
+                out.append(f"{host.name}: already running")
+            elif key in self.starting:
+                out.append(f"{host.name}: already starting")
+            elif self.backoff.get(key, 0) > now:
+                out.append(f"{host.name}: skipped, the last start failed "
+                           f"(retried after {self.backoff[key] - now:.0f} s)")
+            elif tms is None:
+                out.append(f"{host.name}: skipped, no TMS of {user} is connected")
+            else:
+                self.starting[key] = now
+                ensureDeferred(self._start_executor(tms, user, host))
+                out.append(f"{host.name}: starting")
+        return out
+
+    async def shutdown_executors(self, user: str) -> list[str]:
+        """Stop ``user``'s idle executors; one with jobs on it keeps running."""
+        out = []
+        for (name, host), session in sorted(self.executors.items(), key=lambda kv: kv[0]):
+            if name != user:
+                continue
+            busy = [j.id for j in self.jobs.values()
+                    if j.user == user and j.host == host and j.state.holds_slots]
+            if busy:
+                out.append(f"{host}: kept, {len(busy)} job(s) run there "
+                           f"(kill them first: killjob:{busy[0]})")
+                continue
+            try:
+                await session.proto.call(commands.Shutdown, reply_timeout=10)
+                out.append(f"{host}: stopped")
+            except (ConnectionDone, ConnectionLost):
+                out.append(f"{host}: stopped")  # it went before its answer arrived
+            except Exception as e:
+                out.append(f"{host}: could not be stopped: {e}")
+        return out or ["no executor is running"]
 
     def _jobs_on(self, user: str, host: str, state: JobState) -> list[Job]:
         return [j for j in self.jobs.values() if j.user == user and j.host == host and j.state is state]
@@ -221,7 +350,11 @@ class Dispatcher(service.Service):
             ),
             usage=dict(self.usage),
             cluster_active=self.cluster_active,
-            disabled_users=frozenset(u.name for u in self.users.values() if not u.enabled),
+            # Users disabled, or removed from etc/users since they submitted.
+            disabled_users=frozenset(
+                {u.name for u in self.users.values() if not u.enabled}
+                | {j.user for j in waiting if j.user not in self.users}
+            ),
             blocked=frozenset(blocked),
             reservations=dict(self.reservations),
         )

@@ -13,7 +13,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.protocols import amp
 
-from tm import auth
+from tm import auth, config
 from tm.core.model import MAX_PRIORITY, MIN_PRIORITY, JobState
 from tm.protocol import commands, records
 from tm.protocol.base import BoundedAMP
@@ -46,6 +46,8 @@ class Session(amp.CommandLocator):
         self.claimed_user: str | None = None
         self.role: str | None = None
         self.host: str | None = None
+        self.peer_pid: int | None = None
+        self.authenticated_at: float | None = None
         self.challenge: auth.Challenge | None = None
         self.fenced = False
 
@@ -56,6 +58,10 @@ class Session(amp.CommandLocator):
             raise commands.NotAuthenticated("authenticate first (Hello, then Authenticate)")
         if roles and self.role not in roles:
             raise commands.PermissionDenied(f"a {self.role} connection cannot do this")
+        # An executor still reports the ends of jobs that started before its user was removed.
+        if self.user not in self.dispatcher.users and self.role != commands.ROLE_TMMS:
+            raise commands.PermissionDenied(
+                f"user {self.user} is no longer in etc/users: ask the admin to add you back")
         return self.user
 
     def _is_admin(self) -> bool:
@@ -69,7 +75,8 @@ class Session(amp.CommandLocator):
         return user
 
     @commands.Hello.responder
-    def hello(self, protocol_version: int, role: str, user: str, host: str) -> dict:
+    def hello(self, protocol_version: int, role: str, user: str, host: str,
+              pid: int | None = None) -> dict:
         if protocol_version != commands.PROTOCOL_VERSION:
             raise commands.ProtocolMismatch(
                 f"the dispatcher speaks protocol {commands.PROTOCOL_VERSION}, you speak "
@@ -85,7 +92,7 @@ class Session(amp.CommandLocator):
         if role == commands.ROLE_TMMS:
             if host not in self.dispatcher.hosts:
                 raise commands.UnknownHost(f"host {host!r} is not in the cluster configuration")
-        self.claimed_user, self.role, self.host = user, role, host
+        self.claimed_user, self.role, self.host, self.peer_pid = user, role, host, pid
         self.challenge = auth.new_challenge(self.dispatcher.settings.var_dir / "challenge")
         return {
             "protocol_version": commands.PROTOCOL_VERSION,
@@ -103,6 +110,7 @@ class Session(amp.CommandLocator):
         await deferToThreadPool(d.reactor, d.fs_pool, auth.verify_challenge, challenge,
                                 self.claimed_user)
         self.user = self.claimed_user
+        self.authenticated_at = self.dispatcher.reactor.seconds()
         self.log.info("{user} authenticated as {role} from {host}", user=self.user,
                       role=self.role, host=self.host)
         if self.role == commands.ROLE_TMS:
@@ -311,6 +319,15 @@ class Session(amp.CommandLocator):
         d.request_pass()
         return {}
 
+    @commands.ReloadConfig.responder
+    async def reload_config(self) -> dict:
+        self._require_admin()
+        try:
+            summary = await self.dispatcher.reload_config()
+        except config.ConfigError as e:
+            raise commands.InvalidRequest(f"reload refused, nothing changed: {e}") from None
+        return {"summary": summary}
+
     @commands.SetHostActive.responder
     async def set_host_active(self, host: str, active: bool) -> dict:
         self._require_admin()
@@ -411,10 +428,37 @@ class Session(amp.CommandLocator):
     def list_executors(self) -> dict:
         me = self._require()
         d = self.dispatcher
-        return {"executors": [
-            {"host": host, "pid": None, "since": None, "running": True}
-            for (name, host) in sorted(d.executors) if name == me
-        ]}
+        rows = []
+        for (name, host), session in sorted(d.executors.items(), key=lambda kv: kv[0]):
+            if name != me:
+                continue
+            jobs = [j.id for j in d.jobs.values()
+                    if j.user == me and j.host == host and j.state.holds_slots]
+            rows.append({"host": host, "pid": session.peer_pid, "since": session.authenticated_at,
+                         "running": len(jobs), "state": "connected"})
+        for (name, host), since in sorted(d.starting.items()):
+            if name == me and (name, host) not in d.executors:
+                rows.append({"host": host, "pid": None, "since": since, "running": 0,
+                             "state": "starting"})
+        now = d.reactor.seconds()
+        for (name, host), until in sorted(d.backoff.items()):
+            if name == me and until > now and (name, host) not in d.executors:
+                rows.append({"host": host, "pid": None, "since": None, "running": 0,
+                             "state": f"start failed, retried after {until - now:.0f} s"})
+        return {"executors": rows}
+
+    @commands.ControlExecutors.responder
+    async def control_executors(self, action: str) -> dict:
+        """invokealltmms: start the caller's executor on every usable host that lacks one;
+        shutdownalltmms: stop the caller's idle executors (one with running jobs is kept,
+        and said so: stopping it would kill those jobs)."""
+        me = self._require(commands.ROLE_TMS, commands.ROLE_CLIENT)
+        d = self.dispatcher
+        if action == "invoke":
+            return {"hosts": d.invoke_executors(me)}
+        if action == "shutdown":
+            return {"hosts": await d.shutdown_executors(me)}
+        raise commands.InvalidRequest(f"unknown executor action {action!r}: invoke or shutdown")
 
     @commands.ListSessions.responder
     def list_sessions(self) -> dict:

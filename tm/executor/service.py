@@ -52,7 +52,8 @@ class ExecutorLocator(amp.CommandLocator):
 
     @commands.Shutdown.responder
     def shutdown(self) -> dict:
-        self.executor.reactor.callLater(0, self.executor.reactor.stop)
+        # A moment for the answer to leave before the connection closes.
+        self.executor.reactor.callLater(0.2, self.executor.reactor.stop)
         return {}
 
     @commands.Ping.responder

@@ -125,6 +125,7 @@ class Hello(_Command):
         (b"role", amp.Unicode()),
         (b"user", amp.Unicode()),
         (b"host", amp.Unicode()),
+        (b"pid", amp.Integer(optional=True)),  # the caller's process, shown by lstmms/lsthreads
     ]
     response = [
         (b"protocol_version", amp.Integer()),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
 from twisted.application import service
@@ -16,7 +17,9 @@ class Options(usage.Options):
     optParameters = [
         ["dispatcher", None, None, "The dispatcher's dispatcher.json."],
         ["host", None, None, "This host's name in the cluster configuration (default: hostname)."],
-        ["idle-timeout", None, 300.0, "Exit after this many seconds without a job.", float],
+        ["idle-timeout", None, float(os.environ.get("TM_EXECUTOR_IDLE_TIMEOUT") or 300.0),
+         "Exit after this many seconds without a job (default $TM_EXECUTOR_IDLE_TIMEOUT or 300).",
+         float],
         ["log-dir", None, None, "Default directory for job output (default ~/.taskmanager/logs)."],
     ]
 

@@ -43,6 +43,7 @@ FORWARDED: tuple[type[amp.Command], ...] = (
     commands.KillJobs,
     commands.SuspendJob,
     commands.ListExecutors,
+    commands.ControlExecutors,
 )
 #: A forwarded WaitJob may legitimately take long.
 FORWARD_TIMEOUT = 330.0
@@ -80,7 +81,8 @@ class ClientSession(amp.CommandLocator):
             raise commands.NotAuthenticated("prove the key from ~/.taskmanager/tms.json first")
 
     @commands.Hello.responder
-    def hello(self, protocol_version: int, role: str, user: str, host: str) -> dict:
+    def hello(self, protocol_version: int, role: str, user: str, host: str,
+              pid: int | None = None) -> dict:
         if protocol_version != commands.PROTOCOL_VERSION:
             raise commands.ProtocolMismatch(
                 f"this TMS speaks protocol {commands.PROTOCOL_VERSION}, the client "

@@ -1,0 +1,135 @@
+"""Cluster configuration on a live dispatcher: reload (command and SIGHUP), retired hosts,
+and a user's executors (lstmms, invokealltmms, shutdownalltmms, idle exit).
+
+All hosts here run their executors on this machine (no ssh_target); tests/cluster covers
+real hosts over ssh.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.processes import Installation, alive, wait_until
+
+
+def row(name: str, slots: int) -> str:
+    return f"{name}\t{name}\t{slots}\t{slots}\t\tFalse\t0\tTrue\n"
+
+
+@pytest.fixture
+def tm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Installation]:
+    monkeypatch.setenv("TM_EXECUTOR_IDLE_TIMEOUT", "3")
+    inst = Installation(tmp_path)
+    (inst.etc / "cluster.tab").write_text(row("hA", 2) + row("hB", 2))
+    try:
+        inst.start_dispatcher()
+        yield inst
+    finally:
+        inst.cleanup()
+
+
+def hosts(tm: Installation) -> dict[str, list[str]]:
+    out = tm.run("hConnect", "-T", "lscluster", check=True).stdout
+    return {line.split()[1]: line.split()[2:] for line in out.splitlines()[1:]}
+
+
+def submit(tm: Installation, *args: str) -> int:
+    result = tm.run("hRunJob", *args, check=True)
+    return int(re.search(r"\[(\d+)\]", result.stdout).group(1))
+
+
+def lajob(tm: Installation, job_id: int) -> str:
+    return tm.run("hConnect", f"lajob:{job_id}", check=True).stdout
+
+
+def field(tm: Installation, job_id: int, name: str) -> str:
+    match = re.search(rf"^{name}:\s*(\S+)", lajob(tm, job_id), re.M)
+    return match.group(1) if match else ""
+
+
+def test_reload_adds_updates_and_retires_hosts_and_a_retired_host_finishes_its_job(
+        tm: Installation) -> None:
+    long = submit(tm, "-E", "hB", "sleep 2; echo done > long.out")
+    wait_until(lambda: field(tm, long, "state") == "running", 30, "the long job to run")
+    assert field(tm, long, "host") == "hA"
+
+    (tm.etc / "cluster.tab").write_text(row("hB", 4) + row("hC", 2))
+    result = tm.run("hConnect", "-T", "reload", check=True)
+    assert result.stdout.strip() == ("configuration reloaded: 3 host(s), 1 user(s); added: hC; "
+                                     "updated: hB; retired: hA")
+    now = hosts(tm)
+    assert now["hA"][0] == "retired"
+    assert now["hB"][:2] == ["active", "4/4"]
+    assert now["hC"][:2] == ["active", "2/2"]
+
+    # The retired host's job finishes normally; new jobs go to the remaining hosts only.
+    new = [submit(tm, "true") for _ in range(4)]
+    wait_until(lambda: (tm.work / "long.out").exists(), 30, "the job on the retired host to end")
+    wait_until(lambda: all(field(tm, j, "state") == "finished" for j in new + [long]), 30,
+               "all jobs to finish")
+    for j in new:
+        assert field(tm, j, "host") in ("hB", "hC"), lajob(tm, j)
+    # With nothing left on it, the next reload forgets the retired host.
+    tm.run("hConnect", "-T", "reload", check=True)
+    assert set(hosts(tm)) == {"hB", "hC"}
+
+
+def test_sighup_reloads_and_a_malformed_file_changes_nothing(tm: Installation) -> None:
+    (tm.etc / "cluster.tab").write_text(row("hA", 2) + "hB\thB\tmany\n")
+    bad = tm.run("hConnect", "-T", "reload")
+    assert bad.returncode != 0
+    assert "reload refused, nothing changed" in bad.stderr
+    assert "cluster.tab:2" in bad.stderr and "Traceback" not in bad.stderr
+    assert set(hosts(tm)) == {"hA", "hB"}
+
+    (tm.etc / "cluster.tab").write_text(row("hA", 2) + row("hB", 2) + row("hD", 3))
+    os.kill(tm.dispatcher.pid, signal.SIGHUP)
+    wait_until(lambda: "hD" in hosts(tm), 15, "SIGHUP to add hD")
+    assert hosts(tm)["hD"][:2] == ["active", "3/3"]
+    assert "SIGHUP: configuration reloaded" in tm.dispatcher_log.read_text()
+
+
+def test_invoke_list_and_shut_down_executors_and_idle_exit(tm: Installation) -> None:
+    out = tm.run("hConnect", "invokealltmms", check=True).stdout
+    assert out.strip().splitlines() == ["hA: starting", "hB: starting"]
+
+    def connected() -> list[list[str]]:
+        lines = tm.run("hConnect", "lstmms", check=True).stdout.splitlines()[1:]
+        return [line.split() for line in lines if "connected" in line]
+
+    rows = wait_until(lambda: len(connected()) == 2 and connected(), 30, "two executors")
+    pids = {r[0]: int(r[2]) for r in rows}
+    assert set(pids) == {"hA", "hB"} and all(alive(p) for p in pids.values())
+    again = tm.run("hConnect", "invokealltmms", check=True).stdout
+    assert again.strip().splitlines() == ["hA: already running", "hB: already running"]
+
+    busy = submit(tm, "-E", "hB", "sleep 30")
+    wait_until(lambda: field(tm, busy, "state") == "running", 30, "the job to run")
+    stop = tm.run("hConnect", "shutdownalltmms", check=True).stdout.strip().splitlines()
+    assert stop[0].startswith("hA: kept, 1 job(s) run there")
+    assert stop[1] == "hB: stopped"
+    wait_until(lambda: not alive(pids["hB"]), 15, "hB's executor to exit")
+    assert alive(pids["hA"])
+    tm.run("hConnect", f"killjob:{busy}", check=True)
+    # Idle for TM_EXECUTOR_IDLE_TIMEOUT (3 s): the executor exits by itself.
+    wait_until(lambda: not alive(pids["hA"]), 30, "hA's idle executor to exit")
+    wait_until(lambda: tm.run("hConnect", "lstmms").stdout.strip() == "no tmms known.", 15,
+               "the dispatcher to forget the executors")
+
+
+def test_lstmms_pid_is_the_executor_process(tm: Installation) -> None:
+    job = submit(tm, "sleep 5")
+    wait_until(lambda: field(tm, job, "state") == "running", 30, "the job to run")
+    lines = tm.run("hConnect", "lstmms", check=True).stdout.splitlines()
+    pid = int(lines[1].split()[2])
+    pidfiles = {p.name: int(p.read_text()) for p in (tm.home / ".taskmanager").glob("tmmenial.*.pid")}
+    assert pid in pidfiles.values(), (lines, pidfiles)
+    info = json.loads((tm.home / ".taskmanager" / "tms.json").read_text())
+    assert info["pid"] != pid
