@@ -398,7 +398,7 @@ def format_users(users: list[dict[str, Any]]) -> str:
                 f"waiting {u['waiting']}",
                 f"pending {u['pending']}",
                 f"running {u['running']}",
-                f"usage {u['usage']:.2f}",
+                f"usage {u['usage']:.0f} slot-s",
                 "executors: " + (",".join(u["executors"]) or "-"),
             ]
         )

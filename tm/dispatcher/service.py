@@ -24,6 +24,7 @@ from twisted.logger import Logger
 
 from tm import config
 from tm.core import scheduler
+from tm.core.fairshare import DEFAULT_HALF_LIFE, UsageLedger
 from tm.core.model import Host, Job, JobState, Transition, User, ending_state
 from tm.dispatcher.writer import TransitionWriter
 from tm.protocol import commands
@@ -45,6 +46,7 @@ class Settings:
     hosts: list[Host] = field(default_factory=list)
     users: list[User] = field(default_factory=list)
     cluster_config: str = "tab"  # which of etc/cluster.tab | etc/cluster.cfg describes the hosts
+    fairshare_half_life: float = DEFAULT_HALF_LIFE  # seconds for recorded usage to halve
 
 
 class Dispatcher(service.Service):
@@ -65,7 +67,7 @@ class Dispatcher(service.Service):
         self.starting: dict[tuple[str, str], float] = {}
         self.backoff: dict[tuple[str, str], float] = {}
         self.reservations: dict[int, str] = {}
-        self.usage: dict[str, float] = {}
+        self.ledger = UsageLedger(settings.fairshare_half_life)
         self.waiters: dict[int, list[Deferred]] = {}
         self.started_at = 0.0
         self._pass_scheduled = False
@@ -268,6 +270,8 @@ class Dispatcher(service.Service):
         t = Transition(job_id=job.id, attempt=job.attempt, old=job.state, new=new,
                        reason=reason, **kw)
         now = self.reactor.seconds()
+        if job.state is JobState.RUNNING and new is not JobState.RUNNING and job.started_at:
+            self.ledger.charge(job.user, job.spec.slots * (now - job.started_at), now)
         job.state = new
         job.reason = reason
         job.state_since = now
@@ -348,7 +352,7 @@ class Dispatcher(service.Service):
                 )
                 for j in waiting
             ),
-            usage=dict(self.usage),
+            usage=self.usage(now),
             cluster_active=self.cluster_active,
             # Users disabled, or removed from etc/users since they submitted.
             disabled_users=frozenset(
@@ -359,6 +363,12 @@ class Dispatcher(service.Service):
             reservations=dict(self.reservations),
         )
 
+    def usage(self, now: float) -> dict[str, float]:
+        """Each user's recent usage in slot-seconds (decayed), running jobs included."""
+        return self.ledger.usage(now, (
+            (j.user, j.spec.slots, j.started_at) for j in self.jobs.values()
+            if j.state is JobState.RUNNING and j.started_at is not None))
+
     def _run_pass(self) -> None:
         self._pass_scheduled = False
         self.passes += 1
@@ -366,7 +376,6 @@ class Dispatcher(service.Service):
         self.reservations = dict(decision.reservations)
         for job_id, host in decision.placements:
             job = self.jobs[job_id]
-            self.usage[job.user] = self.usage.get(job.user, 0.0) + job.spec.slots
             d = self._transition(job, JobState.PENDING, f"placed on {host}", host=host)
             d.addCallback(self._placed, job, job.attempt)
 

@@ -353,12 +353,16 @@ class Session(amp.CommandLocator):
         targets = []
         for job_id in job_ids:
             job = d.jobs.get(job_id) or await d.store.get_job(job_id)
-            if job is None or (self.role == commands.ROLE_TMS and job.user != me):
+            if job is None:
                 raise commands.UnknownJob(f"unknown job {job_id}")
             if not self._may_touch(job):
-                raise commands.PermissionDenied(f"job {job_id} belongs to {job.user}, not to you")
+                raise commands.PermissionDenied(
+                    f"job {job_id} is not yours: you can only kill your own jobs")
             if not job.state.terminal:
                 targets.append(d.jobs[job_id])
+            elif len(job_ids) == 1 and regex is None and not all:
+                raise commands.InvalidRequest(
+                    f"job {job_id} has already ended ({job.state.value}): nothing to kill")
         if regex is not None or all:
             try:
                 pattern = re.compile(regex) if regex is not None else None
@@ -374,13 +378,14 @@ class Session(amp.CommandLocator):
 
     @commands.SuspendJob.responder
     async def suspend_job(self, job_id: int, resume: bool) -> dict:
-        me = self._require(commands.ROLE_TMS, commands.ROLE_CLIENT)
+        self._require(commands.ROLE_TMS, commands.ROLE_CLIENT)
         d = self.dispatcher
-        job = d.jobs.get(job_id)
-        if job is None or (self.role == commands.ROLE_TMS and job.user != me):
-            raise commands.UnknownJob(f"unknown or ended job {job_id}")
+        job = d.jobs.get(job_id) or await d.store.get_job(job_id)
+        if job is None:
+            raise commands.UnknownJob(f"unknown job {job_id}")
         if not self._may_touch(job):
-            raise commands.PermissionDenied(f"job {job_id} belongs to {job.user}, not to you")
+            raise commands.PermissionDenied(
+                f"job {job_id} is not yours: you can only suspend or resume your own jobs")
         if job.state is not JobState.RUNNING:
             raise commands.InvalidRequest(f"job {job_id} is {job.state.value}, not running")
         await d.suspend(job, resume)
@@ -395,6 +400,7 @@ class Session(amp.CommandLocator):
     def list_users(self, user: str | None = None) -> dict:
         self._require()
         d = self.dispatcher
+        usage = d.usage(d.reactor.seconds())
         rows = []
         for u in d.users.values():
             if user is not None and u.name != user:
@@ -407,7 +413,7 @@ class Session(amp.CommandLocator):
                 "waiting": states.count(JobState.WAITING),
                 "pending": states.count(JobState.PENDING),
                 "running": states.count(JobState.RUNNING),
-                "usage": d.usage.get(u.name, 0.0),
+                "usage": usage.get(u.name, 0.0),
             })
         if user is not None and not rows:
             raise commands.UnknownUser(f"unknown user {user!r}")
