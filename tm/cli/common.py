@@ -164,6 +164,14 @@ def run_main(prog: str, main: Callable[[Any], Awaitable[int]]) -> None:
         except (ConnectError, ConnectionClosed, TimeoutError) as e:
             print(f"{prog}: connection failed: {e.__class__.__name__}: {e}", file=sys.stderr)
             status = 1
+        except BrokenPipeError:
+            # The reader went away (hConnect lswjobs | head): stop quietly, as cat does.
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())  # the final flush must not fail again
+            except OSError:
+                pass
+            status = 141
         except Exception as e:  # the last line of defence: one line, never a traceback
             print(f"{prog}: unexpected error: {e.__class__.__name__}: {e}", file=sys.stderr)
             status = 1
