@@ -41,6 +41,9 @@ class Options(usage.Options):
         ["var-dir", None, "var", "Directory for run-time state (database, keys, challenge)."],
         ["cluster-config", None, "tab", "Which cluster file to read: tab (cluster.tab) or cfg (cluster.cfg)."],
         ["public-host", None, None, "Host name clients use to reach the dispatcher (default: this host's name)."],
+        ["manhole", None, None,
+         "Serve a Python manhole (telnet framing) on the Unix socket PATH, mode 0600, for "
+         "the dispatcher's own uid only (default: off)."],
     ]
 
     def postOptions(self) -> None:
@@ -62,6 +65,14 @@ class Options(usage.Options):
         from tm.db.store import check_url_sync
 
         self["var-dir"].mkdir(parents=True, exist_ok=True)
+        # After var/ exists, so that --manhole var/manhole.sock works on a fresh machine.
+        if self["manhole"] is not None:
+            from tm.dispatcher.manhole import ManholePathError, check_socket_path
+
+            try:
+                self["manhole"] = check_socket_path(self["manhole"])
+            except ManholePathError as e:
+                raise usage.UsageError(str(e)) from None
         try:
             check_url_sync(self["database"])
         except ValueError as e:
@@ -175,4 +186,8 @@ def makeService(options: Options) -> service.IService:  # noqa: N802
     listen = StreamServerEndpointService(endpoint, factory)
     listen._raiseSynchronously = True
     runner = DispatcherRunner(reactor, settings, listen, cert_pem)
+    if options["manhole"] is not None:
+        from tm.dispatcher.manhole import ManholeService
+
+        ManholeService(reactor, options["manhole"], runner.dispatcher).setServiceParent(runner)
     return runner
