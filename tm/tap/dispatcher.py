@@ -41,6 +41,9 @@ class Options(usage.Options):
         ["var-dir", None, "var", "Directory for run-time state (database, keys, challenge)."],
         ["cluster-config", None, "tab", "Which cluster file to read: tab (cluster.tab) or cfg (cluster.cfg)."],
         ["public-host", None, None, "Host name clients use to reach the dispatcher (default: this host's name)."],
+        ["fairshare-half-life", None, 86400.0,
+         "Seconds after which a user's recorded usage counts half in fair share (default a day).",
+         float],
         ["manhole", None, None,
          "Serve a Python manhole (telnet framing) on the Unix socket PATH, mode 0600, for "
          "the dispatcher's own uid only (default: off)."],
@@ -49,6 +52,8 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if self["cluster-config"] not in ("tab", "cfg"):
             raise usage.UsageError("--cluster-config must be 'tab' or 'cfg'")
+        if not self["fairshare-half-life"] > 0:
+            raise usage.UsageError("--fairshare-half-life must be a positive number of seconds")
         self["config-dir"] = Path(self["config-dir"]).resolve()
         self["var-dir"] = Path(self["var-dir"]).resolve()
         if self["database"] is None:
@@ -178,6 +183,8 @@ def makeService(options: Options) -> service.IService:  # noqa: N802
         public_host=options["public-host"] or socket.gethostname(),
         hosts=hosts,
         users=users,
+        cluster_config=options["cluster-config"],
+        fairshare_half_life=options["fairshare-half-life"],
     )
     endpoint = SSL4ServerEndpoint(reactor, options["port"], auth.server_tls_options(key_pem, cert_pem),
                                   interface=options["interface"])
