@@ -1,16 +1,19 @@
-"""Tests of the executor's JobRunner with real processes on the real reactor."""
+"""Tests of the executor's JobRunner and its per-job shepherd with real processes."""
 
 from __future__ import annotations
 
 import os
+import signal
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
 
-from tm.executor.runner import JobEnd, JobRunner, JobStartError, RunRequest
+from tests.helpers.processes import alive
+from tm.executor.runner import JobEnd, JobRunner, JobStartError, RunRequest, shepherd_ready
 
 DEADLINE = 10
 
@@ -48,20 +51,75 @@ async def wait_for(condition, what: str) -> None:
         await task.deferLater(reactor, 0.02, lambda: None)
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie still answers kill(0); it is dead for our purposes.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+def stat_fields(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (state, ppid, pgrp, session, ...)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
 def proc_state(pid: int) -> str:
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return stat_fields(pid)[0]
+
+
+def ppid_of(pid: int) -> int:
+    return int(stat_fields(pid)[1])
+
+
+def session_members(sid: int) -> list[int]:
+    """Live processes of session ``sid`` (the job's session, led by its shepherd)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                fields = stat_fields(int(name))
+            except (OSError, IndexError):
+                continue
+            if int(fields[3]) == sid and fields[0] != "Z":
+                found.append(int(name))
+    return found
+
+
+def processes_in(cwd: Path) -> list[int]:
+    """Live processes working in ``cwd``: every process of a job started there, wherever it went."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                here = os.readlink(f"/proc/{name}/cwd")
+            except OSError:
+                continue
+            if here == str(cwd) and alive(int(name)):
+                found.append(int(name))
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_stray_processes(tmp_path: Path) -> Iterator[None]:
+    """Safety net: a failing test must not leave its job's processes running on the host."""
+    yield
+    for pid in processes_in(tmp_path):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def pid_files(tmp_path: Path, *names: str) -> dict[str, int] | None:
+    """The pids the job wrote to ``names``, once every file holds one."""
+    pids = {}
+    for name in names:
+        path = tmp_path / name
+        text = path.read_text().strip() if path.exists() else ""
+        if not text.isdigit():
+            return None
+        pids[name] = int(text)
+    return pids
+
+
+async def wait_for_pids(tmp_path: Path, *names: str) -> dict[str, int]:
+    await wait_for(lambda: pid_files(tmp_path, *names) is not None, f"the job to write {names}")
+    pids = pid_files(tmp_path, *names)
+    assert pids is not None
+    return pids
 
 
 @pytest_twisted.ensureDeferred
@@ -182,34 +240,131 @@ async def test_kill_leaves_no_process_of_the_group(tmp_path: Path) -> None:
     await wait_for(lambda: pids_file.exists() and len(pids_file.read_text().split()) == 3,
                    "the job to write its pids")
     pids = [int(p) for p in pids_file.read_text().split()]
-    assert pid in pids
+    # The shell is the shepherd's child, in the shepherd's own session and process group.
+    assert ppid_of(pids[2]) == pid
     assert all(alive(p) for p in pids)
-    assert os.getpgid(pids[0]) == pid
+    assert os.getpgid(pids[0]) == pid and os.getsid(pids[0]) == pid
     assert runner.kill(7, 1) is True
     end = await ended
     assert end.killed is True
+    assert end.signal == signal.SIGTERM
     await wait_for(lambda: not any(alive(p) for p in pids), "every job process to die")
     assert runner.kill(7, 1) is False
 
 
+# Every way out of the job's group and session that a shell offers: setsid'd children, a
+# setsid'd shell with a child of its own, a double-forked setsid'd daemon, a plain background
+# child. Each writes its pid to a file of its own.
+ESCAPES = (
+    "setsid sh -c 'echo $$ > s1; exec sleep 1000' & "
+    "setsid sh -c 'sleep 1000 & echo $! > s2kid; echo $$ > s2; wait' & "
+    "( setsid sh -c 'echo $$ > df; exec sleep 1000' & ) & "
+    "sleep 1000 & echo $! > plain; "
+)
+ESCAPE_FILES = ("s1", "s2", "s2kid", "df", "plain")
+
+
+async def start_escapes(tmp_path: Path, runner: JobRunner, tail: str
+                        ) -> tuple[int, defer.Deferred[JobEnd], dict[str, int]]:
+    pid, ended = start(runner, request(tmp_path, ESCAPES + "echo $$ > shell; " + tail))
+    pids = await wait_for_pids(tmp_path, *ESCAPE_FILES, "shell")
+    assert all(alive(p) for p in pids.values()), pids
+    # They did leave: killpg on the job's group, or anything keyed on its session, misses them.
+    for name in ("s1", "s2", "s2kid", "df"):
+        assert os.getsid(pids[name]) != pid, name
+        assert os.getpgid(pids[name]) != pid, name
+    # The double-forked one lost its parent and went to the shepherd, not to init.
+    await wait_for(lambda: ppid_of(pids["df"]) == pid, "the orphan to be reparented")
+    return pid, ended, pids
+
+
 @pytest_twisted.ensureDeferred
-async def test_kill_escalates_to_sigkill_after_grace_on_injected_clock(tmp_path: Path) -> None:
-    clock = task.Clock()
-    runner = JobRunner(reactor, clock, log_dir=str(tmp_path / "logs"), kill_grace=5)
-    ready = tmp_path / "ready"
-    _, ended = start(runner, request(
-        tmp_path, "trap '' TERM; touch ready; while :; do sleep 0.05; done",
-    ))
-    await wait_for(ready.exists, "the job to ignore TERM")
-    assert runner.kill(7, 1)
-    assert len(clock.getDelayedCalls()) == 1
-    # TERM is ignored: the job is still running until the grace period passes on the clock.
-    await task.deferLater(reactor, 0.2, lambda: None)
+async def test_kill_reaches_setsid_and_double_forked_descendants(tmp_path: Path) -> None:
+    runner = make_runner(tmp_path)
+    _, ended, pids = await start_escapes(tmp_path, runner, "wait")
+    assert runner.kill(7, 1) is True
+    end = await ended
+    assert end.killed is True and end.signal == signal.SIGTERM
+    # The shepherd exits only when nothing below it is left.
+    assert {name: p for name, p in pids.items() if alive(p)} == {}
+    assert processes_in(tmp_path) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_background_processes_end_with_the_job(tmp_path: Path) -> None:
+    runner = make_runner(tmp_path)
+    # A shell that exits normally, once told to, while its escaped descendants still run.
+    _, ended, pids = await start_escapes(
+        tmp_path, runner, "while [ ! -e go ]; do sleep 0.02; done; exit 4")
     assert not ended.called
-    clock.advance(5)
+    (tmp_path / "go").touch()
+    end = await ended
+    assert end.exit_code == 4 and end.signal is None and not end.killed
+    assert {name: p for name, p in pids.items() if alive(p)} == {}
+    assert processes_in(tmp_path) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_kill_of_a_forking_loop_is_complete(tmp_path: Path) -> None:
+    runner = make_runner(tmp_path)
+    pids_file = tmp_path / "pids"
+    pid, ended = start(runner, request(
+        tmp_path,
+        "while :; do sleep 1000 & echo $! >> pids; setsid sleep 1000 & echo $! >> pids; done",
+    ))
+    await wait_for(lambda: pids_file.exists() and len(pids_file.read_text().split()) >= 40,
+                   "the loop to start 40 sleeps")
+    assert len(session_members(pid)) > 20
+    assert runner.kill(7, 1) is True
     end = await ended
     assert end.killed is True
-    assert end.signal == 9
+    pids = [int(p) for p in pids_file.read_text().split()]
+    assert [p for p in pids if alive(p)] == []
+    # Also the sleeps forked after the last one recorded its pid.
+    assert session_members(pid) == []
+    assert processes_in(tmp_path) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_shepherd_escalates_to_sigkill_after_its_grace(tmp_path: Path) -> None:
+    clock = task.Clock()
+    runner = JobRunner(reactor, clock, log_dir=str(tmp_path / "logs"), kill_grace=0.5)
+    _, ended = start(runner, request(
+        tmp_path,
+        "setsid sh -c \"trap '' TERM; echo \\$\\$ > gc; while :; do sleep 0.05; done\" & "
+        "trap '' TERM; echo $$ > shell; while :; do sleep 0.05; done",
+    ))
+    pids = await wait_for_pids(tmp_path, "gc", "shell")
+    assert runner.kill(7, 1)
+    assert len(clock.getDelayedCalls()) == 1
+    # The runner's clock never moves: the shepherd's own grace ends the job.
+    end = await ended
+    assert end.killed is True
+    assert end.signal == signal.SIGKILL
+    assert {name: p for name, p in pids.items() if alive(p)} == {}
+    assert clock.getDelayedCalls() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_runner_last_resort_when_the_shepherd_is_stuck(tmp_path: Path) -> None:
+    clock = task.Clock()
+    runner = JobRunner(reactor, clock, log_dir=str(tmp_path / "logs"), kill_grace=5,
+                       last_resort_grace=20)
+    pid, ended, pids = await start_escapes(tmp_path, runner, "wait")
+    os.kill(pid, signal.SIGSTOP)  # a shepherd that cannot act on TERM
+    await wait_for(lambda: proc_state(pid) == "T", "the shepherd to stop")
+    assert runner.kill(7, 1)
+    assert len(clock.getDelayedCalls()) == 1
+    await task.deferLater(reactor, 0.2, lambda: None)
+    assert not ended.called
+    assert all(alive(p) for p in pids.values())
+    clock.advance(19)
+    assert not ended.called and proc_state(pid) == "T"
+    clock.advance(1)
+    end = await ended
+    assert end.killed is True
+    assert end.signal == signal.SIGKILL
+    await wait_for(lambda: not any(alive(p) for p in pids.values()), "every job process to die")
     assert clock.getDelayedCalls() == []
 
 
@@ -224,15 +379,28 @@ async def test_kill_timer_cancelled_when_job_ends(tmp_path: Path) -> None:
     assert clock.getDelayedCalls() == []
 
 
+def test_last_resort_must_outlast_the_shepherd(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        JobRunner(reactor, task.Clock(), log_dir=str(tmp_path), kill_grace=5, last_resort_grace=5)
+
+
 @pytest_twisted.ensureDeferred
 async def test_suspend_and_resume(tmp_path: Path) -> None:
     runner = make_runner(tmp_path)
-    pid, ended = start(runner, request(tmp_path, "exec sleep 100"))
-    await wait_for(lambda: os.getpgid(pid) == pid, "the shim to call setsid")
+    pid, ended = start(runner, request(
+        tmp_path,
+        "setsid sh -c 'echo $$ > gc; exec sleep 100' & echo $$ > shell; wait",
+    ))
+    pids = await wait_for_pids(tmp_path, "gc", "shell")
+    await wait_for(lambda: shepherd_ready(pid), "the shepherd to take signals")
+    assert os.getsid(pids["gc"]) != pid
     assert runner.suspend(7, 1) is True
-    await wait_for(lambda: proc_state(pid) == "T", "the job to stop")
+    await wait_for(lambda: all(proc_state(p) == "T" for p in pids.values()), "the job to stop")
+    # The shepherd itself keeps running, to take the next command.
+    assert proc_state(pid) != "T"
     assert runner.resume(7, 1) is True
-    await wait_for(lambda: proc_state(pid) in ("S", "R"), "the job to continue")
+    await wait_for(lambda: all(proc_state(p) in ("S", "R") for p in pids.values()),
+                   "the job to continue")
     assert runner.kill(7, 1)
     end = await ended
     assert end.killed
@@ -241,11 +409,82 @@ async def test_suspend_and_resume(tmp_path: Path) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_suspend_right_after_start_does_not_kill_the_job(tmp_path: Path) -> None:
+    runner = make_runner(tmp_path)
+    pid, ended = start(runner, request(tmp_path, "echo $$ > shell; exec sleep 100"))
+    # The shepherd is still starting: USR1 would be fatal to it now.
+    assert not shepherd_ready(pid)
+    assert runner.suspend(7, 1) is True
+    await wait_for(lambda: proc_state(pid) == "T", "the job to stop")
+    assert runner.resume(7, 1) is True
+    pids = await wait_for_pids(tmp_path, "shell")
+    assert not ended.called
+    assert runner.suspend(7, 1) is True
+    await wait_for(lambda: proc_state(pids["shell"]) == "T", "the job to stop again")
+    assert runner.kill(7, 1)
+    end = await ended
+    assert end.killed and end.signal == signal.SIGTERM
+    assert not alive(pids["shell"])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGSEGV, signal.SIGUSR1, signal.SIGKILL, signal.SIGTERM])
+@pytest_twisted.ensureDeferred
+async def test_signal_death_of_the_shell_is_reported_unchanged(tmp_path: Path, sig: int) -> None:
+    runner = make_runner(tmp_path)
+    _, ended = start(runner, request(tmp_path, f"sleep 0.1; kill -{int(sig)} $$; sleep 100"))
+    end = await ended
+    assert end.signal == sig and end.exit_code is None
+    assert not end.killed
+    assert end.reason == f"killed by signal {int(sig)}"
+
+
+@pytest.mark.parametrize("code", [0, 1, 125, 126, 127, 255])
+@pytest_twisted.ensureDeferred
+async def test_exit_code_of_the_shell_is_reported_unchanged(tmp_path: Path, code: int) -> None:
+    runner = make_runner(tmp_path)
+    _, ended = start(runner, request(tmp_path, f"exit {code}"))
+    end = await ended
+    assert end.exit_code == code and end.signal is None and not end.killed
+
+
+@pytest_twisted.ensureDeferred
+async def test_missing_shell_is_exit_127_with_a_message(tmp_path: Path) -> None:
+    runner = make_runner(tmp_path)
+    _, ended = start(runner, request(tmp_path, "true", shell=str(tmp_path / "no-shell"),
+                                     stderr="e.txt"))
+    end = await ended
+    assert end.exit_code == 127
+    assert "cannot execute shell" in (tmp_path / "e.txt").read_text()
+
+
+@pytest_twisted.ensureDeferred
+async def test_job_sees_default_sigpipe(tmp_path: Path) -> None:
+    runner = make_runner(tmp_path)
+    # yes must die of SIGPIPE quietly, not report write errors: Python's ignored SIGPIPE and
+    # the shepherd's blocked control signals must not leak into the job.
+    _, ended = start(runner, request(
+        tmp_path, "yes | head -1; grep -E '^Sig(Blk|Ign)' /proc/self/status",
+        stdout="o.txt", stderr="e.txt",
+    ))
+    end = await ended
+    assert end.exit_code == 0
+    assert (tmp_path / "e.txt").read_text() == ""
+    lines = (tmp_path / "o.txt").read_text().splitlines()
+    assert lines[0] == "y"
+    masks = dict(line.split(":") for line in lines[1:])
+    assert int(masks["SigBlk"], 16) == 0, lines
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        assert not int(masks["SigIgn"], 16) >> (sig - 1) & 1, lines
+
+
+@pytest_twisted.ensureDeferred
 async def test_kill_all(tmp_path: Path) -> None:
     runner = make_runner(tmp_path)
-    _, e1 = start(runner, request(tmp_path, "sleep 100", job_id=1))
+    p1, e1 = start(runner, request(tmp_path, "sleep 100", job_id=1))
     _, e2 = start(runner, request(tmp_path, "sleep 100", job_id=2))
     assert sorted(runner.running()) == [(1, 1), (2, 1)]
+    await wait_for(lambda: shepherd_ready(p1), "the shepherd to take signals")
+    assert runner.suspend(1, 1)  # a suspended job is killed all the same
     done = runner.kill_all()
     done.addTimeout(DEADLINE, reactor)
     await done

@@ -1,8 +1,16 @@
 """Runs jobs as real processes on the executor host (TMMS) and reports how they ended.
 
-Each job starts through ``shim.py``, which calls ``setsid()`` so the job leads its own process
-group; the runner signals that whole group with ``os.killpg``. Output goes straight from the job
-to files through ``childFDs``: the daemon never sits in the data path.
+Each job starts under ``shim.py``, a small per-job shepherd that makes itself a child subreaper,
+leads a new session, forks the job's shell and stays as the root of the job's process tree: every
+descendant, even one that called ``setsid()`` or double-forked, stays below it. The runner talks
+to the shepherd with signals: ``SIGTERM`` kills the whole tree (the shepherd freezes it, sends
+TERM, and KILL after ``kill_grace``), ``SIGUSR1`` stops it, ``SIGUSR2`` continues it. The shepherd
+exits with the shell's own status, so ``JobEnd`` reports the job as if the shell were the process.
+
+As a last resort, ``last_resort_grace`` after a kill (longer than the shepherd's grace) on the
+injected clock, the runner kills what it can find itself: the descendants of the shepherd in
+``/proc``, its process group, then the shepherd. Output goes straight from the job to files
+through ``childFDs``: the daemon never sits in the data path.
 """
 
 from __future__ import annotations
@@ -23,7 +31,12 @@ from twisted.internet.interfaces import IProcessTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from tm.executor import shim
+
 SHIM_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shim.py")
+# Added to the shepherd's grace: time for its freeze, its KILL rounds and its own exit.
+LAST_RESORT_MARGIN = 5.0
+LAST_RESORT_ROUNDS = 5
 DEFAULT_LOG_DIR = os.path.join(os.path.expanduser("~"), ".taskmanager", "logs")
 LOGFILE_SECTION_CAP = 10 * 1024 * 1024
 
@@ -73,6 +86,8 @@ class _RunningJob:
     pid: int = 0
     transport: IProcessTransport | None = None
     killed: bool = False
+    # Stopped by the runner itself because it could not yet take SIGUSR1 (see suspend).
+    shepherd_stopped: bool = False
     kill_timer: DelayedCall | None = None
     ended: bool = False
     waiters: list[defer.Deferred[None]] = field(default_factory=list)
@@ -97,11 +112,22 @@ class JobRunner:
         clock: Any,
         log_dir: str = DEFAULT_LOG_DIR,
         kill_grace: float = 10.0,
+        last_resort_grace: float | None = None,
     ) -> None:
+        """``kill_grace``: seconds the shepherd gives a killed job between TERM and KILL.
+
+        ``last_resort_grace``: seconds on ``clock`` after which the runner kills a job whose
+        shepherd has not ended it; by default ``kill_grace + LAST_RESORT_MARGIN``.
+        """
+        if last_resort_grace is None:
+            last_resort_grace = kill_grace + LAST_RESORT_MARGIN
+        if last_resort_grace <= kill_grace:
+            raise ValueError("last_resort_grace must be longer than kill_grace")
         self._reactor = reactor
         self._clock = clock
         self._log_dir = log_dir
         self._kill_grace = kill_grace
+        self._last_resort_grace = last_resort_grace
         self._jobs: dict[tuple[int, int], _RunningJob] = {}
 
     # -- starting ---------------------------------------------------------------------------
@@ -145,7 +171,7 @@ class JobRunner:
                 started_at=self._clock.seconds(),
             )
             args = [
-                sys.executable, "-I", "-S", SHIM_PATH,
+                sys.executable, "-I", "-S", SHIM_PATH, repr(float(self._kill_grace)),
                 format(request.umask, "o"), cwd, request.shell, request.command,
             ]
             try:
@@ -197,9 +223,9 @@ class JobRunner:
         self._jobs.pop((request.job_id, request.attempt), None)
         exit_code: int | None = getattr(reason.value, "exitCode", None)
         sig: int | None = getattr(reason.value, "signal", None)
-        if job.killed:
-            # The leader is gone; anything left in its group gets no further grace.
-            self._signalGroup(job, signal.SIGKILL)
+        # The shepherd has killed everything below it, unless it was itself killed outright;
+        # then whatever stayed in its process group gets no further grace.
+        self._killGroup(job.pid)
         if job.kill_timer is not None and job.kill_timer.active():
             job.kill_timer.cancel()
         job.kill_timer = None
@@ -281,52 +307,92 @@ class JobRunner:
 
     # -- signals ----------------------------------------------------------------------------
 
-    def _signalGroup(self, job: _RunningJob, sig: int) -> bool:
-        try:
-            os.killpg(job.pid, sig)
-            return True
-        except ProcessLookupError:
-            pass
-        except OSError as e:
-            if e.errno != errno.EPERM:
-                raise
-            return False
-        if job.ended:
-            return False
-        # The shim has not called setsid() yet: the group does not exist, signal the leader.
+    def _signalShepherd(self, job: _RunningJob, sig: int) -> bool:
         try:
             os.kill(job.pid, sig)
             return True
         except OSError:
             return False
 
+    def _killGroup(self, pgid: int) -> None:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        except OSError as e:
+            if e.errno != errno.EPERM:
+                raise
+
     def kill(self, job_id: int, attempt: int) -> bool:
         job = self._jobs.get((job_id, attempt))
         if job is None or job.ended:
             return False
         job.killed = True
-        sent = self._signalGroup(job, signal.SIGTERM)
+        sent = self._signalShepherd(job, signal.SIGTERM)
+        if job.shepherd_stopped:
+            # Stopped by suspend before it could take USR1: it must run to act on TERM.
+            self._continueShepherd(job)
         if job.kill_timer is None:
-            job.kill_timer = self._clock.callLater(self._kill_grace, self._killHard, job)
+            job.kill_timer = self._clock.callLater(self._last_resort_grace, self._killHard, job)
         self.log.info("job {job_id}.{attempt} sent TERM", job_id=job_id, attempt=attempt)
         return sent
 
     def _killHard(self, job: _RunningJob) -> None:
         job.kill_timer = None
-        if not job.ended:
-            self.log.warn(
-                "job {job_id}.{attempt} still alive after grace, sending KILL",
-                job_id=job.request.job_id, attempt=job.request.attempt,
-            )
-            self._signalGroup(job, signal.SIGKILL)
+        if job.ended:
+            return
+        self.log.warn(
+            "job {job_id}.{attempt} not ended by its shepherd in time, sending KILL",
+            job_id=job.request.job_id, attempt=job.request.attempt,
+        )
+        # The shepherd did not do its work (stopped, or stuck). Kill below it first: once it is
+        # gone, its orphans go to init and can no longer be told apart. Killed processes cannot
+        # fork, and their orphans come to the shepherd, so a few rounds reach the whole tree.
+        for _ in range(LAST_RESORT_ROUNDS):
+            tree = shim.live_descendants(job.pid)
+            if not tree:
+                break
+            for pid in tree:
+                shim.send(pid, signal.SIGKILL)
+        self._killGroup(job.pid)
+        self._signalShepherd(job, signal.SIGKILL)
 
     def suspend(self, job_id: int, attempt: int) -> bool:
         job = self._jobs.get((job_id, attempt))
-        return job is not None and not job.ended and self._signalGroup(job, signal.SIGSTOP)
+        if job is None or job.ended:
+            return False
+        if shepherd_ready(job.pid):
+            return self._signalShepherd(job, signal.SIGUSR1)
+        # Just started: USR1 would still kill the shepherd. It blocks its control signals before
+        # it forks, so it has no child yet and stopping it stops the whole job; the group covers
+        # a child forked since the check.
+        if not self._signalShepherd(job, signal.SIGSTOP):
+            return False
+        job.shepherd_stopped = True
+        try:
+            os.killpg(job.pid, signal.SIGSTOP)
+        except OSError:
+            pass  # no group yet: the shepherd has not reached setsid()
+        return True
 
     def resume(self, job_id: int, attempt: int) -> bool:
         job = self._jobs.get((job_id, attempt))
-        return job is not None and not job.ended and self._signalGroup(job, signal.SIGCONT)
+        if job is None or job.ended:
+            return False
+        sent = False
+        if job.shepherd_stopped:
+            sent = self._continueShepherd(job)
+        if shepherd_ready(job.pid):
+            sent = self._signalShepherd(job, signal.SIGUSR2) or sent
+        return sent
+
+    def _continueShepherd(self, job: _RunningJob) -> bool:
+        job.shepherd_stopped = False
+        try:
+            os.killpg(job.pid, signal.SIGCONT)
+        except OSError:
+            pass
+        return self._signalShepherd(job, signal.SIGCONT)
 
     def running(self) -> list[tuple[int, int]]:
         return list(self._jobs)
@@ -339,6 +405,21 @@ class JobRunner:
             job.waiters.append(d)
             waits.append(d)
             self.kill(job_id, attempt)
-            # A stopped job cannot act on TERM until it is continued.
-            self._signalGroup(job, signal.SIGCONT)
         return defer.gatherResults(waits, consumeErrors=True).addCallback(lambda _: None)
+
+
+def shepherd_ready(pid: int) -> bool:
+    """Whether the shepherd blocks or catches USR1 and USR2 yet; until then they would kill it.
+
+    Both masks are read: while the shepherd waits in ``sigwaitinfo`` the kernel shows the waited
+    signals as unblocked, but by then its handlers for them are installed.
+    """
+    masks = 0
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith((b"SigBlk:", b"SigCgt:")):
+                    masks |= int(line.split()[1], 16)
+    except (OSError, ValueError, IndexError):
+        return False
+    return all(masks >> (sig - 1) & 1 for sig in (signal.SIGUSR1, signal.SIGUSR2))
