@@ -20,6 +20,7 @@ from typing import Any
 from twisted.application import service
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from tm import config
@@ -47,6 +48,9 @@ class Settings:
     users: list[User] = field(default_factory=list)
     cluster_config: str = "tab"  # which of etc/cluster.tab | etc/cluster.cfg describes the hosts
     fairshare_half_life: float = DEFAULT_HALF_LIFE  # seconds for recorded usage to halve
+    #: An executor silent this long is dropped; jobs on a dropped executor are lost (and
+    #: requeued) only if it has not come back this long after.
+    executor_lease: float = 60.0
 
 
 class Dispatcher(service.Service):
@@ -65,6 +69,7 @@ class Dispatcher(service.Service):
         self.tms_sessions: dict[str, Any] = {}
         self.executors: dict[tuple[str, str], Any] = {}
         self.starting: dict[tuple[str, str], float] = {}
+        self.absent: dict[tuple[str, str], float] = {}  # executor gone, its jobs kept, since
         self.backoff: dict[tuple[str, str], float] = {}
         self.reservations: dict[int, str] = {}
         self.ledger = UsageLedger(settings.fairshare_half_life)
@@ -93,14 +98,27 @@ class Dispatcher(service.Service):
         self.cluster_active = active != "0"
         for job in await self.store.load_active_jobs():
             self.jobs[job.id] = job
-        # Placements whose start order may not have gone out: back to waiting.
+        # Placements whose start order may not have gone out: back to waiting. (Had it gone
+        # out, the executor's heartbeat shows the copy and it is killed: see heartbeat().)
         for job in list(self.jobs.values()):
             if job.state is JobState.PENDING:
                 self._transition(job, JobState.WAITING, "dispatcher restarted before the job started")
+        # Running jobs wait for their executors to come back, for one lease at most.
+        for job in self.jobs.values():
+            if job.state is JobState.RUNNING and job.host:
+                self._executor_absent(job.user, job.host)
+        self.lease_check = LoopingCall(self._check_leases)
+        self.lease_check.clock = self.reactor
+        self.lease_check.start(max(0.5, self.settings.executor_lease / 4), now=False)
         self.request_pass()
 
         if hasattr(signal, "SIGHUP"):
             signal.signal(signal.SIGHUP, self._sighup)
+
+    def stopService(self) -> Any:  # noqa: N802
+        super().stopService()
+        if getattr(self, "lease_check", None) is not None and self.lease_check.running:
+            self.lease_check.stop()
 
     # --- configuration reload -----------------------------------------------------------
 
@@ -190,6 +208,7 @@ class Dispatcher(service.Service):
         old = self.executors.get((user, host))
         self.executors[(user, host)] = session
         self.starting.pop((user, host), None)
+        self.absent.pop((user, host), None)
         self.backoff.pop((user, host), None)
         if old is not None and old is not session:
             old.fence()
@@ -201,10 +220,64 @@ class Dispatcher(service.Service):
         if self.executors.get((user, host)) is not session:
             return
         del self.executors[(user, host)]
+        # Its jobs may well still run (a network blip, a dispatcher-side drop): keep them for
+        # one lease; if the executor is back by then, its heartbeat tells what still runs.
+        self._executor_absent(user, host)
+
+    def _executor_absent(self, user: str, host: str) -> None:
+        key = (user, host)
+        if key in self.absent:
+            return
+        since = self.absent[key] = self.reactor.seconds()
+        self.reactor.callLater(self.settings.executor_lease, self._lease_expired, key, since)
+
+    def _lease_expired(self, key: tuple[str, str], since: float) -> None:
+        if self.absent.get(key) != since or key in self.executors:
+            return
+        del self.absent[key]
+        user, host = key
         for job in self._jobs_on(user, host, JobState.RUNNING) + self._jobs_on(
             user, host, JobState.PENDING
         ):
-            self._lose(job, f"the executor of {user} on {host} went away")
+            self._lose(job, f"the executor of {user} on {host} went away and did not come back "
+                            f"within {self.settings.executor_lease:.0f} s")
+
+    def _check_leases(self) -> None:
+        """Drop executors that stopped sending heartbeats (hung, or a half-open connection)."""
+        now = self.reactor.seconds()
+        for (user, host), session in list(self.executors.items()):
+            if now - session.last_heard > self.settings.executor_lease:
+                self.log.warn("the executor of {user} on {host} has been silent for {t:.0f} s: "
+                              "dropping it", user=user, host=host, t=now - session.last_heard)
+                session.drop()
+
+    def reconcile(self, user: str, host: str, session: Any, running: set[tuple[int, int]]) -> None:
+        """Compare what an executor runs with what we believe runs there.
+
+        A job we think runs there but which the executor does not run (and whose end it has
+        not reported, since ends are sent before heartbeats) was lost. An attempt it runs that
+        we do not expect there is a stale copy (requeued meanwhile, or removed): it is killed,
+        so a job never runs twice.
+        """
+        now = self.reactor.seconds()
+        expected = set()
+        for job in self._jobs_on(user, host, JobState.RUNNING):
+            expected.add((job.id, job.attempt))
+            if (job.id, job.attempt) not in running and now - (job.state_since or now) > 5.0:
+                self._lose(job, f"the executor on {host} no longer runs it")
+        for job in self._jobs_on(user, host, JobState.PENDING):
+            expected.add((job.id, job.attempt))
+        for job_id, attempt in running - expected:
+            self.log.warn("killing a stale copy of job {id} (attempt {a}) on {host}",
+                          id=job_id, a=attempt, host=host)
+            ensureDeferred(self._kill_stale(session, job_id, attempt))
+
+    async def _kill_stale(self, session: Any, job_id: int, attempt: int) -> None:
+        try:
+            await session.proto.call(commands.SignalJob, job_id=job_id, attempt=attempt,
+                                     action="kill")
+        except Exception as e:
+            self.log.info("could not kill the stale copy of job {id}: {e}", id=job_id, e=str(e))
 
     def executor_start_failed(self, user: str, host: str, reason: str) -> None:
         self.log.warn("starting an executor of {user} on {host} failed: {reason}",

@@ -48,6 +48,7 @@ class Session(amp.CommandLocator):
         self.host: str | None = None
         self.peer_pid: int | None = None
         self.authenticated_at: float | None = None
+        self.last_heard = 0.0
         self.challenge: auth.Challenge | None = None
         self.fenced = False
 
@@ -110,7 +111,7 @@ class Session(amp.CommandLocator):
         await deferToThreadPool(d.reactor, d.fs_pool, auth.verify_challenge, challenge,
                                 self.claimed_user)
         self.user = self.claimed_user
-        self.authenticated_at = self.dispatcher.reactor.seconds()
+        self.authenticated_at = self.last_heard = self.dispatcher.reactor.seconds()
         self.log.info("{user} authenticated as {role} from {host}", user=self.user,
                       role=self.role, host=self.host)
         if self.role == commands.ROLE_TMS:
@@ -126,6 +127,10 @@ class Session(amp.CommandLocator):
             self.dispatcher.tms_disconnected(self.user, self)
         elif self.role == commands.ROLE_TMMS and not self.fenced:
             self.dispatcher.executor_disconnected(self.user, self.host or "", self)
+
+    def drop(self) -> None:
+        """Cut a connection that went silent; connectionLost does the rest."""
+        self.proto.transport.abortConnection()
 
     def fence(self) -> None:
         """A newer executor of the same user and host replaced this one."""
@@ -292,15 +297,24 @@ class Session(amp.CommandLocator):
     def job_finished(self, job_id: int, attempt: int, exit_code: int | None, signal: int | None,
                      killed: bool, ended_at: float, reason: str) -> dict:
         user = self._require(commands.ROLE_TMMS)
+        self.last_heard = self.dispatcher.reactor.seconds()
         self.dispatcher.job_finished(user, self.host or "", job_id, attempt, exit_code, signal,
                                      killed, reason)
         return {}
 
     @commands.Heartbeat.responder
     def heartbeat(self, load: float, running: Any) -> dict:
-        self._require(commands.ROLE_TMMS)
-        self.dispatcher.loads[self.host or ""] = load
-        return {"time": self.dispatcher.reactor.seconds()}
+        user = self._require(commands.ROLE_TMMS)
+        d = self.dispatcher
+        self.last_heard = d.reactor.seconds()
+        d.loads[self.host or ""] = load
+        try:
+            attempts = {(int(j), int(a)) for j, a in running}
+        except (TypeError, ValueError):
+            raise commands.InvalidRequest("running must be a list of [job_id, attempt]") from None
+        if d.executors.get((user, self.host or "")) is self:
+            d.reconcile(user, self.host or "", self, attempts)
+        return {"time": d.reactor.seconds()}
 
     @commands.ExecutorStartFailed.responder
     def executor_start_failed(self, host: str, reason: str) -> dict:

@@ -32,6 +32,10 @@ class ExecutorLocator(amp.CommandLocator):
     @commands.RunJob.responder
     def run_job(self, job_id: int, attempt: int, command: str, shell: str, cwd: str, umask: int,
                 env: Any, stdout: str, stderr: str, logfile: str, slots: int) -> dict:
+        known = self.executor.started.get((job_id, attempt))
+        if known is not None:
+            # A start order sent again after a reconnection: this attempt already started.
+            return {"pid": known[0], "started_at": known[1]}
         request = RunRequest(job_id=job_id, attempt=attempt, command=command, shell=shell, cwd=cwd,
                              umask=umask, env=dict(env), stdout=stdout or None,
                              stderr=stderr or None, logfile=logfile or None, slots=slots)
@@ -40,7 +44,9 @@ class ExecutorLocator(amp.CommandLocator):
         except JobStartError as e:
             raise commands.JobStartFailed(e.reason) from None
         self.executor.activity()
-        return {"pid": pid, "started_at": self.executor.reactor.seconds()}
+        started_at = self.executor.reactor.seconds()
+        self.executor.started[(job_id, attempt)] = (pid, started_at)
+        return {"pid": pid, "started_at": started_at}
 
     @commands.SignalJob.responder
     def signal_job(self, job_id: int, attempt: int, action: str) -> dict:
@@ -87,6 +93,8 @@ class Executor(service.Service):
         self.idle_timeout = idle_timeout
         self.runner = JobRunner(reactor, reactor, log_dir=log_dir)
         self.unreported: list[JobEnd] = []
+        #: Attempts started and not yet reported ended: (job_id, attempt) -> (pid, started_at).
+        self.started: dict[tuple[int, int], tuple[int, float]] = {}
         self.link = DispatcherLink(reactor, info, commands.ROLE_TMMS, host,
                                    lambda: ExecutorLocator(self),
                                    on_connected=lambda proto: self._connected(),
@@ -148,6 +156,7 @@ class Executor(service.Service):
             return
         if end in self.unreported:
             self.unreported.remove(end)
+        self.started.pop((end.job_id, end.attempt), None)
 
     def _heartbeat(self) -> None:
         if not self.link.connected:

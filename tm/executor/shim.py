@@ -23,6 +23,10 @@ Signals to the shepherd are its control protocol:
 ``SIGUSR2``
     Continue the tree: ``SIGCONT`` every descendant.
 
+If the executor that started the shepherd dies, the shepherd gets ``SIGTERM``
+(``PR_SET_PDEATHSIG``) and kills the tree: nobody would report the job's end any more, and the
+dispatcher requeues the job once the executor's lease runs out, so the old copy must not run on.
+
 The shepherd reaps every process it inherits. When the shell exits, the job is over: anything
 still running (background processes) is killed as on TERM, since a job's slots are freed at its
 end and nothing of it may linger. The shepherd then exits with the shell's status: the same exit
@@ -306,6 +310,13 @@ def main(argv: list[str]) -> int:
     if not _prctl(PR_SET_CHILD_SUBREAPER, 1):
         sys.stderr.write("tm shim: warning: cannot become a child subreaper; processes that "
                          "leave the job's session may survive its end\n")
+    # If the executor that started us dies, nobody is left to report this job's end and the
+    # dispatcher will run it again elsewhere: take the job down (as on TERM) rather than let
+    # two copies run. The check after prctl covers an executor that died before it.
+    executor = os.getppid()
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != executor:
+        return 0
     # A new session makes pid == pgid, so the runner's last resort can also use killpg.
     try:
         os.setsid()

@@ -44,6 +44,9 @@ class Options(usage.Options):
         ["fairshare-half-life", None, 86400.0,
          "Seconds after which a user's recorded usage counts half in fair share (default a day).",
          float],
+        ["executor-lease", None, 60.0,
+         "Seconds of silence after which an executor is dropped, and after which the jobs of a "
+         "dropped executor that has not come back are requeued (default 60).", float],
         ["manhole", None, None,
          "Serve a Python manhole (telnet framing) on the Unix socket PATH, mode 0600, for "
          "the dispatcher's own uid only (default: off)."],
@@ -52,6 +55,8 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if self["cluster-config"] not in ("tab", "cfg"):
             raise usage.UsageError("--cluster-config must be 'tab' or 'cfg'")
+        if not self["executor-lease"] >= 1:
+            raise usage.UsageError("--executor-lease must be at least 1 second")
         if not self["fairshare-half-life"] > 0:
             raise usage.UsageError("--fairshare-half-life must be a positive number of seconds")
         self["config-dir"] = Path(self["config-dir"]).resolve()
@@ -185,6 +190,7 @@ def makeService(options: Options) -> service.IService:  # noqa: N802
         users=users,
         cluster_config=options["cluster-config"],
         fairshare_half_life=options["fairshare-half-life"],
+        executor_lease=options["executor-lease"],
     )
     endpoint = SSL4ServerEndpoint(reactor, options["port"], auth.server_tls_options(key_pem, cert_pem),
                                   interface=options["interface"])

@@ -1,0 +1,94 @@
+"""Faults between the dispatcher and the executors: a dispatcher restart under running jobs,
+an executor that dies, and an executor that hangs. A job is never lost and never runs twice
+at once."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.processes import Installation, alive, wait_until
+
+LEASE = "3"
+
+
+@pytest.fixture
+def tm(tmp_path: Path) -> Iterator[Installation]:
+    inst = Installation(tmp_path)
+    try:
+        inst.start_dispatcher("--executor-lease", LEASE)
+        yield inst
+    finally:
+        inst.cleanup()
+
+
+def submit(tm: Installation, *args: str) -> int:
+    out = tm.run("hRunJob", *args, check=True).stdout
+    return int(re.search(r"\[(\d+)\]", out).group(1))
+
+
+def field(tm: Installation, job_id: int, name: str) -> str:
+    out = tm.run("hConnect", f"lajob:{job_id}", check=True).stdout
+    match = re.search(rf"^{name}:[ \t]*(.*)$", out, re.M)
+    return match.group(1).strip() if match else ""
+
+
+def executor_pid(tm: Installation) -> int:
+    pidfiles = list((tm.home / ".taskmanager").glob("tmmenial.*.pid"))
+    assert len(pidfiles) == 1, pidfiles
+    return int(pidfiles[0].read_text())
+
+
+def test_a_job_that_ends_while_the_dispatcher_is_down_is_reported_when_it_is_back(
+        tm: Installation) -> None:
+    job = submit(tm, "echo start >> runs; sleep 3; echo done > end.txt")
+    wait_until(lambda: field(tm, job, "state") == "running", 30, "the job to run")
+    tm.stop_dispatcher()
+    wait_until(lambda: (tm.work / "end.txt").exists(), 30, "the job to end during the outage")
+    tm.start_dispatcher("--executor-lease", LEASE)
+    wait_until(lambda: field(tm, job, "state") == "finished", 60,
+               "the executor to reconnect and report the end")
+    assert field(tm, job, "exit code") == "0"
+    assert (tm.work / "runs").read_text() == "start\n"  # ran once, not requeued
+
+
+def test_a_job_still_running_after_a_dispatcher_restart_keeps_running(tm: Installation) -> None:
+    job = submit(tm, "echo start >> runs; sleep 6; echo done > end.txt")
+    wait_until(lambda: field(tm, job, "state") == "running", 30, "the job to run")
+    tm.stop_dispatcher()
+    tm.start_dispatcher("--executor-lease", LEASE)
+    # Longer than the lease: the executor is back, its heartbeats show the job, nothing is lost.
+    wait_until(lambda: (tm.work / "end.txt").exists(), 30, "the job to end")
+    wait_until(lambda: field(tm, job, "state") == "finished", 30, "the end to be reported")
+    assert (tm.work / "runs").read_text() == "start\n"
+    assert "lost" not in tm.run("hConnect", f"lajob:{job}", check=True).stdout
+
+
+def test_a_dead_executor_s_job_is_requeued_after_the_lease_and_runs_again(tm: Installation) -> None:
+    job = submit(tm, "echo start >> runs; sleep 4")
+    wait_until(lambda: field(tm, job, "state") == "running", 30, "the job to run")
+    pid = executor_pid(tm)
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not alive(pid), 10, "the executor to die")
+    # After the lease the job is lost and requeued; a new executor starts and runs it again.
+    wait_until(lambda: field(tm, job, "state") == "finished", 60, "the job's second attempt to end")
+    history = tm.run("hConnect", f"lajob:{job}", check=True).stdout
+    assert re.search(r"lost\s+attempt 1.*did not come back within 3 s", history), history
+    assert re.search(r"finished\s+attempt 2", history), history
+
+
+def test_the_jobs_of_an_executor_that_dies_die_with_it(tm: Installation) -> None:
+    job = submit(tm, "sleep 300 & echo $! > bg.pid; echo $$ > shell.pid; wait")
+    wait_until(lambda: (tm.work / "bg.pid").exists() and (tm.work / "shell.pid").exists()
+               and (tm.work / "bg.pid").read_text().strip(), 30, "the job to start")
+    pids = [int((tm.work / name).read_text()) for name in ("bg.pid", "shell.pid")]
+    executor = executor_pid(tm)
+    os.kill(executor, signal.SIGKILL)
+    wait_until(lambda: not any(alive(p) for p in pids), 15,
+               "the job's processes to go with their executor")
+    tm.run("hConnect", f"killjob:{job}", check=True)
