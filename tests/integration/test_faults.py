@@ -92,3 +92,25 @@ def test_the_jobs_of_an_executor_that_dies_die_with_it(tm: Installation) -> None
     wait_until(lambda: not any(alive(p) for p in pids), 15,
                "the job's processes to go with their executor")
     tm.run("hConnect", f"killjob:{job}", check=True)
+
+
+def test_a_hung_executor_is_dropped_and_its_stale_copy_killed_when_it_wakes(
+        tm: Installation) -> None:
+    # The first attempt runs long, the second briefly.
+    job = submit(tm, "if [ -e shells ]; then echo $$ >> shells; sleep 1; "
+                     "else echo $$ >> shells; sleep 120; fi")
+    wait_until(lambda: field(tm, job, "state") == "running", 30, "the job to run")
+    executor = executor_pid(tm)
+    os.kill(executor, signal.SIGSTOP)
+    try:
+        # Silent for a lease: dropped; not back within another: the job is requeued.
+        wait_until(lambda: "attempt 2" in tm.run("hConnect", f"lajob:{job}").stdout, 60,
+                   "the job to be requeued")
+    finally:
+        os.kill(executor, signal.SIGCONT)
+    wait_until(lambda: field(tm, job, "state") == "finished", 60, "the second attempt to end")
+    history = tm.run("hConnect", f"lajob:{job}", check=True).stdout
+    assert re.search(r"lost\s+attempt 1", history), history
+    first = int((tm.work / "shells").read_text().split()[0])
+    # The woken executor's heartbeat shows attempt 1, which is not expected there: killed.
+    wait_until(lambda: not alive(first), 30, "the stale first copy to be killed")

@@ -280,6 +280,11 @@ class Dispatcher(service.Service):
             self.log.info("could not kill the stale copy of job {id}: {e}", id=job_id, e=str(e))
 
     def executor_start_failed(self, user: str, host: str, reason: str) -> None:
+        if (user, host) in self.executors:
+            # An executor got there after all (e.g. a hung one woke up): nothing failed.
+            self.log.info("ignoring a failed executor start of {user} on {host}: one is "
+                          "connected ({reason})", user=user, host=host, reason=reason)
+            return
         self.log.warn("starting an executor of {user} on {host} failed: {reason}",
                       user=user, host=host, reason=reason)
         self.starting.pop((user, host), None)

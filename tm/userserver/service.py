@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import re
 import secrets
 import shlex
 import socket
@@ -139,6 +140,17 @@ class DispatcherSide(amp.CommandLocator):
         return {"server": "tmserver", "time": self.server.reactor.seconds()}
 
 
+def start_failure_reason(output: bytes, code: int | None) -> str:
+    """One line that says why an executor start failed, from what the command printed."""
+    text = output.decode("utf-8", "replace")
+    running = re.search(r"Another twistd server is running, PID (\d+)", text)
+    if running:
+        return (f"an executor of yours is already running there (pid {running.group(1)}) but "
+                "is not connected; it reconnects by itself, or stop it")
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else f"the start command exited with {code}")[:500]
+
+
 class _LauncherProtocol(protocol.ProcessProtocol):
     """Collects what a starting TMMS (or ssh) says, and how it ends."""
 
@@ -256,9 +268,7 @@ class UserServer(service.Service):
         proto.transport.closeStdin()
         code = await proto.done
         if code != 0:
-            text = proto.output.decode("utf-8", "replace").strip().splitlines()
-            await self._report_failure(
-                host, (text[-1] if text else f"the start command exited with {code}")[:500])
+            await self._report_failure(host, start_failure_reason(proto.output, code))
 
     async def _report_failure(self, host: str, reason: str) -> None:
         self.log.warn("executor on {host} did not start: {reason}", host=host, reason=reason)
