@@ -8,6 +8,7 @@ a passing one.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Generator, Iterator
@@ -70,10 +71,14 @@ def isolated(request: pytest.FixtureRequest, cluster: Cluster) -> Iterator[None]
     wait_until(lambda: _busy_jobs(cluster) == 0, 120, "the jobs of earlier tests to end")
     yield
     for host in cluster.hosts.values():
+        if not cluster.link_up(host):
+            cluster.restore_link(host)
+            wait_until(functools.partial(cluster.sshd_answers, host), 30, f"{host.name} to be back")
+        cluster.resume_sshd(host)
         if not cluster.sshd_running(host):
             cluster.start_sshd(host)
         cluster.run_as("admin", "hConnect", "-T", f"activatehost:{host.name}", check=True)
     if request.node.stash.get(_FAILED, False):
         print(cluster.diagnostics())
-        for role in ("alice", "bob"):
+        for role in ("alice", "bob", "carol", "dave"):
             cluster.run_as("admin", "hConnect", "-T", f"rmjobs:{cluster.users[role].name}")

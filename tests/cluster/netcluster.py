@@ -48,7 +48,9 @@ SSHD = "/usr/sbin/sshd"
 SOURCE_PARTS = ("pyproject.toml", "README.md", "tm", "twisted/plugins")
 HOST_NAMES = ("h1", "h2", "h3")
 SLOTS_PER_HOST = 4
-USER_ROLES = {"admin": "admin", "alice": "user", "bob": "user", "eve": None}
+#: Accounts of the run and their roles in etc/users (eve is not listed there).
+USER_ROLES = {"admin": "admin", "alice": "user", "bob": "user", "carol": "user", "dave": "user",
+              "eve": None}
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition",
@@ -362,9 +364,9 @@ class Cluster:
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
-        wait_until(lambda: self._sshd_answers(host), 30, f"sshd of {host.name} to listen")
+        wait_until(lambda: self.sshd_answers(host), 30, f"sshd of {host.name} to listen")
 
-    def _sshd_answers(self, host: SimHost) -> bool:
+    def sshd_answers(self, host: SimHost) -> bool:
         if host.sshd is not None and host.sshd.poll() is not None:
             raise AssertionError(f"sshd of {host.name} exited with {host.sshd.returncode}: "
                                  f"{host.sshd_log.read_text() if host.sshd_log.exists() else ''}")
@@ -378,11 +380,33 @@ class Cluster:
         proc, host.sshd = host.sshd, None
         if proc is not None and proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
+            os.killpg(proc.pid, signal.SIGCONT)  # a paused sshd must see the TERM
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+    def pause_sshd(self, host: SimHost) -> None:
+        """``kill -STOP``: connections are still accepted by the kernel, then nothing answers."""
+        assert host.sshd is not None
+        os.kill(host.sshd.pid, signal.SIGSTOP)
+
+    def resume_sshd(self, host: SimHost) -> None:
+        if self.sshd_running(host):
+            assert host.sshd is not None
+            os.kill(host.sshd.pid, signal.SIGCONT)
+
+    def cut_link(self, host: SimHost) -> None:
+        """The host drops off the network (its interface goes down), as if it had crashed."""
+        sh("ip", "-n", host.netns, "link", "set", "eth0", "down")
+
+    def restore_link(self, host: SimHost) -> None:
+        sh("ip", "-n", host.netns, "link", "set", "eth0", "up")
+
+    def link_up(self, host: SimHost) -> bool:
+        out = sh("ip", "-n", host.netns, "-o", "link", "show", "eth0").stdout
+        return ",UP" in out or "<UP" in out
 
     def sshd_running(self, host: SimHost) -> bool:
         return host.sshd is not None and host.sshd.poll() is None
