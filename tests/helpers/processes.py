@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -136,3 +137,189 @@ def alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except OSError:
         return False
+
+
+# --- Helpers for multi-host and multi-user integration tests (additive) -------------------
+
+CLUSTER_TAB_HEADER = (
+    "short_name\tfull_name\tnumber_slots\tmax_number_occupied_slots\tadditional_info\t"
+    "allow_info_server\tinfo_server_port\tactive\tssh_target\ttmmenial_command\tload_check\n"
+)
+
+
+@dataclass(frozen=True)
+class ClusterHost:
+    """One line of etc/cluster.tab. Without an ssh_target the host's executors run here."""
+
+    name: str
+    slots: int
+    max_slots: int | None = None
+    active: bool = True
+    load_check: bool = False
+    ssh_target: str = ""
+    tmmenial_command: str = ""
+
+    def line(self) -> str:
+        max_slots = self.slots if self.max_slots is None else self.max_slots
+        return "\t".join([
+            self.name, self.name, str(self.slots), str(max_slots), "", "False", "0",
+            str(self.active), self.ssh_target, self.tmmenial_command, str(self.load_check),
+        ]) + "\n"
+
+
+def write_cluster_tab(etc: Path, hosts: list[ClusterHost]) -> Path:
+    """Write ``etc/cluster.tab`` (with the header line) listing ``hosts``."""
+    path = etc / "cluster.tab"
+    path.write_text(CLUSTER_TAB_HEADER + "".join(h.line() for h in hosts))
+    return path
+
+
+class InstallationWithEnv(Installation):
+    """An Installation whose dispatcher and CLI -- and so the TMS, executors and jobs they
+    start -- get ``extra_env`` on top of the usual environment."""
+
+    def __init__(self, root: Path, database_url: str | None = None,
+                 extra_env: dict[str, str] | None = None) -> None:
+        super().__init__(root, database_url)
+        self.extra_env = dict(extra_env or {})
+
+    @property
+    def env(self) -> dict[str, str]:
+        env = super().env
+        env.update(self.extra_env)
+        return env
+
+
+def world_traversable(path: Path) -> bool:
+    """Whether every directory above ``path`` lets any user through (o+x)."""
+    for parent in Path(os.path.realpath(path)).parents:
+        if not os.stat(parent).st_mode & 0o001:
+            return False
+    return True
+
+
+def processes_of_uid(uid: int) -> list[int]:
+    """Pids of the live processes whose real uid is ``uid``."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                for line in f:
+                    if line.startswith("Uid:"):
+                        if int(line.split()[1]) == uid and alive(int(entry)):
+                            pids.append(int(entry))
+                        break
+        except OSError:
+            pass
+    return pids
+
+
+class UnixUser:
+    """A throw-away Unix account for tests that need a second user (needs root).
+
+    ``run`` starts a program as the user (uid, gid, no other groups, their HOME,
+    USER and LOGNAME) with ``setpriv``. When this interpreter lives where the user
+    cannot reach it (pyenv under a 0700 /root), the user's processes get the
+    ambient capability CAP_DAC_READ_SEARCH, only so that they can read and run it;
+    writing still obeys the file modes, and the dispatcher still proves the user
+    by the ownership of the challenge file.
+    """
+
+    def __init__(self, name: str, base: Path) -> None:
+        import pwd
+
+        self.name = name
+        self.base = base
+        self.home = base / name
+        subprocess.run(["useradd", "-M", "-U", "-d", str(self.home), "-s", "/bin/sh",
+                        "-c", "TaskManager integration test", "-p", "*", name],
+                       check=True, capture_output=True, text=True)
+        pw = pwd.getpwnam(name)
+        self.uid, self.gid = pw.pw_uid, pw.pw_gid
+        self.home.mkdir(mode=0o755)
+        os.chown(self.home, self.uid, self.gid)
+        self.work = self.dir("work")
+        self.needs_cap = not world_traversable(Path(sys.executable))
+
+    @classmethod
+    def create(cls, base: Path) -> UnixUser:
+        import secrets
+
+        return cls(f"tmseed{secrets.token_hex(3)}", base)
+
+    def dir(self, name: str) -> Path:
+        """A fresh directory in the user's home, owned by the user."""
+        d = self.home / name
+        d.mkdir(mode=0o755, exist_ok=True)
+        os.chown(d, self.uid, self.gid)
+        return d
+
+    def env(self, inst: Installation) -> dict[str, str]:
+        env = dict(inst.env)
+        env.update(HOME=str(self.home), USER=self.name, LOGNAME=self.name,
+                   TM_DISPATCHER=str(inst.var / "dispatcher.json"))
+        return env
+
+    def argv(self, *argv: str) -> list[str]:
+        program = argv[0]
+        if "/" not in program:
+            # The console script next to this interpreter, not a pyenv shim.
+            beside = Path(sys.executable).parent / program
+            program = str(beside) if beside.exists() else program
+        prefix = ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--clear-groups"]
+        if self.needs_cap:
+            prefix += ["--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
+        return [*prefix, "--", program, *argv[1:]]
+
+    def run(self, inst: Installation, *argv: str, cwd: Path | None = None, timeout: float = 60,
+            check: bool = False) -> subprocess.CompletedProcess:
+        result = subprocess.run(self.argv(*argv), env=self.env(inst), cwd=cwd or self.work,
+                                capture_output=True, text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{self.name}: {argv} failed ({result.returncode}): "
+                                 f"{result.stderr}")
+        return result
+
+    def daemon_pids(self) -> list[int]:
+        pids = []
+        for pidfile in (self.home / ".taskmanager").glob("*.pid"):
+            try:
+                pids.append(int(pidfile.read_text().strip()))
+            except (OSError, ValueError):
+                pass
+        return pids
+
+    def stop_processes(self) -> None:
+        """End the user's daemons (TERM, so executors kill their jobs), then anything left."""
+        for pid in self.daemon_pids():
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except OSError:
+                pass
+        try:
+            wait_until(lambda: not any(alive(p) for p in self.daemon_pids()), 15,
+                       f"the daemons of {self.name} to exit")
+        except AssertionError:
+            pass
+        for pid in processes_of_uid(self.uid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        wait_until(lambda: not processes_of_uid(self.uid), 10,
+                   f"every process of {self.name} to end")
+
+    def reset_home(self) -> None:
+        """Forget the TMS and executors of an earlier installation."""
+        import shutil
+
+        shutil.rmtree(self.home / ".taskmanager", ignore_errors=True)
+
+    def remove(self) -> None:
+        self.stop_processes()
+        subprocess.run(["userdel", "-r", self.name], capture_output=True, text=True)
+        result = subprocess.run(["id", self.name], capture_output=True)
+        if result.returncode == 0:
+            subprocess.run(["userdel", "-f", "-r", self.name], capture_output=True, text=True)
