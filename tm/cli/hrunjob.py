@@ -99,10 +99,6 @@ def check_against_cluster(spec: JobSpec, hosts: list[dict]) -> None:
     for host in spec.excluded_hosts:
         if host not in names:
             raise CLIError(f"unknown host {host!r} in -E; see hConnect lscluster", status=2)
-    largest = max((h["max_slots"] for h in hosts if not h.get("retired")), default=0)
-    if spec.slots > largest:
-        raise CLIError(f"the job needs {spec.slots} slots, but the largest host has {largest}",
-                       status=2)
 
 
 def read_job_file(args: argparse.Namespace) -> list[tuple[int, JobSpec]]:
@@ -154,6 +150,7 @@ async def submit(proto: Any, specs: list[JobSpec]) -> list[int]:
         raise CLIError(f"your environment is larger than {records.MAX_VALUE_BYTES} bytes; "
                        "unset large variables before submitting")
     ids: list[int] = []
+    warned: list[str] = []
     for rows in chunks(specs):
         try:
             answer = await proto.call(commands.SubmitJobs, cwd=os.getcwd(), umask=current_umask(),
@@ -165,6 +162,10 @@ async def submit(proto: Any, specs: list[JobSpec]) -> list[int]:
             raise CLIError(f"{e}; the first {len(ids)} job(s) [{compress_ids(ids)}] were "
                            f"submitted, the remaining {len(specs) - len(ids)} were not") from None
         ids.extend(answer["job_ids"])
+        for warning in answer.get("warnings") or []:
+            if warning not in warned:
+                warned.append(warning)
+                print(f"{PROG}: warning: {warning}", file=sys.stderr)
     return ids
 
 

@@ -66,6 +66,7 @@ class Dispatcher(service.Service):
         self.jobs: dict[int, Job] = {}  # waiting, pending, running, lost
         self.cluster_active = True
         self.loads: dict[str, float] = {}
+        self.load_at: dict[str, float] = {}  # when each host's load was last reported
         self.tms_sessions: dict[str, Any] = {}
         self.executors: dict[tuple[str, str], Any] = {}
         self.starting: dict[tuple[str, str], float] = {}

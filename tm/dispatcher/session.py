@@ -155,6 +155,7 @@ class Session(amp.CommandLocator):
             raise commands.InvalidRequest(f"the submission directory must be absolute, got {cwd!r}")
         specs = [records.spec_from_amp(j) for j in jobs]
         largest = max((h.max_slots for h in d.hosts.values() if not h.retired), default=0)
+        warnings: list[str] = []
         for spec in specs:
             if not spec.command.strip():
                 raise commands.InvalidRequest("the command is empty: say what the job should run")
@@ -165,9 +166,10 @@ class Session(amp.CommandLocator):
             if spec.slots < 1:
                 raise commands.InvalidRequest(f"a job needs at least 1 slot, not {spec.slots}")
             if spec.slots > largest:
-                raise commands.InvalidRequest(
-                    f"the job needs {spec.slots} slots, but the largest host has {largest}"
-                )
+                warning = (f"a job needs {spec.slots} slots but the largest host has {largest}: "
+                           "it waits until a host that large is configured")
+                if warning not in warnings:
+                    warnings.append(warning)
             if not MIN_PRIORITY <= spec.priority <= MAX_PRIORITY:
                 raise commands.InvalidRequest(
                     f"priority {spec.priority} is out of range {MIN_PRIORITY}..{MAX_PRIORITY}"
@@ -188,12 +190,12 @@ class Session(amp.CommandLocator):
             if job.state is JobState.WAITING:
                 d.jobs[job.id] = job
         d.request_pass()
-        return {"job_ids": ids}
+        return {"job_ids": ids, "warnings": warnings}
 
     def _scope_user(self, scope: str, user: str | None) -> str | None:
         me = self._require(commands.ROLE_TMS, commands.ROLE_CLIENT)
-        if self.role == commands.ROLE_TMS or scope == "mine":
-            return me
+        if self.role == commands.ROLE_TMS or scope == "mine" or not self._is_admin():
+            return me  # only an admin, talking to the dispatcher, sees other users' jobs
         return user
 
     @commands.ListJobs.responder
@@ -307,7 +309,12 @@ class Session(amp.CommandLocator):
         user = self._require(commands.ROLE_TMMS)
         d = self.dispatcher
         self.last_heard = d.reactor.seconds()
+        host = d.hosts.get(self.host or "")
+        previous = d.loads.get(self.host or "")
         d.loads[self.host or ""] = load
+        d.load_at[self.host or ""] = self.last_heard
+        if host is not None and host.load_check and previous != load:
+            d.request_pass()  # a job held back by this host's load may fit now
         try:
             attempts = {(int(j), int(a)) for j, a in running}
         except (TypeError, ValueError):
@@ -514,10 +521,20 @@ class Session(amp.CommandLocator):
             count = d.set_all(old, new)
             return {"count": count, "message": f"set {count} jobs as {word}"}
         if action == "checkslots":
-            # Occupied slots are always derived from the jobs that hold them.
+            # Occupied slots are derived from the jobs that hold them (pending and running),
+            # never kept as a separate counter: recomputing is reporting them.
             occ = d.occupied()
+            parts = [f"{h.name} {occ[h.name]}/{h.max_slots}" for h in d.hosts.values()]
+            d.request_pass()
             return {"count": sum(occ.values()),
-                    "message": "number of occupied slots have been updated"}
+                    "message": "number of occupied slots have been updated: " + ", ".join(parts)}
         if action == "updateload":
-            return {"count": len(d.loads), "message": "done."}
+            # Executors report their host's load every few seconds; show what is known and
+            # run a scheduling pass with it.
+            now = d.reactor.seconds()
+            parts = [f"{h.name} {d.loads[h.name]:.2f} ({now - d.load_at.get(h.name, now):.0f} s ago)"
+                     if h.name in d.loads else f"{h.name} n.a. (no executor)"
+                     for h in d.hosts.values()]
+            d.request_pass()
+            return {"count": len(d.loads), "message": "load: " + ", ".join(parts)}
         raise commands.InvalidRequest(f"unknown admin action {action!r}")

@@ -173,7 +173,11 @@ class SubmitJobs(_Command):
         (b"env", JSON()),
         (b"jobs", amp.AmpList(JOB_SPEC_FIELDS)),
     ]
-    response = [(b"job_ids", amp.ListOf(amp.Integer()))]
+    response = [
+        (b"job_ids", amp.ListOf(amp.Integer())),
+        # Accepted, but worth saying (e.g. a job larger than every host: it waits).
+        (b"warnings", amp.ListOf(amp.Unicode(), optional=True)),
+    ]
 
 
 class ListJobs(_Command):
