@@ -112,15 +112,7 @@ def test_a_deactivated_host_gets_nothing_new_while_the_others_work(cluster: Clus
     assert len(hosts_used) == 2, f"the two active hosts should share the work: {used}"
 
 
-SHORT_NAMES_IGNORED = (
-    "dispatcher bug: SubmitJobs (tm/dispatcher/session.py) accepts a short name in the "
-    "excluded hosts but stores it unchanged, and the scheduler compares full names only"
-)
-
-
-@pytest.mark.parametrize("names", [
-    "full", pytest.param("short", marks=pytest.mark.xfail(strict=True, reason=SHORT_NAMES_IGNORED)),
-])
+@pytest.mark.parametrize("names", ["full", "short"])
 def test_excluded_hosts_are_never_used(cluster: Cluster, names: str) -> None:
     c = cluster
     h1, h2, h3 = (c.hosts[s] for s in ("h1", "h2", "h3"))

@@ -487,10 +487,13 @@ class Dispatcher(service.Service):
         except Exception as e:
             self.executor_start_failed(user, host.name, f"the TMS did not answer: {e}")
             return
-        self.reactor.callLater(EXECUTOR_START_TIMEOUT, self._check_started, user, host.name)
+        self.reactor.callLater(EXECUTOR_START_TIMEOUT, self._check_started, user, host.name,
+                               self.starting.get((user, host.name)))
 
-    def _check_started(self, user: str, host: str) -> None:
-        if (user, host) in self.starting and (user, host) not in self.executors:
+    def _check_started(self, user: str, host: str, started: float | None) -> None:
+        # Only the start this timer belongs to: a later start has its own timer.
+        if (started is not None and self.starting.get((user, host)) == started
+                and (user, host) not in self.executors):
             self.executor_start_failed(user, host, "no executor connected within "
                                        f"{EXECUTOR_START_TIMEOUT:.0f} s")
 

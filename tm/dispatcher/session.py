@@ -6,6 +6,7 @@ file-system challenge) and never taken from a message field afterwards.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -156,7 +157,8 @@ class Session(amp.CommandLocator):
         specs = [records.spec_from_amp(j) for j in jobs]
         largest = max((h.max_slots for h in d.hosts.values() if not h.retired), default=0)
         warnings: list[str] = []
-        for spec in specs:
+        by_short = {h.short_name: h.name for h in d.hosts.values() if h.short_name}
+        for index, spec in enumerate(specs):
             if not spec.command.strip():
                 raise commands.InvalidRequest("the command is empty: say what the job should run")
             if len(spec.command.encode()) > records.MAX_COMMAND_BYTES:
@@ -174,9 +176,17 @@ class Session(amp.CommandLocator):
                 raise commands.InvalidRequest(
                     f"priority {spec.priority} is out of range {MIN_PRIORITY}..{MAX_PRIORITY}"
                 )
+            # Hosts are named by their full name from here on; -E accepts short names too.
+            excluded = []
             for host in spec.excluded_hosts:
-                if host not in d.hosts and not any(h.short_name == host for h in d.hosts.values()):
-                    raise commands.UnknownHost(f"unknown host {host!r} in the excluded hosts")
+                full = host if host in d.hosts else by_short.get(host)
+                if full is None:
+                    raise commands.UnknownHost(f"unknown host {host!r} in the excluded hosts; "
+                                               "see lscluster")
+                if full not in excluded:
+                    excluded.append(full)
+            if tuple(excluded) != spec.excluded_hosts:
+                specs[index] = dataclasses.replace(spec, excluded_hosts=tuple(excluded))
         now = d.reactor.seconds()
         try:
             ids = await d.store.submit_jobs(user, environment, specs, now)
