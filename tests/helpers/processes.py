@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+REPO = Path(__file__).resolve().parents[2]
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
 
 
@@ -57,6 +58,9 @@ class Installation:
         env["HOME"] = str(self.home)
         env.pop("TM_DISPATCHER", None)
         env["SHELL"] = "/bin/sh"
+        # The processes run this checkout's code, whatever copy of TaskManager is installed
+        # (twistd finds the plugins through twisted/plugins on this path too).
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
         return env
 
     def start_dispatcher(self, *extra: str, wait: bool = True) -> subprocess.Popen:

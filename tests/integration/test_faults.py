@@ -14,17 +14,25 @@ import pytest
 
 from tests.helpers.processes import Installation, alive, wait_until
 
+#: Short leases keep these tests quick: executors stop their jobs after half of it without the
+#: dispatcher. Restarts of the dispatcher must fit in that half, hence the longer one.
 LEASE = "3"
+RESTART_LEASE = "30"
 
 
 @pytest.fixture
-def tm(tmp_path: Path) -> Iterator[Installation]:
+def tm(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Installation]:
     inst = Installation(tmp_path)
+    lease = getattr(request, "param", LEASE)
+    inst.lease = lease
     try:
-        inst.start_dispatcher("--executor-lease", LEASE)
+        inst.start_dispatcher("--executor-lease", lease)
         yield inst
     finally:
         inst.cleanup()
+
+
+restart_lease = pytest.mark.parametrize("tm", [RESTART_LEASE], indirect=True)
 
 
 def submit(tm: Installation, *args: str) -> int:
@@ -44,24 +52,26 @@ def executor_pid(tm: Installation) -> int:
     return int(pidfiles[0].read_text())
 
 
+@restart_lease
 def test_a_job_that_ends_while_the_dispatcher_is_down_is_reported_when_it_is_back(
         tm: Installation) -> None:
     job = submit(tm, "echo start >> runs; sleep 3; echo done > end.txt")
     wait_until(lambda: field(tm, job, "state") == "running", 30, "the job to run")
     tm.stop_dispatcher()
     wait_until(lambda: (tm.work / "end.txt").exists(), 30, "the job to end during the outage")
-    tm.start_dispatcher("--executor-lease", LEASE)
+    tm.start_dispatcher("--executor-lease", tm.lease)
     wait_until(lambda: field(tm, job, "state") == "finished", 60,
                "the executor to reconnect and report the end")
     assert field(tm, job, "exit code") == "0"
     assert (tm.work / "runs").read_text() == "start\n"  # ran once, not requeued
 
 
+@restart_lease
 def test_a_job_still_running_after_a_dispatcher_restart_keeps_running(tm: Installation) -> None:
     job = submit(tm, "echo start >> runs; sleep 6; echo done > end.txt")
     wait_until(lambda: field(tm, job, "state") == "running", 30, "the job to run")
     tm.stop_dispatcher()
-    tm.start_dispatcher("--executor-lease", LEASE)
+    tm.start_dispatcher("--executor-lease", tm.lease)
     # Longer than the lease: the executor is back, its heartbeats show the job, nothing is lost.
     wait_until(lambda: (tm.work / "end.txt").exists(), 30, "the job to end")
     wait_until(lambda: field(tm, job, "state") == "finished", 30, "the end to be reported")
@@ -114,3 +124,22 @@ def test_a_hung_executor_is_dropped_and_its_stale_copy_killed_when_it_wakes(
     first = int((tm.work / "shells").read_text().split()[0])
     # The woken executor's heartbeat shows attempt 1, which is not expected there: killed.
     wait_until(lambda: not alive(first), 30, "the stale first copy to be killed")
+
+
+def test_an_executor_cut_off_from_the_dispatcher_stops_its_jobs_which_then_run_again(
+        tm: Installation) -> None:
+    job = submit(tm, "if [ -e shells ]; then echo $$ >> shells; sleep 1; "
+                     "else echo $$ >> shells; sleep 120; fi")
+    wait_until(lambda: field(tm, job, "state") == "running", 30, "the job to run")
+    first = int((tm.work / "shells").read_text().split()[0])
+    os.kill(tm.dispatcher.pid, signal.SIGSTOP)  # connected, but never answers
+    try:
+        # Half the lease (1.5 s) without an answer: the executor stops the job by itself.
+        wait_until(lambda: not alive(first), 30, "the executor to stop the job")
+    finally:
+        os.kill(tm.dispatcher.pid, signal.SIGCONT)
+    wait_until(lambda: field(tm, job, "state") == "finished", 60, "the job to run again and end")
+    history = tm.run("hConnect", f"lajob:{job}", check=True).stdout
+    assert re.search(r"lost\s+attempt 1", history), history
+    assert re.search(r"finished\s+attempt 2", history), history
+    assert len((tm.work / "shells").read_text().split()) == 2

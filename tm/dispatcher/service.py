@@ -50,7 +50,7 @@ class Settings:
     fairshare_half_life: float = DEFAULT_HALF_LIFE  # seconds for recorded usage to halve
     #: An executor silent this long is dropped; jobs on a dropped executor are lost (and
     #: requeued) only if it has not come back this long after.
-    executor_lease: float = 60.0
+    executor_lease: float = 300.0
 
 
 class Dispatcher(service.Service):
@@ -541,10 +541,15 @@ class Dispatcher(service.Service):
         return env
 
     def job_finished(self, user: str, host: str, job_id: int, attempt: int, exit_code: int | None,
-                     signal: int | None, killed: bool, reason: str) -> None:
+                     signal: int | None, killed: bool, reason: str, lost: bool = False) -> None:
         job = self.jobs.get(job_id)
         if job is None or job.attempt != attempt or job.user != user or job.host != host:
             self.log.info("ignoring the end of job {id} attempt {a}: not current", id=job_id, a=attempt)
+            return
+        if lost:
+            if job.state is JobState.PENDING:
+                self._transition(job, JobState.RUNNING, f"running on {host}", host=host)
+            self._lose(job, reason or f"stopped by the executor on {host}")
             return
         new = ending_state(exit_code, signal, killed)
         if not reason:

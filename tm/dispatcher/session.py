@@ -19,6 +19,9 @@ from tm.core.model import MAX_PRIORITY, MIN_PRIORITY, JobState
 from tm.protocol import commands, records
 from tm.protocol.base import BoundedAMP
 
+#: The longest interval between an executor's heartbeats (shorter with a short lease).
+HEARTBEAT_INTERVAL = 5.0
+
 if False:  # pragma: no cover - typing only
     from tm.dispatcher.service import Dispatcher
 
@@ -307,31 +310,34 @@ class Session(amp.CommandLocator):
 
     @commands.JobFinished.responder
     def job_finished(self, job_id: int, attempt: int, exit_code: int | None, signal: int | None,
-                     killed: bool, ended_at: float, reason: str) -> dict:
+                     killed: bool, ended_at: float, reason: str, lost: bool | None = None) -> dict:
         user = self._require(commands.ROLE_TMMS)
         self.last_heard = self.dispatcher.reactor.seconds()
         self.dispatcher.job_finished(user, self.host or "", job_id, attempt, exit_code, signal,
-                                     killed, reason)
+                                     killed, reason, lost=bool(lost))
         return {}
 
     @commands.Heartbeat.responder
-    def heartbeat(self, load: float, running: Any) -> dict:
+    def heartbeat(self, running: Any, load: float | None = None) -> dict:
         user = self._require(commands.ROLE_TMMS)
         d = self.dispatcher
         self.last_heard = d.reactor.seconds()
         host = d.hosts.get(self.host or "")
-        previous = d.loads.get(self.host or "")
-        d.loads[self.host or ""] = load
-        d.load_at[self.host or ""] = self.last_heard
-        if host is not None and host.load_check and previous != load:
-            d.request_pass()  # a job held back by this host's load may fit now
+        if load is not None:
+            previous = d.loads.get(self.host or "")
+            d.loads[self.host or ""] = load
+            d.load_at[self.host or ""] = self.last_heard
+            if host is not None and host.load_check and previous != load:
+                d.request_pass()  # a job held back by this host's load may fit now
         try:
             attempts = {(int(j), int(a)) for j, a in running}
         except (TypeError, ValueError):
             raise commands.InvalidRequest("running must be a list of [job_id, attempt]") from None
         if d.executors.get((user, self.host or "")) is self:
             d.reconcile(user, self.host or "", self, attempts)
-        return {"time": d.reactor.seconds()}
+        lease = d.settings.executor_lease
+        return {"time": d.reactor.seconds(), "lease": lease / 2,
+                "interval": min(HEARTBEAT_INTERVAL, lease / 6)}
 
     @commands.ExecutorStartFailed.responder
     def executor_start_failed(self, host: str, reason: str) -> dict:

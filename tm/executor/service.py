@@ -4,6 +4,12 @@ It connects out to the dispatcher (no listening port), proves its user, runs
 the ``RunJob`` orders it receives through :class:`JobRunner`, reports every end
 (kept and re-sent until the dispatcher has it), heartbeats with the host's
 load, and exits after an idle period without jobs.
+
+Leases: every heartbeat answer renews the executor's lease (its length comes with the answer).
+An executor that has heard nothing from the dispatcher for longer than that stops all its jobs
+and reports them, once it is back in contact, as lost (the dispatcher requeues them). The
+dispatcher declares an absent executor's jobs lost only after twice as long, so two copies of
+one job never run at once, and a dispatcher restart shorter than the lease loses nothing.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ class ExecutorLocator(amp.CommandLocator):
     @commands.RunJob.responder
     def run_job(self, job_id: int, attempt: int, command: str, shell: str, cwd: str, umask: int,
                 env: Any, stdout: str, stderr: str, logfile: str, slots: int) -> dict:
+        self.executor.heard_from_dispatcher()
         known = self.executor.started.get((job_id, attempt))
         if known is not None:
             # A start order sent again after a reconnection: this attempt already started.
@@ -50,6 +57,7 @@ class ExecutorLocator(amp.CommandLocator):
 
     @commands.SignalJob.responder
     def signal_job(self, job_id: int, attempt: int, action: str) -> dict:
+        self.executor.heard_from_dispatcher()
         runner = self.executor.runner
         actions = {"kill": runner.kill, "stop": runner.suspend, "cont": runner.resume}
         if action not in actions:
@@ -95,6 +103,9 @@ class Executor(service.Service):
         self.unreported: list[JobEnd] = []
         #: Attempts started and not yet reported ended: (job_id, attempt) -> (pid, started_at).
         self.started: dict[tuple[int, int], tuple[int, float]] = {}
+        self.lease: float | None = None  # told by the dispatcher with each heartbeat answer
+        self.last_contact = reactor.seconds()
+        self.lease_killed: set[tuple[int, int]] = set()
         self.link = DispatcherLink(reactor, info, commands.ROLE_TMMS, host,
                                    lambda: ExecutorLocator(self),
                                    on_connected=lambda proto: self._connected(),
@@ -148,22 +159,53 @@ class Executor(service.Service):
 
     async def _report(self, end: JobEnd) -> None:
         try:
+            lost = (end.job_id, end.attempt) in self.lease_killed
+            reason = (f"stopped on {self.host}: no contact with the dispatcher for longer than "
+                      f"the executor's lease ({self.lease:.0f} s)") if lost else end.reason
             await self.link.call(commands.JobFinished, job_id=end.job_id, attempt=end.attempt,
                                  exit_code=end.exit_code, signal=end.signal, killed=end.killed,
-                                 ended_at=end.ended_at, reason=end.reason)
+                                 ended_at=end.ended_at, reason=reason, lost=lost)
         except Exception as e:
             self.log.info("end of job {id} not reported yet: {e}", id=end.job_id, e=str(e))
             return
         if end in self.unreported:
             self.unreported.remove(end)
         self.started.pop((end.job_id, end.attempt), None)
+        self.lease_killed.discard((end.job_id, end.attempt))
+
+    # --- heartbeats and the lease ----------------------------------------------------------
+
+    def heard_from_dispatcher(self) -> None:
+        self.last_contact = self.reactor.seconds()
 
     def _heartbeat(self) -> None:
+        self._check_lease()
         if not self.link.connected:
             return
-        load = read_load()
-        if load is None:
-            return
-        d = ensureDeferred(self.link.call(commands.Heartbeat, load=load,
+        d = ensureDeferred(self.link.call(commands.Heartbeat, load=read_load(),
                                           running=[list(k) for k in self.runner.running()]))
-        d.addErrback(lambda f: self.log.info("heartbeat failed: {e}", e=f.getErrorMessage()))
+        d.addCallbacks(self._heartbeat_answered,
+                       lambda f: self.log.info("heartbeat failed: {e}", e=f.getErrorMessage()))
+
+    def _heartbeat_answered(self, answer: dict) -> None:
+        self.heard_from_dispatcher()
+        if answer.get("lease"):
+            self.lease = answer["lease"]
+        interval = answer.get("interval")
+        if interval and abs(interval - self.heartbeat.interval) > 1e-6 and self.heartbeat.running:
+            self.heartbeat.stop()
+            self.heartbeat.start(interval, now=False)
+
+    def _check_lease(self) -> None:
+        if self.lease is None:
+            return
+        silent = self.reactor.seconds() - self.last_contact
+        running = [key for key in self.runner.running() if key not in self.lease_killed]
+        if silent <= self.lease or not running:
+            return
+        self.log.warn("no answer from the dispatcher for {t:.0f} s (lease {lease:.0f} s): "
+                      "stopping {n} job(s); they will be reported lost and run again",
+                      t=silent, lease=self.lease, n=len(running))
+        for job_id, attempt in running:
+            self.lease_killed.add((job_id, attempt))
+            self.runner.kill(job_id, attempt)

@@ -433,6 +433,9 @@ class JobFinished(_Command):
         (b"killed", amp.Boolean()),
         (b"ended_at", amp.Float()),
         (b"reason", amp.Unicode()),
+        # The executor stopped it because it lost contact with the dispatcher for longer than
+        # its lease: not the job's doing, so it is requeued.
+        (b"lost", amp.Boolean(optional=True)),
     ]
     response: list = []
 
@@ -442,7 +445,13 @@ class Heartbeat(_Command):
 
     commandName = b"Heartbeat"
     arguments = [
-        (b"load", amp.Float()),
+        (b"load", amp.Float(optional=True)),  # None when it cannot be read
         (b"running", JSON()),  # [[job_id, attempt], ...]
     ]
-    response = [(b"time", amp.Float())]
+    response = [
+        (b"time", amp.Float()),
+        # The executor's lease: stop every job after this many seconds without an answer
+        # from the dispatcher (which declares them lost only after twice as long).
+        (b"lease", amp.Float(optional=True)),
+        (b"interval", amp.Float(optional=True)),  # how often to send heartbeats
+    ]

@@ -44,9 +44,10 @@ class Options(usage.Options):
         ["fairshare-half-life", None, 86400.0,
          "Seconds after which a user's recorded usage counts half in fair share (default a day).",
          float],
-        ["executor-lease", None, 60.0,
+        ["executor-lease", None, 300.0,
          "Seconds of silence after which an executor is dropped, and after which the jobs of a "
-         "dropped executor that has not come back are requeued (default 60).", float],
+         "dropped executor that has not come back are requeued; executors stop their jobs after "
+         "half of it without an answer from the dispatcher (default 300).", float],
         ["manhole", None, None,
          "Serve a Python manhole (telnet framing) on the Unix socket PATH, mode 0600, for "
          "the dispatcher's own uid only (default: off)."],
