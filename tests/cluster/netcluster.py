@@ -47,6 +47,9 @@ SSHD = "/usr/sbin/sshd"
 #: Source parts of the installation; the digest over them names the cached venv.
 SOURCE_PARTS = ("pyproject.toml", "README.md", "tm", "twisted/plugins")
 HOST_NAMES = ("h1", "h2", "h3")
+#: Short, so that a host cut off the network loses its jobs within a test's patience: its
+#: executors stop them after half of it, the dispatcher requeues them after it.
+EXECUTOR_LEASE = 10
 SLOTS_PER_HOST = 4
 #: Accounts of the run and their roles in etc/users (eve is not listed there).
 USER_ROLES = {"admin": "admin", "alice": "user", "bob": "user", "carol": "user", "dave": "user",
@@ -487,7 +490,7 @@ class Cluster:
                 "--logfile", str(self.dispatcher_log), "tmdispatcher",
                 "--port", str(self.port), "--interface", self.gateway,
                 "--public-host", self.gateway, "--config-dir", str(self.etc),
-                "--var-dir", str(self.var)]
+                "--var-dir", str(self.var), "--executor-lease", str(EXECUTOR_LEASE)]
         out = open(self.install / "dispatcher.out", "ab")
         self.dispatcher = subprocess.Popen(
             argv, user=admin.uid, group=admin.gid, extra_groups=[], env=self.env("admin"),

@@ -18,6 +18,7 @@ from tests.cluster.tmcli import (
     lajob,
     read_record,
     record_job,
+    submit,
     submit_file,
     submit_many,
     wait_ended,
@@ -249,3 +250,38 @@ def _executors(c: Cluster, name: str) -> str:
     match = re.search(r"executors: (\S+)", out)
     assert match, out
     return match.group(1)
+
+
+def test_a_host_cut_off_while_running_a_job_stops_it_and_the_job_runs_again_elsewhere(
+        cluster: Cluster) -> None:
+    c = cluster
+    cut = c.hosts["h3"]
+    directory = c.user_dir("alice", "cut-off")
+    for other in ("h1", "h2"):  # the job goes to h3 first
+        c.run_as("admin", "hConnect", "-T", f"deactivatehost:{c.hosts[other].name}", check=True)
+    # The first attempt records its shell's pid and runs long; a later one ends at once.
+    command = (f"cd {directory} && if [ -e first.pid ]; then {record_job(directory)}; "
+               "else echo $$ > first.pid; sleep 300; fi")
+    job = submit(c, "alice", command, cwd=directory)
+    wait_until(lambda: (directory / "first.pid").exists()
+               and (directory / "first.pid").read_text().strip(), 120, "the job to start on h3")
+    assert lajob(c, "alice", job).host == cut.name
+    first = int((directory / "first.pid").read_text())
+    for other in ("h1", "h2"):
+        c.run_as("admin", "hConnect", "-T", f"activatehost:{c.hosts[other].name}", check=True)
+
+    c.cut_link(cut)
+    # Without answers from the dispatcher for half the lease, h3's executor stops the job there;
+    # the dispatcher requeues it after the lease, and it runs on a host still reachable.
+    wait_until(lambda: not Path(f"/proc/{first}").exists(), 60,
+               "the executor on the cut-off host to stop its job")
+    assert not c.link_up(cut)
+    wait_ended(c, "alice", [job], timeout=120)
+    detail = lajob(c, "alice", job)
+    assert detail.state == "finished", detail.text
+    assert detail.host in (c.hosts["h1"].name, c.hosts["h2"].name), detail.text
+    record = read_record(c, directory, job)
+    assert record.addresses == {c.host_by_name(detail.host).address}
+    states = [line.split()[2:5] for line in detail.history]
+    assert ["lost", "attempt", "1"] in states, detail.text
+    assert states[-1] == ["finished", "attempt", "2"], detail.text
