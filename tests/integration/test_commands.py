@@ -1,0 +1,175 @@
+"""The remaining text commands end to end, and explicit refusals: help, fullhelp,
+printserverinfo, suspendjob/resumejob, setallrjobsaswaiting, setall[pr]jobsasfinished,
+updateload, lsthreads; unknown ids and hosts, malformed commands."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.processes import Installation, alive, wait_until
+from tm.textcommands import SPECS
+
+
+@pytest.fixture
+def tm(tmp_path: Path) -> Iterator[Installation]:
+    inst = Installation(tmp_path)
+    try:
+        inst.start_dispatcher()
+        yield inst
+    finally:
+        inst.cleanup()
+
+
+def tms(tm: Installation, line: str) -> str:
+    return tm.run("hConnect", line, check=True).stdout.strip()
+
+
+def td(tm: Installation, line: str) -> str:
+    return tm.run("hConnect", "-T", line, check=True).stdout.strip()
+
+
+def submit(tm: Installation, command: str) -> int:
+    out = tm.run("hRunJob", command, check=True).stdout
+    return int(re.search(r"\[(\d+)\]", out).group(1))
+
+
+def state(tm: Installation, job_id: int) -> str:
+    return re.search(r"^state:\s*(.*)$", tms(tm, f"lajob:{job_id}"), re.M).group(1).strip()
+
+
+def ticks(tm: Installation) -> int:
+    path = tm.work / "ticks"
+    return len(path.read_text().split()) if path.exists() else 0
+
+
+TICKER = "echo $$ > shell.pid; while :; do echo x >> ticks; sleep 0.1; done"
+
+
+def test_help_and_fullhelp_list_every_command_of_their_server(tm: Installation) -> None:
+    mine, dispatcher = tms(tm, "help"), td(tm, "fullhelp")
+    assert td(tm, "help") == dispatcher
+    for name, spec in SPECS.items():
+        usage_line = re.compile(rf"^  {re.escape(spec.usage)}\s", re.M)
+        if "tms" in spec.targets:
+            assert usage_line.search(mine), name
+        if "dispatcher" in spec.targets:
+            assert usage_line.search(dispatcher), name
+
+
+def test_printserverinfo_describes_the_tms(tm: Installation) -> None:
+    out = tms(tm, "printserverinfo")
+    pid = int((tm.home / ".taskmanager" / "tms.pid").read_text())
+    assert out.splitlines()[0].startswith("Status of TaskManagerServer on ")
+    assert f"(pid {pid})" in out
+    assert f":{tm.port} (connected)" in out
+    assert "dispatcher activity status: active" in out
+
+
+def test_suspend_stops_the_job_and_keeps_its_slot_resume_continues_it(tm: Installation) -> None:
+    job = submit(tm, TICKER)
+    wait_until(lambda: ticks(tm) > 3, 30, "the job to tick")
+    assert tms(tm, f"suspendjob:{job}") == f"job {job} has been suspended"
+    assert state(tm, job) == "running (suspended)"
+    shell = int((tm.work / "shell.pid").read_text())
+    wait_until(lambda: open(f"/proc/{shell}/stat").read().rsplit(")", 1)[1].split()[0] == "T",
+               10, "the job's shell to be stopped")
+    frozen = ticks(tm)
+    wait_until(lambda: "1/2" in td(tm, "lscluster"), 5, "the slot to stay occupied")
+    assert ticks(tm) <= frozen + 1  # at most a write that was under way
+    assert tms(tm, f"resumejob:{job}") == f"job {job} has been resumed"
+    wait_until(lambda: ticks(tm) > frozen + 3, 10, "the job to tick again")
+    assert state(tm, job) == "running"
+    tms(tm, f"killjob:{job}")
+    wait_until(lambda: state(tm, job) == "killed", 30, "the kill")
+    refused = tm.run("hConnect", f"suspendjob:{job}")
+    assert refused.returncode != 0 and f"job {job} is killed, not running" in refused.stderr
+
+
+def test_setallrjobsaswaiting_requeues_running_jobs_and_kills_the_running_copy(
+        tm: Installation) -> None:
+    job = submit(tm, TICKER)
+    wait_until(lambda: (tm.work / "shell.pid").exists() and ticks(tm) > 1, 30, "the job to run")
+    first = int((tm.work / "shell.pid").read_text())
+    assert td(tm, "deactivatecluster") == "deactivated."
+    assert td(tm, "setallrjobsaswaiting") == "set 1 jobs as waiting"
+    assert state(tm, job).split()[0] == "waiting"
+    wait_until(lambda: not alive(first), 30, "the running copy to be killed")
+    assert "0 / 2" in td(tm, "status") or "occupied slots: 0" in td(tm, "status")
+    td(tm, "activatecluster")
+    wait_until(lambda: state(tm, job) == "running", 30, "the job to run again")
+    second = wait_until(lambda: int((tm.work / "shell.pid").read_text() or 0) != first
+                        and int((tm.work / "shell.pid").read_text()), 30, "a new shell")
+    assert alive(second)
+    tms(tm, f"killjob:{job}")
+
+
+@pytest.mark.parametrize("which", ["r", "p"])
+def test_setalljobsasfinished_ends_jobs_finished(tm: Installation, which: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    if which == "p":
+        # A host reached through an "ssh" that never connects keeps its job pending.
+        fakebin = tm.root / "fakebin"
+        fakebin.mkdir()
+        (fakebin / "ssh").write_text(f"#!/bin/sh\necho $$ >> {tm.root}/ssh.pids\nexec sleep 60\n")
+        (fakebin / "ssh").chmod(0o755)
+        monkeypatch.setenv("PATH", f"{fakebin}:{os.environ['PATH']}")
+        (tm.etc / "cluster.tab").write_text(
+            "faraway\tfaraway\t1\t1\t\tFalse\t0\tTrue\tfaraway\n")
+        tm.stop_dispatcher()
+        tm.start_dispatcher()
+        try:
+            job = submit(tm, "true")
+            wait_until(lambda: state(tm, job) == "pending", 30, "the job to be pending")
+            assert td(tm, "setallpjobsasfinished") == "set 1 jobs as finished"
+            assert state(tm, job) == "finished"
+        finally:
+            for pid in (tm.root / "ssh.pids").read_text().split():
+                try:
+                    os.kill(int(pid), 9)
+                except OSError:
+                    pass
+        return
+    job = submit(tm, TICKER)
+    wait_until(lambda: (tm.work / "shell.pid").exists() and ticks(tm) > 1, 30, "the job")
+    assert td(tm, "setallrjobsasfinished") == "set 1 jobs as finished"
+    assert state(tm, job) == "finished"
+    shell = int((tm.work / "shell.pid").read_text())
+    wait_until(lambda: not alive(shell), 30, "the running copy to be killed")
+
+
+def test_updateload_and_lsthreads_report_the_live_state(tm: Installation) -> None:
+    job = submit(tm, TICKER)
+    wait_until(lambda: ticks(tm) > 1, 30, "the job to run")
+    host = td(tm, "lscluster").splitlines()[1].split()[1]
+    wait_until(lambda: re.fullmatch(rf"load: {re.escape(host)} \d+\.\d\d \(\d+ s ago\)",
+                                    td(tm, "updateload")), 15, "a load report")
+    lines = td(tm, "lsthreads").splitlines()
+    me = os.environ.get("USER") or "root"
+    assert f"tms {me}" in lines or any(line.startswith("tms ") for line in lines)
+    assert any(line == f"tmms {line.split()[1]}" and line.endswith(f"@{host}") for line in lines
+               if line.startswith("tmms "))
+    tms(tm, f"killjob:{job}")
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["lajob:12345"], "unknown job 12345"),
+    (["killjob:12345"], "unknown job 12345"),
+    (["resumejob:12345"], "unknown job 12345"),
+    (["lajob:abc"], "lajob: 'abc' is not a job id: usage: lajob:ID"),
+    (["killjobs"], "killjobs needs one or more job ids: usage: killjobs:ID[:ID...]"),
+    (["killmatchingjobs:("], "bad regular expression"),
+    (["-T", "activatehost:nohost"], "unknown host 'nohost'; see lscluster"),
+    (["-T", "lsuser:nobody_here"], "unknown user 'nobody_here'"),
+    (["-T", "killjob:1"], "is not a command of the dispatcher"),
+    (["nosuchcommand"], "unknown command 'nosuchcommand'"),
+])
+def test_refusals_are_explicit(tm: Installation, argv: list[str], message: str) -> None:
+    result = tm.run("hConnect", *argv)
+    assert result.returncode != 0, result.stdout
+    assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
