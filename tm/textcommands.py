@@ -269,6 +269,8 @@ def format_job_detail(response: dict[str, Any]) -> str:
         ("stdout", job["stdout"]),
         ("stderr", job["stderr"]),
         ("logfile", job["logfile"]),
+        ("estimated time", opt(job.get("estimated_time"))),
+        ("estimated memory", opt(job.get("estimated_memory"))),
         ("excluded hosts", json.dumps(list(job["excluded_hosts"]))),
         ("host", opt(job["host"])),
         ("pid", opt(job.get("pid"))),

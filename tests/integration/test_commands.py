@@ -173,3 +173,12 @@ def test_refusals_are_explicit(tm: Installation, argv: list[str], message: str) 
     assert result.returncode != 0, result.stdout
     assert message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_estimates_are_stored_and_shown(tm: Installation) -> None:
+    out = tm.run("hRunJob", "-t", "3600", "-m", "512", "-i", "a note", "true", check=True).stdout
+    job = int(re.search(r"\[(\d+)\]", out).group(1))
+    detail = tms(tm, f"lajob:{job}")
+    assert re.search(r"^estimated time:\s+3600\.0$", detail, re.M), detail
+    assert re.search(r"^estimated memory:\s+512\.0$", detail, re.M), detail
+    assert re.search(r"^info:\s+a note$", detail, re.M), detail

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -651,3 +652,14 @@ def test_error_from_call_propagates() -> None:
 
 def test_format_time_uses_localtime() -> None:
     assert format_time(T0) == time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(T0))
+
+
+def test_lajob_shows_the_estimates() -> None:
+    resp = {"job": [detail(estimated_time=3600.0, estimated_memory=512.0)], "history": [],
+            "wait_reason": ""}
+    out, _ = go("lajob:42", "tms", {commands.GetJob: resp})
+    lines = out.splitlines()
+    assert any(re.fullmatch(r"estimated time:\s+3600\.0", line) for line in lines), out
+    assert any(re.fullmatch(r"estimated memory:\s+512\.0", line) for line in lines), out
+    out, _ = go("lajob:42", "tms", {commands.GetJob: {**resp, "job": [detail()]}})
+    assert any(re.fullmatch(r"estimated time:\s+n\.a\.", line) for line in out.splitlines())
