@@ -458,15 +458,15 @@ class TextCommand:
             jobs = await self._list(call, [], text=a[0])
             return format_jobs(jobs, with_user) if jobs else "no jobs found"
         if n == "lsnextjobs":
-            r = await call(
-                commands.ListJobs,
-                states=["waiting"],
-                scope="all",
-                after_id=0,
-                limit=a[0],
-                order="schedule",
-            )
-            return format_jobs(r["jobs"], True) if r["jobs"] else "no jobs found to send"
+            jobs = []
+            offset: int | None = 0
+            while offset is not None and len(jobs) < a[0]:
+                r = await call(commands.ListJobs, states=["waiting"], scope="all",
+                               after_id=offset, limit=min(PAGE_LIMIT, a[0] - len(jobs)),
+                               order="schedule")
+                jobs.extend(r["jobs"])
+                offset = r.get("next_after_id") if r["jobs"] else None
+            return format_jobs(jobs, True) if jobs else "no jobs found to send"
         if n == "lajob":
             return format_job_detail(await call(commands.GetJob, job_id=a[0]))
         if n in ("lagroup", "hasgroupfinished"):

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.helpers.processes import wait_until as _wait_until
+
 REPO = Path(__file__).resolve().parents[2]
 VENV_CACHE = Path("/var/cache/tm-cluster")
 REGISTRY = Path("/run/tmc-cluster")
@@ -58,15 +60,8 @@ USER_ROLES = {"admin": "admin", "alice": "user", "bob": "user", "carol": "user",
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition",
                interval: float = 0.1) -> Any:
-    """Poll ``predicate`` until it returns something true, or fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+    """:func:`tests.helpers.processes.wait_until` with the cluster's longer defaults."""
+    return _wait_until(predicate, timeout, what, interval)
 
 
 def sh(*argv: str, check: bool = True, timeout: float = 60,

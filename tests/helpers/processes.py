@@ -24,7 +24,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition",
+               interval: float = 0.05) -> Any:
     """Poll ``predicate`` until it returns something true, or fail after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while True:
@@ -32,8 +33,19 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = 
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def daemon_pids(home: Path) -> list[int]:
+    """The pids in the pid files of a user's TaskManager daemons (TMS, TMMS) under ``home``."""
+    pids = []
+    for pidfile in (home / ".taskmanager").glob("*.pid"):
+        try:
+            pids.append(int(pidfile.read_text().strip()))
+        except (OSError, ValueError):
+            pass
+    return pids
 
 
 class Installation:
@@ -105,13 +117,7 @@ class Installation:
         return result
 
     def daemon_pids(self) -> list[int]:
-        pids = []
-        for pidfile in (self.home / ".taskmanager").glob("*.pid"):
-            try:
-                pids.append(int(pidfile.read_text().strip()))
-            except (OSError, ValueError):
-                pass
-        return pids
+        return daemon_pids(self.home)
 
     def cleanup(self) -> None:
         for pid in self.daemon_pids():
@@ -287,13 +293,7 @@ class UnixUser:
         return result
 
     def daemon_pids(self) -> list[int]:
-        pids = []
-        for pidfile in (self.home / ".taskmanager").glob("*.pid"):
-            try:
-                pids.append(int(pidfile.read_text().strip()))
-            except (OSError, ValueError):
-                pass
-        return pids
+        return daemon_pids(self.home)
 
     def stop_processes(self) -> None:
         """End the user's daemons (TERM, so executors kill their jobs), then anything left."""

@@ -6,23 +6,11 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.helpers.processes import Installation, alive, wait_until
 from tm.textcommands import SPECS
-
-
-@pytest.fixture
-def tm(tmp_path: Path) -> Iterator[Installation]:
-    inst = Installation(tmp_path)
-    try:
-        inst.start_dispatcher()
-        yield inst
-    finally:
-        inst.cleanup()
 
 
 def tms(tm: Installation, line: str) -> str:
@@ -182,3 +170,19 @@ def test_estimates_are_stored_and_shown(tm: Installation) -> None:
     assert re.search(r"^estimated time:\s+3600\.0$", detail, re.M), detail
     assert re.search(r"^estimated memory:\s+512\.0$", detail, re.M), detail
     assert re.search(r"^info:\s+a note$", detail, re.M), detail
+
+
+def test_listings_page_through_jobs_far_beyond_one_amp_value(tm: Installation) -> None:
+    td(tm, "deactivatecluster")
+    # 3000 jobs with 200-byte commands: about 1 MB of listing, sixteen times what one AMP value
+    # (64 KiB) may hold.
+    lines = [f"command::true {{idx}} {'x' * 200}\tgroup::many" for _ in range(3000)]
+    (tm.work / "jobs.txt").write_text("\n".join(lines) + "\n")
+    out = tm.run("hRunJob", "-f", "jobs.txt", check=True).stdout
+    first, last = map(int, re.search(r"\[(\d+)-(\d+)\]", out).groups())
+    assert last - first == 2999
+    for listing in (tms(tm, "lswjobs"), td(tm, "lswjobs"), tms(tm, "findjobs:xxxx")):
+        ids = [int(line.split()[1]) for line in listing.splitlines()]
+        assert ids == list(range(first, last + 1))
+    assert len(td(tm, "lsnextjobs:2500").splitlines()) == 2500
+    assert "total: 3000" in tms(tm, "lagroup:many")

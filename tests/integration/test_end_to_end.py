@@ -13,16 +13,6 @@ import pytest
 from tests.helpers.processes import Installation, alive, wait_until
 
 
-@pytest.fixture
-def tm(tmp_path: Path) -> Iterator[Installation]:
-    inst = Installation(tmp_path)
-    try:
-        inst.start_dispatcher()
-        yield inst
-    finally:
-        inst.cleanup()
-
-
 def submit(tm: Installation, *args: str, cwd: Path | None = None) -> int:
     result = tm.run("hRunJob", *args, cwd=cwd)
     assert result.returncode == 0, result.stderr

@@ -756,8 +756,13 @@ def test_b15_through_the_tms_a_user_sees_only_their_jobs_through_the_dispatcher_
     # A user without the admin role sees only their own jobs through the dispatcher too.
     assert listed_ids(them.td("lsfjobs")) == [theirs]
     assert listed_ids(them.td("findjobs:secret-marker")) == [theirs]
-    refused = them.run("hConnect", "-T", "rmjobs:root")
-    assert refused.returncode != 0 and "does not have the admin role" in refused.stderr
+    for admin_only in ("rmjobs:root", "deactivatehost:hosta", "deactivatecluster",
+                       "disableuser:root", "reload", "setallrjobsaswaiting"):
+        refused = them.run("hConnect", "-T", admin_only)
+        assert refused.returncode != 0 and "does not have the admin role" in refused.stderr, (
+            admin_only, refused.stderr)
+    # Anyone may look.
+    assert "hosta" in them.td("lscluster")
 
 
 def test_b16_hrunjob_status_reports_tms_dispatcher_hosts_slots_and_the_users_counts(

@@ -663,3 +663,13 @@ def test_lajob_shows_the_estimates() -> None:
     assert any(re.fullmatch(r"estimated memory:\s+512\.0", line) for line in lines), out
     out, _ = go("lajob:42", "tms", {commands.GetJob: {**resp, "job": [detail()]}})
     assert any(re.fullmatch(r"estimated time:\s+n\.a\.", line) for line in out.splitlines())
+
+
+def test_lsnextjobs_pages_with_an_offset_until_n_jobs() -> None:
+    pages = [{"jobs": [job(1), job(2)], "next_after_id": 2},
+             {"jobs": [job(3)], "next_after_id": 3},
+             {"jobs": [job(9)], "next_after_id": None}]
+    out, call = go("lsnextjobs:3", "dispatcher", {commands.ListJobs: pages})
+    assert [kw["after_id"] for _, kw in call.calls] == [0, 2]
+    assert [kw["limit"] for _, kw in call.calls] == [3, 1]
+    assert [int(line.split()[1]) for line in out.splitlines()] == [1, 2, 3]

@@ -144,6 +144,13 @@ def _iterate(
                 heapq.heappush(heap, (c, q[pos[user]].id, user))
 
 
+def queue_order(inp: SchedulerInput) -> list[JobView]:
+    """The waiting jobs in the order a pass would consider them if each one fitted:
+    priority, then fair share between users (each job charged as if placed), then
+    submission order. Jobs of disabled users are left out."""
+    return [job for job, _ in _iterate(inp, {}, lambda job: True)]
+
+
 def schedule(inp: SchedulerInput) -> Decision:
     """One placement pass; see the module docstring for the policy and bound."""
     decision = Decision()

@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 
 from tm import auth, config
+from tm.core import scheduler
 from tm.core.model import MAX_PRIORITY, MIN_PRIORITY, JobState
 from tm.protocol import commands, records
 from tm.protocol.base import BoundedAMP
@@ -223,12 +224,14 @@ class Session(amp.CommandLocator):
         limit = max(1, min(limit, MAX_PAGE))
         d = self.dispatcher
         if order == "schedule":
-            inp = d.scheduler_input()
-            ranked = [d.jobs[j.id] for j in sorted(
-                inp.jobs, key=lambda j: (-j.priority, j.id)) if owner in (None, d.jobs[j.id].user)]
-            rows, n = records.fit_to_value(records.JOB_SUMMARY_FIELDS, ranked[:limit],
+            # Pages of the queue order; after_id counts the jobs already sent (an offset).
+            ranked = [d.jobs[j.id] for j in scheduler.queue_order(d.scheduler_input())
+                      if owner in (None, d.jobs[j.id].user)]
+            page = ranked[after_id:after_id + limit]
+            rows, n = records.fit_to_value(records.JOB_SUMMARY_FIELDS, page,
                                            records.job_summary_to_amp)
-            return {"jobs": rows, "next_after_id": None}
+            more = n < len(page) or after_id + limit < len(ranked)
+            return {"jobs": rows, "next_after_id": after_id + n if more and n else None}
         jobs = await d.store.list_jobs(wanted, user=owner, group=group, text=text,
                                        after_id=after_id, limit=limit + 1)
         for i, job in enumerate(jobs):
@@ -256,8 +259,6 @@ class Session(amp.CommandLocator):
         history = await d.store.get_history(job_id)
         reason = ""
         if job.state is JobState.WAITING:
-            from tm.core import scheduler
-
             inp = d.scheduler_input()
             view = next((j for j in inp.jobs if j.id == job_id), None)
             if view is not None:
