@@ -133,3 +133,28 @@ def test_lstmms_pid_is_the_executor_process(tm: Installation) -> None:
     assert pid in pidfiles.values(), (lines, pidfiles)
     info = json.loads((tm.home / ".taskmanager" / "tms.json").read_text())
     assert info["pid"] != pid
+
+
+def test_a_host_s_tmmenial_command_starts_its_executors(tmp_path: Path) -> None:
+    import sys
+
+    inst = Installation(tmp_path)
+    wrapper = tmp_path / "tm-twistd"
+    wrapper.write_text("#!/bin/sh\n"
+                       f"echo \"$@\" >> {tmp_path}/wrapper.calls\n"
+                       f"exec {sys.executable} -c "
+                       "'from twisted.scripts.twistd import run; run()' \"$@\"\n")
+    wrapper.chmod(0o755)
+    (inst.etc / "cluster.tab").write_text(
+        f"hW\thW\t1\t1\t\tFalse\t0\tTrue\t\t{wrapper}\n")
+    try:
+        inst.start_dispatcher()
+        result = inst.run("hRunJob", "--wait", "echo ran > out.txt", check=True)
+        assert result.returncode == 0
+        assert (inst.work / "out.txt").read_text() == "ran\n"
+        calls = (tmp_path / "wrapper.calls").read_text().split()
+        assert calls[-4:-1] == ["--host", "hW", "--dispatcher"]
+        assert calls[-1].endswith("dispatcher.json")
+        assert "tmmenial" in calls
+    finally:
+        inst.cleanup()

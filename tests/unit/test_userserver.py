@@ -14,3 +14,20 @@ def test_executor_start_failure_reasons() -> None:
     assert start_failure_reason(b"Warning: x\nssh: connect to host h port 22: Connection refused"
                                 b"\r\n\n", 255) == "ssh: connect to host h port 22: Connection refused"
     assert start_failure_reason(b"", 3) == "the start command exited with 3"
+
+
+def test_executor_argv_default_and_with_a_tmmenial_command(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import sys
+    from types import SimpleNamespace
+
+    from tm.userserver.service import UserServer
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    server = SimpleNamespace(info=SimpleNamespace(path="/shared/var/dispatcher.json"))
+    default = UserServer.executor_argv(server, "node1")  # type: ignore[arg-type]
+    tail = ["--pidfile", f"{tmp_path}/.taskmanager/tmmenial.node1.pid",
+            "--logfile", f"{tmp_path}/.taskmanager/logs/tmmenial.node1.log",
+            "tmmenial", "--host", "node1", "--dispatcher", "/shared/var/dispatcher.json"]
+    assert default[:2] == [sys.executable, "-c"] and default[3:] == tail
+    custom = UserServer.executor_argv(server, "node1", "env TZ=UTC '/opt/tm 2/bin/twistd'")  # type: ignore[arg-type]
+    assert custom == ["env", "TZ=UTC", "/opt/tm 2/bin/twistd", *tail]

@@ -238,10 +238,19 @@ class UserServer(service.Service):
 
     # --- executors ---------------------------------------------------------------------
 
-    def executor_argv(self, host: str) -> list[str]:
+    def executor_argv(self, host: str, twistd: str = "") -> list[str]:
+        """The command that starts this user's TMMS for ``host``.
+
+        ``twistd`` is the host's ``tmmenial_command`` from the cluster file: the twistd to run
+        there (e.g. ``/opt/tm/venv/bin/twistd``, or a wrapper that sets up the environment
+        first), to which the pid file, log file and ``tmmenial`` arguments are added. Without
+        one, this TMS's own Python runs twistd (right where hosts share the installation).
+        """
         logs = user_dir() / "logs"
+        prefix = shlex.split(twistd) if twistd.strip() else [
+            sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
         return [
-            sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+            *prefix,
             "--pidfile", str(user_dir() / f"tmmenial.{host}.pid"),
             "--logfile", str(logs / f"tmmenial.{host}.log"),
             "tmmenial", "--host", host, "--dispatcher", self.info.path,
@@ -249,11 +258,16 @@ class UserServer(service.Service):
 
     def start_executor(self, host: str, ssh_target: str, command: str) -> None:
         (user_dir() / "logs").mkdir(mode=0o700, exist_ok=True)
+        try:
+            local = self.executor_argv(host, command)
+        except ValueError as e:  # unbalanced quotes in tmmenial_command
+            ensureDeferred(self._report_failure(host, f"bad tmmenial_command {command!r}: {e}"))
+            return
         if ssh_target:
-            remote = command or " ".join(shlex.quote(a) for a in self.executor_argv(host))
+            remote = " ".join(shlex.quote(a) for a in local)
             argv = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-x", ssh_target, remote]
         else:
-            argv = self.executor_argv(host)
+            argv = local
         ensureDeferred(self._launch(host, argv))
 
     async def _launch(self, host: str, argv: list[str]) -> None:
