@@ -22,6 +22,12 @@ FATAL = (
 )
 
 
+def _fire_unless_called(d: Deferred) -> None:
+    """A wait's deadline: fire ``d`` with None unless it has fired already."""
+    if not d.called:
+        d.callback(None)
+
+
 class DispatcherLink:
     log = Logger()
 
@@ -51,7 +57,7 @@ class DispatcherLink:
     def stop(self) -> None:
         self.running = False
         if self.proto is not None and self.proto.transport is not None:
-            self.proto.transport.loseConnection()
+            self.proto.transport.loseConnection()  # type: ignore[misc]
 
     async def _loop(self) -> None:
         delay = 0.5
@@ -97,7 +103,7 @@ class DispatcherLink:
             return
         d: Deferred = Deferred()
         self._ready.append(d)
-        call = self.reactor.callLater(timeout, lambda: d.called or d.callback(None))
+        call = self.reactor.callLater(timeout, _fire_unless_called, d)
         await d
         if call.active():
             call.cancel()

@@ -115,7 +115,8 @@ def _convert(name: str, value: str, path: str, line_no: int) -> Any:
 def compress_ids(ids: list[int]) -> str:
     """``[3, 4, 5, 9]`` -> ``"3-5,9"``: job ids as readable ranges."""
     parts: list[str] = []
-    start = prev = None
+    start: int | None = None
+    prev = 0  # read only once start is set
     for i in ids:
         if start is None:
             start = prev = i

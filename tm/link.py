@@ -144,6 +144,7 @@ async def connect_dispatcher(
         )
         proven = await proto.call(commands.Authenticate, reply_timeout=timeout)
     except BaseException:
-        proto.transport.loseConnection()
+        if proto.transport is not None:  # None once the connection is lost
+            proto.transport.loseConnection()  # type: ignore[misc]
         raise
     return proto, proven["user"], proven["roles"]

@@ -7,6 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from twisted.internet.protocol import Protocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import capturedLogs
 
@@ -93,7 +94,7 @@ def gate(dispatcher: Dispatcher, uid: int | None) -> ManholeFactory:
 
 
 def connect(dispatcher: Dispatcher, uid: int | None,
-            factory: ManholeFactory | None = None) -> tuple[object, StringTransport]:
+            factory: ManholeFactory | None = None) -> tuple[Protocol, StringTransport]:
     proto = (factory or gate(dispatcher, uid)).buildProtocol(None)
     transport = StringTransport()
     proto.makeConnection(transport)

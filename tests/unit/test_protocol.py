@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from typing import cast
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Clock
 from twisted.protocols import amp
 
@@ -31,7 +33,7 @@ class Locator(amp.CommandLocator):
     def ping(self):
         from twisted.internet.defer import Deferred
 
-        d: Deferred = Deferred()
+        d = Deferred()
         self.held.append(d)
         return d
 
@@ -39,7 +41,7 @@ class Locator(amp.CommandLocator):
 def pair(clock: Clock | None = None):
     locator = Locator()
     server = BoundedAMP(locator=locator)
-    client = BoundedAMP(clock=clock)
+    client = BoundedAMP(clock=cast("IReactorTime | None", clock))
     pump = connected_pair(server, client)
     return server, client, locator, pump
 

@@ -29,7 +29,7 @@ def job(
     return JobView(id=id, user=user, slots=slots, priority=priority, excluded=frozenset(excluded))
 
 
-def inp(hosts, jobs, **kw) -> SchedulerInput:  # type: ignore[no-untyped-def]
+def inp(hosts, jobs, **kw) -> SchedulerInput:
     return SchedulerInput(hosts=tuple(hosts), jobs=tuple(jobs), **kw)
 
 
@@ -310,7 +310,7 @@ def clusters(draw: st.DrawFn) -> SchedulerInput:
     )
     ids = [j.id for j in jobs]
     res = {}
-    if ids and draw(st.booleans()):
+    if len(ids) > 0 and draw(st.booleans()):
         res = {draw(st.sampled_from(ids)): draw(st.sampled_from(HOST_NAMES))}
     return SchedulerInput(
         hosts=tuple(hosts),

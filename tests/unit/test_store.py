@@ -25,7 +25,7 @@ def _mysql_base() -> str:
     return url.rstrip("/")
 
 
-def _mysql_admin(base: str):  # type: ignore[no-untyped-def]
+def _mysql_admin(base: str):
     import pymysql
 
     parsed = parse_url(base + "/mysql")
@@ -69,7 +69,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         admin.close()
 
 
-def _deferred(coro):  # type: ignore[no-untyped-def]
+def _deferred(coro):
     from twisted.internet.defer import ensureDeferred
 
     return ensureDeferred(coro)
@@ -308,7 +308,7 @@ class FlakyPool:
         self.failures = failures
         self.calls = 0
 
-    def runInteraction(self, fn, *args):  # type: ignore[no-untyped-def]  # noqa: N802
+    def runInteraction(self, fn, *args):  # noqa: N802
         from twisted.internet import defer
 
         self.calls += 1

@@ -589,7 +589,7 @@ def test_set_user_enabled(name: str, enabled: bool) -> None:
     ],
 )
 def test_admin_jobs(line: str, action: str, user: str | None) -> None:
-    resp = {commands.AdminJobs: {"count": 3, "message": "set 3 jobs as waiting"}}
+    resp: dict[type, Any] = {commands.AdminJobs: {"count": 3, "message": "set 3 jobs as waiting"}}
     out, call = go(line, "dispatcher", resp)
     assert call.calls == [(commands.AdminJobs, {"action": action, "user": user})]
     assert out == "set 3 jobs as waiting"

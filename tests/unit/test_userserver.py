@@ -16,7 +16,7 @@ def test_executor_start_failure_reasons() -> None:
     assert start_failure_reason(b"", 3) == "the start command exited with 3"
 
 
-def test_executor_argv_default_and_with_a_tmmenial_command(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_executor_argv_default_and_with_a_tmmenial_command(tmp_path, monkeypatch) -> None:
     import sys
     from types import SimpleNamespace
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Clock
 
 from tm.core.model import JobState, Transition
@@ -27,7 +30,7 @@ def t(job_id: int) -> Transition:
 
 def test_one_turn_is_one_batch_and_the_next_waits_for_the_first() -> None:
     clock, store = Clock(), FakeStore()
-    writer = TransitionWriter(clock, store.apply)
+    writer = TransitionWriter(cast(IReactorTime, clock), store.apply)
     results: list[bool] = []
     for i in range(100):
         writer.write(t(i)).addCallback(results.append)
@@ -47,7 +50,7 @@ def test_one_turn_is_one_batch_and_the_next_waits_for_the_first() -> None:
 
 def test_a_failed_batch_fails_each_of_its_changes() -> None:
     clock, store = Clock(), FakeStore()
-    writer = TransitionWriter(clock, store.apply)
+    writer = TransitionWriter(cast(IReactorTime, clock), store.apply)
     errors: list = []
     writer.write(t(1)).addErrback(errors.append)
     clock.advance(0)

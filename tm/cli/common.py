@@ -67,7 +67,8 @@ async def _connect_tms_once(reactor: Any, info: dict[str, Any]) -> BoundedAMP:
                          host=socket.gethostname())
         await proto.call(commands.ProveKey, reply_timeout=10, key=info["key"])
     except BaseException:
-        proto.transport.loseConnection()
+        if proto.transport is not None:  # None once the connection is lost
+            proto.transport.loseConnection()  # type: ignore[misc]
         raise
     return proto
 

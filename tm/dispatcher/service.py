@@ -22,6 +22,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
 
 from tm import config
 from tm.core import scheduler
@@ -53,6 +54,12 @@ class Settings:
     executor_lease: float = 300.0
 
 
+def _fire_unless_called(d: Deferred) -> None:
+    """A wait's deadline: fire ``d`` with None unless it has fired already."""
+    if not d.called:
+        d.callback(None)
+
+
 class Dispatcher(service.Service):
     log = Logger()
 
@@ -79,6 +86,9 @@ class Dispatcher(service.Service):
         self._pass_scheduled = False
         self.passes = 0
         self._environments: dict[int, dict[str, str]] = {}
+        #: Bounded pool for file-system checks that may block on NFS; whoever runs the
+        #: dispatcher (tm.tap.dispatcher) provides, starts and stops it.
+        self.fs_pool: ThreadPool | None = None
 
     # --- start-up -----------------------------------------------------------------
 
@@ -461,7 +471,9 @@ class Dispatcher(service.Service):
     def _placed(self, applied: bool, job: Job, attempt: int) -> None:
         if not applied or job.state is not JobState.PENDING or job.attempt != attempt:
             return
-        key = (job.user, job.host)
+        host_name = job.host
+        assert host_name is not None  # a pending job has been placed on a host
+        key = (job.user, host_name)
         session = self.executors.get(key)
         if session is not None:
             ensureDeferred(self._send_run(job, session))
@@ -472,7 +484,7 @@ class Dispatcher(service.Service):
         if tms is None:
             self._transition(job, JobState.WAITING, "no TMS of the user is connected", clear_host=True)
             return
-        host = self.hosts[job.host]
+        host = self.hosts[host_name]
         self.starting[key] = self.reactor.seconds()
         ensureDeferred(self._start_executor(tms, job.user, host))
 
@@ -635,7 +647,7 @@ class Dispatcher(service.Service):
             return await self.store.get_job(job_id)
         d: Deferred = Deferred()
         self.waiters.setdefault(job_id, []).append(d)
-        call = self.reactor.callLater(timeout, lambda: d.called or d.callback(None))
+        call = self.reactor.callLater(timeout, _fire_unless_called, d)
         result = await d
         if call.active():
             call.cancel()

@@ -10,9 +10,11 @@ import dataclasses
 import re
 from typing import Any
 
+from twisted.internet.protocol import connectionDone
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.protocols import amp
+from twisted.python.failure import Failure
 
 from tm import auth, config
 from tm.core import scheduler
@@ -36,7 +38,7 @@ class DispatcherProtocol(BoundedAMP):
         self.session = Session(dispatcher, self)
         super().__init__(locator=self.session, clock=dispatcher.reactor)
 
-    def connectionLost(self, reason: Any) -> None:  # noqa: N802
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         self.session.closed()
         super().connectionLost(reason)
 
@@ -113,6 +115,7 @@ class Session(amp.CommandLocator):
             raise commands.NotAuthenticated("send Hello first")
         challenge, self.challenge = self.challenge, None
         d = self.dispatcher
+        assert d.fs_pool is not None, "the dispatcher runs without its file-system pool"
         await deferToThreadPool(d.reactor, d.fs_pool, auth.verify_challenge, challenge,
                                 self.claimed_user)
         self.user = self.claimed_user
@@ -135,12 +138,16 @@ class Session(amp.CommandLocator):
 
     def drop(self) -> None:
         """Cut a connection that went silent; connectionLost does the rest."""
+        # Only sessions in the executor table are dropped, and connectionLost takes a session
+        # out of it before AMP forgets the transport.
+        assert self.proto.transport is not None
         self.proto.transport.abortConnection()
 
     def fence(self) -> None:
         """A newer executor of the same user and host replaced this one."""
         self.fenced = True
-        self.proto.transport.loseConnection()
+        assert self.proto.transport is not None  # as in drop(): still in the executor table
+        self.proto.transport.loseConnection()  # type: ignore[misc]
 
     @commands.Ping.responder
     def ping(self) -> dict:

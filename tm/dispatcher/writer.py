@@ -39,7 +39,9 @@ class TransitionWriter:
     def _schedule(self) -> None:
         if not self._scheduled and not self._writing:
             self._scheduled = True
-            self.clock.callLater(0, self._flush)
+            # A zope interface declares its methods without ``self``, and mypy (without the
+            # mypy-zope plugin) binds the first argument as self: here the delay.
+            self.clock.callLater(0, self._flush)  # type: ignore[arg-type]
 
     def _flush(self) -> None:
         self._scheduled = False
@@ -51,7 +53,10 @@ class TransitionWriter:
 
     async def _write(self, batch: list[tuple[Transition, Deferred]]) -> None:
         try:
-            results = await self.apply_batch([t for t, _ in batch], self.clock.seconds())
+            # seconds() takes no argument: mypy takes it for a method without self (see above)
+            results = await self.apply_batch(
+                [t for t, _ in batch], self.clock.seconds()  # type: ignore[misc]
+            )
         except Exception as e:
             self.log.failure("writing {n} state changes failed", n=len(batch))
             for _, d in batch:

@@ -293,7 +293,7 @@ def _exec_shell(shepherd: int, shell: str, command: str, inherited: dict[int, ob
 def main(argv: list[str]) -> int:
     # First of all, so that USR1/USR2 are never fatal once the runner sees them blocked.
     signal.pthread_sigmask(signal.SIG_BLOCK, CONTROL_SIGNALS)
-    inherited = {sig: signal.getsignal(sig) for sig in CONTROL_SIGNALS}
+    inherited: dict[int, object] = {sig: signal.getsignal(sig) for sig in CONTROL_SIGNALS}
     for sig in CONTROL_SIGNALS:
         signal.signal(sig, _ignore)
     if len(argv) != 6:

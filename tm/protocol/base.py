@@ -11,8 +11,10 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.protocols import amp
+from twisted.python.failure import Failure
 
 from tm.protocol.commands import TooBusy
 
@@ -48,7 +50,7 @@ class BoundedAMP(amp.AMP):
             self._lost.append(d)
         return d
 
-    def connectionLost(self, reason: Any) -> None:  # noqa: N802 - Twisted's API
+    def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802 - Twisted's API
         self.gone = True
         super().connectionLost(reason)
         waiting, self._lost = self._lost, []
@@ -60,12 +62,14 @@ class BoundedAMP(amp.AMP):
     def _box_too_big(self) -> None:
         self.log.warn(
             "closing {peer}: box over {limit} bytes or {keys} keys",
-            peer=self.transport.getPeer() if self.transport else None,
+            # zope interface methods have no ``self``, which mypy cannot bind.
+            peer=self.transport.getPeer() if self.transport else None,  # type: ignore[misc]
             limit=self.max_box_bytes,
             keys=self.max_box_keys,
         )
         self._refused = True
-        self.transport.loseConnection()
+        assert self.transport is not None  # called from dataReceived: connected
+        self.transport.loseConnection()  # type: ignore[misc]
 
     _refused = False
     gone = False

@@ -139,7 +139,7 @@ class Authenticate(_Command):
     """The challenge file exists now: check it.  Answers the proven user."""
 
     commandName = b"Authenticate"
-    arguments: list = []
+    arguments = []
     response = [(b"user", amp.Unicode()), (b"roles", amp.ListOf(amp.Unicode()))]
 
 
@@ -153,7 +153,7 @@ class ProveKey(_Command):
 
 class Ping(_Command):
     commandName = b"Ping"
-    arguments: list = []
+    arguments = []
     response = [(b"server", amp.Unicode()), (b"time", amp.Float())]
 
 
@@ -252,7 +252,7 @@ class KillJobs(_Command):
 class SuspendJob(_Command):
     commandName = b"SuspendJob"
     arguments = [(b"job_id", amp.Integer()), (b"resume", amp.Boolean())]
-    response: list = []
+    response = []
 
 
 # --- status, cluster and users ---------------------------------------------------
@@ -262,7 +262,7 @@ class GetStatus(_Command):
     """Cluster activity, hosts, slots, and counts per state (all users and the caller)."""
 
     commandName = b"GetStatus"
-    arguments: list = []
+    arguments = []
     response = [
         (b"cluster_active", amp.Boolean()),
         (b"active_hosts", amp.Integer()),
@@ -278,14 +278,14 @@ class GetStatus(_Command):
 
 class ListHosts(_Command):
     commandName = b"ListHosts"
-    arguments: list = []
+    arguments = []
     response = [(b"cluster_active", amp.Boolean()), (b"hosts", amp.AmpList(HOST_FIELDS))]
 
 
 class SetClusterActive(_Command):
     commandName = b"SetClusterActive"
     arguments = [(b"active", amp.Boolean())]
-    response: list = []
+    response = []
 
 
 class SetHostActive(_Command):
@@ -296,7 +296,7 @@ class SetHostActive(_Command):
 
 class ReloadConfig(_Command):
     commandName = b"ReloadConfig"
-    arguments: list = []
+    arguments = []
     response = [(b"summary", amp.Unicode())]
 
 
@@ -309,7 +309,7 @@ class ListUsers(_Command):
 class SetUserEnabled(_Command):
     commandName = b"SetUserEnabled"
     arguments = [(b"user", amp.Unicode()), (b"enabled", amp.Boolean())]
-    response: list = []
+    response = []
 
 
 class AdminJobs(_Command):
@@ -325,7 +325,7 @@ class ListSessions(_Command):
     """The dispatcher's live sessions and timers (lsthreads)."""
 
     commandName = b"ListSessions"
-    arguments: list = []
+    arguments = []
     response = [(b"lines", amp.ListOf(amp.Unicode()))]
 
 
@@ -333,7 +333,7 @@ class ListExecutors(_Command):
     """The caller's executors (TMMS) per host, as the dispatcher sees them."""
 
     commandName = b"ListExecutors"
-    arguments: list = []
+    arguments = []
     response = [(b"executors", JSON())]  # [{host, pid, since, running}]
 
 
@@ -352,7 +352,7 @@ class ServerInfo(_Command):
     """The TMS's own facts (printserverinfo, hRunJob -s)."""
 
     commandName = b"ServerInfo"
-    arguments: list = []
+    arguments = []
     response = [
         (b"user", amp.Unicode()),
         (b"host", amp.Unicode()),
@@ -368,8 +368,8 @@ class Shutdown(_Command):
     """Stop the receiving TMS or TMMS."""
 
     commandName = b"Shutdown"
-    arguments: list = []
-    response: list = []
+    arguments = []
+    response = []
 
 
 # --- dispatcher <-> TMS ---------------------------------------------------------------
@@ -388,13 +388,13 @@ class StartExecutor(_Command):
         (b"ssh_target", amp.Unicode()),
         (b"command", amp.Unicode()),
     ]
-    response: list = []
+    response = []
 
 
 class ExecutorStartFailed(_Command):
     commandName = b"ExecutorStartFailed"
     arguments = [(b"host", amp.Unicode()), (b"reason", amp.Unicode())]
-    response: list = []
+    response = []
 
 
 # --- dispatcher <-> TMMS ------------------------------------------------------------
@@ -437,7 +437,7 @@ class JobFinished(_Command):
         # its lease: not the job's doing, so it is requeued.
         (b"lost", amp.Boolean(optional=True)),
     ]
-    response: list = []
+    response = []
 
 
 class Heartbeat(_Command):

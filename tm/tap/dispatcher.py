@@ -126,13 +126,14 @@ class DispatcherRunner(service.MultiService):
         self.reactor = reactor
         self.store = Store.from_url(settings.database_url, reactor)
         self.dispatcher = Dispatcher(reactor, settings, self.store)
-        self.dispatcher.fs_pool = ThreadPool(1, 4, name="tm-fs-checks")
+        self.fs_pool = ThreadPool(1, 4, name="tm-fs-checks")
+        self.dispatcher.fs_pool = self.fs_pool
         self.listen = listen
         self.certificate = certificate
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
-        self.dispatcher.fs_pool.start()
+        self.fs_pool.start()
         self.reactor.callWhenRunning(self._start)
 
     def _start(self) -> None:
@@ -162,12 +163,12 @@ class DispatcherRunner(service.MultiService):
 
     def stopService(self) -> Any:  # noqa: N802
         d = super().stopService()
-        self.dispatcher.fs_pool.stop()
+        self.fs_pool.stop()
         self.store.close()
         return d
 
 
-def makeService(options: Options) -> service.IService:  # noqa: N802
+def makeService(options: Options) -> DispatcherRunner:  # noqa: N802
     from twisted.internet import reactor
 
     from tm.dispatcher.service import Settings

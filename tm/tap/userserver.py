@@ -18,7 +18,7 @@ class Options(usage.Options):
     ]
 
 
-def makeService(options: Options) -> service.IService:  # noqa: N802
+def makeService(options: Options) -> service.Service:  # noqa: N802
     from twisted.internet import reactor
 
     from tm.userserver.service import UserServer

@@ -279,7 +279,8 @@ class UserServer(service.Service):
         except OSError as e:
             await self._report_failure(host, f"cannot run {argv[0]}: {e.strerror}")
             return
-        proto.transport.closeStdin()
+        assert proto.transport is not None  # spawnProcess connected it
+        proto.transport.closeStdin()  # type: ignore[misc]
         code = await proto.done
         if code != 0:
             await self._report_failure(host, start_failure_reason(proto.output, code))
