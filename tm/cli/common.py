@@ -85,6 +85,17 @@ def _start_tms(dispatcher_path: str, verbose: bool) -> None:
         raise CLIError("Could not start a TMS: " + (lines[-1] if lines else f"exit {result.returncode}"))
 
 
+async def _settle(reactor: Any, proto: BoundedAMP, timeout: float = 10.0) -> None:
+    """Give a TMS that has just started a moment to reach the dispatcher, so that the first
+    command does not meet "not connected"; if it cannot, the command says so itself."""
+    deadline = reactor.seconds() + timeout
+    while reactor.seconds() < deadline:
+        info = await proto.call(commands.ServerInfo)
+        if info["dispatcher_connected"]:
+            return
+        await deferLater(reactor, 0.05, lambda: None)
+
+
 async def connect_tms(reactor: Any, dispatcher: str | None = None, verbose: bool = False) -> BoundedAMP:
     """The user's TMS, started first when none answers."""
     info = _read_tms_info()
@@ -120,7 +131,9 @@ async def connect_tms(reactor: Any, dispatcher: str | None = None, verbose: bool
         while reactor.seconds() < deadline:
             info = _read_tms_info()
             if info is not None:
-                return await _connect_tms_once(reactor, info)
+                proto = await _connect_tms_once(reactor, info)
+                await _settle(reactor, proto)
+                return proto
             await deferLater(reactor, 0.05, lambda: None)
     raise CLIError(f"Could not start a TMS: no {base / 'tms.json'} after {TMS_START_TIMEOUT:.0f} s "
                    f"(see {base / 'logs' / 'tms.log'})")
