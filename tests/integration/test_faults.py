@@ -143,3 +143,19 @@ def test_an_executor_cut_off_from_the_dispatcher_stops_its_jobs_which_then_run_a
     assert re.search(r"lost\s+attempt 1", history), history
     assert re.search(r"finished\s+attempt 2", history), history
     assert len((tm.work / "shells").read_text().split()) == 2
+
+
+def usage_of(tm: Installation) -> float:
+    out = tm.run("hConnect", "-T", "lsusers", check=True).stdout
+    return float(re.search(r"usage (\d+) slot-s", out).group(1))
+
+
+@restart_lease
+def test_fair_share_usage_survives_a_dispatcher_restart(tm: Installation) -> None:
+    tm.run("hRunJob", "--wait", "-c", "2", "sleep 3", check=True)
+    before = usage_of(tm)
+    assert before >= 5  # 2 slots for about 3 s
+    tm.stop_dispatcher()
+    tm.start_dispatcher("--executor-lease", tm.lease)
+    after = usage_of(tm)
+    assert before - 1 <= after <= before  # decays over a day, not to zero

@@ -47,3 +47,16 @@ def test_usage_never_grows_without_charges_and_never_goes_negative(
     later = ledger.settled("u", t + half_life)
     assert 0.0 <= later <= before
     assert later == pytest.approx(before / 2, rel=1e-6, abs=1e-9)
+
+
+def test_snapshot_and_restore_keep_the_usage() -> None:
+    ledger = UsageLedger(half_life=100.0)
+    ledger.charge("alice", 400.0, now=10.0)
+    ledger.charge("bob", 8.0, now=20.0)
+    again = UsageLedger(half_life=100.0)
+    again.restore(ledger.snapshot())
+    assert again.settled("alice", 110.0) == pytest.approx(200.0)
+    assert again.settled("bob", 20.0) == pytest.approx(8.0)
+    for bad in ({"alice": [-1.0, 0.0]}, {"alice": ["x", 0]}, {"alice": [1.0]}):
+        with pytest.raises(ValueError):
+            UsageLedger().restore(bad)  # type: ignore[arg-type]

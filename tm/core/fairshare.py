@@ -41,6 +41,20 @@ class UsageLedger:
         value, since = self._settled.get(user, (0.0, now))
         return self._decayed(value, since, now)
 
+    def snapshot(self) -> dict[str, list[float]]:
+        """The recorded usage as plain data (user -> [value, as of time]), to be stored."""
+        return {user: [value, since] for user, (value, since) in self._settled.items()}
+
+    def restore(self, data: dict[str, list[float]]) -> None:
+        """Take back what :meth:`snapshot` gave; malformed entries raise ValueError."""
+        settled = {}
+        for user, entry in data.items():
+            value, since = (float(x) for x in entry)
+            if value < 0:
+                raise ValueError(f"negative usage {value} for {user}")
+            settled[str(user)] = (value, since)
+        self._settled = settled
+
     def usage(self, now: float, running: Iterable[tuple[str, int, float]]) -> dict[str, float]:
         """Every user's usage at ``now``; ``running`` holds (user, slots, started_at)."""
         out = {user: self.settled(user, now) for user in self._settled}

@@ -10,6 +10,7 @@ committed (``pending``) before the start order goes out.
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import signal
 import socket
@@ -33,6 +34,9 @@ from tm.protocol import commands
 
 #: How long a placed job may wait for its user's executor to appear.
 EXECUTOR_START_TIMEOUT = 60.0
+#: The setting that keeps the recorded fair-share usage, and how often it is saved.
+USAGE_SETTING = "fairshare_usage"
+USAGE_SAVE_INTERVAL = 60.0
 #: After a failed executor start, the host is not tried again for that user this long.
 EXECUTOR_BACKOFF = 30.0
 
@@ -118,6 +122,16 @@ class Dispatcher(service.Service):
         for job in self.jobs.values():
             if job.state is JobState.RUNNING and job.host:
                 self._executor_absent(job.user, job.host)
+        saved_usage = await self.store.get_setting(USAGE_SETTING)
+        if saved_usage:
+            try:
+                self.ledger.restore(json.loads(saved_usage))
+            except (ValueError, TypeError, AttributeError) as e:
+                self.log.warn("recorded fair-share usage unreadable, starting from zero: {e}",
+                              e=str(e))
+        self.usage_saver = LoopingCall(self._save_usage_in_background)
+        self.usage_saver.clock = self.reactor
+        self.usage_saver.start(USAGE_SAVE_INTERVAL, now=False)
         self.lease_check = LoopingCall(self._check_leases)
         self.lease_check.clock = self.reactor
         self.lease_check.start(max(0.5, self.settings.executor_lease / 4), now=False)
@@ -128,8 +142,18 @@ class Dispatcher(service.Service):
 
     def stopService(self) -> Any:  # noqa: N802
         super().stopService()
-        if getattr(self, "lease_check", None) is not None and self.lease_check.running:
-            self.lease_check.stop()
+        for timer in (getattr(self, "lease_check", None), getattr(self, "usage_saver", None)):
+            if timer is not None and timer.running:
+                timer.stop()
+
+    async def save_usage(self) -> None:
+        """Store the recorded fair-share usage, so that a restart does not forget it."""
+        await self.store.set_setting(USAGE_SETTING, json.dumps(self.ledger.snapshot()))
+
+    def _save_usage_in_background(self) -> None:
+        d = ensureDeferred(self.save_usage())
+        d.addErrback(lambda f: self.log.warn("fair-share usage not saved: {e}",
+                                             e=f.getErrorMessage()))
 
     # --- configuration reload -----------------------------------------------------------
 

@@ -162,10 +162,18 @@ class DispatcherRunner(service.MultiService):
         self.reactor.stop()
 
     def stopService(self) -> Any:  # noqa: N802
-        d = super().stopService()
-        self.fs_pool.stop()
-        self.store.close()
-        return d
+        from twisted.internet.defer import DeferredList, ensureDeferred
+
+        stopped = super().stopService()
+        saved = ensureDeferred(self.dispatcher.save_usage())
+        saved.addErrback(lambda f: self.log.warn("fair-share usage not saved at stop: {e}",
+                                                 e=f.getErrorMessage()))
+
+        def close(_: Any) -> None:
+            self.fs_pool.stop()
+            self.store.close()
+
+        return DeferredList([stopped, saved]).addBoth(close)
 
 
 def makeService(options: Options) -> DispatcherRunner:  # noqa: N802
