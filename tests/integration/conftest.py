@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,3 +21,27 @@ def tm(tmp_path: Path) -> Iterator[Installation]:
         yield inst
     finally:
         inst.cleanup()
+
+
+@pytest.fixture
+def mysql_url() -> Iterator[str]:
+    """A fresh database on the MariaDB of $TM_TEST_MYSQL_URL, dropped afterwards."""
+    base = os.environ.get("TM_TEST_MYSQL_URL")
+    if not base:
+        pytest.skip("TM_TEST_MYSQL_URL is not set: no MariaDB to test against")
+    import pymysql
+
+    from tm.db.store import parse_url
+
+    parsed = parse_url(base.rstrip("/") + "/mysql")
+    name = "tm_e2e_" + uuid.uuid4().hex[:12]
+    kw = {"host": parsed.host, "port": parsed.port, "user": parsed.user}
+    if parsed.password is not None:
+        kw["password"] = parsed.password
+    conn = pymysql.connect(**kw)
+    conn.cursor().execute(f"CREATE DATABASE {name}")
+    try:
+        yield base.rstrip("/") + "/" + name
+    finally:
+        conn.cursor().execute(f"DROP DATABASE {name}")
+        conn.close()

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.helpers.processes import Installation, alive, wait_until
 
@@ -134,31 +131,6 @@ def test_hconnect_shutdown_stops_the_tms(tm: Installation) -> None:
     tm.run("hConnect", "shutdown", check=True)
     wait_until(lambda: not os.path.exists(f"/proc/{pid}") or
                open(f"/proc/{pid}/stat").read().split()[2] == "Z", 15, "the TMS to exit")
-
-
-@pytest.fixture
-def mysql_url() -> Iterator[str]:
-    base = os.environ.get("TM_TEST_MYSQL_URL")
-    if not base:
-        pytest.skip("TM_TEST_MYSQL_URL is not set: no MariaDB to test against")
-    import uuid
-
-    import pymysql
-
-    from tm.db.store import parse_url
-
-    parsed = parse_url(base.rstrip("/") + "/mysql")
-    name = "tm_e2e_" + uuid.uuid4().hex[:12]
-    kw = {"host": parsed.host, "port": parsed.port, "user": parsed.user}
-    if parsed.password is not None:
-        kw["password"] = parsed.password
-    conn = pymysql.connect(**kw)
-    conn.cursor().execute(f"CREATE DATABASE {name}")
-    try:
-        yield base.rstrip("/") + "/" + name
-    finally:
-        conn.cursor().execute(f"DROP DATABASE {name}")
-        conn.close()
 
 
 def test_end_to_end_on_mariadb(tmp_path: Path, mysql_url: str) -> None:

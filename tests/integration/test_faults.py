@@ -159,3 +159,45 @@ def test_fair_share_usage_survives_a_dispatcher_restart(tm: Installation) -> Non
     tm.start_dispatcher("--executor-lease", tm.lease)
     after = usage_of(tm)
     assert before - 1 <= after <= before  # decays over a day, not to zero
+
+
+def test_while_the_database_is_away_submissions_are_refused_and_job_ends_are_kept(
+        tmp_path: Path, mysql_url: str) -> None:
+    from tests.helpers.tcpproxy import TcpProxy
+    from tm.db.store import parse_url
+
+    real = parse_url(mysql_url)
+    proxy = TcpProxy((real.host, real.port))
+    through_proxy = mysql_url.replace(f"@{real.host}:{real.port}/", f"@127.0.0.1:{proxy.port}/")
+    assert through_proxy != mysql_url
+    inst = Installation(tmp_path, database_url=through_proxy)
+    try:
+        inst.start_dispatcher("--executor-lease", RESTART_LEASE)
+        job = submit(inst, "echo start >> runs; sleep 3; echo done > end.txt")
+        wait_until(lambda: field(inst, job, "state") == "running", 30, "the job to run")
+
+        proxy.cut()
+        refused = inst.run("hRunJob", "true")
+        assert refused.returncode != 0
+        assert "database" in refused.stderr and "Traceback" not in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        # The job is untouched and ends while the database is away; its end is kept.
+        wait_until(lambda: (inst.work / "end.txt").exists(), 30, "the job to end")
+        log = inst.dispatcher_log
+        wait_until(lambda: "the database is unavailable" in log.read_text(), 30,
+                   "the dispatcher to notice")
+
+        proxy.restore()
+        wait_until(lambda: field(inst, job, "state") == "finished", 60,
+                   "the kept end to be written")
+        assert "the database is back" in log.read_text()
+        # What was written is what happened: after a restart the job is still finished, once.
+        inst.stop_dispatcher()
+        inst.start_dispatcher("--executor-lease", RESTART_LEASE)
+        assert field(inst, job, "state") == "finished"
+        assert field(inst, job, "exit code") == "0"
+        assert (inst.work / "runs").read_text() == "start\n"
+        assert submit(inst, "true") > job  # submissions work again
+    finally:
+        inst.cleanup()
+        proxy.close()

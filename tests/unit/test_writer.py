@@ -56,3 +56,29 @@ def test_a_failed_batch_fails_each_of_its_changes() -> None:
     clock.advance(0)
     store.pending[0].errback(RuntimeError("database away"))
     assert len(errors) == 1 and errors[0].check(RuntimeError)
+
+
+def test_while_the_database_is_away_changes_are_kept_and_written_in_order() -> None:
+    from tm.protocol.commands import DatabaseUnavailable
+
+    clock, store = Clock(), FakeStore()
+    writer = TransitionWriter(cast(IReactorTime, clock), store.apply)
+    results: list[tuple[int, bool]] = []
+    for i in (1, 2):
+        writer.write(t(i)).addCallback(lambda ok, i: results.append((i, ok)), i)
+    clock.advance(0)
+    store.pending[0].errback(DatabaseUnavailable("gone"))
+    assert writer.waiting_for_database and results == []
+    writer.write(t(3)).addCallback(lambda ok: results.append((3, ok)))
+    clock.advance(0.4)
+    assert len(store.batches) == 1  # the retry waits
+    clock.advance(0.1)
+    assert [x.job_id for x in store.batches[1]] == [1, 2, 3]  # kept first, in order
+    store.pending[1].errback(DatabaseUnavailable("still gone"))
+    clock.advance(0.9)
+    assert len(store.batches) == 2  # the pause grew to 1 s
+    clock.advance(0.1)
+    assert [x.job_id for x in store.batches[2]] == [1, 2, 3]
+    store.pending[2].callback([True, True, False])
+    assert results == [(1, True), (2, True), (3, False)]
+    assert not writer.waiting_for_database

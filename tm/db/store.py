@@ -29,9 +29,11 @@ T = TypeVar("T")
 SCHEMA_DIR = Path(__file__).parent / "schema"
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[A-Za-z0-9_]+\.sql$")
 
-#: MySQL client/server error codes after which an interaction is worth retrying:
-#: gone away, lost connection, out of sync, ..., deadlock, lock wait timeout.
-RETRY_CODES = frozenset({2006, 2013, 2014, 2045, 2055, 1213, 1205})
+#: MySQL client/server error codes after which an interaction is worth retrying: cannot
+#: connect, gone away, lost connection, out of sync, ..., too many connections, server
+#: shutting down, connection killed, deadlock, lock wait timeout. When the retries run out
+#: the database counts as unavailable (DatabaseUnavailable), which callers may wait out.
+RETRY_CODES = frozenset({2003, 2006, 2013, 2014, 2045, 2055, 1040, 1053, 1927, 1213, 1205})
 RETRY_TRIES = 3
 RETRY_BACKOFF = (0.1, 0.5)
 
