@@ -201,3 +201,36 @@ def test_while_the_database_is_away_submissions_are_refused_and_job_ends_are_kep
     finally:
         inst.cleanup()
         proxy.close()
+
+
+def test_an_end_is_acknowledged_only_once_written_so_a_crash_in_between_loses_nothing(
+        tmp_path: Path, mysql_url: str) -> None:
+    from tests.helpers.tcpproxy import TcpProxy
+    from tm.db.store import parse_url
+
+    real = parse_url(mysql_url)
+    proxy = TcpProxy((real.host, real.port))
+    inst = Installation(tmp_path, database_url=mysql_url.replace(
+        f"@{real.host}:{real.port}/", f"@127.0.0.1:{proxy.port}/"))
+    try:
+        inst.start_dispatcher("--executor-lease", RESTART_LEASE)
+        job = submit(inst, "echo start >> runs; sleep 2; echo done > end.txt")
+        wait_until(lambda: field(inst, job, "state") == "running", 30, "the job to run")
+        proxy.cut()
+        wait_until(lambda: (inst.work / "end.txt").exists(), 30, "the job to end")
+        wait_until(lambda: "the database is unavailable" in inst.dispatcher_log.read_text(), 30,
+                   "the end to be held back")
+        # The dispatcher dies with the end unwritten: the executor must still have it.
+        assert inst.dispatcher is not None
+        os.killpg(inst.dispatcher.pid, signal.SIGKILL)
+        inst.dispatcher.wait()
+        proxy.restore()
+        inst.start_dispatcher("--executor-lease", RESTART_LEASE)
+        wait_until(lambda: field(inst, job, "state") == "finished", 60,
+                   "the executor to report the end again")
+        history = inst.run("hConnect", f"lajob:{job}", check=True).stdout
+        assert "lost" not in history, history
+        assert (inst.work / "runs").read_text() == "start\n"  # not run a second time
+    finally:
+        inst.cleanup()
+        proxy.close()

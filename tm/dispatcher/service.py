@@ -82,6 +82,8 @@ class Dispatcher(service.Service):
         self.executors: dict[tuple[str, str], Any] = {}
         self.starting: dict[tuple[str, str], float] = {}
         self.absent: dict[tuple[str, str], float] = {}  # executor gone, its jobs kept, since
+        #: Ends of attempts reported but not yet committed, with the reports waiting for them.
+        self._unwritten_ends: dict[tuple[int, int], list[Deferred]] = {}
         self.backoff: dict[tuple[str, str], float] = {}
         self.reservations: dict[int, str] = {}
         self.ledger = UsageLedger(settings.fairshare_half_life)
@@ -577,23 +579,42 @@ class Dispatcher(service.Service):
         return env
 
     def job_finished(self, user: str, host: str, job_id: int, attempt: int, exit_code: int | None,
-                     signal: int | None, killed: bool, reason: str, lost: bool = False) -> None:
+                     signal: int | None, killed: bool, reason: str,
+                     lost: bool = False) -> Deferred | None:
+        """Record an attempt's end. The Deferred fires once the end is committed: the executor
+        forgets the end only then, so an end is never lost to a database outage or a dispatcher
+        stop in between (a report repeated meanwhile waits for the same commit)."""
+        key = (job_id, attempt)
+        if key in self._unwritten_ends:
+            return self._wait_written(key)
         job = self.jobs.get(job_id)
         if job is None or job.attempt != attempt or job.user != user or job.host != host:
             self.log.info("ignoring the end of job {id} attempt {a}: not current", id=job_id, a=attempt)
-            return
+            return None
         if lost:
             if job.state is JobState.PENDING:
                 self._transition(job, JobState.RUNNING, f"running on {host}", host=host)
             self._lose(job, reason or f"stopped by the executor on {host}")
-            return
+            return None
         new = ending_state(exit_code, signal, killed)
         if not reason:
             reason = (f"exit code {exit_code}") if signal is None else (f"signal {signal}")
         if job.state is JobState.PENDING:
             # The end overtook the start answer; record the start first.
             self._transition(job, JobState.RUNNING, f"running on {host}", host=host)
-        self._transition(job, new, reason, exit_code=exit_code, signal=signal, host=host)
+        written = self._transition(job, new, reason, exit_code=exit_code, signal=signal, host=host)
+        self._unwritten_ends[key] = []
+        written.addBoth(self._end_written, key)
+        return self._wait_written(key)
+
+    def _wait_written(self, key: tuple[int, int]) -> Deferred:
+        d: Deferred = Deferred()
+        self._unwritten_ends[key].append(d)
+        return d
+
+    def _end_written(self, result: Any, key: tuple[int, int]) -> None:
+        for d in self._unwritten_ends.pop(key, []):
+            d.callback(None)
 
     # --- kill and suspend ------------------------------------------------------------------
 

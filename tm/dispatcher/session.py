@@ -317,12 +317,15 @@ class Session(amp.CommandLocator):
     # --- executor reports ----------------------------------------------------------------
 
     @commands.JobFinished.responder
-    def job_finished(self, job_id: int, attempt: int, exit_code: int | None, signal: int | None,
-                     killed: bool, ended_at: float, reason: str, lost: bool | None = None) -> dict:
+    async def job_finished(self, job_id: int, attempt: int, exit_code: int | None,
+                           signal: int | None, killed: bool, ended_at: float, reason: str,
+                           lost: bool | None = None) -> dict:
         user = self._require(commands.ROLE_TMMS)
         self.last_heard = self.dispatcher.reactor.seconds()
-        self.dispatcher.job_finished(user, self.host or "", job_id, attempt, exit_code, signal,
-                                     killed, reason, lost=bool(lost))
+        written = self.dispatcher.job_finished(user, self.host or "", job_id, attempt, exit_code,
+                                               signal, killed, reason, lost=bool(lost))
+        if written is not None:
+            await written  # answered once committed: until then the executor keeps the end
         return {}
 
     @commands.Heartbeat.responder

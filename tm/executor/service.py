@@ -106,6 +106,7 @@ class Executor(service.Service):
         self.lease: float | None = None  # told by the dispatcher with each heartbeat answer
         self.last_contact = reactor.seconds()
         self.lease_killed: set[tuple[int, int]] = set()
+        self._reporting: set[tuple[int, int]] = set()  # ends whose report is under way
         self.link = DispatcherLink(reactor, info, commands.ROLE_TMMS, host,
                                    lambda: ExecutorLocator(self),
                                    on_connected=lambda proto: self._connected(),
@@ -155,9 +156,12 @@ class Executor(service.Service):
     def _flush(self) -> None:
         if self.link.connected:
             for end in list(self.unreported):
-                ensureDeferred(self._report(end))
+                if (end.job_id, end.attempt) not in self._reporting:
+                    ensureDeferred(self._report(end))
 
     async def _report(self, end: JobEnd) -> None:
+        key = (end.job_id, end.attempt)
+        self._reporting.add(key)
         try:
             lost = (end.job_id, end.attempt) in self.lease_killed
             reason = (f"stopped on {self.host}: no contact with the dispatcher for longer than "
@@ -168,6 +172,8 @@ class Executor(service.Service):
         except Exception as e:
             self.log.info("end of job {id} not reported yet: {e}", id=end.job_id, e=str(e))
             return
+        finally:
+            self._reporting.discard(key)
         if end in self.unreported:
             self.unreported.remove(end)
         self.started.pop((end.job_id, end.attempt), None)
@@ -182,6 +188,7 @@ class Executor(service.Service):
         self._check_lease()
         if not self.link.connected:
             return
+        self._flush()  # ends whose report failed or timed out are sent again
         d = ensureDeferred(self.link.call(commands.Heartbeat, load=read_load(),
                                           running=[list(k) for k in self.runner.running()]))
         d.addCallbacks(self._heartbeat_answered,
