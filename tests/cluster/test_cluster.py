@@ -285,3 +285,44 @@ def test_a_host_cut_off_while_running_a_job_stops_it_and_the_job_runs_again_else
     states = [line.split()[2:5] for line in detail.history]
     assert ["lost", "attempt", "1"] in states, detail.text
     assert states[-1] == ["finished", "attempt", "2"], detail.text
+
+
+def test_a_host_without_tmmenial_reports_why_after_a_reload_and_jobs_go_elsewhere(
+        cluster: Cluster) -> None:
+    c = cluster
+    broken = c.hosts["h3"]
+    role = "bob"
+    tab = c.etc / "cluster.tab"
+    original = tab.read_text()
+    lines = original.splitlines(keepends=True)
+    # Column 10 (tmmenial_command) of h3: a twistd that is not installed there.
+    for i, line in enumerate(lines):
+        cols = line.rstrip("\n").split("\t")
+        if cols[1] == broken.name:
+            cols[9] = "/nonexistent/bin/twistd"
+            lines[i] = "\t".join(cols) + "\n"
+    try:
+        tab.write_text("".join(lines))
+        out = c.run_as("admin", "hConnect", "-T", "reload", check=True).stdout
+        assert f"updated: {broken.name}" in out, out
+        pid = tmmenial_pid(c, role, broken.name)
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+            wait_until(lambda: tmmenial_pid(c, role, broken.name) is None, 30, "the TMMS to exit")
+        wait_until(lambda: broken.name not in _executors(c, c.users[role].name), 30,
+                   "the dispatcher to forget the TMMS")
+
+        directory = {role: c.user_dir(role, "no-tmmenial")}
+        count = SLOTS_PER_HOST * len(c.hosts)
+        ids = submit_many(c, {role: [record_job(directory[role], sleep=1)] * count}, directory)
+        wait_ended(c, role, ids[role], timeout=180)
+        used = check_jobs_ran_where_assigned(c, directory, ids)
+        assert broken.name not in {host for _, host in used}
+        reason = f"executor start on {broken.name} failed"
+        lines_seen = [line for d in (lajob(c, role, i) for i in ids[role])
+                      for line in d.history if reason in line]
+        assert lines_seen, f"no job was placed on {broken.name} first"
+        assert all("/nonexistent/bin/twistd" in line for line in lines_seen), lines_seen
+    finally:
+        tab.write_text(original)
+        c.run_as("admin", "hConnect", "-T", "reload", check=True)
