@@ -326,3 +326,28 @@ def test_a_host_without_tmmenial_reports_why_after_a_reload_and_jobs_go_elsewher
     finally:
         tab.write_text(original)
         c.run_as("admin", "hConnect", "-T", "reload", check=True)
+
+
+def run_on_host(c: Cluster, host_key: str, role: str, *argv: str) -> subprocess.CompletedProcess:
+    """Run ``argv`` as the user, from inside the host's network namespace (a login there)."""
+    u = c.users[role]
+    return subprocess.run(
+        ["ip", "netns", "exec", c.hosts[host_key].netns, "setpriv", f"--reuid={u.uid}",
+         f"--regid={u.gid}", "--clear-groups", "--", *argv],
+        env=c.env(role), cwd=u.home, capture_output=True, text=True, timeout=120)
+
+
+def test_a_user_s_tms_is_reused_from_another_host_sharing_the_home(cluster: Cluster) -> None:
+    c = cluster
+    first = c.run_as("carol", "hConnect", "printserverinfo", check=True).stdout
+    pid = re.search(r"\(pid (\d+)\)", first).group(1)
+    # From h1, whose loopback is not the login host's: the TMS is found at the address it
+    # reaches the dispatcher from, not started a second time.
+    there = run_on_host(c, "h1", "carol", "hConnect", "printserverinfo")
+    assert there.returncode == 0, there.stderr
+    assert f"(pid {pid})" in there.stdout, there.stdout
+    directory = c.user_dir("carol", "from-h1")
+    submitted = run_on_host(c, "h1", "carol", "hRunJob", "--wait", f"cd {directory} && echo ok > out")
+    assert submitted.returncode == 0, submitted.stderr
+    assert (directory / "out").read_text() == "ok\n"
+    assert f"(pid {pid})" in c.run_as("carol", "hConnect", "printserverinfo", check=True).stdout

@@ -53,9 +53,30 @@ def _read_tms_info() -> dict[str, Any] | None:
         return None
 
 
+def tms_candidates(info: dict[str, Any]) -> list[str]:
+    """Where to reach the TMS described by tms.json, in order: loopback when it runs on this
+    host, then the addresses it reaches the dispatcher from (reachable from the other hosts
+    that share the home directory), then its host name."""
+    out = [connect_host(info["host"])]
+    out += [a for a in info.get("addresses", []) if isinstance(a, str)]
+    out.append(info["host"])
+    return list(dict.fromkeys(out))
+
+
 async def _connect_tms_once(reactor: Any, info: dict[str, Any]) -> BoundedAMP:
+    error: Exception | None = None
+    for host in tms_candidates(info):
+        try:
+            return await _connect_tms_at(reactor, info, host)
+        except (ConnectError, ConnectionClosed, OSError, TimeoutError) as e:
+            error = e
+    assert error is not None
+    raise error
+
+
+async def _connect_tms_at(reactor: Any, info: dict[str, Any], host: str) -> BoundedAMP:
     endpoint = SSL4ClientEndpoint(
-        reactor, connect_host(info["host"]), int(info["port"]),
+        reactor, host, int(info["port"]),
         auth.client_tls_options(info["certificate"].encode("ascii"), auth.TMS_TLS_NAME),
         timeout=5,
     )

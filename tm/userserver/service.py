@@ -177,10 +177,15 @@ class UserServer(service.Service):
         self.interface = interface
         self.key = secrets.token_urlsafe(32)
         self.port = 0
+        self._certificate = b""
         self.started_at = 0.0
         self.link = DispatcherLink(reactor, info, commands.ROLE_TMS, self.public_host,
                                    lambda: DispatcherSide(self),
+                                   on_connected=self._dispatcher_connected,
                                    on_fatal=lambda e: None)
+        #: The local addresses this TMS reached the dispatcher from: other cluster hosts can
+        #: reach it there too, which its host name may not tell them (published in tms.json).
+        self.addresses: list[str] = []
         self._listening: Any = None
 
     def startService(self) -> None:  # noqa: N802
@@ -201,21 +206,42 @@ class UserServer(service.Service):
         self.link.start()
 
     def _listening_on(self, port: Any, cert_pem: bytes) -> None:
-        import json
-
         self._listening = port
         self.port = port.getHost().port
+        self._certificate = cert_pem
+        self._publish()
+        self.log.info("tmserver of {user} ready on port {port}", user=self.user, port=self.port)
+
+    def _publish(self) -> None:
+        """Write ~/.taskmanager/tms.json: where this TMS listens, and its key (file 0600)."""
+        import json
+
         data = {
             "host": self.public_host,
+            "addresses": self.addresses,
             "port": self.port,
-            "certificate": cert_pem.decode("ascii"),
+            "certificate": self._certificate.decode("ascii"),
             "key": self.key,
             "pid": os.getpid(),
             "started_at": self.started_at,
             "dispatcher": self.info.path,
         }
         auth.write_secret(tms_info_path(), json.dumps(data, indent=2).encode())
-        self.log.info("tmserver of {user} ready on port {port}", user=self.user, port=self.port)
+
+    def _dispatcher_connected(self, proto: Any) -> None:
+        address = proto.transport.getHost().host
+        if address and address not in self.addresses and not address.startswith("127."):
+            self.addresses.append(address)
+            if self._listening is not None and self._owns_info():
+                self._publish()
+
+    def _owns_info(self) -> bool:
+        import json
+
+        try:
+            return bool(json.loads(tms_info_path().read_text()).get("pid") == os.getpid())
+        except (OSError, ValueError):
+            return False
 
     def _failed(self, failure: Any) -> None:
         self.log.failure("tmserver could not listen", failure)
