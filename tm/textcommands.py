@@ -480,7 +480,8 @@ class TextCommand:
             return "no" if unfinished else "yes"
         if n == "lagroups":
             r = await call(commands.GroupSummary, group=None, scope=self.scope)
-            groups = r["groups"]
+            # Jobs submitted without -g are in no group.
+            groups = {g: counts for g, counts in r["groups"].items() if g}
             if not groups:
                 return "no groups found"
             return "\n".join(_group_block(g, groups[g]) for g in sorted(groups))

@@ -706,6 +706,7 @@ def test_b14_groups_report_counts_per_state_and_progress(make_tm) -> None:
     broken = me.submit("-g", "run7", "exit 1")
     held = me.submit("-g", "run7", gate(go))
     me.submit("-g", "elsewhere", "true")
+    me.submit("true")  # in no group: not listed by lagroups
     for job_id in (*done, broken):
         me.wait_state(job_id, *ENDED)
     me.wait_state(held, "running")

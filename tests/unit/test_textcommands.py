@@ -380,6 +380,12 @@ def test_lagroups() -> None:
     assert "progress: 0.00%" in out and "progress: 100.00%" in out
     out, _ = go("lagroups", "tms", {commands.GroupSummary: {"groups": {}}})
     assert out == "no groups found"
+    # Jobs submitted without -g are in no group: not listed as a group named "".
+    out, _ = go("lagroups", "tms", {commands.GroupSummary: {"groups": {"": {"waiting": 1}}}})
+    assert out == "no groups found"
+    out, _ = go("lagroups", "tms", {commands.GroupSummary: {"groups": {"": {"waiting": 1},
+                                                                      "a": {"waiting": 2}}}})
+    assert out.startswith("group: a") and out.count("group:") == 1
 
 
 def test_hasgroupfinished() -> None:
