@@ -561,12 +561,14 @@ def _kill_user_processes(name: str) -> None:
         uid = pwd.getpwnam(name).pw_uid
     except KeyError:
         return
-    deadline = time.monotonic() + 20
-    while sh("pgrep", "-u", str(uid), check=False).returncode == 0:
+
+    def none_left() -> bool:
+        if sh("pgrep", "-u", str(uid), check=False).returncode != 0:
+            return True
         sh("pkill", "-KILL", "-u", str(uid), check=False)
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"processes of {name} survive SIGKILL")
-        time.sleep(0.1)
+        return False
+
+    wait_until(none_left, 20, f"the processes of {name} to die of SIGKILL")
 
 
 def remove_run(bridge: str, netns: list[str], users: list[str], base: Path) -> list[str]:

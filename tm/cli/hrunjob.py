@@ -93,9 +93,13 @@ def spec_from_options(options: dict[str, Any]) -> JobSpec:
     )
 
 
-def check_against_cluster(spec: JobSpec, hosts: list[dict]) -> None:
+def host_names(hosts: list[dict]) -> set[str]:
+    """Every name a host of ListHosts may be given by: full and short."""
+    return {h["name"] for h in hosts} | {h["short_name"] for h in hosts}
+
+
+def check_against_cluster(spec: JobSpec, names: set[str]) -> None:
     """Refuse what the dispatcher would refuse, before anything is sent."""
-    names = {h["name"] for h in hosts} | {h["short_name"] for h in hosts}
     for host in spec.excluded_hosts:
         if host not in names:
             raise CLIError(f"unknown host {host!r} in -E; see hConnect lscluster", status=2)
@@ -209,10 +213,10 @@ async def main_async(reactor: Any, argv: list[str]) -> int:
 async def submit_job_file(reactor: Any, args: argparse.Namespace) -> int:
     jobs = read_job_file(args)
     proto = await connect_tms(reactor, args.dispatcher, args.verbose)
-    hosts = (await proto.call(commands.ListHosts))["hosts"]
+    names = host_names((await proto.call(commands.ListHosts))["hosts"])
     for line_no, spec in jobs:
         try:
-            check_against_cluster(spec, hosts)
+            check_against_cluster(spec, names)
         except CLIError as e:
             raise CLIError(f"{args.jobsFile}:{line_no}: {e}; nothing was submitted",
                            status=2) from None

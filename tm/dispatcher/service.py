@@ -297,13 +297,14 @@ class Dispatcher(service.Service):
         so a job never runs twice.
         """
         now = self.reactor.seconds()
-        expected = set()
-        for job in self._jobs_on(user, host, JobState.RUNNING):
-            expected.add((job.id, job.attempt))
-            if (job.id, job.attempt) not in running and now - (job.state_since or now) > 5.0:
+        # One pass over the working set per heartbeat: the jobs placed on this executor.
+        placed = [j for j in self.jobs.values()
+                  if j.user == user and j.host == host and j.state.holds_slots]
+        expected = {(j.id, j.attempt) for j in placed}
+        for job in placed:
+            if (job.state is JobState.RUNNING and (job.id, job.attempt) not in running
+                    and now - (job.state_since or now) > 5.0):
                 self._lose(job, f"the executor on {host} no longer runs it")
-        for job in self._jobs_on(user, host, JobState.PENDING):
-            expected.add((job.id, job.attempt))
         for job_id, attempt in running - expected:
             self.log.warn("killing a stale copy of job {id} (attempt {a}) on {host}",
                           id=job_id, a=attempt, host=host)
@@ -350,7 +351,6 @@ class Dispatcher(service.Service):
             elif tms is None:
                 out.append(f"{host.name}: skipped, no TMS of {user} is connected")
             else:
-                self.starting[key] = now
                 ensureDeferred(self._start_executor(tms, user, host))
                 out.append(f"{host.name}: starting")
         return out
@@ -510,11 +510,14 @@ class Dispatcher(service.Service):
         if tms is None:
             self._transition(job, JobState.WAITING, "no TMS of the user is connected", clear_host=True)
             return
-        host = self.hosts[host_name]
-        self.starting[key] = self.reactor.seconds()
-        ensureDeferred(self._start_executor(tms, job.user, host))
+        ensureDeferred(self._start_executor(tms, job.user, self.hosts[host_name]))
 
     async def _start_executor(self, tms: Any, user: str, host: Host) -> None:
+        """Ask the user's TMS to start an executor on ``host``; fail it if none connects in time.
+
+        ``starting`` marks the start (set before the first await, so at once) and its time is
+        the start's token: the timer of an earlier start cannot fail a later one."""
+        started = self.starting[(user, host.name)] = self.reactor.seconds()
         try:
             await tms.proto.call(
                 commands.StartExecutor,
@@ -526,12 +529,11 @@ class Dispatcher(service.Service):
             self.executor_start_failed(user, host.name, f"the TMS did not answer: {e}")
             return
         self.reactor.callLater(EXECUTOR_START_TIMEOUT, self._check_started, user, host.name,
-                               self.starting.get((user, host.name)))
+                               started)
 
-    def _check_started(self, user: str, host: str, started: float | None) -> None:
+    def _check_started(self, user: str, host: str, started: float) -> None:
         # Only the start this timer belongs to: a later start has its own timer.
-        if (started is not None and self.starting.get((user, host)) == started
-                and (user, host) not in self.executors):
+        if self.starting.get((user, host)) == started and (user, host) not in self.executors:
             self.executor_start_failed(user, host, "no executor connected within "
                                        f"{EXECUTOR_START_TIMEOUT:.0f} s")
 
