@@ -250,6 +250,28 @@ def test_reports_in_flight_are_bounded(setup: Setup) -> None:
     assert len(setup.executor.unreported) == 39
 
 
+def test_a_huge_start_failure_reason_still_reaches_the_dispatcher(setup: Setup) -> None:
+    # The name fits in the order; the reason naming it would not fit in the answer.
+    results = setup.run_job(stdout="a" * 65_500)
+    setup.flush()
+    assert "File name too long" in job_start_failed(results)
+    assert setup.linked
+
+
+def test_the_heartbeat_answer_cannot_make_a_busy_loop(setup: Setup) -> None:
+    executor = setup.executor
+    executor.heartbeat.start(5.0, now=False)
+    try:
+        executor._heartbeat_answered({"time": 0.0, "lease": 1e-9, "interval": 1e-9})
+        assert executor.heartbeat.interval == executor_service.MIN_HEARTBEAT_INTERVAL
+        assert executor.lease == executor_service.MIN_LEASE
+        executor._heartbeat_answered({"time": 0.0, "lease": 30.0, "interval": 1e9})
+        assert executor.heartbeat.interval == executor_service.MAX_HEARTBEAT_INTERVAL
+        assert executor.lease == 30.0
+    finally:
+        executor.heartbeat.stop()
+
+
 def test_a_new_link_sends_every_waiting_report_at_once(setup: Setup) -> None:
     setup.executor.job_ended(end())
     setup.link.calls[0][2].errback(ConnectionError("link lost"))

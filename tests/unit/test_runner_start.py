@@ -15,6 +15,7 @@ from twisted.python.failure import Failure
 from tests.unit.executor_fakes import FakeSpawner, ManualPool
 from tm.executor.runner import (
     KILLED_BEFORE_START,
+    MAX_REASON,
     JobEnd,
     JobRunner,
     JobStartError,
@@ -232,3 +233,14 @@ def test_an_error_while_assembling_the_log_file_does_not_lose_the_end(tmp_path: 
     pool.run()
     assert [e.exit_code for e in ended] == [0]
     assert runner.running() == []
+
+
+def test_a_reason_with_a_huge_path_stays_small_enough_for_one_amp_value(
+        tmp_path: Path) -> None:
+    runner, spawner, _ = make_runner(tmp_path)
+    d = runner.start(request(tmp_path, stdout="a" * 100_000), lambda end: None)
+    reason = start_error(d)
+    assert reason.startswith(f"cannot write stdout file {tmp_path}/aaaa")
+    assert reason.endswith("aaa: File name too long")
+    assert len(reason) <= MAX_REASON
+    assert spawner.spawns == []

@@ -57,10 +57,17 @@ def run_inline(f: Callable[..., T], *args: Any) -> defer.Deferred[T]:
     return defer.maybeDeferred(f, *args)
 
 
+#: A start failure's reason travels in one AMP value (64 KiB at most) and into the job's
+#: history: a path of any length in it is shortened in the middle.
+MAX_REASON = 1000
+
+
 class JobStartError(Exception):
     """The job could not be started; ``reason`` says why in words a user understands."""
 
     def __init__(self, reason: str) -> None:
+        if len(reason) > MAX_REASON:
+            reason = reason[:MAX_REASON * 2 // 3] + " ... " + reason[-(MAX_REASON // 3 - 5):]
         super().__init__(reason)
         self.reason = reason
 

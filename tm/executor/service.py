@@ -44,6 +44,9 @@ from tm.link import DispatcherInfo
 from tm.protocol import commands
 
 HEARTBEAT_INTERVAL = 5.0
+MIN_HEARTBEAT_INTERVAL = 0.25
+MAX_HEARTBEAT_INTERVAL = 60.0
+MIN_LEASE = 1.0
 #: Threads for file-system work that may block (NFS): a few, so one stuck file system does not
 #: hold every start, and bounded, so a burst of starts does not make hundreds of threads.
 FS_THREADS = 4
@@ -365,10 +368,15 @@ class Executor(service.Service):
 
     def _heartbeat_answered(self, answer: dict) -> None:
         self.heard_from_dispatcher()
+        # Bounded whatever the dispatcher says: a tiny interval would make the heartbeat a busy
+        # loop, a tiny lease would stop every job at once.
         if answer.get("lease"):
-            self.lease = answer["lease"]
-        interval = answer.get("interval")
-        if interval and abs(interval - self.heartbeat.interval) > 1e-6 and self.heartbeat.running:
+            self.lease = max(MIN_LEASE, float(answer["lease"]))
+        if not answer.get("interval") or not self.heartbeat.running:
+            return
+        interval = min(MAX_HEARTBEAT_INTERVAL,
+                       max(MIN_HEARTBEAT_INTERVAL, float(answer["interval"])))
+        if abs(interval - (self.heartbeat.interval or 0.0)) > 1e-6:
             self.heartbeat.stop()
             self.heartbeat.start(interval, now=False)
 
