@@ -137,6 +137,27 @@ def test_an_unexpected_error_is_logged_once_and_answered_as_a_start_failure(
     assert failures[0]["job_id"] == 41
 
 
+def test_an_unexpected_error_on_a_signal_is_declared_and_the_link_stays(
+        setup: Setup, logged: list[dict], monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(job_id: int, attempt: int) -> bool:
+        raise OSError("bug")
+
+    monkeypatch.setattr(setup.executor.runner, "kill", broken)
+    results: list[Any] = []
+    setup.dispatcher.callRemote(commands.SignalJob, job_id=9, attempt=1,
+                                action="kill").addBoth(results.append)
+    setup.pump.flush()
+    assert results[0].check(commands.InvalidRequest)
+    assert setup.linked
+    assert [e["job_id"] for e in logged if e.get("log_failure") is not None] == [9]
+    unknown: list[Any] = []
+    setup.dispatcher.callRemote(commands.SignalJob, job_id=10, attempt=1,
+                                action="kill").addBoth(unknown.append)
+    monkeypatch.undo()
+    setup.pump.flush()
+    assert unknown == [{"found": False}]
+
+
 def test_a_start_order_repeated_while_the_first_opens_files_waits_for_it(
         setup: Setup) -> None:
     first = setup.run_job()

@@ -18,7 +18,9 @@ repeated while the first one is still opening the job's files waits for that one
 whose report fails is sent again with a growing delay, a bounded number at a time.
 
 File-system work that may block (opening a job's output files, assembling its ``-l`` log
-file) runs in a small thread pool of the executor's own, never on the reactor thread.
+file) runs in a small thread pool of the executor's own, never on the reactor thread. A job
+counts as running (in heartbeats, for the lease and the idle exit) from its start order until
+its end is in hand: while its files are opened, and while its log file is written.
 """
 
 from __future__ import annotations
@@ -92,7 +94,15 @@ class ExecutorLocator(amp.CommandLocator):
         actions = {"kill": runner.kill, "stop": runner.suspend, "cont": runner.resume}
         if action not in actions:
             raise commands.InvalidRequest(f"unknown action {action!r}")
-        return {"found": actions[action](job_id, attempt)}
+        try:
+            return {"found": actions[action](job_id, attempt)}
+        except Exception:
+            # Declared, so that the link stays: an undeclared error would make AMP drop it.
+            self.executor.log.failure("job {job_id}.{attempt}: unexpected error on {action}",
+                                      job_id=job_id, attempt=attempt, action=action)
+            raise commands.InvalidRequest(
+                f"the executor could not {action} job {job_id} (an internal error, logged on "
+                "its host)") from None
 
     @commands.Shutdown.responder
     def shutdown(self) -> dict:
@@ -203,16 +213,16 @@ class Executor(service.Service):
             waiting.append(d)
             return await d
         self._starting[key] = []
-        outcome: dict | Failure
         try:
-            outcome = await self._start(job_id, attempt, fields)
-        except commands.JobStartFailed:
-            outcome = Failure()
+            answer = await self._start(job_id, attempt, fields)
+        except BaseException:
+            failure = Failure()
+            for d in self._starting.pop(key, []):
+                d.errback(failure)
+            raise
         for d in self._starting.pop(key, []):
-            d.callback(outcome)
-        if isinstance(outcome, Failure):
-            outcome.raiseException()
-        return outcome
+            d.callback(answer)
+        return answer
 
     async def _start(self, job_id: int, attempt: int, fields: dict[str, Any]) -> dict:
         key = (job_id, attempt)
