@@ -35,9 +35,9 @@ def request(tmp_path: Path, command: str, **kw: object) -> RunRequest:
     return RunRequest(**fields)  # type: ignore[arg-type]
 
 
-def start(runner: JobRunner, req: RunRequest) -> tuple[int, defer.Deferred[JobEnd]]:
+async def start(runner: JobRunner, req: RunRequest) -> tuple[int, defer.Deferred[JobEnd]]:
     ended: defer.Deferred[JobEnd] = defer.Deferred()
-    pid = runner.start(req, ended.callback)
+    pid = await runner.start(req, ended.callback)
     ended.addTimeout(DEADLINE, reactor)
     return pid, ended
 
@@ -125,7 +125,7 @@ async def wait_for_pids(tmp_path: Path, *names: str) -> dict[str, int]:
 @pytest_twisted.ensureDeferred
 async def test_runs_in_cwd_and_exits_zero(tmp_path: Path) -> None:
     runner = make_runner(tmp_path)
-    pid, ended = start(runner, request(tmp_path, "echo hello > out.txt"))
+    pid, ended = await start(runner, request(tmp_path, "echo hello > out.txt"))
     assert pid > 0
     assert runner.running() == [(7, 1)]
     end = await ended
@@ -138,7 +138,7 @@ async def test_runs_in_cwd_and_exits_zero(tmp_path: Path) -> None:
 @pytest_twisted.ensureDeferred
 async def test_stdout_and_stderr_files_relative_to_cwd(tmp_path: Path) -> None:
     runner = make_runner(tmp_path)
-    _, ended = start(runner, request(
+    _, ended = await start(runner, request(
         tmp_path, "echo to-out; echo to-err >&2; printf partial",
         stdout="o.txt", stderr="sub/../e.txt",
     ))
@@ -150,7 +150,7 @@ async def test_stdout_and_stderr_files_relative_to_cwd(tmp_path: Path) -> None:
 @pytest_twisted.ensureDeferred
 async def test_default_output_goes_to_log_dir(tmp_path: Path) -> None:
     runner = make_runner(tmp_path)
-    _, ended = start(runner, request(tmp_path, "echo out; echo err >&2", job_id=42))
+    _, ended = await start(runner, request(tmp_path, "echo out; echo err >&2", job_id=42))
     await ended
     logs = tmp_path / "logs"
     assert stat.S_IMODE(logs.stat().st_mode) == 0o700
@@ -161,7 +161,7 @@ async def test_default_output_goes_to_log_dir(tmp_path: Path) -> None:
 @pytest_twisted.ensureDeferred
 async def test_failing_command_exit_code(tmp_path: Path) -> None:
     runner = make_runner(tmp_path)
-    _, ended = start(runner, request(tmp_path, "exit 3"))
+    _, ended = await start(runner, request(tmp_path, "exit 3"))
     end = await ended
     assert end.exit_code == 3
     assert not end.killed
@@ -172,7 +172,7 @@ async def test_failing_command_exit_code(tmp_path: Path) -> None:
 async def test_job_sees_its_environment(tmp_path: Path) -> None:
     runner = make_runner(tmp_path)
     env = base_env() | {"MY_VAR": "mine"}
-    _, ended = start(runner, request(
+    _, ended = await start(runner, request(
         tmp_path, 'echo "$TM_JOB_ID $TM_ATTEMPT $MY_VAR"', job_id=99, attempt=4,
         env=env, stdout="env.txt",
     ))
@@ -183,7 +183,7 @@ async def test_job_sees_its_environment(tmp_path: Path) -> None:
 @pytest_twisted.ensureDeferred
 async def test_umask_applies_to_job_and_output_files(tmp_path: Path) -> None:
     runner = make_runner(tmp_path)
-    _, ended = start(runner, request(
+    _, ended = await start(runner, request(
         tmp_path, "umask; touch made.txt", umask=0o027, stdout="u.txt",
     ))
     await ended
@@ -192,27 +192,29 @@ async def test_umask_applies_to_job_and_output_files(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "u.txt").stat().st_mode) == 0o640
 
 
-def test_unwritable_output_raises_before_spawn(tmp_path: Path) -> None:
+@pytest_twisted.ensureDeferred
+async def test_unwritable_output_raises_before_spawn(tmp_path: Path) -> None:
     if os.geteuid() == 0:
         pytest.skip("root can write anywhere")
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
     runner = make_runner(tmp_path)
     with pytest.raises(JobStartError) as info:
-        runner.start(request(tmp_path, "echo no > ran.txt", stdout="locked/out.txt"),
-                     lambda end: None)
+        await runner.start(request(tmp_path, "echo no > ran.txt", stdout="locked/out.txt"),
+                           lambda end: None)
     assert str(locked / "out.txt") in info.value.reason
     assert "stdout" in info.value.reason
     assert not (tmp_path / "ran.txt").exists()
     assert runner.running() == []
 
 
-def test_output_path_under_a_file_raises(tmp_path: Path) -> None:
+@pytest_twisted.ensureDeferred
+async def test_output_path_under_a_file_raises(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("")
     runner = make_runner(tmp_path)
     with pytest.raises(JobStartError) as info:
-        runner.start(request(tmp_path, "echo no > ran.txt", stderr="afile/e.txt"),
-                     lambda e: None)
+        await runner.start(request(tmp_path, "echo no > ran.txt", stderr="afile/e.txt"),
+                           lambda e: None)
     assert info.value.reason == (
         f"cannot write stderr file {tmp_path / 'afile' / 'e.txt'}: Not a directory"
     )
@@ -220,11 +222,12 @@ def test_output_path_under_a_file_raises(tmp_path: Path) -> None:
     assert runner.running() == []
 
 
-def test_missing_cwd_raises(tmp_path: Path) -> None:
+@pytest_twisted.ensureDeferred
+async def test_missing_cwd_raises(tmp_path: Path) -> None:
     runner = make_runner(tmp_path)
     missing = tmp_path / "nope"
     with pytest.raises(JobStartError) as info:
-        runner.start(request(tmp_path, "true", cwd=str(missing)), lambda end: None)
+        await runner.start(request(tmp_path, "true", cwd=str(missing)), lambda end: None)
     assert str(missing) in info.value.reason
     assert "does not exist" in info.value.reason
 
@@ -233,7 +236,7 @@ def test_missing_cwd_raises(tmp_path: Path) -> None:
 async def test_kill_leaves_no_process_of_the_group(tmp_path: Path) -> None:
     runner = make_runner(tmp_path)
     pids_file = tmp_path / "pids"
-    pid, ended = start(runner, request(
+    pid, ended = await start(runner, request(
         tmp_path,
         "sleep 100 & echo $! >> pids; sleep 100 & echo $! >> pids; echo $$ >> pids; wait",
     ))
@@ -266,7 +269,7 @@ ESCAPE_FILES = ("s1", "s2", "s2kid", "df", "plain")
 
 async def start_escapes(tmp_path: Path, runner: JobRunner, tail: str
                         ) -> tuple[int, defer.Deferred[JobEnd], dict[str, int]]:
-    pid, ended = start(runner, request(tmp_path, ESCAPES + "echo $$ > shell; " + tail))
+    pid, ended = await start(runner, request(tmp_path, ESCAPES + "echo $$ > shell; " + tail))
     pids = await wait_for_pids(tmp_path, *ESCAPE_FILES, "shell")
     assert all(alive(p) for p in pids.values()), pids
     # They did leave: killpg on the job's group, or anything keyed on its session, misses them.
@@ -308,7 +311,7 @@ async def test_background_processes_end_with_the_job(tmp_path: Path) -> None:
 async def test_kill_of_a_forking_loop_is_complete(tmp_path: Path) -> None:
     runner = make_runner(tmp_path)
     pids_file = tmp_path / "pids"
-    pid, ended = start(runner, request(
+    pid, ended = await start(runner, request(
         tmp_path,
         "while :; do sleep 1000 & echo $! >> pids; setsid sleep 1000 & echo $! >> pids; done",
     ))
@@ -329,7 +332,7 @@ async def test_kill_of_a_forking_loop_is_complete(tmp_path: Path) -> None:
 async def test_shepherd_escalates_to_sigkill_after_its_grace(tmp_path: Path) -> None:
     clock = task.Clock()
     runner = JobRunner(reactor, clock, log_dir=str(tmp_path / "logs"), kill_grace=0.5)
-    _, ended = start(runner, request(
+    _, ended = await start(runner, request(
         tmp_path,
         "setsid sh -c \"trap '' TERM; echo \\$\\$ > gc; while :; do sleep 0.05; done\" & "
         "trap '' TERM; echo $$ > shell; while :; do sleep 0.05; done",
@@ -372,7 +375,7 @@ async def test_runner_last_resort_when_the_shepherd_is_stuck(tmp_path: Path) -> 
 async def test_kill_timer_cancelled_when_job_ends(tmp_path: Path) -> None:
     clock = task.Clock()
     runner = JobRunner(reactor, clock, log_dir=str(tmp_path / "logs"), kill_grace=5)
-    _, ended = start(runner, request(tmp_path, "sleep 100"))
+    _, ended = await start(runner, request(tmp_path, "sleep 100"))
     assert runner.kill(7, 1)
     end = await ended
     assert end.killed and end.reason == "killed on request"
@@ -387,7 +390,7 @@ def test_last_resort_must_outlast_the_shepherd(tmp_path: Path) -> None:
 @pytest_twisted.ensureDeferred
 async def test_suspend_and_resume(tmp_path: Path) -> None:
     runner = make_runner(tmp_path)
-    pid, ended = start(runner, request(
+    pid, ended = await start(runner, request(
         tmp_path,
         "setsid sh -c 'echo $$ > gc; exec sleep 100' & echo $$ > shell; wait",
     ))
@@ -411,7 +414,7 @@ async def test_suspend_and_resume(tmp_path: Path) -> None:
 @pytest_twisted.ensureDeferred
 async def test_suspend_right_after_start_does_not_kill_the_job(tmp_path: Path) -> None:
     runner = make_runner(tmp_path)
-    pid, ended = start(runner, request(tmp_path, "echo $$ > shell; exec sleep 100"))
+    pid, ended = await start(runner, request(tmp_path, "echo $$ > shell; exec sleep 100"))
     # The shepherd is still starting: USR1 would be fatal to it now.
     assert not shepherd_ready(pid)
     assert runner.suspend(7, 1) is True
@@ -431,7 +434,7 @@ async def test_suspend_right_after_start_does_not_kill_the_job(tmp_path: Path) -
 @pytest_twisted.ensureDeferred
 async def test_signal_death_of_the_shell_is_reported_unchanged(tmp_path: Path, sig: int) -> None:
     runner = make_runner(tmp_path)
-    _, ended = start(runner, request(tmp_path, f"sleep 0.1; kill -{int(sig)} $$; sleep 100"))
+    _, ended = await start(runner, request(tmp_path, f"sleep 0.1; kill -{int(sig)} $$; sleep 100"))
     end = await ended
     assert end.signal == sig and end.exit_code is None
     assert not end.killed
@@ -442,7 +445,7 @@ async def test_signal_death_of_the_shell_is_reported_unchanged(tmp_path: Path, s
 @pytest_twisted.ensureDeferred
 async def test_exit_code_of_the_shell_is_reported_unchanged(tmp_path: Path, code: int) -> None:
     runner = make_runner(tmp_path)
-    _, ended = start(runner, request(tmp_path, f"exit {code}"))
+    _, ended = await start(runner, request(tmp_path, f"exit {code}"))
     end = await ended
     assert end.exit_code == code and end.signal is None and not end.killed
 
@@ -450,7 +453,7 @@ async def test_exit_code_of_the_shell_is_reported_unchanged(tmp_path: Path, code
 @pytest_twisted.ensureDeferred
 async def test_missing_shell_is_exit_127_with_a_message(tmp_path: Path) -> None:
     runner = make_runner(tmp_path)
-    _, ended = start(runner, request(tmp_path, "true", shell=str(tmp_path / "no-shell"),
+    _, ended = await start(runner, request(tmp_path, "true", shell=str(tmp_path / "no-shell"),
                                      stderr="e.txt"))
     end = await ended
     assert end.exit_code == 127
@@ -462,7 +465,7 @@ async def test_job_sees_default_sigpipe(tmp_path: Path) -> None:
     runner = make_runner(tmp_path)
     # yes must die of SIGPIPE quietly, not report write errors: Python's ignored SIGPIPE and
     # the shepherd's blocked control signals must not leak into the job.
-    _, ended = start(runner, request(
+    _, ended = await start(runner, request(
         tmp_path, "yes | head -1; grep -E '^Sig(Blk|Ign)' /proc/self/status",
         stdout="o.txt", stderr="e.txt",
     ))
@@ -480,8 +483,8 @@ async def test_job_sees_default_sigpipe(tmp_path: Path) -> None:
 @pytest_twisted.ensureDeferred
 async def test_kill_all(tmp_path: Path) -> None:
     runner = make_runner(tmp_path)
-    p1, e1 = start(runner, request(tmp_path, "sleep 100", job_id=1))
-    _, e2 = start(runner, request(tmp_path, "sleep 100", job_id=2))
+    p1, e1 = await start(runner, request(tmp_path, "sleep 100", job_id=1))
+    _, e2 = await start(runner, request(tmp_path, "sleep 100", job_id=2))
     assert sorted(runner.running()) == [(1, 1), (2, 1)]
     await wait_for(lambda: shepherd_ready(p1), "the shepherd to take signals")
     assert runner.suspend(1, 1)  # a suspended job is killed all the same
@@ -495,7 +498,7 @@ async def test_kill_all(tmp_path: Path) -> None:
 @pytest_twisted.ensureDeferred
 async def test_logfile_has_sections(tmp_path: Path) -> None:
     runner = make_runner(tmp_path)
-    _, ended = start(runner, request(
+    _, ended = await start(runner, request(
         tmp_path, "echo result; echo warning >&2", stdout="o", stderr="e", logfile="job.log",
     ))
     await ended

@@ -11,6 +11,12 @@ As a last resort, ``last_resort_grace`` after a kill (longer than the shepherd's
 injected clock, the runner kills what it can find itself: the descendants of the shepherd in
 ``/proc``, its process group, then the shepherd. Output goes straight from the job to files
 through ``childFDs``: the daemon never sits in the data path.
+
+File-system work that may block (a slow or NFS file system) never runs on the reactor thread:
+checking the working directory and opening the output files at a start, and assembling the
+``-l`` log file at an end, go through ``blocking`` (the executor passes its own small thread
+pool). A start is therefore asynchronous: :meth:`JobRunner.start` returns a Deferred. Every start
+that cannot succeed fails it with :class:`JobStartError`, whose reason a user understands.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from twisted.internet import defer, error, protocol
 from twisted.internet.base import DelayedCall
@@ -39,12 +45,29 @@ LAST_RESORT_MARGIN = 5.0
 LAST_RESORT_ROUNDS = 5
 DEFAULT_LOG_DIR = os.path.join(os.path.expanduser("~"), ".taskmanager", "logs")
 LOGFILE_SECTION_CAP = 10 * 1024 * 1024
+KILLED_BEFORE_START = "killed before it started"
+
+T = TypeVar("T")
+#: Runs ``f(*args)`` where it may block and returns a Deferred of its result.
+Blocking = Callable[..., "defer.Deferred[Any]"]
+
+
+def run_inline(f: Callable[..., T], *args: Any) -> defer.Deferred[T]:
+    """A ``blocking`` that runs the work at once, on the caller's thread (tests, simple tools)."""
+    return defer.maybeDeferred(f, *args)
+
+
+#: A start failure's reason travels in one AMP value (64 KiB at most) and into the job's
+#: history: a path of any length in it is shortened in the middle.
+MAX_REASON = 1000
 
 
 class JobStartError(Exception):
     """The job could not be started; ``reason`` says why in words a user understands."""
 
     def __init__(self, reason: str) -> None:
+        if len(reason) > MAX_REASON:
+            reason = reason[:MAX_REASON * 2 // 3] + " ... " + reason[-(MAX_REASON // 3 - 5):]
         super().__init__(reason)
         self.reason = reason
 
@@ -77,14 +100,42 @@ class JobEnd:
 
 
 @dataclass
-class _RunningJob:
-    request: RunRequest
-    on_end: Callable[[JobEnd], None]
+class _Outputs:
+    """The files of a job, opened (off the reactor) before it is spawned."""
+
     stdout_path: str
     stderr_path: str
-    started_at: float
+    null_fd: int
+    out_fd: int
+    err_fd: int
+    fds: list[int]  # every descriptor above, each once: closed once the job is spawned
+
+    def close(self) -> None:
+        for fd in self.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds = []
+
+
+@dataclass
+class _RunningJob:
+    """A job from its start order until its end has been handed over.
+
+    Its phases: opening its files (``spawned`` false), running (``spawned``), ended (``ended``,
+    its log file perhaps still being assembled). It stays in the runner's table, and in
+    :meth:`JobRunner.running`, until its end is handed to ``on_end``.
+    """
+
+    request: RunRequest
+    on_end: Callable[[JobEnd], None]
+    stdout_path: str = ""
+    stderr_path: str = ""
+    started_at: float = 0.0
     pid: int = 0
     transport: IProcessTransport | None = None
+    spawned: bool = False
     killed: bool = False
     # Stopped by the runner itself because it could not yet take SIGUSR1 (see suspend).
     shepherd_stopped: bool = False
@@ -97,6 +148,12 @@ class _JobProtocol(protocol.ProcessProtocol):
     def __init__(self, runner: JobRunner, job: _RunningJob) -> None:
         self._runner = runner
         self._job = job
+
+    def makeConnection(self, transport: Any) -> None:  # noqa: N802 - Twisted's API
+        # Before the process is registered for reaping, which may report its exit at once
+        # (inside spawnProcess): the pid must be known by then.
+        self._job.pid = transport.pid
+        super().makeConnection(transport)
 
     def processExited(self, reason: Failure) -> None:
         # processEnded would also wait for every inherited pipe to close; the job is over now.
@@ -113,11 +170,16 @@ class JobRunner:
         log_dir: str = DEFAULT_LOG_DIR,
         kill_grace: float = 10.0,
         last_resort_grace: float | None = None,
+        blocking: Blocking = run_inline,
     ) -> None:
         """``kill_grace``: seconds the shepherd gives a killed job between TERM and KILL.
 
         ``last_resort_grace``: seconds on ``clock`` after which the runner kills a job whose
         shepherd has not ended it; by default ``kill_grace + LAST_RESORT_MARGIN``.
+
+        ``blocking(f, *args)``: runs file-system work that may block (opening output files,
+        assembling log files) and returns a Deferred of its result; the executor gives a
+        bounded thread pool of its own. By default the work runs at once on the caller's thread.
         """
         if last_resort_grace is None:
             last_resort_grace = kill_grace + LAST_RESORT_MARGIN
@@ -128,51 +190,66 @@ class JobRunner:
         self._log_dir = log_dir
         self._kill_grace = kill_grace
         self._last_resort_grace = last_resort_grace
+        self._blocking = blocking
         self._jobs: dict[tuple[int, int], _RunningJob] = {}
 
     # -- starting ---------------------------------------------------------------------------
 
-    def start(self, request: RunRequest, on_end: Callable[[JobEnd], None]) -> int:
+    def start(self, request: RunRequest, on_end: Callable[[JobEnd], None]) -> defer.Deferred[int]:
+        """Start a job; the Deferred fires with its shepherd's pid once it runs.
+
+        It fails with :class:`JobStartError` if the job cannot start. It fires with 0 if the job
+        was killed while its files were being opened: it never ran, and its end (``killed``) has
+        been given to ``on_end``. Otherwise ``on_end`` gets the end once the job has ended (and
+        its log file, if any, has been written).
+        """
         key = (request.job_id, request.attempt)
         if key in self._jobs:
-            raise JobStartError(f"job {request.job_id} attempt {request.attempt} is already running")
-        cwd = request.cwd
-        if not os.path.exists(cwd):
-            raise JobStartError(f"working directory {cwd} does not exist")
-        if not os.path.isdir(cwd):
-            raise JobStartError(f"working directory {cwd} is not a directory")
-        stdout_path = self._outputPath(request, request.stdout, "out")
-        stderr_path = self._outputPath(request, request.stderr, "err")
-        mode = 0o666 & ~request.umask
-        opened: list[int] = []
+            return defer.fail(JobStartError(
+                f"job {request.job_id} attempt {request.attempt} is already running"))
         try:
-            out_fd = self._openOutput(stdout_path, mode, "stdout")
-            opened.append(out_fd)
-            if stderr_path == stdout_path:
-                err_fd = out_fd
-            else:
-                err_fd = self._openOutput(stderr_path, mode, "stderr")
-                opened.append(err_fd)
-            if request.logfile is not None:
-                logfile = self._resolve(request, request.logfile)
-                # Checked now so that an unwritable log file fails the start, not the end.
-                opened.append(self._openOutput(logfile, mode, "log"))
-            null_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-            opened.append(null_fd)
+            check_request(request)
+        except JobStartError as e:
+            return defer.fail(e)
+        job = _RunningJob(request=request, on_end=on_end)
+        self._jobs[key] = job
+        d = self._blocking(open_outputs, request, self._log_dir)
+        d.addErrback(self._openFailed, job)
+        d.addCallback(self._spawn, job)
+        return d
 
+    def _openFailed(self, failure: Failure, job: _RunningJob) -> Failure:
+        self._forget(job)
+        if failure.check(JobStartError):
+            return failure
+        self.log.failure("job {job_id}.{attempt}: unexpected error while opening its files",
+                         failure, job_id=job.request.job_id, attempt=job.request.attempt)
+        return Failure(JobStartError(
+            f"cannot prepare the job's files: unexpected error ({failure.getErrorMessage()})"))
+
+    def _spawn(self, outputs: _Outputs, job: _RunningJob) -> int:
+        request = job.request
+        try:
+            if job.killed:
+                # Killed while its files were being opened: it never runs.
+                now = self._clock.seconds()
+                self.log.info("job {job_id}.{attempt} killed before it started",
+                              job_id=request.job_id, attempt=request.attempt)
+                job.ended = True
+                self._deliver(job, JobEnd(
+                    job_id=request.job_id, attempt=request.attempt, exit_code=None,
+                    signal=None, killed=True, started_at=now, ended_at=now,
+                    reason=KILLED_BEFORE_START))
+                return 0
+            job.stdout_path = outputs.stdout_path
+            job.stderr_path = outputs.stderr_path
+            job.started_at = self._clock.seconds()
             env = dict(request.env)
             env["TM_JOB_ID"] = str(request.job_id)
             env["TM_ATTEMPT"] = str(request.attempt)
-            job = _RunningJob(
-                request=request,
-                on_end=on_end,
-                stdout_path=stdout_path,
-                stderr_path=stderr_path,
-                started_at=self._clock.seconds(),
-            )
             args = [
                 sys.executable, "-I", "-S", SHIM_PATH, repr(float(self._kill_grace)),
-                format(request.umask, "o"), cwd, request.shell, request.command,
+                format(request.umask, "o"), request.cwd, request.shell, request.command,
             ]
             try:
                 transport = self._reactor.spawnProcess(
@@ -180,52 +257,57 @@ class JobRunner:
                     sys.executable,
                     args,
                     env=env,
-                    childFDs={0: null_fd, 1: out_fd, 2: err_fd},
+                    childFDs={0: outputs.null_fd, 1: outputs.out_fd, 2: outputs.err_fd},
                 )
             except OSError as e:
-                raise JobStartError(f"cannot start job: {e.strerror or e}") from e
+                raise JobStartError(f"cannot start the job: {e.strerror or e}") from e
+            except (ValueError, TypeError) as e:
+                # check_request catches what we know of; this is what it did not foresee.
+                raise JobStartError(f"cannot start the job: {e}") from e
+            except Exception as e:
+                self.log.failure("job {job_id}.{attempt}: unexpected error from spawnProcess",
+                                 job_id=request.job_id, attempt=request.attempt)
+                raise JobStartError(f"cannot start the job: unexpected error ({e})") from e
+        except BaseException:
+            self._forget(job)
+            raise
         finally:
-            for fd in opened:
-                os.close(fd)
+            outputs.close()
+        job.spawned = True
         job.transport = transport
         job.pid = transport.pid
-        if not job.ended:
-            self._jobs[key] = job
         self.log.info(
             "job {job_id}.{attempt} started, pid {pid}",
             job_id=request.job_id, attempt=request.attempt, pid=job.pid,
         )
         return job.pid
 
-    def _resolve(self, request: RunRequest, path: str) -> str:
-        return os.path.normpath(os.path.join(request.cwd, os.path.expanduser(path)))
-
-    def _outputPath(self, request: RunRequest, given: str | None, suffix: str) -> str:
-        if given:
-            return self._resolve(request, given)
-        try:
-            os.makedirs(self._log_dir, mode=0o700, exist_ok=True)
-        except OSError as e:
-            raise JobStartError(f"cannot create log directory {self._log_dir}: {e.strerror}") from e
-        return os.path.join(self._log_dir, f"{request.job_id}.{suffix}")
-
-    def _openOutput(self, path: str, mode: int, what: str) -> int:
-        try:
-            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-        except OSError as e:
-            raise JobStartError(f"cannot write {what} file {path}: {e.strerror}") from e
+    def _forget(self, job: _RunningJob) -> None:
+        """Drop a job that will not run, or whose end has been handed over; wake its waiters."""
+        key = (job.request.job_id, job.request.attempt)
+        if self._jobs.get(key) is job:
+            del self._jobs[key]
+        if job.kill_timer is not None and job.kill_timer.active():
+            job.kill_timer.cancel()
+        job.kill_timer = None
+        waiters, job.waiters = job.waiters, []
+        for d in waiters:
+            d.callback(None)
 
     # -- ending -----------------------------------------------------------------------------
 
     def _jobExited(self, job: _RunningJob, reason: Failure) -> None:
         job.ended = True
         request = job.request
-        self._jobs.pop((request.job_id, request.attempt), None)
         exit_code: int | None = getattr(reason.value, "exitCode", None)
         sig: int | None = getattr(reason.value, "signal", None)
         # The shepherd has killed everything below it, unless it was itself killed outright;
         # then whatever stayed in its process group gets no further grace.
-        self._killGroup(job.pid)
+        try:
+            self._killGroup(job.pid)
+        except OSError:
+            self.log.failure("job {job_id}.{attempt}: cannot kill what is left of its group",
+                             job_id=request.job_id, attempt=request.attempt)
         if job.kill_timer is not None and job.kill_timer.active():
             job.kill_timer.cancel()
         job.kill_timer = None
@@ -251,63 +333,40 @@ class JobRunner:
             "job {job_id}.{attempt} ended: {reason}",
             job_id=request.job_id, attempt=request.attempt, reason=text,
         )
-        if request.logfile is not None:
-            try:
-                self._writeLogfile(job, end)
-            except OSError:
-                self.log.failure("cannot write log file for job {job_id}", job_id=request.job_id)
+        if request.logfile is None:
+            self._deliver(job, end)
+            return
+        # The end is handed over only once the log file is written (or failed to be): the job's
+        # end is then complete, and stays listed as running meanwhile.
+        d = self._blocking(write_logfile, request, job.stdout_path, job.stderr_path, end)
+        d.addErrback(self._logfileFailed, request)
+        d.addCallback(lambda _: self._deliver(job, end))
+
+    def _logfileFailed(self, failure: Failure, request: RunRequest) -> None:
+        if failure.check(OSError):
+            self.log.warn("cannot write the log file of job {job_id}.{attempt}: {error}",
+                          job_id=request.job_id, attempt=request.attempt,
+                          error=failure.getErrorMessage())
+        else:
+            self.log.failure("cannot write the log file of job {job_id}.{attempt}", failure,
+                             job_id=request.job_id, attempt=request.attempt)
+
+    def _deliver(self, job: _RunningJob, end: JobEnd) -> None:
+        # Out of the table first: whoever gets the end sees the job no longer running.
+        key = (job.request.job_id, job.request.attempt)
+        if self._jobs.get(key) is job:
+            del self._jobs[key]
         try:
             job.on_end(end)
         except Exception:
-            self.log.failure("on_end of job {job_id} failed", job_id=request.job_id)
-        waiters, job.waiters = job.waiters, []
-        for d in waiters:
-            d.callback(None)
-
-    def _writeLogfile(self, job: _RunningJob, end: JobEnd) -> None:
-        request = job.request
-        path = self._resolve(request, request.logfile or "")
-
-        def stamp(t: float) -> str:
-            return datetime.datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
-
-        parts = [
-            "BEGIN command\n", request.command, "\nEND command\n",
-            "BEGIN info\n",
-            f"host: {socket.gethostname()}\n",
-            f"job: {request.job_id}\n",
-            f"attempt: {request.attempt}\n",
-            f"start time: {stamp(end.started_at)}\n",
-            f"end time: {stamp(end.ended_at)}\n",
-            f"run time: {end.ended_at - end.started_at:.3f} s\n",
-            f"end: {end.reason}\n",
-            "END info\n",
-        ]
-        for name, source in (("stdout", job.stdout_path), ("stderr", job.stderr_path)):
-            parts.append(f"BEGIN {name}\n")
-            parts.append(self._readCapped(source))
-            parts.append(f"END {name}\n")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666 & ~request.umask)
-        with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as f:
-            f.write("".join(parts))
-
-    def _readCapped(self, path: str) -> str:
-        try:
-            with open(path, "rb") as f:
-                data = f.read(LOGFILE_SECTION_CAP + 1)
-        except OSError as e:
-            return f"(cannot read {path}: {e.strerror})\n"
-        truncated = len(data) > LOGFILE_SECTION_CAP
-        text = data[:LOGFILE_SECTION_CAP].decode("utf-8", errors="replace")
-        if text and not text.endswith("\n"):
-            text += "\n"
-        if truncated:
-            text += f"(truncated at {LOGFILE_SECTION_CAP} bytes)\n"
-        return text
+            self.log.failure("on_end of job {job_id} failed", job_id=job.request.job_id)
+        self._forget(job)
 
     # -- signals ----------------------------------------------------------------------------
 
     def _signalShepherd(self, job: _RunningJob, sig: int) -> bool:
+        if job.pid <= 0:
+            return False  # not spawned: kill(0) would signal the executor's own group
         try:
             os.kill(job.pid, sig)
             return True
@@ -315,6 +374,8 @@ class JobRunner:
             return False
 
     def _killGroup(self, pgid: int) -> None:
+        if pgid <= 0:
+            return  # killpg(0) would kill the executor's own group
         try:
             os.killpg(pgid, signal.SIGKILL)
         except ProcessLookupError:
@@ -324,9 +385,18 @@ class JobRunner:
                 raise
 
     def kill(self, job_id: int, attempt: int) -> bool:
+        """Kill a job's whole tree; whether the job was found (and still running or starting).
+
+        A job still opening its files is marked, and ends ``killed`` without running."""
         job = self._jobs.get((job_id, attempt))
         if job is None or job.ended:
             return False
+        if not job.spawned:
+            if not job.killed:
+                job.killed = True
+                self.log.info("job {job_id}.{attempt} killed while starting", job_id=job_id,
+                              attempt=attempt)
+            return True
         job.killed = True
         sent = self._signalShepherd(job, signal.SIGTERM)
         if job.shepherd_stopped:
@@ -359,7 +429,7 @@ class JobRunner:
 
     def suspend(self, job_id: int, attempt: int) -> bool:
         job = self._jobs.get((job_id, attempt))
-        if job is None or job.ended:
+        if job is None or job.ended or not job.spawned:
             return False
         if shepherd_ready(job.pid):
             return self._signalShepherd(job, signal.SIGUSR1)
@@ -377,7 +447,7 @@ class JobRunner:
 
     def resume(self, job_id: int, attempt: int) -> bool:
         job = self._jobs.get((job_id, attempt))
-        if job is None or job.ended:
+        if job is None or job.ended or not job.spawned:
             return False
         sent = False
         if job.shepherd_stopped:
@@ -395,10 +465,12 @@ class JobRunner:
         return self._signalShepherd(job, signal.SIGCONT)
 
     def running(self) -> list[tuple[int, int]]:
+        """Every job from its start order until its end is handed over (starting, running,
+        or ended with its log file being written)."""
         return list(self._jobs)
 
     def kill_all(self) -> defer.Deferred[None]:
-        """Kill every running job; the Deferred fires once they have all ended."""
+        """Kill every job; the Deferred fires once each has ended (or failed to start)."""
         waits: list[defer.Deferred[None]] = []
         for (job_id, attempt), job in list(self._jobs.items()):
             d: defer.Deferred[None] = defer.Deferred()
@@ -406,6 +478,154 @@ class JobRunner:
             waits.append(d)
             self.kill(job_id, attempt)
         return defer.gatherResults(waits, consumeErrors=True).addCallback(lambda _: None)
+
+
+
+# -- checks and file work (the file work runs where it may block, off the reactor) ------------
+
+def _nul(value: str) -> bool:
+    return "\0" in value
+
+
+def _shown(name: str, limit: int = 40) -> str:
+    """A name quoted for a message, NUL bytes visible and its length bounded."""
+    text = repr(name)
+    return text if len(text) <= limit else text[:limit - 4] + "...'"
+
+
+def check_request(request: RunRequest) -> None:
+    """Refuse, in words a user understands, what ``spawnProcess`` or the shim would choke on."""
+    for value, what in (
+        (request.command, "the command"),
+        (request.shell, "the shell"),
+        (request.cwd, "the working directory"),
+        (request.stdout, "the stdout file name (-o)"),
+        (request.stderr, "the stderr file name (-O)"),
+        (request.logfile, "the log file name (-l)"),
+    ):
+        if value is not None and not isinstance(value, str):
+            raise JobStartError(f"{what} is not text")
+        if value is not None and _nul(value):
+            raise JobStartError(f"{what} contains a NUL byte")
+    if not request.cwd:
+        raise JobStartError("the job has no working directory")
+    if not request.shell:
+        raise JobStartError("the job has no shell")
+    if not isinstance(request.umask, int) or not 0 <= request.umask <= 0o777:
+        raise JobStartError(f"the umask {request.umask!r} is not between 000 and 777 (octal)")
+    if not isinstance(request.env, dict):
+        raise JobStartError("the environment is not a mapping of names to values")
+    for name, value in request.env.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise JobStartError(f"the environment variable {_shown(str(name))} is not text")
+        if not name or "=" in name or _nul(name):
+            raise JobStartError(f"the environment variable name {_shown(name)} is not valid "
+                                "(it is empty, or contains '=' or a NUL byte)")
+        if _nul(value):
+            raise JobStartError(f"the value of the environment variable {_shown(name)} "
+                                "contains a NUL byte")
+
+
+def _resolve(request: RunRequest, path: str) -> str:
+    return os.path.normpath(os.path.join(request.cwd, os.path.expanduser(path)))
+
+
+def _output_path(request: RunRequest, given: str | None, suffix: str, log_dir: str) -> str:
+    if given:
+        return _resolve(request, given)
+    try:
+        os.makedirs(log_dir, mode=0o700, exist_ok=True)
+    except (OSError, ValueError) as e:
+        raise JobStartError(f"cannot create log directory {log_dir}: "
+                            f"{getattr(e, 'strerror', None) or e}") from e
+    return os.path.join(log_dir, f"{request.job_id}.{suffix}")
+
+
+def _open_output(path: str, mode: int, what: str) -> int:
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    except (OSError, ValueError) as e:
+        raise JobStartError(f"cannot write {what} file {path}: "
+                            f"{getattr(e, 'strerror', None) or e}") from e
+
+
+def open_outputs(request: RunRequest, log_dir: str) -> _Outputs:
+    """Check the working directory and open the job's files; may block (NFS).
+
+    Pure file-system work, safe in a thread: it touches no runner state. On failure every
+    descriptor it opened is closed again.
+    """
+    cwd = request.cwd
+    if not os.path.exists(cwd):
+        raise JobStartError(f"working directory {cwd} does not exist")
+    if not os.path.isdir(cwd):
+        raise JobStartError(f"working directory {cwd} is not a directory")
+    stdout_path = _output_path(request, request.stdout, "out", log_dir)
+    stderr_path = _output_path(request, request.stderr, "err", log_dir)
+    mode = 0o666 & ~request.umask
+    opened: list[int] = []
+    try:
+        out_fd = _open_output(stdout_path, mode, "stdout")
+        opened.append(out_fd)
+        if stderr_path == stdout_path:
+            err_fd = out_fd
+        else:
+            err_fd = _open_output(stderr_path, mode, "stderr")
+            opened.append(err_fd)
+        if request.logfile is not None:
+            # Checked now so that an unwritable log file fails the start, not the end.
+            opened.append(_open_output(_resolve(request, request.logfile), mode, "log"))
+        null_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        opened.append(null_fd)
+    except BaseException:
+        for fd in opened:
+            os.close(fd)
+        raise
+    return _Outputs(stdout_path=stdout_path, stderr_path=stderr_path, null_fd=null_fd,
+                    out_fd=out_fd, err_fd=err_fd, fds=opened)
+
+
+def write_logfile(request: RunRequest, stdout_path: str, stderr_path: str, end: JobEnd) -> None:
+    """Assemble the ``-l`` log file: command, facts, stdout and stderr; may block (NFS)."""
+    path = _resolve(request, request.logfile or "")
+
+    def stamp(t: float) -> str:
+        return datetime.datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
+
+    parts = [
+        "BEGIN command\n", request.command, "\nEND command\n",
+        "BEGIN info\n",
+        f"host: {socket.gethostname()}\n",
+        f"job: {request.job_id}\n",
+        f"attempt: {request.attempt}\n",
+        f"start time: {stamp(end.started_at)}\n",
+        f"end time: {stamp(end.ended_at)}\n",
+        f"run time: {end.ended_at - end.started_at:.3f} s\n",
+        f"end: {end.reason}\n",
+        "END info\n",
+    ]
+    for name, source in (("stdout", stdout_path), ("stderr", stderr_path)):
+        parts.append(f"BEGIN {name}\n")
+        parts.append(_read_capped(source))
+        parts.append(f"END {name}\n")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666 & ~request.umask)
+    with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as f:
+        f.write("".join(parts))
+
+
+def _read_capped(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(LOGFILE_SECTION_CAP + 1)
+    except OSError as e:
+        return f"(cannot read {path}: {e.strerror})\n"
+    truncated = len(data) > LOGFILE_SECTION_CAP
+    text = data[:LOGFILE_SECTION_CAP].decode("utf-8", errors="replace")
+    if text and not text.endswith("\n"):
+        text += "\n"
+    if truncated:
+        text += f"(truncated at {LOGFILE_SECTION_CAP} bytes)\n"
+    return text
 
 
 def shepherd_ready(pid: int) -> bool:

@@ -10,18 +10,35 @@ An executor that has heard nothing from the dispatcher for longer than that stop
 and reports them, once it is back in contact, as lost (the dispatcher requeues them). The
 dispatcher declares an absent executor's jobs lost only after twice as long, so two copies of
 one job never run at once, and a dispatcher restart shorter than the lease loses nothing.
+
+No single job can make the executor busy or cost it its link: a start that cannot succeed is
+answered with the declared ``JobStartFailed`` and its reason (never an undeclared error, which
+would make AMP drop the link and the dispatcher place the job again at once); a start order
+repeated while the first one is still opening the job's files waits for that one; and an end
+whose report fails is sent again with a growing delay, a bounded number at a time.
+
+File-system work that may block (opening a job's output files, assembling its ``-l`` log
+file) runs in a small thread pool of the executor's own, never on the reactor thread. A job
+counts as running (in heartbeats, for the lease and the idle exit) from its start order until
+its end is in hand: while its files are opened, and while its log file is written.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from twisted.application import service
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.protocols import amp
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 
 from tm.dispatcher_client import DispatcherLink
 from tm.executor.runner import JobEnd, JobRunner, JobStartError, RunRequest
@@ -29,6 +46,32 @@ from tm.link import DispatcherInfo
 from tm.protocol import commands
 
 HEARTBEAT_INTERVAL = 5.0
+MIN_HEARTBEAT_INTERVAL = 0.25
+MAX_HEARTBEAT_INTERVAL = 60.0
+MIN_LEASE = 1.0
+#: Threads for file-system work that may block (NFS): a few, so one stuck file system does not
+#: hold every start, and bounded, so a burst of starts does not make hundreds of threads.
+FS_THREADS = 4
+#: Reports of job ends in flight at once (the dispatcher answers each only once it is written,
+#: and refuses more than 64 requests in flight on one link).
+MAX_REPORTS_IN_FLIGHT = 16
+#: A report that failed is sent again after this delay, doubled at each failure up to the cap.
+REPORT_RETRY_FIRST = 1.0
+REPORT_RETRY_MAX = 60.0
+#: Ends already reported that are remembered, so that a start order for one of those attempts
+#: (sent again by a dispatcher that missed the answer) reports the end again instead of running
+#: the job a second time.
+REMEMBERED_ENDS = 1024
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class _Reported:
+    end: JobEnd
+    lost: bool
+    pid: int
+    started_at: float
 
 
 class ExecutorLocator(amp.CommandLocator):
@@ -36,24 +79,13 @@ class ExecutorLocator(amp.CommandLocator):
         self.executor = executor
 
     @commands.RunJob.responder
-    def run_job(self, job_id: int, attempt: int, command: str, shell: str, cwd: str, umask: int,
-                env: Any, stdout: str, stderr: str, logfile: str, slots: int) -> dict:
+    async def run_job(self, job_id: int, attempt: int, command: str, shell: str, cwd: str,
+                      umask: int, env: Any, stdout: str, stderr: str, logfile: str,
+                      slots: int) -> dict:
         self.executor.heard_from_dispatcher()
-        known = self.executor.started.get((job_id, attempt))
-        if known is not None:
-            # A start order sent again after a reconnection: this attempt already started.
-            return {"pid": known[0], "started_at": known[1]}
-        request = RunRequest(job_id=job_id, attempt=attempt, command=command, shell=shell, cwd=cwd,
-                             umask=umask, env=dict(env), stdout=stdout or None,
-                             stderr=stderr or None, logfile=logfile or None, slots=slots)
-        try:
-            pid = self.executor.runner.start(request, self.executor.job_ended)
-        except JobStartError as e:
-            raise commands.JobStartFailed(e.reason) from None
-        self.executor.activity()
-        started_at = self.executor.reactor.seconds()
-        self.executor.started[(job_id, attempt)] = (pid, started_at)
-        return {"pid": pid, "started_at": started_at}
+        return await self.executor.start_job(
+            job_id, attempt, command=command, shell=shell, cwd=cwd, umask=umask, env=env,
+            stdout=stdout, stderr=stderr, logfile=logfile, slots=slots)
 
     @commands.SignalJob.responder
     def signal_job(self, job_id: int, attempt: int, action: str) -> dict:
@@ -62,7 +94,15 @@ class ExecutorLocator(amp.CommandLocator):
         actions = {"kill": runner.kill, "stop": runner.suspend, "cont": runner.resume}
         if action not in actions:
             raise commands.InvalidRequest(f"unknown action {action!r}")
-        return {"found": actions[action](job_id, attempt)}
+        try:
+            return {"found": actions[action](job_id, attempt)}
+        except Exception:
+            # Declared, so that the link stays: an undeclared error would make AMP drop it.
+            self.executor.log.failure("job {job_id}.{attempt}: unexpected error on {action}",
+                                      job_id=job_id, attempt=attempt, action=action)
+            raise commands.InvalidRequest(
+                f"the executor could not {action} job {job_id} (an internal error, logged on "
+                "its host)") from None
 
     @commands.Shutdown.responder
     def shutdown(self) -> dict:
@@ -99,14 +139,23 @@ class Executor(service.Service):
         self.reactor = reactor
         self.host = host
         self.idle_timeout = idle_timeout
-        self.runner = JobRunner(reactor, reactor, log_dir=log_dir)
+        self.fs_pool = ThreadPool(0, FS_THREADS, name="tm-executor-fs")
+        self.runner = JobRunner(reactor, reactor, log_dir=log_dir, blocking=self._in_pool)
         self.unreported: list[JobEnd] = []
         #: Attempts started and not yet reported ended: (job_id, attempt) -> (pid, started_at).
         self.started: dict[tuple[int, int], tuple[int, float]] = {}
+        #: Start orders under way (opening the job's files): the same order again waits here.
+        self._starting: dict[tuple[int, int], list[Deferred]] = {}
+        #: Ends reported lately, oldest first (see REMEMBERED_ENDS).
+        self._reported: OrderedDict[tuple[int, int], _Reported] = OrderedDict()
         self.lease: float | None = None  # told by the dispatcher with each heartbeat answer
         self.last_contact = reactor.seconds()
         self.lease_killed: set[tuple[int, int]] = set()
         self._reporting: set[tuple[int, int]] = set()  # ends whose report is under way
+        #: Ends whose report failed: key -> (failures so far, time before which not to resend).
+        self._report_retry: dict[tuple[int, int], tuple[int, float]] = {}
+        self._flushing = False
+        self._flush_again = False
         self.link = DispatcherLink(reactor, info, commands.ROLE_TMMS, host,
                                    lambda: ExecutorLocator(self),
                                    on_connected=lambda proto: self._connected(),
@@ -117,6 +166,7 @@ class Executor(service.Service):
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
+        self.fs_pool.start()
         self.link.start()
         self.heartbeat.start(HEARTBEAT_INTERVAL, now=False)
         self.activity()
@@ -126,7 +176,100 @@ class Executor(service.Service):
         if self.heartbeat.running:
             self.heartbeat.stop()
         self.link.stop()
-        return self.runner.kill_all()
+        # The pool stops after the jobs: starts under way and log files need it to finish.
+        d = self.runner.kill_all()
+        d.addBoth(self._stop_pool)
+        return d
+
+    def _stop_pool(self, result: T) -> T:
+        if self.fs_pool.started:
+            self.fs_pool.stop()
+        return result
+
+    def _in_pool(self, f: Callable[..., T], *args: Any) -> Deferred:
+        """Run ``f(*args)`` in the executor's file-system pool (not the reactor's, which DNS
+        shares)."""
+        return deferToThreadPool(self.reactor, self.fs_pool, f, *args)
+
+    # --- starts ----------------------------------------------------------------------------
+
+    async def start_job(self, job_id: int, attempt: int, **fields: Any) -> dict:
+        """Start an attempt as the dispatcher orders; its pid and start time.
+
+        Never fails with anything but ``JobStartFailed`` (declared in ``RunJob``): an undeclared
+        error would make AMP drop the link, and the dispatcher would place the job again."""
+        key = (job_id, attempt)
+        known = self.started.get(key)
+        if known is not None:
+            # A start order sent again after a reconnection: this attempt already started.
+            return {"pid": known[0], "started_at": known[1]}
+        reported = self._reported.get(key)
+        if reported is not None:
+            return self._started_again(key, reported)
+        waiting = self._starting.get(key)
+        if waiting is not None:
+            # The same order again while the first is still under way: the same outcome.
+            d: Deferred = Deferred()
+            waiting.append(d)
+            return await d
+        self._starting[key] = []
+        try:
+            answer = await self._start(job_id, attempt, fields)
+        except BaseException:
+            failure = Failure()
+            for d in self._starting.pop(key, []):
+                d.errback(failure)
+            raise
+        for d in self._starting.pop(key, []):
+            d.callback(answer)
+        return answer
+
+    async def _start(self, job_id: int, attempt: int, fields: dict[str, Any]) -> dict:
+        key = (job_id, attempt)
+        try:
+            env = fields["env"]
+            if not isinstance(env, dict):
+                raise JobStartError("the environment is not a mapping of names to values")
+            request = RunRequest(
+                job_id=job_id, attempt=attempt, command=fields["command"],
+                shell=fields["shell"], cwd=fields["cwd"], umask=fields["umask"], env=dict(env),
+                stdout=fields["stdout"] or None, stderr=fields["stderr"] or None,
+                logfile=fields["logfile"] or None, slots=fields["slots"])
+            pid = await self.runner.start(request, self.job_ended)
+        except JobStartError as e:
+            self.log.info("job {job_id}.{attempt} not started: {reason}", job_id=job_id,
+                          attempt=attempt, reason=e.reason)
+            raise commands.JobStartFailed(e.reason) from None
+        except Exception:
+            self.log.failure("job {job_id}.{attempt}: unexpected error while starting it",
+                             job_id=job_id, attempt=attempt)
+            raise commands.JobStartFailed(
+                "the executor could not start it (an internal error, logged on its host)"
+            ) from None
+        self.activity()
+        started_at = self.reactor.seconds()
+        if key in self.runner.running() or self._end_pending(key):
+            self.started[key] = (pid, started_at)
+        return {"pid": pid, "started_at": started_at}
+
+    def _end_pending(self, key: tuple[int, int]) -> bool:
+        return any((end.job_id, end.attempt) == key for end in self.unreported)
+
+    def _started_again(self, key: tuple[int, int], reported: _Reported) -> dict:
+        """A start order for an attempt that ran here and whose end was reported: the dispatcher
+        missed it (e.g. it had placed the job elsewhere meanwhile). The job does not run twice:
+        the order is answered as a start, and the end is reported again."""
+        self.log.info("job {job_id}.{attempt} was ordered to start again after it ended: "
+                      "reporting its end again", job_id=key[0], attempt=key[1])
+        del self._reported[key]
+        self.started[key] = (reported.pid, reported.started_at)
+        if reported.lost:
+            self.lease_killed.add(key)
+        if not self._end_pending(key):
+            self.unreported.append(reported.end)
+        self._report_retry.pop(key, None)
+        self._flush()
+        return {"pid": reported.pid, "started_at": reported.started_at}
 
     # --- idle exit --------------------------------------------------------------------
 
@@ -150,34 +293,73 @@ class Executor(service.Service):
         self._flush()
 
     def _connected(self) -> None:
+        # A new link: every end waiting for a retry is sent now (its failure count is kept).
+        self._report_retry = {key: (failures, 0.0)
+                              for key, (failures, _) in self._report_retry.items()}
         self._flush()
         self._heartbeat()  # the dispatcher learns this host's load at once
 
     def _flush(self) -> None:
-        if self.link.connected:
-            for end in list(self.unreported):
-                if (end.job_id, end.attempt) not in self._reporting:
-                    ensureDeferred(self._report(end))
+        """Send the reports that are due, at most MAX_REPORTS_IN_FLIGHT at a time.
+
+        Called on each end, each finished report, each heartbeat and each new link; a call
+        from inside (a report that failed at once) makes the running one look again instead
+        of recursing."""
+        if self._flushing:
+            self._flush_again = True
+            return
+        self._flushing = True
+        try:
+            self._flush_again = True
+            while self._flush_again:
+                self._flush_again = False
+                self._send_due()
+        finally:
+            self._flushing = False
+
+    def _send_due(self) -> None:
+        if not self.link.connected:
+            return
+        now = self.reactor.seconds()
+        for end in list(self.unreported):
+            if len(self._reporting) >= MAX_REPORTS_IN_FLIGHT:
+                return
+            key = (end.job_id, end.attempt)
+            if key in self._reporting or self._report_retry.get(key, (0, 0.0))[1] > now:
+                continue
+            ensureDeferred(self._report(end))
 
     async def _report(self, end: JobEnd) -> None:
         key = (end.job_id, end.attempt)
         self._reporting.add(key)
+        lost = key in self.lease_killed
         try:
-            lost = (end.job_id, end.attempt) in self.lease_killed
             reason = (f"stopped on {self.host}: no contact with the dispatcher for longer than "
-                      f"the executor's lease ({self.lease:.0f} s)") if lost else end.reason
+                      f"the executor's lease ({self.lease or 0:.0f} s)") if lost else end.reason
+            # ended_at is the process's own end, not the time of this report: an end that waited
+            # for the dispatcher (away, or refusing) is recorded when it happened.
             await self.link.call(commands.JobFinished, job_id=end.job_id, attempt=end.attempt,
                                  exit_code=end.exit_code, signal=end.signal, killed=end.killed,
                                  ended_at=end.ended_at, reason=reason, lost=lost)
         except Exception as e:
-            self.log.info("end of job {id} not reported yet: {e}", id=end.job_id, e=str(e))
-            return
-        finally:
+            failures = self._report_retry.get(key, (0, 0.0))[0] + 1
+            delay = min(REPORT_RETRY_MAX, REPORT_RETRY_FIRST * 2 ** (failures - 1))
+            self._report_retry[key] = (failures, self.reactor.seconds() + delay)
+            self.log.info("end of job {id} not reported yet ({e}); trying again in {d:.0f} s",
+                          id=end.job_id, e=str(e) or e.__class__.__name__, d=delay)
             self._reporting.discard(key)
+            self._flush()  # a place in flight is free
+            return
+        self._reporting.discard(key)
         if end in self.unreported:
             self.unreported.remove(end)
-        self.started.pop((end.job_id, end.attempt), None)
-        self.lease_killed.discard((end.job_id, end.attempt))
+        self._report_retry.pop(key, None)
+        pid, started_at = self.started.pop(key, (0, end.started_at))
+        self.lease_killed.discard(key)
+        self._reported[key] = _Reported(end=end, lost=lost, pid=pid, started_at=started_at)
+        while len(self._reported) > REMEMBERED_ENDS:
+            self._reported.popitem(last=False)
+        self._flush()  # a place in flight is free
 
     # --- heartbeats and the lease ----------------------------------------------------------
 
@@ -196,10 +378,15 @@ class Executor(service.Service):
 
     def _heartbeat_answered(self, answer: dict) -> None:
         self.heard_from_dispatcher()
+        # Bounded whatever the dispatcher says: a tiny interval would make the heartbeat a busy
+        # loop, a tiny lease would stop every job at once.
         if answer.get("lease"):
-            self.lease = answer["lease"]
-        interval = answer.get("interval")
-        if interval and abs(interval - self.heartbeat.interval) > 1e-6 and self.heartbeat.running:
+            self.lease = max(MIN_LEASE, float(answer["lease"]))
+        if not answer.get("interval") or not self.heartbeat.running:
+            return
+        interval = min(MAX_HEARTBEAT_INTERVAL,
+                       max(MIN_HEARTBEAT_INTERVAL, float(answer["interval"])))
+        if abs(interval - (self.heartbeat.interval or 0.0)) > 1e-6:
             self.heartbeat.stop()
             self.heartbeat.start(interval, now=False)
 
@@ -214,5 +401,7 @@ class Executor(service.Service):
                       "stopping {n} job(s); they will be reported lost and run again",
                       t=silent, lease=self.lease, n=len(running))
         for job_id, attempt in running:
-            self.lease_killed.add((job_id, attempt))
-            self.runner.kill(job_id, attempt)
+            # Only a job this kill reaches ends as lost: one that has just ended on its own
+            # (its log file being written) is reported as it ended.
+            if self.runner.kill(job_id, attempt):
+                self.lease_killed.add((job_id, attempt))

@@ -1,0 +1,110 @@
+"""A job that cannot start ends ``failed`` once, with the reason, and the executor carries on.
+
+Through the real CLI: a job file whose command, or whose ``-o`` path, holds a NUL byte is
+submitted with ``hRunJob -f``. ``spawnProcess`` refuses such an argument; the executor must answer
+the start order with the declared ``JobStartFailed`` (not drop its link), so that the dispatcher
+ends the job once instead of placing it again and again.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.processes import Installation, alive, wait_until
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids of live processes whose command line mentions ``text``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) != os.getpid():
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    if text.encode() in f.read() and alive(int(name)):
+                        found.append(int(name))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_stray_executors(tmp_path: Path) -> Iterator[None]:
+    """Safety net: a failing run may leave many executors (one per dropped link) behind,
+    beyond the one in the pid file that the installation's cleanup ends."""
+    yield
+    for pid in processes_mentioning(str(tmp_path)):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def submit_file(tm: Installation, name: str, content: bytes) -> int:
+    (tm.work / name).write_bytes(content)
+    result = tm.run("hRunJob", "-f", name)
+    assert result.returncode == 0, result.stderr
+    match = re.search(r"\[(\d+)\]", result.stdout)
+    assert match, result.stdout
+    return int(match.group(1))
+
+
+def lajob(tm: Installation, job_id: int) -> str:
+    return tm.run("hConnect", f"lajob:{job_id}", check=True).stdout
+
+
+def field(text: str, name: str) -> str:
+    match = re.search(rf"^{name}:[ \t]*(.*)$", text, re.M)
+    return match.group(1).strip() if match else ""
+
+
+def history(text: str) -> list[str]:
+    return text.split("\nhistory:\n", 1)[1].splitlines()
+
+
+def executor_pid(tm: Installation) -> int:
+    pidfiles = list((tm.home / ".taskmanager").glob("tmmenial.*.pid"))
+    assert len(pidfiles) == 1, pidfiles
+    return int(pidfiles[0].read_text())
+
+
+def ended_state(tm: Installation, job_id: int) -> str | None:
+    state = field(lajob(tm, job_id), "state")
+    return state if state not in ("waiting", "pending", "running") else None
+
+
+@pytest.mark.parametrize(("line", "reason"), [
+    (b"command::echo a\0b > ran.txt\n", "the command contains a NUL byte"),
+    (b"command::echo a > ran.txt\tstdout::o\0ut.txt\n",
+     "the stdout file name (-o) contains a NUL byte"),
+])
+def test_a_job_that_cannot_start_fails_once_and_the_executor_carries_on(
+        tm: Installation, line: bytes, reason: str) -> None:
+    # A normal job first: the executor is up, and its pid is known.
+    first = submit_file(tm, "ok1.txt", b"command::echo first > first.txt\n")
+    wait_until(lambda: ended_state(tm, first), 60, "the first job to end")
+    assert field(lajob(tm, first), "state") == "finished"
+    pid = executor_pid(tm)
+
+    bad = submit_file(tm, "bad.txt", line)
+    assert wait_until(lambda: ended_state(tm, bad), 60, "the bad job to end") == "failed"
+    text = lajob(tm, bad)
+    assert reason in field(text, "reason"), text
+    rows = history(text)
+    assert sum(" pending " in f" {row} " for row in rows) == 1, text
+    assert sum(" failed " in f" {row} " for row in rows) == 1, text
+    assert not (tm.work / "ran.txt").exists()
+
+    # The same executor, still linked, runs the next job.
+    after = submit_file(tm, "ok2.txt", b"command::echo after > after.txt\n")
+    assert wait_until(lambda: ended_state(tm, after), 60, "the next job to end") == "finished"
+    assert (tm.work / "after.txt").read_text() == "after\n"
+    assert executor_pid(tm) == pid and alive(pid)
+    # Its link never dropped: the dispatcher saw one executor login.
+    logins = re.findall(r"authenticated as tmms from", tm.dispatcher_log.read_text())
+    assert len(logins) == 1, tm.dispatcher_log.read_text()[-4000:]

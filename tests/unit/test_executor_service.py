@@ -1,0 +1,342 @@
+"""The executor (TMMS) service without processes or sockets: its RunJob answers over an
+in-memory AMP pair, and its reports of job ends through a recording link, on a fake clock."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import ILogObserver, globalLogPublisher
+from twisted.protocols import amp
+
+from tests.helpers.amp_pair import connected_pair
+from tests.unit.executor_fakes import FakeLink, FakeSpawner, ManualPool
+from tm.executor import service as executor_service
+from tm.executor.runner import JobEnd, JobRunner
+from tm.executor.service import (
+    MAX_REPORTS_IN_FLIGHT,
+    REPORT_RETRY_MAX,
+    Executor,
+    ExecutorLocator,
+)
+from tm.link import DispatcherInfo
+from tm.protocol import commands
+
+DISPATCHER = DispatcherInfo(host="127.0.0.1", port=1, certificate=b"", challenge_dir="", path="")
+
+
+class Setup:
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.reactor = MemoryReactorClock()
+        self.reactor.advance(1000.0)
+        self.executor = Executor(self.reactor, DISPATCHER, host="h1", idle_timeout=300.0,
+                                 log_dir=str(tmp_path / "logs"))
+        self.link = FakeLink()
+        self.executor.link = self.link  # type: ignore[assignment]
+        self.spawner = FakeSpawner()
+        self.pool = ManualPool()
+        self.executor.runner = JobRunner(self.spawner, self.reactor,
+                                         log_dir=str(tmp_path / "logs"), blocking=self.pool)
+        server = amp.AMP(locator=ExecutorLocator(self.executor))
+        self.dispatcher = amp.AMP()
+        self.pump = connected_pair(server, self.dispatcher)
+
+    def run_job(self, job_id: int = 7, attempt: int = 1, **kw: Any) -> list[Any]:
+        """Send RunJob as the dispatcher does; the list gets its answer or its Failure."""
+        fields: dict[str, Any] = {
+            "command": "true", "shell": "/bin/sh", "cwd": str(self.tmp_path), "umask": 0o022,
+            "env": {"PATH": "/bin"}, "stdout": "", "stderr": "", "logfile": "", "slots": 1}
+        fields.update(kw)
+        results: list[Any] = []
+        self.dispatcher.callRemote(commands.RunJob, job_id=job_id, attempt=attempt,
+                                   **fields).addBoth(results.append)
+        self.pump.flush()
+        return results
+
+    def flush(self) -> None:
+        self.pool.run_all()
+        self.pump.flush()
+
+    @property
+    def linked(self) -> bool:
+        return not self.dispatcher.transport.disconnecting  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Setup:
+    return Setup(tmp_path)
+
+
+@pytest.fixture
+def logged() -> Any:
+    events: list[dict] = []
+    observer = cast(ILogObserver, events.append)
+    globalLogPublisher.addObserver(observer)
+    yield events
+    globalLogPublisher.removeObserver(observer)
+
+
+def job_start_failed(results: list[Any]) -> str:
+    assert len(results) == 1, results
+    failure = results[0]
+    assert hasattr(failure, "check") and failure.check(commands.JobStartFailed), failure
+    return str(failure.value)
+
+
+# --- RunJob: a start that cannot succeed is the declared JobStartFailed, the link stays ----
+
+def test_a_nul_in_the_command_is_a_declared_start_failure(setup: Setup) -> None:
+    results = setup.run_job(command="echo a\0b")
+    setup.flush()
+    assert job_start_failed(results) == "the command contains a NUL byte"
+    assert setup.linked and setup.spawner.spawns == []
+    # The next job starts on the same link.
+    ok = setup.run_job(job_id=8)
+    setup.flush()
+    assert ok == [{"pid": setup.spawner.spawns[0].transport.pid, "started_at": 1000.0}]
+
+
+def test_a_nul_in_an_output_path_is_a_declared_start_failure(setup: Setup) -> None:
+    results = setup.run_job(stdout="o\0ut")
+    setup.flush()
+    assert job_start_failed(results) == "the stdout file name (-o) contains a NUL byte"
+    assert setup.linked
+
+
+def test_an_environment_that_is_not_a_mapping_is_a_declared_start_failure(
+        setup: Setup) -> None:
+    results = setup.run_job(env=["A=1"])
+    setup.flush()
+    assert job_start_failed(results) == "the environment is not a mapping of names to values"
+    assert setup.linked
+
+
+def test_spawn_errors_are_declared_start_failures(setup: Setup) -> None:
+    setup.spawner.fail_with = ValueError("embedded null byte")
+    results = setup.run_job()
+    setup.flush()
+    assert job_start_failed(results) == "cannot start the job: embedded null byte"
+    assert setup.linked and setup.executor.runner.running() == []
+
+
+def test_an_unexpected_error_is_logged_once_and_answered_as_a_start_failure(
+        setup: Setup, logged: list[dict], monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(request: Any, on_end: Any) -> Any:
+        raise KeyError("bug")
+
+    monkeypatch.setattr(setup.executor.runner, "start", broken)
+    results = setup.run_job(job_id=41)
+    assert "internal error" in job_start_failed(results)
+    assert setup.linked
+    failures = [e for e in logged if e.get("log_failure") is not None]
+    assert len(failures) == 1
+    assert failures[0]["job_id"] == 41
+
+
+def test_an_unexpected_error_on_a_signal_is_declared_and_the_link_stays(
+        setup: Setup, logged: list[dict], monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(job_id: int, attempt: int) -> bool:
+        raise OSError("bug")
+
+    monkeypatch.setattr(setup.executor.runner, "kill", broken)
+    results: list[Any] = []
+    setup.dispatcher.callRemote(commands.SignalJob, job_id=9, attempt=1,
+                                action="kill").addBoth(results.append)
+    setup.pump.flush()
+    assert results[0].check(commands.InvalidRequest)
+    assert setup.linked
+    assert [e["job_id"] for e in logged if e.get("log_failure") is not None] == [9]
+    unknown: list[Any] = []
+    setup.dispatcher.callRemote(commands.SignalJob, job_id=10, attempt=1,
+                                action="kill").addBoth(unknown.append)
+    monkeypatch.undo()
+    setup.pump.flush()
+    assert unknown == [{"found": False}]
+
+
+def test_a_start_order_repeated_while_the_first_opens_files_waits_for_it(
+        setup: Setup) -> None:
+    first = setup.run_job()
+    second = setup.run_job()  # e.g. sent again after a reconnection
+    assert first == second == []
+    setup.flush()
+    assert len(setup.spawner.spawns) == 1
+    pid = setup.spawner.spawns[0].transport.pid
+    assert first == second == [{"pid": pid, "started_at": 1000.0}]
+    assert setup.run_job() == [{"pid": pid, "started_at": 1000.0}]  # and once it runs
+
+
+def test_a_repeated_failing_start_order_gets_the_same_failure(setup: Setup) -> None:
+    first = setup.run_job(cwd=str(setup.tmp_path / "gone"))
+    second = setup.run_job(cwd=str(setup.tmp_path / "gone"))
+    setup.flush()
+    assert job_start_failed(first) == job_start_failed(second)
+    assert "does not exist" in job_start_failed(first)
+    assert setup.pool.queue == []  # one opening for both
+
+
+def test_a_kill_while_starting_ends_the_job_killed_without_running_it(setup: Setup) -> None:
+    started = setup.run_job()
+    found: list[Any] = []
+    setup.dispatcher.callRemote(commands.SignalJob, job_id=7, attempt=1,
+                                action="kill").addBoth(found.append)
+    setup.pump.flush()
+    assert found == [{"found": True}]
+    setup.flush()
+    assert setup.spawner.spawns == []
+    assert started == [{"pid": 0, "started_at": 1000.0}]
+    [report] = setup.link.named("JobFinished")
+    assert report["killed"] is True and report["reason"] == "killed before it started"
+
+
+def test_an_attempt_ordered_again_after_its_end_was_reported_does_not_run_twice(
+        setup: Setup) -> None:
+    first = setup.run_job()
+    setup.flush()
+    setup.spawner.spawns[0].exit(0)
+    [(name, kw, answer)] = setup.link.calls
+    answer.callback({})
+    assert setup.executor.unreported == []
+    again = setup.run_job()
+    setup.flush()
+    assert again == first and len(setup.spawner.spawns) == 1
+    reports = setup.link.named("JobFinished")
+    assert len(reports) == 2 and reports[1] == reports[0]
+
+
+# --- reports of ends ----------------------------------------------------------------------
+
+def end(job_id: int = 7, ended_at: float = 100.0) -> JobEnd:
+    return JobEnd(job_id=job_id, attempt=1, exit_code=0, signal=None, killed=False,
+                  started_at=50.0, ended_at=ended_at, reason="exited normally")
+
+
+def test_the_report_sends_the_process_end_time_not_the_report_time(setup: Setup) -> None:
+    setup.link.connected = False  # the dispatcher is away when the job ends
+    setup.executor.job_ended(end(ended_at=1000.0))
+    assert setup.link.calls == []
+    setup.reactor.advance(600)  # back ten minutes later
+    setup.link.connected = True
+    setup.executor._connected()
+    [report] = setup.link.named("JobFinished")
+    assert report["ended_at"] == 1000.0
+    assert setup.reactor.seconds() == 1600.0
+
+
+def test_a_failing_report_is_sent_again_with_a_growing_delay(setup: Setup) -> None:
+    def refuse(name: str, kw: dict) -> Any:
+        if name == "JobFinished":
+            raise commands.DatabaseUnavailable("the database is away")
+        return {"time": 0.0}
+
+    setup.link.answer = refuse
+    setup.executor.job_ended(end())
+    sent_at = [setup.reactor.seconds()]
+    for _ in range(400):  # heartbeats every second for 400 s
+        setup.reactor.advance(1.0)
+        before = len(setup.link.named("JobFinished"))
+        setup.executor._heartbeat()
+        if len(setup.link.named("JobFinished")) > before:
+            sent_at.append(setup.reactor.seconds())
+    gaps = [b - a for a, b in zip(sent_at, sent_at[1:], strict=False)]
+    assert gaps[:7] == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0]
+    assert max(gaps) == REPORT_RETRY_MAX
+    assert len(sent_at) < 15  # not 400
+
+
+def test_reports_failing_at_once_do_not_recurse_or_spin(setup: Setup) -> None:
+    def refuse(name: str, kw: dict) -> Any:
+        raise commands.DatabaseUnavailable("no")
+
+    setup.link.answer = refuse
+    for i in range(1, 2001):
+        setup.executor.unreported.append(end(job_id=i))
+    setup.executor._flush()
+    # Each end tried once (as many as fit in flight at a time), then each waits its delay.
+    assert len(setup.link.named("JobFinished")) == 2000
+    setup.executor._flush()
+    assert len(setup.link.named("JobFinished")) == 2000
+
+
+def test_reports_in_flight_are_bounded(setup: Setup) -> None:
+    for i in range(1, 41):
+        setup.executor.job_ended(end(job_id=i))
+    assert len(setup.link.calls) == MAX_REPORTS_IN_FLIGHT
+    setup.link.calls[0][2].callback({})
+    assert len(setup.link.calls) == MAX_REPORTS_IN_FLIGHT + 1
+    assert len(setup.executor.unreported) == 39
+
+
+def test_a_huge_start_failure_reason_still_reaches_the_dispatcher(setup: Setup) -> None:
+    # The name fits in the order; the reason naming it would not fit in the answer.
+    results = setup.run_job(stdout="a" * 65_500)
+    setup.flush()
+    assert "File name too long" in job_start_failed(results)
+    assert setup.linked
+
+
+def test_the_heartbeat_answer_cannot_make_a_busy_loop(setup: Setup) -> None:
+    executor = setup.executor
+    executor.heartbeat.start(5.0, now=False)
+    try:
+        executor._heartbeat_answered({"time": 0.0, "lease": 1e-9, "interval": 1e-9})
+        assert executor.heartbeat.interval == executor_service.MIN_HEARTBEAT_INTERVAL
+        assert executor.lease == executor_service.MIN_LEASE
+        executor._heartbeat_answered({"time": 0.0, "lease": 30.0, "interval": 1e9})
+        assert executor.heartbeat.interval == executor_service.MAX_HEARTBEAT_INTERVAL
+        assert executor.lease == 30.0
+    finally:
+        executor.heartbeat.stop()
+
+
+def test_a_new_link_sends_every_waiting_report_at_once(setup: Setup) -> None:
+    setup.executor.job_ended(end())
+    setup.link.calls[0][2].errback(ConnectionError("link lost"))
+    setup.executor._connected()
+    assert len(setup.link.named("JobFinished")) == 2
+
+
+def test_only_one_report_of_an_end_is_in_flight(setup: Setup) -> None:
+    setup.executor.job_ended(end())
+    for _ in range(5):
+        setup.executor._heartbeat()
+        setup.executor._connected()
+    assert len(setup.link.named("JobFinished")) == 1
+
+
+def test_a_lease_kill_does_not_make_an_ended_job_lost(setup: Setup) -> None:
+    # A job that ended on its own while its log file is written is still listed as running;
+    # the lease running out then must not report it as lost.
+    setup.run_job(logfile="job.log")
+    setup.flush()
+    setup.spawner.spawns[0].exit(0)
+    assert setup.pool.names() == ["write_logfile"]
+    setup.link.connected = False
+    setup.executor.lease = 10.0
+    setup.reactor.advance(60)
+    setup.executor._check_lease()
+    setup.pool.run()
+    setup.link.connected = True
+    setup.executor._connected()
+    [report] = setup.link.named("JobFinished")
+    assert report["lost"] is False and report["reason"] == "exited normally"
+
+
+def test_the_executor_runs_file_work_in_a_bounded_pool_of_its_own(setup: Setup) -> None:
+    executor = Executor(setup.reactor, DISPATCHER, host="h1", idle_timeout=300.0,
+                        log_dir=str(setup.tmp_path))
+    assert executor.runner._blocking == executor._in_pool
+    assert executor.fs_pool.max == executor_service.FS_THREADS
+
+
+def test_ensure_deferred_of_start_job_never_fails_with_an_undeclared_error(
+        setup: Setup) -> None:
+    results: list[Any] = []
+    ensureDeferred(setup.executor.start_job(5, 1, command="x", shell="/bin/sh", cwd="/",
+                                            umask=18, env=None, stdout="", stderr="",
+                                            logfile="", slots=1)).addBoth(results.append)
+    assert job_start_failed(results) == "the environment is not a mapping of names to values"
