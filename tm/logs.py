@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.application import service
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import ILogObserver, Logger, textFileLogObserver
 from twisted.python import logfile
 
@@ -48,7 +47,7 @@ class ProblemLog:
     then one line per ``10 ** n`` events.
     """
 
-    def __init__(self, log: Logger, clock: IReactorTime | None, burst: int = BURST,
+    def __init__(self, log: Logger, clock: Any, burst: int = BURST,
                  period: float = PERIOD, max_keys: int = MAX_KEYS) -> None:
         self.log = log
         self.clock: Any = clock  # Any: mypy cannot bind zope interface methods
@@ -124,7 +123,7 @@ _shared: weakref.WeakKeyDictionary[Any, ProblemLog] = weakref.WeakKeyDictionary(
 _unclocked: ProblemLog | None = None
 
 
-def problem_log(clock: IReactorTime | None) -> ProblemLog:
+def problem_log(clock: Any) -> ProblemLog:
     """The process's problem log for ``clock`` (one per reactor, so limits hold across
     every connection of a daemon)."""
     global _unclocked

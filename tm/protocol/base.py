@@ -25,6 +25,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.protocol import connectionDone
+from twisted.internet.task import Clock
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
@@ -92,7 +93,7 @@ class BoundedAMP(amp.AMP):
     #: Seconds to drain output past the high-water mark (None: output is not watched).
     drain_timeout: float | None = None
 
-    def __init__(self, locator: Any = None, clock: IReactorTime | None = None,
+    def __init__(self, locator: Any = None, clock: IReactorTime | Clock | None = None,
                  problems: ProblemLog | None = None) -> None:
         super().__init__(locator=locator)
         self.clock: Any = clock  # Any: mypy cannot bind zope interface methods
