@@ -26,7 +26,8 @@ PERIOD = 60.0
 MAX_KEYS = 1000
 
 #: A daemon's log file rotates at this size and keeps this many old files (twistd's own
-#: default rotates at 1 MB and keeps every old file for ever).
+#: default rotates at 1 MB and keeps every old file for ever); $TM_LOG_ROTATE_BYTES and
+#: $TM_LOG_KEEP_FILES change them.
 LOG_ROTATE_BYTES = 10 * 1000 * 1000
 LOG_KEEP_FILES = 5
 
@@ -175,7 +176,10 @@ class BoundedLogApplication(service.MultiService):
     def setServiceParent(self, parent: Any) -> Any:  # noqa: N802 - Twisted's API
         if self.log_path is not None and hasattr(parent, "getComponent"):
             if parent.getComponent(ILogObserver, None) is None:
-                log_file: Any = bounded_log_file(self.log_path)  # a file-like LogFile
+                log_file: Any = bounded_log_file(  # a file-like LogFile
+                    self.log_path,
+                    int(os.environ.get("TM_LOG_ROTATE_BYTES") or LOG_ROTATE_BYTES),
+                    int(os.environ.get("TM_LOG_KEEP_FILES") or LOG_KEEP_FILES))
                 parent.setComponent(ILogObserver, textFileLogObserver(log_file))
         return super().setServiceParent(parent)
 

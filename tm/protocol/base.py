@@ -169,11 +169,13 @@ class BoundedAMP(amp.AMP):
 
     def _handshake_expired(self) -> None:
         self._handshake_timer = None
-        if not self.is_authenticated and not self.gone:
+        if self.is_authenticated or self.gone:
+            return
+        if not self._refused:  # else already closing, and logged: only make sure it ends
             self.problem("handshake timeout",
                          "closing {peer}: not authenticated within {seconds} s",
                          seconds=self.handshake_timeout)
-            self._close(abort=True)
+        self._close(abort=True)
 
     # --- bounded boxes -------------------------------------------------------
 
@@ -207,7 +209,7 @@ class BoundedAMP(amp.AMP):
 
     def _partial_expired(self) -> None:
         self._partial_timer = None
-        if self._partial_since is None or self.gone or self.clock is None:
+        if self._partial_since is None or self.gone or self._refused or self.clock is None:
             return
         assert self.partial_box_timeout is not None
         left = self._partial_since + self.partial_box_timeout - self.clock.seconds()
@@ -387,8 +389,10 @@ class BoundedAMP(amp.AMP):
         self._drain_timer = None
         if self.gone:
             return
-        self.problem("slow reader", "dropping {peer}: it left our answers unread for {seconds} s",
-                     seconds=self.drain_timeout)
+        if not self._refused:
+            self.problem("slow reader",
+                         "dropping {peer}: it left our answers unread for {seconds} s",
+                         seconds=self.drain_timeout)
         self._close(abort=True)
 
     # --- calls with a deadline -------------------------------------------------------
