@@ -367,3 +367,14 @@ def test_the_dispatcher_s_log_file_rotates_and_keeps_a_bounded_number(tmp_path: 
         inst.cleanup()
     names = sorted(p.name for p in tmp_path.glob("dispatcher.log*"))
     assert names == ["dispatcher.log", "dispatcher.log.1", "dispatcher.log.2"], names
+
+
+def test_a_start_that_fails_after_the_checks_exits_non_zero_with_one_line(tmp_path: Path) -> None:
+    inst = Installation(tmp_path)
+    (inst.var / "taskmanager.sqlite").write_bytes(b"not a database" * 100)
+    proc = inst.start_dispatcher(wait=False)
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    log = inst.dispatcher_log.read_text()
+    [line] = [x for x in log.splitlines() if "could not start" in x]
+    assert "database" in line and "Traceback" not in log

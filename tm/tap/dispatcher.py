@@ -174,7 +174,15 @@ class DispatcherRunner(service.MultiService):
         )
 
     def _failed(self, failure: Any) -> None:
-        self.log.failure("tmdispatcher could not start", failure)
+        from tm.protocol.commands import TMError
+
+        if failure.check(TMError):  # a reason for the admin, not a bug: one line
+            self.log.error("tmdispatcher could not start: {reason}",
+                           reason=failure.getErrorMessage())
+        else:
+            self.log.failure("tmdispatcher could not start", failure)
+        # twistd exits 0 once the reactor stops: a failed start must not look like a stop.
+        self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
         self.reactor.stop()
 
     def stopService(self) -> Any:  # noqa: N802
