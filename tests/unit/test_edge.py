@@ -226,3 +226,37 @@ def test_the_application_gets_a_log_that_rotates_and_expires(tmp_path: Path) -> 
     files = sorted(p.name for p in tmp_path.glob("b.log*"))
     assert files == ["b.log", "b.log.1", "b.log.2", "b.log.3"]
     assert LOG_KEEP_FILES >= 1
+
+
+def test_the_dispatcher_protocol_moves_its_connection_out_of_the_unauthenticated_count() -> None:
+    from types import SimpleNamespace
+
+    import pytest
+
+    from tm.dispatcher.session import DispatcherProtocol
+
+    clock = Clock()
+    limits = edge.EdgeLimits(handshake_timeout=5)
+    guard = edge.AddressGuard(limits)
+    dispatcher = SimpleNamespace(reactor=clock)
+    assert guard.admit("10.1.2.3") is None  # as the listening factory does
+    proto = DispatcherProtocol(cast(Any, dispatcher), limits, guard)
+    assert proto.handshake_timeout == 5 and proto.pre_auth_box_bytes == 64 * 1024
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "10.1.2.3", 4000))
+    proto.makeConnection(transport)
+    proto.authenticated()  # the one call Session.authenticate makes
+    assert guard.unauthenticated == {} and guard.total == {"10.1.2.3": 1}
+    clock.advance(10)
+    assert not transport.disconnecting
+    proto.connectionLost(connectionDone)
+    assert guard.total == {} and guard.unauthenticated == {}
+    assert not clock.getDelayedCalls()
+
+    # A connection that closed while its proof was checked does not become authenticated.
+    assert guard.admit("10.1.2.3") is None
+    late = DispatcherProtocol(cast(Any, dispatcher), limits, guard)
+    late.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", "10.1.2.3", 4001)))
+    late.connectionLost(connectionDone)
+    with pytest.raises(commands.NotAuthenticated):
+        late.authenticated()
+    assert guard.total == {} and guard.unauthenticated == {}
