@@ -144,5 +144,6 @@ class EdgeListener(service.Service):
 
 
 def guarded_factory(reactor: Any, tls_options: Any, factory: Any,
-                    limits: EdgeLimits, guard: AddressGuard) -> GuardedTLSFactory:
+                    guard: AddressGuard) -> GuardedTLSFactory:
+    """TLS around ``factory``, behind ``guard``, logging refusals in the reactor's problem log."""
     return GuardedTLSFactory(tls_options, factory, guard, problem_log(reactor))

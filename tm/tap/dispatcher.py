@@ -243,7 +243,7 @@ def make_dispatcher(options: Options) -> DispatcherRunner:
     runner: DispatcherRunner
     factory = Factory.forProtocol(lambda: DispatcherProtocol(runner.dispatcher, limits, guard))
     tls = edge.guarded_factory(reactor, auth.server_tls_options(key_pem, cert_pem), factory,
-                               limits, guard)
+                               guard)
     listen = edge.EdgeListener(reactor, sock, tls)
     runner = DispatcherRunner(reactor, settings, listen, cert_pem)
     if options["manhole"] is not None:
