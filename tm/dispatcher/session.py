@@ -19,6 +19,7 @@ from twisted.python.failure import Failure
 from tm import auth, config
 from tm.core import scheduler
 from tm.core.model import MAX_PRIORITY, MIN_PRIORITY, JobState
+from tm.dispatcher.edge import AddressGuard, EdgeLimits
 from tm.protocol import commands, records
 from tm.protocol.base import BoundedAMP
 
@@ -34,12 +35,31 @@ MAX_PAGE = 200
 
 
 class DispatcherProtocol(BoundedAMP):
-    def __init__(self, dispatcher: Dispatcher) -> None:
+    """One connection to the dispatcher, with the edge's bounds (a handshake deadline, a
+    small box until authenticated, a slow reader dropped) and its place in the guard's
+    count of connections per address (admitted by the listening factory)."""
+
+    def __init__(self, dispatcher: Dispatcher, limits: EdgeLimits | None = None,
+                 guard: AddressGuard | None = None) -> None:
         self.session = Session(dispatcher, self)
         super().__init__(locator=self.session, clock=dispatcher.reactor)
+        (limits or EdgeLimits()).apply(self)
+        self.guard = guard
+
+    def authenticated(self) -> None:
+        if self.gone:
+            # Closed while its proof was checked (e.g. past the handshake deadline).
+            raise commands.NotAuthenticated("the connection closed during authentication")
+        was = self.is_authenticated
+        super().authenticated()
+        if self.guard is not None and not was:
+            self.guard.authenticated(self.peer_host)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802
         self.session.closed()
+        if self.guard is not None:
+            self.guard.released(self.peer_host, self.is_authenticated)
+            self.guard = None
         super().connectionLost(reason)
 
 
@@ -118,6 +138,7 @@ class Session(amp.CommandLocator):
         assert d.fs_pool is not None, "the dispatcher runs without its file-system pool"
         await deferToThreadPool(d.reactor, d.fs_pool, auth.verify_challenge, challenge,
                                 self.claimed_user)
+        self.proto.authenticated()  # the edge lifts its handshake deadline and box bound
         self.user = self.claimed_user
         self.authenticated_at = self.last_heard = self.dispatcher.reactor.seconds()
         self.log.info("{user} authenticated as {role} from {host}", user=self.user,

@@ -26,6 +26,8 @@ from tm.protocol.records import (
     RUN_JOB_ARGUMENTS,
     STATE_COUNT_FIELDS,
     USER_FIELDS,
+    Float64,
+    Int64,
 )
 
 #: Raised by both ends when they do not speak the same version.
@@ -92,6 +94,11 @@ class TooBusy(TMError):
     """Too many requests in flight on this connection."""
 
 
+class ServerError(TMError):
+    """The server failed on this request for a reason of its own (a bug, not the
+    request's fault); the server's log has one line about it."""
+
+
 COMMON_ERRORS: dict[type[Exception], bytes] = {
     NotAuthenticated: b"NOT_AUTHENTICATED",
     AuthenticationFailed: b"AUTHENTICATION_FAILED",
@@ -105,6 +112,7 @@ COMMON_ERRORS: dict[type[Exception], bytes] = {
     DatabaseUnavailable: b"DATABASE_UNAVAILABLE",
     DispatcherUnavailable: b"DISPATCHER_UNAVAILABLE",
     TooBusy: b"TOO_BUSY",
+    ServerError: b"SERVER_ERROR",
 }
 
 
@@ -121,14 +129,14 @@ class Hello(_Command):
 
     commandName = b"Hello"
     arguments = [
-        (b"protocol_version", amp.Integer()),
+        (b"protocol_version", Int64()),
         (b"role", amp.Unicode()),
         (b"user", amp.Unicode()),
         (b"host", amp.Unicode()),
-        (b"pid", amp.Integer(optional=True)),  # the caller's process, shown by lstmms/lsthreads
+        (b"pid", Int64(optional=True)),  # the caller's process, shown by lstmms/lsthreads
     ]
     response = [
-        (b"protocol_version", amp.Integer()),
+        (b"protocol_version", Int64()),
         (b"server", amp.Unicode()),
         (b"challenge_path", amp.Unicode(optional=True)),
         (b"nonce", amp.Unicode(optional=True)),
@@ -154,7 +162,7 @@ class ProveKey(_Command):
 class Ping(_Command):
     commandName = b"Ping"
     arguments = []
-    response = [(b"server", amp.Unicode()), (b"time", amp.Float())]
+    response = [(b"server", amp.Unicode()), (b"time", Float64())]
 
 
 # --- jobs -------------------------------------------------------------------------
@@ -169,12 +177,12 @@ class SubmitJobs(_Command):
     commandName = b"SubmitJobs"
     arguments = [
         (b"cwd", amp.Unicode()),
-        (b"umask", amp.Integer()),
+        (b"umask", Int64()),
         (b"env", JSON()),
         (b"jobs", amp.AmpList(JOB_SPEC_FIELDS)),
     ]
     response = [
-        (b"job_ids", amp.ListOf(amp.Integer())),
+        (b"job_ids", amp.ListOf(Int64())),
         # Accepted, but worth saying (e.g. a job larger than every host: it waits).
         (b"warnings", amp.ListOf(amp.Unicode(), optional=True)),
     ]
@@ -194,19 +202,19 @@ class ListJobs(_Command):
         (b"user", amp.Unicode(optional=True)),
         (b"group", amp.Unicode(optional=True)),
         (b"text", amp.Unicode(optional=True)),
-        (b"after_id", amp.Integer()),
-        (b"limit", amp.Integer()),
+        (b"after_id", Int64()),
+        (b"limit", Int64()),
         (b"order", amp.Unicode(optional=True)),  # "id" (default) or "schedule"
     ]
     response = [
         (b"jobs", amp.AmpList(JOB_SUMMARY_FIELDS)),
-        (b"next_after_id", amp.Integer(optional=True)),
+        (b"next_after_id", Int64(optional=True)),
     ]
 
 
 class GetJob(_Command):
     commandName = b"GetJob"
-    arguments = [(b"job_id", amp.Integer())]
+    arguments = [(b"job_id", Int64())]
     response = [
         (b"job", amp.AmpList(JOB_DETAIL_FIELDS)),  # exactly one row
         (b"history", amp.AmpList(HISTORY_FIELDS)),
@@ -218,11 +226,11 @@ class WaitJob(_Command):
     """Answers when the job has ended, or after ``timeout`` seconds with its state."""
 
     commandName = b"WaitJob"
-    arguments = [(b"job_id", amp.Integer()), (b"timeout", amp.Float())]
+    arguments = [(b"job_id", Int64()), (b"timeout", Float64())]
     response = [
         (b"state", amp.Unicode()),
-        (b"exit_code", amp.Integer(optional=True)),
-        (b"signal", amp.Integer(optional=True)),
+        (b"exit_code", Int64(optional=True)),
+        (b"signal", Int64(optional=True)),
         (b"reason", amp.Unicode()),
     ]
 
@@ -242,16 +250,16 @@ class KillJobs(_Command):
 
     commandName = b"KillJobs"
     arguments = [
-        (b"job_ids", amp.ListOf(amp.Integer())),
+        (b"job_ids", amp.ListOf(Int64())),
         (b"regex", amp.Unicode(optional=True)),
         (b"all", amp.Boolean()),
     ]
-    response = [(b"killed", amp.ListOf(amp.Integer()))]
+    response = [(b"killed", amp.ListOf(Int64()))]
 
 
 class SuspendJob(_Command):
     commandName = b"SuspendJob"
-    arguments = [(b"job_id", amp.Integer()), (b"resume", amp.Boolean())]
+    arguments = [(b"job_id", Int64()), (b"resume", amp.Boolean())]
     response = []
 
 
@@ -265,13 +273,13 @@ class GetStatus(_Command):
     arguments = []
     response = [
         (b"cluster_active", amp.Boolean()),
-        (b"active_hosts", amp.Integer()),
-        (b"total_slots", amp.Integer()),
-        (b"occupied_slots", amp.Integer()),
+        (b"active_hosts", Int64()),
+        (b"total_slots", Int64()),
+        (b"occupied_slots", Int64()),
         (b"counts", amp.AmpList(STATE_COUNT_FIELDS)),
         (b"user_counts", amp.AmpList(STATE_COUNT_FIELDS)),
         (b"address", amp.Unicode()),
-        (b"started_at", amp.Float()),
+        (b"started_at", Float64()),
         (b"user", amp.Unicode()),
     ]
 
@@ -318,7 +326,7 @@ class AdminJobs(_Command):
 
     commandName = b"AdminJobs"
     arguments = [(b"action", amp.Unicode()), (b"user", amp.Unicode(optional=True))]
-    response = [(b"count", amp.Integer()), (b"message", amp.Unicode())]
+    response = [(b"count", Int64()), (b"message", amp.Unicode())]
 
 
 class ListSessions(_Command):
@@ -356,9 +364,9 @@ class ServerInfo(_Command):
     response = [
         (b"user", amp.Unicode()),
         (b"host", amp.Unicode()),
-        (b"port", amp.Integer()),
-        (b"pid", amp.Integer()),
-        (b"started_at", amp.Float()),
+        (b"port", Int64()),
+        (b"pid", Int64()),
+        (b"started_at", Float64()),
         (b"dispatcher", amp.Unicode()),
         (b"dispatcher_connected", amp.Boolean()),
     ]
@@ -405,7 +413,7 @@ class RunJob(_Command):
 
     commandName = b"RunJob"
     arguments = RUN_JOB_ARGUMENTS
-    response = [(b"pid", amp.Integer()), (b"started_at", amp.Float())]
+    response = [(b"pid", Int64()), (b"started_at", Float64())]
     errors = {**COMMON_ERRORS, JobStartFailed: b"JOB_START_FAILED"}
 
 
@@ -414,8 +422,8 @@ class SignalJob(_Command):
 
     commandName = b"SignalJob"
     arguments = [
-        (b"job_id", amp.Integer()),
-        (b"attempt", amp.Integer()),
+        (b"job_id", Int64()),
+        (b"attempt", Int64()),
         (b"action", amp.Unicode()),  # "kill" | "stop" | "cont"
     ]
     response = [(b"found", amp.Boolean())]
@@ -426,12 +434,12 @@ class JobFinished(_Command):
 
     commandName = b"JobFinished"
     arguments = [
-        (b"job_id", amp.Integer()),
-        (b"attempt", amp.Integer()),
-        (b"exit_code", amp.Integer(optional=True)),
-        (b"signal", amp.Integer(optional=True)),
+        (b"job_id", Int64()),
+        (b"attempt", Int64()),
+        (b"exit_code", Int64(optional=True)),
+        (b"signal", Int64(optional=True)),
         (b"killed", amp.Boolean()),
-        (b"ended_at", amp.Float()),
+        (b"ended_at", Float64()),
         (b"reason", amp.Unicode()),
         # The executor stopped it because it lost contact with the dispatcher for longer than
         # its lease: not the job's doing, so it is requeued.
@@ -445,13 +453,13 @@ class Heartbeat(_Command):
 
     commandName = b"Heartbeat"
     arguments = [
-        (b"load", amp.Float(optional=True)),  # None when it cannot be read
+        (b"load", Float64(optional=True)),  # None when it cannot be read
         (b"running", JSON()),  # [[job_id, attempt], ...]
     ]
     response = [
-        (b"time", amp.Float()),
+        (b"time", Float64()),
         # The executor's lease: stop every job after this many seconds without an answer
         # from the dispatcher (which declares them lost only after twice as long).
-        (b"lease", amp.Float(optional=True)),
-        (b"interval", amp.Float(optional=True)),  # how often to send heartbeats
+        (b"lease", Float64(optional=True)),
+        (b"interval", Float64(optional=True)),  # how often to send heartbeats
     ]

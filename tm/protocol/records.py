@@ -25,6 +25,46 @@ LISTING_COMMAND_CHARS = 120
 T = TypeVar("T")
 
 
+#: Integers on the wire fit a signed 64-bit column (SQLite's and MySQL's BIGINT).
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+class Int64(amp.Argument):
+    """An integer that fits a signed 64-bit column, in plain decimal digits.
+
+    AMP's ``Integer`` takes any ``int()`` text (26 digits, ``" 1_0 "``) and lets it reach
+    SQL; this one refuses it while the arguments are decoded.
+    """
+
+    def fromString(self, inString: bytes) -> int:  # noqa: N802 - AMP's API
+        text = inString.decode("ascii")  # UnicodeDecodeError for anything else: refused
+        digits = text[1:] if text[:1] == "-" else text
+        if not digits.isdigit() or not digits.isascii() or len(digits) > 19:
+            raise ValueError(f"not a 64-bit integer: {text[:30]!r}")
+        value = int(text)
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise ValueError(f"integer out of the 64-bit range: {text[:30]}")
+        return value
+
+    def toString(self, inObject: int) -> bytes:  # noqa: N802 - AMP's API
+        if not INT64_MIN <= inObject <= INT64_MAX:
+            raise ValueError(f"integer out of the 64-bit range: {inObject}")
+        return str(int(inObject)).encode("ascii")
+
+
+class Float64(amp.Argument):
+    """A finite float (no NaN, no infinity, which neither SQL column nor JSON can hold)."""
+
+    def fromString(self, inString: bytes) -> float:  # noqa: N802 - AMP's API
+        value = float(inString.decode("ascii"))
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"not a finite number: {inString[:30].decode('ascii')}")
+        return value
+
+    def toString(self, inObject: float) -> bytes:  # noqa: N802 - AMP's API
+        return repr(float(inObject)).encode("ascii")
+
+
 class JSON(amp.Argument):
     """A JSON document (object, list, ...) as one AMP value."""
 
@@ -39,33 +79,33 @@ JOB_SPEC_FIELDS: list[tuple[bytes, amp.Argument]] = [
     (b"uuid", amp.Unicode()),
     (b"command", amp.Unicode()),
     (b"shell", amp.Unicode()),
-    (b"slots", amp.Integer()),
-    (b"priority", amp.Integer()),
+    (b"slots", Int64()),
+    (b"priority", Int64()),
     (b"group", amp.Unicode()),
     (b"info", amp.Unicode()),
     (b"stdout", amp.Unicode()),
     (b"stderr", amp.Unicode()),
     (b"logfile", amp.Unicode()),
     (b"excluded_hosts", amp.ListOf(amp.Unicode())),
-    (b"estimated_time", amp.Float(optional=True)),
-    (b"estimated_memory", amp.Float(optional=True)),
+    (b"estimated_time", Float64(optional=True)),
+    (b"estimated_memory", Float64(optional=True)),
 ]
 
 JOB_SUMMARY_FIELDS: list[tuple[bytes, amp.Argument]] = [
-    (b"id", amp.Integer()),
+    (b"id", Int64()),
     (b"user", amp.Unicode()),
     (b"state", amp.Unicode()),
-    (b"attempt", amp.Integer()),
-    (b"slots", amp.Integer()),
-    (b"priority", amp.Integer()),
+    (b"attempt", Int64()),
+    (b"slots", Int64()),
+    (b"priority", Int64()),
     (b"host", amp.Unicode()),
     (b"group", amp.Unicode()),
     (b"info", amp.Unicode()),
     (b"command", amp.Unicode()),
-    (b"submitted_at", amp.Float()),
-    (b"state_since", amp.Float()),
-    (b"exit_code", amp.Integer(optional=True)),
-    (b"signal", amp.Integer(optional=True)),
+    (b"submitted_at", Float64()),
+    (b"state_since", Float64()),
+    (b"exit_code", Int64(optional=True)),
+    (b"signal", Int64(optional=True)),
     (b"reason", amp.Unicode()),
     (b"suspended", amp.Boolean()),
 ]
@@ -78,17 +118,17 @@ JOB_DETAIL_FIELDS: list[tuple[bytes, amp.Argument]] = JOB_SUMMARY_FIELDS + [
     (b"stderr", amp.Unicode()),
     (b"logfile", amp.Unicode()),
     (b"excluded_hosts", amp.ListOf(amp.Unicode())),
-    (b"estimated_time", amp.Float(optional=True)),
-    (b"estimated_memory", amp.Float(optional=True)),
-    (b"pid", amp.Integer(optional=True)),
-    (b"started_at", amp.Float(optional=True)),
-    (b"ended_at", amp.Float(optional=True)),
+    (b"estimated_time", Float64(optional=True)),
+    (b"estimated_memory", Float64(optional=True)),
+    (b"pid", Int64(optional=True)),
+    (b"started_at", Float64(optional=True)),
+    (b"ended_at", Float64(optional=True)),
 ]
 
 HISTORY_FIELDS: list[tuple[bytes, amp.Argument]] = [
-    (b"at", amp.Float()),
+    (b"at", Float64()),
     (b"state", amp.Unicode()),
-    (b"attempt", amp.Integer()),
+    (b"attempt", Int64()),
     (b"host", amp.Unicode()),
     (b"reason", amp.Unicode()),
 ]
@@ -96,14 +136,14 @@ HISTORY_FIELDS: list[tuple[bytes, amp.Argument]] = [
 HOST_FIELDS: list[tuple[bytes, amp.Argument]] = [
     (b"name", amp.Unicode()),
     (b"short_name", amp.Unicode()),
-    (b"number_slots", amp.Integer()),
-    (b"max_slots", amp.Integer()),
-    (b"occupied_slots", amp.Integer()),
+    (b"number_slots", Int64()),
+    (b"max_slots", Int64()),
+    (b"occupied_slots", Int64()),
     (b"active", amp.Boolean()),
     (b"retired", amp.Boolean()),
     (b"load_check", amp.Boolean()),
-    (b"load", amp.Float(optional=True)),
-    (b"executors", amp.Integer()),
+    (b"load", Float64(optional=True)),
+    (b"executors", Int64()),
     (b"additional_info", amp.Unicode()),
 ]
 
@@ -113,30 +153,30 @@ USER_FIELDS: list[tuple[bytes, amp.Argument]] = [
     (b"enabled", amp.Boolean()),
     (b"tms_connected", amp.Boolean()),
     (b"executors", amp.ListOf(amp.Unicode())),
-    (b"waiting", amp.Integer()),
-    (b"pending", amp.Integer()),
-    (b"running", amp.Integer()),
-    (b"usage", amp.Float()),
+    (b"waiting", Int64()),
+    (b"pending", Int64()),
+    (b"running", Int64()),
+    (b"usage", Float64()),
 ]
 
 STATE_COUNT_FIELDS: list[tuple[bytes, amp.Argument]] = [
     (b"state", amp.Unicode()),
-    (b"count", amp.Integer()),
+    (b"count", Int64()),
 ]
 
 #: The start order a TMMS receives: the job, its attempt, and where and how to run it.
 RUN_JOB_ARGUMENTS: list[tuple[bytes, amp.Argument]] = [
-    (b"job_id", amp.Integer()),
-    (b"attempt", amp.Integer()),
+    (b"job_id", Int64()),
+    (b"attempt", Int64()),
     (b"command", amp.Unicode()),
     (b"shell", amp.Unicode()),
     (b"cwd", amp.Unicode()),
-    (b"umask", amp.Integer()),
+    (b"umask", Int64()),
     (b"env", JSON()),
     (b"stdout", amp.Unicode()),
     (b"stderr", amp.Unicode()),
     (b"logfile", amp.Unicode()),
-    (b"slots", amp.Integer()),
+    (b"slots", Int64()),
 ]
 
 

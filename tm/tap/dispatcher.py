@@ -9,8 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application import service
-from twisted.application.internet import StreamServerEndpointService
-from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python import usage
@@ -18,7 +16,9 @@ from twisted.python.threadpool import ThreadPool
 
 from tm import auth, config
 from tm.core.model import User
+from tm.dispatcher import edge
 from tm.link import user_dir, write_info
+from tm.logs import with_bounded_log
 
 DEFAULT_PORT = 10101
 
@@ -48,6 +48,16 @@ class Options(usage.Options):
          "Seconds of silence after which an executor is dropped, and after which the jobs of a "
          "dropped executor that has not come back are requeued; executors stop their jobs after "
          "half of it without an answer from the dispatcher (default 300).", float],
+        ["handshake-timeout", None, 10.0,
+         "Seconds a new connection has to finish TLS, Hello and Authenticate (default 10).",
+         float],
+        ["drain-timeout", None, 30.0,
+         "Seconds a client may leave answers unread (beyond 64 KiB) before it is dropped; "
+         "also the time a started request may stay unfinished (default 30).", float],
+        ["max-unauthenticated-per-address", None, 32,
+         "Connections from one address that have not authenticated yet (default 32).", int],
+        ["max-connections-per-address", None, 512,
+         "Connections from one address in all (default 512).", int],
         ["manhole", None, None,
          "Serve a Python manhole (telnet framing) on the Unix socket PATH, mode 0600, for "
          "the dispatcher's own uid only (default: off)."],
@@ -60,6 +70,12 @@ class Options(usage.Options):
             raise usage.UsageError("--executor-lease must be at least 1 second")
         if not self["fairshare-half-life"] > 0:
             raise usage.UsageError("--fairshare-half-life must be a positive number of seconds")
+        for name in ("handshake-timeout", "drain-timeout"):
+            if not self[name] > 0:
+                raise usage.UsageError(f"--{name} must be a positive number of seconds")
+        for name in ("max-unauthenticated-per-address", "max-connections-per-address"):
+            if not self[name] >= 1:
+                raise usage.UsageError(f"--{name} must be at least 1")
         self["config-dir"] = Path(self["config-dir"]).resolve()
         self["var-dir"] = Path(self["var-dir"]).resolve()
         if self["database"] is None:
@@ -117,7 +133,7 @@ class DispatcherRunner(service.MultiService):
 
     log = Logger()
 
-    def __init__(self, reactor: Any, settings: Any, listen: StreamServerEndpointService,
+    def __init__(self, reactor: Any, settings: Any, listen: service.Service,
                  certificate: bytes) -> None:
         super().__init__()
         from tm.db.store import Store
@@ -158,7 +174,15 @@ class DispatcherRunner(service.MultiService):
         )
 
     def _failed(self, failure: Any) -> None:
-        self.log.failure("tmdispatcher could not start", failure)
+        from tm.protocol.commands import TMError
+
+        if failure.check(TMError):  # a reason for the admin, not a bug: one line
+            self.log.error("tmdispatcher could not start: {reason}",
+                           reason=failure.getErrorMessage())
+        else:
+            self.log.failure("tmdispatcher could not start", failure)
+        # twistd exits 0 once the reactor stops: a failed start must not look like a stop.
+        self.reactor.addSystemEventTrigger("after", "shutdown", os._exit, 1)
         self.reactor.stop()
 
     def stopService(self) -> Any:  # noqa: N802
@@ -176,7 +200,7 @@ class DispatcherRunner(service.MultiService):
         return DeferredList([stopped, saved]).addBoth(close)
 
 
-def makeService(options: Options) -> DispatcherRunner:  # noqa: N802
+def make_dispatcher(options: Options) -> DispatcherRunner:
     from twisted.internet import reactor
 
     from tm.dispatcher.service import Settings
@@ -202,15 +226,33 @@ def makeService(options: Options) -> DispatcherRunner:  # noqa: N802
         fairshare_half_life=options["fairshare-half-life"],
         executor_lease=options["executor-lease"],
     )
-    endpoint = SSL4ServerEndpoint(reactor, options["port"], auth.server_tls_options(key_pem, cert_pem),
-                                  interface=options["interface"])
+    limits = edge.EdgeLimits(
+        handshake_timeout=options["handshake-timeout"],
+        partial_box_timeout=options["drain-timeout"],
+        drain_timeout=options["drain-timeout"],
+        max_unauthenticated_per_address=options["max-unauthenticated-per-address"],
+        max_connections_per_address=options["max-connections-per-address"],
+    )
+    # Bound now, before twistd daemonizes: a port in use stops the start on the terminal
+    # with one line and a non-zero exit (bound later, the error went to the log only).
+    try:
+        sock = edge.bind(options["port"], options["interface"])
+    except edge.CannotListen as e:
+        raise SystemExit(f"tmdispatcher: {e}") from None
+    guard = edge.AddressGuard(limits)
     runner: DispatcherRunner
-    factory = Factory.forProtocol(lambda: DispatcherProtocol(runner.dispatcher))
-    listen = StreamServerEndpointService(endpoint, factory)
-    listen._raiseSynchronously = True
+    factory = Factory.forProtocol(lambda: DispatcherProtocol(runner.dispatcher, limits, guard))
+    tls = edge.guarded_factory(reactor, auth.server_tls_options(key_pem, cert_pem), factory,
+                               guard)
+    listen = edge.EdgeListener(reactor, sock, tls)
     runner = DispatcherRunner(reactor, settings, listen, cert_pem)
     if options["manhole"] is not None:
         from tm.dispatcher.manhole import ManholeService
 
         ManholeService(reactor, options["manhole"], runner.dispatcher).setServiceParent(runner)
     return runner
+
+
+def makeService(options: Options) -> service.Service:  # noqa: N802
+    """The dispatcher, with a twistd log file that rotates and keeps a bounded number."""
+    return with_bounded_log(make_dispatcher(options), options)

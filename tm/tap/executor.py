@@ -9,6 +9,7 @@ from twisted.application import service
 from twisted.python import usage
 
 from tm.link import DispatcherNotFound, find_dispatcher, user_dir
+from tm.logs import with_bounded_log
 
 
 class Options(usage.Options):
@@ -33,10 +34,10 @@ def makeService(options: Options) -> service.Service:  # noqa: N802
         info = find_dispatcher(options["dispatcher"])
     except DispatcherNotFound as e:
         raise usage.UsageError(str(e)) from None
-    return Executor(
+    return with_bounded_log(Executor(
         reactor,
         info,
         host=options["host"] or socket.gethostname(),
         idle_timeout=options["idle-timeout"],
         log_dir=options["log-dir"] or str(user_dir() / "logs"),
-    )
+    ), options)

@@ -6,6 +6,7 @@ from twisted.application import service
 from twisted.python import usage
 
 from tm.link import DispatcherNotFound, find_dispatcher
+from tm.logs import with_bounded_log
 
 
 class Options(usage.Options):
@@ -27,4 +28,4 @@ def makeService(options: Options) -> service.Service:  # noqa: N802
         info = find_dispatcher(options["dispatcher"])
     except DispatcherNotFound as e:
         raise usage.UsageError(str(e)) from None
-    return UserServer(reactor, info, interface=options["interface"])
+    return with_bounded_log(UserServer(reactor, info, interface=options["interface"]), options)
