@@ -150,7 +150,9 @@ class HyperQueue:
 
         job = Job()
         for _ in range(n):
-            job.program(["/bin/sh", "-c", job_command(marker)])
+            # Like TaskManager's jobs, each writes its stdout and stderr to files (here the
+            # work directory, HyperQueue's default of %{CWD}).
+            job.program(["/bin/sh", "-c", job_command(marker)], cwd=marker.parent)
         return job
 
     def bulk(self, marker: Path, n: int) -> None:
