@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -351,3 +352,79 @@ def test_a_user_s_tms_is_reused_from_another_host_sharing_the_home(cluster: Clus
     assert submitted.returncode == 0, submitted.stderr
     assert (directory / "out").read_text() == "ok\n"
     assert f"(pid {pid})" in c.run_as("carol", "hConnect", "printserverinfo", check=True).stdout
+
+
+def _marks(path: Path) -> list[list[str]]:
+    """The lines a job appended to its marker file, split into words."""
+    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_a_two_second_partition_neither_requeues_nor_kills_the_jobs_on_the_host(
+        cluster: Cluster) -> None:
+    # Scenario 6 of reliability-notes.md §5. The executor stops its jobs after half the lease
+    # (EXECUTOR_LEASE / 2 = 5 s) without an answer, the dispatcher gives them up after the
+    # lease: a 2 s partition is shorter than both, so it must cost nothing.
+    c = cluster
+    cut = c.hosts["h3"]
+    directory = c.user_dir("alice", "partition")
+    for other in ("h1", "h2"):  # the jobs go to h3
+        c.run_as("admin", "hConnect", "-T", f"deactivatehost:{c.hosts[other].name}", check=True)
+    # Each job records its own start (with its shell's pid) and end; "during" is let go while
+    # the host is cut off, so its end is reported across the partition; "after" once healed.
+    jobs = {}
+    for name in ("during", "after"):
+        marks, go = directory / f"{name}.marks", directory / f"{name}.go"
+        jobs[name] = submit(c, "alice",
+                            f"echo start $$ $(date +%s.%N) >> {marks}; "
+                            f"while [ ! -e {go} ]; do sleep 0.05; done; "
+                            f"echo end $(date +%s.%N) >> {marks}", cwd=directory)
+    for name, job in jobs.items():
+        wait_until(lambda name=name: _marks(directory / f"{name}.marks"), 120,
+                   f"the job {name} to start")
+        assert lajob(c, "alice", job).host == cut.name
+    executor = tmmenial_pid(c, "alice", cut.name)
+    assert executor is not None
+    executor_log = c.users["alice"].home / ".taskmanager" / "logs" / f"tmmenial.{cut.name}.log"
+    logs_before = {log: log.stat().st_size for log in (executor_log, c.dispatcher_log)}
+
+    c.partition(cut)
+    cut_at = time.time()
+    started = time.monotonic()
+    try:
+        # The partition is real: from the host, the dispatcher's port cannot be reached.
+        probe = subprocess.run(
+            ["ip", "netns", "exec", cut.netns, "/usr/bin/python3", "-c",
+             f"import socket; socket.create_connection(('{c.gateway}', {c.port}), 1)"],
+            capture_output=True, text=True, timeout=30)
+        assert probe.returncode != 0, "the dispatcher is still reachable from the cut-off host"
+        (directory / "during.go").touch()
+        wait_until(lambda: len(_marks(directory / "during.marks")) == 2, 20,
+                   "the job let go during the partition to end")
+        # The fault lasts 2 s: the scenario's length, not a bound on anything.
+        wait_until(lambda: time.monotonic() - started >= 2, 10, "the partition's 2 s")
+    finally:
+        c.heal(cut)
+    healed_at = time.time()
+    lasted = time.monotonic() - started
+    (directory / "after.go").touch()
+
+    wait_ended(c, "alice", list(jobs.values()), timeout=120)
+    for name, job in jobs.items():
+        detail = lajob(c, "alice", job)
+        assert (detail.state, detail.fields["exit code"], detail.host) == (
+            "finished", "0", cut.name), f"partition of {lasted:.1f} s:\n{detail.text}"
+        # One attempt, never lost, requeued or killed.
+        states = [line.split()[2:5] for line in detail.history]
+        assert states == [[s, "attempt", "1"] for s in
+                          ("waiting", "pending", "running", "finished")], detail.text
+        # It ran once, to its end: one start, one end, in its own records.
+        marks = _marks(directory / f"{name}.marks")
+        assert [m[0] for m in marks] == ["start", "end"], marks
+    during_end = float(_marks(directory / "during.marks")[1][1])
+    assert cut_at <= during_end <= healed_at, (cut_at, during_end, healed_at)
+    # The same executor ran them throughout: it was neither fenced nor replaced.
+    assert tmmenial_pid(c, "alice", cut.name) == executor
+    since = {log: log.read_bytes()[size:].decode(errors="replace")
+             for log, size in logs_before.items()}
+    assert "no answer from the dispatcher" not in since[executor_log], since[executor_log]
+    assert "has been silent" not in since[c.dispatcher_log], since[c.dispatcher_log]
