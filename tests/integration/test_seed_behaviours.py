@@ -33,6 +33,7 @@ from tests.helpers.processes import (
     wait_until,
     write_cluster_tab,
 )
+from tests.helpers.requirements import second_user
 
 SUBMITTED = re.compile(r"Job \[(\d+)\] has been submitted to TaskDispatcher\.\n")
 ENDED = ("finished", "failed", "killed")
@@ -257,19 +258,9 @@ def strays() -> Iterator[list[Path]]:
 
 @pytest.fixture(scope="module")
 def unix_user() -> Iterator[UnixUser]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root to make a second Unix user")
-    for tool in ("useradd", "userdel", "setpriv"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"needs {tool} to make and use a second Unix user")
-    base = Path(tempfile.mkdtemp(prefix="tm-seed-users-"))
-    os.chmod(base, 0o755)
-    user = UnixUser.create(base)
-    try:
+    # Skips without root on a developer's machine; fails in CI (tests/helpers/requirements.py).
+    with second_user("tm-seed-users-") as user:
         yield user
-    finally:
-        user.remove()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
