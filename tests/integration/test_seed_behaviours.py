@@ -940,6 +940,14 @@ def test_b20_rmwjobs_removes_waiting_jobs_and_rmjobs_removes_all_killing_running
     assert not list(other.work.glob("w*.txt"))
 
 
+def _checkslots(me: Client) -> dict[str, int]:
+    """``checkslots``: the occupied slots per host it recomputed."""
+    out = me.td("checkslots")
+    head, _, hosts = out.partition(": ")
+    assert head == "number of occupied slots have been updated", out
+    return {name: int(used) for name, used, _ in re.findall(r"(\S+) (\d+)/(\d+)", hosts)}
+
+
 def test_b21_setallpjobsaswaiting_requeues_pending_jobs_and_checkslots_matches_the_jobs(
     make_tm, tmp_path: Path, strays: list[Path],
 ) -> None:
@@ -951,39 +959,54 @@ def test_b21_setallpjobsaswaiting_requeues_pending_jobs_and_checkslots_matches_t
     (fakebin / "ssh").chmod(0o755)
     strays.append(hung)
     tm = make_tm(ClusterHost("hosta", 2, ssh_target="hosta.unreachable"),
-                 ClusterHost("hostb", 1),
+                 ClusterHost("hostb", 3),
                  env={"PATH": f"{fakebin}:{os.environ['PATH']}"})
     me = Client(tm)
-    go = tm.work / "go"
-    stuck = me.submit("-c", "2", "echo ran > stuck.txt")
+    records = tm.work / "records"
+    recorder = write_recorder(records)
+    go = {name: tm.work / f"go.{name}" for name in ("wide", "narrow")}
+    stuck = me.submit("-c", "2", "-E", "hostb", recorded(recorder, "true", 2))
     assert me.wait_state(stuck, "pending").host == "hosta"
-    local = me.submit(gate(go))
-    assert me.wait_state(local, "running").host == "hostb"
+    wide = me.submit("-c", "2", recorded(recorder, gate(go["wide"]), 2))
+    narrow = me.submit("-c", "1", recorded(recorder, gate(go["narrow"]), 1))
+    wait_until(lambda: run_of(records, wide) and run_of(records, narrow), 30,
+               "the two jobs on hostb to start")
     assert listed_ids(me.tms("lspjobs")) == [stuck]
 
-    def free() -> tuple[int, int]:
-        hosts = me.hosts()
-        return hosts["hosta"].free, hosts["hostb"].free
+    def held_by_the_jobs() -> dict[str, int]:
+        """The slots really held per host: those of the jobs running by their own records,
+        and those of the jobs placed but not started yet (pending), which hold them too."""
+        held = {"hosta": 0, "hostb": 0}
+        for host, slots in occupied_now(records).items():
+            held[host] += slots
+        for job_id in listed_ids(me.tms("lspjobs")):
+            job = me.job(job_id)
+            assert run_of(records, job_id) is None, job.text  # pending: it has not started
+            held[job.host] += int(job.fields["slots"])
+        return held
 
-    assert free() == (0, 0)
-    assert me.td("checkslots") == ("number of occupied slots have been updated: "
-                                   "hosta 2/2, hostb 1/1")
-    assert free() == (0, 0)
+    assert held_by_the_jobs() == {"hosta": 2, "hostb": 3}
+    assert _checkslots(me) == held_by_the_jobs()
 
     me.td("deactivatecluster")  # or the re-queued job would be placed again at once
     assert me.td("setallpjobsaswaiting") == "set 1 jobs as waiting"
     job = me.job(stuck)
     assert (job.state, job.host) == ("waiting", "n.a."), job.text
-    assert me.state(local) == "running"  # running jobs are not touched
-    assert free() == (2, 0)
-    assert me.td("checkslots") == ("number of occupied slots have been updated: "
-                                   "hosta 0/2, hostb 1/1")
-    assert free() == (2, 0)
-    go.touch()
-    me.wait_state(local, *ENDED)
-    me.td("checkslots")
-    assert free() == (2, 1)
-    assert not (tm.work / "stuck.txt").exists()
+    assert me.state(wide) == me.state(narrow) == "running"  # running jobs are not touched
+    assert held_by_the_jobs() == {"hosta": 0, "hostb": 3}
+    assert _checkslots(me) == held_by_the_jobs()
+    assert me.hosts()["hosta"].free == 2
+
+    # As the jobs end (by their records, and once the dispatcher has their ends), so do
+    # the slots checkslots counts.
+    for name, job_id, left in (("narrow", narrow, 2), ("wide", wide, 0)):
+        go[name].touch()
+        assert me.wait_state(job_id, *ENDED).state == "finished"
+        assert run_of(records, job_id).end is not None
+        assert held_by_the_jobs() == {"hosta": 0, "hostb": left}
+        assert _checkslots(me) == held_by_the_jobs()
+    assert (me.hosts()["hosta"].free, me.hosts()["hostb"].free) == (2, 3)
+    assert run_of(records, stuck) is None  # the re-queued job never ran
 
 
 def test_b22_lscluster_status_and_gettdstatus_report_hosts_activity_slots_and_counts(
@@ -1050,7 +1073,9 @@ def test_b23_killjob_and_its_plural_regex_and_all_forms_kill_the_whole_tree_and_
         wait_until(lambda p=pids[name]: len(pids_in(p)) == 4, 30, f"the processes of {name}")
     them.wait_state(theirs, "running")
     wait_until(theirs_pid.exists, 30, "the other user's job pid")
-    blocked = root.submit("-c", "8", "true")  # waits: the host is busy
+    records = tm.work / "records"
+    recorder = write_recorder(records)
+    blocked = root.submit("-c", "3", recorded(recorder, "sleep 300", 3))  # 2 slots are free
     assert root.state(blocked) == "waiting"
 
     # Nobody kills another user's job, not even an admin through their TMS.
@@ -1063,10 +1088,15 @@ def test_b23_killjob_and_its_plural_regex_and_all_forms_kill_the_whole_tree_and_
     def all_dead(*names: str) -> bool:
         return not any(alive(p) for n in names for p in pids_in(pids[n]))
 
+    killed_at = time.time()
     assert root.tms(f"killjob:{jobs['one']}") == f"Job(s) {jobs['one']} have been killed."
     assert root.wait_state(jobs["one"], *ENDED).state == "killed"
     wait_until(lambda: all_dead("one"), 20, "every process of the killed job to be gone")
     assert all(alive(p) for n in ("two", "three", "match", "rest") for p in pids_in(pids[n]))
+    # The killed job's slot is really free: with it, the 3-slot job fits and starts there.
+    wait_until(lambda: run_of(records, blocked), 30, "the waiting job to start in the freed slot")
+    assert run_of(records, blocked).start >= killed_at
+    assert run_of(records, blocked).host == "hosta" and root.state(blocked) == "running"
 
     assert root.tms(f"killjobs:{jobs['two']}:{jobs['three']}") == (
         f"Job(s) {jobs['two']}, {jobs['three']} have been killed.")
@@ -1076,14 +1106,19 @@ def test_b23_killjob_and_its_plural_regex_and_all_forms_kill_the_whole_tree_and_
     wait_until(lambda: all_dead("two", "three", "match"), 20, "the killed jobs' processes to go")
     assert root.state(jobs["rest"]) == "running"
 
+    killed_at = time.time()
     killed = root.tms("killalljobs")
     assert sorted(map(int, re.findall(r"\d+", killed))) == sorted([jobs["rest"], blocked])
     assert root.wait_state(jobs["rest"], *ENDED).state == "killed"
-    assert root.job(blocked).state == "killed"
+    assert root.wait_state(blocked, *ENDED).state == "killed"
     wait_until(lambda: all_dead("rest"), 20, "the last killed job's processes to go")
     assert them.state(theirs) == "running" and alive(int(theirs_pid.read_text()))
-    # Every killed job's slots are free again; the other user's job keeps its one.
+    # Every killed job's slots are free again; the other user's job keeps its one: a job
+    # needing the other 7 starts there.
     assert root.hosts()["hosta"].free == 7
+    after = root.submit("-c", "7", recorded(recorder, "true", 7))
+    assert root.wait_state(after, *ENDED).state == "finished"
+    assert run_of(records, after).start >= killed_at and run_of(records, after).host == "hosta"
 
 
 def test_b23_killjob_also_kills_descendants_that_left_the_session_with_setsid(
@@ -1093,12 +1128,15 @@ def test_b23_killjob_also_kills_descendants_that_left_the_session_with_setsid(
     me = Client(tm)
     pids = tm.work / "tree.pids"
     strays.append(pids)
+    records = tm.work / "records"
+    recorder = write_recorder(records)
     job_id = me.submit(
         f"setsid sleep 300 & echo $! >> {pids}; "
         f"setsid sh -c 'sleep 300 & echo $! >> {pids}; wait' & echo $! >> {pids}; "
         f"sleep 300 & echo $! >> {pids}; echo $$ >> {pids}; wait")
     me.wait_state(job_id, "running")
     wait_until(lambda: len(pids_in(pids)) == 5, 30, "the job's five processes")
+    killed_at = time.time()
     assert me.tms(f"killjob:{job_id}") == f"Job(s) {job_id} have been killed."
     assert me.wait_state(job_id, *ENDED).state == "killed"
     try:
@@ -1108,6 +1146,10 @@ def test_b23_killjob_also_kills_descendants_that_left_the_session_with_setsid(
         left = {p: _session(p) for p in pids_in(pids) if alive(p)}
         pytest.fail(f"still alive 20 s after killjob (pid: session id): {left}")
     assert me.hosts()["hosta"].free == 2
+    # Both slots are free: a 2-slot job starts there.
+    after = me.submit("-c", "2", recorded(recorder, "true", 2))
+    assert me.wait_state(after, *ENDED).state == "finished"
+    assert run_of(records, after).start >= killed_at and run_of(records, after).host == "hosta"
 
 
 def _session(pid: int) -> int | None:
