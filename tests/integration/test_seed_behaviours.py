@@ -1200,9 +1200,11 @@ def _executors(me: Client) -> dict[str, list[str]]:
 def test_b25_an_executor_starts_with_the_first_job_on_a_host_is_listed_stopped_and_idles_out(
     make_tm,
 ) -> None:
-    idle = 5
+    # Executors take their idle timeout from the TMS that starts them. Until shutdownalltmms
+    # has run they must not exit by themselves, whatever the machine's speed: the first TMS
+    # gives them 600 s; a second one, started later, 5 s.
     tm = make_tm(ClusterHost("hosta", 1), ClusterHost("hostb", 1),
-                 env={"TM_EXECUTOR_IDLE_TIMEOUT": str(idle)})
+                 env={"TM_EXECUTOR_IDLE_TIMEOUT": "600"})
     me = Client(tm)
     pidfile = {h: tm.home / ".taskmanager" / f"tmmenial.{h}.pid" for h in ("hosta", "hostb")}
     go = {h: tm.work / f"go.{h}" for h in ("hosta", "hostb")}
@@ -1226,16 +1228,23 @@ def test_b25_an_executor_starts_with_the_first_job_on_a_host_is_listed_stopped_a
         go[host].touch()
     for job_id in (first, second):
         me.wait_state(job_id, *ENDED)
-    # Within the idle timeout: shutdownalltmms stops both.
+    # Idle, within their idle timeout: shutdownalltmms stops both.
     assert me.tms("shutdownalltmms").splitlines() == ["hosta: stopped", "hostb: stopped"]
     wait_until(lambda: not alive(pid_a) and not alive(pid_b), 15, "both executors to exit")
     assert _executors(me) == {}
 
     # The next job brings one back; with nothing to do it exits by itself.
-    third = me.submit("true")
-    me.wait_state(third, *ENDED)
-    host = me.job(third).host
-    new_pid = int(pidfile[host].read_text())
+    idle = 5
+    old_tms = me.tms_pid()
+    assert me.tms("shutdown") == "terminating TMS ..."
+    wait_until(lambda: not alive(old_tms), 15, "the TMS to exit")
+    tm.extra_env["TM_EXECUTOR_IDLE_TIMEOUT"] = str(idle)
+    go["hosta"].unlink()
+    third = me.submit(gate(go["hosta"]))
+    host = me.wait_state(third, "running").host
+    new_pid = int(pidfile[host].read_text())  # read while its job keeps it busy
     assert new_pid not in (pid_a, pid_b) and list(_executors(me)) == [host]
+    go["hosta"].touch()
+    assert me.wait_state(third, *ENDED).state == "finished"
     wait_until(lambda: not alive(new_pid), idle + 20, "the idle executor to exit by itself")
     wait_until(lambda: _executors(me) == {}, 10, "lstmms to forget the idle executor")
