@@ -55,7 +55,9 @@ def field(tm: Installation, job_id: int, name: str) -> str:
 
 def test_reload_adds_updates_and_retires_hosts_and_a_retired_host_finishes_its_job(
         tm: Installation) -> None:
-    long = submit(tm, "-E", "hB", "sleep 2; echo done > long.out")
+    # The job runs until the test lets it go: it is surely running at the reload.
+    go = tm.work / "go"
+    long = submit(tm, "-E", "hB", f"while [ ! -e {go} ]; do sleep 0.05; done; echo done > long.out")
     wait_until(lambda: field(tm, long, "state") == "running", 30, "the long job to run")
     assert field(tm, long, "host") == "hA"
 
@@ -70,6 +72,8 @@ def test_reload_adds_updates_and_retires_hosts_and_a_retired_host_finishes_its_j
 
     # The retired host's job finishes normally; new jobs go to the remaining hosts only.
     new = [submit(tm, "true") for _ in range(4)]
+    assert field(tm, long, "state") == "running"
+    go.touch()
     wait_until(lambda: (tm.work / "long.out").exists(), 30, "the job on the retired host to end")
     wait_until(lambda: all(field(tm, j, "state") == "finished" for j in new + [long]), 30,
                "all jobs to finish")
@@ -149,7 +153,8 @@ def test_invoke_list_and_shut_down_executors_and_idle_exit(
 
 
 def test_lstmms_pid_is_the_executor_process(tm: Installation) -> None:
-    job = submit(tm, "sleep 5")
+    go = tm.work / "go"
+    job = submit(tm, f"while [ ! -e {go} ]; do sleep 0.05; done")
     wait_until(lambda: field(tm, job, "state") == "running", 30, "the job to run")
     lines = tm.run("hConnect", "lstmms", check=True).stdout.splitlines()
     pid = int(lines[1].split()[2])
@@ -157,6 +162,7 @@ def test_lstmms_pid_is_the_executor_process(tm: Installation) -> None:
     assert pid in pidfiles.values(), (lines, pidfiles)
     info = json.loads((tm.home / ".taskmanager" / "tms.json").read_text())
     assert info["pid"] != pid
+    go.touch()
 
 
 def test_a_host_s_tmmenial_command_starts_its_executors(tmp_path: Path) -> None:
