@@ -4,6 +4,7 @@ the hosts the dispatcher chose.  See conftest.py and netcluster.py for how it is
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import signal
@@ -373,14 +374,13 @@ def test_a_two_second_partition_neither_requeues_nor_kills_the_jobs_on_the_host(
     # the host is cut off, so its end is reported across the partition; "after" once healed.
     jobs = {}
     for name in ("during", "after"):
-        marks, go = directory / f"{name}.marks", directory / f"{name}.go"
+        marks_file, go = directory / f"{name}.marks", directory / f"{name}.go"
         jobs[name] = submit(c, "alice",
-                            f"echo start $$ $(date +%s.%N) >> {marks}; "
+                            f"echo start $$ $(date +%s.%N) >> {marks_file}; "
                             f"while [ ! -e {go} ]; do sleep 0.05; done; "
-                            f"echo end $(date +%s.%N) >> {marks}", cwd=directory)
-    for name, job in jobs.items():
-        wait_until(lambda name=name: _marks(directory / f"{name}.marks"), 120,
-                   f"the job {name} to start")
+                            f"echo end $(date +%s.%N) >> {marks_file}", cwd=directory)
+        wait_until(functools.partial(_marks, marks_file), 120, f"the job {name} to start")
+    for job in jobs.values():
         assert lajob(c, "alice", job).host == cut.name
     executor = tmmenial_pid(c, "alice", cut.name)
     assert executor is not None
