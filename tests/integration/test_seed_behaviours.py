@@ -42,7 +42,7 @@ from tests.helpers.processes import (
     wait_until,
     write_cluster_tab,
 )
-from tests.helpers.requirements import second_user
+from tests.helpers.requirements import second_user, skip_or_fail
 
 SUBMITTED = re.compile(r"Job \[(\d+)\] has been submitted to TaskDispatcher\.\n")
 ENDED = ("finished", "failed", "killed")
@@ -367,7 +367,7 @@ def test_b03_the_command_runs_on_a_cluster_host_under_the_users_uid_in_the_chose
               if (path := shutil.which(name))}
     chosen = ["bash", "dash" if "dash" in shells else "sh"]
     if len({shells.get(s) for s in chosen}) != 2 or None in {shells.get(s) for s in chosen}:
-        pytest.skip("needs two different shells (bash and dash or sh)")
+        skip_or_fail("needs two different shells (bash and dash or sh)")
     tm = make_tm(ClusterHost("hosta", 2), ClusterHost("hostb", 2),
                  users=[ROOT_ADMIN, (other.name, "user")], shared=True)
     probe = "readlink /proc/$$/exe > shell.txt; id -u > uid.txt; touch owned.txt"
