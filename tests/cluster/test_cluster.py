@@ -20,6 +20,7 @@ from tests.cluster.tmcli import (
     lajob,
     read_record,
     record_job,
+    records_written,
     submit,
     submit_file,
     submit_many,
@@ -73,14 +74,21 @@ def check_jobs_ran_where_assigned(c: Cluster, directory: dict[str, Path],
 def test_jobs_of_two_users_spread_over_hosts_under_their_own_uids(cluster: Cluster) -> None:
     c = cluster
     directory = {role: c.user_dir(role, "spread") for role in USERS}
-    ids = submit_many(c, {role: [record_job(directory[role], sleep=2)] * 6 for role in USERS},
-                      directory)
+    go = c.base / "go-spread"
+    # As many jobs as the cluster has slots, each holding its slot until all have started:
+    # however slow the submissions, they are spread over every host.
+    per_user = SLOTS_PER_HOST * len(c.hosts) // len(USERS)
+    ids = submit_many(c, {role: [record_job(directory[role], gate=go)] * per_user
+                          for role in USERS}, directory)
+    wait_until(lambda: sum(records_written(d) for d in directory.values()) == 2 * per_user, 120,
+               "every job to start")
+    go.touch()
     for role in USERS:
         wait_ended(c, role, ids[role])
 
     used = check_jobs_ran_where_assigned(c, directory, ids)
     hosts_used = {host for _, host in used}
-    assert len(hosts_used) > 1, f"all jobs ran on {hosts_used}"
+    assert hosts_used == {h.name for h in c.hosts.values()}, used
     for role, host_name in used:
         user, host = c.users[role], c.host_by_name(host_name)
         # The TMS started this executor through ssh to the host's address ...
@@ -105,8 +113,13 @@ def test_a_deactivated_host_gets_nothing_new_while_the_others_work(cluster: Clus
     assert re.search(rf"\b{re.escape(off.name)}\s+inactive\b", listing), listing
 
     directory = {role: c.user_dir(role, "deactivated") for role in USERS}
-    ids = submit_many(c, {role: [record_job(directory[role], sleep=1)] * 5 for role in USERS},
+    go = c.base / "go-deactivated"
+    # More jobs than the two active hosts have slots, each holding its slot until they are full.
+    ids = submit_many(c, {role: [record_job(directory[role], gate=go)] * 5 for role in USERS},
                       directory)
+    wait_until(lambda: sum(records_written(d) for d in directory.values()) == 2 * SLOTS_PER_HOST,
+               120, "the active hosts to fill up")
+    go.touch()
     for role in USERS:
         wait_ended(c, role, ids[role])
     used = check_jobs_ran_where_assigned(c, directory, ids)
@@ -226,9 +239,16 @@ def test_a_host_whose_sshd_is_down_makes_jobs_go_elsewhere_with_the_reason(
         c.cut_link(down)
 
     directory = {role: c.user_dir(role, f"sshd-{fault}")}
-    # One job per slot of the cluster: spread placement puts some on every host.
+    go = c.base / f"go-sshd-{fault}"
+    log_start = c.dispatcher_log.stat().st_size
+    # One job per slot of the cluster, each holding its slot until the test lets it go: some
+    # must be placed on the broken host. Once its start has failed they are let go.
     count = SLOTS_PER_HOST * len(c.hosts)
-    ids = submit_many(c, {role: [record_job(directory[role], sleep=2)] * count}, directory)
+    ids = submit_many(c, {role: [record_job(directory[role], gate=go)] * count}, directory)
+    wait_until(lambda: f"starting an executor of {user.name} on {down.name} failed" in
+               c.dispatcher_log.read_bytes()[log_start:].decode(errors="replace"), 180,
+               f"the executor start on {down.name} to fail")
+    go.touch()
     wait_ended(c, role, ids[role], timeout=180)
     used = check_jobs_ran_where_assigned(c, directory, ids)
     assert down.name not in {host for _, host in used}
@@ -315,8 +335,16 @@ def test_a_host_without_tmmenial_reports_why_after_a_reload_and_jobs_go_elsewher
                    "the dispatcher to forget the TMMS")
 
         directory = {role: c.user_dir(role, "no-tmmenial")}
+        go = c.base / "go-no-tmmenial"
+        log_start = c.dispatcher_log.stat().st_size
+        name = c.users[role].name
+        # As in the sshd tests: the jobs hold their slots until the start on h3 has failed.
         count = SLOTS_PER_HOST * len(c.hosts)
-        ids = submit_many(c, {role: [record_job(directory[role], sleep=1)] * count}, directory)
+        ids = submit_many(c, {role: [record_job(directory[role], gate=go)] * count}, directory)
+        wait_until(lambda: f"starting an executor of {name} on {broken.name} failed" in
+                   c.dispatcher_log.read_bytes()[log_start:].decode(errors="replace"), 180,
+                   f"the executor start on {broken.name} to fail")
+        go.touch()
         wait_ended(c, role, ids[role], timeout=180)
         used = check_jobs_ran_where_assigned(c, directory, ids)
         assert broken.name not in {host for _, host in used}
