@@ -71,6 +71,8 @@ def isolated(request: pytest.FixtureRequest, cluster: Cluster) -> Iterator[None]
     wait_until(lambda: _busy_jobs(cluster) == 0, 120, "the jobs of earlier tests to end")
     yield
     for host in cluster.hosts.values():
+        if cluster.partitioned(host):
+            cluster.heal(host)
         if not cluster.link_up(host):
             cluster.restore_link(host)
             wait_until(functools.partial(cluster.sshd_answers, host), 30, f"{host.name} to be back")

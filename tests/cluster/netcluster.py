@@ -402,6 +402,24 @@ class Cluster:
     def restore_link(self, host: SimHost) -> None:
         sh("ip", "-n", host.netns, "link", "set", "eth0", "up")
 
+    def partition(self, host: SimHost) -> None:
+        """Cut the host off the dispatcher both ways with blackhole routes (its interface stays
+        up, its TCP connections stay open): what a host sends to the login host, and what the
+        login host sends to it, is dropped until :meth:`heal`."""
+        sh("ip", "-n", host.netns, "route", "add", "blackhole", f"{self.gateway}/32")
+        sh("ip", "route", "add", "blackhole", f"{host.address}/32")
+
+    def heal(self, host: SimHost) -> None:
+        """Undo :meth:`partition` (either half of it, if only one is there)."""
+        sh("ip", "-n", host.netns, "route", "del", "blackhole", f"{self.gateway}/32", check=False)
+        sh("ip", "route", "del", "blackhole", f"{host.address}/32", check=False)
+
+    def partitioned(self, host: SimHost) -> bool:
+        inside = sh("ip", "-n", host.netns, "route", "show", "type", "blackhole").stdout
+        outside = sh("ip", "route", "show", "type", "blackhole").stdout
+        return (self.gateway in inside.split()
+                or host.address in outside.split())
+
     def link_up(self, host: SimHost) -> bool:
         out = sh("ip", "-n", host.netns, "-o", "link", "show", "eth0").stdout
         return ",UP" in out or "<UP" in out
@@ -547,6 +565,8 @@ class Cluster:
 
         attempt("dispatcher", self.stop_dispatcher)
         for host in self.hosts.values():
+            # A blackhole route in the root namespace would outlive the host's namespace.
+            attempt(f"routes of {host.name}", functools.partial(self.heal, host))
             attempt(f"sshd of {host.name}", functools.partial(self.stop_sshd, host))
         # By the names planned (and recorded) up front: also what a failed start half made.
         errors += remove_run(self.bridge, [self._netns_name(s) for s in HOST_NAMES],

@@ -4,10 +4,12 @@ the hosts the dispatcher chose.  See conftest.py and netcluster.py for how it is
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import signal
 import subprocess
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from tests.cluster.tmcli import (
     lajob,
     read_record,
     record_job,
+    records_written,
     submit,
     submit_file,
     submit_many,
@@ -71,14 +74,21 @@ def check_jobs_ran_where_assigned(c: Cluster, directory: dict[str, Path],
 def test_jobs_of_two_users_spread_over_hosts_under_their_own_uids(cluster: Cluster) -> None:
     c = cluster
     directory = {role: c.user_dir(role, "spread") for role in USERS}
-    ids = submit_many(c, {role: [record_job(directory[role], sleep=2)] * 6 for role in USERS},
-                      directory)
+    go = c.base / "go-spread"
+    # As many jobs as the cluster has slots, each holding its slot until all have started:
+    # however slow the submissions, they are spread over every host.
+    per_user = SLOTS_PER_HOST * len(c.hosts) // len(USERS)
+    ids = submit_many(c, {role: [record_job(directory[role], gate=go)] * per_user
+                          for role in USERS}, directory)
+    wait_until(lambda: sum(records_written(d) for d in directory.values()) == 2 * per_user, 120,
+               "every job to start")
+    go.touch()
     for role in USERS:
         wait_ended(c, role, ids[role])
 
     used = check_jobs_ran_where_assigned(c, directory, ids)
     hosts_used = {host for _, host in used}
-    assert len(hosts_used) > 1, f"all jobs ran on {hosts_used}"
+    assert hosts_used == {h.name for h in c.hosts.values()}, used
     for role, host_name in used:
         user, host = c.users[role], c.host_by_name(host_name)
         # The TMS started this executor through ssh to the host's address ...
@@ -103,8 +113,13 @@ def test_a_deactivated_host_gets_nothing_new_while_the_others_work(cluster: Clus
     assert re.search(rf"\b{re.escape(off.name)}\s+inactive\b", listing), listing
 
     directory = {role: c.user_dir(role, "deactivated") for role in USERS}
-    ids = submit_many(c, {role: [record_job(directory[role], sleep=1)] * 5 for role in USERS},
+    go = c.base / "go-deactivated"
+    # More jobs than the two active hosts have slots, each holding its slot until they are full.
+    ids = submit_many(c, {role: [record_job(directory[role], gate=go)] * 5 for role in USERS},
                       directory)
+    wait_until(lambda: sum(records_written(d) for d in directory.values()) == 2 * SLOTS_PER_HOST,
+               120, "the active hosts to fill up")
+    go.touch()
     for role in USERS:
         wait_ended(c, role, ids[role])
     used = check_jobs_ran_where_assigned(c, directory, ids)
@@ -224,9 +239,16 @@ def test_a_host_whose_sshd_is_down_makes_jobs_go_elsewhere_with_the_reason(
         c.cut_link(down)
 
     directory = {role: c.user_dir(role, f"sshd-{fault}")}
-    # One job per slot of the cluster: spread placement puts some on every host.
+    go = c.base / f"go-sshd-{fault}"
+    log_start = c.dispatcher_log.stat().st_size
+    # One job per slot of the cluster, each holding its slot until the test lets it go: some
+    # must be placed on the broken host. Once its start has failed they are let go.
     count = SLOTS_PER_HOST * len(c.hosts)
-    ids = submit_many(c, {role: [record_job(directory[role], sleep=2)] * count}, directory)
+    ids = submit_many(c, {role: [record_job(directory[role], gate=go)] * count}, directory)
+    wait_until(lambda: f"starting an executor of {user.name} on {down.name} failed" in
+               c.dispatcher_log.read_bytes()[log_start:].decode(errors="replace"), 180,
+               f"the executor start on {down.name} to fail")
+    go.touch()
     wait_ended(c, role, ids[role], timeout=180)
     used = check_jobs_ran_where_assigned(c, directory, ids)
     assert down.name not in {host for _, host in used}
@@ -313,8 +335,16 @@ def test_a_host_without_tmmenial_reports_why_after_a_reload_and_jobs_go_elsewher
                    "the dispatcher to forget the TMMS")
 
         directory = {role: c.user_dir(role, "no-tmmenial")}
+        go = c.base / "go-no-tmmenial"
+        log_start = c.dispatcher_log.stat().st_size
+        name = c.users[role].name
+        # As in the sshd tests: the jobs hold their slots until the start on h3 has failed.
         count = SLOTS_PER_HOST * len(c.hosts)
-        ids = submit_many(c, {role: [record_job(directory[role], sleep=1)] * count}, directory)
+        ids = submit_many(c, {role: [record_job(directory[role], gate=go)] * count}, directory)
+        wait_until(lambda: f"starting an executor of {name} on {broken.name} failed" in
+                   c.dispatcher_log.read_bytes()[log_start:].decode(errors="replace"), 180,
+                   f"the executor start on {broken.name} to fail")
+        go.touch()
         wait_ended(c, role, ids[role], timeout=180)
         used = check_jobs_ran_where_assigned(c, directory, ids)
         assert broken.name not in {host for _, host in used}
@@ -351,3 +381,78 @@ def test_a_user_s_tms_is_reused_from_another_host_sharing_the_home(cluster: Clus
     assert submitted.returncode == 0, submitted.stderr
     assert (directory / "out").read_text() == "ok\n"
     assert f"(pid {pid})" in c.run_as("carol", "hConnect", "printserverinfo", check=True).stdout
+
+
+def _marks(path: Path) -> list[list[str]]:
+    """The lines a job appended to its marker file, split into words."""
+    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_a_two_second_partition_neither_requeues_nor_kills_the_jobs_on_the_host(
+        cluster: Cluster) -> None:
+    # Scenario 6 of reliability-notes.md §5. The executor stops its jobs after half the lease
+    # (EXECUTOR_LEASE / 2 = 5 s) without an answer, the dispatcher gives them up after the
+    # lease: a 2 s partition is shorter than both, so it must cost nothing.
+    c = cluster
+    cut = c.hosts["h3"]
+    directory = c.user_dir("alice", "partition")
+    for other in ("h1", "h2"):  # the jobs go to h3
+        c.run_as("admin", "hConnect", "-T", f"deactivatehost:{c.hosts[other].name}", check=True)
+    # Each job records its own start (with its shell's pid) and end; "during" is let go while
+    # the host is cut off, so its end is reported across the partition; "after" once healed.
+    jobs = {}
+    for name in ("during", "after"):
+        marks_file, go = directory / f"{name}.marks", directory / f"{name}.go"
+        jobs[name] = submit(c, "alice",
+                            f"echo start $$ $(date +%s.%N) >> {marks_file}; "
+                            f"while [ ! -e {go} ]; do sleep 0.05; done; "
+                            f"echo end $(date +%s.%N) >> {marks_file}", cwd=directory)
+        wait_until(functools.partial(_marks, marks_file), 120, f"the job {name} to start")
+    for job in jobs.values():
+        assert lajob(c, "alice", job).host == cut.name
+    executor = tmmenial_pid(c, "alice", cut.name)
+    assert executor is not None
+    executor_log = c.users["alice"].home / ".taskmanager" / "logs" / f"tmmenial.{cut.name}.log"
+    logs_before = {log: log.stat().st_size for log in (executor_log, c.dispatcher_log)}
+
+    c.partition(cut)
+    cut_at = time.time()
+    started = time.monotonic()
+    try:
+        # The partition is real: from the host, the dispatcher's port cannot be reached.
+        probe = subprocess.run(
+            ["ip", "netns", "exec", cut.netns, "/usr/bin/python3", "-c",
+             f"import socket; socket.create_connection(('{c.gateway}', {c.port}), 1)"],
+            capture_output=True, text=True, timeout=30)
+        assert probe.returncode != 0, "the dispatcher is still reachable from the cut-off host"
+        (directory / "during.go").touch()
+        wait_until(lambda: len(_marks(directory / "during.marks")) == 2, 20,
+                   "the job let go during the partition to end")
+        # The fault lasts 2 s: the scenario's length, not a bound on anything.
+        wait_until(lambda: time.monotonic() - started >= 2, 10, "the partition's 2 s")
+    finally:
+        c.heal(cut)
+    healed_at = time.time()
+    lasted = time.monotonic() - started
+    (directory / "after.go").touch()
+
+    wait_ended(c, "alice", list(jobs.values()), timeout=120)
+    for name, job in jobs.items():
+        detail = lajob(c, "alice", job)
+        assert (detail.state, detail.fields["exit code"], detail.host) == (
+            "finished", "0", cut.name), f"partition of {lasted:.1f} s:\n{detail.text}"
+        # One attempt, never lost, requeued or killed.
+        states = [line.split()[2:5] for line in detail.history]
+        assert states == [[s, "attempt", "1"] for s in
+                          ("waiting", "pending", "running", "finished")], detail.text
+        # It ran once, to its end: one start, one end, in its own records.
+        marks = _marks(directory / f"{name}.marks")
+        assert [m[0] for m in marks] == ["start", "end"], marks
+    during_end = float(_marks(directory / "during.marks")[1][1])
+    assert cut_at <= during_end <= healed_at, (cut_at, during_end, healed_at)
+    # The same executor ran them throughout: it was neither fenced nor replaced.
+    assert tmmenial_pid(c, "alice", cut.name) == executor
+    since = {log: log.read_bytes()[size:].decode(errors="replace")
+             for log, size in logs_before.items()}
+    assert "no answer from the dispatcher" not in since[executor_log], since[executor_log]
+    assert "has been silent" not in since[c.dispatcher_log], since[c.dispatcher_log]

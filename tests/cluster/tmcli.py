@@ -118,9 +118,18 @@ def cluster_addresses(text: str, c: Cluster) -> set[str]:
 WHO_AND_WHERE = 'mkdir -p {dir} && {{ id -u; ip -o -4 addr show; }} > {dir}/$TM_JOB_ID.txt{tail}'
 
 
-def record_job(directory: Path, sleep: float = 0.0) -> str:
+def record_job(directory: Path, sleep: float = 0.0, gate: Path | None = None) -> str:
+    """A job that records its uid and addresses, then sleeps ``sleep`` s and, with ``gate``,
+    runs on until that file exists (so it holds its slot until the test lets it go)."""
     tail = f"; sleep {sleep}" if sleep else ""
+    if gate is not None:
+        tail += f"; while [ ! -e {gate} ]; do sleep 0.1; done"
     return WHO_AND_WHERE.format(dir=directory, tail=tail)
+
+
+def records_written(directory: Path) -> int:
+    """How many jobs of :func:`record_job` have started (written their record) in ``directory``."""
+    return len(list(directory.glob("*.txt")))
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -97,7 +98,8 @@ class Installation:
             raise AssertionError(f"dispatcher exited with {self.dispatcher.returncode}: {out}"
                                  f"{self.dispatcher_log.read_text() if self.dispatcher_log.exists() else ''}")
         info = self.var / "dispatcher.json"
-        return info.exists() and json.loads(info.read_text()).get("pid") == self.dispatcher.pid
+        return (self.dispatcher is not None and info.exists()
+                and json.loads(info.read_text()).get("pid") == self.dispatcher.pid)
 
     def stop_dispatcher(self) -> None:
         if self.dispatcher is not None and self.dispatcher.poll() is None:
@@ -128,12 +130,16 @@ class Installation:
         self.stop_dispatcher()
         for pid in self.daemon_pids():
             try:
-                wait_until(lambda pid=pid: not alive(pid), 10, f"pid {pid} to exit")
+                wait_until(functools.partial(_dead, pid), 10, f"pid {pid} to exit")
             except AssertionError:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except OSError:
                     pass
+
+
+def _dead(pid: int) -> bool:
+    return not alive(pid)
 
 
 def alive(pid: int) -> bool:

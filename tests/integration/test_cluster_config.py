@@ -24,8 +24,7 @@ def row(name: str, slots: int) -> str:
 
 
 @pytest.fixture
-def tm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Installation]:
-    monkeypatch.setenv("TM_EXECUTOR_IDLE_TIMEOUT", "3")
+def tm(tmp_path: Path) -> Iterator[Installation]:
     inst = Installation(tmp_path)
     (inst.etc / "cluster.tab").write_text(row("hA", 2) + row("hB", 2))
     try:
@@ -56,7 +55,9 @@ def field(tm: Installation, job_id: int, name: str) -> str:
 
 def test_reload_adds_updates_and_retires_hosts_and_a_retired_host_finishes_its_job(
         tm: Installation) -> None:
-    long = submit(tm, "-E", "hB", "sleep 2; echo done > long.out")
+    # The job runs until the test lets it go: it is surely running at the reload.
+    go = tm.work / "go"
+    long = submit(tm, "-E", "hB", f"while [ ! -e {go} ]; do sleep 0.05; done; echo done > long.out")
     wait_until(lambda: field(tm, long, "state") == "running", 30, "the long job to run")
     assert field(tm, long, "host") == "hA"
 
@@ -71,6 +72,8 @@ def test_reload_adds_updates_and_retires_hosts_and_a_retired_host_finishes_its_j
 
     # The retired host's job finishes normally; new jobs go to the remaining hosts only.
     new = [submit(tm, "true") for _ in range(4)]
+    assert field(tm, long, "state") == "running"
+    go.touch()
     wait_until(lambda: (tm.work / "long.out").exists(), 30, "the job on the retired host to end")
     wait_until(lambda: all(field(tm, j, "state") == "finished" for j in new + [long]), 30,
                "all jobs to finish")
@@ -96,7 +99,11 @@ def test_sighup_reloads_and_a_malformed_file_changes_nothing(tm: Installation) -
     assert "SIGHUP: configuration reloaded" in tm.dispatcher_log.read_text()
 
 
-def test_invoke_list_and_shut_down_executors_and_idle_exit(tm: Installation) -> None:
+def test_invoke_list_and_shut_down_executors_and_idle_exit(
+        tm: Installation, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The executors inherit their idle timeout from the TMS that starts them. While this test
+    # lists and stops them it must not race their idle exit: the first TMS gives them 600 s.
+    monkeypatch.setenv("TM_EXECUTOR_IDLE_TIMEOUT", "600")
     out = tm.run("hConnect", "invokealltmms", check=True).stdout
     assert out.strip().splitlines() == ["hA: starting", "hB: starting"]
 
@@ -110,22 +117,44 @@ def test_invoke_list_and_shut_down_executors_and_idle_exit(tm: Installation) -> 
     again = tm.run("hConnect", "invokealltmms", check=True).stdout
     assert again.strip().splitlines() == ["hA: already running", "hB: already running"]
 
-    busy = submit(tm, "-E", "hB", "sleep 30")
+    go = tm.work / "go"
+    busy = submit(tm, "-E", "hB", f"while [ ! -e {go} ]; do sleep 0.05; done")
     wait_until(lambda: field(tm, busy, "state") == "running", 30, "the job to run")
     stop = tm.run("hConnect", "shutdownalltmms", check=True).stdout.strip().splitlines()
-    assert stop[0].startswith("hA: kept, 1 job(s) run there")
+    assert len(stop) == 2 and stop[0].startswith("hA: kept, 1 job(s) run there"), stop
     assert stop[1] == "hB: stopped"
     wait_until(lambda: not alive(pids["hB"]), 15, "hB's executor to exit")
     assert alive(pids["hA"])
-    tm.run("hConnect", f"killjob:{busy}", check=True)
-    # Idle for TM_EXECUTOR_IDLE_TIMEOUT (3 s): the executor exits by itself.
-    wait_until(lambda: not alive(pids["hA"]), 30, "hA's idle executor to exit")
+    go.touch()
+    wait_until(lambda: field(tm, busy, "state") == "finished", 30, "the job to end")
+    # Idle now: it stops too.
+    assert tm.run("hConnect", "shutdownalltmms", check=True).stdout.strip() == "hA: stopped"
+    wait_until(lambda: not alive(pids["hA"]), 15, "hA's executor to exit")
     wait_until(lambda: tm.run("hConnect", "lstmms").stdout.strip() == "no tmms known.", 15,
                "the dispatcher to forget the executors")
 
+    # A TMS started with TM_EXECUTOR_IDLE_TIMEOUT=3 starts executors that exit by themselves
+    # 3 s after their last job: seen from a job running there (so the executor is surely up
+    # when its pid is read), then without one.
+    tms_pid = json.loads((tm.home / ".taskmanager" / "tms.json").read_text())["pid"]
+    assert tm.run("hConnect", "shutdown", check=True).stdout.strip() == "terminating TMS ..."
+    wait_until(lambda: not alive(tms_pid), 15, "the TMS to exit")
+    monkeypatch.setenv("TM_EXECUTOR_IDLE_TIMEOUT", "3")
+    go.unlink()
+    last = submit(tm, "-E", "hB", f"while [ ! -e {go} ]; do sleep 0.05; done")
+    wait_until(lambda: field(tm, last, "state") == "running", 30, "the last job to run")
+    executor = int((tm.home / ".taskmanager" / "tmmenial.hA.pid").read_text())
+    assert alive(executor) and executor != pids["hA"]
+    go.touch()
+    wait_until(lambda: not alive(executor), 30, "hA's idle executor to exit by itself")
+    assert field(tm, last, "state") == "finished"
+    wait_until(lambda: tm.run("hConnect", "lstmms").stdout.strip() == "no tmms known.", 15,
+               "the dispatcher to forget the executor")
+
 
 def test_lstmms_pid_is_the_executor_process(tm: Installation) -> None:
-    job = submit(tm, "sleep 5")
+    go = tm.work / "go"
+    job = submit(tm, f"while [ ! -e {go} ]; do sleep 0.05; done")
     wait_until(lambda: field(tm, job, "state") == "running", 30, "the job to run")
     lines = tm.run("hConnect", "lstmms", check=True).stdout.splitlines()
     pid = int(lines[1].split()[2])
@@ -133,6 +162,7 @@ def test_lstmms_pid_is_the_executor_process(tm: Installation) -> None:
     assert pid in pidfiles.values(), (lines, pidfiles)
     info = json.loads((tm.home / ".taskmanager" / "tms.json").read_text())
     assert info["pid"] != pid
+    go.touch()
 
 
 def test_a_host_s_tmmenial_command_starts_its_executors(tmp_path: Path) -> None:

@@ -18,6 +18,9 @@ from tests.helpers.processes import Installation, alive, wait_until
 #: dispatcher. Restarts of the dispatcher must fit in that half, hence the longer one.
 LEASE = "3"
 RESTART_LEASE = "30"
+#: A job's shell waits here until the test creates ``go`` in its directory: it ends when the
+#: test needs it to, not after a sleep that a loaded machine may outlast.
+GATE = "while [ ! -e go ]; do sleep 0.05; done"
 
 
 @pytest.fixture
@@ -55,9 +58,10 @@ def executor_pid(tm: Installation) -> int:
 @restart_lease
 def test_a_job_that_ends_while_the_dispatcher_is_down_is_reported_when_it_is_back(
         tm: Installation) -> None:
-    job = submit(tm, "echo start >> runs; sleep 3; echo done > end.txt")
+    job = submit(tm, f"echo start >> runs; {GATE}; echo done > end.txt")
     wait_until(lambda: field(tm, job, "state") == "running", 30, "the job to run")
     tm.stop_dispatcher()
+    (tm.work / "go").touch()  # it ends during the outage, whatever the machine's speed
     wait_until(lambda: (tm.work / "end.txt").exists(), 30, "the job to end during the outage")
     tm.start_dispatcher("--executor-lease", tm.lease)
     wait_until(lambda: field(tm, job, "state") == "finished", 60,
@@ -68,10 +72,12 @@ def test_a_job_that_ends_while_the_dispatcher_is_down_is_reported_when_it_is_bac
 
 @restart_lease
 def test_a_job_still_running_after_a_dispatcher_restart_keeps_running(tm: Installation) -> None:
-    job = submit(tm, "echo start >> runs; sleep 6; echo done > end.txt")
+    job = submit(tm, f"echo start >> runs; {GATE}; echo done > end.txt")
     wait_until(lambda: field(tm, job, "state") == "running", 30, "the job to run")
     tm.stop_dispatcher()
     tm.start_dispatcher("--executor-lease", tm.lease)
+    assert not (tm.work / "end.txt").exists()  # it ran through the restart
+    (tm.work / "go").touch()
     # Longer than the lease: the executor is back, its heartbeats show the job, nothing is lost.
     wait_until(lambda: (tm.work / "end.txt").exists(), 30, "the job to end")
     wait_until(lambda: field(tm, job, "state") == "finished", 30, "the end to be reported")
@@ -80,7 +86,9 @@ def test_a_job_still_running_after_a_dispatcher_restart_keeps_running(tm: Instal
 
 
 def test_a_dead_executor_s_job_is_requeued_after_the_lease_and_runs_again(tm: Installation) -> None:
-    job = submit(tm, "echo start >> runs; sleep 4")
+    # The first attempt runs until its executor dies, whatever the machine's speed.
+    job = submit(tm, "if [ -e runs ]; then echo again >> runs; else echo start >> runs; "
+                     "sleep 120; fi")
     wait_until(lambda: field(tm, job, "state") == "running", 30, "the job to run")
     pid = executor_pid(tm)
     os.kill(pid, signal.SIGKILL)
@@ -90,6 +98,7 @@ def test_a_dead_executor_s_job_is_requeued_after_the_lease_and_runs_again(tm: In
     history = tm.run("hConnect", f"lajob:{job}", check=True).stdout
     assert re.search(r"lost\s+attempt 1.*did not come back within 3 s", history), history
     assert re.search(r"finished\s+attempt 2", history), history
+    assert (tm.work / "runs").read_text() == "start\nagain\n"
 
 
 def test_the_jobs_of_an_executor_that_dies_die_with_it(tm: Installation) -> None:
@@ -173,10 +182,11 @@ def test_while_the_database_is_away_submissions_are_refused_and_job_ends_are_kep
     inst = Installation(tmp_path, database_url=through_proxy)
     try:
         inst.start_dispatcher("--executor-lease", RESTART_LEASE)
-        job = submit(inst, "echo start >> runs; sleep 3; echo done > end.txt")
+        job = submit(inst, f"echo start >> runs; {GATE}; echo done > end.txt")
         wait_until(lambda: field(inst, job, "state") == "running", 30, "the job to run")
 
         proxy.cut()
+        (inst.work / "go").touch()  # it ends while the database is away
         refused = inst.run("hRunJob", "true")
         assert refused.returncode != 0
         assert "database" in refused.stderr and "Traceback" not in refused.stderr
@@ -214,9 +224,10 @@ def test_an_end_is_acknowledged_only_once_written_so_a_crash_in_between_loses_no
         f"@{real.host}:{real.port}/", f"@127.0.0.1:{proxy.port}/"))
     try:
         inst.start_dispatcher("--executor-lease", RESTART_LEASE)
-        job = submit(inst, "echo start >> runs; sleep 2; echo done > end.txt")
+        job = submit(inst, f"echo start >> runs; {GATE}; echo done > end.txt")
         wait_until(lambda: field(inst, job, "state") == "running", 30, "the job to run")
         proxy.cut()
+        (inst.work / "go").touch()  # it ends while the database is away
         wait_until(lambda: (inst.work / "end.txt").exists(), 30, "the job to end")
         wait_until(lambda: "the database is unavailable" in inst.dispatcher_log.read_text(), 30,
                    "the end to be held back")
