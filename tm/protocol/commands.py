@@ -246,7 +246,11 @@ class KillJobs(_Command):
         (b"regex", amp.Unicode(optional=True)),
         (b"all", amp.Boolean()),
     ]
-    response = [(b"killed", amp.ListOf(amp.Integer()))]
+    response = [
+        (b"killed", amp.ListOf(amp.Integer())),
+        # How many more jobs were killed than ``killed`` lists (it must fit one AMP value).
+        (b"more", amp.Integer(optional=True)),
+    ]
 
 
 class SuspendJob(_Command):
