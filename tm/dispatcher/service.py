@@ -352,8 +352,9 @@ class Dispatcher(service.Service):
                   if j.user == user and j.host == host and j.state.holds_slots]
         expected = {(j.id, j.attempt) for j in placed}
         for job in placed:
+            since = now if job.state_since is None else job.state_since
             gone = (job.state is JobState.RUNNING and (job.id, job.attempt) not in running
-                    and now - (job.state_since or now) > 5.0)
+                    and now - since > 5.0)
             killing = self.killing.get(job.id)
             if killing is not None and not gone and not killing.delivered:
                 ensureDeferred(self._kill_for_repair(job, session))
@@ -446,10 +447,12 @@ class Dispatcher(service.Service):
         apply, or a :class:`NotWritten` (false too) if the change could not be written: the
         job is then re-read from the store (see :meth:`_resync`).
         """
-        t = Transition(job_id=job.id, attempt=job.attempt, old=job.state, new=new,
-                       reason=reason, **kw)
         now = self.reactor.seconds()
-        at = now if t.at is None else t.at
+        # The time of the decision, not of the commit: the store and memory agree.
+        at = kw.pop("at", None)
+        at = now if at is None else at
+        t = Transition(job_id=job.id, attempt=job.attempt, old=job.state, new=new,
+                       reason=reason, at=at, **kw)
         if job.state is JobState.RUNNING and new is not JobState.RUNNING and job.started_at:
             self.ledger.charge(job.user, job.spec.slots * max(0.0, at - job.started_at), now)
         job.state = new
@@ -544,7 +547,7 @@ class Dispatcher(service.Service):
 
         No single job can keep the dispatcher or an executor busy this way."""
         failures = self.start_failures.get(job.id, (0, 0.0))[0] + 1
-        if failures >= MAX_START_TRIES:
+        if failures >= MAX_START_TRIES and job.state is JobState.PENDING:
             self.start_failures.pop(job.id, None)
             self._transition(job, JobState.FAILED, f"start failed {failures} times in a row, "
                              f"not tried again; the last time: {reason}")

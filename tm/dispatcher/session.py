@@ -437,10 +437,12 @@ class Session(amp.CommandLocator):
                 pattern = compile_user_pattern(regex) if regex is not None else None
             except PatternError as e:
                 raise commands.InvalidRequest(str(e)) from None
+            chosen = {j.id for j in targets}  # by id: comparing Job dataclasses is slow
             for job in list(d.jobs.values()):
-                if job.user == me and (pattern is None or pattern.search(job.spec.command)):
-                    if job not in targets:
-                        targets.append(job)
+                if job.user == me and job.id not in chosen and (
+                        pattern is None or pattern.search(job.spec.command)):
+                    chosen.add(job.id)
+                    targets.append(job)
         for job in targets:
             d.kill(job)
         ids = sorted(j.id for j in targets)
@@ -495,7 +497,7 @@ class Session(amp.CommandLocator):
             rows.append({
                 "name": u.name, "roles": sorted(u.roles), "enabled": u.enabled,
                 "tms_connected": u.name in d.tms_sessions,
-                "executors": sorted(h for (n, h) in d.executors if n == u.name),
+                "executors": _first(sorted(h for (n, h) in d.executors if n == u.name), 50),
                 "waiting": states.count(JobState.WAITING),
                 "pending": states.count(JobState.PENDING),
                 "running": states.count(JobState.RUNNING),
@@ -636,3 +638,10 @@ def _fit_text(text: str) -> str:
     if len(text.encode("utf-8", "surrogatepass")) <= records.MAX_VALUE_BYTES:
         return text
     return text.encode()[: records.MAX_VALUE_BYTES - 100].decode("utf-8", "ignore") + " ..."
+
+
+def _first(names: list[str], count: int) -> list[str]:
+    """The first ``count`` names, and how many more there are."""
+    if len(names) <= count:
+        return names
+    return names[:count] + [f"... and {len(names) - count} more"]

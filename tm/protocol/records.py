@@ -287,7 +287,7 @@ def job_summary_to_amp(job: Job) -> dict[str, Any]:
         "slots": job.spec.slots,
         "priority": job.spec.priority,
         "host": job.host or "",
-        "group": job.spec.group,
+        "group": _shorten(job.spec.group, MAX_GROUP_CHARS),
         "info": _shorten(job.spec.info, LISTING_COMMAND_CHARS),
         "command": _shorten(job.spec.command, LISTING_COMMAND_CHARS),
         "submitted_at": job.submitted_at,
@@ -390,18 +390,29 @@ def fit_job_detail(job: Job, limit: int = MAX_VALUE_BYTES) -> dict[str, Any]:
     """A job's detail row, its long texts cut so that it fits one AMP value (jobs stored
     before the submission limits, or a long reason)."""
     row = job_detail_to_amp(job)
-    if encoded_size(JOB_DETAIL_FIELDS, [row]) <= limit:
+    if _size_or_none(JOB_DETAIL_FIELDS, row) is not None:
         return row
-    for key in ("reason", "info", "stdout", "stderr", "logfile", "cwd", "shell", "group"):
+    for key in ("reason", "info", "stdout", "stderr", "logfile", "cwd", "shell", "group",
+                "user", "uuid", "host"):
         row[key] = _shorten(row[key], 1_000)
-    row["excluded_hosts"] = row["excluded_hosts"][:20]
-    room = limit - encoded_size(JOB_DETAIL_FIELDS, [row | {"command": ""}]) - 100
+    row["excluded_hosts"] = [_shorten(h, 255) for h in row["excluded_hosts"][:20]]
+    rest = _size_or_none(JOB_DETAIL_FIELDS, row | {"command": ""}, limit) or 0
+    room = max(0, limit - rest - 100)
     command = row["command"]
-    while len(command.encode("utf-8", "surrogatepass")) > room:
-        command = command[: max(0, min(len(command) - 1, room) - 3)]
-    if command != row["command"]:
-        row["command"] = command + "..."
+    cut = command.encode("utf-8", "surrogatepass")[:room].decode("utf-8", "ignore")
+    if cut != command:
+        row["command"] = cut[:-3] + "..."
     return row
+
+
+def _size_or_none(fields: Sequence[tuple[bytes, amp.Argument]], row: dict,
+                  limit: int = MAX_VALUE_BYTES) -> int | None:
+    """The encoded size of one row, or None when it does not fit one value."""
+    try:
+        size = encoded_size(fields, [row])
+    except amp.TooLong:
+        return None
+    return size if size <= limit else None
 
 
 def encoded_size(fields: Sequence[tuple[bytes, amp.Argument]], rows: Iterable[dict]) -> int:
@@ -425,7 +436,10 @@ def fit_to_value(
     used = 0
     for row in rows:
         d = to_amp(row)
-        size = len(codec.toStringProto([d], None))
+        try:
+            size = len(codec.toStringProto([d], None))
+        except amp.TooLong:  # one of its values alone is too long: it can never be sent
+            break
         if used + size > limit:
             break
         out.append(d)
