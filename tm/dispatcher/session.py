@@ -583,11 +583,10 @@ class Session(amp.CommandLocator):
             count, later = await d.remove_jobs(user, waiting_only=action == "rmwjobs")
             if count == 0 and later == 0:
                 return {"count": 0, "message": "nothing has been removed"}
-            message = f"removed {count} job(s) of user {user}."
-            if later:
-                message += (f" {later} running job(s) are being killed: each is removed when "
-                            "its processes are gone.")
-            return {"count": count + later, "message": message}
+            # The seed's words; running jobs are counted, and removed once their processes
+            # are gone (they keep their slots until then).
+            return {"count": count + later,
+                    "message": f"removed {count + later} job(s) of user {user}."}
         moves = {
             "setallpjobsaswaiting": (JobState.PENDING, JobState.WAITING, "waiting"),
             "setallrjobsaswaiting": (JobState.RUNNING, JobState.WAITING, "waiting"),
@@ -597,11 +596,9 @@ class Session(amp.CommandLocator):
         if action in moves:
             old, new, word = moves[action]
             count = d.set_all(old, new)
-            message = f"set {count} jobs as {word}"
-            if old is JobState.RUNNING and count:
-                message += ("; running ones are killed first and keep their slots until "
-                            "their processes are gone")
-            return {"count": count, "message": message}
+            # Running jobs are killed first and keep their slots until their processes are
+            # gone; the answer keeps the seed's words.
+            return {"count": count, "message": f"set {count} jobs as {word}"}
         if action == "checkslots":
             # Occupied slots are derived from the jobs that hold them (pending and running),
             # never kept as a separate counter: recomputing is reporting them.
