@@ -489,3 +489,22 @@ def test_a_killed_attempt_whose_executor_no_longer_lists_it_is_requeued(tmp_path
     d.reconcile("alice", "h1", executor, set())
     assert job.attempt == 2 and job.state is not JobState.LOST
     clock.advance(1)
+
+
+def test_rmjobs_of_a_placed_job_no_executor_took_ends_it_at_once(tmp_path: Path) -> None:
+    d, clock, store = make_dispatcher(tmp_path)
+    tms = FakeSession(runs_everything)
+    d.tms_connected("alice", tms)
+    job = add_job(d, store, 1)
+    d.request_pass()
+    clock.advance(0)
+    clock.advance(0)
+    assert job.state is JobState.PENDING and tms.proto.names("StartExecutor")
+    result_of(client_session(d, "root").admin_jobs(action="rmjobs", user="alice"))
+    clock.advance(0)
+    assert 1 in store.deleted and d.occupied()["h1"] == 0
+    executor = FakeSession(runs_everything)
+    d.executor_connected("alice", "h1", executor)  # late: it must not start the removed job
+    clock.advance(0)
+    assert executor.proto.names("RunJob") == []
+    clock.advance(service.EXECUTOR_START_TIMEOUT + 1)

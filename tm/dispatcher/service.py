@@ -300,7 +300,10 @@ class Dispatcher(service.Service):
         if old is not None and old is not session:
             old.fence()
         for job in self._jobs_on(user, host, JobState.PENDING):
-            ensureDeferred(self._send_run(job, session))
+            if job.id in self.killing:
+                ensureDeferred(self._kill_for_repair(job, session))  # not started: not found
+            else:
+                ensureDeferred(self._send_run(job, session))
         self.request_pass()
 
     def executor_disconnected(self, user: str, host: str, session: Any) -> None:
@@ -873,10 +876,14 @@ class Dispatcher(service.Service):
                 current.then = "remove"  # removal wins over a requeue asked before
             return
         self.killing[job.id] = Killing(attempt=job.attempt, then=then)
-        session = self.executors.get((job.user, job.host or ""))
+        key = (job.user, job.host or "")
+        session = self.executors.get(key)
         if session is not None:
             ensureDeferred(self._kill_for_repair(job, session))
-        # Without an executor: its end comes when it is back, or the lease loses the attempt.
+        elif job.state is JobState.PENDING and key not in self.absent:
+            # Placed, but no executor ever took the start order: nothing runs.
+            self._killed_attempt_ended(job, self.reactor.seconds())
+        # An absent executor: its end comes when it is back, or the lease loses the attempt.
 
     async def _kill_for_repair(self, job: Job, session: Any) -> None:
         killing = self.killing.get(job.id)
