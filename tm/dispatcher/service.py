@@ -385,8 +385,8 @@ class Dispatcher(service.Service):
         self.log.warn("starting an executor of {user} on {host} failed: {reason}",
                       user=user, host=host, reason=reason)
         self.starting.pop((user, host), None)
-        failures = self.backoff_failures[(user, host)] = self.backoff_failures.get((user, host),
-                                                                                   0) + 1
+        key = (user, host)
+        failures = self.backoff_failures[key] = self.backoff_failures.get(key, 0) + 1
         pause = min(MAX_EXECUTOR_BACKOFF, EXECUTOR_BACKOFF * 2 ** (failures - 1))
         self.backoff[(user, host)] = self.reactor.seconds() + pause
         self.reactor.callLater(pause + 0.01, self.request_pass)

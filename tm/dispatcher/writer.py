@@ -20,7 +20,7 @@ Nothing the dispatcher decided is dropped:
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
@@ -42,7 +42,6 @@ class _Queued:
     transition: Transition
     deferred: Deferred
     failures: int = 0  # failed alone, in a row
-    error: BaseException | None = field(default=None, repr=False)
 
 
 class TransitionWriter:
