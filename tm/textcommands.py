@@ -407,9 +407,12 @@ def format_users(users: list[dict[str, Any]]) -> str:
     return _align(rows)
 
 
-def _killed(killed: list[int]) -> str:
+def _killed(killed: list[int], more: int | None = None) -> str:
     if not killed:
         return "no job killed"
+    if more:
+        return (f"Job(s) {', '.join(str(k) for k in killed)} and {more} more have been "
+                "killed.")
     return f"Job(s) {', '.join(str(k) for k in killed)} have been killed."
 
 
@@ -487,13 +490,13 @@ class TextCommand:
             return "\n".join(_group_block(g, groups[g]) for g in sorted(groups))
         if n in ("killjob", "killjobs"):
             r = await call(commands.KillJobs, job_ids=list(a), regex=None, all=False)
-            return _killed(r["killed"])
+            return _killed(r["killed"], r.get("more"))
         if n == "killmatchingjobs":
             r = await call(commands.KillJobs, job_ids=[], regex=a[0], all=False)
-            return _killed(r["killed"])
+            return _killed(r["killed"], r.get("more"))
         if n == "killalljobs":
             r = await call(commands.KillJobs, job_ids=[], regex=None, all=True)
-            return _killed(r["killed"])
+            return _killed(r["killed"], r.get("more"))
         if n in ("suspendjob", "resumejob"):
             await call(commands.SuspendJob, job_id=a[0], resume=n == "resumejob")
             return f"job {a[0]} has been {'resumed' if n == 'resumejob' else 'suspended'}"

@@ -85,8 +85,9 @@ def test_setallrjobsaswaiting_requeues_running_jobs_and_kills_the_running_copy(
     first = int((tm.work / "shell.pid").read_text())
     assert td(tm, "deactivatecluster") == "deactivated."
     assert td(tm, "setallrjobsaswaiting") == "set 1 jobs as waiting"
-    assert state(tm, job).split()[0] == "waiting"
+    # The attempt keeps its slot until its processes are gone; then it is requeued.
     wait_until(lambda: not alive(first), 30, "the running copy to be killed")
+    wait_until(lambda: state(tm, job).split()[0] == "waiting", 30, "the job to be requeued")
     assert "0 / 2" in td(tm, "status") or "occupied slots: 0" in td(tm, "status")
     td(tm, "activatecluster")
     wait_until(lambda: state(tm, job) == "running", 30, "the job to run again")
@@ -125,9 +126,9 @@ def test_setalljobsasfinished_ends_jobs_finished(tm: Installation, which: str,
     job = submit(tm, TICKER)
     wait_until(lambda: (tm.work / "shell.pid").exists() and ticks(tm) > 1, 30, "the job")
     assert td(tm, "setallrjobsasfinished") == "set 1 jobs as finished"
-    assert state(tm, job) == "finished"
     shell = int((tm.work / "shell.pid").read_text())
     wait_until(lambda: not alive(shell), 30, "the running copy to be killed")
+    wait_until(lambda: state(tm, job) == "finished", 30, "the job to be set as finished")
 
 
 def test_updateload_and_lsthreads_report_the_live_state(tm: Installation) -> None:

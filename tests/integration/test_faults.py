@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,10 +66,21 @@ def test_a_job_that_ends_while_the_dispatcher_is_down_is_reported_when_it_is_bac
     (tm.work / "go").touch()  # it ends during the outage, whatever the machine's speed
     wait_until(lambda: (tm.work / "end.txt").exists(), 30, "the job to end during the outage")
     tm.start_dispatcher("--executor-lease", tm.lease)
+    back = time.time()  # the dispatcher is up again (it took seconds to start)
     wait_until(lambda: field(tm, job, "state") == "finished", 60,
                "the executor to reconnect and report the end")
     assert field(tm, job, "exit code") == "0"
     assert (tm.work / "runs").read_text() == "start\n"  # ran once, not requeued
+    # Recorded at the executor's own end time, not at the reconnection.
+    con = sqlite3.connect(f"file:{tm.var / 'taskmanager.sqlite'}?mode=ro", uri=True)
+    try:
+        (ended_at,) = con.execute("SELECT ended_at FROM jobs WHERE id = ?", (job,)).fetchone()
+        (at,) = con.execute("SELECT at FROM job_history WHERE job_id = ? AND state = "
+                            "'finished'", (job,)).fetchone()
+    finally:
+        con.close()
+    wrote_end = (tm.work / "end.txt").stat().st_mtime
+    assert wrote_end - 1 <= ended_at < back and at == ended_at, (wrote_end, ended_at, back)
 
 
 @restart_lease

@@ -48,14 +48,44 @@ def test_one_turn_is_one_batch_and_the_next_waits_for_the_first() -> None:
     assert [x.job_id for x in store.batches[1]] == [100, 101]
 
 
-def test_a_failed_batch_fails_each_of_its_changes() -> None:
+def test_a_failed_batch_is_written_one_by_one_and_only_the_bad_change_fails() -> None:
+    from tm.dispatcher.writer import SOLO_TRIES
+
     clock, store = Clock(), FakeStore()
     writer = TransitionWriter(cast(IReactorTime, clock), store.apply)
-    errors: list = []
-    writer.write(t(1)).addErrback(errors.append)
+    outcome: dict[int, object] = {}
+    for i in (1, 2, 3):
+        writer.write(t(i)).addBoth(lambda r, i: outcome.__setitem__(i, r), i)
     clock.advance(0)
-    store.pending[0].errback(RuntimeError("database away"))
-    assert len(errors) == 1 and errors[0].check(RuntimeError)
+    store.pending[0].errback(RuntimeError("constraint failed"))
+    assert outcome == {}  # nothing dropped, nothing acknowledged
+    clock.advance(0)
+    assert [x.job_id for x in store.batches[1]] == [1]  # one change per transaction now
+    store.pending[1].callback([True])
+    clock.advance(0)
+    assert [x.job_id for x in store.batches[2]] == [2]
+    # Change 2 is the bad one: tried SOLO_TRIES times with a growing pause, then it fails.
+    for n in range(SOLO_TRIES):
+        store.pending[-1].errback(RuntimeError("constraint failed"))
+        if n < SOLO_TRIES - 1:
+            assert 2 not in outcome
+            clock.advance(5)
+            assert [x.job_id for x in store.batches[-1]] == [2]
+    assert outcome[1] is True
+    failure = outcome[2]
+    assert getattr(failure, "check", lambda *_: False)(RuntimeError)
+    clock.advance(0)
+    assert [x.job_id for x in store.batches[-1]] == [3]
+    store.pending[-1].callback([True])
+    assert outcome[3] is True and writer.failed_changes == 1
+    writer.write(t(4))
+    clock.advance(0)
+    assert [x.job_id for x in store.batches[-1]] == [4]  # batches again once through
+    writer.write(t(5))
+    writer.write(t(6))
+    store.pending[-1].callback([True])
+    clock.advance(0)
+    assert [x.job_id for x in store.batches[-1]] == [5, 6]
 
 
 def test_while_the_database_is_away_changes_are_kept_and_written_in_order() -> None:

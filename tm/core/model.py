@@ -95,7 +95,8 @@ class Transition:
 
     Applied only if the job is still in ``old`` with ``attempt``.  ``new_attempt``
     is set when a requeue starts the next attempt.  The other fields are written
-    with the change when not None.
+    with the change when not None; ``at`` replaces the write's time for the new
+    state's timestamps (``state_since``, ``ended_at``, the history entry).
     """
 
     job_id: int
@@ -109,6 +110,9 @@ class Transition:
     signal: int | None = None
     new_attempt: int | None = None
     clear_host: bool = False
+    #: When it happened, if not when it is written: an end the executor reports late
+    #: (e.g. after a dispatcher outage) carries the executor's own end time.
+    at: float | None = None
 
     def __post_init__(self) -> None:
         check_transition(self.old, self.new)

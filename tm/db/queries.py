@@ -350,14 +350,15 @@ def apply_transitions(
         "VALUES (?, ?, ?, ?, ?, ?)"
     )
     for t in transitions:
+        at = now if t.at is None else t.at
         sets = ["state = ?", "state_since = ?", "reason = ?"]
-        params: list[Any] = [t.new.value, now, t.reason]
+        params: list[Any] = [t.new.value, at, t.reason]
         if t.new is JobState.RUNNING:
             sets.append("started_at = ?")
-            params.append(now)
+            params.append(at)
         if t.new.terminal:
             sets.append("ended_at = ?")
-            params.append(now)
+            params.append(at)
         if t.new_attempt is not None:
             sets.append("attempt = ?")
             params.append(t.new_attempt)
@@ -384,7 +385,7 @@ def apply_transitions(
         results.append(applied)
         if applied:
             attempt = t.new_attempt if t.new_attempt is not None else t.attempt
-            txn.execute(history, (t.job_id, attempt, t.new.value, now, t.host, t.reason))
+            txn.execute(history, (t.job_id, attempt, t.new.value, at, t.host, t.reason))
     return results
 
 

@@ -33,7 +33,15 @@ _MIGRATION_NAME = re.compile(r"^(\d{4})_[A-Za-z0-9_]+\.sql$")
 #: connect, gone away, lost connection, out of sync, ..., too many connections, server
 #: shutting down, connection killed, deadlock, lock wait timeout. When the retries run out
 #: the database counts as unavailable (DatabaseUnavailable), which callers may wait out.
-RETRY_CODES = frozenset({2003, 2006, 2013, 2014, 2045, 2055, 1040, 1053, 1927, 1213, 1205})
+#: Also: the server's disk or a table is full (1021, 1114, error 3 "error writing file",
+#: 1030 "got error N from storage engine"): unavailable until an admin frees space.
+RETRY_CODES = frozenset({2003, 2006, 2013, 2014, 2045, 2055, 1040, 1053, 1927, 1213, 1205,
+                         1021, 1114, 3, 1030})
+#: SQLite errors (sqlite3.OperationalError texts) that say the database cannot be used now,
+#: not that the statement is wrong: worth retrying, then the database counts as unavailable.
+SQLITE_UNAVAILABLE = ("database is locked", "database table is locked", "disk i/o error",
+                      "database or disk is full", "unable to open database file",
+                      "cannot commit transaction", "cannot start a transaction")
 RETRY_TRIES = 3
 RETRY_BACKOFF = (0.1, 0.5)
 
@@ -104,10 +112,19 @@ def _sqlite_open(conn: Any) -> None:
 
 
 def _is_retryable(error: BaseException) -> bool:
+    """Whether ``error`` says the database is unavailable for now (retry, then refuse with
+    DatabaseUnavailable) rather than that the request is wrong (a programming error)."""
+    import sqlite3
+
     import pymysql
 
     if isinstance(error, adbapi.ConnectionLost):
         return True
+    if isinstance(error, sqlite3.OperationalError):
+        text = str(error).lower()
+        return any(marker in text for marker in SQLITE_UNAVAILABLE)
+    if isinstance(error, OSError):
+        return True  # the file system under the database (e.g. ENOSPC while opening)
     if isinstance(error, pymysql.err.InterfaceError):
         return bool(error.args) and error.args[0] == 0
     if isinstance(error, pymysql.err.MySQLError):
@@ -178,7 +195,7 @@ class Store:
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(txn, dialect, *args)`` in one transaction, retrying lost connections."""
-        tries = RETRY_TRIES if self._dialect.name == "mysql" else 1
+        tries = RETRY_TRIES
         for attempt in range(1, tries + 1):
             try:
                 return await self._pool.runInteraction(fn, self._dialect, *args)

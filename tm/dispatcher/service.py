@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import getpass
 import json
+import math
 import os
 import signal
 import socket
 from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
 from twisted.application import service
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, fail
 from twisted.internet.error import ConnectionDone, ConnectionLost
-from twisted.internet.task import LoopingCall
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from tm import config
@@ -37,8 +40,47 @@ EXECUTOR_START_TIMEOUT = 60.0
 #: The setting that keeps the recorded fair-share usage, and how often it is saved.
 USAGE_SETTING = "fairshare_usage"
 USAGE_SAVE_INTERVAL = 60.0
-#: After a failed executor start, the host is not tried again for that user this long.
+#: After a failed executor start, the host is not tried again for that user this long,
+#: doubled after each further failure in a row, up to MAX_EXECUTOR_BACKOFF.
 EXECUTOR_BACKOFF = 30.0
+MAX_EXECUTOR_BACKOFF = 600.0
+#: A job whose start order could not be delivered this many times in a row ends failed.
+MAX_START_TRIES = 5
+#: Between two tries of a job's start, the job is not placed again for this long, doubled
+#: after each failure in a row, up to MAX_START_RETRY_DELAY.
+START_RETRY_DELAY = 2.0
+MAX_START_RETRY_DELAY = 120.0
+#: A job state change that could not be written is re-read from the store; the read is
+#: retried this often while it fails, the pause doubling up to the second value.
+RESYNC_DELAY = (0.5, 10.0)
+
+
+class NotWritten:
+    """What a state change's Deferred fires with when it could not be committed.
+
+    False in a boolean context, like a compare-and-set that did not apply; the job has
+    been (or is being) re-read from the store by then.
+    """
+
+    def __init__(self, error: str) -> None:
+        self.error = error
+
+    def __bool__(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return f"NotWritten({self.error!r})"
+
+
+@dataclass
+class Killing:
+    """An attempt being killed by an admin repair: it holds its slots until its tree is
+    gone (its end is reported, or its executor says it no longer runs it, or is lost);
+    then ``then`` happens: ``waiting`` (requeue), ``finished``, or ``remove``."""
+
+    attempt: int
+    then: str
+    delivered: bool = False
 
 
 @dataclass
@@ -85,6 +127,13 @@ class Dispatcher(service.Service):
         #: Ends of attempts reported but not yet committed, with the reports waiting for them.
         self._unwritten_ends: dict[tuple[int, int], list[Deferred]] = {}
         self.backoff: dict[tuple[str, str], float] = {}
+        self.backoff_failures: dict[tuple[str, str], int] = {}  # failed starts in a row
+        #: job id -> (start orders not delivered in a row, not placed again before)
+        self.start_failures: dict[int, tuple[int, float]] = {}
+        #: job id -> an attempt being killed by an admin repair (see Killing)
+        self.killing: dict[int, Killing] = {}
+        #: jobs whose state change could not be written, being re-read from the store
+        self._resyncing: set[int] = set()
         self.reservations: dict[int, str] = {}
         self.ledger = UsageLedger(settings.fairshare_half_life)
         self.waiters: dict[int, list[Deferred]] = {}
@@ -247,10 +296,14 @@ class Dispatcher(service.Service):
         self.starting.pop((user, host), None)
         self.absent.pop((user, host), None)
         self.backoff.pop((user, host), None)
+        self.backoff_failures.pop((user, host), None)
         if old is not None and old is not session:
             old.fence()
         for job in self._jobs_on(user, host, JobState.PENDING):
-            ensureDeferred(self._send_run(job, session))
+            if job.id in self.killing:
+                ensureDeferred(self._kill_for_repair(job, session))  # not started: not found
+            else:
+                ensureDeferred(self._send_run(job, session))
         self.request_pass()
 
     def executor_disconnected(self, user: str, host: str, session: Any) -> None:
@@ -302,8 +355,14 @@ class Dispatcher(service.Service):
                   if j.user == user and j.host == host and j.state.holds_slots]
         expected = {(j.id, j.attempt) for j in placed}
         for job in placed:
-            if (job.state is JobState.RUNNING and (job.id, job.attempt) not in running
-                    and now - (job.state_since or now) > 5.0):
+            since = now if job.state_since is None else job.state_since
+            gone = (job.state is JobState.RUNNING and (job.id, job.attempt) not in running
+                    and now - since > 5.0)
+            killing = self.killing.get(job.id)
+            if killing is not None and not gone and not killing.delivered:
+                ensureDeferred(self._kill_for_repair(job, session))
+            elif gone:
+                # _lose ends an attempt being killed the way its repair asked.
                 self._lose(job, f"the executor on {host} no longer runs it")
         for job_id, attempt in running - expected:
             self.log.warn("killing a stale copy of job {id} (attempt {a}) on {host}",
@@ -326,8 +385,11 @@ class Dispatcher(service.Service):
         self.log.warn("starting an executor of {user} on {host} failed: {reason}",
                       user=user, host=host, reason=reason)
         self.starting.pop((user, host), None)
-        self.backoff[(user, host)] = self.reactor.seconds() + EXECUTOR_BACKOFF
-        self.reactor.callLater(EXECUTOR_BACKOFF + 0.01, self.request_pass)
+        key = (user, host)
+        failures = self.backoff_failures[key] = self.backoff_failures.get(key, 0) + 1
+        pause = min(MAX_EXECUTOR_BACKOFF, EXECUTOR_BACKOFF * 2 ** (failures - 1))
+        self.backoff[(user, host)] = self.reactor.seconds() + pause
+        self.reactor.callLater(pause + 0.01, self.request_pass)
         for job in self._jobs_on(user, host, JobState.PENDING):
             self._transition(job, JobState.WAITING, f"executor start on {host} failed: {reason}",
                              clear_host=True)
@@ -382,14 +444,23 @@ class Dispatcher(service.Service):
     # --- transitions -------------------------------------------------------------------
 
     def _transition(self, job: Job, new: JobState, reason: str = "", **kw: Any) -> Deferred:
-        t = Transition(job_id=job.id, attempt=job.attempt, old=job.state, new=new,
-                       reason=reason, **kw)
+        """Change ``job``'s state in memory now and in the store by the next group commit.
+
+        The Deferred fires with True once committed, False if the compare-and-set did not
+        apply, or a :class:`NotWritten` (false too) if the change could not be written: the
+        job is then re-read from the store (see :meth:`_resync`).
+        """
         now = self.reactor.seconds()
+        # The time of the decision, not of the commit: the store and memory agree.
+        at = kw.pop("at", None)
+        at = now if at is None else at
+        t = Transition(job_id=job.id, attempt=job.attempt, old=job.state, new=new,
+                       reason=reason, at=at, **kw)
         if job.state is JobState.RUNNING and new is not JobState.RUNNING and job.started_at:
-            self.ledger.charge(job.user, job.spec.slots * (now - job.started_at), now)
+            self.ledger.charge(job.user, job.spec.slots * max(0.0, at - job.started_at), now)
         job.state = new
         job.reason = reason
-        job.state_since = now
+        job.state_since = at
         if kw.get("clear_host"):
             job.host = None
             job.pid = None
@@ -398,28 +469,99 @@ class Dispatcher(service.Service):
         if kw.get("pid") is not None:
             job.pid = kw["pid"]
         if new is JobState.RUNNING:
-            job.started_at = now
+            job.started_at = at
+            self.start_failures.pop(job.id, None)  # its start order got through
         if kw.get("new_attempt") is not None:
             job.attempt = kw["new_attempt"]
         if new.terminal:
             job.exit_code = kw.get("exit_code")
             job.signal = kw.get("signal")
-            job.ended_at = now
-            self.jobs.pop(job.id, None)
-            self.reservations.pop(job.id, None)
+            job.ended_at = at
+            self._forget(job.id)
             for d in self.waiters.pop(job.id, []):
                 d.callback(job)
         if new in (JobState.WAITING, JobState.FINISHED, JobState.FAILED, JobState.KILLED,
                    JobState.LOST):
             self.request_pass()
         d = self.writer.write(t)
-        d.addErrback(lambda f: self.log.failure("state change of job {id} not written", f, id=job.id))
+        d.addErrback(self._write_failed, job, t)
         return d
 
+    def _forget(self, job_id: int) -> None:
+        """Drop a job that ended (or was removed) from the working set."""
+        self.jobs.pop(job_id, None)
+        self.reservations.pop(job_id, None)
+        self.start_failures.pop(job_id, None)
+        self.killing.pop(job_id, None)
+
+    def _write_failed(self, failure: Failure, job: Job, t: Transition) -> NotWritten:
+        """A state change the writer gave up on: the store keeps the old state. Never
+        silently dropped: logged, the job re-read from the store (so memory and the store
+        agree again), and the caller told (an end is then not acknowledged)."""
+        self.log.failure("state change of job {id} ({old} -> {new}) not written: the job is "
+                         "re-read from the database", failure, id=t.job_id, old=t.old.value,
+                         new=t.new.value)
+        if job.id not in self._resyncing:
+            self._resyncing.add(job.id)
+            ensureDeferred(self._resync(job, placement=t.new is JobState.PENDING,
+                                        reason=failure.getErrorMessage()))
+        return NotWritten(failure.getErrorMessage())
+
+    async def _resync(self, job: Job, placement: bool, reason: str) -> None:
+        delay, top = RESYNC_DELAY
+        while True:
+            try:
+                fresh = await self.store.get_job(job.id)
+                break
+            except Exception as e:
+                self.log.warn("job {id} cannot be re-read yet ({e}); retry in {t:.1f} s",
+                              id=job.id, e=str(e), t=delay)
+                await deferLater(self.reactor, delay, lambda: None)
+                delay = min(top, delay * 2)
+        self._resyncing.discard(job.id)
+        if fresh is None or fresh.state.terminal:
+            self._forget(job.id)
+            for d in self.waiters.pop(job.id, []):
+                d.callback(fresh or job)
+            self.request_pass()
+            return
+        for f in dataclass_fields(Job):
+            setattr(job, f.name, getattr(fresh, f.name))
+        self.jobs[job.id] = job
+        if job.state is JobState.PENDING:
+            # As at start-up: a placement whose start may not have gone out is redone.
+            self._transition(job, JobState.WAITING, "placement redone after a failed write",
+                             clear_host=True)
+        if placement and job.state is JobState.WAITING:
+            self._start_not_delivered(job, f"the placement could not be written: {reason}",
+                                      requeue=False)
+        self.request_pass()
+
     def _lose(self, job: Job, reason: str) -> None:
+        if self._killed_attempt_gone(job, reason):
+            return
         self._transition(job, JobState.LOST, reason)
         self._transition(job, JobState.WAITING, "requeued after: " + reason,
                          new_attempt=job.attempt + 1, clear_host=True)
+
+    def _start_not_delivered(self, job: Job, reason: str, requeue: bool = True) -> None:
+        """A pending job's start order did not get through: back to waiting, not placed
+        again for a growing pause; after MAX_START_TRIES in a row the job ends failed.
+
+        No single job can keep the dispatcher or an executor busy this way."""
+        failures = self.start_failures.get(job.id, (0, 0.0))[0] + 1
+        if failures >= MAX_START_TRIES and job.state is JobState.PENDING:
+            self.start_failures.pop(job.id, None)
+            self._transition(job, JobState.FAILED, f"start failed {failures} times in a row, "
+                             f"not tried again; the last time: {reason}")
+            return
+        pause = min(MAX_START_RETRY_DELAY, START_RETRY_DELAY * 2 ** (failures - 1))
+        self.start_failures[job.id] = (failures, self.reactor.seconds() + pause)
+        if requeue:
+            self._transition(job, JobState.WAITING, f"start order not delivered: {reason} "
+                             f"(try {failures + 1} of {MAX_START_TRIES} in {pause:.0f} s)",
+                             clear_host=True)
+        self.reactor.callLater(pause + 0.01, self.request_pass)
 
     # --- scheduling ------------------------------------------------------------------------
 
@@ -450,8 +592,11 @@ class Dispatcher(service.Service):
             )
             for h in self.hosts.values()
         )
+        retry_at = self.start_failures
         waiting = sorted(
-            (j for j in self.jobs.values() if j.state is JobState.WAITING), key=lambda j: j.id
+            (j for j in self.jobs.values() if j.state is JobState.WAITING
+             and (j.id not in retry_at or retry_at[j.id][1] <= now)),
+            key=lambda j: j.id,
         )
         blocked = {pair for pair, until in self.backoff.items() if until > now}
         for user in {j.user for j in waiting}:
@@ -561,8 +706,7 @@ class Dispatcher(service.Service):
             return
         except Exception as e:
             if job.state is JobState.PENDING and job.attempt == attempt:
-                self._transition(job, JobState.WAITING, f"start order not delivered: {e}",
-                                 clear_host=True)
+                self._start_not_delivered(job, " ".join((str(e) or type(e).__name__).split()))
             return
         if job.state is JobState.PENDING and job.attempt == attempt:
             self._transition(job, JobState.RUNNING, f"running on {job.host}", pid=answer["pid"],
@@ -582,13 +726,22 @@ class Dispatcher(service.Service):
 
     def job_finished(self, user: str, host: str, job_id: int, attempt: int, exit_code: int | None,
                      signal: int | None, killed: bool, reason: str,
-                     lost: bool = False) -> Deferred | None:
+                     lost: bool = False, ended_at: float | None = None) -> Deferred | None:
         """Record an attempt's end. The Deferred fires once the end is committed: the executor
         forgets the end only then, so an end is never lost to a database outage or a dispatcher
-        stop in between (a report repeated meanwhile waits for the same commit)."""
+        stop in between (a report repeated meanwhile waits for the same commit). If the end
+        cannot be written, the Deferred fails (DatabaseUnavailable): the executor keeps the
+        end and reports it again.
+
+        ``ended_at`` is the executor's own time of the end (an end reported after an outage
+        ended before its report): recorded as the end's time, but never before the job's
+        start nor after now."""
         key = (job_id, attempt)
         if key in self._unwritten_ends:
             return self._wait_written(key)
+        if job_id in self._resyncing:
+            return fail(commands.DatabaseUnavailable(
+                f"job {job_id}'s state is being re-read after a failed write: report again"))
         job = self.jobs.get(job_id)
         if job is None or job.attempt != attempt or job.user != user or job.host != host:
             self.log.info("ignoring the end of job {id} attempt {a}: not current", id=job_id, a=attempt)
@@ -598,13 +751,22 @@ class Dispatcher(service.Service):
                 self._transition(job, JobState.RUNNING, f"running on {host}", host=host)
             self._lose(job, reason or f"stopped by the executor on {host}")
             return None
-        new = ending_state(exit_code, signal, killed)
-        if not reason:
-            reason = (f"exit code {exit_code}") if signal is None else (f"signal {signal}")
         if job.state is JobState.PENDING:
             # The end overtook the start answer; record the start first.
             self._transition(job, JobState.RUNNING, f"running on {host}", host=host)
-        written = self._transition(job, new, reason, exit_code=exit_code, signal=signal, host=host)
+        now = self.reactor.seconds()
+        if ended_at is None or not math.isfinite(ended_at):
+            at = now
+        else:
+            at = min(now, max(ended_at, job.started_at or now))
+        if job.id in self.killing:
+            written = self._killed_attempt_ended(job, at)
+        else:
+            new = ending_state(exit_code, signal, killed)
+            if not reason:
+                reason = (f"exit code {exit_code}") if signal is None else (f"signal {signal}")
+            written = self._transition(job, new, reason, exit_code=exit_code, signal=signal,
+                                       host=host, at=at)
         self._unwritten_ends[key] = []
         written.addBoth(self._end_written, key)
         return self._wait_written(key)
@@ -615,13 +777,24 @@ class Dispatcher(service.Service):
         return d
 
     def _end_written(self, result: Any, key: tuple[int, int]) -> None:
-        for d in self._unwritten_ends.pop(key, []):
+        waiting = self._unwritten_ends.pop(key, [])
+        if isinstance(result, NotWritten):
+            # Not acknowledged: the executor keeps the end and reports it again.
+            for d in waiting:
+                d.errback(commands.DatabaseUnavailable(
+                    f"the end of job {key[0]} could not be recorded ({result.error}): "
+                    "report it again"))
+            return
+        for d in waiting:
             d.callback(None)
 
     # --- kill and suspend ------------------------------------------------------------------
 
     def kill(self, job: Job) -> None:
         """Kill a job: a waiting one ends at once; a placed one through its executor."""
+        killing = self.killing.get(job.id)
+        if killing is not None and killing.then != "remove":
+            self.killing.pop(job.id)  # the user's kill decides: the end is recorded as killed
         if job.state in (JobState.WAITING, JobState.LOST):
             if job.state is JobState.LOST:
                 self._transition(job, JobState.WAITING, "requeued", new_attempt=job.attempt + 1)
@@ -655,36 +828,114 @@ class Dispatcher(service.Service):
 
     # --- admin repairs ------------------------------------------------------------------
 
-    async def remove_jobs(self, user: str, waiting_only: bool) -> int:
-        """rmwjobs / rmjobs: remove a user's (waiting) jobs; running ones are killed first."""
+    async def remove_jobs(self, user: str, waiting_only: bool) -> tuple[int, int]:
+        """rmwjobs / rmjobs: remove a user's (waiting) jobs.
+
+        A placed job is killed first and removed only once its tree is gone (see Killing):
+        until then it keeps its slots. Returns (removed now, being killed then removed)."""
         states = [JobState.WAITING] if waiting_only else list(JobState)
         victims = await self.store.list_jobs(states, user=user, limit=1_000_000)
+        now_ids = []
+        later = 0
         for job in victims:
             live = self.jobs.get(job.id)
             if live is not None and live.state.holds_slots:
-                session = self.executors.get((live.user, live.host or ""))
-                if session is not None:
-                    await self._signal(live, session, "kill")
-            self.jobs.pop(job.id, None)
-            self.reservations.pop(job.id, None)
-        count = await self.store.delete_jobs([j.id for j in victims])
+                self._kill_then(live, "remove")
+                later += 1
+                continue
+            if job.id in self._resyncing:
+                continue  # its state is being repaired: removed by a later rmjobs
+            self._forget(job.id)
+            now_ids.append(job.id)
+        count = await self.store.delete_jobs(now_ids) if now_ids else 0
         self.request_pass()
-        return count
+        return count, later
 
     def set_all(self, old: JobState, new: JobState) -> int:
-        """setall[p|r]jobsas[waiting|finished]: move every job in ``old``; frees slots."""
+        """setall[p|r]jobsas[waiting|finished]: move every job in ``old``.
+
+        A running job is killed first: its attempt keeps its slots until its tree is gone,
+        then it is requeued (or set as finished). Two copies never run, and a host never
+        holds more than its maximum."""
         jobs = [j for j in self.jobs.values() if j.state is old]
         for job in jobs:
-            session = self.executors.get((job.user, job.host or ""))
-            if old is JobState.RUNNING and session is not None:
-                # Never two copies: the old attempt's process goes; its end is then ignored.
-                ensureDeferred(self._signal(job, session, "kill"))
-            if new is JobState.WAITING:
+            if old is JobState.RUNNING:
+                self._kill_then(job, "waiting" if new is JobState.WAITING else "finished")
+            elif new is JobState.WAITING:
                 self._transition(job, JobState.WAITING, "re-queued by the admin",
                                  new_attempt=job.attempt + 1, clear_host=True)
             else:
                 self._transition(job, new, "set as finished by the admin")
         return len(jobs)
+
+    def _kill_then(self, job: Job, then: str) -> None:
+        """Kill ``job``'s attempt; when its tree is gone, do ``then`` (see Killing)."""
+        current = self.killing.get(job.id)
+        if current is not None and current.attempt == job.attempt:
+            if then == "remove":
+                current.then = "remove"  # removal wins over a requeue asked before
+            return
+        self.killing[job.id] = Killing(attempt=job.attempt, then=then)
+        key = (job.user, job.host or "")
+        session = self.executors.get(key)
+        if session is not None:
+            ensureDeferred(self._kill_for_repair(job, session))
+        elif job.state is JobState.PENDING and key not in self.absent:
+            # Placed, but no executor ever took the start order: nothing runs.
+            self._killed_attempt_ended(job, self.reactor.seconds())
+        # An absent executor: its end comes when it is back, or the lease loses the attempt.
+
+    async def _kill_for_repair(self, job: Job, session: Any) -> None:
+        killing = self.killing.get(job.id)
+        if killing is None:
+            return
+        attempt = killing.attempt
+        killing.delivered = True  # one order at a time; a failed one is sent again
+        try:
+            answer = await session.proto.call(commands.SignalJob, job_id=job.id,
+                                              attempt=attempt, action="kill")
+        except Exception as e:
+            self.log.warn("could not kill job {id} (attempt {a}) for an admin repair: {e}; "
+                          "sent again with the executor's next heartbeat", id=job.id, a=attempt,
+                          e=str(e))
+            if self.killing.get(job.id) is killing:
+                killing.delivered = False
+            return
+        if (not answer["found"] and self.killing.get(job.id) is killing
+                and job.attempt == attempt and job.state.holds_slots):
+            # The executor does not run it (and reports ends before answering): gone.
+            self._killed_attempt_gone(job, "the executor does not run it")
+
+    def _killed_attempt_gone(self, job: Job, reason: str) -> bool:
+        """If ``job``'s attempt was being killed for a repair, finish the repair now that its
+        tree is gone, and say True; else False."""
+        killing = self.killing.get(job.id)
+        if killing is None or killing.attempt != job.attempt or not job.state.holds_slots:
+            return False
+        self._killed_attempt_ended(job, self.reactor.seconds())
+        return True
+
+    def _killed_attempt_ended(self, job: Job, at: float) -> Deferred:
+        """The tree of an attempt killed for a repair is gone: requeue, finish or remove."""
+        killing = self.killing.pop(job.id)
+        if killing.then == "waiting":
+            return self._transition(job, JobState.WAITING, "re-queued by the admin",
+                                    new_attempt=job.attempt + 1, clear_host=True)
+        if killing.then == "finished":
+            return self._transition(job, JobState.FINISHED, "set as finished by the admin",
+                                    at=at)
+        written = self._transition(job, JobState.KILLED, "removed by the admin", at=at)
+        written.addCallback(self._remove_after_end, job.id)
+        return written
+
+    def _remove_after_end(self, applied: Any, job_id: int) -> Any:
+        if isinstance(applied, NotWritten):
+            return applied  # the end is reported again; rmjobs again removes the job
+        d = ensureDeferred(self.store.delete_jobs([job_id]))
+        d.addErrback(lambda f: self.log.warn("job {id} ended but could not be removed: {e} "
+                                             "(run rmjobs again)", id=job_id,
+                                             e=f.getErrorMessage()))
+        return applied
 
     # --- waiting for ends ---------------------------------------------------------------------
 

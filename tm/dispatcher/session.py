@@ -7,6 +7,7 @@ file-system challenge) and never taken from a message field afterwards.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import re
 from typing import Any
 
@@ -19,6 +20,7 @@ from twisted.python.failure import Failure
 from tm import auth, config
 from tm.core import scheduler
 from tm.core.model import MAX_PRIORITY, MIN_PRIORITY, JobState
+from tm.core.patterns import PatternError, compile_user_pattern
 from tm.dispatcher.edge import AddressGuard, EdgeLimits
 from tm.protocol import commands, records
 from tm.protocol.base import BoundedAMP
@@ -186,28 +188,23 @@ class Session(amp.CommandLocator):
             raise commands.InvalidRequest(str(e)) from None
         if not cwd.startswith("/"):
             raise commands.InvalidRequest(f"the submission directory must be absolute, got {cwd!r}")
+        problem = records.environment_problem(environment)
+        if problem:
+            raise commands.InvalidRequest(problem)
         specs = [records.spec_from_amp(j) for j in jobs]
         largest = max((h.max_slots for h in d.hosts.values() if not h.retired), default=0)
         warnings: list[str] = []
         by_short = {h.short_name: h.name for h in d.hosts.values() if h.short_name}
         for index, spec in enumerate(specs):
-            if not spec.command.strip():
-                raise commands.InvalidRequest("the command is empty: say what the job should run")
-            if len(spec.command.encode()) > records.MAX_COMMAND_BYTES:
-                raise commands.InvalidRequest(
-                    f"the command is longer than {records.MAX_COMMAND_BYTES} bytes: put it in a script"
-                )
-            if spec.slots < 1:
-                raise commands.InvalidRequest(f"a job needs at least 1 slot, not {spec.slots}")
+            problem = records.spec_problem(spec, MIN_PRIORITY, MAX_PRIORITY)
+            if problem:
+                where = f"job {index + 1} of {len(specs)}: " if len(specs) > 1 else ""
+                raise commands.InvalidRequest(f"{where}{problem}; nothing was submitted")
             if spec.slots > largest:
                 warning = (f"a job needs {spec.slots} slots but the largest host has {largest}: "
                            "it waits until a host that large is configured")
                 if warning not in warnings:
                     warnings.append(warning)
-            if not MIN_PRIORITY <= spec.priority <= MAX_PRIORITY:
-                raise commands.InvalidRequest(
-                    f"priority {spec.priority} is out of range {MIN_PRIORITY}..{MAX_PRIORITY}"
-                )
             # Hosts are named by their full name from here on; -E accepts short names too.
             excluded = []
             for host in spec.excluded_hosts:
@@ -291,8 +288,16 @@ class Session(amp.CommandLocator):
             view = next((j for j in inp.jobs if j.id == job_id), None)
             if view is not None:
                 reason = scheduler.explain_wait(view, inp)
-        rows, _ = records.fit_to_value(records.HISTORY_FIELDS, history[-100:], records.history_to_amp)
-        return {"job": [records.job_detail_to_amp(job)], "history": rows, "wait_reason": reason}
+        elif job.id in d.start_failures:
+            failures, retry_at = d.start_failures[job.id]
+            reason = (f"its start failed {failures} time(s) in a row; tried again in "
+                      f"{max(0.0, retry_at - d.reactor.seconds()):.0f} s")
+        # The newest history that fits one value, oldest first.
+        newest = list(reversed(history[-100:]))
+        rows, _ = records.fit_to_value(records.HISTORY_FIELDS, newest, records.history_to_amp)
+        rows.reverse()
+        return {"job": [records.fit_job_detail(job)], "history": rows,
+                "wait_reason": records.shorten(reason, 2_000)}
 
     @commands.WaitJob.responder
     async def wait_job(self, job_id: int, timeout: float) -> dict:
@@ -301,7 +306,7 @@ class Session(amp.CommandLocator):
         if job is None:
             raise commands.UnknownJob(f"unknown job {job_id}")
         return {"state": job.state.value, "exit_code": job.exit_code, "signal": job.signal,
-                "reason": job.reason}
+                "reason": records.shorten(job.reason, 2_000)}
 
     @commands.GetStatus.responder
     async def get_status(self) -> dict:
@@ -331,8 +336,15 @@ class Session(amp.CommandLocator):
         execs: dict[str, int] = {}
         for (_, host) in d.executors:
             execs[host] = execs.get(host, 0) + 1
-        rows = [records.host_to_amp(h, occ[h.name], d.loads.get(h.name), execs.get(h.name, 0))
-                for h in d.hosts.values()]
+        hosts = list(d.hosts.values())
+        rows, n = records.fit_to_value(
+            records.HOST_FIELDS, hosts,
+            lambda h: records.host_to_amp(h, occ[h.name], d.loads.get(h.name),
+                                          execs.get(h.name, 0)))
+        if n < len(hosts):
+            raise commands.InvalidRequest(
+                f"the {len(hosts)} hosts do not fit in one answer: shorten their "
+                "additional_info in the cluster configuration")
         return {"cluster_active": d.cluster_active, "hosts": rows}
 
     # --- executor reports ----------------------------------------------------------------
@@ -344,7 +356,8 @@ class Session(amp.CommandLocator):
         user = self._require(commands.ROLE_TMMS)
         self.last_heard = self.dispatcher.reactor.seconds()
         written = self.dispatcher.job_finished(user, self.host or "", job_id, attempt, exit_code,
-                                               signal, killed, reason, lost=bool(lost))
+                                               signal, killed, reason, lost=bool(lost),
+                                               ended_at=ended_at)
         if written is not None:
             await written  # answered once committed: until then the executor keeps the end
         return {}
@@ -427,23 +440,35 @@ class Session(amp.CommandLocator):
             if not self._may_touch(job):
                 raise commands.PermissionDenied(
                     f"job {job_id} is not yours: you can only kill your own jobs")
-            if not job.state.terminal:
-                targets.append(d.jobs[job_id])
+            live = d.jobs.get(job_id)
+            if live is not None:
+                targets.append(live)
+            elif not job.state.terminal:
+                # The database still says active, the working set no longer has it: its end
+                # (or removal) is being written, or the write failed and is being repaired.
+                if len(job_ids) == 1 and regex is None and not all:
+                    raise commands.InvalidRequest(
+                        f"job {job_id} is ending (recorded as {job.state.value} while its "
+                        "end is written): nothing to kill; see lsjobs in a moment")
             elif len(job_ids) == 1 and regex is None and not all:
                 raise commands.InvalidRequest(
                     f"job {job_id} has already ended ({job.state.value}): nothing to kill")
         if regex is not None or all:
             try:
-                pattern = re.compile(regex) if regex is not None else None
-            except re.error as e:
-                raise commands.InvalidRequest(f"bad regular expression {regex!r}: {e}") from None
+                pattern = compile_user_pattern(regex) if regex is not None else None
+            except PatternError as e:
+                raise commands.InvalidRequest(str(e)) from None
+            chosen = {j.id for j in targets}  # by id: comparing Job dataclasses is slow
             for job in list(d.jobs.values()):
-                if job.user == me and (pattern is None or pattern.search(job.spec.command)):
-                    if job not in targets:
-                        targets.append(job)
+                if job.user == me and job.id not in chosen and (
+                        pattern is None or pattern.search(job.spec.command)):
+                    chosen.add(job.id)
+                    targets.append(job)
         for job in targets:
             d.kill(job)
-        return {"killed": [j.id for j in targets]}
+        ids = sorted(j.id for j in targets)
+        listed = _fit_ids(ids)
+        return {"killed": listed, "more": len(ids) - len(listed) or None}
 
     @commands.SuspendJob.responder
     async def suspend_job(self, job_id: int, resume: bool) -> dict:
@@ -463,7 +488,22 @@ class Session(amp.CommandLocator):
     @commands.GroupSummary.responder
     async def group_summary(self, scope: str, group: str | None = None) -> dict:
         owner = self._scope_user(scope, None)
-        return {"groups": await self.dispatcher.store.group_counts(owner, group)}
+        if group is not None and len(group) > records.MAX_GROUP_CHARS:
+            raise commands.InvalidRequest(
+                f"a group name has at most {records.MAX_GROUP_CHARS} characters")
+        counts = await self.dispatcher.store.group_counts(owner, group)
+        groups: dict[str, dict[str, int]] = {}
+        for name, states in counts.items():
+            # Names stored before the limit may be long: cut, kept apart by a digest.
+            if len(name) > records.MAX_GROUP_CHARS:
+                digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+                name = f"{name[:200]}...[{digest}]"
+            groups[name] = states
+        if records.json_size(groups) > records.MAX_VALUE_BYTES:
+            raise commands.InvalidRequest(
+                f"{len(groups)} groups do not fit in one answer: ask for one group "
+                "(lagroups:GROUP) or list jobs with lsjobs")
+        return {"groups": groups}
 
     @commands.ListUsers.responder
     def list_users(self, user: str | None = None) -> dict:
@@ -478,7 +518,7 @@ class Session(amp.CommandLocator):
             rows.append({
                 "name": u.name, "roles": sorted(u.roles), "enabled": u.enabled,
                 "tms_connected": u.name in d.tms_sessions,
-                "executors": sorted(h for (n, h) in d.executors if n == u.name),
+                "executors": _first(sorted(h for (n, h) in d.executors if n == u.name), 50),
                 "waiting": states.count(JobState.WAITING),
                 "pending": states.count(JobState.PENDING),
                 "running": states.count(JobState.RUNNING),
@@ -486,7 +526,11 @@ class Session(amp.CommandLocator):
             })
         if user is not None and not rows:
             raise commands.UnknownUser(f"unknown user {user!r}")
-        return {"users": rows}
+        fitted, n = records.fit_to_value(records.USER_FIELDS, rows, lambda r: r)
+        if n < len(rows):
+            raise commands.InvalidRequest(
+                f"the {len(rows)} users do not fit in one answer: ask for one (lsusers:NAME)")
+        return {"users": fitted}
 
     @commands.SetUserEnabled.responder
     async def set_user_enabled(self, user: str, enabled: bool) -> dict:
@@ -520,6 +564,8 @@ class Session(amp.CommandLocator):
             if name == me and until > now and (name, host) not in d.executors:
                 rows.append({"host": host, "pid": None, "since": None, "running": 0,
                              "state": f"start failed, retried after {until - now:.0f} s"})
+        while rows and records.json_size(rows) > records.MAX_VALUE_BYTES:
+            rows = rows[: len(rows) * 3 // 4]  # more hosts than one answer holds: the first
         return {"executors": rows}
 
     @commands.ControlExecutors.responder
@@ -543,7 +589,8 @@ class Session(amp.CommandLocator):
         lines += [f"tmms {u}@{h}" for (u, h) in sorted(d.executors)]
         lines += [f"executor starting: {u}@{h}" for (u, h) in sorted(d.starting)]
         lines.append(f"scheduling passes: {d.passes}, group commits: {d.writer.batches}")
-        return {"lines": lines}
+        return {"lines": records.fit_lines(lines[:-1], records.MAX_VALUE_BYTES - 200)
+                + lines[-1:]}
 
     @commands.AdminJobs.responder
     async def admin_jobs(self, action: str, user: str | None = None) -> dict:
@@ -554,10 +601,13 @@ class Session(amp.CommandLocator):
                 raise commands.InvalidRequest(f"{action} needs a user: usage: {action}:USER")
             if user not in d.users:
                 raise commands.UnknownUser(f"unknown user {user!r}; see lsusers")
-            count = await d.remove_jobs(user, waiting_only=action == "rmwjobs")
-            if count == 0:
+            count, later = await d.remove_jobs(user, waiting_only=action == "rmwjobs")
+            if count == 0 and later == 0:
                 return {"count": 0, "message": "nothing has been removed"}
-            return {"count": count, "message": f"removed {count} job(s) of user {user}."}
+            # The seed's words; running jobs are counted, and removed once their processes
+            # are gone (they keep their slots until then).
+            return {"count": count + later,
+                    "message": f"removed {count + later} job(s) of user {user}."}
         moves = {
             "setallpjobsaswaiting": (JobState.PENDING, JobState.WAITING, "waiting"),
             "setallrjobsaswaiting": (JobState.RUNNING, JobState.WAITING, "waiting"),
@@ -567,6 +617,8 @@ class Session(amp.CommandLocator):
         if action in moves:
             old, new, word = moves[action]
             count = d.set_all(old, new)
+            # Running jobs are killed first and keep their slots until their processes are
+            # gone; the answer keeps the seed's words.
             return {"count": count, "message": f"set {count} jobs as {word}"}
         if action == "checkslots":
             # Occupied slots are derived from the jobs that hold them (pending and running),
@@ -575,7 +627,8 @@ class Session(amp.CommandLocator):
             parts = [f"{h.name} {occ[h.name]}/{h.max_slots}" for h in d.hosts.values()]
             d.request_pass()
             return {"count": sum(occ.values()),
-                    "message": "number of occupied slots have been updated: " + ", ".join(parts)}
+                    "message": _fit_text("number of occupied slots have been updated: "
+                                         + ", ".join(parts))}
         if action == "updateload":
             # Executors report their host's load every few seconds; show what is known and
             # run a scheduling pass with it.
@@ -584,5 +637,29 @@ class Session(amp.CommandLocator):
                      if h.name in d.loads else f"{h.name} n.a. (no executor)"
                      for h in d.hosts.values()]
             d.request_pass()
-            return {"count": len(d.loads), "message": "load: " + ", ".join(parts)}
+            return {"count": len(d.loads), "message": _fit_text("load: " + ", ".join(parts))}
         raise commands.InvalidRequest(f"unknown admin action {action!r}")
+
+
+def _fit_ids(ids: list[int]) -> list[int]:
+    """As many leading ``ids`` as fit one ``ListOf(Integer)`` value."""
+    used = 0
+    for index, job_id in enumerate(ids):
+        used += 2 + len(str(job_id))
+        if used > records.MAX_VALUE_BYTES:
+            return ids[:index]
+    return ids
+
+
+def _fit_text(text: str) -> str:
+    """``text`` cut to fit one AMP value (a listing of many hosts)."""
+    if len(text.encode("utf-8", "surrogatepass")) <= records.MAX_VALUE_BYTES:
+        return text
+    return text.encode()[: records.MAX_VALUE_BYTES - 100].decode("utf-8", "ignore") + " ..."
+
+
+def _first(names: list[str], count: int) -> list[str]:
+    """The first ``count`` names, and how many more there are."""
+    if len(names) <= count:
+        return names
+    return names[:count] + [f"... and {len(names) - count} more"]

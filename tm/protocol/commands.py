@@ -254,7 +254,11 @@ class KillJobs(_Command):
         (b"regex", amp.Unicode(optional=True)),
         (b"all", amp.Boolean()),
     ]
-    response = [(b"killed", amp.ListOf(Int64()))]
+    response = [
+        (b"killed", amp.ListOf(Int64())),
+        # How many more jobs were killed than ``killed`` lists (it must fit one AMP value).
+        (b"more", Int64(optional=True)),
+    ]
 
 
 class SuspendJob(_Command):
