@@ -508,3 +508,16 @@ def test_rmjobs_of_a_placed_job_no_executor_took_ends_it_at_once(tmp_path: Path)
     clock.advance(0)
     assert executor.proto.names("RunJob") == []
     clock.advance(service.EXECUTOR_START_TIMEOUT + 1)
+
+
+# --- a proven connection keeps its role -------------------------------------------------
+
+
+def test_a_second_hello_on_a_proven_connection_is_refused(tmp_path: Path) -> None:
+    d, _, _ = make_dispatcher(tmp_path)
+    session = client_session(d)
+    with pytest.raises(commands.InvalidRequest) as e:
+        session.hello(protocol_version=commands.PROTOCOL_VERSION, role=commands.ROLE_TMMS,
+                      user="alice", host=next(iter(d.hosts)))
+    assert "already" in str(e.value)
+    assert session.role == commands.ROLE_CLIENT and session.host is None

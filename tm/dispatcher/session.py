@@ -112,6 +112,11 @@ class Session(amp.CommandLocator):
                 f"the dispatcher speaks protocol {commands.PROTOCOL_VERSION}, you speak "
                 f"{protocol_version}: install the same TaskManager version"
             )
+        if self.user is not None or self.challenge is not None:
+            # A proven connection keeps the role and host it proved them for: a second Hello
+            # would turn a client into an executor without proving anything again.
+            raise commands.InvalidRequest("Hello was already sent on this connection: "
+                                          "open a new connection for another role")
         if role not in ROLES:
             raise commands.InvalidRequest(f"unknown role {role!r}")
         if user not in self.dispatcher.users:
