@@ -1,9 +1,11 @@
 """A job that cannot start ends ``failed`` once, with the reason, and the executor carries on.
 
-Through the real CLI: a job file whose command, or whose ``-o`` path, holds a NUL byte is
-submitted with ``hRunJob -f``. ``spawnProcess`` refuses such an argument; the executor must answer
-the start order with the declared ``JobStartFailed`` (not drop its link), so that the dispatcher
-ends the job once instead of placing it again and again.
+Through the real CLI: a job whose ``-o`` or ``-l`` file cannot be opened on the executor host
+(its directory is a regular file) is submitted with ``hRunJob -f``. The executor must answer the
+start order with the declared ``JobStartFailed`` (not drop its link), so that the dispatcher ends
+the job once instead of placing it again and again. A NUL byte, which ``spawnProcess`` refuses
+(the storm of issue 8), is refused at submission in one line; the executor's own check of it is
+covered by tests/unit/test_executor_service.py.
 """
 
 from __future__ import annotations
@@ -79,9 +81,8 @@ def ended_state(tm: Installation, job_id: int) -> str | None:
 
 
 @pytest.mark.parametrize(("line", "reason"), [
-    (b"command::echo a\0b > ran.txt\n", "the command contains a NUL byte"),
-    (b"command::echo a > ran.txt\tstdout::o\0ut.txt\n",
-     "the stdout file name (-o) contains a NUL byte"),
+    (b"command::echo a > ran.txt\tstdout::afile/out.txt\n", "afile/out.txt"),
+    (b"command::echo a > ran.txt\tlogfile::afile/job.log\n", "afile/job.log"),
 ])
 def test_a_job_that_cannot_start_fails_once_and_the_executor_carries_on(
         tm: Installation, line: bytes, reason: str) -> None:
@@ -91,6 +92,7 @@ def test_a_job_that_cannot_start_fails_once_and_the_executor_carries_on(
     assert field(lajob(tm, first), "state") == "finished"
     pid = executor_pid(tm)
 
+    (tm.work / "afile").write_text("a regular file, not a directory\n")
     bad = submit_file(tm, "bad.txt", line)
     assert wait_until(lambda: ended_state(tm, bad), 60, "the bad job to end") == "failed"
     text = lajob(tm, bad)
@@ -108,3 +110,19 @@ def test_a_job_that_cannot_start_fails_once_and_the_executor_carries_on(
     # Its link never dropped: the dispatcher saw one executor login.
     logins = re.findall(r"authenticated as tmms from", tm.dispatcher_log.read_text())
     assert len(logins) == 1, tm.dispatcher_log.read_text()[-4000:]
+
+
+@pytest.mark.parametrize(("line", "words"), [
+    (b"command::echo a\0b > ran.txt\n", "the command contains a NUL byte"),
+    (b"command::echo a > ran.txt\tstdout::o\0ut.txt\n", "path contains a NUL byte"),
+])
+def test_a_nul_byte_is_refused_at_submission_in_one_line(
+        tm: Installation, line: bytes, words: str) -> None:
+    (tm.work / "bad.txt").write_bytes(line)
+    result = tm.run("hRunJob", "-f", "bad.txt")
+    assert result.returncode != 0
+    assert words in result.stderr and "nothing was submitted" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert tm.run("hConnect", "lswjobs", check=True).stdout.count("echo a") == 0
+    assert not (tm.work / "ran.txt").exists()
