@@ -8,7 +8,12 @@ import os
 import shutil
 import sys
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.error import ConnectError, ConnectionClosed
+from twisted.internet.task import deferLater
 
 from tm.cli.common import CLIError, connect_tms, run_main
 from tm.core.model import JobSpec, JobState
@@ -148,7 +153,59 @@ def chunks(specs: list[JobSpec]) -> list[list[dict]]:
     return out
 
 
-async def submit(proto: Any, specs: list[JobSpec]) -> list[int]:
+#: How long a submission is sent again while the link to the TMS drops before its answer.
+SUBMIT_RETRY_SECONDS = 60.0
+#: Failures of the link to the TMS that leave open whether the submission was stored.
+LINK_FAILURES: tuple[type[Exception], ...] = (
+    ConnectionClosed, ConnectError, defer.TimeoutError, TimeoutError, OSError,
+)
+
+
+def _link_failure(e: Exception) -> str:
+    if isinstance(e, ConnectionClosed):
+        return "the link to the TMS dropped before the answer came"
+    if isinstance(e, defer.TimeoutError | TimeoutError):
+        return "the TMS did not answer in time"
+    return str(e) or e.__class__.__name__
+
+
+class Submitter:
+    """Sends submissions to the TMS; when the link drops before the answer, reconnects (a new
+    TMS is started when needed) and sends the same jobs, with the same UUIDs, again: the
+    store keeps UUIDs unique, so the user sees one success and one set of ids."""
+
+    def __init__(self, reactor: Any, proto: Any, reconnect: Callable[[], Awaitable[Any]],
+                 budget: float = SUBMIT_RETRY_SECONDS) -> None:
+        self.reactor = reactor
+        self.proto = proto
+        self.reconnect = reconnect
+        self.budget = budget
+
+    async def send(self, **kw: Any) -> dict:
+        deadline = self.reactor.seconds() + self.budget
+        pause = 0.2
+        while True:
+            try:
+                return await self.proto.call(commands.SubmitJobs, **kw)
+            except LINK_FAILURES as e:
+                reason = _link_failure(e)
+            if self.proto.transport is not None:
+                self.proto.transport.loseConnection()
+            while True:
+                if self.reactor.seconds() >= deadline:
+                    raise CLIError(
+                        f"the submission was not acknowledged within {self.budget:.0f} s "
+                        f"({reason}); see `hConnect lswjobs` before submitting it again")
+                await deferLater(self.reactor, pause, lambda: None)
+                pause = min(2 * pause, 1.0)
+                try:
+                    self.proto = await self.reconnect()
+                    break
+                except LINK_FAILURES as e:
+                    reason = _link_failure(e)
+
+
+async def submit(submitter: Submitter, specs: list[JobSpec]) -> list[int]:
     env = dict(os.environ)
     if len(json.dumps(env)) > records.MAX_VALUE_BYTES:
         raise CLIError(f"your environment is larger than {records.MAX_VALUE_BYTES} bytes; "
@@ -157,8 +214,8 @@ async def submit(proto: Any, specs: list[JobSpec]) -> list[int]:
     warned: list[str] = []
     for rows in chunks(specs):
         try:
-            answer = await proto.call(commands.SubmitJobs, cwd=os.getcwd(), umask=current_umask(),
-                                      env=env, jobs=rows)
+            answer = await submitter.send(cwd=os.getcwd(), umask=current_umask(), env=env,
+                                          jobs=rows)
         except Exception as e:
             if not ids:
                 raise
@@ -201,35 +258,42 @@ async def main_async(reactor: Any, argv: list[str]) -> int:
     if not command:
         raise CLIError('no command given: hRunJob "COMMAND" (see hRunJob -h)', status=2)
     spec = spec_from_options(vars(args) | {"command": command})
-    proto = await connect_tms(reactor, args.dispatcher, args.verbose)
-    ids = await submit(proto, [spec])
+    submitter = await _submitter(reactor, args)
+    ids = await submit(submitter, [spec])
     if not args.quiet:
         print(f"Job [{ids[0]}] has been submitted to TaskDispatcher.")
     if args.wait:
-        return await wait_for(proto, ids[0])
+        return await wait_for(submitter.proto, ids[0])
     return 0
 
 
 async def submit_job_file(reactor: Any, args: argparse.Namespace) -> int:
     jobs = read_job_file(args)
-    proto = await connect_tms(reactor, args.dispatcher, args.verbose)
-    names = host_names((await proto.call(commands.ListHosts))["hosts"])
+    submitter = await _submitter(reactor, args)
+    names = host_names((await submitter.proto.call(commands.ListHosts))["hosts"])
     for line_no, spec in jobs:
         try:
             check_against_cluster(spec, names)
         except CLIError as e:
             raise CLIError(f"{args.jobsFile}:{line_no}: {e}; nothing was submitted",
                            status=2) from None
-    ids = await submit(proto, [spec for _, spec in jobs])
+    ids = await submit(submitter, [spec for _, spec in jobs])
     if not args.quiet:
         print(f"{len(ids)} job(s) [{compress_ids(ids)}] have been submitted to TaskDispatcher.")
     if args.wait:
         code = 0
         for job_id in ids:
-            end = await wait_for(proto, job_id)
+            end = await wait_for(submitter.proto, job_id)
             code = code or end
         return code
     return 0
+
+
+async def _submitter(reactor: Any, args: argparse.Namespace) -> Submitter:
+    def reconnect() -> Awaitable[Any]:
+        return connect_tms(reactor, args.dispatcher, args.verbose)
+
+    return Submitter(reactor, await reconnect(), reconnect)
 
 
 def main() -> None:
