@@ -77,6 +77,8 @@ class _ReportingEndpoint:
 class _LinkFactory(Factory):
     """Builds the link's protocols and remembers the one being set up."""
 
+    noisy = False  # no "Starting factory" line for each try while the dispatcher is away
+
     def __init__(self, link: DispatcherLink) -> None:
         self.link = link
 
@@ -224,11 +226,19 @@ class DispatcherLink:
 
     @property
     def connected(self) -> bool:
-        return self.proto is not None
+        return self._live() is not None
+
+    def _live(self) -> BoundedAMP | None:
+        """The link's protocol, unless its connection is lost or being lost: the calls it
+        fails on losing it run before its loss is announced, and must not use it again."""
+        proto = self.proto
+        if proto is not None and getattr(proto, "gone", False):
+            return None
+        return proto
 
     async def ready(self, timeout: float) -> None:
         """Wait (at most ``timeout`` s) until the link is up or a login was refused."""
-        if self.proto is not None or self.fatal is not None or not self.running:
+        if self._live() is not None or self.fatal is not None or not self.running:
             return
         connected = self.service.whenConnected()
         connected.addTimeout(timeout, self.reactor)
@@ -241,13 +251,14 @@ class DispatcherLink:
             self._waiting.remove(connected)
 
     async def call(self, command: type, **kw: Any) -> Any:
-        if self.proto is None:
+        if self._live() is None:
             await self.ready(10.0)
-        if self.proto is None:
+        proto = self._live()
+        if proto is None:
             if self.fatal is not None:
                 raise type(self.fatal)(str(self.fatal))
             raise commands.DispatcherUnavailable(
                 f"no link to the dispatcher at {self.info.address}"
                 + (f" ({self.last_error})" if self.last_error else "")
             )
-        return await self.proto.call(command, **kw)
+        return await proto.call(command, **kw)

@@ -182,3 +182,20 @@ def test_while_the_dispatcher_is_away_its_unreachability_is_logged_once(logins: 
         link.stop()
     notes = [e for e in events if "not reachable" in str(e.get("log_format"))]
     assert len(endpoint.dials) > 15 and len(notes) == 1
+
+
+def test_a_link_whose_connection_is_being_lost_no_longer_counts_as_up(logins: list) -> None:
+    clock = Clock()
+    endpoint = FakeEndpoint(clock)
+    endpoint.up = True
+    link = make_link(clock, endpoint)
+    link.start()
+    clock.advance(1.25)
+    assert link.connected and link.proto is not None
+    seen: list[bool] = []
+    pending = link.proto.callRemote(commands.Ping)
+    pending.addErrback(lambda _: seen.append(link.connected))
+    endpoint.up = False
+    endpoint.drop()  # fails the pending call first, then announces the loss
+    assert seen == [False]
+    link.stop()

@@ -169,3 +169,16 @@ def test_the_cli_gives_up_after_its_budget_with_one_line() -> None:
     assert "not acknowledged within 60 s" in str(d.result.value)
     d.addErrback(lambda _: None)
     assert len(sent) == 1
+
+
+def test_a_link_that_fails_calls_while_still_counted_up_is_not_tried_in_a_hot_loop() -> None:
+    # A connection being lost fails its calls before the link hears it is down.
+    clock = Clock()
+    link = FakeLink(clock, [commands.DispatcherUnavailable("no link")] * 1000)
+    d = run(clock, link)
+    assert len(link.sent) == 1
+    for _ in range(610):
+        clock.advance(0.1)
+    assert isinstance(d.result, Failure) and d.result.check(commands.DispatcherUnavailable)
+    d.addErrback(lambda _: None)
+    assert 30 < len(link.sent) < 100  # about one a second once backed off

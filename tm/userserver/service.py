@@ -88,6 +88,8 @@ async def submit_until_acknowledged(link: Any, reactor: Any, kw: dict[str, Any],
     """
     deadline = reactor.seconds() + budget
     database_refusals = 0
+    pause = 0.1
+    last_reason = ""
     while True:
         await link.ready(max(0.0, deadline - reactor.seconds()))
         try:
@@ -112,8 +114,15 @@ async def submit_until_acknowledged(link: Any, reactor: Any, kw: dict[str, Any],
                 f"the dispatcher at {link.info.address} did not acknowledge the submission "
                 f"within {budget:.0f} s ({reason})"
             )
-        UserServer.log.info("submission not acknowledged ({reason}); sending it again",
-                            reason=reason)
+        if reason != last_reason:
+            UserServer.log.info("submission not acknowledged ({reason}); sending it again",
+                                reason=reason)
+            last_reason = reason
+        # Never straight away: a link that is being lost fails its calls before it is
+        # known to be down, and must not be tried again in a loop that starves the reactor.
+        await deferLater(reactor, min(pause, max(0.0, deadline - reactor.seconds())),
+                         lambda: None)
+        pause = min(2 * pause, 1.0)
 
 
 def tms_info_path() -> Path:

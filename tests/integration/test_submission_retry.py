@@ -1,0 +1,93 @@
+"""Fault scenario 1 of reliability-notes §5: kill -9 of the dispatcher during a burst of
+submissions from several clients. Every acknowledged submission runs exactly once."""
+
+from __future__ import annotations
+
+import random
+import re
+import sqlite3
+import threading
+from collections import Counter
+from pathlib import Path
+
+from tests.helpers.processes import Installation, wait_until
+from tests.helpers.restarts import kill_dispatcher
+
+CLIENTS = 4
+JOBS_PER_CLIENT = 40
+KILLS = 3
+SEED = 20261130
+
+
+def _jobs(inst: Installation) -> list[tuple[int, str, str, int]]:
+    db = sqlite3.connect(f"file:{inst.var / 'taskmanager.sqlite'}?mode=ro", uri=True, timeout=10)
+    try:
+        return list(db.execute("SELECT id, uuid, command, state, attempt FROM jobs"))
+    finally:
+        db.close()
+
+
+def test_kill_9_of_the_dispatcher_during_a_submission_burst_loses_and_doubles_nothing(
+        tm: Installation) -> None:
+    ledger = tm.work / "ledger"
+    tm.run("hConnect", "lswjobs", check=True)  # one TMS for every client, started once
+    results: dict[str, tuple[int, str, str]] = {}
+    done = Counter[str]()
+    lock = threading.Lock()
+
+    def client(number: int) -> None:
+        for seq in range(JOBS_PER_CLIENT):
+            token = f"c{number}s{seq}"
+            r = tm.run("hRunJob", f"echo $TM_JOB_ID $TM_ATTEMPT >> {ledger}; : {token}",
+                       timeout=150)
+            with lock:
+                results[token] = (r.returncode, r.stdout, r.stderr)
+                done["submissions"] += 1
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(CLIENTS)]
+    for t in threads:
+        t.start()
+    total = CLIENTS * JOBS_PER_CLIENT
+    rng = random.Random(SEED)
+    moments = sorted(rng.sample(range(total // 10, total * 8 // 10), KILLS))
+    try:
+        for moment in moments:
+            wait_until(lambda moment=moment: done["submissions"] >= moment, 120,
+                       f"{moment} submissions")
+            kill_dispatcher(tm)
+            tm.start_dispatcher()  # waits for its readiness
+    finally:
+        for t in threads:
+            t.join(200)
+    assert not any(t.is_alive() for t in threads)
+
+    failed = {token: r for token, r in results.items() if r[0] != 0}
+    assert not failed, failed
+    acknowledged: dict[str, int] = {}
+    for token, (_, out, _) in results.items():
+        match = re.fullmatch(r"Job \[(\d+)\] has been submitted to TaskDispatcher\.\n", out)
+        assert match, (token, out)
+        acknowledged[token] = int(match.group(1))
+    assert len(acknowledged) == total
+
+    jobs = _jobs(tm)
+    by_token: dict[str, list[int]] = {}
+    for job_id, _, command, _, _ in jobs:
+        by_token.setdefault(command.rsplit(": ", 1)[-1], []).append(job_id)
+    # Every acknowledged submission is exactly the one job it was told; nothing extra.
+    assert {t: ids for t, ids in by_token.items() if len(ids) != 1} == {}
+    assert {t: ids[0] for t, ids in by_token.items()} == acknowledged
+    assert len({uuid for _, uuid, _, _, _ in jobs}) == len(jobs) == total
+
+    def drained() -> bool:
+        return all(state in ("finished", "failed", "killed") for _, _, _, state, _ in _jobs(tm))
+
+    wait_until(drained, 120, "the queue to drain")
+    states = Counter(state for _, _, _, state, _ in _jobs(tm))
+    assert states == {"finished": total}, states
+    lines = Path(ledger).read_text().split("\n")[:-1]
+    runs = Counter(int(line.split()[0]) for line in lines)
+    assert sorted(runs) == sorted(acknowledged.values())
+    assert set(runs.values()) == {1}, [job for job, n in runs.items() if n > 1]
+    assert {line.split()[1] for line in lines} == {"1"}
+    assert {attempt for _, _, _, _, attempt in _jobs(tm)} == {1}
