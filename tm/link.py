@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
+from twisted.internet.ssl import Certificate
 from twisted.internet.threads import deferToThread
 
 from tm import auth
@@ -81,15 +82,26 @@ def load_info(path: Path) -> DispatcherInfo:
                 f"{path} is writable by group or others; it cannot be trusted (chmod 644 {path})"
             )
         data = json.loads(path.read_text())
-        return DispatcherInfo(
-            host=data["host"],
+        info = DispatcherInfo(
+            host=str(data["host"]),
             port=int(data["port"]),
-            certificate=data["certificate"].encode("ascii"),
-            challenge_dir=data["challenge_dir"],
+            certificate=str(data["certificate"]).encode("ascii"),
+            challenge_dir=str(data["challenge_dir"]),
             path=str(path),
         )
-    except (OSError, ValueError, KeyError) as e:
-        raise DispatcherNotFound(f"cannot read dispatcher information from {path}: {e}") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        what = f"no {e} field" if isinstance(e, KeyError) else str(e)
+        raise DispatcherNotFound(f"cannot read dispatcher information from {path}: {what}; "
+                                 "copy it again from the dispatcher's var/dispatcher.json") from None
+    if not 0 < info.port < 65536:
+        raise DispatcherNotFound(f"{path}: the port {info.port} is not a TCP port; copy it "
+                                 "again from the dispatcher's var/dispatcher.json")
+    try:
+        Certificate.loadPEM(info.certificate)
+    except Exception:  # OpenSSL says only "no start line" or the like
+        raise DispatcherNotFound(f"{path}: its certificate is not a PEM certificate; copy it "
+                                 "again from the dispatcher's var/dispatcher.json") from None
+    return info
 
 
 def write_info(path: Path, info: dict[str, Any]) -> None:

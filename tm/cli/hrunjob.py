@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -21,6 +22,41 @@ from tm.jobfile import JobFileError, compress_ids, parse_job_file
 from tm.protocol import commands, records
 
 PROG = "hRunJob"
+#: The dispatcher's limits (tm/protocol/records.py); the client checks them before sending so
+#: that a bad value gets one line saying what to change, not a refusal after a round trip.
+MAX_SLOTS: int = getattr(records, "MAX_SLOTS", 100_000)
+MAX_ESTIMATED_TIME: float = getattr(records, "MAX_ESTIMATED_TIME", 10 * 365 * 86_400.0)
+MAX_ESTIMATED_MEMORY: float = getattr(records, "MAX_ESTIMATED_MEMORY", 1e12)
+
+
+def whole_number(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number in ``low..high``, refused in one line otherwise."""
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"must be a whole number from {low} to {high}, not {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, not {text}")
+        return value
+
+    return convert
+
+
+def amount(high: float, unit: str) -> Callable[[str], float]:
+    """An argparse type: a finite number in ``0..high``."""
+    def convert(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or not 0 <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"must be a number from 0 to {high:.0f} {unit}, not {text!r}")
+        return value
+
+    return convert
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,8 +66,10 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Submit a job to TaskManager.")
-    p.add_argument("-c", "--slots", type=int, default=1, help="slots (cores) on one host (default 1)")
-    p.add_argument("-p", "--priority", type=int, default=0, help="0..127, higher first (default 0)")
+    p.add_argument("-c", "--slots", type=whole_number(1, MAX_SLOTS), default=1,
+                   help="slots (cores) on one host (default 1)")
+    p.add_argument("-p", "--priority", type=whole_number(0, 127), default=0,
+                   help="0..127, higher first (default 0)")
     p.add_argument("-E", "--excludeHosts", default="", help="never run on these hosts: h1,h2")
     p.add_argument("-f", "--jobsFile", default=None,
                    help="submit one job per line of FILE (field::value tokens separated by tabs; "
@@ -42,8 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-O", "--stderr_file", default="", help="file for the job's stderr")
     p.add_argument("-l", "--logfile", default="", help="log file written when the job ends")
     p.add_argument("-S", "--shell", default=None, help="shell that runs the command (default $SHELL)")
-    p.add_argument("-t", "--estimatedTime", type=float, default=None, help="estimated run time")
-    p.add_argument("-m", "--estimatedMemory", type=float, default=None, help="estimated memory (MB)")
+    p.add_argument("-t", "--estimatedTime", type=amount(MAX_ESTIMATED_TIME, "s"), default=None,
+                   help="estimated run time (s)")
+    p.add_argument("-m", "--estimatedMemory", type=amount(MAX_ESTIMATED_MEMORY, "MB"),
+                   default=None, help="estimated memory (MB)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     p.add_argument("-s", "--status", action="store_true", help="show the TMS and dispatcher status")
     p.add_argument("-v", "--verbose", action="store_true", help="say how the TMS is found or started")
@@ -77,11 +117,17 @@ def spec_from_options(options: dict[str, Any]) -> JobSpec:
     Raises CLIError for values that no dispatcher would accept.
     """
     slots, priority = options["slots"], options["priority"]
-    if slots < 1:
-        raise CLIError(f"-c needs at least 1 slot, not {slots}", status=2)
+    if not 1 <= slots <= MAX_SLOTS:
+        raise CLIError(f"-c must be from 1 to {MAX_SLOTS} slots, not {slots}", status=2)
     if not 0 <= priority <= 127:
         raise CLIError(f"-p must be between 0 and 127, not {priority}", status=2)
-    return JobSpec(
+    for option, key, high, unit in (("-t", "estimatedTime", MAX_ESTIMATED_TIME, "s"),
+                                    ("-m", "estimatedMemory", MAX_ESTIMATED_MEMORY, "MB")):
+        value = options[key]
+        if value is not None and not (math.isfinite(value) and 0 <= value <= high):
+            raise CLIError(f"{option} must be a number from 0 to {high:.0f} {unit}, not {value}",
+                           status=2)
+    spec = JobSpec(
         uuid=str(uuid.uuid4()),
         command=options["command"],
         shell=resolve_shell(options["shell"]),
@@ -96,6 +142,28 @@ def spec_from_options(options: dict[str, Any]) -> JobSpec:
         estimated_time=options["estimatedTime"],
         estimated_memory=options["estimatedMemory"],
     )
+    problem = spec_problem(spec)
+    if problem:
+        raise CLIError(problem, status=2)
+    return spec
+
+
+def spec_problem(spec: JobSpec) -> str | None:
+    """What the dispatcher would refuse in ``spec``, as one line, or None."""
+    shared = getattr(records, "spec_problem", None)  # the dispatcher's own check, where it exists
+    if shared is not None:
+        return shared(spec)
+    size = len(spec.command.encode("utf-8", "surrogatepass"))
+    if size > records.MAX_COMMAND_BYTES:
+        return (f"the command is {size} bytes, more than the limit of "
+                f"{records.MAX_COMMAND_BYTES}: put it in a script and run the script")
+    for label, text in (("the command", spec.command), ("the -o (stdout) path", spec.stdout),
+                        ("the -O (stderr) path", spec.stderr),
+                        ("the -l (log file) path", spec.logfile), ("the group", spec.group),
+                        ("the info text", spec.info), ("the shell's path", spec.shell)):
+        if "\0" in text:
+            return f"{label} contains a NUL byte"
+    return None
 
 
 def host_names(hosts: list[dict]) -> set[str]:
