@@ -33,3 +33,15 @@ def test_after_a_long_outage_the_first_command_once_the_dispatcher_is_back_works
     assert dials >= 10, f"only {dials} tries to reconnect during the outage"
     # Recorded for the report, not asserted: the command's own wait is bounded by the TMS.
     print(f"first command after readiness answered in {time.monotonic() - started:.1f} s")
+
+
+def test_a_tms_that_cannot_start_says_why_in_one_line(tm: Installation) -> None:
+    # The TMS keeps its key pair in ~/.taskmanager/tms/: a file there stops its start.
+    (tm.home / ".taskmanager").mkdir(mode=0o700, exist_ok=True)
+    (tm.home / ".taskmanager" / "tms").write_text("not a directory")
+    result = tm.run("hConnect", "lswjobs")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith("hConnect: Could not start a TMS: FileExistsError: "), \
+        result.stderr
+    assert f"(see {tm.home}/.taskmanager/logs/tms.log)" in result.stderr
