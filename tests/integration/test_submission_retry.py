@@ -1,5 +1,9 @@
 """Fault scenario 1 of reliability-notes §5: kill -9 of the dispatcher during a burst of
-submissions from several clients. Every acknowledged submission runs exactly once."""
+submissions from several clients. Every acknowledged submission runs exactly once.
+
+At each of three moments chosen by a seeded RNG the dispatcher is frozen (SIGSTOP) until a
+submission waits unread on one of its connections, then killed with SIGKILL and restarted:
+so each kill really catches a submission in flight, whose answer never comes."""
 
 from __future__ import annotations
 
@@ -11,12 +15,14 @@ from collections import Counter
 from pathlib import Path
 
 from tests.helpers.processes import Installation, wait_until
-from tests.helpers.restarts import kill_dispatcher
+from tests.helpers.restarts import freeze_dispatcher, kill_dispatcher, largest_unread
 
 CLIENTS = 4
 JOBS_PER_CLIENT = 40
 KILLS = 3
 SEED = 20261130
+#: A SubmitJobs box carries the submitter's environment: far more than a heartbeat.
+SUBMISSION_BYTES = 1500
 
 
 def _jobs(inst: Installation) -> list[tuple[int, str, str, int]]:
@@ -54,6 +60,9 @@ def test_kill_9_of_the_dispatcher_during_a_submission_burst_loses_and_doubles_no
         for moment in moments:
             wait_until(lambda moment=moment: done["submissions"] >= moment, 120,
                        f"{moment} submissions")
+            freeze_dispatcher(tm)
+            wait_until(lambda: largest_unread(tm.port) >= SUBMISSION_BYTES, 60,
+                       "a submission to reach the frozen dispatcher")
             kill_dispatcher(tm)
             tm.start_dispatcher()  # waits for its readiness
     finally:
