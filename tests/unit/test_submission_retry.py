@@ -182,3 +182,22 @@ def test_a_link_that_fails_calls_while_still_counted_up_is_not_tried_in_a_hot_lo
     assert isinstance(d.result, Failure) and d.result.check(commands.DispatcherUnavailable)
     d.addErrback(lambda _: None)
     assert 30 < len(link.sent) < 100  # about one a second once backed off
+
+
+def test_the_cli_keeps_trying_while_no_tms_can_be_started_for_a_moment() -> None:
+    from tm.cli.common import CLIError
+    from tm.cli.hrunjob import Submitter
+
+    clock = Clock()
+    sent: list[dict] = []
+    script: list[Any] = [ConnectionDone(), {"job_ids": [8], "warnings": []}]
+    starts: list[Any] = [CLIError("Could not start a TMS: a TMS of yours is already running")]
+
+    async def reconnect() -> FakeTMS:
+        if starts:
+            raise starts.pop(0)
+        return FakeTMS(script, sent)
+
+    d = defer.ensureDeferred(Submitter(clock, FakeTMS(script, sent), reconnect).send(**JOBS))
+    clock.pump([0.2, 0.4])
+    assert d.result == {"job_ids": [8], "warnings": []} and sent == [JOBS, JOBS]

@@ -271,6 +271,14 @@ class Submitter:
                     break
                 except LINK_FAILURES as e:
                     reason = _link_failure(e)
+                except CLIError as e:
+                    # No TMS for now (the old one may still be dying, holding its pid
+                    # file): the submission is not lost, so keep trying while time is left.
+                    if self.reactor.seconds() >= deadline:
+                        raise CLIError(f"{e}; the submission was sent once but not "
+                                       "acknowledged: see `hConnect lswjobs` before you "
+                                       "submit it again") from None
+                    reason = str(e)
 
 
 async def submit(submitter: Submitter, specs: list[JobSpec]) -> list[int]:
