@@ -102,10 +102,10 @@ async def submit_until_acknowledged(link: Any, reactor: Any, kw: dict[str, Any],
             database_refusals += 1
             if database_refusals > SUBMIT_DATABASE_RETRIES:
                 raise
-            pause = 2.0 ** (database_refusals - 1)
-            if reactor.seconds() + pause > deadline:
+            wait = 2.0 ** (database_refusals - 1)
+            if reactor.seconds() + wait > deadline:
                 raise
-            await deferLater(reactor, pause, lambda: None)
+            await deferLater(reactor, wait, lambda: None)
             continue
         except CONNECTION_FAILURES as e:
             reason = _reason(e)
