@@ -12,7 +12,10 @@ import re
 import sqlite3
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from tests.helpers.processes import Installation, wait_until
 from tests.helpers.restarts import freeze_dispatcher, kill_dispatcher, largest_unread
@@ -25,16 +28,48 @@ SEED = 20261130
 SUBMISSION_BYTES = 1500
 
 
-def _jobs(inst: Installation) -> list[tuple[int, str, str, int]]:
+def _jobs(inst: Installation) -> list[tuple[int, str, str, str, int]]:
+    """(id, uuid, command, state, attempt) of every job, read from the database itself."""
+    query = "SELECT id, uuid, command, state, attempt FROM jobs ORDER BY id"
+    if inst.database_url:
+        import pymysql
+
+        from tm.db.store import parse_url
+
+        url = parse_url(inst.database_url)
+        kw: dict = {"host": url.host, "port": url.port, "user": url.user,
+                    "database": url.database}
+        if url.password is not None:
+            kw["password"] = url.password
+        conn = pymysql.connect(**kw)
+        try:
+            with conn.cursor() as cursor:
+                cursor.execute(query)
+                return [tuple(row) for row in cursor.fetchall()]
+        finally:
+            conn.close()
     db = sqlite3.connect(f"file:{inst.var / 'taskmanager.sqlite'}?mode=ro", uri=True, timeout=10)
     try:
-        return list(db.execute("SELECT id, uuid, command, state, attempt FROM jobs"))
+        return list(db.execute(query))
     finally:
         db.close()
 
 
+@pytest.fixture(params=["sqlite", "mariadb"])
+def burst(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Installation]:
+    """A running dispatcher on SQLite, or on a fresh MariaDB database."""
+    url = request.getfixturevalue("mysql_url") if request.param == "mariadb" else None
+    inst = Installation(tmp_path, database_url=url)
+    try:
+        inst.start_dispatcher()
+        yield inst
+    finally:
+        inst.cleanup()
+
+
 def test_kill_9_of_the_dispatcher_during_a_submission_burst_loses_and_doubles_nothing(
-        tm: Installation) -> None:
+        burst: Installation) -> None:
+    tm = burst
     ledger = tm.work / "ledger"
     tm.run("hConnect", "lswjobs", check=True)  # one TMS for every client, started once
     results: dict[str, tuple[int, str, str]] = {}
