@@ -148,9 +148,17 @@ class ClientSession(amp.CommandLocator):
             link = self.server.link
             if command is commands.SubmitJobs:
                 return await submit_until_acknowledged(link, self.server.reactor, kw)
-            if command is commands.WaitJob and link.proto is not None:
-                return await link.proto.call(command, reply_timeout=FORWARD_TIMEOUT, **kw)
-            return await link.call(command, **kw)
+            try:
+                if command is commands.WaitJob and link.connected:
+                    return await link.call(command, reply_timeout=FORWARD_TIMEOUT, **kw)
+                return await link.call(command, **kw)
+            except CONNECTION_FAILURES as e:
+                if isinstance(e, commands.DispatcherUnavailable):
+                    raise
+                # Declared, so the client reads one line, not AMP's "Unknown Error".
+                raise commands.DispatcherUnavailable(
+                    f"no answer from the dispatcher at {link.info.address}: {_reason(e)}"
+                ) from None
 
         return forward
 
