@@ -186,7 +186,10 @@ class DispatcherLink:
         self.log.info("linked to the dispatcher at {address} as {user}",
                       address=self.info.address, user=self.user)
         if self.on_connected is not None:
-            self.on_connected(proto)
+            try:
+                self.on_connected(proto)
+            except Exception:  # the link is up all the same; its user's bug is logged once
+                self.log.failure("the link's on_connected callback failed")
 
     def _lost(self, _: Any, proto: BoundedAMP) -> None:
         if self.proto is proto:
