@@ -21,7 +21,7 @@ from tests.helpers.processes import Installation, wait_until
 from tests.helpers.restarts import freeze_dispatcher, kill_dispatcher, largest_unread
 
 CLIENTS = 4
-JOBS_PER_CLIENT = 40
+JOBS_PER_CLIENT = 30
 KILLS = 3
 SEED = 20261130
 #: A SubmitJobs box carries the submitter's environment: far more than a heartbeat.
@@ -102,7 +102,7 @@ def test_kill_9_of_the_dispatcher_during_a_submission_burst_loses_and_doubles_no
             tm.start_dispatcher()  # waits for its readiness
     finally:
         for t in threads:
-            t.join(200)
+            t.join(300)
     assert not any(t.is_alive() for t in threads)
 
     failed = {token: r for token, r in results.items() if r[0] != 0}
@@ -126,7 +126,7 @@ def test_kill_9_of_the_dispatcher_during_a_submission_burst_loses_and_doubles_no
     def drained() -> bool:
         return all(state in ("finished", "failed", "killed") for _, _, _, state, _ in _jobs(tm))
 
-    wait_until(drained, 120, "the queue to drain")
+    wait_until(drained, 180, "the queue to drain")
     states = Counter(state for _, _, _, state, _ in _jobs(tm))
     assert states == {"finished": total}, states
     lines = Path(ledger).read_text().split("\n")[:-1]
