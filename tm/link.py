@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
+from twisted.internet.ssl import Certificate
 from twisted.internet.threads import deferToThread
 
 from tm import auth
@@ -81,15 +82,26 @@ def load_info(path: Path) -> DispatcherInfo:
                 f"{path} is writable by group or others; it cannot be trusted (chmod 644 {path})"
             )
         data = json.loads(path.read_text())
-        return DispatcherInfo(
-            host=data["host"],
+        info = DispatcherInfo(
+            host=str(data["host"]),
             port=int(data["port"]),
-            certificate=data["certificate"].encode("ascii"),
-            challenge_dir=data["challenge_dir"],
+            certificate=str(data["certificate"]).encode("ascii"),
+            challenge_dir=str(data["challenge_dir"]),
             path=str(path),
         )
-    except (OSError, ValueError, KeyError) as e:
-        raise DispatcherNotFound(f"cannot read dispatcher information from {path}: {e}") from None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        what = f"no {e} field" if isinstance(e, KeyError) else str(e)
+        raise DispatcherNotFound(f"cannot read dispatcher information from {path}: {what}; "
+                                 "copy it again from the dispatcher's var/dispatcher.json") from None
+    if not 0 < info.port < 65536:
+        raise DispatcherNotFound(f"{path}: the port {info.port} is not a TCP port; copy it "
+                                 "again from the dispatcher's var/dispatcher.json")
+    try:
+        Certificate.loadPEM(info.certificate)
+    except Exception:  # OpenSSL says only "no start line" or the like
+        raise DispatcherNotFound(f"{path}: its certificate is not a PEM certificate; copy it "
+                                 "again from the dispatcher's var/dispatcher.json") from None
+    return info
 
 
 def write_info(path: Path, info: dict[str, Any]) -> None:
@@ -107,27 +119,29 @@ def connect_host(host: str) -> str:
     return host
 
 
-async def connect_dispatcher(
-    reactor: Any,
-    info: DispatcherInfo,
-    role: str,
-    host: str | None = None,
-    locator: Any = None,
-    timeout: float = 10.0,
-) -> tuple[BoundedAMP, str, list[str]]:
-    """Open a TLS link to the pinned dispatcher and prove our user.
-
-    Returns the protocol, the proven user and their roles.
-    """
-    endpoint = SSL4ClientEndpoint(
+def dispatcher_endpoint(reactor: Any, info: DispatcherInfo, timeout: float = 10.0) -> Any:
+    """The TLS endpoint of the pinned dispatcher."""
+    return SSL4ClientEndpoint(
         reactor,
         connect_host(info.host),
         info.port,
         auth.client_tls_options(info.certificate, auth.DISPATCHER_TLS_NAME),
         timeout=timeout,
     )
-    proto = BoundedAMP(locator=locator, clock=reactor)
-    await connectProtocol(endpoint, proto)
+
+
+async def log_in(
+    reactor: Any,
+    proto: Any,
+    info: DispatcherInfo,
+    role: str,
+    host: str | None = None,
+    timeout: float = 10.0,
+) -> tuple[str, list[str]]:
+    """Hello, the file challenge and Authenticate on a fresh link: the proven user and roles.
+
+    Closes the link when any step fails (the error is raised as it came).
+    """
     try:
         hello = await proto.call(
             commands.Hello,
@@ -139,12 +153,31 @@ async def connect_dispatcher(
             pid=os.getpid(),
         )
         # Creating the file may block on NFS: keep it off the reactor thread.
-        await deferToThread(
+        answering = deferToThread(
             auth.answer_challenge, hello["challenge_path"], hello["nonce"], info.challenge_dir
         )
+        await answering.addTimeout(timeout, reactor)
         proven = await proto.call(commands.Authenticate, reply_timeout=timeout)
     except BaseException:
         if proto.transport is not None:  # None once the connection is lost
-            proto.transport.loseConnection()  # type: ignore[misc]
+            proto.transport.loseConnection()
         raise
-    return proto, proven["user"], proven["roles"]
+    return proven["user"], proven["roles"]
+
+
+async def connect_dispatcher(
+    reactor: Any,
+    info: DispatcherInfo,
+    role: str,
+    host: str | None = None,
+    locator: Any = None,
+    timeout: float = 10.0,
+) -> tuple[BoundedAMP, str, list[str]]:
+    """Open a TLS link to the pinned dispatcher and prove our user (one try, no retry).
+
+    Returns the protocol, the proven user and their roles.
+    """
+    proto = BoundedAMP(locator=locator, clock=reactor)
+    await connectProtocol(dispatcher_endpoint(reactor, info, timeout), proto)
+    user, roles = await log_in(reactor, proto, info, role, host, timeout)
+    return proto, user, roles

@@ -31,3 +31,32 @@ def test_executor_argv_default_and_with_a_tmmenial_command(tmp_path, monkeypatch
     assert default[:2] == [sys.executable, "-c"] and default[3:] == tail
     custom = UserServer.executor_argv(server, "node1", "env TZ=UTC '/opt/tm 2/bin/twistd'")  # type: ignore[arg-type]
     assert custom == ["env", "TZ=UTC", "/opt/tm 2/bin/twistd", *tail]
+
+
+def test_a_forwarded_request_whose_link_drops_is_answered_with_a_declared_error() -> None:
+    from types import SimpleNamespace
+    from typing import Any
+
+    from twisted.internet import defer
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    from tm.protocol import commands
+    from tm.userserver.service import ClientSession
+
+    class DroppingLink:
+        connected = True
+        info = SimpleNamespace(address="d:1")
+
+        async def call(self, command: type, **kw: Any) -> Any:
+            raise ConnectionDone()
+
+    session = ClientSession(SimpleNamespace(link=DroppingLink()))  # type: ignore[arg-type]
+    session.proven = True
+    d = defer.ensureDeferred(session._forwarder(commands.KillJobs)(job_ids=[1]))
+    assert isinstance(d.result, Failure)
+    error = d.result.value
+    d.addErrback(lambda _: None)
+    assert isinstance(error, commands.DispatcherUnavailable)  # declared: one line at the client
+    assert str(error) == ("no answer from the dispatcher at d:1: "
+                          "the link dropped before the answer came")

@@ -3,16 +3,19 @@ reaching the dispatcher, and turning every failure into one clear line."""
 
 from __future__ import annotations
 
+import ast
 import fcntl
 import getpass
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from twisted.internet import defer
 from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectError, ConnectionClosed
 from twisted.internet.task import deferLater
@@ -24,6 +27,10 @@ from tm.protocol import commands
 from tm.protocol.base import BoundedAMP
 
 TMS_START_TIMEOUT = 20.0
+#: Failures of reaching a TMS that say it is not usable (not running, not answering, refusing).
+TMS_UNUSABLE: tuple[type[Exception], ...] = (
+    ConnectError, ConnectionClosed, commands.TMError, OSError, TimeoutError, defer.TimeoutError,
+)
 
 
 class CLIError(Exception):
@@ -68,7 +75,7 @@ async def _connect_tms_once(reactor: Any, info: dict[str, Any]) -> BoundedAMP:
     for host in tms_candidates(info):
         try:
             return await _connect_tms_at(reactor, info, host)
-        except (ConnectError, ConnectionClosed, OSError, TimeoutError) as e:
+        except (ConnectError, ConnectionClosed, OSError, TimeoutError, defer.TimeoutError) as e:
             error = e
     assert error is not None
     raise error
@@ -94,16 +101,48 @@ async def _connect_tms_at(reactor: Any, info: dict[str, Any], host: str) -> Boun
     return proto
 
 
+def tms_start_failure(output: str, code: int, log: str) -> str:
+    """One line that says why ``twistd tmserver`` did not start, from what it printed."""
+    running = re.search(r"Another twistd server is running, PID (\d+)", output)
+    if running:
+        return (f"a TMS of yours is already running (pid {running.group(1)}) but does not "
+                f"answer; see {log}, or stop it (kill {running.group(1)}) and try again")
+    reason = ""
+    reported = re.search(r"An error has occurred: (b?(['\"]).*\2)", output)
+    if reported:
+        try:
+            text = ast.literal_eval(reported.group(1))
+            reason = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+        except (ValueError, SyntaxError):
+            reason = reported.group(1)
+    if not reason:
+        lines = [line.strip() for line in output.splitlines()
+                 if line.strip() and not line.startswith("Please look at log file")]
+        reason = lines[-1] if lines else f"twistd exited with {code}"
+    reason = reason.strip().splitlines()[-1]
+    # "OpenSSL.crypto.Error: ..." -> "Error: ...": the module path helps nobody.
+    reason = re.sub(r"^(?:[A-Za-z_][\w]*\.)+([A-Za-z_]\w*: )", r"\1", reason)
+    return f"{reason[:300]} (see {log})"
+
+
 def _start_tms(dispatcher_path: str, verbose: bool) -> None:
     """Start the TMS as a daemon; twistd returns once it has started (or failed)."""
-    (user_dir() / "logs").mkdir(mode=0o700, parents=True, exist_ok=True)
+    logs = user_dir() / "logs"
+    logs.mkdir(mode=0o700, parents=True, exist_ok=True)
     argv = tms_argv(dispatcher_path)
     if verbose:
         print("starting a TMS: " + " ".join(argv), file=sys.stderr)
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd="/")
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd="/")
+    except subprocess.TimeoutExpired:
+        raise CLIError(f"Could not start a TMS: twistd did not return within 60 s "
+                       f"(see {logs / 'tms.log'})") from None
+    except OSError as e:
+        raise CLIError(f"Could not start a TMS: cannot run {argv[0]}: {e.strerror}") from None
     if result.returncode != 0:
-        lines = (result.stderr or result.stdout).strip().splitlines()
-        raise CLIError("Could not start a TMS: " + (lines[-1] if lines else f"exit {result.returncode}"))
+        raise CLIError("Could not start a TMS: " + tms_start_failure(
+            (result.stderr or "") + (result.stdout or ""), result.returncode,
+            str(logs / "tms.log")))
 
 
 async def _settle(reactor: Any, proto: BoundedAMP, timeout: float = 10.0) -> None:
@@ -123,7 +162,7 @@ async def connect_tms(reactor: Any, dispatcher: str | None = None, verbose: bool
     if info is not None:
         try:
             return await _connect_tms_once(reactor, info)
-        except (ConnectError, ConnectionClosed, commands.TMError, OSError, TimeoutError) as e:
+        except TMS_UNUSABLE as e:
             if verbose:
                 print(f"TMS at {info.get('host')}:{info.get('port')} not usable: {e}", file=sys.stderr)
     try:
@@ -139,7 +178,7 @@ async def connect_tms(reactor: Any, dispatcher: str | None = None, verbose: bool
         if info is not None:
             try:
                 fresh = await _connect_tms_once(reactor, info)
-            except (ConnectError, ConnectionClosed, commands.TMError, OSError, TimeoutError):
+            except TMS_UNUSABLE:
                 fresh = None
         if fresh is not None:
             return fresh
@@ -167,11 +206,28 @@ async def connect_dispatcher_direct(reactor: Any, dispatcher: str | None = None)
         raise CLIError(str(e)) from None
     try:
         proto, _, _ = await connect_dispatcher(reactor, info, commands.ROLE_CLIENT)
-    except (ConnectError, ConnectionClosed, OSError, TimeoutError) as e:
+    except (ConnectError, ConnectionClosed, OSError, TimeoutError, defer.TimeoutError) as e:
         raise CLIError(
             f"no dispatcher is running at {info.address} (from {info.path}): {e.__class__.__name__}"
         ) from None
     return proto
+
+
+def failure_line(e: BaseException) -> str:
+    """One line for a failure of the link or of the system, without a traceback."""
+    if isinstance(e, ConnectionClosed):
+        return ("the link to the server dropped before it answered; "
+                "see `hConnect lswjobs` before you try again")
+    if isinstance(e, ConnectError):
+        return f"cannot connect: {e.osError or e.__class__.__name__}"
+    if isinstance(e, TimeoutError | defer.TimeoutError | defer.CancelledError):
+        return "the server did not answer in time; try again, or see its log"
+    if isinstance(e, amp.TooLong):
+        return "a value is too long to send (over 64 KiB): shorten it"
+    if isinstance(e, OSError):
+        where = f" ({e.filename})" if e.filename else ""
+        return f"{e.strerror or e.__class__.__name__}{where}"
+    return f"{e.__class__.__name__}: {e}"
 
 
 def run_main(prog: str, main: Callable[[Any], Awaitable[int]]) -> None:
@@ -196,9 +252,6 @@ def run_main(prog: str, main: Callable[[Any], Awaitable[int]]) -> None:
         except amp.RemoteAmpError as e:
             print(f"{prog}: the server cannot do this: {e}", file=sys.stderr)
             status = 1
-        except (ConnectError, ConnectionClosed, TimeoutError) as e:
-            print(f"{prog}: connection failed: {e.__class__.__name__}: {e}", file=sys.stderr)
-            status = 1
         except BrokenPipeError:
             # The reader went away (hConnect lswjobs | head): stop quietly, as cat does.
             try:
@@ -207,8 +260,13 @@ def run_main(prog: str, main: Callable[[Any], Awaitable[int]]) -> None:
             except OSError:
                 pass
             status = 141
+        except (ConnectError, ConnectionClosed, TimeoutError, defer.TimeoutError,
+                defer.CancelledError, amp.TooLong, OSError) as e:
+            print(f"{prog}: {failure_line(e)}", file=sys.stderr)
+            status = 1
         except Exception as e:  # the last line of defence: one line, never a traceback
-            print(f"{prog}: unexpected error: {e.__class__.__name__}: {e}", file=sys.stderr)
+            print(f"{prog}: internal error ({e.__class__.__name__}: {e}); please report it",
+                  file=sys.stderr)
             status = 1
         except KeyboardInterrupt:
             status = 130

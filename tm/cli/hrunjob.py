@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.error import ConnectError, ConnectionClosed
+from twisted.internet.task import deferLater
 
 from tm.cli.common import CLIError, connect_tms, run_main
 from tm.core.model import JobSpec, JobState
@@ -16,6 +22,41 @@ from tm.jobfile import JobFileError, compress_ids, parse_job_file
 from tm.protocol import commands, records
 
 PROG = "hRunJob"
+#: The dispatcher's limits (tm/protocol/records.py); the client checks them before sending so
+#: that a bad value gets one line saying what to change, not a refusal after a round trip.
+MAX_SLOTS: int = getattr(records, "MAX_SLOTS", 100_000)
+MAX_ESTIMATED_TIME: float = getattr(records, "MAX_ESTIMATED_TIME", 10 * 365 * 86_400.0)
+MAX_ESTIMATED_MEMORY: float = getattr(records, "MAX_ESTIMATED_MEMORY", 1e12)
+
+
+def whole_number(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number in ``low..high``, refused in one line otherwise."""
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"must be a whole number from {low} to {high}, not {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, not {text}")
+        return value
+
+    return convert
+
+
+def amount(high: float, unit: str) -> Callable[[str], float]:
+    """An argparse type: a finite number in ``0..high``."""
+    def convert(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or not 0 <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"must be a number from 0 to {high:.0f} {unit}, not {text!r}")
+        return value
+
+    return convert
 
 
 class _Parser(argparse.ArgumentParser):
@@ -25,8 +66,10 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Submit a job to TaskManager.")
-    p.add_argument("-c", "--slots", type=int, default=1, help="slots (cores) on one host (default 1)")
-    p.add_argument("-p", "--priority", type=int, default=0, help="0..127, higher first (default 0)")
+    p.add_argument("-c", "--slots", type=whole_number(1, MAX_SLOTS), default=1,
+                   help="slots (cores) on one host (default 1)")
+    p.add_argument("-p", "--priority", type=whole_number(0, 127), default=0,
+                   help="0..127, higher first (default 0)")
     p.add_argument("-E", "--excludeHosts", default="", help="never run on these hosts: h1,h2")
     p.add_argument("-f", "--jobsFile", default=None,
                    help="submit one job per line of FILE (field::value tokens separated by tabs; "
@@ -37,8 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-O", "--stderr_file", default="", help="file for the job's stderr")
     p.add_argument("-l", "--logfile", default="", help="log file written when the job ends")
     p.add_argument("-S", "--shell", default=None, help="shell that runs the command (default $SHELL)")
-    p.add_argument("-t", "--estimatedTime", type=float, default=None, help="estimated run time")
-    p.add_argument("-m", "--estimatedMemory", type=float, default=None, help="estimated memory (MB)")
+    p.add_argument("-t", "--estimatedTime", type=amount(MAX_ESTIMATED_TIME, "s"), default=None,
+                   help="estimated run time (s)")
+    p.add_argument("-m", "--estimatedMemory", type=amount(MAX_ESTIMATED_MEMORY, "MB"),
+                   default=None, help="estimated memory (MB)")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     p.add_argument("-s", "--status", action="store_true", help="show the TMS and dispatcher status")
     p.add_argument("-v", "--verbose", action="store_true", help="say how the TMS is found or started")
@@ -72,11 +117,17 @@ def spec_from_options(options: dict[str, Any]) -> JobSpec:
     Raises CLIError for values that no dispatcher would accept.
     """
     slots, priority = options["slots"], options["priority"]
-    if slots < 1:
-        raise CLIError(f"-c needs at least 1 slot, not {slots}", status=2)
+    if not 1 <= slots <= MAX_SLOTS:
+        raise CLIError(f"-c must be from 1 to {MAX_SLOTS} slots, not {slots}", status=2)
     if not 0 <= priority <= 127:
         raise CLIError(f"-p must be between 0 and 127, not {priority}", status=2)
-    return JobSpec(
+    for option, key, high, unit in (("-t", "estimatedTime", MAX_ESTIMATED_TIME, "s"),
+                                    ("-m", "estimatedMemory", MAX_ESTIMATED_MEMORY, "MB")):
+        value = options[key]
+        if value is not None and not (math.isfinite(value) and 0 <= value <= high):
+            raise CLIError(f"{option} must be a number from 0 to {high:.0f} {unit}, not {value}",
+                           status=2)
+    spec = JobSpec(
         uuid=str(uuid.uuid4()),
         command=options["command"],
         shell=resolve_shell(options["shell"]),
@@ -91,6 +142,28 @@ def spec_from_options(options: dict[str, Any]) -> JobSpec:
         estimated_time=options["estimatedTime"],
         estimated_memory=options["estimatedMemory"],
     )
+    problem = spec_problem(spec)
+    if problem:
+        raise CLIError(problem, status=2)
+    return spec
+
+
+def spec_problem(spec: JobSpec) -> str | None:
+    """What the dispatcher would refuse in ``spec``, as one line, or None."""
+    shared = getattr(records, "spec_problem", None)  # the dispatcher's own check, where it exists
+    if shared is not None:
+        return shared(spec)
+    size = len(spec.command.encode("utf-8", "surrogatepass"))
+    if size > records.MAX_COMMAND_BYTES:
+        return (f"the command is {size} bytes, more than the limit of "
+                f"{records.MAX_COMMAND_BYTES}: put it in a script and run the script")
+    for label, text in (("the command", spec.command), ("the -o (stdout) path", spec.stdout),
+                        ("the -O (stderr) path", spec.stderr),
+                        ("the -l (log file) path", spec.logfile), ("the group", spec.group),
+                        ("the info text", spec.info), ("the shell's path", spec.shell)):
+        if "\0" in text:
+            return f"{label} contains a NUL byte"
+    return None
 
 
 def host_names(hosts: list[dict]) -> set[str]:
@@ -148,7 +221,67 @@ def chunks(specs: list[JobSpec]) -> list[list[dict]]:
     return out
 
 
-async def submit(proto: Any, specs: list[JobSpec]) -> list[int]:
+#: How long a submission is sent again while the link to the TMS drops before its answer.
+SUBMIT_RETRY_SECONDS = 60.0
+#: Failures of the link to the TMS that leave open whether the submission was stored.
+LINK_FAILURES: tuple[type[Exception], ...] = (
+    ConnectionClosed, ConnectError, defer.TimeoutError, TimeoutError, OSError,
+)
+
+
+def _link_failure(e: Exception) -> str:
+    if isinstance(e, ConnectionClosed):
+        return "the link to the TMS dropped before the answer came"
+    if isinstance(e, defer.TimeoutError | TimeoutError):
+        return "the TMS did not answer in time"
+    return str(e) or e.__class__.__name__
+
+
+class Submitter:
+    """Sends submissions to the TMS; when the link drops before the answer, reconnects (a new
+    TMS is started when needed) and sends the same jobs, with the same UUIDs, again: the
+    store keeps UUIDs unique, so the user sees one success and one set of ids."""
+
+    def __init__(self, reactor: Any, proto: Any, reconnect: Callable[[], Awaitable[Any]],
+                 budget: float = SUBMIT_RETRY_SECONDS) -> None:
+        self.reactor = reactor
+        self.proto = proto
+        self.reconnect = reconnect
+        self.budget = budget
+
+    async def send(self, **kw: Any) -> dict:
+        deadline = self.reactor.seconds() + self.budget
+        pause = 0.2
+        while True:
+            try:
+                return await self.proto.call(commands.SubmitJobs, **kw)
+            except LINK_FAILURES as e:
+                reason = _link_failure(e)
+            if self.proto.transport is not None:
+                self.proto.transport.loseConnection()
+            while True:
+                if self.reactor.seconds() >= deadline:
+                    raise CLIError(
+                        f"the submission was not acknowledged within {self.budget:.0f} s "
+                        f"({reason}); see `hConnect lswjobs` before submitting it again")
+                await deferLater(self.reactor, pause, lambda: None)
+                pause = min(2 * pause, 1.0)
+                try:
+                    self.proto = await self.reconnect()
+                    break
+                except LINK_FAILURES as e:
+                    reason = _link_failure(e)
+                except CLIError as e:
+                    # No TMS for now (the old one may still be dying, holding its pid
+                    # file): the submission is not lost, so keep trying while time is left.
+                    if self.reactor.seconds() >= deadline:
+                        raise CLIError(f"{e}; the submission was sent once but not "
+                                       "acknowledged: see `hConnect lswjobs` before you "
+                                       "submit it again") from None
+                    reason = str(e)
+
+
+async def submit(submitter: Submitter, specs: list[JobSpec]) -> list[int]:
     env = dict(os.environ)
     if len(json.dumps(env)) > records.MAX_VALUE_BYTES:
         raise CLIError(f"your environment is larger than {records.MAX_VALUE_BYTES} bytes; "
@@ -157,8 +290,8 @@ async def submit(proto: Any, specs: list[JobSpec]) -> list[int]:
     warned: list[str] = []
     for rows in chunks(specs):
         try:
-            answer = await proto.call(commands.SubmitJobs, cwd=os.getcwd(), umask=current_umask(),
-                                      env=env, jobs=rows)
+            answer = await submitter.send(cwd=os.getcwd(), umask=current_umask(), env=env,
+                                          jobs=rows)
         except Exception as e:
             if not ids:
                 raise
@@ -201,35 +334,42 @@ async def main_async(reactor: Any, argv: list[str]) -> int:
     if not command:
         raise CLIError('no command given: hRunJob "COMMAND" (see hRunJob -h)', status=2)
     spec = spec_from_options(vars(args) | {"command": command})
-    proto = await connect_tms(reactor, args.dispatcher, args.verbose)
-    ids = await submit(proto, [spec])
+    submitter = await _submitter(reactor, args)
+    ids = await submit(submitter, [spec])
     if not args.quiet:
         print(f"Job [{ids[0]}] has been submitted to TaskDispatcher.")
     if args.wait:
-        return await wait_for(proto, ids[0])
+        return await wait_for(submitter.proto, ids[0])
     return 0
 
 
 async def submit_job_file(reactor: Any, args: argparse.Namespace) -> int:
     jobs = read_job_file(args)
-    proto = await connect_tms(reactor, args.dispatcher, args.verbose)
-    names = host_names((await proto.call(commands.ListHosts))["hosts"])
+    submitter = await _submitter(reactor, args)
+    names = host_names((await submitter.proto.call(commands.ListHosts))["hosts"])
     for line_no, spec in jobs:
         try:
             check_against_cluster(spec, names)
         except CLIError as e:
             raise CLIError(f"{args.jobsFile}:{line_no}: {e}; nothing was submitted",
                            status=2) from None
-    ids = await submit(proto, [spec for _, spec in jobs])
+    ids = await submit(submitter, [spec for _, spec in jobs])
     if not args.quiet:
         print(f"{len(ids)} job(s) [{compress_ids(ids)}] have been submitted to TaskDispatcher.")
     if args.wait:
         code = 0
         for job_id in ids:
-            end = await wait_for(proto, job_id)
+            end = await wait_for(submitter.proto, job_id)
             code = code or end
         return code
     return 0
+
+
+async def _submitter(reactor: Any, args: argparse.Namespace) -> Submitter:
+    def reconnect() -> Awaitable[Any]:
+        return connect_tms(reactor, args.dispatcher, args.verbose)
+
+    return Submitter(reactor, await reconnect(), reconnect)
 
 
 def main() -> None:

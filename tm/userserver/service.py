@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import protocol
+from twisted.internet import defer, protocol
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.endpoints import SSL4ServerEndpoint
+from twisted.internet.error import ConnectError, ConnectionClosed
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.protocols import amp
 
@@ -48,6 +50,79 @@ FORWARDED: tuple[type[amp.Command], ...] = (
 )
 #: A forwarded WaitJob may legitimately take long.
 FORWARD_TIMEOUT = 330.0
+#: How long a submission is sent again (with its client-made UUIDs, so at most one copy is
+#: stored) while the dispatcher does not acknowledge it.
+SUBMIT_RETRY_SECONDS = 60.0
+#: How long one try waits for its answer (at least; longer when more of the budget is left).
+SUBMIT_REPLY_TIMEOUT = 15.0
+#: How often a submission refused with DatabaseUnavailable is tried again (1, 2, 4 s apart).
+SUBMIT_DATABASE_RETRIES = 3
+#: Failures that say nothing about whether the dispatcher stored a submission: the link
+#: dropped, or no answer came in time.
+CONNECTION_FAILURES: tuple[type[Exception], ...] = (
+    ConnectionClosed,
+    ConnectError,
+    defer.TimeoutError,
+    defer.CancelledError,
+    TimeoutError,
+    commands.DispatcherUnavailable,
+)
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, ConnectionClosed):
+        return "the link dropped before the answer came"
+    if isinstance(e, defer.TimeoutError | defer.CancelledError | TimeoutError):
+        return "no answer in time"
+    return str(e) or e.__class__.__name__
+
+
+async def submit_until_acknowledged(link: Any, reactor: Any, kw: dict[str, Any],
+                                    budget: float = SUBMIT_RETRY_SECONDS) -> Any:
+    """Send SubmitJobs over ``link`` until the dispatcher answers it.
+
+    The jobs carry their UUIDs, which the store keeps unique, so a submission that was
+    stored but whose acknowledgement was lost is acknowledged again, with the same ids.
+    Connection failures are retried for ``budget`` s; a DatabaseUnavailable refusal a few
+    times with back-off; any other refusal is passed on at once.
+    """
+    deadline = reactor.seconds() + budget
+    database_refusals = 0
+    pause = 0.1
+    last_reason = ""
+    while True:
+        await link.ready(max(0.0, deadline - reactor.seconds()))
+        try:
+            if not link.connected and link.fatal is None:
+                raise commands.DispatcherUnavailable(link.last_error or "no link")
+            left = deadline - reactor.seconds()
+            return await link.call(commands.SubmitJobs,
+                                   reply_timeout=max(SUBMIT_REPLY_TIMEOUT, left), **kw)
+        except commands.DatabaseUnavailable:
+            database_refusals += 1
+            if database_refusals > SUBMIT_DATABASE_RETRIES:
+                raise
+            wait = 2.0 ** (database_refusals - 1)
+            if reactor.seconds() + wait > deadline:
+                raise
+            await deferLater(reactor, wait, lambda: None)
+            continue
+        except CONNECTION_FAILURES as e:
+            reason = _reason(e)
+        if reactor.seconds() >= deadline:
+            raise commands.DispatcherUnavailable(
+                f"the dispatcher at {link.info.address} did not acknowledge the submission "
+                f"within {budget:.0f} s ({reason})"
+            )
+        if reason != last_reason:
+            UserServer.log.info("submission not acknowledged ({reason}); sending it again",
+                                reason=reason)
+            last_reason = reason
+        # Never straight away: a link that is being lost fails its calls before it is
+        # known to be down, and must not be tried again in a loop that starves the reactor.
+        await deferLater(reactor, min(pause, max(0.0, deadline - reactor.seconds())),
+                         lambda: None)
+        pause = min(2 * pause, 1.0)
 
 
 def tms_info_path() -> Path:
@@ -71,9 +146,19 @@ class ClientSession(amp.CommandLocator):
         async def forward(**kw: Any) -> Any:
             self._require()
             link = self.server.link
-            if command is commands.WaitJob and link.proto is not None:
-                return await link.proto.call(command, reply_timeout=FORWARD_TIMEOUT, **kw)
-            return await link.call(command, **kw)
+            if command is commands.SubmitJobs:
+                return await submit_until_acknowledged(link, self.server.reactor, kw)
+            try:
+                if command is commands.WaitJob and link.connected:
+                    return await link.call(command, reply_timeout=FORWARD_TIMEOUT, **kw)
+                return await link.call(command, **kw)
+            except CONNECTION_FAILURES as e:
+                if isinstance(e, commands.DispatcherUnavailable):
+                    raise
+                # Declared, so the client reads one line, not AMP's "Unknown Error".
+                raise commands.DispatcherUnavailable(
+                    f"no answer from the dispatcher at {link.info.address}: {_reason(e)}"
+                ) from None
 
         return forward
 
