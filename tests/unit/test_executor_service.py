@@ -14,6 +14,7 @@ from twisted.protocols import amp
 
 from tests.helpers.amp_pair import connected_pair
 from tests.unit.executor_fakes import FakeLink, FakeSpawner, ManualPool
+from tm.auth import DISPATCHER_TLS_NAME, make_self_signed
 from tm.executor import service as executor_service
 from tm.executor.runner import JobEnd, JobRunner
 from tm.executor.service import (
@@ -25,7 +26,10 @@ from tm.executor.service import (
 from tm.link import DispatcherInfo
 from tm.protocol import commands
 
-DISPATCHER = DispatcherInfo(host="127.0.0.1", port=1, certificate=b"", challenge_dir="", path="")
+# The link builds its TLS endpoint up front (ClientService), so the pinned certificate is real.
+DISPATCHER = DispatcherInfo(host="127.0.0.1", port=1,
+                            certificate=make_self_signed(DISPATCHER_TLS_NAME)[1],
+                            challenge_dir="", path="")
 
 
 class Setup:

@@ -142,28 +142,10 @@ def spec_from_options(options: dict[str, Any]) -> JobSpec:
         estimated_time=options["estimatedTime"],
         estimated_memory=options["estimatedMemory"],
     )
-    problem = spec_problem(spec)
+    problem = records.spec_problem(spec)  # the dispatcher's own check, without a round trip
     if problem:
         raise CLIError(problem, status=2)
     return spec
-
-
-def spec_problem(spec: JobSpec) -> str | None:
-    """What the dispatcher would refuse in ``spec``, as one line, or None."""
-    shared = getattr(records, "spec_problem", None)  # the dispatcher's own check, where it exists
-    if shared is not None:
-        return shared(spec)
-    size = len(spec.command.encode("utf-8", "surrogatepass"))
-    if size > records.MAX_COMMAND_BYTES:
-        return (f"the command is {size} bytes, more than the limit of "
-                f"{records.MAX_COMMAND_BYTES}: put it in a script and run the script")
-    for label, text in (("the command", spec.command), ("the -o (stdout) path", spec.stdout),
-                        ("the -O (stderr) path", spec.stderr),
-                        ("the -l (log file) path", spec.logfile), ("the group", spec.group),
-                        ("the info text", spec.info), ("the shell's path", spec.shell)):
-        if "\0" in text:
-            return f"{label} contains a NUL byte"
-    return None
 
 
 def host_names(hosts: list[dict]) -> set[str]:
