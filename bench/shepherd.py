@@ -44,11 +44,12 @@ def run_jobs(jobs: int, concurrency: int, launcher: str, workdir: Path) -> dict[
     """One run in a child process of its own, so that its reactor and rusage start afresh."""
     import inspect
 
-    from twisted.internet import defer, reactor
+    from twisted.internet import defer
+    from twisted.internet import reactor as _reactor
 
-    from tm.executor import runner as runner_module
     from tm.executor.runner import JobEnd, JobRunner, RunRequest
 
+    reactor: Any = _reactor
     marker = workdir / "marker"
     marker.write_bytes(b"")
     kwargs: dict[str, Any] = {"log_dir": str(workdir / "logs")}
@@ -107,7 +108,6 @@ def run_jobs(jobs: int, concurrency: int, launcher: str, workdir: Path) -> dict[
     written = marker.stat().st_size
     if failures or written != jobs:
         raise SystemExit(f"{len(failures)} failures, {written}/{jobs} bytes: {failures[:3]}")
-    _ = runner_module
     return result
 
 
