@@ -5,7 +5,9 @@ opened, a shepherd that owns the job's tree, the end reported with its exit stat
 CONCURRENCY run at once, a new one starts as soon as one ends. Prints one JSON line per run:
 wall time, jobs/s, and CPU time per job of this process and every process below it (the
 runner's own work, the shepherds, the shells): ``getrusage`` of the process and of its reaped
-children, taken once everything below it has exited. Figures, not assertions.
+children, taken once everything below it has exited; split into the runner's own
+(``runner_cpu``, the executor's share) and everything below it (``below_cpu``: zygote,
+shepherds, shells, printf). Figures, not assertions.
 
     python bench/shepherd.py [--jobs 500] [--concurrency 64] [--launcher zygote|spawn]
                              [--repeat 3] [--floor]
@@ -32,10 +34,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def cpu_seconds() -> float:
+def cpu_seconds(who: int | None = None) -> float:
+    """CPU seconds (user + system) of this process (RUSAGE_SELF), of its reaped children
+    (RUSAGE_CHILDREN), or of both."""
     total = 0.0
-    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
-        usage = resource.getrusage(who)
+    for one in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN) if who is None else (who,):
+        usage = resource.getrusage(one)
         total += usage.ru_utime + usage.ru_stime
     return total
 
@@ -87,6 +91,7 @@ def run_jobs(jobs: int, concurrency: int, launcher: str, workdir: Path) -> dict[
                 d = runner.start(request, ended)
                 d.addErrback(lambda f: failures.append(f.getErrorMessage()))
 
+        own0 = cpu_seconds(resource.RUSAGE_SELF)
         cpu0, t0 = cpu_seconds(), time.monotonic()
         launch()
         await done
@@ -95,8 +100,11 @@ def run_jobs(jobs: int, concurrency: int, launcher: str, workdir: Path) -> dict[
         if stop is not None:
             await stop()  # the zygote exits: its whole tree's CPU lands in RUSAGE_CHILDREN
         cpu = cpu_seconds() - cpu0
+        own = cpu_seconds(resource.RUSAGE_SELF) - own0
         result.update(wall_s=round(wall, 3), jobs_per_s=round(jobs / wall, 1),
-                      cpu_ms_per_job=round(cpu * 1000 / jobs, 2))
+                      cpu_ms_per_job=round(cpu * 1000 / jobs, 2),
+                      runner_cpu_ms_per_job=round(own * 1000 / jobs, 2),
+                      below_cpu_ms_per_job=round((cpu - own) * 1000 / jobs, 2))
 
     def main() -> None:
         d = defer.ensureDeferred(drive())

@@ -16,6 +16,11 @@ Two ways, one interface (:class:`Launcher`):
     A fresh ``python -I -S shim.py`` per job with ``spawnProcess`` (the executor's direct child).
     Tens of milliseconds of CPU per job; kept for tools and tests that pass a stand-in for
     ``spawnProcess``.
+
+Known limit of the zygote: the runner signals a shepherd by pid, and between the zygote's
+``wait4`` of a shepherd and the runner reading its end there is a short window in which that pid
+could in principle be reused (as between any reap and a later ``kill``); the pid space is large
+and the window one message long.
 """
 
 from __future__ import annotations

@@ -1,16 +1,26 @@
 """Runs jobs as real processes on the executor host (TMMS) and reports how they ended.
 
-Each job starts under ``shim.py``, a small per-job shepherd that makes itself a child subreaper,
-leads a new session, forks the job's shell and stays as the root of the job's process tree: every
-descendant, even one that called ``setsid()`` or double-forked, stays below it. The runner talks
-to the shepherd with signals: ``SIGTERM`` kills the whole tree (the shepherd freezes it, sends
-TERM, and KILL after ``kill_grace``), ``SIGUSR1`` stops it, ``SIGUSR2`` continues it. The shepherd
-exits with the shell's own status, so ``JobEnd`` reports the job as if the shell were the process.
+Each job starts under a small per-job shepherd (:mod:`tm.executor.shim`) that makes itself a
+child subreaper, leads a new session, forks the job's shell and stays as the root of the job's
+process tree: every descendant, even one that called ``setsid()`` or double-forked, stays below
+it. The runner talks to the shepherd with signals: ``SIGTERM`` kills the whole tree (the
+shepherd freezes it, sends TERM, and KILL after ``kill_grace``), ``SIGUSR1`` stops it,
+``SIGUSR2`` continues it. The shepherd exits with the shell's own status, so ``JobEnd`` reports
+the job as if the shell were the process.
+
+How a shepherd starts is the launcher's business (:mod:`tm.executor.launcher`): the executor
+has them forked by one zygote process (a fork per job, no interpreter start; the shepherd is
+the zygote's child and the zygote reports its end and its tree's rusage), or a fresh
+interpreter per job with ``spawnProcess`` (the default here, for stand-ins). With the zygote the
+pid comes a moment after the order: a kill or suspend meanwhile is carried out once it is
+known. If the zygote dies, the jobs it had are reported lost (``JobEnd.lost``) once what is left
+of their trees has been killed.
 
 As a last resort, ``last_resort_grace`` after a kill (longer than the shepherd's grace) on the
 injected clock, the runner kills what it can find itself: the descendants of the shepherd in
-``/proc``, its process group, then the shepherd. Output goes straight from the job to files
-through ``childFDs``: the daemon never sits in the data path.
+``/proc``, its process group, then the shepherd (by pid: it need not be the runner's child).
+Output goes straight from the job to files (descriptors opened here, handed to the shepherd):
+the daemon never sits in the data path.
 
 File-system work that may block (a slow or NFS file system) never runs on the reactor thread:
 checking the working directory and opening the output files at a start, and assembling the
