@@ -9,11 +9,12 @@ children, taken once everything below it has exited; split into the runner's own
 (``runner_cpu``, the executor's share) and everything below it (``below_cpu``: zygote,
 shepherds, shells, printf). Figures, not assertions.
 
-    python bench/shepherd.py [--jobs 500] [--concurrency 64] [--launcher zygote|spawn]
+    python bench/shepherd.py [--jobs 500] [--concurrency 64] [--launcher spawn,zygote]
                              [--repeat 3] [--floor]
 
 ``--launcher``: ``zygote`` (the executor's default: shepherds forked by one helper process) or
-``spawn`` (a fresh ``python -I -S shim.py`` per job, as before). ``--floor`` also measures the
+``spawn`` (a fresh ``python -I -S shim.py`` per job, as before), or both, comma-separated, run
+alternately. ``--floor`` also measures the
 machine's floor, a bare fork+exec+wait of the same printf per job, CONCURRENCY at once.
 """
 
@@ -142,7 +143,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--launcher", default="zygote", choices=["zygote", "spawn"])
+    parser.add_argument("--launcher", default="zygote",
+                        help="zygote, spawn, or both comma-separated (run alternately)")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--floor", action="store_true")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
@@ -151,19 +153,24 @@ def main() -> None:
         if args.one:
             print(json.dumps(run_jobs(args.jobs, args.concurrency, args.launcher, Path(tmp))))
             return
-        runs = []
+        if any(name not in ("zygote", "spawn") for name in args.launcher.split(",")):
+            parser.error("--launcher: zygote, spawn, or both comma-separated")
+        launchers = args.launcher.split(",")
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in launchers}
         for _ in range(args.repeat):
-            out = subprocess.run(
-                [sys.executable, __file__, "--one", "--jobs", str(args.jobs), "--concurrency",
-                 str(args.concurrency), "--launcher", args.launcher],
-                check=True, capture_output=True, text=True).stdout
-            run = json.loads(out.strip().splitlines()[-1])
-            print(json.dumps({"launcher": args.launcher, **run}), flush=True)
-            runs.append(run)
-        median = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
-        print(json.dumps({"launcher": args.launcher, "jobs": args.jobs,
-                          "concurrency": args.concurrency, "median": median,
-                          "loadavg": os.getloadavg()[0]}))
+            for name in launchers:  # alternating, so that a change of load hits both
+                out = subprocess.run(
+                    [sys.executable, __file__, "--one", "--jobs", str(args.jobs),
+                     "--concurrency", str(args.concurrency), "--launcher", name],
+                    check=True, capture_output=True, text=True).stdout
+                run = json.loads(out.strip().splitlines()[-1])
+                print(json.dumps({"launcher": name, **run}), flush=True)
+                runs[name].append(run)
+        for name, done in runs.items():
+            median = {key: statistics.median(r[key] for r in done) for key in done[0]}
+            print(json.dumps({"launcher": name, "jobs": args.jobs,
+                              "concurrency": args.concurrency, "median": median,
+                              "loadavg": os.getloadavg()[0]}))
         if args.floor:
             floors = [floor(args.jobs, args.concurrency, Path(tmp)) for _ in range(args.repeat)]
             print(json.dumps({"floor_median": {key: statistics.median(f[key] for f in floors)
