@@ -56,6 +56,18 @@ def fired(d: defer.Deferred[int]) -> bool:
     return bool(results)
 
 
+def children_of(parent: int) -> list[int]:
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if ppid_of(int(name)) == parent:
+                    found.append(int(name))
+            except (OSError, IndexError):
+                continue
+    return found
+
+
 def zygote_pid(runner: JobRunner) -> int:
     launcher = runner.launcher
     assert isinstance(launcher, ZygoteLauncher)
@@ -94,10 +106,14 @@ async def test_a_suspend_and_a_kill_before_the_pid_is_known_are_carried_out(
     assert not fired(started)
     assert runner.suspend(7, 1) is True
     pid = await started
-    pids = await wait_for_pids(tmp_path, "shell")
-    await wait_for(lambda: proc_state(pids["shell"]) == "T", "the job to stop")
+    # Stopped maybe before it could write its pid: found as the shepherd's child.
+    await wait_for(lambda: children_of(pid) != [], "the shell to start")
+    [shell] = children_of(pid)
+    await wait_for(lambda: proc_state(shell) == "T", "the job to stop")
     assert runner.resume(7, 1) is True
-    await wait_for(lambda: proc_state(pids["shell"]) in ("S", "R"), "the job to continue")
+    pids = await wait_for_pids(tmp_path, "shell")
+    assert pids["shell"] == shell
+    await wait_for(lambda: proc_state(shell) in ("S", "R"), "the job to continue")
     assert runner.kill(7, 1)
     end = await ended.addTimeout(DEADLINE, reactor)
     assert end.killed and end.signal == signal.SIGTERM
