@@ -161,8 +161,10 @@ async def test_a_zygote_that_dies_loses_its_jobs_and_the_next_start_gets_a_new_o
         tmp_path: Path, runner: JobRunner) -> None:
     _, e1 = await start(runner, request(
         tmp_path, "sleep 300 & echo $! > bg; echo $$ > shell; wait", job_id=1))
-    _, e2 = await start(runner, request(tmp_path, "trap '' TERM; echo $$ > stubborn; "
-                                        "while :; do sleep 0.05; done", job_id=2))
+    # One that ignores TERM and left the job's group: only a walk below the shepherd finds it.
+    _, e2 = await start(runner, request(
+        tmp_path, "setsid sh -c \"trap '' TERM; echo \\$\\$ > stubborn; "
+        "while :; do sleep 0.05; done\" & wait", job_id=2))
     pids = await wait_for_pids(tmp_path, "bg", "shell", "stubborn")
     zygote = zygote_pid(runner)
     os.kill(zygote, signal.SIGKILL)
