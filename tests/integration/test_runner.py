@@ -431,11 +431,10 @@ async def test_suspend_and_resume(tmp_path: Path) -> None:
     assert runner.resume(7, 1) is False
 
 
+# Only a spawned shepherd has this race: a forked one takes its signals from birth.
+@pytest.mark.parametrize("launcher", ["spawn"], indirect=True)
 @pytest_twisted.ensureDeferred
-async def test_suspend_right_after_start_does_not_kill_the_job(tmp_path: Path,
-                                                                launcher: str) -> None:
-    if launcher != "spawn":
-        pytest.skip("a forked shepherd takes its signals from birth: no race to cover")
+async def test_suspend_right_after_start_does_not_kill_the_job(tmp_path: Path) -> None:
     runner = make_runner(tmp_path)
     pid, ended = await start(runner, request(tmp_path, "echo $$ > shell; exec sleep 100"))
     # The shepherd is still starting: USR1 would be fatal to it now.
