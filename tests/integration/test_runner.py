@@ -1,4 +1,7 @@
-"""Tests of the executor's JobRunner and its per-job shepherd with real processes."""
+"""Tests of the executor's JobRunner and its per-job shepherd with real processes.
+
+Every test runs with both launchers: shepherds forked by the executor's zygote, and a fresh
+interpreter per shepherd (``spawn``)."""
 
 from __future__ import annotations
 
@@ -16,6 +19,24 @@ from tests.helpers.processes import alive
 from tm.executor.runner import JobEnd, JobRunner, JobStartError, RunRequest, shepherd_ready
 
 DEADLINE = 10
+RUNNERS: list[JobRunner] = []
+LAUNCHER = ["zygote"]
+
+
+@pytest.fixture(autouse=True, params=["zygote", "spawn"])
+def launcher(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The launcher of every runner the test makes; the runners' zygotes are ended after it."""
+    LAUNCHER[0] = request.param
+    yield request.param
+    while RUNNERS:
+        pytest_twisted.blockon(RUNNERS.pop().stop().addTimeout(DEADLINE, reactor))
+
+
+def new_runner(clock: object, tmp_path: Path, **kw: object) -> JobRunner:
+    runner = JobRunner(reactor, clock, log_dir=str(tmp_path / "logs"), launcher=LAUNCHER[0],
+                       **kw)  # type: ignore[arg-type]
+    RUNNERS.append(runner)
+    return runner
 
 
 def base_env() -> dict[str, str]:
@@ -23,7 +44,7 @@ def base_env() -> dict[str, str]:
 
 
 def make_runner(tmp_path: Path, kill_grace: float = 0.5) -> JobRunner:
-    return JobRunner(reactor, reactor, log_dir=str(tmp_path / "logs"), kill_grace=kill_grace)
+    return new_runner(reactor, tmp_path, kill_grace=kill_grace)
 
 
 def request(tmp_path: Path, command: str, **kw: object) -> RunRequest:
@@ -369,7 +390,7 @@ async def test_kill_of_a_forking_loop_is_complete(tmp_path: Path) -> None:
 @pytest_twisted.ensureDeferred
 async def test_shepherd_escalates_to_sigkill_after_its_grace(tmp_path: Path) -> None:
     clock = task.Clock()
-    runner = JobRunner(reactor, clock, log_dir=str(tmp_path / "logs"), kill_grace=0.5)
+    runner = new_runner(clock, tmp_path, kill_grace=0.5)
     _, ended = await start(runner, request(
         tmp_path,
         "setsid sh -c \"trap '' TERM; echo \\$\\$ > gc; while :; do sleep 0.05; done\" & "
@@ -389,8 +410,7 @@ async def test_shepherd_escalates_to_sigkill_after_its_grace(tmp_path: Path) -> 
 @pytest_twisted.ensureDeferred
 async def test_runner_last_resort_when_the_shepherd_is_stuck(tmp_path: Path) -> None:
     clock = task.Clock()
-    runner = JobRunner(reactor, clock, log_dir=str(tmp_path / "logs"), kill_grace=5,
-                       last_resort_grace=20)
+    runner = new_runner(clock, tmp_path, kill_grace=5, last_resort_grace=20)
     pid, ended, pids = await start_escapes(tmp_path, runner, "wait")
     os.kill(pid, signal.SIGSTOP)  # a shepherd that cannot act on TERM
     await wait_for(lambda: proc_state(pid) == "T", "the shepherd to stop")
@@ -412,7 +432,7 @@ async def test_runner_last_resort_when_the_shepherd_is_stuck(tmp_path: Path) -> 
 @pytest_twisted.ensureDeferred
 async def test_kill_timer_cancelled_when_job_ends(tmp_path: Path) -> None:
     clock = task.Clock()
-    runner = JobRunner(reactor, clock, log_dir=str(tmp_path / "logs"), kill_grace=5)
+    runner = new_runner(clock, tmp_path, kill_grace=5)
     _, ended = await start(runner, request(tmp_path, "sleep 100"))
     assert runner.kill(7, 1)
     end = await ended
@@ -449,6 +469,8 @@ async def test_suspend_and_resume(tmp_path: Path) -> None:
     assert runner.resume(7, 1) is False
 
 
+# Only a spawned shepherd has this race: a forked one takes its signals from birth.
+@pytest.mark.parametrize("launcher", ["spawn"], indirect=True)
 @pytest_twisted.ensureDeferred
 async def test_suspend_right_after_start_does_not_kill_the_job(tmp_path: Path) -> None:
     runner = make_runner(tmp_path)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import ensureDeferred, succeed
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.protocols import amp
@@ -16,6 +16,7 @@ from tests.helpers.amp_pair import connected_pair
 from tests.unit.executor_fakes import FakeLink, FakeSpawner, ManualPool
 from tm.auth import DISPATCHER_TLS_NAME, make_self_signed
 from tm.executor import service as executor_service
+from tm.executor.launcher import ZygoteLauncher
 from tm.executor.runner import JobEnd, JobRunner
 from tm.executor.service import (
     MAX_REPORTS_IN_FLIGHT,
@@ -328,6 +329,30 @@ def test_a_lease_kill_does_not_make_an_ended_job_lost(setup: Setup) -> None:
     setup.executor._connected()
     [report] = setup.link.named("JobFinished")
     assert report["lost"] is False and report["reason"] == "exited normally"
+
+
+def test_an_end_the_runner_could_not_know_is_reported_lost_with_its_reason(
+        setup: Setup) -> None:
+    # The zygote that reaped the job's shepherd ended first: the dispatcher must run it again.
+    reason = "lost: the executor's shepherd zygote ended unexpectedly"
+    setup.executor.job_ended(JobEnd(job_id=7, attempt=1, exit_code=None, signal=None,
+                                    killed=False, started_at=50.0, ended_at=60.0,
+                                    reason=reason, lost=True))
+    [report] = setup.link.named("JobFinished")
+    assert report["lost"] is True and report["reason"] == reason
+
+
+def test_the_executor_forks_shepherds_from_a_zygote_and_ends_it_when_it_stops(
+        setup: Setup) -> None:
+    executor = Executor(setup.reactor, DISPATCHER, host="h1", idle_timeout=300.0,
+                        log_dir=str(setup.tmp_path))
+    assert isinstance(executor.runner.launcher, ZygoteLauncher)
+    stopped: list[Any] = []
+    executor.runner.stop = lambda: stopped.append(True) or succeed(None)  # type: ignore
+    executor.startService()
+    executor.link = FakeLink()  # type: ignore[assignment]
+    executor.stopService()
+    assert stopped == [True]
 
 
 def test_the_executor_runs_file_work_in_a_bounded_pool_of_its_own(setup: Setup) -> None:

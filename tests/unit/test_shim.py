@@ -1,10 +1,16 @@
-"""The shepherd's reading of the process table: /proc/PID/stat parsing and tree walks."""
+"""The shepherd's reading of the process table (/proc/PID/stat parsing, tree walks), and when
+it walks it."""
 
 from __future__ import annotations
+
+import os
+import signal
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.helpers.processes import alive
+from tm.executor import shim
 from tm.executor.shim import descendants, parse_stat
 
 TAIL = b" 0 0 0 -1 4194304 0 0 0 0 0 0 0 0 20 0 1 0 1234 0 0\n"
@@ -67,3 +73,57 @@ def test_a_cycle_from_a_torn_read_does_not_loop() -> None:
     # /proc is not read atomically; a pid reused during the walk could form a cycle.
     table = {2: (3, "S"), 3: (2, "S"), 4: (1, "S"), 5: (4, "S"), 1: (5, "S")}
     assert sorted(descendants(1, table)) == [4, 5]
+
+
+# -- the shepherd's end: a walk of /proc only when something is left ---------------------------
+
+def run_shepherd_in_a_child(shell_code: str) -> tuple[int, bool]:
+    """Fork; the child becomes a shepherd (subreaper) of ``sh -c shell_code``. Return its exit
+    code (the shell's) and whether it walked /proc. The shell's stdout is a pipe read here: the
+    pids it prints (of what it leaves in the background) must be gone with the shepherd."""
+    out_r, out_w = os.pipe()
+    walks_r, walks_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 98
+        try:
+            os.close(out_r)
+            os.close(walks_r)
+            shim.take_control_signals()
+            shim._prctl(shim.PR_SET_CHILD_SUBREAPER, 1)
+            walk = shim.process_table
+
+            def counted() -> dict[int, tuple[int, str]]:
+                os.write(walks_w, b"w")
+                return walk()
+
+            shim.process_table = counted
+            child = os.fork()
+            if child == 0:
+                os.dup2(out_w, 1)
+                signal.pthread_sigmask(signal.SIG_SETMASK, set())
+                os.execv("/bin/sh", ["/bin/sh", "-c", shell_code])
+            os.close(out_w)
+            status = shim.Shepherd(child, 0.5).run()
+            code = os.waitstatus_to_exitcode(status)
+        finally:
+            os._exit(code)
+    os.close(out_w)
+    os.close(walks_w)
+    with os.fdopen(out_r) as pipe:
+        left = pipe.read().split()
+    _, status = os.waitpid(pid, 0)
+    with os.fdopen(walks_r, "rb") as walks:
+        walked = bool(walks.read())
+    for text in left:
+        assert not alive(int(text)), text
+    return os.waitstatus_to_exitcode(status), walked
+
+
+def test_a_shell_that_leaves_nothing_ends_without_a_walk_of_proc() -> None:
+    assert run_shepherd_in_a_child("/bin/true; exit 3") == (3, False)
+
+
+def test_what_the_shell_leaves_behind_is_found_and_killed() -> None:
+    # The background sleep is orphaned to the shepherd when the shell exits: walked, killed.
+    assert run_shepherd_in_a_child("sleep 100 >/dev/null & echo $!; exit 4") == (4, True)

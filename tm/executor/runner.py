@@ -1,16 +1,26 @@
 """Runs jobs as real processes on the executor host (TMMS) and reports how they ended.
 
-Each job starts under ``shim.py``, a small per-job shepherd that makes itself a child subreaper,
-leads a new session, forks the job's shell and stays as the root of the job's process tree: every
-descendant, even one that called ``setsid()`` or double-forked, stays below it. The runner talks
-to the shepherd with signals: ``SIGTERM`` kills the whole tree (the shepherd freezes it, sends
-TERM, and KILL after ``kill_grace``), ``SIGUSR1`` stops it, ``SIGUSR2`` continues it. The shepherd
-exits with the shell's own status, so ``JobEnd`` reports the job as if the shell were the process.
+Each job starts under a small per-job shepherd (:mod:`tm.executor.shim`) that makes itself a
+child subreaper, leads a new session, forks the job's shell and stays as the root of the job's
+process tree: every descendant, even one that called ``setsid()`` or double-forked, stays below
+it. The runner talks to the shepherd with signals: ``SIGTERM`` kills the whole tree (the
+shepherd freezes it, sends TERM, and KILL after ``kill_grace``), ``SIGUSR1`` stops it,
+``SIGUSR2`` continues it. The shepherd exits with the shell's own status, so ``JobEnd`` reports
+the job as if the shell were the process.
+
+How a shepherd starts is the launcher's business (:mod:`tm.executor.launcher`): the executor
+has them forked by one zygote process (a fork per job, no interpreter start; the shepherd is
+the zygote's child and the zygote reports its end and its tree's rusage), or a fresh
+interpreter per job with ``spawnProcess`` (the default here, for stand-ins). With the zygote the
+pid comes a moment after the order: a kill or suspend meanwhile is carried out once it is
+known. If the zygote dies, the jobs it had are reported lost (``JobEnd.lost``) once what is left
+of their trees has been killed.
 
 As a last resort, ``last_resort_grace`` after a kill (longer than the shepherd's grace) on the
 injected clock, the runner kills what it can find itself: the descendants of the shepherd in
-``/proc``, its process group, then the shepherd. Output goes straight from the job to files
-through ``childFDs``: the daemon never sits in the data path.
+``/proc``, its process group, then the shepherd (by pid: it need not be the runner's child).
+Output goes straight from the job to files (descriptors opened here, handed to the shepherd):
+the daemon never sits in the data path.
 
 File-system work that may block (a slow or NFS file system) never runs on the reactor thread:
 checking the working directory and opening the output files at a start, and assembling the
@@ -26,20 +36,27 @@ import errno
 import os
 import signal
 import socket
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from twisted.internet import defer, error, protocol
+from twisted.internet import defer
 from twisted.internet.base import DelayedCall
-from twisted.internet.interfaces import IProcessTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from tm.executor import shim
+from tm.executor.launcher import (
+    SHIM_PATH,
+    Launcher,
+    LaunchError,
+    ShepherdArgs,
+    ShepherdEnd,
+    SpawnLauncher,
+    ZygoteLauncher,
+)
 
-SHIM_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shim.py")
+__all__ = ["SHIM_PATH", "JobEnd", "JobRunner", "JobStartError", "RunRequest"]
 # Added to the shepherd's grace: time for its freeze, its KILL rounds and its own exit.
 LAST_RESORT_MARGIN = 5.0
 LAST_RESORT_ROUNDS = 5
@@ -97,6 +114,14 @@ class JobEnd:
     started_at: float
     ended_at: float
     reason: str
+    #: The end is not known (the process that reaped the shepherd ended first): the job's tree
+    #: has been killed, and the dispatcher should run the job again.
+    lost: bool = False
+    #: CPU seconds (user, system) and largest resident set (KiB) of the job's whole tree, when
+    #: the launcher knows them (the zygote does, from wait4).
+    cpu_user: float | None = None
+    cpu_system: float | None = None
+    max_rss_kib: int | None = None
 
 
 @dataclass
@@ -123,8 +148,9 @@ class _Outputs:
 class _RunningJob:
     """A job from its start order until its end has been handed over.
 
-    Its phases: opening its files (``spawned`` false), running (``spawned``), ended (``ended``,
-    its log file perhaps still being assembled). It stays in the runner's table, and in
+    Its phases: opening its files, launching its shepherd (``launching``: the pid is not known
+    yet), running (``spawned``, its shepherd's pid known), ended (``ended``, its log file
+    perhaps still being assembled). It stays in the runner's table, and in
     :meth:`JobRunner.running`, until its end is handed to ``on_end``.
     """
 
@@ -134,30 +160,16 @@ class _RunningJob:
     stderr_path: str = ""
     started_at: float = 0.0
     pid: int = 0
-    transport: IProcessTransport | None = None
+    launching: bool = False
     spawned: bool = False
     killed: bool = False
+    # Suspended while launching: the shepherd is stopped once its pid is known.
+    stop_wanted: bool = False
     # Stopped by the runner itself because it could not yet take SIGUSR1 (see suspend).
     shepherd_stopped: bool = False
     kill_timer: DelayedCall | None = None
     ended: bool = False
     waiters: list[defer.Deferred[None]] = field(default_factory=list)
-
-
-class _JobProtocol(protocol.ProcessProtocol):
-    def __init__(self, runner: JobRunner, job: _RunningJob) -> None:
-        self._runner = runner
-        self._job = job
-
-    def makeConnection(self, transport: Any) -> None:  # noqa: N802 - Twisted's API
-        # Before the process is registered for reaping, which may report its exit at once
-        # (inside spawnProcess): the pid must be known by then.
-        self._job.pid = transport.pid
-        super().makeConnection(transport)
-
-    def processExited(self, reason: Failure) -> None:
-        # processEnded would also wait for every inherited pipe to close; the job is over now.
-        self._runner._jobExited(self._job, reason)
 
 
 class JobRunner:
@@ -171,6 +183,7 @@ class JobRunner:
         kill_grace: float = 10.0,
         last_resort_grace: float | None = None,
         blocking: Blocking = run_inline,
+        launcher: str | Launcher = "spawn",
     ) -> None:
         """``kill_grace``: seconds the shepherd gives a killed job between TERM and KILL.
 
@@ -180,6 +193,11 @@ class JobRunner:
         ``blocking(f, *args)``: runs file-system work that may block (opening output files,
         assembling log files) and returns a Deferred of its result; the executor gives a
         bounded thread pool of its own. By default the work runs at once on the caller's thread.
+
+        ``launcher``: how shepherds start (see :mod:`tm.executor.launcher`): ``"zygote"``, forked
+        by one helper process (the executor's choice: a fork per job), ``"spawn"``, a fresh
+        interpreter per job through ``reactor.spawnProcess`` (the default, so that a stand-in
+        for ``spawnProcess`` can play the processes), or a :class:`Launcher`.
         """
         if last_resort_grace is None:
             last_resort_grace = kill_grace + LAST_RESORT_MARGIN
@@ -192,6 +210,22 @@ class JobRunner:
         self._last_resort_grace = last_resort_grace
         self._blocking = blocking
         self._jobs: dict[tuple[int, int], _RunningJob] = {}
+        if launcher == "spawn":
+            self._launcher: Launcher = SpawnLauncher(reactor)
+        elif launcher == "zygote":
+            self._launcher = ZygoteLauncher(reactor)
+        elif isinstance(launcher, str):
+            raise ValueError(f"unknown launcher {launcher!r}")
+        else:
+            self._launcher = launcher
+
+    @property
+    def launcher(self) -> Launcher:
+        return self._launcher
+
+    def stop(self) -> defer.Deferred[None]:
+        """Let go of the launcher's helper process, if any (after :meth:`kill_all`)."""
+        return self._launcher.stop()
 
     # -- starting ---------------------------------------------------------------------------
 
@@ -227,60 +261,78 @@ class JobRunner:
         return Failure(JobStartError(
             f"cannot prepare the job's files: unexpected error ({failure.getErrorMessage()})"))
 
-    def _spawn(self, outputs: _Outputs, job: _RunningJob) -> int:
+    def _spawn(self, outputs: _Outputs, job: _RunningJob) -> int | defer.Deferred[int]:
         request = job.request
-        try:
-            if job.killed:
-                # Killed while its files were being opened: it never runs.
-                now = self._clock.seconds()
-                self.log.info("job {job_id}.{attempt} killed before it started",
-                              job_id=request.job_id, attempt=request.attempt)
-                job.ended = True
-                self._deliver(job, JobEnd(
-                    job_id=request.job_id, attempt=request.attempt, exit_code=None,
-                    signal=None, killed=True, started_at=now, ended_at=now,
-                    reason=KILLED_BEFORE_START))
-                return 0
-            job.stdout_path = outputs.stdout_path
-            job.stderr_path = outputs.stderr_path
-            job.started_at = self._clock.seconds()
-            env = dict(request.env)
-            env["TM_JOB_ID"] = str(request.job_id)
-            env["TM_ATTEMPT"] = str(request.attempt)
-            args = [
-                sys.executable, "-I", "-S", SHIM_PATH, repr(float(self._kill_grace)),
-                format(request.umask, "o"), request.cwd, request.shell, request.command,
-            ]
-            try:
-                transport = self._reactor.spawnProcess(
-                    _JobProtocol(self, job),
-                    sys.executable,
-                    args,
-                    env=env,
-                    childFDs={0: outputs.null_fd, 1: outputs.out_fd, 2: outputs.err_fd},
-                )
-            except OSError as e:
-                raise JobStartError(f"cannot start the job: {e.strerror or e}") from e
-            except (ValueError, TypeError) as e:
-                # check_request catches what we know of; this is what it did not foresee.
-                raise JobStartError(f"cannot start the job: {e}") from e
-            except Exception as e:
-                self.log.failure("job {job_id}.{attempt}: unexpected error from spawnProcess",
-                                 job_id=request.job_id, attempt=request.attempt)
-                raise JobStartError(f"cannot start the job: unexpected error ({e})") from e
-        except BaseException:
-            self._forget(job)
-            raise
-        finally:
+        if job.killed:
+            # Killed while its files were being opened: it never runs.
             outputs.close()
+            now = self._clock.seconds()
+            self.log.info("job {job_id}.{attempt} killed before it started",
+                          job_id=request.job_id, attempt=request.attempt)
+            job.ended = True
+            self._deliver(job, JobEnd(
+                job_id=request.job_id, attempt=request.attempt, exit_code=None,
+                signal=None, killed=True, started_at=now, ended_at=now,
+                reason=KILLED_BEFORE_START))
+            return 0
+        job.stdout_path = outputs.stdout_path
+        job.stderr_path = outputs.stderr_path
+        job.started_at = self._clock.seconds()
+        env = dict(request.env)
+        env["TM_JOB_ID"] = str(request.job_id)
+        env["TM_ATTEMPT"] = str(request.attempt)
+        args = ShepherdArgs(grace=float(self._kill_grace), umask=request.umask, cwd=request.cwd,
+                            shell=request.shell, command=request.command)
+        job.launching = True
+        try:
+            d = self._launcher.launch(
+                args, env, (outputs.null_fd, outputs.out_fd, outputs.err_fd),
+                lambda pid: self._shepherdStarted(job, pid),
+                lambda end: self._jobExited(job, end))
+        except BaseException as e:
+            outputs.close()
+            return defer.fail(self._launchFailed(Failure(e), job))
+        # The descriptors travel to the zygote asynchronously: closed once it has them.
+        d.addBoth(_closing, outputs)
+        d.addCallbacks(lambda pid: self._launched(job, pid),
+                       lambda failure: self._launchFailed(failure, job))
+        return d
+
+    def _launchFailed(self, failure: Failure, job: _RunningJob) -> Failure:
+        request = job.request
+        job.launching = False
+        self._forget(job)
+        e = failure.value
+        if isinstance(e, LaunchError):
+            return Failure(JobStartError(f"cannot start the job: {e.reason}"))
+        if isinstance(e, OSError):
+            return Failure(JobStartError(f"cannot start the job: {e.strerror or e}"))
+        if isinstance(e, (ValueError, TypeError)):
+            # check_request catches what we know of; this is what it did not foresee.
+            return Failure(JobStartError(f"cannot start the job: {e}"))
+        self.log.failure("job {job_id}.{attempt}: unexpected error while starting its shepherd",
+                         failure, job_id=request.job_id, attempt=request.attempt)
+        return Failure(JobStartError(f"cannot start the job: unexpected error ({e})"))
+
+    def _shepherdStarted(self, job: _RunningJob, pid: int) -> None:
+        """The shepherd's pid is known: anything asked meanwhile is sent now."""
+        job.pid = pid
+        job.launching = False
         job.spawned = True
-        job.transport = transport
-        job.pid = transport.pid
+        if job.ended:
+            return
+        if job.killed:
+            self._sendKill(job)
+        elif job.stop_wanted:
+            job.stop_wanted = False
+            self.suspend(job.request.job_id, job.request.attempt)
+
+    def _launched(self, job: _RunningJob, pid: int) -> int:
         self.log.info(
             "job {job_id}.{attempt} started, pid {pid}",
-            job_id=request.job_id, attempt=request.attempt, pid=job.pid,
+            job_id=job.request.job_id, attempt=job.request.attempt, pid=pid,
         )
-        return job.pid
+        return pid
 
     def _forget(self, job: _RunningJob) -> None:
         """Drop a job that will not run, or whose end has been handed over; wake its waiters."""
@@ -296,11 +348,16 @@ class JobRunner:
 
     # -- ending -----------------------------------------------------------------------------
 
-    def _jobExited(self, job: _RunningJob, reason: Failure) -> None:
+    def _jobExited(self, job: _RunningJob, outcome: ShepherdEnd) -> None:
         job.ended = True
         request = job.request
-        exit_code: int | None = getattr(reason.value, "exitCode", None)
-        sig: int | None = getattr(reason.value, "signal", None)
+        exit_code, sig = outcome.exit_code, outcome.signal
+        if outcome.lost is not None:
+            # Its end will never be known; its shepherd may still be killing its tree (it got
+            # TERM when its parent ended): no grace, nothing of the job may run on.
+            self.log.warn("job {job_id}.{attempt} lost: {why}", job_id=request.job_id,
+                          attempt=request.attempt, why=outcome.lost)
+            kill_trees([job.pid])
         # The shepherd has killed everything below it, unless it was itself killed outright;
         # then whatever stayed in its process group gets no further grace.
         try:
@@ -311,11 +368,13 @@ class JobRunner:
         if job.kill_timer is not None and job.kill_timer.active():
             job.kill_timer.cancel()
         job.kill_timer = None
-        if job.killed:
+        if outcome.lost is not None:
+            text = f"lost: {outcome.lost}"
+        elif job.killed:
             text = "killed on request"
         elif sig is not None:
             text = f"killed by signal {sig}"
-        elif reason.check(error.ProcessDone):
+        elif exit_code == 0:
             text = "exited normally"
         else:
             text = f"exited with code {exit_code}"
@@ -328,6 +387,10 @@ class JobRunner:
             started_at=job.started_at,
             ended_at=self._clock.seconds(),
             reason=text,
+            lost=outcome.lost is not None,
+            cpu_user=outcome.cpu_user,
+            cpu_system=outcome.cpu_system,
+            max_rss_kib=outcome.max_rss_kib,
         )
         self.log.info(
             "job {job_id}.{attempt} ended: {reason}",
@@ -392,12 +455,18 @@ class JobRunner:
         if job is None or job.ended:
             return False
         if not job.spawned:
+            # Opening its files (it will not run), or its shepherd's pid is not known yet (it
+            # is sent TERM as soon as it is).
             if not job.killed:
                 job.killed = True
                 self.log.info("job {job_id}.{attempt} killed while starting", job_id=job_id,
                               attempt=attempt)
             return True
         job.killed = True
+        return self._sendKill(job)
+
+    def _sendKill(self, job: _RunningJob) -> bool:
+        job_id, attempt = job.request.job_id, job.request.attempt
         sent = self._signalShepherd(job, signal.SIGTERM)
         if job.shepherd_stopped:
             # Stopped by suspend before it could take USR1: it must run to act on TERM.
@@ -418,19 +487,19 @@ class JobRunner:
         # The shepherd did not do its work (stopped, or stuck). Kill below it first: once it is
         # gone, its orphans go to init and can no longer be told apart. Killed processes cannot
         # fork, and their orphans come to the shepherd, so a few rounds reach the whole tree.
-        for _ in range(LAST_RESORT_ROUNDS):
-            tree = shim.live_descendants(job.pid)
-            if not tree:
-                break
-            for pid in tree:
-                shim.send(pid, signal.SIGKILL)
+        kill_trees([job.pid])
         self._killGroup(job.pid)
         self._signalShepherd(job, signal.SIGKILL)
 
     def suspend(self, job_id: int, attempt: int) -> bool:
         job = self._jobs.get((job_id, attempt))
-        if job is None or job.ended or not job.spawned:
+        if job is None or job.ended:
             return False
+        if not job.spawned:
+            if not job.launching:
+                return False  # opening its files: nothing to stop (yet)
+            job.stop_wanted = True
+            return True
         if shepherd_ready(job.pid):
             return self._signalShepherd(job, signal.SIGUSR1)
         # Just started: USR1 would still kill the shepherd. It blocks its control signals before
@@ -447,8 +516,13 @@ class JobRunner:
 
     def resume(self, job_id: int, attempt: int) -> bool:
         job = self._jobs.get((job_id, attempt))
-        if job is None or job.ended or not job.spawned:
+        if job is None or job.ended:
             return False
+        if not job.spawned:
+            if not job.launching:
+                return False
+            job.stop_wanted = False
+            return True
         sent = False
         if job.shepherd_stopped:
             sent = self._continueShepherd(job)
@@ -479,6 +553,27 @@ class JobRunner:
             self.kill(job_id, attempt)
         return defer.gatherResults(waits, consumeErrors=True).addCallback(lambda _: None)
 
+
+
+def _closing(result: T, outputs: _Outputs) -> T:
+    outputs.close()
+    return result
+
+
+def kill_trees(roots: list[int]) -> None:
+    """SIGKILL every live descendant of each of ``roots`` (not the roots themselves).
+
+    Killed processes cannot fork, and their orphans come to the roots (subreapers), so a few
+    walks of ``/proc`` reach whole trees; one walk serves every root."""
+    roots = [pid for pid in roots if pid > 0]
+    for _ in range(LAST_RESORT_ROUNDS):
+        table = shim.process_table()
+        tree = [pid for root in roots for pid in shim.descendants(root, table)
+                if table[pid][1] not in shim.DEAD_STATES]
+        if not tree:
+            return
+        for pid in tree:
+            shim.send(pid, signal.SIGKILL)
 
 
 # -- checks and file work (the file work runs where it may block, off the reactor) ------------

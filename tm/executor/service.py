@@ -140,7 +140,10 @@ class Executor(service.Service):
         self.host = host
         self.idle_timeout = idle_timeout
         self.fs_pool = ThreadPool(0, FS_THREADS, name="tm-executor-fs")
-        self.runner = JobRunner(reactor, reactor, log_dir=log_dir, blocking=self._in_pool)
+        # Shepherds are forked by one zygote process: a job's start costs a fork, not an
+        # interpreter (see tm.executor.launcher).
+        self.runner = JobRunner(reactor, reactor, log_dir=log_dir, blocking=self._in_pool,
+                                launcher="zygote")
         self.unreported: list[JobEnd] = []
         #: Attempts started and not yet reported ended: (job_id, attempt) -> (pid, started_at).
         self.started: dict[tuple[int, int], tuple[int, float]] = {}
@@ -178,8 +181,12 @@ class Executor(service.Service):
         self.link.stop()
         # The pool stops after the jobs: starts under way and log files need it to finish.
         d = self.runner.kill_all()
+        d.addBoth(self._stop_runner)
         d.addBoth(self._stop_pool)
         return d
+
+    def _stop_runner(self, result: T) -> Deferred:
+        return self.runner.stop().addBoth(lambda _: result)
 
     def _stop_pool(self, result: T) -> T:
         if self.fs_pool.started:
@@ -332,10 +339,13 @@ class Executor(service.Service):
     async def _report(self, end: JobEnd) -> None:
         key = (end.job_id, end.attempt)
         self._reporting.add(key)
-        lost = key in self.lease_killed
+        lease_lost = key in self.lease_killed
+        # Lost either way: stopped for the lease, or its end unknown (its zygote ended).
+        lost = lease_lost or end.lost
         try:
             reason = (f"stopped on {self.host}: no contact with the dispatcher for longer than "
-                      f"the executor's lease ({self.lease or 0:.0f} s)") if lost else end.reason
+                      f"the executor's lease ({self.lease or 0:.0f} s)") if lease_lost \
+                else end.reason
             # ended_at is the process's own end, not the time of this report: an end that waited
             # for the dispatcher (away, or refusing) is recorded when it happened.
             await self.link.call(commands.JobFinished, job_id=end.job_id, attempt=end.attempt,

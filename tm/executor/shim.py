@@ -174,9 +174,15 @@ def freeze(root: int, budget: float = FREEZE_BUDGET) -> list[int]:
 
 # -- the shepherd --------------------------------------------------------------------------------
 
+_libc: ctypes.CDLL | None = None
+
+
 def _prctl(option: int, value: int) -> bool:
+    global _libc
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
+        if _libc is None:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        libc = _libc
         return libc.prctl(option, ctypes.c_ulong(value), ctypes.c_ulong(0), ctypes.c_ulong(0),
                           ctypes.c_ulong(0)) == 0
     except (OSError, AttributeError):
@@ -223,12 +229,24 @@ class Shepherd:
             elif signum == signal.SIGUSR2:
                 for pid in live_descendants(self.me):
                     send(pid, signal.SIGCONT)
-        # The shell has exited: the job is over, whatever it left running goes with it.
+        # The shell has exited: the job is over, whatever it left running goes with it. As a
+        # subreaper, the shepherd has been given the shell's orphans before the shell's own
+        # exit was reported: with no child left at all, nothing of the job is left anywhere
+        # below it, and no walk of /proc is needed (the common case, and the cheap one).
         status = self.status
-        if live_descendants(self.me):
+        if self.has_children() and live_descendants(self.me):
             self.kill_tree()
         self.reap()
         return status
+
+    def has_children(self) -> bool:
+        """Whether any child (running, or a zombie not yet reaped) is left below the shepherd."""
+        self.reap()
+        try:
+            os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return False
+        return True
 
     def kill_tree(self) -> None:
         # Frozen first, so that every process that exists gets TERM, even in a forking loop.
@@ -266,7 +284,16 @@ def _die_by(sig: int) -> int:
     return 128 + sig  # only for a signal whose default action does not terminate
 
 
-def _exec_shell(shepherd: int, shell: str, command: str, inherited: dict[int, object]) -> None:
+def _say(text: str) -> None:
+    """One line on the job's stderr (fd 2): no buffered stream, so nothing lingers at a fork."""
+    try:
+        os.write(2, ("tm shim: " + text + "\n").encode("utf-8", "replace"))
+    except OSError:
+        pass
+
+
+def _exec_shell(shepherd: int, shell: str, command: str, inherited: dict[int, object],
+                env: dict[str, str] | None) -> None:
     """In the forked child: undo the shepherd's signal set-up and become the shell."""
     try:
         for sig, disposition in inherited.items():
@@ -281,70 +308,93 @@ def _exec_shell(shepherd: int, shell: str, command: str, inherited: dict[int, ob
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != shepherd:
             os._exit(128 + signal.SIGKILL)
-        os.execvp(shell, [shell, "-c", command])
+        if env is None:
+            os.execvp(shell, [shell, "-c", command])
+        else:
+            os.execvpe(shell, [shell, "-c", command], env)
     except OSError as e:
-        os.write(2, f"tm shim: cannot execute shell {shell}: {e.strerror}\n".encode(
-            "utf-8", "replace"))
+        _say(f"cannot execute shell {shell}: {e.strerror}")
     except BaseException:
         pass
     os._exit(127)
 
 
-def main(argv: list[str]) -> int:
-    # First of all, so that USR1/USR2 are never fatal once the runner sees them blocked.
+def take_control_signals() -> dict[int, object]:
+    """Block the control signals and catch them (they are taken with sigwaitinfo); return the
+    dispositions they had, which the shell gets back."""
     signal.pthread_sigmask(signal.SIG_BLOCK, CONTROL_SIGNALS)
     inherited: dict[int, object] = {sig: signal.getsignal(sig) for sig in CONTROL_SIGNALS}
     for sig in CONTROL_SIGNALS:
         signal.signal(sig, _ignore)
-    if len(argv) != 6:
-        sys.stderr.write("tm shim: usage: shim.py GRACE UMASK CWD SHELL COMMAND\n")
-        return 125
-    grace_text, umask, cwd, shell, command = argv[1:6]
-    try:
-        grace = float(grace_text)
-        if not grace >= 0:
-            raise ValueError(grace_text)
-    except ValueError:
-        sys.stderr.write(f"tm shim: invalid grace {grace_text!r}\n")
-        return 125
+    return inherited
+
+
+def shepherd(grace: float, umask: int, cwd: str, shell: str, command: str,
+             inherited: dict[int, object], env: dict[str, str] | None = None,
+             parent: int | None = None) -> int:
+    """Be the job's shepherd, its control signals already taken; return its exit code (or
+    die by the shell's signal).
+
+    ``parent``: the process whose death must take the job down (the executor, or the zygote
+    that forked this shepherd); by default the current parent. ``env``: the shell's
+    environment; by default this process's own.
+    """
     if not _prctl(PR_SET_CHILD_SUBREAPER, 1):
-        sys.stderr.write("tm shim: warning: cannot become a child subreaper; processes that "
-                         "leave the job's session may survive its end\n")
+        _say("warning: cannot become a child subreaper; processes that leave the job's "
+             "session may survive its end")
     # If the executor that started us dies, nobody is left to report this job's end and the
     # dispatcher will run it again elsewhere: take the job down (as on TERM) rather than let
     # two copies run. The check after prctl covers an executor that died before it.
-    executor = os.getppid()
+    if parent is None:
+        parent = os.getppid()
     _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != executor:
+    if os.getppid() != parent:
         return 0
     # A new session makes pid == pgid, so the runner's last resort can also use killpg.
     try:
         os.setsid()
     except OSError:
         pass  # already a group leader: nothing to do
-    try:
-        os.umask(int(umask, 8))
-    except ValueError:
-        sys.stderr.write(f"tm shim: invalid umask {umask!r}\n")
-        return 125
+    os.umask(umask)
     try:
         os.chdir(cwd)
     except OSError as e:
-        sys.stderr.write(f"tm shim: cannot change to working directory {cwd}: {e.strerror}\n")
+        _say(f"cannot change to working directory {cwd}: {e.strerror}")
         return 126
     # Killed before the shell even started: go the way the signal says, starting nothing.
     pending = KILL_SIGNALS & signal.sigpending()
     if pending:
         return _die_by(min(pending))
-    sys.stderr.flush()
     me = os.getpid()
     child = os.fork()
     if child == 0:
-        _exec_shell(me, shell, command, inherited)
+        _exec_shell(me, shell, command, inherited, env)
     status = Shepherd(child, grace).run()
     if os.WIFSIGNALED(status):
         return _die_by(os.WTERMSIG(status))
     return os.waitstatus_to_exitcode(status)
+
+
+def main(argv: list[str]) -> int:
+    # First of all, so that USR1/USR2 are never fatal once the runner sees them blocked.
+    inherited = take_control_signals()
+    if len(argv) != 6:
+        _say("usage: shim.py GRACE UMASK CWD SHELL COMMAND")
+        return 125
+    grace_text, umask_text, cwd, shell, command = argv[1:6]
+    try:
+        grace = float(grace_text)
+        if not grace >= 0:
+            raise ValueError(grace_text)
+    except ValueError:
+        _say(f"invalid grace {grace_text!r}")
+        return 125
+    try:
+        umask = int(umask_text, 8)
+    except ValueError:
+        _say(f"invalid umask {umask_text!r}")
+        return 125
+    return shepherd(grace, umask, cwd, shell, command, inherited)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,328 @@
+"""How the runner starts a job's shepherd, and learns its end.
+
+Two ways, one interface (:class:`Launcher`):
+
+:class:`ZygoteLauncher` (the executor's)
+    One helper process per executor, ``python -I -S zygote.py`` (:mod:`tm.executor.zygote`),
+    started on the first job with ``spawnProcess`` and kept; it forks each job's shepherd and
+    reports its pid, and its exit status and rusage (``wait4``) at its end, over a Unix socket.
+    A job's start then costs a fork, not an interpreter. The shepherds are the zygote's
+    children, not the executor's: the runner signals them by pid (same user) and learns their
+    ends from the zygote. If the zygote ends unexpectedly, a start under way is tried once on a
+    new zygote, and each running job is reported lost (:attr:`ShepherdEnd.lost`): its shepherd,
+    its parent gone, has been sent ``SIGTERM`` by the kernel; the runner kills what is left of
+    its tree at once. The next start starts a new zygote.
+:class:`SpawnLauncher`
+    A fresh ``python -I -S shim.py`` per job with ``spawnProcess`` (the executor's direct child).
+    Tens of milliseconds of CPU per job; kept for tools and tests that pass a stand-in for
+    ``spawnProcess``.
+
+Known limit of the zygote: the runner signals a shepherd by pid, and between the zygote's
+``wait4`` of a shepherd and the runner reading its end there is a short window in which that pid
+could in principle be reused (as between any reap and a later ``kill``); the pid space is large
+and the window one message long.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from twisted.internet import defer, error, protocol
+from twisted.logger import Logger
+from twisted.protocols.basic import LineOnlyReceiver
+from twisted.python.failure import Failure
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SHIM_PATH = os.path.join(HERE, "shim.py")
+ZYGOTE_PATH = os.path.join(HERE, "zygote.py")
+HEADER = struct.Struct(">I")
+#: A start under way when its zygote ends is tried again on a new one this many times.
+RELAUNCHES = 1
+
+
+@dataclass(frozen=True)
+class ShepherdArgs:
+    grace: float
+    umask: int
+    cwd: str
+    shell: str
+    command: str
+
+
+@dataclass(frozen=True)
+class ShepherdEnd:
+    """How a shepherd ended: the shell's exit code or signal, as the shepherd reproduces it."""
+
+    exit_code: int | None
+    signal: int | None
+    #: Set when the end is unknown (the zygote that reaps the shepherd ended): why.
+    lost: str | None = None
+    #: CPU seconds and largest resident set (KiB) of the job's whole tree, when known.
+    cpu_user: float | None = None
+    cpu_system: float | None = None
+    max_rss_kib: int | None = None
+
+
+class LaunchError(Exception):
+    """The shepherd could not be started; ``reason`` is for a user."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+Started = Callable[[int], None]
+Exited = Callable[[ShepherdEnd], None]
+
+
+class Launcher(Protocol):
+    def launch(self, args: ShepherdArgs, env: dict[str, str], fds: tuple[int, int, int],
+               started: Started, exited: Exited) -> defer.Deferred[int]:
+        """Start a shepherd with ``fds`` as its stdin, stdout, stderr.
+
+        ``started(pid)`` is called once its pid is known, before anything else is said of it;
+        ``exited`` once at its end. The Deferred fires with the pid, or fails with
+        :class:`LaunchError`; an error from ``spawnProcess`` may also be raised at once. The
+        descriptors must stay open until the Deferred has fired."""
+
+    def stop(self) -> defer.Deferred[None]:
+        """Let go of any helper process; fires once it has gone."""
+
+
+def wait_status(status: int) -> tuple[int | None, int | None]:
+    """``(exit_code, signal)`` from a raw wait status, as Twisted reports a process's end."""
+    if os.WIFSIGNALED(status):
+        return None, os.WTERMSIG(status)
+    return os.waitstatus_to_exitcode(status), None
+
+
+# -- one interpreter per job -------------------------------------------------------------------
+
+class _SpawnedShepherd(protocol.ProcessProtocol):
+    def __init__(self, started: Started, exited: Exited) -> None:
+        self._started = started
+        self._exited = exited
+
+    def makeConnection(self, transport: Any) -> None:  # noqa: N802 - Twisted's API
+        # Before the process is registered for reaping, which may report its exit at once
+        # (inside spawnProcess): the pid must be known by then.
+        self._started(transport.pid)
+        super().makeConnection(transport)
+
+    def processExited(self, reason: Failure) -> None:  # noqa: N802
+        # processEnded would also wait for every inherited pipe to close; the job is over now.
+        self._exited(ShepherdEnd(exit_code=getattr(reason.value, "exitCode", None),
+                                 signal=getattr(reason.value, "signal", None)))
+
+
+class SpawnLauncher:
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+
+    def launch(self, args: ShepherdArgs, env: dict[str, str], fds: tuple[int, int, int],
+               started: Started, exited: Exited) -> defer.Deferred[int]:
+        argv = [sys.executable, "-I", "-S", SHIM_PATH, repr(float(args.grace)),
+                format(args.umask, "o"), args.cwd, args.shell, args.command]
+        transport = self._reactor.spawnProcess(
+            _SpawnedShepherd(started, exited), sys.executable, argv, env=env,
+            childFDs={0: fds[0], 1: fds[1], 2: fds[2]})
+        return defer.succeed(transport.pid)
+
+    def stop(self) -> defer.Deferred[None]:
+        return defer.succeed(None)
+
+
+# -- one zygote per executor -------------------------------------------------------------------
+
+@dataclass
+class _Request:
+    id: int
+    body: bytes
+    fds: tuple[int, int, int]
+    started: Started
+    exited: Exited
+    done: defer.Deferred[int]
+    tries: int = 0
+
+
+class _ZygoteLink(LineOnlyReceiver):
+    delimiter = b"\n"
+    MAX_LENGTH = 1 << 16
+
+    def __init__(self, zygote: _Zygote) -> None:
+        self._zygote = zygote
+
+    def lineReceived(self, line: bytes) -> None:  # noqa: N802
+        self._zygote.answer(line.decode("utf-8", "replace"))
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:  # noqa: N802
+        self._zygote.link_lost()
+
+
+class _ZygoteProcess(protocol.ProcessProtocol):
+    def __init__(self, zygote: _Zygote) -> None:
+        self._zygote = zygote
+
+    def processEnded(self, reason: Failure) -> None:  # noqa: N802
+        self._zygote.process_ended(reason)
+
+
+class _Zygote:
+    """One zygote process and the requests it has in hand."""
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, owner: ZygoteLauncher) -> None:
+        self._owner = owner
+        self.pending: dict[int, _Request] = {}  # sent, not yet answered
+        self.running: dict[int, Exited] = {}  # started, end not yet reported
+        self.gone = False  # its socket has closed: it takes no more requests
+        self.ended: defer.Deferred[None] = defer.Deferred()  # its process has been reaped
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            self.process = reactor.spawnProcess(
+                _ZygoteProcess(self), sys.executable,
+                [sys.executable, "-I", "-S", ZYGOTE_PATH, str(os.getpid())],
+                env=dict(os.environ), childFDs={0: null, 1: 1, 2: 2, 3: theirs.fileno()})
+            self.link = _ZygoteLink(self)
+            reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX,
+                                          _OneProtocol(self.link))
+        finally:
+            os.close(null)
+            theirs.close()
+            ours.close()  # adoptStreamConnection keeps a copy of its own
+        self.log.info("shepherd zygote started, pid {pid}", pid=self.process.pid)
+
+    def send(self, request: _Request) -> None:
+        self.pending[request.id] = request
+        transport: Any = self.link.transport
+        for fd in request.fds:
+            transport.sendFileDescriptor(fd)
+        transport.write(HEADER.pack(len(request.body)) + request.body)
+
+    def answer(self, line: str) -> None:
+        kind, _, rest = line.partition(" ")
+        try:
+            if kind == "S":
+                job, pid = (int(x) for x in rest.split())
+                request = self.pending.pop(job)
+                self.running[job] = request.exited
+                request.started(pid)
+                request.done.callback(pid)
+            elif kind == "F":
+                job_text, _, reason = rest.partition(" ")
+                request = self.pending.pop(int(job_text))
+                request.done.errback(LaunchError(reason))
+            elif kind == "E":
+                job_text, _, status_text, utime, stime, maxrss = rest.split()
+                exited = self.running.pop(int(job_text))
+                code, sig = wait_status(int(status_text))
+                exited(ShepherdEnd(exit_code=code, signal=sig, cpu_user=float(utime),
+                                   cpu_system=float(stime), max_rss_kib=int(maxrss)))
+            else:
+                raise ValueError(kind)
+        except (ValueError, KeyError):
+            self.log.error("shepherd zygote {pid}: unexpected answer {line!r}",
+                           pid=self.process.pid, line=line[:200])
+
+    def link_lost(self) -> None:
+        """Its socket closed: it has exited (or closed it, which it does only to exit)."""
+        if self.gone:
+            return
+        self.gone = True
+        self._owner.zygote_gone(self)
+        if self.pending or self.running:
+            self.log.error("shepherd zygote {pid} ended unexpectedly with {n} job(s) in hand",
+                           pid=self.process.pid, n=len(self.pending) + len(self.running))
+        pending, self.pending = self.pending, {}
+        running, self.running = self.running, {}
+        for request in pending.values():
+            self._owner.relaunch(request)
+        for exited in running.values():
+            exited(ShepherdEnd(exit_code=None, signal=None,
+                               lost="the executor's shepherd zygote ended unexpectedly"))
+
+    def process_ended(self, reason: Failure) -> None:
+        if not reason.check(error.ProcessDone):
+            self.log.info("shepherd zygote {pid} ended: {reason}", pid=self.process.pid,
+                          reason=reason.getErrorMessage())
+        self.ended.callback(None)
+
+    def close(self) -> defer.Deferred[None]:
+        """Ask it to exit (it does on the end of its input); fires once it has been reaped."""
+        transport: Any = self.link.transport
+        if transport is not None:
+            transport.loseConnection()
+        return self.ended
+
+
+class _OneProtocol(protocol.Factory):
+    def __init__(self, proto: protocol.Protocol) -> None:
+        self._proto = proto
+
+    def buildProtocol(self, addr: Any) -> protocol.Protocol:  # noqa: N802
+        return self._proto
+
+
+class ZygoteLauncher:
+    log = Logger()
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self._zygote: _Zygote | None = None
+        self._next_id = 0
+        self._stopping = False
+
+    @property
+    def zygote_pid(self) -> int | None:
+        zygote = self._zygote
+        return None if zygote is None or zygote.gone else zygote.process.pid
+
+    def _current(self) -> _Zygote:
+        if self._zygote is None or self._zygote.gone:
+            self._zygote = _Zygote(self._reactor, self)
+        return self._zygote
+
+    def launch(self, args: ShepherdArgs, env: dict[str, str], fds: tuple[int, int, int],
+               started: Started, exited: Exited) -> defer.Deferred[int]:
+        self._next_id += 1
+        body = json.dumps({
+            "id": self._next_id, "grace": float(args.grace), "umask": int(args.umask),
+            "cwd": args.cwd, "shell": args.shell, "command": args.command, "env": env,
+        }).encode("ascii")
+        request = _Request(id=self._next_id, body=body, fds=fds, started=started,
+                           exited=exited, done=defer.Deferred())
+        self._current().send(request)
+        return request.done
+
+    def zygote_gone(self, zygote: _Zygote) -> None:
+        if self._zygote is zygote:
+            self._zygote = None
+
+    def relaunch(self, request: _Request) -> None:
+        """A start whose zygote ended before it answered: try a new zygote, once."""
+        if request.tries >= RELAUNCHES or self._stopping:
+            request.done.errback(LaunchError(
+                "the executor's shepherd zygote ended before it started the job"))
+            return
+        request.tries += 1
+        try:
+            self._current().send(request)
+        except Exception as e:
+            request.done.errback(LaunchError(f"cannot start a new shepherd zygote: {e}"))
+
+    def stop(self) -> defer.Deferred[None]:
+        self._stopping = True
+        zygote, self._zygote = self._zygote, None
+        if zygote is None:
+            return defer.succeed(None)
+        return zygote.close()
+
