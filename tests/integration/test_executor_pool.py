@@ -18,6 +18,7 @@ from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred, ensureDeferred
 
 from tests.unit.executor_fakes import FakeLink
+from tm.auth import DISPATCHER_TLS_NAME, make_self_signed
 from tm.executor.service import Executor
 from tm.link import DispatcherInfo
 
@@ -34,7 +35,10 @@ async def wait_for(condition: Any, what: str) -> None:
 
 @pytest.fixture
 def executor(tmp_path: Path) -> Iterator[tuple[Executor, FakeLink]]:
-    info = DispatcherInfo(host="127.0.0.1", port=1, certificate=b"", challenge_dir="", path="")
+    # The link builds its TLS endpoint up front (ClientService): the pinned certificate is real.
+    info = DispatcherInfo(host="127.0.0.1", port=1,
+                          certificate=make_self_signed(DISPATCHER_TLS_NAME)[1],
+                          challenge_dir="", path="")
     executor = Executor(reactor, info, host="h1", idle_timeout=300.0,
                         log_dir=str(tmp_path / "logs"))
     link = FakeLink()
