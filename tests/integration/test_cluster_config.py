@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.helpers.cli import field, hosts, lajob, submit
 from tests.helpers.processes import Installation, alive, wait_until
 
 
@@ -34,25 +34,6 @@ def tm(tmp_path: Path) -> Iterator[Installation]:
         inst.cleanup()
 
 
-def hosts(tm: Installation) -> dict[str, list[str]]:
-    out = tm.run("hConnect", "-T", "lscluster", check=True).stdout
-    return {line.split()[1]: line.split()[2:] for line in out.splitlines()[1:]}
-
-
-def submit(tm: Installation, *args: str) -> int:
-    result = tm.run("hRunJob", *args, check=True)
-    return int(re.search(r"\[(\d+)\]", result.stdout).group(1))
-
-
-def lajob(tm: Installation, job_id: int) -> str:
-    return tm.run("hConnect", f"lajob:{job_id}", check=True).stdout
-
-
-def field(tm: Installation, job_id: int, name: str) -> str:
-    match = re.search(rf"^{name}:\s*(\S+)", lajob(tm, job_id), re.M)
-    return match.group(1) if match else ""
-
-
 def test_reload_adds_updates_and_retires_hosts_and_a_retired_host_finishes_its_job(
         tm: Installation) -> None:
     # The job runs until the test lets it go: it is surely running at the reload.
@@ -66,9 +47,9 @@ def test_reload_adds_updates_and_retires_hosts_and_a_retired_host_finishes_its_j
     assert result.stdout.strip() == ("configuration reloaded: 3 host(s), 1 user(s); added: hC; "
                                      "updated: hB; retired: hA")
     now = hosts(tm)
-    assert now["hA"][0] == "retired"
-    assert now["hB"][:2] == ["active", "4/4"]
-    assert now["hC"][:2] == ["active", "2/2"]
+    assert now["hA"].status == "retired"
+    assert (now["hB"].status, now["hB"].free, now["hB"].max_slots) == ("active", 4, 4)
+    assert (now["hC"].status, now["hC"].free, now["hC"].max_slots) == ("active", 2, 2)
 
     # The retired host's job finishes normally; new jobs go to the remaining hosts only.
     new = [submit(tm, "true") for _ in range(4)]
@@ -95,7 +76,8 @@ def test_sighup_reloads_and_a_malformed_file_changes_nothing(tm: Installation) -
     (tm.etc / "cluster.tab").write_text(row("hA", 2) + row("hB", 2) + row("hD", 3))
     os.kill(tm.dispatcher.pid, signal.SIGHUP)
     wait_until(lambda: "hD" in hosts(tm), 15, "SIGHUP to add hD")
-    assert hosts(tm)["hD"][:2] == ["active", "3/3"]
+    added = hosts(tm)["hD"]
+    assert (added.status, added.free, added.max_slots) == ("active", 3, 3)
     assert "SIGHUP: configuration reloaded" in tm.dispatcher_log.read_text()
 
 

@@ -9,25 +9,9 @@ import re
 
 import pytest
 
+from tests.helpers.cli import status, submit, td, tms
 from tests.helpers.processes import Installation, alive, wait_until
 from tm.textcommands import SPECS
-
-
-def tms(tm: Installation, line: str) -> str:
-    return tm.run("hConnect", line, check=True).stdout.strip()
-
-
-def td(tm: Installation, line: str) -> str:
-    return tm.run("hConnect", "-T", line, check=True).stdout.strip()
-
-
-def submit(tm: Installation, command: str) -> int:
-    out = tm.run("hRunJob", command, check=True).stdout
-    return int(re.search(r"\[(\d+)\]", out).group(1))
-
-
-def state(tm: Installation, job_id: int) -> str:
-    return re.search(r"^state:\s*(.*)$", tms(tm, f"lajob:{job_id}"), re.M).group(1).strip()
 
 
 def ticks(tm: Installation) -> int:
@@ -62,7 +46,7 @@ def test_suspend_stops_the_job_and_keeps_its_slot_resume_continues_it(tm: Instal
     job = submit(tm, TICKER)
     wait_until(lambda: ticks(tm) > 3, 30, "the job to tick")
     assert tms(tm, f"suspendjob:{job}") == f"job {job} has been suspended"
-    assert state(tm, job) == "running (suspended)"
+    assert status(tm, job) == "running (suspended)"
     shell = int((tm.work / "shell.pid").read_text())
     wait_until(lambda: open(f"/proc/{shell}/stat").read().rsplit(")", 1)[1].split()[0] == "T",
                10, "the job's shell to be stopped")
@@ -71,9 +55,9 @@ def test_suspend_stops_the_job_and_keeps_its_slot_resume_continues_it(tm: Instal
     assert ticks(tm) <= frozen + 1  # at most a write that was under way
     assert tms(tm, f"resumejob:{job}") == f"job {job} has been resumed"
     wait_until(lambda: ticks(tm) > frozen + 3, 10, "the job to tick again")
-    assert state(tm, job) == "running"
+    assert status(tm, job) == "running"
     tms(tm, f"killjob:{job}")
-    wait_until(lambda: state(tm, job) == "killed", 30, "the kill")
+    wait_until(lambda: status(tm, job) == "killed", 30, "the kill")
     refused = tm.run("hConnect", f"suspendjob:{job}")
     assert refused.returncode != 0 and f"job {job} is killed, not running" in refused.stderr
 
@@ -87,10 +71,10 @@ def test_setallrjobsaswaiting_requeues_running_jobs_and_kills_the_running_copy(
     assert td(tm, "setallrjobsaswaiting") == "set 1 jobs as waiting"
     # The attempt keeps its slot until its processes are gone; then it is requeued.
     wait_until(lambda: not alive(first), 30, "the running copy to be killed")
-    wait_until(lambda: state(tm, job).split()[0] == "waiting", 30, "the job to be requeued")
+    wait_until(lambda: status(tm, job).split()[0] == "waiting", 30, "the job to be requeued")
     assert "0 / 2" in td(tm, "status") or "occupied slots: 0" in td(tm, "status")
     td(tm, "activatecluster")
-    wait_until(lambda: state(tm, job) == "running", 30, "the job to run again")
+    wait_until(lambda: status(tm, job) == "running", 30, "the job to run again")
     second = wait_until(lambda: int((tm.work / "shell.pid").read_text() or 0) != first
                         and int((tm.work / "shell.pid").read_text()), 30, "a new shell")
     assert alive(second)
@@ -113,9 +97,9 @@ def test_setalljobsasfinished_ends_jobs_finished(tm: Installation, which: str,
         tm.start_dispatcher()
         try:
             job = submit(tm, "true")
-            wait_until(lambda: state(tm, job) == "pending", 30, "the job to be pending")
+            wait_until(lambda: status(tm, job) == "pending", 30, "the job to be pending")
             assert td(tm, "setallpjobsasfinished") == "set 1 jobs as finished"
-            assert state(tm, job) == "finished"
+            assert status(tm, job) == "finished"
         finally:
             for pid in (tm.root / "ssh.pids").read_text().split():
                 try:
@@ -128,7 +112,7 @@ def test_setalljobsasfinished_ends_jobs_finished(tm: Installation, which: str,
     assert td(tm, "setallrjobsasfinished") == "set 1 jobs as finished"
     shell = int((tm.work / "shell.pid").read_text())
     wait_until(lambda: not alive(shell), 30, "the running copy to be killed")
-    wait_until(lambda: state(tm, job) == "finished", 30, "the job to be set as finished")
+    wait_until(lambda: status(tm, job) == "finished", 30, "the job to be set as finished")
 
 
 def test_updateload_and_lsthreads_report_the_live_state(tm: Installation) -> None:

@@ -7,22 +7,8 @@ import os
 import re
 from pathlib import Path
 
+from tests.helpers.cli import state, submit
 from tests.helpers.processes import Installation, alive, wait_until
-
-
-def submit(tm: Installation, *args: str, cwd: Path | None = None) -> int:
-    result = tm.run("hRunJob", *args, cwd=cwd)
-    assert result.returncode == 0, result.stderr
-    match = re.fullmatch(r"Job \[(\d+)\] has been submitted to TaskDispatcher\.\n", result.stdout)
-    assert match, result.stdout
-    return int(match.group(1))
-
-
-def job_state(tm: Installation, job_id: int) -> str:
-    out = tm.run("hConnect", f"lajob:{job_id}", check=True).stdout
-    match = re.search(r"^\s*state\s*:?\s*(\w+)", out, re.M)
-    assert match, out
-    return match.group(1)
 
 
 def test_hello_world_lands_in_the_submission_directory(tm: Installation) -> None:
@@ -100,7 +86,7 @@ def test_twenty_jobs_on_a_two_slot_host_never_run_more_than_two_at_once(tmp_path
             running += delta
             peak = max(peak, running)
         assert peak <= 2
-        assert all(job_state(inst, i) == "finished" for i in ids[-3:])
+        assert all(state(inst, i) == "finished" for i in ids[-3:])
     finally:
         inst.cleanup()
 
@@ -143,11 +129,11 @@ def test_end_to_end_on_mariadb(tmp_path: Path, mysql_url: str) -> None:
         bad = inst.run("hRunJob", "--wait", "exit 4")
         assert bad.returncode == 4
         job_id = int(re.search(r"\[(\d+)\]", bad.stdout).group(1))
-        assert job_state(inst, job_id) == "failed"
+        assert state(inst, job_id) == "failed"
         # A restarted dispatcher keeps its jobs (same database).
         inst.stop_dispatcher()
         inst.start_dispatcher()
-        assert job_state(inst, job_id) == "failed"
+        assert state(inst, job_id) == "failed"
     finally:
         inst.cleanup()
 
@@ -192,7 +178,7 @@ def test_killjob_kills_the_whole_tree_and_frees_the_slot(tm: Installation) -> No
     wait_until(lambda: pids.exists() and len(pids.read_text().split()) == 3, 30, "the job's pids")
     killed = tm.run("hConnect", f"killjob:{job_id}", check=True)
     assert f"{job_id}" in killed.stdout
-    wait_until(lambda: job_state(tm, job_id) == "killed", 30, "the job to end killed")
+    wait_until(lambda: state(tm, job_id) == "killed", 30, "the job to end killed")
     wait_until(lambda: not any(alive(int(p)) for p in pids.read_text().split()), 15,
                "every process of the job to be gone")
     # The slot is free again: the next job runs.

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.cli import lajob, submit_file
 from tests.helpers.processes import Installation, alive, wait_until
 
 
@@ -45,28 +46,6 @@ def no_stray_executors(tmp_path: Path) -> Iterator[None]:
             pass
 
 
-def submit_file(tm: Installation, name: str, content: bytes) -> int:
-    (tm.work / name).write_bytes(content)
-    result = tm.run("hRunJob", "-f", name)
-    assert result.returncode == 0, result.stderr
-    match = re.search(r"\[(\d+)\]", result.stdout)
-    assert match, result.stdout
-    return int(match.group(1))
-
-
-def lajob(tm: Installation, job_id: int) -> str:
-    return tm.run("hConnect", f"lajob:{job_id}", check=True).stdout
-
-
-def field(text: str, name: str) -> str:
-    match = re.search(rf"^{name}:[ \t]*(.*)$", text, re.M)
-    return match.group(1).strip() if match else ""
-
-
-def history(text: str) -> list[str]:
-    return text.split("\nhistory:\n", 1)[1].splitlines()
-
-
 def executor_pid(tm: Installation) -> int:
     pidfiles = list((tm.home / ".taskmanager").glob("tmmenial.*.pid"))
     assert len(pidfiles) == 1, pidfiles
@@ -74,7 +53,7 @@ def executor_pid(tm: Installation) -> int:
 
 
 def ended_state(tm: Installation, job_id: int) -> str | None:
-    state = field(lajob(tm, job_id), "state")
+    state = lajob(tm, job_id).state
     return state if state not in ("waiting", "pending", "running") else None
 
 
@@ -86,22 +65,22 @@ def ended_state(tm: Installation, job_id: int) -> str | None:
 def test_a_job_that_cannot_start_fails_once_and_the_executor_carries_on(
         tm: Installation, line: bytes, reason: str) -> None:
     # A normal job first: the executor is up, and its pid is known.
-    first = submit_file(tm, "ok1.txt", b"command::echo first > first.txt\n")
+    (first,) = submit_file(tm, tm.work / "ok1.txt", content=b"command::echo first > first.txt\n")
     wait_until(lambda: ended_state(tm, first), 60, "the first job to end")
-    assert field(lajob(tm, first), "state") == "finished"
+    assert lajob(tm, first).state == "finished"
     pid = executor_pid(tm)
 
-    bad = submit_file(tm, "bad.txt", line)
+    (bad,) = submit_file(tm, tm.work / "bad.txt", content=line)
     assert wait_until(lambda: ended_state(tm, bad), 60, "the bad job to end") == "failed"
-    text = lajob(tm, bad)
-    assert reason in field(text, "reason"), text
-    rows = history(text)
-    assert sum(" pending " in f" {row} " for row in rows) == 1, text
-    assert sum(" failed " in f" {row} " for row in rows) == 1, text
+    job = lajob(tm, bad)
+    assert reason in job.reason, job.text
+    rows = job.history
+    assert sum(" pending " in f" {row} " for row in rows) == 1, job.text
+    assert sum(" failed " in f" {row} " for row in rows) == 1, job.text
     assert not (tm.work / "ran.txt").exists()
 
     # The same executor, still linked, runs the next job.
-    after = submit_file(tm, "ok2.txt", b"command::echo after > after.txt\n")
+    (after,) = submit_file(tm, tm.work / "ok2.txt", content=b"command::echo after > after.txt\n")
     assert wait_until(lambda: ended_state(tm, after), 60, "the next job to end") == "finished"
     assert (tm.work / "after.txt").read_text() == "after\n"
     assert executor_pid(tm) == pid and alive(pid)

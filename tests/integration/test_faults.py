@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.cli import field, submit
 from tests.helpers.processes import Installation, alive, wait_until
 
 #: Short leases keep these tests quick: executors stop their jobs after half of it without the
@@ -38,17 +39,6 @@ def tm(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Installation]
 
 
 restart_lease = pytest.mark.parametrize("tm", [RESTART_LEASE], indirect=True)
-
-
-def submit(tm: Installation, *args: str) -> int:
-    out = tm.run("hRunJob", *args, check=True).stdout
-    return int(re.search(r"\[(\d+)\]", out).group(1))
-
-
-def field(tm: Installation, job_id: int, name: str) -> str:
-    out = tm.run("hConnect", f"lajob:{job_id}", check=True).stdout
-    match = re.search(rf"^{name}:[ \t]*(.*)$", out, re.M)
-    return match.group(1).strip() if match else ""
 
 
 def executor_pid(tm: Installation) -> int:

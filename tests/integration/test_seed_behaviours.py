@@ -20,11 +20,18 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.helpers.cli import (
+    CLI,
+    ENDED,
+    SUBMITTED,
+    expand_ids,
+    listed_ids,
+    parse_hosts,
+)
 from tests.helpers.jobrecords import (
     most_jobs_at_once,
     occupied_now,
@@ -44,107 +51,10 @@ from tests.helpers.processes import (
 )
 from tests.helpers.requirements import second_user, skip_or_fail
 
-SUBMITTED = re.compile(r"Job \[(\d+)\] has been submitted to TaskDispatcher\.\n")
-ENDED = ("finished", "failed", "killed")
 ROOT_ADMIN = ("root", "user,admin")
 
 
-# --- reading what the CLI prints ---------------------------------------------------------
-
-
-@dataclass
-class HistoryEntry:
-    at: float
-    state: str
-    attempt: int
-    host: str
-    reason: str
-
-
-@dataclass
-class JobInfo:
-    """``hConnect lajob:ID``, parsed."""
-
-    fields: dict[str, str]
-    history: list[HistoryEntry]
-    text: str
-
-    @property
-    def state(self) -> str:
-        return self.fields["state"].split()[0]
-
-    @property
-    def wait_reason(self) -> str:
-        match = re.match(r"\w+ \((.*)\)$", self.fields["state"])
-        return match.group(1) if match else ""
-
-    @property
-    def host(self) -> str:
-        return self.fields["host"]
-
-
-def parse_job(text: str) -> JobInfo:
-    fields: dict[str, str] = {}
-    history: list[HistoryEntry] = []
-    in_history = False
-    for line in text.splitlines():
-        if line == "history:":
-            in_history = True
-        elif in_history and line.strip():
-            parts = line.strip().split("  ")
-            stamp, state, attempt = parts[0], parts[1], parts[2]
-            rest = [p.strip() for p in parts[3:]]
-            host = rest[0] if len(rest) > 1 else ""
-            reason = rest[-1] if rest else ""
-            at = time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S"))
-            history.append(HistoryEntry(at, state, int(attempt.split()[1]), host, reason))
-        elif not in_history and ":" in line:
-            key, value = line.split(":", 1)
-            fields[key.strip()] = value.strip()
-    assert "state" in fields and "host" in fields, text
-    return JobInfo(fields, history, text)
-
-
-@dataclass
-class HostRow:
-    name: str
-    status: str
-    free: int
-    max_slots: int
-    load: str
-    executors: int
-
-
-def parse_hosts(text: str) -> tuple[str, dict[str, HostRow]]:
-    """``hConnect -T lscluster``: the activity line and one row per host."""
-    lines = text.splitlines()
-    rows = {}
-    for line in lines[1:]:
-        cells = re.split(r"\s{2,}", line.strip())
-        free, max_slots = re.fullmatch(r"(\d+)/(\d+) free", cells[3]).groups()
-        rows[cells[1]] = HostRow(cells[1], cells[2], int(free), int(max_slots),
-                                 cells[4].removeprefix("load "),
-                                 int(cells[5].removeprefix("executors ")))
-    return lines[0], rows
-
-
-def listed_ids(text: str) -> list[int]:
-    """The job ids of a job listing (lswjobs, lsfjobs, findjobs ...)."""
-    ids = []
-    for line in text.splitlines():
-        cells = line.split()
-        if len(cells) > 1 and cells[0].isdigit() and cells[1].isdigit():
-            ids.append(int(cells[1]))
-    return ids
-
-
-def expand_ids(ranges: str) -> list[int]:
-    """``3-5,9`` -> [3, 4, 5, 9]."""
-    ids: list[int] = []
-    for part in ranges.split(","):
-        first, _, last = part.partition("-")
-        ids.extend(range(int(first), int(last or first) + 1))
-    return ids
+# --- helpers ---------------------------------------------------------------------------------
 
 
 def gate(path: Path) -> str:
@@ -159,10 +69,11 @@ def pids_in(path: Path) -> list[int]:
 # --- who types the commands ----------------------------------------------------------------
 
 
-class Client:
+class Client(CLI):
     """A user at a terminal of ``inst``: root (the test's own account) or a UnixUser."""
 
     def __init__(self, inst: Installation, user: UnixUser | None = None) -> None:
+        super().__init__()
         self.inst = inst
         self.user = user
 
@@ -182,36 +93,6 @@ class Client:
         if self.user is not None:
             return self.user.run(self.inst, *argv, cwd=cwd, check=check)
         return self.inst.run(*argv, cwd=cwd or self.work, check=check)
-
-    def submit(self, *args: str, cwd: Path | None = None) -> int:
-        result = self.run("hRunJob", *args, cwd=cwd)
-        assert result.returncode == 0, f"{self.name}: hRunJob {args}: {result.stderr}"
-        match = SUBMITTED.fullmatch(result.stdout)
-        assert match, result.stdout
-        return int(match.group(1))
-
-    def tms(self, line: str) -> str:
-        return self.run("hConnect", line, check=True).stdout.strip()
-
-    def td(self, line: str) -> str:
-        return self.run("hConnect", "-T", line, check=True).stdout.strip()
-
-    def job(self, job_id: int, via_dispatcher: bool = False) -> JobInfo:
-        argv = ["hConnect", "-T"] if via_dispatcher else ["hConnect"]
-        return parse_job(self.run(*argv, f"lajob:{job_id}", check=True).stdout)
-
-    def state(self, job_id: int) -> str:
-        return self.job(job_id).state
-
-    def wait_state(self, job_id: int, *states: str, timeout: float = 30) -> JobInfo:
-        def reached() -> JobInfo | None:
-            job = self.job(job_id)
-            return job if job.state in states else None
-
-        return wait_until(reached, timeout, f"job {job_id} of {self.name} to be {'/'.join(states)}")
-
-    def hosts(self) -> dict[str, HostRow]:
-        return parse_hosts(self.td("lscluster"))[1]
 
     def tms_pid(self) -> int:
         return int((self.home / ".taskmanager" / "tms.pid").read_text())
