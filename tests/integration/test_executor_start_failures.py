@@ -63,27 +63,27 @@ def ended_state(tm: Installation, job_id: int) -> str | None:
      "the stdout file name (-o) contains a NUL byte"),
 ])
 def test_a_job_that_cannot_start_fails_once_and_the_executor_carries_on(
-        tm: Installation, line: bytes, reason: str) -> None:
+        installation: Installation, line: bytes, reason: str) -> None:
     # A normal job first: the executor is up, and its pid is known.
-    (first,) = submit_file(tm, tm.work / "ok1.txt", content=b"command::echo first > first.txt\n")
-    wait_until(lambda: ended_state(tm, first), 60, "the first job to end")
-    assert lajob(tm, first).state == "finished"
-    pid = executor_pid(tm)
+    (first,) = submit_file(installation, installation.work / "ok1.txt", content=b"command::echo first > first.txt\n")
+    wait_until(lambda: ended_state(installation, first), 60, "the first job to end")
+    assert lajob(installation, first).state == "finished"
+    pid = executor_pid(installation)
 
-    (bad,) = submit_file(tm, tm.work / "bad.txt", content=line)
-    assert wait_until(lambda: ended_state(tm, bad), 60, "the bad job to end") == "failed"
-    job = lajob(tm, bad)
+    (bad,) = submit_file(installation, installation.work / "bad.txt", content=line)
+    assert wait_until(lambda: ended_state(installation, bad), 60, "the bad job to end") == "failed"
+    job = lajob(installation, bad)
     assert reason in job.reason, job.text
     rows = job.history
     assert sum(" pending " in f" {row} " for row in rows) == 1, job.text
     assert sum(" failed " in f" {row} " for row in rows) == 1, job.text
-    assert not (tm.work / "ran.txt").exists()
+    assert not (installation.work / "ran.txt").exists()
 
     # The same executor, still linked, runs the next job.
-    (after,) = submit_file(tm, tm.work / "ok2.txt", content=b"command::echo after > after.txt\n")
-    assert wait_until(lambda: ended_state(tm, after), 60, "the next job to end") == "finished"
-    assert (tm.work / "after.txt").read_text() == "after\n"
-    assert executor_pid(tm) == pid and alive(pid)
+    (after,) = submit_file(installation, installation.work / "ok2.txt", content=b"command::echo after > after.txt\n")
+    assert wait_until(lambda: ended_state(installation, after), 60, "the next job to end") == "finished"
+    assert (installation.work / "after.txt").read_text() == "after\n"
+    assert executor_pid(installation) == pid and alive(pid)
     # Its link never dropped: the dispatcher saw one executor login.
-    logins = re.findall(r"authenticated as tmms from", tm.dispatcher_log.read_text())
-    assert len(logins) == 1, tm.dispatcher_log.read_text()[-4000:]
+    logins = re.findall(r"authenticated as tmms from", installation.dispatcher_log.read_text())
+    assert len(logins) == 1, installation.dispatcher_log.read_text()[-4000:]
