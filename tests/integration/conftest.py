@@ -18,12 +18,25 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.leaks import ProcessSnapshot
 from tests.helpers.processes import (
     ClusterHost,
     Installation,
     InstallationWithEnv,
     write_cluster_tab,
 )
+
+
+@pytest.fixture(autouse=True)
+def no_process_left() -> Iterator[None]:
+    """No test leaves a process behind: after the test and its finalizers, no new child of the
+    test process and no process of an installation it made (its dispatcher, the daemons in its
+    pid files) is alive. Those left are named in a failure, and killed."""
+    before = ProcessSnapshot.take()
+    yield
+    left = before.leftovers()
+    if left:
+        pytest.fail("the test left processes behind: " + "; ".join(left), pytrace=False)
 
 
 @pytest.fixture
