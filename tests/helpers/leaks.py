@@ -40,7 +40,7 @@ class ReactorSnapshot:
                 found.append(f"delayed call {call!r}")
                 call.cancel()
         # The reactor's own (its wakers, added when it first runs) are not the test's.
-        internal = getattr(self.reactor, "_internalReaders", set())
+        internal: set[Any] = getattr(self.reactor, "_internalReaders", set())
         new_readers = [r for r in self.reactor.getReaders()
                        if r not in self.readers and r not in internal]
         new_writers = [w for w in self.reactor.getWriters() if w not in self.writers]

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
-from twisted.internet import reactor
+from twisted.internet import reactor as _reactor
 from twisted.internet.protocol import Factory, Protocol
 
 from tests.helpers.leaks import ProcessSnapshot, ReactorSnapshot, children
 from tests.helpers.processes import Installation, alive, wait_until
+
+reactor: Any = _reactor  # the global reactor, whose interfaces its module does not declare
 
 
 def forgotten() -> None:
