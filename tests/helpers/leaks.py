@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.helpers.processes import Installation, alive
+from tests.helpers.processes import TWISTD, Installation, alive
 
 
 @dataclass
@@ -94,10 +94,13 @@ def children(parent: int | None = None) -> set[int]:
 def _describe(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+            argv = f.read().split(b"\0")
     except OSError:
-        argv = "?"
-    return f"pid {pid} ({argv[:160]})"
+        return f"pid {pid}"
+    words = [a.decode(errors="replace") for a in argv if a]
+    if words[1:3] == ["-c", TWISTD[2]]:  # the processes of tests/helpers/processes.py
+        words = ["twistd", *words[3:]]
+    return f"pid {pid} ({' '.join(words)[:200]})"
 
 
 def _kill(pids: Iterable[int]) -> None:
