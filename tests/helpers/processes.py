@@ -143,6 +143,13 @@ class Installation:
                     pass
 
 
+def executor_pid(inst: Installation) -> int:
+    """The pid of the one executor (TMMS) of the installation's user, from its pid file."""
+    pidfiles = list((inst.home / ".taskmanager").glob("tmmenial.*.pid"))
+    assert len(pidfiles) == 1, pidfiles
+    return int(pidfiles[0].read_text())
+
+
 def _dead(pid: int) -> bool:
     return not alive(pid)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.cli import lajob, submit_file
-from tests.helpers.processes import Installation, alive, wait_until
+from tests.helpers.processes import Installation, alive, executor_pid, wait_until
 
 
 def processes_mentioning(text: str) -> list[int]:
@@ -44,12 +44,6 @@ def no_stray_executors(tmp_path: Path) -> Iterator[None]:
             os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
-
-
-def executor_pid(tm: Installation) -> int:
-    pidfiles = list((tm.home / ".taskmanager").glob("tmmenial.*.pid"))
-    assert len(pidfiles) == 1, pidfiles
-    return int(pidfiles[0].read_text())
 
 
 def ended_state(tm: Installation, job_id: int) -> str | None:

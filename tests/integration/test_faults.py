@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.cli import field, submit
-from tests.helpers.processes import Installation, alive, wait_until
+from tests.helpers.processes import Installation, alive, executor_pid, wait_until
 
 #: The lease of the tests that restart the dispatcher: a restart must fit in half of it (the
 #: others run with the short lease of the ``leased_installation`` fixture, tests/integration/conftest.py).
@@ -25,12 +25,6 @@ GATE = "while [ ! -e go ]; do sleep 0.05; done"
 
 
 restart_lease = pytest.mark.parametrize("leased_installation", [RESTART_LEASE], indirect=True)
-
-
-def executor_pid(tm: Installation) -> int:
-    pidfiles = list((tm.home / ".taskmanager").glob("tmmenial.*.pid"))
-    assert len(pidfiles) == 1, pidfiles
-    return int(pidfiles[0].read_text())
 
 
 @restart_lease
