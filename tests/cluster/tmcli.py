@@ -1,7 +1,9 @@
-"""The real CLI as the cluster's users type it, and parsers of what it prints."""
+"""The real CLI as the cluster's users type it (the shared tests/helpers/cli.py, run as them over
+the cluster's runner), and what their jobs record about where they ran."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -9,17 +11,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.cluster.netcluster import Cluster, wait_until
+from tests.helpers import cli
 
-SUBMITTED = re.compile(r"Job \[(\d+)\] has been submitted to TaskDispatcher\.")
+
+def user(c: Cluster, role: str) -> cli.As:
+    """The cluster's user ``role`` at a terminal: the shared CLI helpers run as them."""
+    return cli.As(functools.partial(c.run_as, role), role)
 
 
 def submit(c: Cluster, role: str, command: str, *options: str, cwd: Path | None = None) -> int:
     """``hRunJob [options] COMMAND`` as the user; the new job's id."""
-    result = c.run_as(role, "hRunJob", *options, command, cwd=cwd)
-    assert result.returncode == 0, f"hRunJob failed for {role}: {result.stderr}"
-    match = SUBMITTED.search(result.stdout)
-    assert match, result.stdout
-    return int(match.group(1))
+    return cli.submit(user(c, role), *options, command, cwd=cwd)
 
 
 def submit_many(c: Cluster, commands: dict[str, list[str]], cwd: dict[str, Path],
@@ -34,69 +36,21 @@ def submit_many(c: Cluster, commands: dict[str, list[str]], cwd: dict[str, Path]
         return {role: f.result() for role, f in futures.items()}
 
 
-def _id_ranges(text: str) -> list[int]:
-    """``3-5,9`` -> ``[3, 4, 5, 9]``."""
-    ids: list[int] = []
-    for part in text.split(","):
-        first, _, last = part.partition("-")
-        ids += range(int(first), int(last or first) + 1)
-    return ids
-
-
-BULK_SUBMITTED = re.compile(
-    r"(\d+) job\(s\) \[([\d,-]+)\] have been submitted to TaskDispatcher\.\n")
-
-
 def submit_file(c: Cluster, role: str, directory: Path, commands: list[str],
                 *options: str) -> list[int]:
     """``hRunJob -f FILE``: the jobs go to the dispatcher in one bulk submission."""
-    jobs_file = directory / "jobs.txt"
-    jobs_file.write_text("".join(f"command::{command}\n" for command in commands))
-    submitted = c.run_as(role, "hRunJob", "-f", str(jobs_file), *options, cwd=directory,
-                         check=True)
-    match = BULK_SUBMITTED.fullmatch(submitted.stdout)
-    assert match, submitted.stdout
-    ids = _id_ranges(match.group(2))
-    assert len(ids) == len(commands) == int(match.group(1))
+    ids = cli.submit_file(user(c, role), directory / "jobs.txt", *options,
+                          content=cli.job_file(commands), cwd=directory)
+    assert len(ids) == len(commands)
     return ids
 
 
-@dataclass
-class JobDetail:
-    fields: dict[str, str]
-    history: list[str]
-    text: str
-
-    @property
-    def state(self) -> str:
-        return self.fields["state"].split()[0]
-
-    @property
-    def host(self) -> str:
-        return self.fields["host"]
-
-
-def lajob(c: Cluster, role: str, job_id: int) -> JobDetail:
-    out = c.run_as(role, "hConnect", f"lajob:{job_id}", check=True).stdout
-    fields: dict[str, str] = {}
-    history: list[str] = []
-    in_history = False
-    for line in out.splitlines():
-        if line == "history:":
-            in_history = True
-        elif in_history:
-            history.append(line.strip())
-        elif ":" in line:
-            key, value = line.split(":", 1)
-            fields[key.strip()] = value.strip()
-    assert "state" in fields and "host" in fields, out
-    return JobDetail(fields, history, out)
+def lajob(c: Cluster, role: str, job_id: int) -> cli.JobInfo:
+    return cli.lajob(user(c, role), job_id)
 
 
 def ended_ids(c: Cluster, role: str) -> set[int]:
-    out = c.run_as(role, "hConnect", "lsfjobs", check=True).stdout
-    return {int(line.split()[1]) for line in out.splitlines()
-            if len(line.split()) > 1 and line.split()[1].isdigit()}
+    return set(cli.listed_ids(cli.tms(user(c, role), "lsfjobs")))
 
 
 def wait_ended(c: Cluster, role: str, ids: list[int], timeout: float = 120) -> None:

@@ -52,7 +52,12 @@ def daemon_pids(home: Path) -> list[int]:
 class Installation:
     """One TaskManager installation in a temporary directory, with its own HOME."""
 
+    #: Every installation made, in order: the leak guard (tests/helpers/leaks.py) checks that
+    #: those of a test have no process left after it.
+    made: list[Installation] = []
+
     def __init__(self, root: Path, database_url: str | None = None) -> None:
+        Installation.made.append(self)
         self.root = root
         self.home = root / "home"
         self.etc = root / "etc"
@@ -136,6 +141,13 @@ class Installation:
                     os.kill(pid, signal.SIGKILL)
                 except OSError:
                     pass
+
+
+def executor_pid(inst: Installation) -> int:
+    """The pid of the one executor (TMMS) of the installation's user, from its pid file."""
+    pidfiles = list((inst.home / ".taskmanager").glob("tmmenial.*.pid"))
+    assert len(pidfiles) == 1, pidfiles
+    return int(pidfiles[0].read_text())
 
 
 def _dead(pid: int) -> bool:

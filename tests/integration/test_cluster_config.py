@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.helpers.cli import field, hosts, lajob, submit
 from tests.helpers.processes import Installation, alive, wait_until
 
 
@@ -23,144 +22,115 @@ def row(name: str, slots: int) -> str:
     return f"{name}\t{name}\t{slots}\t{slots}\t\tFalse\t0\tTrue\n"
 
 
-@pytest.fixture
-def tm(tmp_path: Path) -> Iterator[Installation]:
-    inst = Installation(tmp_path)
-    (inst.etc / "cluster.tab").write_text(row("hA", 2) + row("hB", 2))
-    try:
-        inst.start_dispatcher()
-        yield inst
-    finally:
-        inst.cleanup()
-
-
-def hosts(tm: Installation) -> dict[str, list[str]]:
-    out = tm.run("hConnect", "-T", "lscluster", check=True).stdout
-    return {line.split()[1]: line.split()[2:] for line in out.splitlines()[1:]}
-
-
-def submit(tm: Installation, *args: str) -> int:
-    result = tm.run("hRunJob", *args, check=True)
-    return int(re.search(r"\[(\d+)\]", result.stdout).group(1))
-
-
-def lajob(tm: Installation, job_id: int) -> str:
-    return tm.run("hConnect", f"lajob:{job_id}", check=True).stdout
-
-
-def field(tm: Installation, job_id: int, name: str) -> str:
-    match = re.search(rf"^{name}:\s*(\S+)", lajob(tm, job_id), re.M)
-    return match.group(1) if match else ""
-
-
 def test_reload_adds_updates_and_retires_hosts_and_a_retired_host_finishes_its_job(
-        tm: Installation) -> None:
+        two_host_installation: Installation) -> None:
     # The job runs until the test lets it go: it is surely running at the reload.
-    go = tm.work / "go"
-    long = submit(tm, "-E", "hB", f"while [ ! -e {go} ]; do sleep 0.05; done; echo done > long.out")
-    wait_until(lambda: field(tm, long, "state") == "running", 30, "the long job to run")
-    assert field(tm, long, "host") == "hA"
+    go = two_host_installation.work / "go"
+    long = submit(two_host_installation, "-E", "hB", f"while [ ! -e {go} ]; do sleep 0.05; done; echo done > long.out")
+    wait_until(lambda: field(two_host_installation, long, "state") == "running", 30, "the long job to run")
+    assert field(two_host_installation, long, "host") == "hA"
 
-    (tm.etc / "cluster.tab").write_text(row("hB", 4) + row("hC", 2))
-    result = tm.run("hConnect", "-T", "reload", check=True)
+    (two_host_installation.etc / "cluster.tab").write_text(row("hB", 4) + row("hC", 2))
+    result = two_host_installation.run("hConnect", "-T", "reload", check=True)
     assert result.stdout.strip() == ("configuration reloaded: 3 host(s), 1 user(s); added: hC; "
                                      "updated: hB; retired: hA")
-    now = hosts(tm)
-    assert now["hA"][0] == "retired"
-    assert now["hB"][:2] == ["active", "4/4"]
-    assert now["hC"][:2] == ["active", "2/2"]
+    now = hosts(two_host_installation)
+    assert now["hA"].status == "retired"
+    assert (now["hB"].status, now["hB"].free, now["hB"].max_slots) == ("active", 4, 4)
+    assert (now["hC"].status, now["hC"].free, now["hC"].max_slots) == ("active", 2, 2)
 
     # The retired host's job finishes normally; new jobs go to the remaining hosts only.
-    new = [submit(tm, "true") for _ in range(4)]
-    assert field(tm, long, "state") == "running"
+    new = [submit(two_host_installation, "true") for _ in range(4)]
+    assert field(two_host_installation, long, "state") == "running"
     go.touch()
-    wait_until(lambda: (tm.work / "long.out").exists(), 30, "the job on the retired host to end")
-    wait_until(lambda: all(field(tm, j, "state") == "finished" for j in new + [long]), 30,
+    wait_until(lambda: (two_host_installation.work / "long.out").exists(), 30, "the job on the retired host to end")
+    wait_until(lambda: all(field(two_host_installation, j, "state") == "finished" for j in new + [long]), 30,
                "all jobs to finish")
     for j in new:
-        assert field(tm, j, "host") in ("hB", "hC"), lajob(tm, j)
+        assert field(two_host_installation, j, "host") in ("hB", "hC"), lajob(two_host_installation, j)
     # With nothing left on it, the next reload forgets the retired host.
-    tm.run("hConnect", "-T", "reload", check=True)
-    assert set(hosts(tm)) == {"hB", "hC"}
+    two_host_installation.run("hConnect", "-T", "reload", check=True)
+    assert set(hosts(two_host_installation)) == {"hB", "hC"}
 
 
-def test_sighup_reloads_and_a_malformed_file_changes_nothing(tm: Installation) -> None:
-    (tm.etc / "cluster.tab").write_text(row("hA", 2) + "hB\thB\tmany\n")
-    bad = tm.run("hConnect", "-T", "reload")
+def test_sighup_reloads_and_a_malformed_file_changes_nothing(two_host_installation: Installation) -> None:
+    (two_host_installation.etc / "cluster.tab").write_text(row("hA", 2) + "hB\thB\tmany\n")
+    bad = two_host_installation.run("hConnect", "-T", "reload")
     assert bad.returncode != 0
     assert "reload refused, nothing changed" in bad.stderr
     assert "cluster.tab:2" in bad.stderr and "Traceback" not in bad.stderr
-    assert set(hosts(tm)) == {"hA", "hB"}
+    assert set(hosts(two_host_installation)) == {"hA", "hB"}
 
-    (tm.etc / "cluster.tab").write_text(row("hA", 2) + row("hB", 2) + row("hD", 3))
-    os.kill(tm.dispatcher.pid, signal.SIGHUP)
-    wait_until(lambda: "hD" in hosts(tm), 15, "SIGHUP to add hD")
-    assert hosts(tm)["hD"][:2] == ["active", "3/3"]
-    assert "SIGHUP: configuration reloaded" in tm.dispatcher_log.read_text()
+    (two_host_installation.etc / "cluster.tab").write_text(row("hA", 2) + row("hB", 2) + row("hD", 3))
+    os.kill(two_host_installation.dispatcher.pid, signal.SIGHUP)
+    wait_until(lambda: "hD" in hosts(two_host_installation), 15, "SIGHUP to add hD")
+    added = hosts(two_host_installation)["hD"]
+    assert (added.status, added.free, added.max_slots) == ("active", 3, 3)
+    assert "SIGHUP: configuration reloaded" in two_host_installation.dispatcher_log.read_text()
 
 
 def test_invoke_list_and_shut_down_executors_and_idle_exit(
-        tm: Installation, monkeypatch: pytest.MonkeyPatch) -> None:
+        two_host_installation: Installation, monkeypatch: pytest.MonkeyPatch) -> None:
     # The executors inherit their idle timeout from the TMS that starts them. While this test
     # lists and stops them it must not race their idle exit: the first TMS gives them 600 s.
     monkeypatch.setenv("TM_EXECUTOR_IDLE_TIMEOUT", "600")
-    out = tm.run("hConnect", "invokealltmms", check=True).stdout
+    out = two_host_installation.run("hConnect", "invokealltmms", check=True).stdout
     assert out.strip().splitlines() == ["hA: starting", "hB: starting"]
 
     def connected() -> list[list[str]]:
-        lines = tm.run("hConnect", "lstmms", check=True).stdout.splitlines()[1:]
+        lines = two_host_installation.run("hConnect", "lstmms", check=True).stdout.splitlines()[1:]
         return [line.split() for line in lines if "connected" in line]
 
     rows = wait_until(lambda: len(connected()) == 2 and connected(), 30, "two executors")
     pids = {r[0]: int(r[2]) for r in rows}
     assert set(pids) == {"hA", "hB"} and all(alive(p) for p in pids.values())
-    again = tm.run("hConnect", "invokealltmms", check=True).stdout
+    again = two_host_installation.run("hConnect", "invokealltmms", check=True).stdout
     assert again.strip().splitlines() == ["hA: already running", "hB: already running"]
 
-    go = tm.work / "go"
-    busy = submit(tm, "-E", "hB", f"while [ ! -e {go} ]; do sleep 0.05; done")
-    wait_until(lambda: field(tm, busy, "state") == "running", 30, "the job to run")
-    stop = tm.run("hConnect", "shutdownalltmms", check=True).stdout.strip().splitlines()
+    go = two_host_installation.work / "go"
+    busy = submit(two_host_installation, "-E", "hB", f"while [ ! -e {go} ]; do sleep 0.05; done")
+    wait_until(lambda: field(two_host_installation, busy, "state") == "running", 30, "the job to run")
+    stop = two_host_installation.run("hConnect", "shutdownalltmms", check=True).stdout.strip().splitlines()
     assert len(stop) == 2 and stop[0].startswith("hA: kept, 1 job(s) run there"), stop
     assert stop[1] == "hB: stopped"
     wait_until(lambda: not alive(pids["hB"]), 15, "hB's executor to exit")
     assert alive(pids["hA"])
     go.touch()
-    wait_until(lambda: field(tm, busy, "state") == "finished", 30, "the job to end")
+    wait_until(lambda: field(two_host_installation, busy, "state") == "finished", 30, "the job to end")
     # Idle now: it stops too.
-    assert tm.run("hConnect", "shutdownalltmms", check=True).stdout.strip() == "hA: stopped"
+    assert two_host_installation.run("hConnect", "shutdownalltmms", check=True).stdout.strip() == "hA: stopped"
     wait_until(lambda: not alive(pids["hA"]), 15, "hA's executor to exit")
-    wait_until(lambda: tm.run("hConnect", "lstmms").stdout.strip() == "no tmms known.", 15,
+    wait_until(lambda: two_host_installation.run("hConnect", "lstmms").stdout.strip() == "no tmms known.", 15,
                "the dispatcher to forget the executors")
 
     # A TMS started with TM_EXECUTOR_IDLE_TIMEOUT=3 starts executors that exit by themselves
     # 3 s after their last job: seen from a job running there (so the executor is surely up
     # when its pid is read), then without one.
-    tms_pid = json.loads((tm.home / ".taskmanager" / "tms.json").read_text())["pid"]
-    assert tm.run("hConnect", "shutdown", check=True).stdout.strip() == "terminating TMS ..."
+    tms_pid = json.loads((two_host_installation.home / ".taskmanager" / "tms.json").read_text())["pid"]
+    assert two_host_installation.run("hConnect", "shutdown", check=True).stdout.strip() == "terminating TMS ..."
     wait_until(lambda: not alive(tms_pid), 15, "the TMS to exit")
     monkeypatch.setenv("TM_EXECUTOR_IDLE_TIMEOUT", "3")
     go.unlink()
-    last = submit(tm, "-E", "hB", f"while [ ! -e {go} ]; do sleep 0.05; done")
-    wait_until(lambda: field(tm, last, "state") == "running", 30, "the last job to run")
-    executor = int((tm.home / ".taskmanager" / "tmmenial.hA.pid").read_text())
+    last = submit(two_host_installation, "-E", "hB", f"while [ ! -e {go} ]; do sleep 0.05; done")
+    wait_until(lambda: field(two_host_installation, last, "state") == "running", 30, "the last job to run")
+    executor = int((two_host_installation.home / ".taskmanager" / "tmmenial.hA.pid").read_text())
     assert alive(executor) and executor != pids["hA"]
     go.touch()
     wait_until(lambda: not alive(executor), 30, "hA's idle executor to exit by itself")
-    assert field(tm, last, "state") == "finished"
-    wait_until(lambda: tm.run("hConnect", "lstmms").stdout.strip() == "no tmms known.", 15,
+    assert field(two_host_installation, last, "state") == "finished"
+    wait_until(lambda: two_host_installation.run("hConnect", "lstmms").stdout.strip() == "no tmms known.", 15,
                "the dispatcher to forget the executor")
 
 
-def test_lstmms_pid_is_the_executor_process(tm: Installation) -> None:
-    go = tm.work / "go"
-    job = submit(tm, f"while [ ! -e {go} ]; do sleep 0.05; done")
-    wait_until(lambda: field(tm, job, "state") == "running", 30, "the job to run")
-    lines = tm.run("hConnect", "lstmms", check=True).stdout.splitlines()
+def test_lstmms_pid_is_the_executor_process(two_host_installation: Installation) -> None:
+    go = two_host_installation.work / "go"
+    job = submit(two_host_installation, f"while [ ! -e {go} ]; do sleep 0.05; done")
+    wait_until(lambda: field(two_host_installation, job, "state") == "running", 30, "the job to run")
+    lines = two_host_installation.run("hConnect", "lstmms", check=True).stdout.splitlines()
     pid = int(lines[1].split()[2])
-    pidfiles = {p.name: int(p.read_text()) for p in (tm.home / ".taskmanager").glob("tmmenial.*.pid")}
+    pidfiles = {p.name: int(p.read_text()) for p in (two_host_installation.home / ".taskmanager").glob("tmmenial.*.pid")}
     assert pid in pidfiles.values(), (lines, pidfiles)
-    info = json.loads((tm.home / ".taskmanager" / "tms.json").read_text())
+    info = json.loads((two_host_installation.home / ".taskmanager" / "tms.json").read_text())
     assert info["pid"] != pid
     go.touch()
 

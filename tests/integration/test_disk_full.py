@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.cli import parse_job
 from tests.helpers.processes import Installation, free_port, wait_until
 
 
@@ -150,9 +151,9 @@ def fill(disk: Path) -> Path:
 
 
 def state_of(tm: Installation, job_id: int) -> str:
-    out = tm.run("hConnect", f"lajob:{job_id}").stdout
-    match = re.search(r"^state:[ \t]*(\S+)", out, re.M)
-    return match.group(1) if match else ""
+    """The job's state, or "" while lajob cannot answer."""
+    result = tm.run("hConnect", f"lajob:{job_id}")
+    return parse_job(result.stdout).state if result.returncode == 0 else ""
 
 
 def test_a_full_database_disk_refuses_submissions_keeps_ends_and_recovers(

@@ -52,6 +52,7 @@ def executor(tmp_path: Path) -> Iterator[tuple[Executor, FakeLink]]:
         readers = [os.open(p, os.O_RDONLY | os.O_NONBLOCK) for p in tmp_path.iterdir()
                    if p.is_fifo()]
         pytest_twisted.blockon(executor.runner.kill_all())
+        pytest_twisted.blockon(executor.runner.stop())  # its shepherd zygote goes too
         for fd in readers:
             os.close(fd)
         executor._stop_pool(None)

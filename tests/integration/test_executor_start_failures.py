@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.processes import Installation, alive, wait_until
+from tests.helpers.cli import lajob, submit_file
+from tests.helpers.processes import Installation, alive, executor_pid, wait_until
 
 
 def processes_mentioning(text: str) -> list[int]:
@@ -47,36 +48,8 @@ def no_stray_executors(tmp_path: Path) -> Iterator[None]:
             pass
 
 
-def submit_file(tm: Installation, name: str, content: bytes) -> int:
-    (tm.work / name).write_bytes(content)
-    result = tm.run("hRunJob", "-f", name)
-    assert result.returncode == 0, result.stderr
-    match = re.search(r"\[(\d+)\]", result.stdout)
-    assert match, result.stdout
-    return int(match.group(1))
-
-
-def lajob(tm: Installation, job_id: int) -> str:
-    return tm.run("hConnect", f"lajob:{job_id}", check=True).stdout
-
-
-def field(text: str, name: str) -> str:
-    match = re.search(rf"^{name}:[ \t]*(.*)$", text, re.M)
-    return match.group(1).strip() if match else ""
-
-
-def history(text: str) -> list[str]:
-    return text.split("\nhistory:\n", 1)[1].splitlines()
-
-
-def executor_pid(tm: Installation) -> int:
-    pidfiles = list((tm.home / ".taskmanager").glob("tmmenial.*.pid"))
-    assert len(pidfiles) == 1, pidfiles
-    return int(pidfiles[0].read_text())
-
-
 def ended_state(tm: Installation, job_id: int) -> str | None:
-    state = field(lajob(tm, job_id), "state")
+    state = lajob(tm, job_id).state
     return state if state not in ("waiting", "pending", "running") else None
 
 
@@ -85,31 +58,31 @@ def ended_state(tm: Installation, job_id: int) -> str | None:
     (b"command::echo a > ran.txt\tlogfile::afile/job.log\n", "afile/job.log"),
 ])
 def test_a_job_that_cannot_start_fails_once_and_the_executor_carries_on(
-        tm: Installation, line: bytes, reason: str) -> None:
+        installation: Installation, line: bytes, reason: str) -> None:
     # A normal job first: the executor is up, and its pid is known.
-    first = submit_file(tm, "ok1.txt", b"command::echo first > first.txt\n")
-    wait_until(lambda: ended_state(tm, first), 60, "the first job to end")
-    assert field(lajob(tm, first), "state") == "finished"
-    pid = executor_pid(tm)
+    (first,) = submit_file(installation, installation.work / "ok1.txt", content=b"command::echo first > first.txt\n")
+    wait_until(lambda: ended_state(installation, first), 60, "the first job to end")
+    assert lajob(installation, first).state == "finished"
+    pid = executor_pid(installation)
 
-    (tm.work / "afile").write_text("a regular file, not a directory\n")
-    bad = submit_file(tm, "bad.txt", line)
-    assert wait_until(lambda: ended_state(tm, bad), 60, "the bad job to end") == "failed"
-    text = lajob(tm, bad)
-    assert reason in field(text, "reason"), text
-    rows = history(text)
-    assert sum(" pending " in f" {row} " for row in rows) == 1, text
-    assert sum(" failed " in f" {row} " for row in rows) == 1, text
-    assert not (tm.work / "ran.txt").exists()
+    (installation.work / "afile").write_text("a regular file, not a directory\n")
+    (bad,) = submit_file(installation, installation.work / "bad.txt", content=line)
+    assert wait_until(lambda: ended_state(installation, bad), 60, "the bad job to end") == "failed"
+    job = lajob(installation, bad)
+    assert reason in job.reason, job.text
+    rows = job.history
+    assert sum(" pending " in f" {row} " for row in rows) == 1, job.text
+    assert sum(" failed " in f" {row} " for row in rows) == 1, job.text
+    assert not (installation.work / "ran.txt").exists()
 
     # The same executor, still linked, runs the next job.
-    after = submit_file(tm, "ok2.txt", b"command::echo after > after.txt\n")
-    assert wait_until(lambda: ended_state(tm, after), 60, "the next job to end") == "finished"
-    assert (tm.work / "after.txt").read_text() == "after\n"
-    assert executor_pid(tm) == pid and alive(pid)
+    (after,) = submit_file(installation, installation.work / "ok2.txt", content=b"command::echo after > after.txt\n")
+    assert wait_until(lambda: ended_state(installation, after), 60, "the next job to end") == "finished"
+    assert (installation.work / "after.txt").read_text() == "after\n"
+    assert executor_pid(installation) == pid and alive(pid)
     # Its link never dropped: the dispatcher saw one executor login.
-    logins = re.findall(r"authenticated as tmms from", tm.dispatcher_log.read_text())
-    assert len(logins) == 1, tm.dispatcher_log.read_text()[-4000:]
+    logins = re.findall(r"authenticated as tmms from", installation.dispatcher_log.read_text())
+    assert len(logins) == 1, installation.dispatcher_log.read_text()[-4000:]
 
 
 @pytest.mark.parametrize(("line", "words"), [
@@ -117,12 +90,12 @@ def test_a_job_that_cannot_start_fails_once_and_the_executor_carries_on(
     (b"command::echo a > ran.txt\tstdout::o\0ut.txt\n", "path contains a NUL byte"),
 ])
 def test_a_nul_byte_is_refused_at_submission_in_one_line(
-        tm: Installation, line: bytes, words: str) -> None:
-    (tm.work / "bad.txt").write_bytes(line)
-    result = tm.run("hRunJob", "-f", "bad.txt")
+        installation: Installation, line: bytes, words: str) -> None:
+    (installation.work / "bad.txt").write_bytes(line)
+    result = installation.run("hRunJob", "-f", "bad.txt")
     assert result.returncode != 0
     assert words in result.stderr and "nothing was submitted" in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "Traceback" not in result.stderr
-    assert tm.run("hConnect", "lswjobs", check=True).stdout.count("echo a") == 0
-    assert not (tm.work / "ran.txt").exists()
+    assert installation.run("hConnect", "lswjobs", check=True).stdout.count("echo a") == 0
+    assert not (installation.work / "ran.txt").exists()

@@ -9,162 +9,132 @@ import re
 import signal
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.processes import Installation, alive, wait_until
+from tests.helpers.cli import field, submit
+from tests.helpers.processes import Installation, alive, executor_pid, wait_until
 
-#: Short leases keep these tests quick: executors stop their jobs after half of it without the
-#: dispatcher. Restarts of the dispatcher must fit in that half, hence the longer one.
-LEASE = "3"
+#: The lease of the tests that restart the dispatcher: a restart must fit in half of it (the
+#: others run with the short lease of the ``leased_installation`` fixture, tests/integration/conftest.py).
 RESTART_LEASE = "30"
 #: A job's shell waits here until the test creates ``go`` in its directory: it ends when the
 #: test needs it to, not after a sleep that a loaded machine may outlast.
 GATE = "while [ ! -e go ]; do sleep 0.05; done"
 
 
-@pytest.fixture
-def tm(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Installation]:
-    inst = Installation(tmp_path)
-    lease = getattr(request, "param", LEASE)
-    inst.lease = lease
-    try:
-        inst.start_dispatcher("--executor-lease", lease)
-        yield inst
-    finally:
-        inst.cleanup()
-
-
-restart_lease = pytest.mark.parametrize("tm", [RESTART_LEASE], indirect=True)
-
-
-def submit(tm: Installation, *args: str) -> int:
-    out = tm.run("hRunJob", *args, check=True).stdout
-    return int(re.search(r"\[(\d+)\]", out).group(1))
-
-
-def field(tm: Installation, job_id: int, name: str) -> str:
-    out = tm.run("hConnect", f"lajob:{job_id}", check=True).stdout
-    match = re.search(rf"^{name}:[ \t]*(.*)$", out, re.M)
-    return match.group(1).strip() if match else ""
-
-
-def executor_pid(tm: Installation) -> int:
-    pidfiles = list((tm.home / ".taskmanager").glob("tmmenial.*.pid"))
-    assert len(pidfiles) == 1, pidfiles
-    return int(pidfiles[0].read_text())
+restart_lease = pytest.mark.parametrize("leased_installation", [RESTART_LEASE], indirect=True)
 
 
 @restart_lease
 def test_a_job_that_ends_while_the_dispatcher_is_down_is_reported_when_it_is_back(
-        tm: Installation) -> None:
-    job = submit(tm, f"echo start >> runs; {GATE}; echo done > end.txt")
-    wait_until(lambda: field(tm, job, "state") == "running", 30, "the job to run")
-    tm.stop_dispatcher()
-    (tm.work / "go").touch()  # it ends during the outage, whatever the machine's speed
-    wait_until(lambda: (tm.work / "end.txt").exists(), 30, "the job to end during the outage")
-    tm.start_dispatcher("--executor-lease", tm.lease)
+        leased_installation: Installation) -> None:
+    job = submit(leased_installation, f"echo start >> runs; {GATE}; echo done > end.txt")
+    wait_until(lambda: field(leased_installation, job, "state") == "running", 30, "the job to run")
+    leased_installation.stop_dispatcher()
+    (leased_installation.work / "go").touch()  # it ends during the outage, whatever the machine's speed
+    wait_until(lambda: (leased_installation.work / "end.txt").exists(), 30, "the job to end during the outage")
+    leased_installation.start_dispatcher("--executor-lease", leased_installation.lease)
     back = time.time()  # the dispatcher is up again (it took seconds to start)
-    wait_until(lambda: field(tm, job, "state") == "finished", 60,
+    wait_until(lambda: field(leased_installation, job, "state") == "finished", 60,
                "the executor to reconnect and report the end")
-    assert field(tm, job, "exit code") == "0"
-    assert (tm.work / "runs").read_text() == "start\n"  # ran once, not requeued
+    assert field(leased_installation, job, "exit code") == "0"
+    assert (leased_installation.work / "runs").read_text() == "start\n"  # ran once, not requeued
     # Recorded at the executor's own end time, not at the reconnection.
-    con = sqlite3.connect(f"file:{tm.var / 'taskmanager.sqlite'}?mode=ro", uri=True)
+    con = sqlite3.connect(f"file:{leased_installation.var / 'taskmanager.sqlite'}?mode=ro", uri=True)
     try:
         (ended_at,) = con.execute("SELECT ended_at FROM jobs WHERE id = ?", (job,)).fetchone()
         (at,) = con.execute("SELECT at FROM job_history WHERE job_id = ? AND state = "
                             "'finished'", (job,)).fetchone()
     finally:
         con.close()
-    wrote_end = (tm.work / "end.txt").stat().st_mtime
+    wrote_end = (leased_installation.work / "end.txt").stat().st_mtime
     assert wrote_end - 1 <= ended_at < back and at == ended_at, (wrote_end, ended_at, back)
 
 
 @restart_lease
-def test_a_job_still_running_after_a_dispatcher_restart_keeps_running(tm: Installation) -> None:
-    job = submit(tm, f"echo start >> runs; {GATE}; echo done > end.txt")
-    wait_until(lambda: field(tm, job, "state") == "running", 30, "the job to run")
-    tm.stop_dispatcher()
-    tm.start_dispatcher("--executor-lease", tm.lease)
-    assert not (tm.work / "end.txt").exists()  # it ran through the restart
-    (tm.work / "go").touch()
+def test_a_job_still_running_after_a_dispatcher_restart_keeps_running(leased_installation: Installation) -> None:
+    job = submit(leased_installation, f"echo start >> runs; {GATE}; echo done > end.txt")
+    wait_until(lambda: field(leased_installation, job, "state") == "running", 30, "the job to run")
+    leased_installation.stop_dispatcher()
+    leased_installation.start_dispatcher("--executor-lease", leased_installation.lease)
+    assert not (leased_installation.work / "end.txt").exists()  # it ran through the restart
+    (leased_installation.work / "go").touch()
     # Longer than the lease: the executor is back, its heartbeats show the job, nothing is lost.
-    wait_until(lambda: (tm.work / "end.txt").exists(), 30, "the job to end")
-    wait_until(lambda: field(tm, job, "state") == "finished", 30, "the end to be reported")
-    assert (tm.work / "runs").read_text() == "start\n"
-    assert "lost" not in tm.run("hConnect", f"lajob:{job}", check=True).stdout
+    wait_until(lambda: (leased_installation.work / "end.txt").exists(), 30, "the job to end")
+    wait_until(lambda: field(leased_installation, job, "state") == "finished", 30, "the end to be reported")
+    assert (leased_installation.work / "runs").read_text() == "start\n"
+    assert "lost" not in leased_installation.run("hConnect", f"lajob:{job}", check=True).stdout
 
 
-def test_a_dead_executor_s_job_is_requeued_after_the_lease_and_runs_again(tm: Installation) -> None:
+def test_a_dead_executor_s_job_is_requeued_after_the_lease_and_runs_again(leased_installation: Installation) -> None:
     # The first attempt runs until its executor dies, whatever the machine's speed.
-    job = submit(tm, "if [ -e runs ]; then echo again >> runs; else echo start >> runs; "
+    job = submit(leased_installation, "if [ -e runs ]; then echo again >> runs; else echo start >> runs; "
                      "sleep 120; fi")
-    wait_until(lambda: field(tm, job, "state") == "running", 30, "the job to run")
-    pid = executor_pid(tm)
+    wait_until(lambda: field(leased_installation, job, "state") == "running", 30, "the job to run")
+    pid = executor_pid(leased_installation)
     os.kill(pid, signal.SIGKILL)
     wait_until(lambda: not alive(pid), 10, "the executor to die")
     # After the lease the job is lost and requeued; a new executor starts and runs it again.
-    wait_until(lambda: field(tm, job, "state") == "finished", 60, "the job's second attempt to end")
-    history = tm.run("hConnect", f"lajob:{job}", check=True).stdout
+    wait_until(lambda: field(leased_installation, job, "state") == "finished", 60, "the job's second attempt to end")
+    history = leased_installation.run("hConnect", f"lajob:{job}", check=True).stdout
     assert re.search(r"lost\s+attempt 1.*did not come back within 3 s", history), history
     assert re.search(r"finished\s+attempt 2", history), history
-    assert (tm.work / "runs").read_text() == "start\nagain\n"
+    assert (leased_installation.work / "runs").read_text() == "start\nagain\n"
 
 
-def test_the_jobs_of_an_executor_that_dies_die_with_it(tm: Installation) -> None:
-    job = submit(tm, "sleep 300 & echo $! > bg.pid; echo $$ > shell.pid; wait")
-    wait_until(lambda: (tm.work / "bg.pid").exists() and (tm.work / "shell.pid").exists()
-               and (tm.work / "bg.pid").read_text().strip(), 30, "the job to start")
-    pids = [int((tm.work / name).read_text()) for name in ("bg.pid", "shell.pid")]
-    executor = executor_pid(tm)
+def test_the_jobs_of_an_executor_that_dies_die_with_it(leased_installation: Installation) -> None:
+    job = submit(leased_installation, "sleep 300 & echo $! > bg.pid; echo $$ > shell.pid; wait")
+    wait_until(lambda: (leased_installation.work / "bg.pid").exists() and (leased_installation.work / "shell.pid").exists()
+               and (leased_installation.work / "bg.pid").read_text().strip(), 30, "the job to start")
+    pids = [int((leased_installation.work / name).read_text()) for name in ("bg.pid", "shell.pid")]
+    executor = executor_pid(leased_installation)
     os.kill(executor, signal.SIGKILL)
     wait_until(lambda: not any(alive(p) for p in pids), 15,
                "the job's processes to go with their executor")
-    tm.run("hConnect", f"killjob:{job}", check=True)
+    leased_installation.run("hConnect", f"killjob:{job}", check=True)
 
 
 def test_a_hung_executor_is_dropped_and_its_stale_copy_killed_when_it_wakes(
-        tm: Installation) -> None:
+        leased_installation: Installation) -> None:
     # The first attempt runs long, the second briefly.
-    job = submit(tm, "if [ -e shells ]; then echo $$ >> shells; sleep 1; "
+    job = submit(leased_installation, "if [ -e shells ]; then echo $$ >> shells; sleep 1; "
                      "else echo $$ >> shells; sleep 120; fi")
-    wait_until(lambda: field(tm, job, "state") == "running", 30, "the job to run")
-    executor = executor_pid(tm)
+    wait_until(lambda: field(leased_installation, job, "state") == "running", 30, "the job to run")
+    executor = executor_pid(leased_installation)
     os.kill(executor, signal.SIGSTOP)
     try:
         # Silent for a lease: dropped; not back within another: the job is requeued.
-        wait_until(lambda: "attempt 2" in tm.run("hConnect", f"lajob:{job}").stdout, 60,
+        wait_until(lambda: "attempt 2" in leased_installation.run("hConnect", f"lajob:{job}").stdout, 60,
                    "the job to be requeued")
     finally:
         os.kill(executor, signal.SIGCONT)
-    wait_until(lambda: field(tm, job, "state") == "finished", 60, "the second attempt to end")
-    history = tm.run("hConnect", f"lajob:{job}", check=True).stdout
+    wait_until(lambda: field(leased_installation, job, "state") == "finished", 60, "the second attempt to end")
+    history = leased_installation.run("hConnect", f"lajob:{job}", check=True).stdout
     assert re.search(r"lost\s+attempt 1", history), history
-    first = int((tm.work / "shells").read_text().split()[0])
+    first = int((leased_installation.work / "shells").read_text().split()[0])
     # The woken executor's heartbeat shows attempt 1, which is not expected there: killed.
     wait_until(lambda: not alive(first), 30, "the stale first copy to be killed")
 
 
 def test_an_executor_cut_off_from_the_dispatcher_stops_its_jobs_which_then_run_again(
-        tm: Installation) -> None:
-    job = submit(tm, "if [ -e shells ]; then echo $$ >> shells; sleep 1; "
+        leased_installation: Installation) -> None:
+    job = submit(leased_installation, "if [ -e shells ]; then echo $$ >> shells; sleep 1; "
                      "else echo $$ >> shells; sleep 120; fi")
-    wait_until(lambda: field(tm, job, "state") == "running", 30, "the job to run")
-    first = int((tm.work / "shells").read_text().split()[0])
-    os.kill(tm.dispatcher.pid, signal.SIGSTOP)  # connected, but never answers
+    wait_until(lambda: field(leased_installation, job, "state") == "running", 30, "the job to run")
+    first = int((leased_installation.work / "shells").read_text().split()[0])
+    os.kill(leased_installation.dispatcher.pid, signal.SIGSTOP)  # connected, but never answers
     try:
         # Half the lease (1.5 s) without an answer: the executor stops the job by itself.
         wait_until(lambda: not alive(first), 30, "the executor to stop the job")
     finally:
-        os.kill(tm.dispatcher.pid, signal.SIGCONT)
-    wait_until(lambda: field(tm, job, "state") == "finished", 60, "the job to run again and end")
-    history = tm.run("hConnect", f"lajob:{job}", check=True).stdout
+        os.kill(leased_installation.dispatcher.pid, signal.SIGCONT)
+    wait_until(lambda: field(leased_installation, job, "state") == "finished", 60, "the job to run again and end")
+    history = leased_installation.run("hConnect", f"lajob:{job}", check=True).stdout
     assert re.search(r"lost\s+attempt 1", history), history
     assert re.search(r"finished\s+attempt 2", history), history
-    assert len((tm.work / "shells").read_text().split()) == 2
+    assert len((leased_installation.work / "shells").read_text().split()) == 2
 
 
 def usage_of(tm: Installation) -> float:
@@ -173,13 +143,13 @@ def usage_of(tm: Installation) -> float:
 
 
 @restart_lease
-def test_fair_share_usage_survives_a_dispatcher_restart(tm: Installation) -> None:
-    tm.run("hRunJob", "--wait", "-c", "2", "sleep 3", check=True)
-    before = usage_of(tm)
+def test_fair_share_usage_survives_a_dispatcher_restart(leased_installation: Installation) -> None:
+    leased_installation.run("hRunJob", "--wait", "-c", "2", "sleep 3", check=True)
+    before = usage_of(leased_installation)
     assert before >= 5  # 2 slots for about 3 s
-    tm.stop_dispatcher()
-    tm.start_dispatcher("--executor-lease", tm.lease)
-    after = usage_of(tm)
+    leased_installation.stop_dispatcher()
+    leased_installation.start_dispatcher("--executor-lease", leased_installation.lease)
+    after = usage_of(leased_installation)
     assert before - 1 <= after <= before  # decays over a day, not to zero
 
 

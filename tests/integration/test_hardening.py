@@ -13,22 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.cli import state, submit, td
 from tests.helpers.processes import ClusterHost, Installation, alive, wait_until, write_cluster_tab
 from tests.integration.test_manhole import ManholeClient
-
-
-def td(tm: Installation, line: str) -> str:
-    return tm.run("hConnect", "-T", line, check=True).stdout.strip()
-
-
-def state(tm: Installation, job_id: int) -> str:
-    out = tm.run("hConnect", f"lajob:{job_id}", check=True).stdout
-    return re.search(r"^state:\s*(\S+)", out, re.M).group(1)
-
-
-def submit(tm: Installation, command: str) -> int:
-    out = tm.run("hRunJob", command, check=True).stdout
-    return int(re.search(r"\[(\d+)\]", out).group(1))
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import ssl
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -56,17 +55,6 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise AssertionError(f"no VmRSS for {pid}")
-
-
-@pytest.fixture
-def tm(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Installation]:
-    inst = Installation(tmp_path)
-    extra = getattr(request, "param", ())
-    try:
-        inst.start_dispatcher(*extra)
-        yield inst
-    finally:
-        inst.cleanup()
 
 
 def info(tm: Installation) -> Path:
@@ -132,20 +120,20 @@ def check_answer(answer: dict[bytes, bytes]) -> None:
 
 
 def test_fuzz_before_and_after_authentication_leaves_no_traceback_and_no_change(
-        tm: Installation) -> None:
+        installation: Installation) -> None:
     rng = random.Random(SEED)
-    tm.run("hRunJob", "--wait", "true", check=True)
-    tm.run("hRunJob", "--wait", "echo second", check=True)
-    before = table_rows(tm)
+    installation.run("hRunJob", "--wait", "true", check=True)
+    installation.run("hRunJob", "--wait", "echo second", check=True)
+    before = table_rows(installation)
     assert before["jobs"] and before["job_history"]
-    log_lines_before = len(tm.dispatcher_log.read_text().splitlines())
-    legit = authenticated(tm)
+    log_lines_before = len(installation.dispatcher_log.read_text().splitlines())
+    legit = authenticated(installation)
     started = time.monotonic()
     answered = 0
 
     # Random bytes and broken framing, each on a new connection before authentication.
     for i in range(300):
-        client = RawClient(info(tm))
+        client = RawClient(info(installation))
         try:
             kind = i % 3
             if kind == 0:
@@ -164,7 +152,7 @@ def test_fuzz_before_and_after_authentication_leaves_no_traceback_and_no_change(
     # Boxes with wrong types, invalid UTF-8, huge integers, missing keys, unknown commands:
     # first unauthenticated, then on an authenticated connection.
     for phase in ("before", "after"):
-        client = authenticated(tm) if phase == "after" else RawClient(info(tm))
+        client = authenticated(installation) if phase == "after" else RawClient(info(installation))
         sent = 0
         while sent < 1500:
             box = fuzz_box(rng)
@@ -177,7 +165,7 @@ def test_fuzz_before_and_after_authentication_leaves_no_traceback_and_no_change(
             except (Closed, OSError):
                 assert phase == "before", f"the authenticated link was closed by {box!r}"
                 client.close()
-                client = RawClient(info(tm))  # e.g. past the handshake deadline
+                client = RawClient(info(installation))  # e.g. past the handshake deadline
                 continue
             check_answer(answer)
             if phase == "before" and b"_error" in answer:
@@ -193,36 +181,36 @@ def test_fuzz_before_and_after_authentication_leaves_no_traceback_and_no_change(
     assert legit.ping()
     assert time.monotonic() - started < 120  # bounded, not a timing claim
     assert answered >= 30
-    assert dispatcher_log_problems(tm) == []
-    assert table_rows(tm) == before
+    assert dispatcher_log_problems(installation) == []
+    assert table_rows(installation) == before
     # One line per kind and peer, rate-limited: 3 300 hostile inputs, a few dozen lines.
-    added = tm.dispatcher_log.read_text().splitlines()[log_lines_before:]
+    added = installation.dispatcher_log.read_text().splitlines()[log_lines_before:]
     assert len(added) < 150, "\n".join(added[-40:])
-    assert tm.run("hConnect", "-T", "lscluster", check=True).returncode == 0
+    assert installation.run("hConnect", "-T", "lscluster", check=True).returncode == 0
 
 
 # --- unauthenticated connections (point 4, scenario 10) --------------------------------------
 
 
-@pytest.mark.parametrize("tm", [("--handshake-timeout", "2",
+@pytest.mark.parametrize("installation", [("--handshake-timeout", "2",
                                  "--max-unauthenticated-per-address", "5")], indirect=True)
-def test_unauthenticated_connections_are_refused_closed_and_capped(tm: Installation) -> None:
-    before = table_rows(tm)
-    alice = authenticated(tm)
+def test_unauthenticated_connections_are_refused_closed_and_capped(installation: Installation) -> None:
+    before = table_rows(installation)
+    alice = authenticated(installation)
 
     # (a) plain TCP without TLS: the handshake fails, nothing is answered.
-    plain = RawClient(info(tm), tls=False)
+    plain = RawClient(info(installation), tls=False)
     plain.send(encode({b"_command": b"Ping", b"_ask": b"1"}))
     assert plain.closed_within(15)
     plain.close()
 
     # (b) TLS but no Hello: closed after the handshake deadline.
-    idle = RawClient(info(tm))
+    idle = RawClient(info(installation))
     assert idle.closed_within(15)
     idle.close()
 
     # (c) commands before authentication: "not authenticated", nothing written.
-    early = RawClient(info(tm))
+    early = RawClient(info(installation))
     for command, args in [
         (b"SubmitJobs", {b"cwd": b"/tmp", b"umask": b"18", b"env": b"{}",
                          b"jobs": amp.AmpList(records.JOB_SPEC_FIELDS).toStringProto(
@@ -237,49 +225,49 @@ def test_unauthenticated_connections_are_refused_closed_and_capped(tm: Installat
     early.close()
 
     # (d) connections beyond the per-address cap are refused; alice is still answered.
-    held = [RawClient(info(tm), timeout=10) for _ in range(5)]
+    held = [RawClient(info(installation), timeout=10) for _ in range(5)]
     try:
         with pytest.raises((Closed, OSError, ssl.SSLError)):
-            extra = RawClient(info(tm), timeout=10)
+            extra = RawClient(info(installation), timeout=10)
             extra.ping()  # refused at accept: the handshake or the first read fails
         assert alice.ping()
     finally:
         for client in held:
             client.close()
     # The held ones closed: new connections are admitted again.
-    wait_until(lambda: tm.run("hConnect", "-T", "lscluster").returncode == 0, 30,
+    wait_until(lambda: installation.run("hConnect", "-T", "lscluster").returncode == 0, 30,
                "a new connection to be admitted once the others closed")
-    assert table_rows(tm) == before
-    assert dispatcher_log_problems(tm) == []
-    log = tm.dispatcher_log.read_text()
+    assert table_rows(installation) == before
+    assert dispatcher_log_problems(installation) == []
+    log = installation.dispatcher_log.read_text()
     assert "not authenticated within 2" in log and "refusing a connection from 127.0.0.1" in log
 
 
 # --- slow and stalled clients (point 4, scenario 17) -----------------------------------------
 
 
-@pytest.mark.parametrize("tm", [("--handshake-timeout", "2", "--drain-timeout", "2")],
+@pytest.mark.parametrize("installation", [("--handshake-timeout", "2", "--drain-timeout", "2")],
                          indirect=True)
 def test_stalled_boxes_and_slow_readers_are_dropped_and_memory_stays_bounded(
-        tm: Installation) -> None:
-    assert tm.dispatcher is not None
-    pid = tm.dispatcher.pid
+        installation: Installation) -> None:
+    assert installation.dispatcher is not None
+    pid = installation.dispatcher.pid
     rss_before = rss_kib(pid)
-    legit = authenticated(tm)
+    legit = authenticated(installation)
 
     # Half a box, then nothing: before authentication (the handshake deadline) and after
     # (the stalled-box deadline).
     half = encode({b"_command": b"Ping", b"_ask": b"1"})[:9]
-    unauth = RawClient(info(tm))
+    unauth = RawClient(info(installation))
     unauth.send(half)
-    stalled = authenticated(tm)
+    stalled = authenticated(installation)
     stalled.send(half)
     assert unauth.closed_within(20) and stalled.closed_within(20)
 
     # Boxes that grow past 64 KiB before authentication are closed at once: 20 of them
     # cost nothing (each held ~480 KiB before).
     for _ in range(20):
-        big = RawClient(info(tm))
+        big = RawClient(info(installation))
         try:
             for i in range(8):
                 big.send(b"\x00\x02k" + str(i).encode() + b"\xea\x60" + b"v" * 60_000)
@@ -289,7 +277,7 @@ def test_stalled_boxes_and_slow_readers_are_dropped_and_memory_stays_bounded(
         big.close()
 
     # A reader that never reads: its requests stop being read, then it is dropped.
-    slow = authenticated(tm, rcvbuf=4096)
+    slow = authenticated(installation, rcvbuf=4096)
     slow.sock.settimeout(0.2)
     request = encode({b"_command": b"ListUsers", b"_ask": b"1"})
     sent = 0
@@ -305,7 +293,7 @@ def test_stalled_boxes_and_slow_readers_are_dropped_and_memory_stays_bounded(
                 break  # the dispatcher stopped reading us
         except (ConnectionResetError, BrokenPipeError, ssl.SSLError, OSError):
             break  # already dropped
-    wait_until(lambda: "left our answers unread" in tm.dispatcher_log.read_text(), 30,
+    wait_until(lambda: "left our answers unread" in installation.dispatcher_log.read_text(), 30,
                "the slow reader to be dropped")
     assert slow.closed_within(60)
     slow.close()
@@ -313,10 +301,10 @@ def test_stalled_boxes_and_slow_readers_are_dropped_and_memory_stays_bounded(
     assert legit.ping()
     rss_after = rss_kib(pid)
     assert rss_after - rss_before < 60 * 1024, (rss_before, rss_after)
-    log = tm.dispatcher_log.read_text()
+    log = installation.dispatcher_log.read_text()
     assert "a box unfinished for 2" in log or "not authenticated within 2" in log
     assert "box over 65536 bytes" in log
-    assert dispatcher_log_problems(tm) == []
+    assert dispatcher_log_problems(installation) == []
 
 
 # --- a failed start says why (point 7) ----------------------------------------------------------

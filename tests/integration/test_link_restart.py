@@ -9,10 +9,10 @@ from tests.helpers.restarts import DialCounter, kill_dispatcher
 
 
 def test_after_a_long_outage_the_first_command_once_the_dispatcher_is_back_works(
-        tm: Installation) -> None:
-    tm.run("hConnect", "lswjobs", check=True)  # a TMS, linked to the dispatcher
-    kill_dispatcher(tm)
-    counter = DialCounter(tm.port)
+        installation: Installation) -> None:
+    installation.run("hConnect", "lswjobs", check=True)  # a TMS, linked to the dispatcher
+    kill_dispatcher(installation)
+    counter = DialCounter(installation.port)
     try:
         # Long enough for a growing back-off to reach many seconds: the TMS's tenth try.
         # A link that backed off to 30 s gives up long before (the deadline), and then the
@@ -24,24 +24,24 @@ def test_after_a_long_outage_the_first_command_once_the_dispatcher_is_back_works
         dials = counter.dials
     finally:
         counter.close()
-    tm.start_dispatcher()  # returns once the dispatcher is ready
+    installation.start_dispatcher()  # returns once the dispatcher is ready
     started = time.monotonic()
-    listed = tm.run("hConnect", "lswjobs")
+    listed = installation.run("hConnect", "lswjobs")
     assert listed.returncode == 0, (dials, listed.stderr)
-    submitted = tm.run("hRunJob", "-q", "true")
+    submitted = installation.run("hRunJob", "-q", "true")
     assert submitted.returncode == 0 and not submitted.stderr, submitted.stderr
     assert dials >= 10, f"only {dials} tries to reconnect during the outage"
     # Recorded for the report, not asserted: the command's own wait is bounded by the TMS.
     print(f"first command after readiness answered in {time.monotonic() - started:.1f} s")
 
 
-def test_a_tms_that_cannot_start_says_why_in_one_line(tm: Installation) -> None:
+def test_a_tms_that_cannot_start_says_why_in_one_line(installation: Installation) -> None:
     # The TMS keeps its key pair in ~/.taskmanager/tms/: a file there stops its start.
-    (tm.home / ".taskmanager").mkdir(mode=0o700, exist_ok=True)
-    (tm.home / ".taskmanager" / "tms").write_text("not a directory")
-    result = tm.run("hConnect", "lswjobs")
+    (installation.home / ".taskmanager").mkdir(mode=0o700, exist_ok=True)
+    (installation.home / ".taskmanager" / "tms").write_text("not a directory")
+    result = installation.run("hConnect", "lswjobs")
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.count("\n") == 1, result.stderr
     assert result.stderr.startswith("hConnect: Could not start a TMS: FileExistsError: "), \
         result.stderr
-    assert f"(see {tm.home}/.taskmanager/logs/tms.log)" in result.stderr
+    assert f"(see {installation.home}/.taskmanager/logs/tms.log)" in result.stderr

@@ -17,14 +17,20 @@ import re
 import shutil
 import signal
 import socket
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.helpers.cli import (
+    CLI,
+    ENDED,
+    SUBMITTED,
+    expand_ids,
+    listed_ids,
+    parse_hosts,
+)
 from tests.helpers.jobrecords import (
     most_jobs_at_once,
     occupied_now,
@@ -36,115 +42,16 @@ from tests.helpers.jobrecords import (
 from tests.helpers.processes import (
     ClusterHost,
     Installation,
-    InstallationWithEnv,
     UnixUser,
     alive,
     wait_until,
-    write_cluster_tab,
 )
 from tests.helpers.requirements import second_user, skip_or_fail
 
-SUBMITTED = re.compile(r"Job \[(\d+)\] has been submitted to TaskDispatcher\.\n")
-ENDED = ("finished", "failed", "killed")
 ROOT_ADMIN = ("root", "user,admin")
 
 
-# --- reading what the CLI prints ---------------------------------------------------------
-
-
-@dataclass
-class HistoryEntry:
-    at: float
-    state: str
-    attempt: int
-    host: str
-    reason: str
-
-
-@dataclass
-class JobInfo:
-    """``hConnect lajob:ID``, parsed."""
-
-    fields: dict[str, str]
-    history: list[HistoryEntry]
-    text: str
-
-    @property
-    def state(self) -> str:
-        return self.fields["state"].split()[0]
-
-    @property
-    def wait_reason(self) -> str:
-        match = re.match(r"\w+ \((.*)\)$", self.fields["state"])
-        return match.group(1) if match else ""
-
-    @property
-    def host(self) -> str:
-        return self.fields["host"]
-
-
-def parse_job(text: str) -> JobInfo:
-    fields: dict[str, str] = {}
-    history: list[HistoryEntry] = []
-    in_history = False
-    for line in text.splitlines():
-        if line == "history:":
-            in_history = True
-        elif in_history and line.strip():
-            parts = line.strip().split("  ")
-            stamp, state, attempt = parts[0], parts[1], parts[2]
-            rest = [p.strip() for p in parts[3:]]
-            host = rest[0] if len(rest) > 1 else ""
-            reason = rest[-1] if rest else ""
-            at = time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S"))
-            history.append(HistoryEntry(at, state, int(attempt.split()[1]), host, reason))
-        elif not in_history and ":" in line:
-            key, value = line.split(":", 1)
-            fields[key.strip()] = value.strip()
-    assert "state" in fields and "host" in fields, text
-    return JobInfo(fields, history, text)
-
-
-@dataclass
-class HostRow:
-    name: str
-    status: str
-    free: int
-    max_slots: int
-    load: str
-    executors: int
-
-
-def parse_hosts(text: str) -> tuple[str, dict[str, HostRow]]:
-    """``hConnect -T lscluster``: the activity line and one row per host."""
-    lines = text.splitlines()
-    rows = {}
-    for line in lines[1:]:
-        cells = re.split(r"\s{2,}", line.strip())
-        free, max_slots = re.fullmatch(r"(\d+)/(\d+) free", cells[3]).groups()
-        rows[cells[1]] = HostRow(cells[1], cells[2], int(free), int(max_slots),
-                                 cells[4].removeprefix("load "),
-                                 int(cells[5].removeprefix("executors ")))
-    return lines[0], rows
-
-
-def listed_ids(text: str) -> list[int]:
-    """The job ids of a job listing (lswjobs, lsfjobs, findjobs ...)."""
-    ids = []
-    for line in text.splitlines():
-        cells = line.split()
-        if len(cells) > 1 and cells[0].isdigit() and cells[1].isdigit():
-            ids.append(int(cells[1]))
-    return ids
-
-
-def expand_ids(ranges: str) -> list[int]:
-    """``3-5,9`` -> [3, 4, 5, 9]."""
-    ids: list[int] = []
-    for part in ranges.split(","):
-        first, _, last = part.partition("-")
-        ids.extend(range(int(first), int(last or first) + 1))
-    return ids
+# --- helpers ---------------------------------------------------------------------------------
 
 
 def gate(path: Path) -> str:
@@ -159,10 +66,11 @@ def pids_in(path: Path) -> list[int]:
 # --- who types the commands ----------------------------------------------------------------
 
 
-class Client:
+class Client(CLI):
     """A user at a terminal of ``inst``: root (the test's own account) or a UnixUser."""
 
     def __init__(self, inst: Installation, user: UnixUser | None = None) -> None:
+        super().__init__()
         self.inst = inst
         self.user = user
 
@@ -183,72 +91,11 @@ class Client:
             return self.user.run(self.inst, *argv, cwd=cwd, check=check)
         return self.inst.run(*argv, cwd=cwd or self.work, check=check)
 
-    def submit(self, *args: str, cwd: Path | None = None) -> int:
-        result = self.run("hRunJob", *args, cwd=cwd)
-        assert result.returncode == 0, f"{self.name}: hRunJob {args}: {result.stderr}"
-        match = SUBMITTED.fullmatch(result.stdout)
-        assert match, result.stdout
-        return int(match.group(1))
-
-    def tms(self, line: str) -> str:
-        return self.run("hConnect", line, check=True).stdout.strip()
-
-    def td(self, line: str) -> str:
-        return self.run("hConnect", "-T", line, check=True).stdout.strip()
-
-    def job(self, job_id: int, via_dispatcher: bool = False) -> JobInfo:
-        argv = ["hConnect", "-T"] if via_dispatcher else ["hConnect"]
-        return parse_job(self.run(*argv, f"lajob:{job_id}", check=True).stdout)
-
-    def state(self, job_id: int) -> str:
-        return self.job(job_id).state
-
-    def wait_state(self, job_id: int, *states: str, timeout: float = 30) -> JobInfo:
-        def reached() -> JobInfo | None:
-            job = self.job(job_id)
-            return job if job.state in states else None
-
-        return wait_until(reached, timeout, f"job {job_id} of {self.name} to be {'/'.join(states)}")
-
-    def hosts(self) -> dict[str, HostRow]:
-        return parse_hosts(self.td("lscluster"))[1]
-
     def tms_pid(self) -> int:
         return int((self.home / ".taskmanager" / "tms.pid").read_text())
 
 
 # --- fixtures ------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def make_tm(tmp_path: Path) -> Iterator[Callable[..., Installation]]:
-    """Start a dispatcher with the given hosts (etc/cluster.tab), users (etc/users) and
-    extra environment; ``shared=True`` puts it where a second user can reach it."""
-    made: list[tuple[Installation, Path | None]] = []
-
-    def make(*hosts: ClusterHost, users: list[tuple[str, str]] | None = None,
-             env: dict[str, str] | None = None, shared: bool = False) -> Installation:
-        shared_root = None
-        if shared:
-            shared_root = Path(tempfile.mkdtemp(prefix="tm-seed-"))
-            os.chmod(shared_root, 0o755)
-            root = shared_root
-        else:
-            root = tmp_path / f"tm{len(made)}"
-        inst = InstallationWithEnv(root, extra_env=env)
-        made.append((inst, shared_root))
-        if hosts:
-            write_cluster_tab(inst.etc, list(hosts))
-        if users is not None:
-            (inst.etc / "users").write_text("".join(f"{n}\t{r}\n" for n, r in users))
-        inst.start_dispatcher()
-        return inst
-
-    yield make
-    for inst, shared_root in reversed(made):
-        inst.cleanup()
-        if shared_root is not None:
-            shutil.rmtree(shared_root, ignore_errors=True)
 
 
 @pytest.fixture
@@ -288,8 +135,8 @@ def other(unix_user: UnixUser) -> Iterator[UnixUser]:
 # --- the behaviours --------------------------------------------------------------------------
 
 
-def test_b01_hrunjob_returns_at_once_with_a_new_increasing_id(make_tm) -> None:
-    tm = make_tm(ClusterHost("hosta", 4))
+def test_b01_hrunjob_returns_at_once_with_a_new_increasing_id(make_installation) -> None:
+    tm = make_installation(ClusterHost("hosta", 4))
     me = Client(tm)
     go = tm.work / "go"
     ids = []
@@ -311,10 +158,10 @@ def test_b01_hrunjob_returns_at_once_with_a_new_increasing_id(make_tm) -> None:
 
 
 def test_b02_the_first_call_starts_the_tms_later_calls_reuse_it_and_strangers_are_refused(
-    make_tm, other: UnixUser,
+    make_installation, other: UnixUser,
 ) -> None:
     # etc/users lists root only: the second user is a stranger.
-    tm = make_tm(ClusterHost("hosta", 2), users=[ROOT_ADMIN], shared=True)
+    tm = make_installation(ClusterHost("hosta", 2), users=[ROOT_ADMIN], shared=True)
     me = Client(tm)
     state_dir = tm.home / ".taskmanager"
     assert not (state_dir / "tms.json").exists() and not (state_dir / "tms.pid").exists()
@@ -361,14 +208,14 @@ def test_b02_the_first_call_starts_the_tms_later_calls_reuse_it_and_strangers_ar
 
 
 def test_b03_the_command_runs_on_a_cluster_host_under_the_users_uid_in_the_chosen_shell(
-    make_tm, other: UnixUser,
+    make_installation, other: UnixUser,
 ) -> None:
     shells = {name: os.path.realpath(path) for name in ("bash", "dash", "sh")
               if (path := shutil.which(name))}
     chosen = ["bash", "dash" if "dash" in shells else "sh"]
     if len({shells.get(s) for s in chosen}) != 2 or None in {shells.get(s) for s in chosen}:
         skip_or_fail("needs two different shells (bash and dash or sh)")
-    tm = make_tm(ClusterHost("hosta", 2), ClusterHost("hostb", 2),
+    tm = make_installation(ClusterHost("hosta", 2), ClusterHost("hostb", 2),
                  users=[ROOT_ADMIN, (other.name, "user")], shared=True)
     probe = "readlink /proc/$$/exe > shell.txt; id -u > uid.txt; touch owned.txt"
     for client, uid in ((Client(tm), os.getuid()), (Client(tm, other), other.uid)):
@@ -391,10 +238,10 @@ def test_b03_the_command_runs_on_a_cluster_host_under_the_users_uid_in_the_chose
 
 
 def test_b04_n_slots_are_held_on_one_host_never_beyond_its_max_and_a_too_large_job_waits(
-    make_tm,
+    make_installation,
 ) -> None:
     # hosta has 4 cores but takes at most 3 slots of jobs.
-    tm = make_tm(ClusterHost("hosta", 4, max_slots=3), ClusterHost("hostb", 2))
+    tm = make_installation(ClusterHost("hosta", 4, max_slots=3), ClusterHost("hostb", 2))
     me = Client(tm)
     records = tm.work / "records"
     recorder = write_recorder(records)
@@ -459,12 +306,12 @@ def test_b04_n_slots_are_held_on_one_host_never_beyond_its_max_and_a_too_large_j
     assert (hosts["hosta"].free, hosts["hostb"].free) == (3, 2)
 
 
-def _loaded_host(make_tm, tmp_path: Path,
+def _loaded_host(make_installation, tmp_path: Path,
                  load: str) -> tuple[Installation, Client, Path, Path, int]:
     """One 4-slot host with load checking whose executors read their load from a file."""
     loadavg = tmp_path / "loadavg"
     loadavg.write_text(f"{load} {load} {load} 1/100 1\n")
-    tm = make_tm(ClusterHost("hosta", 4, load_check=True),
+    tm = make_installation(ClusterHost("hosta", 4, load_check=True),
                  env={"TM_LOADAVG_FILE": str(loadavg)})
     me = Client(tm)
     go = tm.work / "go.first"
@@ -476,9 +323,9 @@ def _loaded_host(make_tm, tmp_path: Path,
 
 
 def test_b05_no_host_gets_a_job_while_its_load_plus_the_slots_exceed_number_slots(
-    make_tm, tmp_path: Path,
+    make_installation, tmp_path: Path,
 ) -> None:
-    tm, me, _, go, first = _loaded_host(make_tm, tmp_path, "3.50")
+    tm, me, _, go, first = _loaded_host(make_installation, tmp_path, "3.50")
     second = me.submit("echo ran > second.txt")
     job = me.job(second)
     # 3.50 + 1 > 4, although 3 of the 4 slots are free.
@@ -495,8 +342,8 @@ def test_b05_no_host_gets_a_job_while_its_load_plus_the_slots_exceed_number_slot
     assert me.hosts()["hosta"].free == 4
 
 
-def test_b05_a_job_held_back_by_load_starts_once_the_load_falls(make_tm, tmp_path: Path) -> None:
-    tm, me, loadavg, go, first = _loaded_host(make_tm, tmp_path, "3.50")
+def test_b05_a_job_held_back_by_load_starts_once_the_load_falls(make_installation, tmp_path: Path) -> None:
+    tm, me, loadavg, go, first = _loaded_host(make_installation, tmp_path, "3.50")
     go.touch()
     me.wait_state(first, *ENDED)
     second = me.submit("echo ran > second.txt")
@@ -507,8 +354,8 @@ def test_b05_a_job_held_back_by_load_starts_once_the_load_falls(make_tm, tmp_pat
     wait_until(lambda: (tm.work / "second.txt").exists(), 60, "the held-back job to run")
 
 
-def test_b06_nothing_is_dispatched_while_the_cluster_is_deactivated(make_tm) -> None:
-    tm = make_tm(ClusterHost("hosta", 2))
+def test_b06_nothing_is_dispatched_while_the_cluster_is_deactivated(make_installation) -> None:
+    tm = make_installation(ClusterHost("hosta", 2))
     me = Client(tm)
     assert me.td("deactivatecluster") == "deactivated."
     ids = [me.submit(f"echo {i} > ran.{i}") for i in range(3)]  # accepted ...
@@ -525,8 +372,8 @@ def test_b06_nothing_is_dispatched_while_the_cluster_is_deactivated(make_tm) -> 
         assert (tm.work / f"ran.{i}").read_text() == f"{i}\n"
 
 
-def test_b07_a_deactivated_host_gets_no_new_jobs_and_its_running_jobs_finish(make_tm) -> None:
-    tm = make_tm(ClusterHost("hosta", 2), ClusterHost("hostb", 2))
+def test_b07_a_deactivated_host_gets_no_new_jobs_and_its_running_jobs_finish(make_installation) -> None:
+    tm = make_installation(ClusterHost("hosta", 2), ClusterHost("hostb", 2))
     me = Client(tm)
     go = {n: tm.work / f"go.{n}" for n in ("j1", "j2", "j3")}
     j1 = me.submit(f"{gate(go['j1'])}; echo done > j1.txt")
@@ -557,9 +404,9 @@ def test_b07_a_deactivated_host_gets_no_new_jobs_and_its_running_jobs_finish(mak
 
 
 def test_b08_higher_priority_first_then_submission_order_and_job_files_keep_priorities(
-    make_tm,
+    make_installation,
 ) -> None:
-    tm = make_tm(ClusterHost("hosta", 1))
+    tm = make_installation(ClusterHost("hosta", 1))
     me = Client(tm)
     order = tm.work / "order"
     me.td("deactivatecluster")
@@ -588,8 +435,8 @@ def test_b08_higher_priority_first_then_submission_order_and_job_files_keep_prio
     assert order.read_text().split() == expected
 
 
-def test_b09_excluded_hosts_never_get_the_job_and_an_unknown_host_is_an_error(make_tm) -> None:
-    tm = make_tm(ClusterHost("hosta", 1), ClusterHost("hostb", 1), ClusterHost("hostc", 1))
+def test_b09_excluded_hosts_never_get_the_job_and_an_unknown_host_is_an_error(make_installation) -> None:
+    tm = make_installation(ClusterHost("hosta", 1), ClusterHost("hostb", 1), ClusterHost("hostc", 1))
     me = Client(tm)
     go = tm.work / "go"
     first = me.submit("-E", "hosta,hostb", gate(go))
@@ -611,9 +458,9 @@ def test_b09_excluded_hosts_never_get_the_job_and_an_unknown_host_is_an_error(ma
 
 
 def test_b10_lajob_shows_the_state_history_with_timestamps_host_pid_and_exit_code(
-    make_tm,
+    make_installation,
 ) -> None:
-    tm = make_tm(ClusterHost("hosta", 1))
+    tm = make_installation(ClusterHost("hosta", 1))
     me = Client(tm)
     go, pid_file = tm.work / "go", tm.work / "pid.txt"
     before = time.time()
@@ -643,9 +490,9 @@ def test_b10_lajob_shows_the_state_history_with_timestamps_host_pid_and_exit_cod
 
 
 def test_b11_stdout_and_stderr_files_are_complete_relative_and_unwritable_ones_fail(
-    make_tm,
+    make_installation,
 ) -> None:
-    tm = make_tm()
+    tm = make_installation()
     me = Client(tm)
     sub = tm.work / "sub"
     (sub / "out").mkdir(parents=True)
@@ -667,8 +514,8 @@ def test_b11_stdout_and_stderr_files_are_complete_relative_and_unwritable_ones_f
     assert not (sub / "never.txt").exists()
 
 
-def test_b12_the_log_file_has_command_host_times_run_time_stdout_and_stderr(make_tm) -> None:
-    tm = make_tm()
+def test_b12_the_log_file_has_command_host_times_run_time_stdout_and_stderr(make_installation) -> None:
+    tm = make_installation()
     me = Client(tm)
     (tm.work / "logs").mkdir()
     command = "echo out-line; echo err-line >&2; sleep 0.3"
@@ -688,8 +535,8 @@ def test_b12_the_log_file_has_command_host_times_run_time_stdout_and_stderr(make
     assert abs((end - start).total_seconds() - run_time) <= 1.0
 
 
-def test_b13_a_job_file_submits_one_job_per_line_and_prints_all_ids(make_tm) -> None:
-    tm = make_tm(ClusterHost("hosta", 4))
+def test_b13_a_job_file_submits_one_job_per_line_and_prints_all_ids(make_installation) -> None:
+    tm = make_installation(ClusterHost("hosta", 4))
     me = Client(tm)
     lines = [
         "# parameter sweep",
@@ -721,8 +568,8 @@ def _group_counts(text: str) -> dict[str, str]:
     return dict(re.findall(r"^\s+(\w+): (\S+)$", text, re.M))
 
 
-def test_b14_groups_report_counts_per_state_and_progress(make_tm) -> None:
-    tm = make_tm(ClusterHost("hosta", 4))
+def test_b14_groups_report_counts_per_state_and_progress(make_installation) -> None:
+    tm = make_installation(ClusterHost("hosta", 4))
     me = Client(tm)
     go = tm.work / "go"
     done = [me.submit("-g", "run7", "true") for _ in range(2)]
@@ -753,9 +600,9 @@ def test_b14_groups_report_counts_per_state_and_progress(make_tm) -> None:
 
 
 def test_b15_through_the_tms_a_user_sees_only_their_jobs_through_the_dispatcher_everyone(
-    make_tm, other: UnixUser,
+    make_installation, other: UnixUser,
 ) -> None:
-    tm = make_tm(ClusterHost("hosta", 4), users=[ROOT_ADMIN, (other.name, "user")], shared=True)
+    tm = make_installation(ClusterHost("hosta", 4), users=[ROOT_ADMIN, (other.name, "user")], shared=True)
     root, them = Client(tm), Client(tm, other)
     mine = root.submit("-g", "shared", "echo root-secret-marker")
     theirs = them.submit("-g", "shared", "echo other-secret-marker")
@@ -790,9 +637,9 @@ def test_b15_through_the_tms_a_user_sees_only_their_jobs_through_the_dispatcher_
 
 
 def test_b16_hrunjob_status_reports_tms_dispatcher_hosts_slots_and_the_users_counts(
-    make_tm,
+    make_installation,
 ) -> None:
-    tm = make_tm(ClusterHost("hosta", 2), ClusterHost("hostb", 3),
+    tm = make_installation(ClusterHost("hosta", 2), ClusterHost("hostb", 3),
                  ClusterHost("hostc", 4, active=False))
     me = Client(tm)
     go = tm.work / "go"
@@ -834,8 +681,8 @@ def test_b16_hrunjob_status_reports_tms_dispatcher_hosts_slots_and_the_users_cou
 PROMPT = 2.0
 
 
-def test_b17_when_a_job_ends_a_waiting_job_that_fits_starts_without_a_nudge(make_tm) -> None:
-    tm = make_tm(ClusterHost("hosta", 1))
+def test_b17_when_a_job_ends_a_waiting_job_that_fits_starts_without_a_nudge(make_installation) -> None:
+    tm = make_installation(ClusterHost("hosta", 1))
     me = Client(tm)
     records = tm.work / "records"
     recorder = write_recorder(records)
@@ -862,8 +709,8 @@ def test_b17_when_a_job_ends_a_waiting_job_that_fits_starts_without_a_nudge(make
     assert me.hosts()["hosta"].free == 1
 
 
-def test_b18_a_submission_is_dispatched_at_once_when_capacity_exists(make_tm) -> None:
-    tm = make_tm(ClusterHost("hosta", 2))
+def test_b18_a_submission_is_dispatched_at_once_when_capacity_exists(make_installation) -> None:
+    tm = make_installation(ClusterHost("hosta", 2))
     me = Client(tm)
     records = tm.work / "records"
     recorder = write_recorder(records)
@@ -884,9 +731,9 @@ def test_b18_a_submission_is_dispatched_at_once_when_capacity_exists(make_tm) ->
 
 
 def test_b19_disableuser_keeps_waiting_jobs_waiting_and_enableuser_releases_them(
-    make_tm, other: UnixUser,
+    make_installation, other: UnixUser,
 ) -> None:
-    tm = make_tm(ClusterHost("hosta", 2), users=[ROOT_ADMIN, (other.name, "user")], shared=True)
+    tm = make_installation(ClusterHost("hosta", 2), users=[ROOT_ADMIN, (other.name, "user")], shared=True)
     root, them = Client(tm), Client(tm, other)
     go = other.work / "go"
     running = them.submit(f"{gate(go)}; echo done > running.txt")
@@ -912,9 +759,9 @@ def test_b19_disableuser_keeps_waiting_jobs_waiting_and_enableuser_releases_them
 
 
 def test_b20_rmwjobs_removes_waiting_jobs_and_rmjobs_removes_all_killing_running_ones(
-    make_tm, other: UnixUser,
+    make_installation, other: UnixUser,
 ) -> None:
-    tm = make_tm(ClusterHost("hosta", 1), users=[ROOT_ADMIN, (other.name, "user")], shared=True)
+    tm = make_installation(ClusterHost("hosta", 1), users=[ROOT_ADMIN, (other.name, "user")], shared=True)
     root, them = Client(tm), Client(tm, other)
     go, pid_file = other.work / "go", other.work / "pid"
     ended = them.submit("true")
@@ -952,7 +799,7 @@ def _checkslots(me: Client) -> dict[str, int]:
 
 
 def test_b21_setallpjobsaswaiting_requeues_pending_jobs_and_checkslots_matches_the_jobs(
-    make_tm, tmp_path: Path, strays: list[Path],
+    make_installation, tmp_path: Path, strays: list[Path],
 ) -> None:
     # hosta's executors are started through "ssh", here one that never connects anything,
     # so a job placed there stays pending.
@@ -961,7 +808,7 @@ def test_b21_setallpjobsaswaiting_requeues_pending_jobs_and_checkslots_matches_t
     (fakebin / "ssh").write_text(f"#!/bin/sh\necho $$ >> {hung}\nexec sleep 120\n")
     (fakebin / "ssh").chmod(0o755)
     strays.append(hung)
-    tm = make_tm(ClusterHost("hosta", 2, ssh_target="hosta.unreachable"),
+    tm = make_installation(ClusterHost("hosta", 2, ssh_target="hosta.unreachable"),
                  ClusterHost("hostb", 3),
                  env={"PATH": f"{fakebin}:{os.environ['PATH']}"})
     me = Client(tm)
@@ -1013,9 +860,9 @@ def test_b21_setallpjobsaswaiting_requeues_pending_jobs_and_checkslots_matches_t
 
 
 def test_b22_lscluster_status_and_gettdstatus_report_hosts_activity_slots_and_counts(
-    make_tm,
+    make_installation,
 ) -> None:
-    tm = make_tm(ClusterHost("hosta", 2), ClusterHost("hostb", 3),
+    tm = make_installation(ClusterHost("hosta", 2), ClusterHost("hostb", 3),
                  ClusterHost("hostc", 4, active=False))
     me = Client(tm)
     go = tm.work / "go"
@@ -1063,9 +910,9 @@ def _tree(pids: Path, marker: str = "") -> str:
 
 
 def test_b23_killjob_and_its_plural_regex_and_all_forms_kill_the_whole_tree_and_free_slots(
-    make_tm, other: UnixUser,
+    make_installation, other: UnixUser,
 ) -> None:
-    tm = make_tm(ClusterHost("hosta", 8), users=[ROOT_ADMIN, (other.name, "user")], shared=True)
+    tm = make_installation(ClusterHost("hosta", 8), users=[ROOT_ADMIN, (other.name, "user")], shared=True)
     root, them = Client(tm), Client(tm, other)
     pids = {n: tm.work / f"{n}.pids" for n in ("one", "two", "three", "match", "rest")}
     jobs = {n: root.submit(_tree(p, "match-me" if n == "match" else "")) for n, p in pids.items()}
@@ -1125,9 +972,9 @@ def test_b23_killjob_and_its_plural_regex_and_all_forms_kill_the_whole_tree_and_
 
 
 def test_b23_killjob_also_kills_descendants_that_left_the_session_with_setsid(
-    make_tm, strays: list[Path],
+    make_installation, strays: list[Path],
 ) -> None:
-    tm = make_tm(ClusterHost("hosta", 2))
+    tm = make_installation(ClusterHost("hosta", 2))
     me = Client(tm)
     pids = tm.work / "tree.pids"
     strays.append(pids)
@@ -1163,8 +1010,8 @@ def _session(pid: int) -> int | None:
     return int(stat[stat.rindex(")") + 2:].split()[3])
 
 
-def test_b24_neither_the_tms_exiting_nor_a_dispatcher_restart_loses_a_job(make_tm) -> None:
-    tm = make_tm(ClusterHost("hosta", 2))
+def test_b24_neither_the_tms_exiting_nor_a_dispatcher_restart_loses_a_job(make_installation) -> None:
+    tm = make_installation(ClusterHost("hosta", 2))
     me = Client(tm)
     go = tm.work / "go"
     running = me.submit(f"{gate(go)}; echo done > running.txt")
@@ -1201,12 +1048,12 @@ def _executors(me: Client) -> dict[str, list[str]]:
 
 
 def test_b25_an_executor_starts_with_the_first_job_on_a_host_is_listed_stopped_and_idles_out(
-    make_tm,
+    make_installation,
 ) -> None:
     # Executors take their idle timeout from the TMS that starts them. Until shutdownalltmms
     # has run they must not exit by themselves, whatever the machine's speed: the first TMS
     # gives them 600 s; a second one, started later, 5 s.
-    tm = make_tm(ClusterHost("hosta", 1), ClusterHost("hostb", 1),
+    tm = make_installation(ClusterHost("hosta", 1), ClusterHost("hostb", 1),
                  env={"TM_EXECUTOR_IDLE_TIMEOUT": "600"})
     me = Client(tm)
     pidfile = {h: tm.home / ".taskmanager" / f"tmmenial.{h}.pid" for h in ("hosta", "hostb")}

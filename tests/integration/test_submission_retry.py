@@ -138,34 +138,34 @@ def test_kill_9_of_the_dispatcher_during_a_submission_burst_loses_and_doubles_no
 
 
 def test_hrunjob_sends_again_through_a_new_tms_when_its_tms_dies_before_answering(
-        tm: Installation) -> None:
+        installation: Installation) -> None:
     import os
     import signal
     import subprocess
 
-    ledger = tm.work / "ledger"
-    tm.run("hConnect", "lswjobs", check=True)
-    old_tms = int((tm.home / ".taskmanager" / "tms.pid").read_text())
-    freeze_dispatcher(tm)
+    ledger = installation.work / "ledger"
+    installation.run("hConnect", "lswjobs", check=True)
+    old_tms = int((installation.home / ".taskmanager" / "tms.pid").read_text())
+    freeze_dispatcher(installation)
     try:
         client = subprocess.Popen(["hRunJob", f"echo $TM_JOB_ID $TM_ATTEMPT >> {ledger}"],
-                                  env=tm.env, cwd=tm.work, text=True,
+                                  env=installation.env, cwd=installation.work, text=True,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         # The TMS has passed the submission on; the dispatcher has not read it yet.
-        wait_until(lambda: largest_unread(tm.port) >= SUBMISSION_BYTES, 60,
+        wait_until(lambda: largest_unread(installation.port) >= SUBMISSION_BYTES, 60,
                    "the submission to reach the frozen dispatcher")
         os.kill(old_tms, signal.SIGKILL)
     finally:
-        assert tm.dispatcher is not None
-        os.killpg(tm.dispatcher.pid, signal.SIGCONT)
+        assert installation.dispatcher is not None
+        os.killpg(installation.dispatcher.pid, signal.SIGCONT)
     # The dispatcher now stores the dead TMS's copy; hRunJob's copy, sent again through a
     # new TMS with the same UUID, is answered with the same job.
     out, err = client.communicate(timeout=120)
     assert client.returncode == 0 and err == "", err
     match = re.fullmatch(r"Job \[(\d+)\] has been submitted to TaskDispatcher\.\n", out)
     assert match, out
-    jobs = _jobs(tm)
+    jobs = _jobs(installation)
     assert [job_id for job_id, *_ in jobs] == [int(match.group(1))]
     wait_until(lambda: ledger.exists() and ledger.read_text(), 60, "the job to run")
-    wait_until(lambda: _jobs(tm)[0][3] == "finished", 60, "the job to finish")
+    wait_until(lambda: _jobs(installation)[0][3] == "finished", 60, "the job to finish")
     assert ledger.read_text() == f"{match.group(1)} 1\n"
