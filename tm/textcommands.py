@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-
 Call = Callable[..., Awaitable[dict[str, Any]]]
 
 TARGETS = ("tms", "dispatcher")

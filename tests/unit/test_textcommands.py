@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from twisted.internet.defer import Deferred
 
-from tm.protocol import commands
 from tm.cli.common import command_named
+from tm.protocol import commands
 from tm.textcommands import (
     SPECS,
     TextCommand,

@@ -76,6 +76,8 @@ def main_fast(argv: list[str]) -> int:
             if args.verbose:
                 print(f"{PROG}: {e}; trying TLS", file=sys.stderr)
         else:
+            if args.verbose:
+                print(f"{PROG}: using the TMS on {localsocket.socket_path()}", file=sys.stderr)
             try:
                 call = blocking_call(lambda name, **kw: client.call(name, **kw))
                 print(run_now(command.run(call)))
