@@ -347,17 +347,19 @@ def main_fast(argv: list[str]) -> int:
     """``hRunJob argv`` over this host's TMS socket; the Twisted path when that cannot serve."""
     args, jobs = prepare(argv)
     client = local_client(args.verbose)
+    lost = ""
     if client is not None:
         try:
             return run_local(client, args, jobs)
         except HandOver as e:
+            lost = str(e)
             if args.verbose:
                 print(f"{PROG}: {e}; going on over TLS", file=sys.stderr)
         finally:
             client.close()
     from tm.cli import hrunjob_amp
 
-    hrunjob_amp.run(argv, (args, jobs))
+    hrunjob_amp.run(argv, (args, jobs), lost)
     return 0
 
 

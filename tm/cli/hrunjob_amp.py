@@ -67,42 +67,57 @@ class Submitter:
     store keeps UUIDs unique, so the user sees one success and one set of ids."""
 
     def __init__(self, reactor: Any, proto: Any, reconnect: Callable[[], Awaitable[Any]],
-                 budget: float = SUBMIT_RETRY_SECONDS) -> None:
+                 budget: float = SUBMIT_RETRY_SECONDS, lost: str = "") -> None:
+        """``proto`` None with ``lost`` saying why: the fast path lost its TMS after it
+        sent the jobs; connect (or start a TMS) as after a lost link."""
         self.reactor = reactor
         self.proto = proto
         self.reconnect = reconnect
         self.budget = budget
+        self.lost = lost
+
+    async def ready(self) -> Any:
+        """The link to a TMS, made again (within the budget) when there is none."""
+        if self.proto is None:
+            await self._reconnect(self.reactor.seconds() + self.budget, self.lost)
+        return self.proto
 
     async def send(self, **kw: Any) -> dict:
         deadline = self.reactor.seconds() + self.budget
-        pause = 0.2
+        reason = self.lost
         while True:
-            try:
-                return await self.proto.call(commands.SubmitJobs, **kw)
-            except LINK_FAILURES as e:
-                reason = _link_failure(e)
-            if self.proto.transport is not None:
-                self.proto.transport.loseConnection()
-            while True:
-                if self.reactor.seconds() >= deadline:
-                    raise CLIError(
-                        f"the submission was not acknowledged within {self.budget:.0f} s "
-                        f"({reason}); see `hConnect lswjobs` before submitting it again")
-                await deferLater(self.reactor, pause, lambda: None)
-                pause = min(2 * pause, 1.0)
+            if self.proto is not None:
                 try:
-                    self.proto = await self.reconnect()
-                    break
+                    return await self.proto.call(commands.SubmitJobs, **kw)
                 except LINK_FAILURES as e:
                     reason = _link_failure(e)
-                except CLIError as e:
-                    # No TMS for now (the old one may still be dying, holding its pid
-                    # file): the submission is not lost, so keep trying while time is left.
-                    if self.reactor.seconds() >= deadline:
-                        raise CLIError(f"{e}; the submission was sent once but not "
-                                       "acknowledged: see `hConnect lswjobs` before you "
-                                       "submit it again") from None
-                    reason = str(e)
+                if self.proto.transport is not None:
+                    self.proto.transport.loseConnection()
+                self.proto = None
+            await self._reconnect(deadline, reason)
+
+    async def _reconnect(self, deadline: float, reason: str) -> None:
+        pause = 0.2
+        while True:
+            if self.reactor.seconds() >= deadline:
+                raise CLIError(
+                    f"the submission was not acknowledged within {self.budget:.0f} s "
+                    f"({reason}); see `hConnect lswjobs` before submitting it again")
+            await deferLater(self.reactor, pause, lambda: None)
+            pause = min(2 * pause, 1.0)
+            try:
+                self.proto = await self.reconnect()
+                return
+            except LINK_FAILURES as e:
+                reason = _link_failure(e)
+            except CLIError as e:
+                # No TMS for now (the old one may still be dying, holding its pid
+                # file): the submission is not lost, so keep trying while time is left.
+                if self.reactor.seconds() >= deadline:
+                    raise CLIError(f"{e}; the submission was sent once but not "
+                                   "acknowledged: see `hConnect lswjobs` before you "
+                                   "submit it again") from None
+                reason = str(e)
 
 
 async def submit(submitter: Submitter, specs: list[JobSpec]) -> list[int]:
@@ -138,9 +153,11 @@ async def wait_for(proto: Any, job_id: int) -> int:
             return code
 
 
-async def main_async(reactor: Any, argv: list[str], prepared: Prepared | None = None) -> int:
+async def main_async(reactor: Any, argv: list[str], prepared: Prepared | None = None,
+                     lost: str = "") -> int:
     """``hRunJob argv`` over TLS; ``prepared`` (from the fast path, which could not send it)
-    keeps the jobs and their UUIDs, so that what reached a TMS is not stored twice."""
+    keeps the jobs and their UUIDs, so that what reached a TMS is not stored twice; ``lost``
+    says why the fast path's TMS was lost after it had sent them (none: it sent nothing)."""
     args, jobs = prepared if prepared is not None else prepare(argv)
     if args.status:
         from tm.textcommands import format_server_info
@@ -151,21 +168,21 @@ async def main_async(reactor: Any, argv: list[str], prepared: Prepared | None = 
         print(format_server_info(info, status))
         return 0
     if args.jobsFile is not None:
-        return await submit_job_file(reactor, args, jobs)
+        return await submit_job_file(reactor, args, jobs, lost)
     spec = jobs[0][1]
-    submitter = await _submitter(reactor, args)
+    submitter = await _submitter(reactor, args, lost)
     ids = await submit(submitter, [spec])
     if not args.quiet:
         print(f"Job [{ids[0]}] has been submitted to TaskDispatcher.")
     if args.wait:
-        return await wait_for(submitter.proto, ids[0])
+        return await wait_for(await submitter.ready(), ids[0])
     return 0
 
 
 async def submit_job_file(reactor: Any, args: argparse.Namespace,
-                          jobs: list[tuple[int, JobSpec]]) -> int:
-    submitter = await _submitter(reactor, args)
-    names = host_names((await submitter.proto.call(commands.ListHosts))["hosts"])
+                          jobs: list[tuple[int, JobSpec]], lost: str = "") -> int:
+    submitter = await _submitter(reactor, args, lost)
+    names = host_names((await (await submitter.ready()).call(commands.ListHosts))["hosts"])
     for line_no, spec in jobs:
         try:
             check_against_cluster(spec, names)
@@ -178,19 +195,21 @@ async def submit_job_file(reactor: Any, args: argparse.Namespace,
     if args.wait:
         code = 0
         for job_id in ids:
-            end = await wait_for(submitter.proto, job_id)
+            end = await wait_for(await submitter.ready(), job_id)
             code = code or end
         return code
     return 0
 
 
-async def _submitter(reactor: Any, args: argparse.Namespace) -> Submitter:
+async def _submitter(reactor: Any, args: argparse.Namespace, lost: str = "") -> Submitter:
     def reconnect() -> Awaitable[Any]:
         return connect_tms(reactor, args.dispatcher, args.verbose)
 
+    if lost:  # the jobs may have reached the lost TMS: retry as after a lost link
+        return Submitter(reactor, None, reconnect, lost=lost)
     return Submitter(reactor, await reconnect(), reconnect)
 
 
-def run(argv: list[str], prepared: Prepared | None = None) -> None:
+def run(argv: list[str], prepared: Prepared | None = None, lost: str = "") -> None:
     """Run ``hRunJob argv`` over TLS under a reactor; exits with the command's status."""
-    run_main(PROG, lambda reactor: main_async(reactor, argv, prepared))
+    run_main(PROG, lambda reactor: main_async(reactor, argv, prepared, lost))
