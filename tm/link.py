@@ -26,14 +26,11 @@ from twisted.internet.ssl import Certificate
 from twisted.internet.threads import deferToThread
 
 from tm import auth
+from tm.localsocket import user_dir  # noqa: F401 - where every part finds it
 from tm.protocol import commands
 from tm.protocol.base import BoundedAMP
 
 SYSTEM_INFO = Path("/etc/taskmanager/dispatcher.json")
-
-
-def user_dir() -> Path:
-    return Path(os.path.expanduser("~")) / ".taskmanager"
 
 
 class DispatcherNotFound(Exception):

@@ -2,7 +2,9 @@
 
 Pure: :func:`parse` turns a line like ``lajob:12`` into a :class:`TextCommand`;
 :meth:`TextCommand.run` sends the matching AMP command(s) through an injected
-``call(command_class, **kwargs) -> dict`` and formats the answer as text.
+``call(command_name, **kwargs) -> dict`` (the ``commandName`` of a command of
+:mod:`tm.protocol.commands`) and formats the answer as text. Without Twisted: ``hConnect``
+runs it over the TMS's Unix socket as well as over AMP.
 """
 
 from __future__ import annotations
@@ -13,8 +15,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-
-from tm.protocol import commands
 
 Call = Callable[..., Awaitable[dict[str, Any]]]
 
@@ -438,7 +438,7 @@ class TextCommand:
             }
             if text is not None:
                 kwargs["text"] = text
-            r = await call(commands.ListJobs, **kwargs)
+            r = await call("ListJobs", **kwargs)
             jobs.extend(r["jobs"])
             nxt = r.get("next_after_id")
             if nxt is None or not r["jobs"]:
@@ -451,7 +451,7 @@ class TextCommand:
         if n in ("help", "fullhelp"):
             return help_text(self.target)
         if n == "ping":
-            await call(commands.Ping)
+            await call("Ping")
             return "pong"
         if n in LIST_STATES:
             states, empty = LIST_STATES[n]
@@ -464,16 +464,16 @@ class TextCommand:
             jobs = []
             offset: int | None = 0
             while offset is not None and len(jobs) < a[0]:
-                r = await call(commands.ListJobs, states=["waiting"], scope="all",
+                r = await call("ListJobs", states=["waiting"], scope="all",
                                after_id=offset, limit=min(PAGE_LIMIT, a[0] - len(jobs)),
                                order="schedule")
                 jobs.extend(r["jobs"])
                 offset = r.get("next_after_id") if r["jobs"] else None
             return format_jobs(jobs, True) if jobs else "no jobs found to send"
         if n == "lajob":
-            return format_job_detail(await call(commands.GetJob, job_id=a[0]))
+            return format_job_detail(await call("GetJob", job_id=a[0]))
         if n in ("lagroup", "hasgroupfinished"):
-            r = await call(commands.GroupSummary, group=a[0], scope=self.scope)
+            r = await call("GroupSummary", group=a[0], scope=self.scope)
             counts = r["groups"].get(a[0])
             if not counts:
                 return "group is unknown"
@@ -482,66 +482,66 @@ class TextCommand:
             unfinished = sum(c for s, c in counts.items() if s not in TERMINAL_STATES)
             return "no" if unfinished else "yes"
         if n == "lagroups":
-            r = await call(commands.GroupSummary, group=None, scope=self.scope)
+            r = await call("GroupSummary", group=None, scope=self.scope)
             # Jobs submitted without -g are in no group.
             groups = {g: counts for g, counts in r["groups"].items() if g}
             if not groups:
                 return "no groups found"
             return "\n".join(_group_block(g, groups[g]) for g in sorted(groups))
         if n in ("killjob", "killjobs"):
-            r = await call(commands.KillJobs, job_ids=list(a), regex=None, all=False)
+            r = await call("KillJobs", job_ids=list(a), regex=None, all=False)
             return _killed(r["killed"], r.get("more"))
         if n == "killmatchingjobs":
-            r = await call(commands.KillJobs, job_ids=[], regex=a[0], all=False)
+            r = await call("KillJobs", job_ids=[], regex=a[0], all=False)
             return _killed(r["killed"], r.get("more"))
         if n == "killalljobs":
-            r = await call(commands.KillJobs, job_ids=[], regex=None, all=True)
+            r = await call("KillJobs", job_ids=[], regex=None, all=True)
             return _killed(r["killed"], r.get("more"))
         if n in ("suspendjob", "resumejob"):
-            await call(commands.SuspendJob, job_id=a[0], resume=n == "resumejob")
+            await call("SuspendJob", job_id=a[0], resume=n == "resumejob")
             return f"job {a[0]} has been {'resumed' if n == 'resumejob' else 'suspended'}"
         if n == "gettdstatus":
-            return format_td_status_json(await call(commands.GetStatus))
+            return format_td_status_json(await call("GetStatus"))
         if n == "status":
-            return format_status(await call(commands.GetStatus))
+            return format_status(await call("GetStatus"))
         if n == "printserverinfo":
-            info = await call(commands.ServerInfo)
-            status = await call(commands.GetStatus)
+            info = await call("ServerInfo")
+            status = await call("GetStatus")
             return format_server_info(info, status)
         if n == "lscluster":
-            return format_hosts(await call(commands.ListHosts))
+            return format_hosts(await call("ListHosts"))
         if n in ("activatecluster", "deactivatecluster"):
             active = n == "activatecluster"
-            await call(commands.SetClusterActive, active=active)
+            await call("SetClusterActive", active=active)
             return "activated." if active else "deactivated."
         if n in ("activatehost", "deactivatehost"):
             active = n == "activatehost"
-            r = await call(commands.SetHostActive, host=a[0], active=active)
+            r = await call("SetHostActive", host=a[0], active=active)
             host = r.get("host") or a[0]
             return f"host {host} has been {'activated' if active else 'deactivated'}"
         if n == "lsusers":
-            return format_users((await call(commands.ListUsers, user=None))["users"])
+            return format_users((await call("ListUsers", user=None))["users"])
         if n == "lsuser":
-            users = (await call(commands.ListUsers, user=a[0]))["users"]
+            users = (await call("ListUsers", user=a[0]))["users"]
             return format_users(users) if users else f"user {a[0]} is unknown"
         if n in ("enableuser", "disableuser"):
-            await call(commands.SetUserEnabled, user=a[0], enabled=n == "enableuser")
+            await call("SetUserEnabled", user=a[0], enabled=n == "enableuser")
             return "done."
         if n in ADMIN_ACTIONS:
-            r = await call(commands.AdminJobs, action=n, user=a[0] if a else None)
+            r = await call("AdminJobs", action=n, user=a[0] if a else None)
             return str(r["message"])
         if n == "lsthreads":
-            lines = (await call(commands.ListSessions))["lines"]
+            lines = (await call("ListSessions"))["lines"]
             return "\n".join(lines) if lines else "no sessions"
         if n == "reload":
-            return str((await call(commands.ReloadConfig))["summary"])
+            return str((await call("ReloadConfig"))["summary"])
         if n == "lstmms":
-            return format_executors((await call(commands.ListExecutors))["executors"])
+            return format_executors((await call("ListExecutors"))["executors"])
         if n in ("invokealltmms", "shutdownalltmms"):
             action = "invoke" if n == "invokealltmms" else "shutdown"
-            hosts = (await call(commands.ControlExecutors, action=action))["hosts"]
+            hosts = (await call("ControlExecutors", action=action))["hosts"]
             return "\n".join(hosts) if hosts else "no host"
         if n == "shutdown":
-            await call(commands.Shutdown)
+            await call("Shutdown")
             return "terminating TMS ..."
         raise TextCommandError(f"unknown command {n!r}: try 'help'")  # pragma: no cover

@@ -201,3 +201,25 @@ def test_the_cli_keeps_trying_while_no_tms_can_be_started_for_a_moment() -> None
     d = defer.ensureDeferred(Submitter(clock, FakeTMS(script, sent), reconnect).send(**JOBS))
     clock.pump([0.2, 0.4])
     assert d.result == {"job_ids": [8], "warnings": []} and sent == [JOBS, JOBS]
+
+
+def test_jobs_handed_over_by_the_fast_path_wait_for_a_new_tms_like_a_lost_link() -> None:
+    # The fast path sent the jobs over the TMS's socket and lost it before the answer: the
+    # TLS path starts with no link, and keeps trying while the old TMS is still dying.
+    from tm.cli.common import CLIError
+    from tm.cli.hrunjob import Submitter
+
+    clock = Clock()
+    sent: list[dict] = []
+    starts: list[Any] = [CLIError("Could not start a TMS: a TMS of yours is already running")]
+
+    async def reconnect() -> FakeTMS:
+        if starts:
+            raise starts.pop(0)
+        return FakeTMS([{"job_ids": [9], "warnings": []}], sent)
+
+    submitter = Submitter(clock, None, reconnect, lost="the link to the TMS dropped")
+    d = defer.ensureDeferred(submitter.send(**JOBS))
+    assert not d.called and sent == []
+    clock.pump([0.2, 0.4])
+    assert d.result == {"job_ids": [9], "warnings": []} and sent == [JOBS]

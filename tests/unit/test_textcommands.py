@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from twisted.internet.defer import Deferred
 
+from tm.cli.common import command_named
 from tm.protocol import commands
 from tm.textcommands import (
     SPECS,
@@ -25,7 +26,10 @@ T0 = 1_700_000_000.0
 
 
 class FakeCall:
-    """Records (command_class, kwargs) and answers canned responses, in order per command."""
+    """Records (command_class, kwargs) and answers canned responses, in order per command.
+
+    The text commands name their AMP command by its ``commandName`` (they run without
+    Twisted too); each name must be one of tm.protocol.commands, found here by it."""
 
     def __init__(self, responses: dict[type, Any] | None = None) -> None:
         self.responses = {
@@ -33,7 +37,8 @@ class FakeCall:
         }
         self.calls: list[tuple[type, dict[str, Any]]] = []
 
-    async def __call__(self, command: type, **kwargs: Any) -> dict[str, Any]:
+    async def __call__(self, name: str, **kwargs: Any) -> dict[str, Any]:
+        command = command_named(name)
         self.calls.append((command, kwargs))
         queue = self.responses.get(command, [{}])
         return queue.pop(0) if len(queue) > 1 else queue[0]

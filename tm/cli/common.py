@@ -1,5 +1,8 @@
-"""What every command-line program shares: finding (or starting) the user's TMS,
-reaching the dispatcher, and turning every failure into one clear line."""
+"""What the command-line programs share on their Twisted path: finding (or starting) the
+user's TMS over TLS, reaching the dispatcher, and turning every failure into one clear line.
+
+Imported only when the fast path (the TMS's Unix socket, :mod:`tm.localsocket`) cannot
+serve: no TMS runs on this host, ``-T``, or a TMS on another host sharing the home."""
 
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from twisted.internet.task import deferLater
 from twisted.protocols import amp
 
 from tm import auth
+from tm.cli.errors import CLIError
 from tm.link import DispatcherNotFound, connect_dispatcher, connect_host, find_dispatcher, user_dir
 from tm.protocol import commands
 from tm.protocol.base import BoundedAMP
@@ -33,12 +37,13 @@ TMS_UNUSABLE: tuple[type[Exception], ...] = (
 )
 
 
-class CLIError(Exception):
-    """A failure to report as one line, with the exit status to use."""
-
-    def __init__(self, message: str, status: int = 1) -> None:
-        super().__init__(message)
-        self.status = status
+def command_named(name: str) -> type[amp.Command]:
+    """The command of :mod:`tm.protocol.commands` whose ``commandName`` is ``name``."""
+    for value in vars(commands).values():
+        if (isinstance(value, type) and issubclass(value, amp.Command)
+                and getattr(value, "commandName", None) == name.encode("ascii")):
+            return value
+    raise KeyError(name)
 
 
 def tms_argv(dispatcher_path: str) -> list[str]:

@@ -1,4 +1,9 @@
-"""``hConnect``: send one text command to the user's TMS, or with ``-T`` to the dispatcher."""
+"""``hConnect``: send one text command to the user's TMS, or with ``-T`` to the dispatcher.
+
+To the TMS of this host it goes over the TMS's Unix socket, without Twisted; with ``-T``,
+or when no TMS runs on this host (one is started, or the user's TMS on another host sharing
+the home is reached over TLS), through :mod:`tm.cli.common`.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,8 @@ import argparse
 import sys
 from typing import Any
 
-from tm.cli.common import CLIError, connect_dispatcher_direct, connect_tms, run_main
+from tm import localsocket, textcommands
+from tm.cli.errors import CLIError, blocking_call, report, run_now
 
 PROG = "hConnect"
 
@@ -16,39 +22,73 @@ class _Parser(argparse.ArgumentParser):
         raise CLIError(f"{message} (see {PROG} -h)", status=2)
 
 
-async def main_async(reactor: Any, argv: list[str]) -> int:
-    from tm import textcommands
-
+def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Send a text command to your TMS or (-T) the dispatcher.")
     p.add_argument("-T", "--connect_to_td", action="store_true", help="talk to the dispatcher")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--dispatcher", default=None, help="the dispatcher's dispatcher.json")
     p.add_argument("command", nargs=argparse.REMAINDER)
-    args = p.parse_args(argv)
+    return p
+
+
+def prepare(argv: list[str]) -> tuple[argparse.Namespace, textcommands.TextCommand]:
+    args = build_parser().parse_args(argv)
     line = " ".join(args.command).strip()
     target = "dispatcher" if args.connect_to_td else "tms"
     if not line:
         raise CLIError(f"no command given; try `{PROG}{' -T' if args.connect_to_td else ''} help`",
                        status=2)
     try:
-        command = textcommands.parse(line, target)
+        return args, textcommands.parse(line, target)
     except textcommands.TextCommandError as e:
         raise CLIError(str(e), status=2) from None
+
+
+async def main_async(reactor: Any, argv: list[str]) -> int:
+    """The Twisted path: the dispatcher (``-T``) or the user's TMS over TLS."""
+    from tm.cli.common import command_named, connect_dispatcher_direct, connect_tms
+
+    args, command = prepare(argv)
     if command.name in ("help", "fullhelp"):
-        print(textcommands.help_text(target))
+        print(textcommands.help_text(command.target))
         return 0
     if args.connect_to_td:
         proto = await connect_dispatcher_direct(reactor, args.dispatcher)
     else:
         proto = await connect_tms(reactor, args.dispatcher, args.verbose)
 
-    async def call(cmd: Any, **kw: Any) -> Any:
-        return await proto.call(cmd, **kw)
+    async def call(name: str, **kw: Any) -> Any:
+        return await proto.call(command_named(name), **kw)
 
     print(await command.run(call))
     return 0
 
 
-def main() -> None:
-    argv = sys.argv[1:]
+def main_fast(argv: list[str]) -> int:
+    args, command = prepare(argv)
+    if command.name in ("help", "fullhelp"):
+        print(textcommands.help_text(command.target))
+        return 0
+    if not args.connect_to_td:
+        try:
+            client = localsocket.LocalClient.connect()
+        except localsocket.Unavailable as e:
+            if args.verbose:
+                print(f"{PROG}: {e}; trying TLS", file=sys.stderr)
+        else:
+            if args.verbose:
+                print(f"{PROG}: using the TMS on {localsocket.socket_path()}", file=sys.stderr)
+            try:
+                call = blocking_call(lambda name, **kw: client.call(name, **kw))
+                print(run_now(command.run(call)))
+                return 0
+            finally:
+                client.close()
+    from tm.cli.common import run_main
+
     run_main(PROG, lambda reactor: main_async(reactor, argv))
+    return 0
+
+
+def main() -> None:
+    sys.exit(report(PROG, lambda: main_fast(sys.argv[1:])))

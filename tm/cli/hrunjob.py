@@ -1,4 +1,10 @@
-"""``hRunJob``: submit jobs to TaskManager through the user's TMS, or show its status."""
+"""``hRunJob``: submit jobs to TaskManager through the user's TMS, or show its status.
+
+The everyday path imports neither Twisted nor TLS: when the user's TMS runs on this host,
+the jobs go over its Unix socket (:mod:`tm.localsocket`). Otherwise (no TMS yet: one is
+started; a TMS on another host sharing the home: TLS) :mod:`tm.cli.hrunjob_amp` takes over,
+with the same jobs and UUIDs.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +15,14 @@ import os
 import shutil
 import sys
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
-from twisted.internet import defer
-from twisted.internet.error import ConnectError, ConnectionClosed
-from twisted.internet.task import deferLater
-
-from tm.cli.common import CLIError, connect_tms, run_main
-from tm.core.model import JobSpec, JobState
+from tm import localsocket
+from tm.cli.errors import CLIError, report
+from tm.core.model import JobSpec
 from tm.jobfile import JobFileError, compress_ids, parse_job_file
-from tm.protocol import commands, records
+from tm.protocol import limits as records  # the limits alone: no Twisted
 
 PROG = "hRunJob"
 #: The dispatcher's limits (tm/protocol/records.py); the client checks them before sending so
@@ -62,6 +65,10 @@ def amount(high: float, unit: str) -> Callable[[str], float]:
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # one clear line, no traceback
         raise CLIError(f"{message} (see {PROG} -h)", status=2)
+
+
+#: The parsed command line and the jobs it describes (line number, spec); none for ``-s``.
+Prepared = tuple[argparse.Namespace, list[tuple[int, JobSpec]]]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,94 +197,88 @@ def read_job_file(args: argparse.Namespace) -> list[tuple[int, JobSpec]]:
     return out
 
 
-def chunks(specs: list[JobSpec]) -> list[list[dict]]:
-    """Cut a submission into chunks that each fit in one AMP value."""
-    out = []
-    rest = specs
-    while rest:
-        rows, n = records.fit_to_value(records.JOB_SPEC_FIELDS, rest, records.spec_to_amp)
-        if n == 0:
-            raise CLIError("a job's description is too large to send (shorten the command)")
-        out.append(rows)
-        rest = rest[n:]
-    return out
+def prepare(argv: list[str]) -> Prepared:
+    """Parse ``argv`` and build its jobs (UUIDs made here, once); CLIError when wrong."""
+    args = build_parser().parse_args(argv)
+    if args.status:
+        return args, []
+    if args.jobsFile is not None:
+        return args, read_job_file(args)
+    command = " ".join(args.command).strip()
+    if not command:
+        raise CLIError('no command given: hRunJob "COMMAND" (see hRunJob -h)', status=2)
+    return args, [(0, spec_from_options(vars(args) | {"command": command}))]
 
 
-#: How long a submission is sent again while the link to the TMS drops before its answer.
-SUBMIT_RETRY_SECONDS = 60.0
-#: Failures of the link to the TMS that leave open whether the submission was stored.
-LINK_FAILURES: tuple[type[Exception], ...] = (
-    ConnectionClosed, ConnectError, defer.TimeoutError, TimeoutError, OSError,
-)
+TERMINAL_STATES = ("finished", "failed", "killed", "lost")
 
 
-def _link_failure(e: Exception) -> str:
-    if isinstance(e, ConnectionClosed):
-        return "the link to the TMS dropped before the answer came"
-    if isinstance(e, defer.TimeoutError | TimeoutError):
-        return "the TMS did not answer in time"
-    return str(e) or e.__class__.__name__
+def terminal_code(answer: dict[str, Any]) -> int | None:
+    """The exit status for a WaitJob answer, or None while the job has not ended."""
+    if answer["state"] not in TERMINAL_STATES:
+        return None
+    if answer.get("signal") is not None:
+        return 128 + int(answer["signal"])
+    if answer.get("exit_code") is not None:
+        return int(answer["exit_code"])
+    return 0 if answer["state"] == "finished" else 1
 
 
-class Submitter:
-    """Sends submissions to the TMS; when the link drops before the answer, reconnects (a new
-    TMS is started when needed) and sends the same jobs, with the same UUIDs, again: the
-    store keeps UUIDs unique, so the user sees one success and one set of ids."""
-
-    def __init__(self, reactor: Any, proto: Any, reconnect: Callable[[], Awaitable[Any]],
-                 budget: float = SUBMIT_RETRY_SECONDS) -> None:
-        self.reactor = reactor
-        self.proto = proto
-        self.reconnect = reconnect
-        self.budget = budget
-
-    async def send(self, **kw: Any) -> dict:
-        deadline = self.reactor.seconds() + self.budget
-        pause = 0.2
-        while True:
-            try:
-                return await self.proto.call(commands.SubmitJobs, **kw)
-            except LINK_FAILURES as e:
-                reason = _link_failure(e)
-            if self.proto.transport is not None:
-                self.proto.transport.loseConnection()
-            while True:
-                if self.reactor.seconds() >= deadline:
-                    raise CLIError(
-                        f"the submission was not acknowledged within {self.budget:.0f} s "
-                        f"({reason}); see `hConnect lswjobs` before submitting it again")
-                await deferLater(self.reactor, pause, lambda: None)
-                pause = min(2 * pause, 1.0)
-                try:
-                    self.proto = await self.reconnect()
-                    break
-                except LINK_FAILURES as e:
-                    reason = _link_failure(e)
-                except CLIError as e:
-                    # No TMS for now (the old one may still be dying, holding its pid
-                    # file): the submission is not lost, so keep trying while time is left.
-                    if self.reactor.seconds() >= deadline:
-                        raise CLIError(f"{e}; the submission was sent once but not "
-                                       "acknowledged: see `hConnect lswjobs` before you "
-                                       "submit it again") from None
-                    reason = str(e)
+def spec_to_json(spec: JobSpec) -> dict[str, Any]:
+    """A job as the rows of SubmitJobs (the fields of records.JOB_SPEC_FIELDS)."""
+    return {
+        "uuid": spec.uuid, "command": spec.command, "shell": spec.shell, "slots": spec.slots,
+        "priority": spec.priority, "group": spec.group, "info": spec.info,
+        "stdout": spec.stdout, "stderr": spec.stderr, "logfile": spec.logfile,
+        "excluded_hosts": list(spec.excluded_hosts), "estimated_time": spec.estimated_time,
+        "estimated_memory": spec.estimated_memory,
+    }
 
 
-async def submit(submitter: Submitter, specs: list[JobSpec]) -> list[int]:
+#: Jobs per request over the socket (the TMS cuts each into chunks of one AMP value).
+LOCAL_BATCH_JOBS = 2_000
+#: How long one request over the socket may wait for its answer: longer than the TMS's
+#: own retry budget for a submission (60 s), so the TMS's answer comes first.
+LOCAL_REPLY_TIMEOUT = 120.0
+
+
+class HandOver(Exception):
+    """The fast path cannot finish: the Twisted path takes over with the same jobs."""
+
+
+def local_client(verbose: bool) -> localsocket.LocalClient | None:
+    """A connection to this host's TMS over its Unix socket, or None when there is none."""
+    try:
+        client = localsocket.LocalClient.connect()
+    except localsocket.Unavailable as e:
+        if verbose:
+            print(f"{PROG}: {e}; trying TLS", file=sys.stderr)
+        return None
+    if verbose:
+        print(f"{PROG}: using the TMS on {localsocket.socket_path()}", file=sys.stderr)
+    return client
+
+
+def submit_local(client: localsocket.LocalClient, specs: list[JobSpec]) -> list[int]:
+    """Submit ``specs`` over the socket; their ids. HandOver when the link is lost before
+    every part was acknowledged (the TLS path sends them again, with the same UUIDs)."""
     env = dict(os.environ)
     if len(json.dumps(env)) > records.MAX_VALUE_BYTES:
         raise CLIError(f"your environment is larger than {records.MAX_VALUE_BYTES} bytes; "
                        "unset large variables before submitting")
+    cwd, umask = os.getcwd(), current_umask()
     ids: list[int] = []
     warned: list[str] = []
-    for rows in chunks(specs):
+    for start in range(0, len(specs), LOCAL_BATCH_JOBS):
+        rows = [spec_to_json(s) for s in specs[start:start + LOCAL_BATCH_JOBS]]
         try:
-            answer = await submitter.send(cwd=os.getcwd(), umask=current_umask(), env=env,
-                                          jobs=rows)
-        except Exception as e:
+            answer = client.call("SubmitJobs", reply_timeout=LOCAL_REPLY_TIMEOUT, cwd=cwd,
+                                 umask=umask, env=env, jobs=rows)
+        except localsocket.LinkLost as e:
+            raise HandOver(str(e)) from None
+        except localsocket.RemoteError as e:
             if not ids:
                 raise
-            # Earlier chunks are stored: say exactly which, so nothing is submitted twice.
             raise CLIError(f"{e}; the first {len(ids)} job(s) [{compress_ids(ids)}] were "
                            f"submitted, the remaining {len(specs) - len(ids)} were not") from None
         ids.extend(answer["job_ids"])
@@ -288,72 +289,90 @@ async def submit(submitter: Submitter, specs: list[JobSpec]) -> list[int]:
     return ids
 
 
-async def wait_for(proto: Any, job_id: int) -> int:
+def wait_local(client: localsocket.LocalClient, job_id: int) -> int:
+    """Wait for the job's end: the TMS answers WaitJob when the dispatcher tells it the job
+    ended (pushed, no polling here); after 60 s without an end, ask again."""
     while True:
-        answer = await proto.call(commands.WaitJob, reply_timeout=120, job_id=job_id, timeout=60.0)
-        if JobState(answer["state"]).terminal:
-            break
-    if answer["signal"] is not None:
-        return 128 + answer["signal"]
-    if answer["exit_code"] is not None:
-        return answer["exit_code"]
-    return 0 if answer["state"] == JobState.FINISHED.value else 1
+        try:
+            answer = client.call("WaitJob", reply_timeout=None, job_id=job_id, timeout=60.0)
+        except localsocket.LinkLost as e:
+            raise CLIError(f"{e} while waiting for job {job_id}; it keeps running: see "
+                           f"`hConnect lajob:{job_id}`") from None
+        code = terminal_code(answer)
+        if code is not None:
+            return code
 
 
-async def main_async(reactor: Any, argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
+def run_local(client: localsocket.LocalClient, args: argparse.Namespace,
+              jobs: list[tuple[int, JobSpec]]) -> int:
     if args.status:
         from tm.textcommands import format_server_info
 
-        proto = await connect_tms(reactor, args.dispatcher, args.verbose)
-        info = await proto.call(commands.ServerInfo)
-        status = await proto.call(commands.GetStatus)
+        try:
+            info = client.call("ServerInfo")
+            status = client.call("GetStatus")
+        except localsocket.LinkLost as e:
+            raise HandOver(str(e)) from None
         print(format_server_info(info, status))
         return 0
-    if args.jobsFile is not None:
-        return await submit_job_file(reactor, args)
-    command = " ".join(args.command).strip()
-    if not command:
-        raise CLIError('no command given: hRunJob "COMMAND" (see hRunJob -h)', status=2)
-    spec = spec_from_options(vars(args) | {"command": command})
-    submitter = await _submitter(reactor, args)
-    ids = await submit(submitter, [spec])
-    if not args.quiet:
-        print(f"Job [{ids[0]}] has been submitted to TaskDispatcher.")
-    if args.wait:
-        return await wait_for(submitter.proto, ids[0])
-    return 0
-
-
-async def submit_job_file(reactor: Any, args: argparse.Namespace) -> int:
-    jobs = read_job_file(args)
-    submitter = await _submitter(reactor, args)
-    names = host_names((await submitter.proto.call(commands.ListHosts))["hosts"])
-    for line_no, spec in jobs:
+    if args.jobsFile is not None and any(spec.excluded_hosts for _, spec in jobs):
         try:
-            check_against_cluster(spec, names)
-        except CLIError as e:
-            raise CLIError(f"{args.jobsFile}:{line_no}: {e}; nothing was submitted",
-                           status=2) from None
-    ids = await submit(submitter, [spec for _, spec in jobs])
+            names = host_names(client.call("ListHosts")["hosts"])
+        except localsocket.LinkLost as e:
+            raise HandOver(str(e)) from None
+        for line_no, spec in jobs:
+            try:
+                check_against_cluster(spec, names)
+            except CLIError as e:
+                raise CLIError(f"{args.jobsFile}:{line_no}: {e}; nothing was submitted",
+                               status=2) from None
+    ids = submit_local(client, [spec for _, spec in jobs])
     if not args.quiet:
-        print(f"{len(ids)} job(s) [{compress_ids(ids)}] have been submitted to TaskDispatcher.")
+        if args.jobsFile is None:
+            print(f"Job [{ids[0]}] has been submitted to TaskDispatcher.")
+        else:
+            print(f"{len(ids)} job(s) [{compress_ids(ids)}] have been submitted to "
+                  "TaskDispatcher.")
     if args.wait:
+        sys.stdout.flush()
         code = 0
         for job_id in ids:
-            end = await wait_for(submitter.proto, job_id)
+            end = wait_local(client, job_id)
             code = code or end
         return code
     return 0
 
 
-async def _submitter(reactor: Any, args: argparse.Namespace) -> Submitter:
-    def reconnect() -> Awaitable[Any]:
-        return connect_tms(reactor, args.dispatcher, args.verbose)
+def main_fast(argv: list[str]) -> int:
+    """``hRunJob argv`` over this host's TMS socket; the Twisted path when that cannot serve."""
+    args, jobs = prepare(argv)
+    client = local_client(args.verbose)
+    lost = ""
+    if client is not None:
+        try:
+            return run_local(client, args, jobs)
+        except HandOver as e:
+            lost = str(e)
+            if args.verbose:
+                print(f"{PROG}: {e}; going on over TLS", file=sys.stderr)
+        finally:
+            client.close()
+    from tm.cli import hrunjob_amp
 
-    return Submitter(reactor, await reconnect(), reconnect)
+    hrunjob_amp.run(argv, (args, jobs), lost)
+    return 0
 
 
 def main() -> None:
-    argv = sys.argv[1:]
-    run_main(PROG, lambda reactor: main_async(reactor, argv))
+    sys.exit(report(PROG, lambda: main_fast(sys.argv[1:])))
+
+
+def __getattr__(name: str) -> Any:
+    """The Twisted path's names, for the code that imported them from here."""
+    if name in ("Submitter", "submit", "wait_for", "main_async", "submit_job_file", "chunks",
+                "SUBMIT_RETRY_SECONDS", "LINK_FAILURES"):
+        from tm.cli import hrunjob_amp
+
+        return getattr(hrunjob_amp, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+

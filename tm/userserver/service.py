@@ -27,11 +27,12 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.protocols import amp
 
-from tm import auth
+from tm import auth, localsocket
 from tm.dispatcher_client import DispatcherLink
 from tm.link import DispatcherInfo, user_dir
 from tm.protocol import commands
 from tm.protocol.base import BoundedAMP
+from tm.userserver import local
 
 #: Requests a client may send that the TMS passes to the dispatcher as they are;
 #: the dispatcher scopes them to this TMS's proven user.
@@ -272,6 +273,9 @@ class UserServer(service.Service):
         #: reach it there too, which its host name may not tell them (published in tms.json).
         self.addresses: list[str] = []
         self._listening: Any = None
+        #: The Unix socket where clients on this host reach this TMS without TLS.
+        self.socket_path = localsocket.socket_path(self.public_host)
+        self._local: Any = None
 
     def startService(self) -> None:  # noqa: N802
         super().startService()
@@ -288,6 +292,7 @@ class UserServer(service.Service):
         d = endpoint.listen(factory)
         d.addCallback(self._listening_on, cert_pem)
         d.addErrback(self._failed)
+        self._local = local.listen(self.reactor, self, self.socket_path)
         self.link.start()
 
     def _listening_on(self, port: Any, cert_pem: bytes) -> None:
@@ -343,6 +348,9 @@ class UserServer(service.Service):
                 path.unlink()
         except (OSError, ValueError):
             pass
+        local_port, self._local = self._local, None
+        if local_port is not None:
+            local_port.stopListening()  # removes the socket file
         if self._listening is not None:
             return self._listening.stopListening()
         return None

@@ -1,0 +1,299 @@
+"""The CLI's fast path: what it imports, the JSON protocol of the TMS's Unix socket on both
+ends (a real socket pair, no processes), and that it speaks the vocabulary of
+tm/protocol/commands.py."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from tm import localsocket, textcommands
+from tm.cli import hrunjob
+from tm.cli.common import command_named
+from tm.cli.errors import blocking_call, run_now
+from tm.protocol import commands, records
+from tm.userserver import local
+
+REPO = Path(__file__).resolve().parents[2]
+FAST_PATH_MODULES = ["tm.cli.hrunjob", "tm.cli.hconnect", "tm.cli.errors", "tm.textcommands",
+                     "tm.jobfile", "tm.localsocket", "tm.protocol.limits"]
+
+
+def test_the_fast_path_imports_neither_twisted_nor_tls() -> None:
+    code = (
+        "import sys\n"
+        f"for name in {FAST_PATH_MODULES!r}:\n"
+        "    __import__(name)\n"
+        "from tm.cli import hrunjob, hconnect\n"
+        "hrunjob.build_parser().parse_args(['-q', 'true'])\n"
+        "hconnect.prepare(['lswjobs'])\n"
+        "print(sorted(m for m in sys.modules\n"
+        "             if m.split('.')[0] in ('twisted', 'OpenSSL', 'cryptography')))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True, cwd=REPO).stdout
+    assert out.strip() == "[]"
+
+
+def test_the_text_commands_name_commands_of_the_protocol() -> None:
+    tree = ast.parse(Path(textcommands.__file__).read_text())
+    names: set[str] = {str(node.args[0].value) for node in ast.walk(tree)
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+             and node.func.id == "call" and node.args and isinstance(node.args[0], ast.Constant)}
+    assert "ListJobs" in names and len(names) > 10
+    for name in names:
+        assert command_named(name).commandName == name.encode()
+
+
+def test_a_job_travels_as_the_protocol_s_record() -> None:
+    spec = hrunjob.spec_from_options(vars(hrunjob.build_parser().parse_args(
+        ["-c", "2", "-E", "a,b", "-t", "5", "-g", "g", "echo x"])) | {"command": "echo x"})
+    assert hrunjob.spec_to_json(spec) == records.spec_to_amp(spec)
+
+
+def test_run_now_runs_a_coroutine_whose_awaits_are_ready() -> None:
+    calls: list[tuple[str, dict]] = []
+
+    def call(name: str, **kw: Any) -> dict:
+        calls.append((name, kw))
+        return {"jobs": [], "next_after_id": None}
+
+    out = run_now(textcommands.parse("lswjobs", "tms").run(blocking_call(call)))
+    assert out == "no waiting jobs"
+    assert calls == [("ListJobs", {"states": ["waiting"], "scope": "mine", "after_id": 0,
+                                   "limit": 100})]
+
+
+def test_terminal_code() -> None:
+    assert hrunjob.terminal_code({"state": "running"}) is None
+    assert hrunjob.terminal_code({"state": "finished", "exit_code": 0, "signal": None}) == 0
+    assert hrunjob.terminal_code({"state": "failed", "exit_code": 3, "signal": None}) == 3
+    assert hrunjob.terminal_code({"state": "killed", "exit_code": None, "signal": 9}) == 137
+    assert hrunjob.terminal_code({"state": "lost", "exit_code": None, "signal": None}) == 1
+
+
+# --- the server's side, over a StringTransport -------------------------------------------
+
+
+class FakeLink:
+    """The TMS's link to the dispatcher: answers from a table, records what it forwards."""
+
+    connected = True
+    fatal = None
+    last_error = ""
+
+    class info:
+        address = "td:1"
+
+    def __init__(self, answers: dict[type, Any]) -> None:
+        self.answers = answers
+        self.calls: list[tuple[type, dict]] = []
+
+    async def ready(self, timeout: float) -> None:
+        return None
+
+    async def call(self, command: type, **kw: Any) -> Any:
+        self.calls.append((command, kw))
+        answer = self.answers[command]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer(kw) if callable(answer) else answer
+
+
+class FakeServer:
+    def __init__(self, link: FakeLink) -> None:
+        self.link = link
+        self.reactor = Clock()
+        self.user = "me"
+        self.public_host = "here"
+        self.port = 1
+        self.started_at = 0.0
+        self.socket_path = Path("/nowhere/tms.sock")
+
+        class info:
+            address = "td:1"
+
+        self.info = info
+
+
+class Peer:
+    """A LocalClientProtocol on a StringTransport whose peer has ``uid``."""
+
+    def __init__(self, link: FakeLink, uid: int, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(localsocket, "peer_credentials", lambda sock: (4242, uid, uid))
+        self.proto = local.LocalClientProtocol(FakeServer(link))  # type: ignore[arg-type]
+        self.transport = StringTransport()
+        self.transport.getHandle = lambda: None  # type: ignore[attr-defined]
+        self.proto.makeConnection(self.transport)
+
+    def request(self, command: str, **arguments: Any) -> None:
+        data = json.dumps({"id": 1, "command": command, "arguments": arguments}).encode()
+        self.proto.dataReceived(struct.pack("!I", len(data)) + data)
+
+    def answers(self) -> list[dict]:
+        raw, out = self.transport.value(), []
+        self.transport.clear()
+        while raw:
+            (size,) = struct.unpack_from("!I", raw)
+            out.append(json.loads(raw[4:4 + size]))
+            raw = raw[4 + size:]
+        return out
+
+
+def test_another_uid_is_refused_in_one_line_and_logged(monkeypatch: pytest.MonkeyPatch) -> None:
+    from twisted.logger import ILogObserver, globalLogPublisher
+
+    events: list[dict] = []
+    observer = cast(ILogObserver, events.append)
+    globalLogPublisher.addObserver(observer)
+    try:
+        peer = Peer(FakeLink({}), os.getuid() + 1, monkeypatch)
+    finally:
+        globalLogPublisher.removeObserver(observer)
+    [answer] = peer.answers()
+    assert answer["error"]["code"] == "PERMISSION_DENIED"
+    assert peer.transport.disconnecting
+    assert [e["uid"] for e in events if "refused a client" in e.get("log_format", "")] == [
+        os.getuid() + 1]
+    peer.request("Ping")  # nothing is served to it
+    assert peer.answers() == []
+
+
+def test_requests_are_forwarded_and_errors_keep_their_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    link = FakeLink({commands.GetJob: commands.UnknownJob("unknown job 5"),
+                     commands.ListJobs: {"jobs": [], "next_after_id": None}})
+    peer = Peer(link, os.getuid(), monkeypatch)
+    peer.request("GetJob", job_id=5)
+    assert peer.answers() == [{"id": 1, "error": {"code": "UNKNOWN_JOB",
+                                                  "message": "unknown job 5"}}]
+    peer.request("ListJobs", states=["waiting"], scope="mine", after_id=0, limit=100)
+    assert peer.answers() == [{"id": 1, "answer": {"jobs": [], "next_after_id": None}}]
+    # Decoded as AMP decodes them for its responders: the optional ones absent are None.
+    assert link.calls[-1] == (commands.ListJobs, {
+        "states": ["waiting"], "scope": "mine", "after_id": 0, "limit": 100,
+        "user": None, "group": None, "text": None, "order": None})
+
+
+@pytest.mark.parametrize("command, arguments, text", [
+    ("GetJob", {"job_id": "five"}, "bad arguments for GetJob"),
+    ("GetJob", {}, "bad arguments for GetJob"),
+    ("GetJob", {"job_id": 1, "extra": 2}, "extra is not a valid argument"),
+    ("Authenticate", {}, "'Authenticate' is not a command of the TMS"),
+    ("RunJob", {}, "'RunJob' is not a command of the TMS"),
+])
+def test_bad_requests_get_one_line(monkeypatch: pytest.MonkeyPatch, command: str,
+                                   arguments: dict, text: str) -> None:
+    link = FakeLink({commands.GetJob: {"job": [], "history": [], "wait_reason": ""}})
+    peer = Peer(link, os.getuid(), monkeypatch)
+    peer.request(command, **arguments)
+    [answer] = peer.answers()
+    assert answer["error"]["code"] == "INVALID_REQUEST"
+    assert text in answer["error"]["message"] and "\n" not in answer["error"]["message"]
+    assert link.calls == []
+
+
+def test_a_large_submission_is_sent_in_chunks_of_one_amp_value(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    counter = iter(range(1, 10_000))
+
+    def stored(kw: dict) -> dict:
+        return {"job_ids": [next(counter) for _ in kw["jobs"]], "warnings": ["w"]}
+
+    link = FakeLink({commands.SubmitJobs: stored})
+    peer = Peer(link, os.getuid(), monkeypatch)
+    spec = hrunjob.spec_from_options(vars(hrunjob.build_parser().parse_args(["x"]))
+                                     | {"command": "x" * 1000})
+    rows = [hrunjob.spec_to_json(spec) | {"uuid": f"u{i}"} for i in range(300)]
+    peer.request("SubmitJobs", cwd="/", umask=0o22, env={"A": "b"}, jobs=rows)
+    [answer] = peer.answers()
+    assert answer["answer"] == {"job_ids": list(range(1, 301)), "warnings": ["w"]}
+    assert len(link.calls) > 1
+    assert [row["uuid"] for _, kw in link.calls for row in kw["jobs"]] == [
+        f"u{i}" for i in range(300)]
+    for _, kw in link.calls:
+        assert records.encoded_size(records.JOB_SPEC_FIELDS, kw["jobs"]) <= records.MAX_VALUE_BYTES
+
+
+# --- the client's side, against a scripted server on a real socket ------------------------
+
+
+def serve_once(server: socket.socket, reply: Any) -> threading.Thread:
+    def run() -> None:
+        conn, _ = server.accept()
+        with conn:
+            size = struct.unpack("!I", conn.recv(4))[0]
+            data = b""
+            while len(data) < size:
+                data += conn.recv(size - len(data))
+            request = json.loads(data)
+            if reply is not None:
+                out = json.dumps(reply(request)).encode()
+                conn.sendall(struct.pack("!I", len(out)) + out)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.fixture
+def listening(tmp_path: Path) -> Any:
+    path = tmp_path / "tms.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+    server.settimeout(10)
+    yield path, server
+    server.close()
+
+
+def test_the_client_reads_answers_and_errors(listening: Any) -> None:
+    path, server = listening
+    thread = serve_once(server, lambda r: {"id": r["id"], "answer": {"echo": r["arguments"]}})
+    client = localsocket.LocalClient.connect(path)
+    assert client.call("Ping", x=1) == {"echo": {"x": 1}}
+    client.close()
+    thread.join(10)
+    thread = serve_once(server, lambda r: {"id": r["id"], "error": {
+        "code": "UNKNOWN_JOB", "message": "unknown job 3"}})
+    client = localsocket.LocalClient.connect(path)
+    with pytest.raises(localsocket.RemoteError) as e:
+        client.call("GetJob", job_id=3)
+    assert (e.value.code, str(e.value)) == ("UNKNOWN_JOB", "unknown job 3")
+    client.close()
+    thread.join(10)
+
+
+def test_a_link_lost_before_the_answer_hands_the_jobs_over(listening: Any) -> None:
+    path, server = listening
+    thread = serve_once(server, None)  # reads the request, closes without answering
+    client = localsocket.LocalClient.connect(path)
+    spec = hrunjob.spec_from_options(vars(hrunjob.build_parser().parse_args(["x"]))
+                                     | {"command": "x"})
+    with pytest.raises(hrunjob.HandOver):
+        hrunjob.submit_local(client, [spec])
+    client.close()
+    thread.join(10)
+
+
+def test_no_tms_on_the_socket_is_unavailable(tmp_path: Path) -> None:
+    with pytest.raises(localsocket.Unavailable):
+        localsocket.LocalClient.connect(tmp_path / "none.sock")
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(tmp_path / "dead.sock"))
+    dead.close()
+    with pytest.raises(localsocket.Unavailable):
+        localsocket.LocalClient.connect(tmp_path / "dead.sock")
+    assert local.stale(tmp_path / "dead.sock")
