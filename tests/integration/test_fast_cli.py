@@ -36,84 +36,84 @@ def started(tm: Installation) -> int:
     return int((tm.home / ".taskmanager" / "tms.pid").read_text())
 
 
-def test_everyday_commands_go_over_the_unix_socket(tm: Installation) -> None:
-    tms_pid = started(tm)
-    path = sock_path(tm.home)
+def test_everyday_commands_go_over_the_unix_socket(installation: Installation) -> None:
+    tms_pid = started(installation)
+    path = sock_path(installation.home)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
 
-    submitted = tm.run("hRunJob", "-v", "echo fast > fast.out", check=True)
+    submitted = installation.run("hRunJob", "-v", "echo fast > fast.out", check=True)
     assert VIA_SOCKET + str(path) in submitted.stderr
     match = SUBMITTED.fullmatch(submitted.stdout)
     assert match, submitted.stdout
     job = int(match.group(1))
 
-    waited = tm.run("hRunJob", "-v", "--wait", "exit 7")
+    waited = installation.run("hRunJob", "-v", "--wait", "exit 7")
     assert VIA_SOCKET in waited.stderr
     assert waited.returncode == 7, waited.stderr
     waited_job = int(SUBMITTED.fullmatch(waited.stdout).group(1))  # type: ignore[union-attr]
 
-    blocker = tm.run("hRunJob", "-c", "1000", "-g", "big", "true", check=True)
+    blocker = installation.run("hRunJob", "-c", "1000", "-g", "big", "true", check=True)
     big = int(SUBMITTED.fullmatch(blocker.stdout).group(1))  # type: ignore[union-attr]
-    listed = tm.run("hConnect", "-v", "lswjobs", check=True)
+    listed = installation.run("hConnect", "-v", "lswjobs", check=True)
     assert VIA_SOCKET in listed.stderr
     assert [int(row.split()[1]) for row in listed.stdout.splitlines()] == [big]
 
-    detail = tm.run("hConnect", "-v", "lajob:" + str(waited_job), check=True).stdout
+    detail = installation.run("hConnect", "-v", "lajob:" + str(waited_job), check=True).stdout
     assert re.search(r"^state:\s+failed$", detail, re.M), detail
     assert re.search(r"^exit code:\s+7$", detail, re.M), detail
-    wait_until(lambda: (tm.work / "fast.out").exists(), 30, f"job {job} to run")
-    assert (tm.work / "fast.out").read_text() == "fast\n"
+    wait_until(lambda: (installation.work / "fast.out").exists(), 30, f"job {job} to run")
+    assert (installation.work / "fast.out").read_text() == "fast\n"
 
-    refused = tm.run("hConnect", "-v", "lajob:999999")
+    refused = installation.run("hConnect", "-v", "lajob:999999")
     assert refused.returncode == 1
     assert VIA_SOCKET in refused.stderr
     lines = [line for line in refused.stderr.splitlines() if not line.startswith("hConnect: using")]
     assert lines == ["hConnect: unknown job 999999"], refused.stderr
 
-    bad = tm.run("hRunJob", "-v", "-p", "5", "-c", "1", "-E", "nosuchhost", "true")
+    bad = installation.run("hRunJob", "-v", "-p", "5", "-c", "1", "-E", "nosuchhost", "true")
     assert bad.returncode == 1 and VIA_SOCKET in bad.stderr
     assert len([line for line in bad.stderr.splitlines() if "using the TMS" not in line]) == 1
-    killed = tm.run("hConnect", f"killjob:{big}", check=True).stdout
+    killed = installation.run("hConnect", f"killjob:{big}", check=True).stdout
     assert str(big) in killed
     # Everything went to the one TMS, which is still the one that was started.
-    assert int((tm.home / ".taskmanager" / "tms.pid").read_text()) == tms_pid and alive(tms_pid)
+    assert int((installation.home / ".taskmanager" / "tms.pid").read_text()) == tms_pid and alive(tms_pid)
 
 
-def test_a_tms_reached_over_tls_when_its_socket_does_not_answer(tm: Installation) -> None:
+def test_a_tms_reached_over_tls_when_its_socket_does_not_answer(installation: Installation) -> None:
     """What a client on another host sharing the home sees: the socket file of the TMS's
     host, on which nobody listens on this host. It goes over TLS (tms.json), to the same
     TMS, and no second TMS is started."""
-    tms_pid = started(tm)
-    path = sock_path(tm.home)
+    tms_pid = started(installation)
+    path = sock_path(installation.home)
     aside = path.with_name("aside.sock")
     path.rename(aside)
     dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     dead.bind(str(path))  # a socket file nobody listens on: connect() is refused
     dead.close()
     try:
-        result = tm.run("hRunJob", "-v", "--wait", "echo tls > tls.out", check=True)
+        result = installation.run("hRunJob", "-v", "--wait", "echo tls > tls.out", check=True)
         assert "trying TLS" in result.stderr and VIA_SOCKET not in result.stderr
-        assert (tm.work / "tls.out").read_text() == "tls\n"
-        listed = tm.run("hConnect", "-v", "lsfjobs", check=True)
+        assert (installation.work / "tls.out").read_text() == "tls\n"
+        listed = installation.run("hConnect", "-v", "lsfjobs", check=True)
         assert "trying TLS" in listed.stderr and "echo tls" in listed.stdout
-        info = json.loads((tm.home / ".taskmanager" / "tms.json").read_text())
+        info = json.loads((installation.home / ".taskmanager" / "tms.json").read_text())
         assert info["pid"] == tms_pid and alive(tms_pid)
     finally:
         path.unlink()
         aside.rename(path)
     # Back on the socket.
-    assert VIA_SOCKET in tm.run("hConnect", "-v", "ping", check=True).stderr
+    assert VIA_SOCKET in installation.run("hConnect", "-v", "ping", check=True).stderr
 
 
-def test_a_tms_started_by_the_cli_answers_its_first_command_over_the_socket(tm: Installation) -> None:
-    first = tm.run("hRunJob", "-v", "true", check=True, timeout=120)
+def test_a_tms_started_by_the_cli_answers_its_first_command_over_the_socket(installation: Installation) -> None:
+    first = installation.run("hRunJob", "-v", "true", check=True, timeout=120)
     assert "trying TLS" in first.stderr  # none yet: the Twisted path started one
-    assert VIA_SOCKET in tm.run("hRunJob", "-v", "true", check=True).stderr
-    tm.run("hConnect", "shutdown", check=True)
-    tms_pid = int((tm.home / ".taskmanager" / "tms.pid").read_text())
+    assert VIA_SOCKET in installation.run("hRunJob", "-v", "true", check=True).stderr
+    installation.run("hConnect", "shutdown", check=True)
+    tms_pid = int((installation.home / ".taskmanager" / "tms.pid").read_text())
     wait_until(lambda: not alive(tms_pid), 30, "the TMS to stop")
-    assert not sock_path(tm.home).exists()  # a stopped TMS leaves no socket behind
+    assert not sock_path(installation.home).exists()  # a stopped TMS leaves no socket behind
 
 
 def refusal_frame(path: Path) -> dict:
@@ -132,7 +132,7 @@ def refusal_frame(path: Path) -> dict:
 
 
 @pytest.fixture
-def shared_tm() -> Iterator[tuple[Installation, UnixUser]]:
+def shared_installation() -> Iterator[tuple[Installation, UnixUser]]:
     with second_user("tm-fastcli-") as user:
         root = Path(tempfile.mkdtemp(prefix="tm-fastcli-inst-"))
         os.chmod(root, 0o755)
@@ -147,8 +147,8 @@ def shared_tm() -> Iterator[tuple[Installation, UnixUser]]:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def test_the_socket_refuses_another_uid(shared_tm: tuple[Installation, UnixUser]) -> None:
-    inst, user = shared_tm
+def test_the_socket_refuses_another_uid(shared_installation: tuple[Installation, UnixUser]) -> None:
+    inst, user = shared_installation
     user.run(inst, "hRunJob", "-q", "--wait", "true", check=True, timeout=120)
     path = sock_path(user.home)
     wait_until(path.is_socket, 30, "the second user's TMS socket")
