@@ -340,6 +340,10 @@ def submit_jobs(
     return [found[spec.uuid][0] for spec in specs]
 
 
+#: Job fields whose column name needs quoting (a reserved word in MySQL).
+_COLUMN = {"signal": "`signal`"}
+
+
 def apply_transitions(
     txn: Any, d: Dialect, transitions: Sequence[Transition], now: float
 ) -> list[bool]:
@@ -351,31 +355,12 @@ def apply_transitions(
     )
     for t in transitions:
         at = now if t.at is None else t.at
-        sets = ["state = ?", "state_since = ?", "reason = ?"]
-        params: list[Any] = [t.new.value, at, t.reason]
-        if t.new is JobState.RUNNING:
-            sets.append("started_at = ?")
-            params.append(at)
-        if t.new.terminal:
-            sets.append("ended_at = ?")
-            params.append(at)
-        if t.new_attempt is not None:
-            sets.append("attempt = ?")
-            params.append(t.new_attempt)
-        if t.clear_host:
-            sets.extend(["host = NULL", "pid = NULL"])
-        if t.host is not None:
-            sets.append("host = ?")
-            params.append(t.host)
-        if t.pid is not None:
-            sets.append("pid = ?")
-            params.append(t.pid)
-        if t.exit_code is not None:
-            sets.append("exit_code = ?")
-            params.append(t.exit_code)
-        if t.signal is not None:
-            sets.append("`signal` = ?")
-            params.append(t.signal)
+        # The same changes the dispatcher applied to the job in memory (Transition.changes).
+        changes = t.changes(now)
+        sets = [f"{_COLUMN.get(name, name)} = ?" for name in changes]
+        params: list[Any] = [
+            value.value if isinstance(value, JobState) else value for value in changes.values()
+        ]
         params.extend([t.job_id, t.old.value, t.attempt])
         txn.execute(
             d.q(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ? AND state = ? AND attempt = ?"),

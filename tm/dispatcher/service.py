@@ -16,7 +16,6 @@ import os
 import signal
 import socket
 from dataclasses import dataclass, field
-from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from tm import config
 from tm.core import scheduler
 from tm.core.fairshare import DEFAULT_HALF_LIFE, UsageLedger
 from tm.core.model import Host, Job, JobState, Transition, User, ending_state
+from tm.core.workingset import WorkingSet
 from tm.dispatcher.writer import TransitionWriter
 from tm.protocol import commands
 
@@ -116,7 +116,7 @@ class Dispatcher(service.Service):
         self.writer = TransitionWriter(reactor, store.apply_transitions)
         self.hosts: dict[str, Host] = {h.name: h for h in settings.hosts}
         self.users: dict[str, User] = {u.name: u for u in settings.users}
-        self.jobs: dict[int, Job] = {}  # waiting, pending, running, lost
+        self.jobs = WorkingSet()  # waiting, pending, running, lost; indexed
         self.cluster_active = True
         self.loads: dict[str, float] = {}
         self.load_at: dict[str, float] = {}  # when each host's load was last reported
@@ -163,15 +163,14 @@ class Dispatcher(service.Service):
         active = await self.store.get_setting("cluster_active")
         self.cluster_active = active != "0"
         for job in await self.store.load_active_jobs():
-            self.jobs[job.id] = job
+            self.jobs.add(job)
         # Placements whose start order may not have gone out: back to waiting. (Had it gone
         # out, the executor's heartbeat shows the copy and it is killed: see heartbeat().)
-        for job in list(self.jobs.values()):
-            if job.state is JobState.PENDING:
-                self._transition(job, JobState.WAITING, "dispatcher restarted before the job started")
+        for job in list(self.jobs.in_state(JobState.PENDING)):
+            self._transition(job, JobState.WAITING, "dispatcher restarted before the job started")
         # Running jobs wait for their executors to come back, for one lease at most.
-        for job in self.jobs.values():
-            if job.state is JobState.RUNNING and job.host:
+        for job in list(self.jobs.in_state(JobState.RUNNING)):
+            if job.host:
                 self._executor_absent(job.user, job.host)
         saved_usage = await self.store.get_setting(USAGE_SETTING)
         if saved_usage:
@@ -254,7 +253,7 @@ class Dispatcher(service.Service):
                 retired.append(name)
                 await self.store.save_host(name, old.active, True)
         # Retired hosts with nothing left on them are forgotten (they stay retired in the store).
-        busy = {j.host for j in self.jobs.values() if j.host}
+        busy = self.jobs.hosts_in_use()
         for name, h in list(self.hosts.items()):
             if h.retired and name not in busy:
                 del self.hosts[name]
@@ -351,8 +350,7 @@ class Dispatcher(service.Service):
         """
         now = self.reactor.seconds()
         # One pass over the working set per heartbeat: the jobs placed on this executor.
-        placed = [j for j in self.jobs.values()
-                  if j.user == user and j.host == host and j.state.holds_slots]
+        placed = self.jobs.holding_slots(user, host)
         expected = {(j.id, j.attempt) for j in placed}
         for job in placed:
             since = now if job.state_since is None else job.state_since
@@ -423,8 +421,7 @@ class Dispatcher(service.Service):
         for (name, host), session in sorted(self.executors.items(), key=lambda kv: kv[0]):
             if name != user:
                 continue
-            busy = [j.id for j in self.jobs.values()
-                    if j.user == user and j.host == host and j.state.holds_slots]
+            busy = [j.id for j in self.jobs.holding_slots(user, host)]
             if busy:
                 out.append(f"{host}: kept, {len(busy)} job(s) run there "
                            f"(kill them first: killjob:{busy[0]})")
@@ -439,7 +436,7 @@ class Dispatcher(service.Service):
         return out or ["no executor is running"]
 
     def _jobs_on(self, user: str, host: str, state: JobState) -> list[Job]:
-        return [j for j in self.jobs.values() if j.user == user and j.host == host and j.state is state]
+        return self.jobs.on(user, host, state)
 
     # --- transitions -------------------------------------------------------------------
 
@@ -454,29 +451,13 @@ class Dispatcher(service.Service):
         # The time of the decision, not of the commit: the store and memory agree.
         at = kw.pop("at", None)
         at = now if at is None else at
-        t = Transition(job_id=job.id, attempt=job.attempt, old=job.state, new=new,
-                       reason=reason, at=at, **kw)
         if job.state is JobState.RUNNING and new is not JobState.RUNNING and job.started_at:
             self.ledger.charge(job.user, job.spec.slots * max(0.0, at - job.started_at), now)
-        job.state = new
-        job.reason = reason
-        job.state_since = at
-        if kw.get("clear_host"):
-            job.host = None
-            job.pid = None
-        if kw.get("host") is not None:
-            job.host = kw["host"]
-        if kw.get("pid") is not None:
-            job.pid = kw["pid"]
+        # One record, applied to the job here and written by the writer: the two agree.
+        t = self.jobs.transition(job, new, reason, at, **kw)
         if new is JobState.RUNNING:
-            job.started_at = at
             self.start_failures.pop(job.id, None)  # its start order got through
-        if kw.get("new_attempt") is not None:
-            job.attempt = kw["new_attempt"]
         if new.terminal:
-            job.exit_code = kw.get("exit_code")
-            job.signal = kw.get("signal")
-            job.ended_at = at
             self._forget(job.id)
             for d in self.waiters.pop(job.id, []):
                 d.callback(job)
@@ -489,7 +470,7 @@ class Dispatcher(service.Service):
 
     def _forget(self, job_id: int) -> None:
         """Drop a job that ended (or was removed) from the working set."""
-        self.jobs.pop(job_id, None)
+        self.jobs.discard(job_id)
         self.reservations.pop(job_id, None)
         self.start_failures.pop(job_id, None)
         self.killing.pop(job_id, None)
@@ -525,9 +506,7 @@ class Dispatcher(service.Service):
                 d.callback(fresh or job)
             self.request_pass()
             return
-        for f in dataclass_fields(Job):
-            setattr(job, f.name, getattr(fresh, f.name))
-        self.jobs[job.id] = job
+        self.jobs.refresh(job, fresh)
         if job.state is JobState.PENDING:
             # As at start-up: a placement whose start may not have gone out is redone.
             self._transition(job, JobState.WAITING, "placement redone after a failed write",
@@ -571,53 +550,47 @@ class Dispatcher(service.Service):
             self.reactor.callLater(0, self._run_pass)
 
     def occupied(self) -> dict[str, int]:
-        occ = {name: 0 for name in self.hosts}
-        for job in self.jobs.values():
-            if job.state.holds_slots and job.host in occ:
-                occ[job.host] += job.spec.slots
-        return occ
+        occ = self.jobs.occupied
+        return {name: occ.get(name, 0) for name in self.hosts}
 
-    def scheduler_input(self) -> scheduler.SchedulerInput:
-        occ = self.occupied()
+    def scheduler_input(self, listing: bool = False) -> scheduler.SchedulerInput:
+        """What a pass decides from, fed by the working set's waiting queues: nothing here
+        walks the waiting jobs. ``listing``: every waiting job as a list too (for
+        lsnextjobs and the reason a job waits, which walk the queue anyway)."""
+        occ = self.jobs.occupied
         now = self.reactor.seconds()
         hosts = tuple(
             scheduler.HostView(
                 name=h.name,
                 max_slots=h.max_slots,
                 number_slots=h.number_slots,
-                occupied=occ[h.name],
+                occupied=occ.get(h.name, 0),
                 active=h.active and not h.retired,
                 load=self.loads.get(h.name),
                 load_check=h.load_check,
             )
             for h in self.hosts.values()
         )
-        retry_at = self.start_failures
-        waiting = sorted(
-            (j for j in self.jobs.values() if j.state is JobState.WAITING
-             and (j.id not in retry_at or retry_at[j.id][1] <= now)),
-            key=lambda j: j.id,
-        )
+        held = frozenset(job_id for job_id, (_, until) in self.start_failures.items()
+                         if until > now)
         blocked = {pair for pair, until in self.backoff.items() if until > now}
-        for user in {j.user for j in waiting}:
+        waiting_users = self.jobs.waiting_users()
+        for user in waiting_users:
             if user not in self.tms_sessions:
                 # Nobody can start an executor for this user: only hosts with one qualify.
                 blocked |= {(user, h) for h in self.hosts if (user, h) not in self.executors}
         return scheduler.SchedulerInput(
             hosts=hosts,
-            jobs=tuple(
-                scheduler.JobView(
-                    id=j.id, user=j.user, slots=j.spec.slots, priority=j.spec.priority,
-                    excluded=frozenset(j.spec.excluded_hosts),
-                )
-                for j in waiting
-            ),
+            jobs=tuple(v for v in self.jobs.waiting_views() if v.id not in held)
+            if listing else (),
+            queues=None if listing else self.jobs,
+            held=held,
             usage=self.usage(now),
             cluster_active=self.cluster_active,
             # Users disabled, or removed from etc/users since they submitted.
             disabled_users=frozenset(
                 {u.name for u in self.users.values() if not u.enabled}
-                | {j.user for j in waiting if j.user not in self.users}
+                | {u for u in waiting_users if u not in self.users}
             ),
             blocked=frozenset(blocked),
             reservations=dict(self.reservations),
@@ -626,8 +599,8 @@ class Dispatcher(service.Service):
     def usage(self, now: float) -> dict[str, float]:
         """Each user's recent usage in slot-seconds (decayed), running jobs included."""
         return self.ledger.usage(now, (
-            (j.user, j.spec.slots, j.started_at) for j in self.jobs.values()
-            if j.state is JobState.RUNNING and j.started_at is not None))
+            (j.user, j.spec.slots, j.started_at) for j in self.jobs.in_state(JobState.RUNNING)
+            if j.started_at is not None))
 
     def _run_pass(self) -> None:
         self._pass_scheduled = False
@@ -857,7 +830,7 @@ class Dispatcher(service.Service):
         A running job is killed first: its attempt keeps its slots until its tree is gone,
         then it is requeued (or set as finished). Two copies never run, and a host never
         holds more than its maximum."""
-        jobs = [j for j in self.jobs.values() if j.state is old]
+        jobs = sorted(self.jobs.in_state(old), key=lambda j: j.id)
         for job in jobs:
             if old is JobState.RUNNING:
                 self._kill_then(job, "waiting" if new is JobState.WAITING else "finished")

@@ -255,7 +255,7 @@ class Session(amp.CommandLocator):
         d = self.dispatcher
         if order == "schedule":
             # Pages of the queue order; after_id counts the jobs already sent (an offset).
-            ranked = [d.jobs[j.id] for j in scheduler.queue_order(d.scheduler_input())
+            ranked = [d.jobs[j.id] for j in scheduler.queue_order(d.scheduler_input(listing=True))
                       if owner in (None, d.jobs[j.id].user)]
             page = ranked[after_id:after_id + limit]
             rows, n = records.fit_to_value(records.JOB_SUMMARY_FIELDS, page,
@@ -289,7 +289,7 @@ class Session(amp.CommandLocator):
         history = await d.store.get_history(job_id)
         reason = ""
         if job.state is JobState.WAITING:
-            inp = d.scheduler_input()
+            inp = d.scheduler_input(listing=True)
             view = next((j for j in inp.jobs if j.id == job_id), None)
             if view is not None:
                 reason = scheduler.explain_wait(view, inp)
@@ -519,14 +519,14 @@ class Session(amp.CommandLocator):
         for u in d.users.values():
             if user is not None and u.name != user:
                 continue
-            states = [j.state for j in d.jobs.values() if j.user == u.name]
+            states = d.jobs.counts(u.name)
             rows.append({
                 "name": u.name, "roles": sorted(u.roles), "enabled": u.enabled,
                 "tms_connected": u.name in d.tms_sessions,
                 "executors": _first(sorted(h for (n, h) in d.executors if n == u.name), 50),
-                "waiting": states.count(JobState.WAITING),
-                "pending": states.count(JobState.PENDING),
-                "running": states.count(JobState.RUNNING),
+                "waiting": states.get(JobState.WAITING, 0),
+                "pending": states.get(JobState.PENDING, 0),
+                "running": states.get(JobState.RUNNING, 0),
                 "usage": usage.get(u.name, 0.0),
             })
         if user is not None and not rows:
