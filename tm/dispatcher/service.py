@@ -32,6 +32,7 @@ from tm.core import scheduler
 from tm.core.fairshare import DEFAULT_HALF_LIFE, UsageLedger
 from tm.core.model import Host, Job, JobState, Transition, User, ending_state
 from tm.core.workingset import WorkingSet
+from tm.dispatcher.executors import ExecutorTable
 from tm.dispatcher.writer import TransitionWriter
 from tm.protocol import commands
 
@@ -121,13 +122,12 @@ class Dispatcher(service.Service):
         self.loads: dict[str, float] = {}
         self.load_at: dict[str, float] = {}  # when each host's load was last reported
         self.tms_sessions: dict[str, Any] = {}
-        self.executors: dict[tuple[str, str], Any] = {}
-        self.starting: dict[tuple[str, str], float] = {}
-        self.absent: dict[tuple[str, str], float] = {}  # executor gone, its jobs kept, since
+        #: Each user's executor on each host: absent, starting, connected, away, backed off.
+        self.executor_table: ExecutorTable[Any] = ExecutorTable(
+            reactor, settings.executor_lease, on_lease_over=self._lease_expired,
+            on_start_over=self._start_timed_out, on_backoff_over=self.request_pass)
         #: Ends of attempts reported but not yet committed, with the reports waiting for them.
         self._unwritten_ends: dict[tuple[int, int], list[Deferred]] = {}
-        self.backoff: dict[tuple[str, str], float] = {}
-        self.backoff_failures: dict[tuple[str, str], int] = {}  # failed starts in a row
         #: job id -> (start orders not delivered in a row, not placed again before)
         self.start_failures: dict[int, tuple[int, float]] = {}
         #: job id -> an attempt being killed by an admin repair (see Killing)
@@ -144,6 +144,27 @@ class Dispatcher(service.Service):
         #: Bounded pool for file-system checks that may block on NFS; whoever runs the
         #: dispatcher (tm.tap.dispatcher) provides, starts and stops it.
         self.fs_pool: ThreadPool | None = None
+
+    # The executor table's parts, by their old names (read by the responders and tests).
+    @property
+    def executors(self) -> dict[tuple[str, str], Any]:
+        return self.executor_table.sessions
+
+    @property
+    def starting(self) -> dict[tuple[str, str], float]:
+        return self.executor_table.starting
+
+    @property
+    def absent(self) -> dict[tuple[str, str], float]:
+        return self.executor_table.away
+
+    @property
+    def backoff(self) -> dict[tuple[str, str], float]:
+        return self.executor_table.backoff
+
+    @property
+    def backoff_failures(self) -> dict[tuple[str, str], int]:
+        return self.executor_table.failures
 
     # --- start-up -----------------------------------------------------------------
 
@@ -171,7 +192,7 @@ class Dispatcher(service.Service):
         # Running jobs wait for their executors to come back, for one lease at most.
         for job in list(self.jobs.in_state(JobState.RUNNING)):
             if job.host:
-                self._executor_absent(job.user, job.host)
+                self.executor_table.gone(job.user, job.host)
         saved_usage = await self.store.get_setting(USAGE_SETTING)
         if saved_usage:
             try:
@@ -195,6 +216,7 @@ class Dispatcher(service.Service):
         for timer in (getattr(self, "lease_check", None), getattr(self, "usage_saver", None)):
             if timer is not None and timer.running:
                 timer.stop()
+        self.executor_table.stop()
 
     async def save_usage(self) -> None:
         """Store the recorded fair-share usage, so that a restart does not forget it."""
@@ -290,13 +312,8 @@ class Dispatcher(service.Service):
             del self.tms_sessions[user]
 
     def executor_connected(self, user: str, host: str, session: Any) -> None:
-        old = self.executors.get((user, host))
-        self.executors[(user, host)] = session
-        self.starting.pop((user, host), None)
-        self.absent.pop((user, host), None)
-        self.backoff.pop((user, host), None)
-        self.backoff_failures.pop((user, host), None)
-        if old is not None and old is not session:
+        old = self.executor_table.connected(user, host, session)
+        if old is not None:
             old.fence()
         for job in self._jobs_on(user, host, JobState.PENDING):
             if job.id in self.killing:
@@ -306,25 +323,12 @@ class Dispatcher(service.Service):
         self.request_pass()
 
     def executor_disconnected(self, user: str, host: str, session: Any) -> None:
-        if self.executors.get((user, host)) is not session:
-            return
-        del self.executors[(user, host)]
-        # Its jobs may well still run (a network blip, a dispatcher-side drop): keep them for
-        # one lease; if the executor is back by then, its heartbeat tells what still runs.
-        self._executor_absent(user, host)
+        # Its jobs may well still run (a network blip, a dispatcher-side drop): the table
+        # keeps them for one lease; if the executor is back by then, its heartbeat tells
+        # what still runs.
+        self.executor_table.disconnected(user, host, session)
 
-    def _executor_absent(self, user: str, host: str) -> None:
-        key = (user, host)
-        if key in self.absent:
-            return
-        since = self.absent[key] = self.reactor.seconds()
-        self.reactor.callLater(self.settings.executor_lease, self._lease_expired, key, since)
-
-    def _lease_expired(self, key: tuple[str, str], since: float) -> None:
-        if self.absent.get(key) != since or key in self.executors:
-            return
-        del self.absent[key]
-        user, host = key
+    def _lease_expired(self, user: str, host: str) -> None:
         for job in self._jobs_on(user, host, JobState.RUNNING) + self._jobs_on(
             user, host, JobState.PENDING
         ):
@@ -382,12 +386,7 @@ class Dispatcher(service.Service):
             return
         self.log.warn("starting an executor of {user} on {host} failed: {reason}",
                       user=user, host=host, reason=reason)
-        self.starting.pop((user, host), None)
-        key = (user, host)
-        failures = self.backoff_failures[key] = self.backoff_failures.get(key, 0) + 1
-        pause = min(MAX_EXECUTOR_BACKOFF, EXECUTOR_BACKOFF * 2 ** (failures - 1))
-        self.backoff[(user, host)] = self.reactor.seconds() + pause
-        self.reactor.callLater(pause + 0.01, self.request_pass)
+        self.executor_table.start_failed(user, host, EXECUTOR_BACKOFF, MAX_EXECUTOR_BACKOFF)
         for job in self._jobs_on(user, host, JobState.PENDING):
             self._transition(job, JobState.WAITING, f"executor start on {host} failed: {reason}",
                              clear_host=True)
@@ -573,7 +572,7 @@ class Dispatcher(service.Service):
         )
         held = frozenset(job_id for job_id, (_, until) in self.start_failures.items()
                          if until > now)
-        blocked = {pair for pair, until in self.backoff.items() if until > now}
+        blocked = self.executor_table.blocked(now)
         waiting_users = self.jobs.waiting_users()
         for user in waiting_users:
             if user not in self.tms_sessions:
@@ -635,7 +634,7 @@ class Dispatcher(service.Service):
 
         ``starting`` marks the start (set before the first await, so at once) and its time is
         the start's token: the timer of an earlier start cannot fail a later one."""
-        started = self.starting[(user, host.name)] = self.reactor.seconds()
+        self.executor_table.start(user, host.name)
         try:
             await tms.proto.call(
                 commands.StartExecutor,
@@ -646,14 +645,11 @@ class Dispatcher(service.Service):
         except Exception as e:
             self.executor_start_failed(user, host.name, f"the TMS did not answer: {e}")
             return
-        self.reactor.callLater(EXECUTOR_START_TIMEOUT, self._check_started, user, host.name,
-                               started)
+        self.executor_table.start_asked(user, host.name, EXECUTOR_START_TIMEOUT)
 
-    def _check_started(self, user: str, host: str, started: float) -> None:
-        # Only the start this timer belongs to: a later start has its own timer.
-        if self.starting.get((user, host)) == started and (user, host) not in self.executors:
-            self.executor_start_failed(user, host, "no executor connected within "
-                                       f"{EXECUTOR_START_TIMEOUT:.0f} s")
+    def _start_timed_out(self, user: str, host: str) -> None:
+        self.executor_start_failed(user, host, "no executor connected within "
+                                   f"{EXECUTOR_START_TIMEOUT:.0f} s")
 
     async def _send_run(self, job: Job, session: Any) -> None:
         attempt = job.attempt
