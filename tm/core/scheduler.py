@@ -100,11 +100,19 @@ class ListQueues:
     """:class:`WaitingQueues` built from a list of jobs."""
 
     def __init__(self, jobs: Iterable[JobView]) -> None:
-        self._views = {j.id: j for j in jobs}
+        self.views = {j.id: j for j in jobs}
+        flat: dict[tuple[int, str, Shape], list[int]] = {}
+        for job_id in sorted(self.views):
+            j = self.views[job_id]
+            key = (j.priority, j.user, (j.slots, j.excluded))
+            queue = flat.get(key)
+            if queue is None:
+                flat[key] = [job_id]
+            else:
+                queue.append(job_id)
         self._queues: dict[int, dict[str, dict[Shape, list[int]]]] = {}
-        for j in sorted(self._views.values(), key=lambda j: j.id):
-            (self._queues.setdefault(j.priority, {}).setdefault(j.user, {})
-             .setdefault((j.slots, j.excluded), []).append(j.id))
+        for (prio, user, shape), ids in flat.items():
+            self._queues.setdefault(prio, {}).setdefault(user, {})[shape] = ids
 
     def priorities(self) -> list[int]:
         return sorted(self._queues, reverse=True)
@@ -116,7 +124,7 @@ class ListQueues:
         return self._queues.get(priority, {}).get(user, {}).items()
 
     def view(self, job_id: int) -> JobView | None:
-        return self._views.get(job_id)
+        return self.views.get(job_id)
 
 
 @dataclass(frozen=True)
@@ -155,53 +163,52 @@ def _valid_reservation(job: JobView, host: HostView | None, inp: SchedulerInput)
     )
 
 
-class _Cursor:
-    """A pass's place in one waiting queue (one priority, user and shape)."""
-
-    __slots__ = ("excluded", "ids", "pos", "skip", "slots")
-
-    def __init__(self, shape: Shape, ids: Sequence[int], skip: AbstractSet[int]) -> None:
-        self.slots, self.excluded = shape
-        self.ids = ids
-        self.pos = 0
-        self.skip = skip
-
-    def head(self) -> int | None:
-        ids, pos, skip = self.ids, self.pos, self.skip
-        n = len(ids)
-        if skip:
-            while pos < n and ids[pos] in skip:
-                pos += 1
-            self.pos = pos
-        return ids[pos] if pos < n else None
-
-
 class _UserQueues:
-    """One user's queues at one priority, ordered by their first job; a queue given up on
-    (``drop``) is out until ``rebuild``."""
+    """One user's queues at one priority (one per shape), ordered by their first job; a
+    queue given up on (``drop``) is out until ``rebuild``."""
 
-    __slots__ = ("cursors", "heap")
+    __slots__ = ("heap", "ids", "pos", "shaped", "shapes", "skip")
 
-    def __init__(self, cursors: list[_Cursor]) -> None:
-        self.cursors = cursors
+    def __init__(self, queues: Iterable[tuple[Shape, Sequence[int]]],
+                 skip: AbstractSet[int], holders: Iterable[JobView]) -> None:
+        self.shapes: list[Shape] = []
+        self.ids: list[Sequence[int]] = []
+        for shape, ids in queues:
+            self.shapes.append(shape)
+            self.ids.append(ids)
+        self.shaped = len(self.ids)  # the queues past these hold one job with a reservation
+        for h in holders:
+            self.shapes.append((h.slots, h.excluded))
+            self.ids.append([h.id])
+        self.skip = skip  # left out of the shape queues: held jobs and reservation holders
+        self.pos = [0] * len(self.ids)
         self.heap: list[tuple[int, int]] = []
         self.rebuild()
 
+    def _head(self, index: int) -> int | None:
+        ids, pos, skip = self.ids[index], self.pos[index], self.skip
+        n = len(ids)
+        if skip and index < self.shaped:
+            while pos < n and ids[pos] in skip:
+                pos += 1
+            self.pos[index] = pos
+        return ids[pos] if pos < n else None
+
     def rebuild(self) -> None:
-        heap = []
-        for index, c in enumerate(self.cursors):
-            job_id = c.head()
-            if job_id is not None:
-                heap.append((job_id, index))
+        if self.skip:
+            heads = [(self._head(i), i) for i in range(len(self.ids))]
+            heap = [(h, i) for h, i in heads if h is not None]
+        else:
+            heap = [(ids[p], i) for i, (ids, p) in enumerate(zip(self.ids, self.pos, strict=True))
+                    if p < len(ids)]
         heapq.heapify(heap)
         self.heap = heap
 
     def advance(self) -> None:
         """The first job was placed: its queue moves on."""
         index = self.heap[0][1]
-        c = self.cursors[index]
-        c.pos += 1
-        job_id = c.head()
+        self.pos[index] += 1
+        job_id = self._head(index)
         if job_id is None:
             heapq.heappop(self.heap)
         else:
@@ -230,22 +237,22 @@ def _walk(inp: SchedulerInput, queues: WaitingQueues, holders: dict[int, JobView
     ``holders`` (jobs with a reservation) are looked at on their own, in their place."""
     charge: dict[str, float] = {}
     skip = inp.held | holders.keys()
+    views = queues.views if isinstance(queues, ListQueues) else None
     for prio in queues.priorities():
         users: dict[str, _UserQueues] = {}
         for user in queues.users(prio):
             if user in inp.disabled_users:
                 continue
-            own = [_Cursor(shape, ids, skip) for shape, ids in queues.shapes(prio, user)]
-            own += [_Cursor((h.slots, h.excluded), [h.id], frozenset())
-                    for h in holders.values()
-                    if h.user == user and h.priority == prio and h.id not in inp.held]
-            users[user] = _UserQueues(own)
-        if not _walk_priority(inp, prio, users, charge, try_place):
+            own = [h for h in holders.values()
+                   if h.user == user and h.priority == prio and h.id not in inp.held]
+            users[user] = _UserQueues(queues.shapes(prio, user), skip, own)
+        if not _walk_priority(inp, prio, users, charge, try_place, views):
             return
 
 
 def _walk_priority(inp: SchedulerInput, prio: int, users: dict[str, _UserQueues],
-                   charge: dict[str, float], try_place: Callable[[JobView], int]) -> bool:
+                   charge: dict[str, float], try_place: Callable[[JobView], int],
+                   views: Mapping[int, JobView] | None) -> bool:
     """One priority's turn of :func:`_walk`; False to stop the pass."""
     heap: list[tuple[float, int, str]] = []
     usage = inp.usage
@@ -261,9 +268,11 @@ def _walk_priority(inp: SchedulerInput, prio: int, users: dict[str, _UserQueues]
         _, _, user = heapq.heappop(heap)
         uq = users[user]
         job_id, index = uq.heap[0]
-        cursor = uq.cursors[index]
-        job = JobView(id=job_id, user=user, slots=cursor.slots, priority=prio,
-                      excluded=cursor.excluded)
+        if views is not None:
+            job = views[job_id]
+        else:
+            slots, excluded = uq.shapes[index]
+            job = JobView(id=job_id, user=user, slots=slots, priority=prio, excluded=excluded)
         outcome = try_place(job)
         if outcome == STOP:
             return False
@@ -308,11 +317,16 @@ def schedule(inp: SchedulerInput) -> Decision:
     free = {n: hosts[n].max_slots - hosts[n].occupied for n in order}
     added = dict.fromkeys(order, 0)  # slots placed this pass per host
 
-    queues = inp.waiting_queues()
+    reserved = {} if inp.queues is not None else {
+        j.id: j for j in inp.jobs if j.id in inp.reservations}
+
+    def view(job_id: int) -> JobView | None:
+        return inp.queues.view(job_id) if inp.queues is not None else reserved.get(job_id)
+
     reserved_host_to_job: dict[str, int] = {}
     holders: dict[int, JobView] = {}
     for jid, hname in sorted(inp.reservations.items()):
-        job = None if jid in inp.held else queues.view(jid)
+        job = None if jid in inp.held else view(jid)
         if job is None or hname in reserved_host_to_job:
             continue
         if _valid_reservation(job, hosts.get(hname), inp):
@@ -395,7 +409,7 @@ def schedule(inp: SchedulerInput) -> Decision:
         return NOT_PLACED
 
     if open_slots[0] > 0:  # else the first job would stop the pass
-        _walk(inp, queues, holders, try_place)
+        _walk(inp, inp.waiting_queues(), holders, try_place)
     return decision
 
 
