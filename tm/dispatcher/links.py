@@ -55,6 +55,19 @@ class ExecutorLinks(DispatcherCore):
             self._lose(job, f"the executor of {user} on {host} went away and did not come back "
                             f"within {self.settings.executor_lease:.0f} s")
 
+    def heartbeat(self, user: str, host: str, session: Any,
+                  running: set[tuple[int, int]] | None, load: float | None) -> None:
+        """An executor's heartbeat: its host's load, and what it runs (None: unreadable)."""
+        if load is not None:
+            previous = self.loads.get(host)
+            self.loads[host] = load
+            self.load_at[host] = self.reactor.seconds()
+            known = self.hosts.get(host)
+            if known is not None and known.load_check and previous != load:
+                self.request_pass()  # a job held back by this host's load may fit now
+        if running is not None and self.executors.get((user, host)) is session:
+            self.reconcile(user, host, session, running)
+
     def _check_leases(self) -> None:
         """Drop executors that stopped sending heartbeats (hung, or a half-open connection)."""
         now = self.reactor.seconds()

@@ -14,6 +14,7 @@ responders (:mod:`tm.dispatcher.session`) call. See docs/dispatcher.md.
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import json
 import os
@@ -27,7 +28,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from tm import config
-from tm.core.model import JobState
+from tm.core import scheduler
+from tm.core.model import MAX_PRIORITY, MIN_PRIORITY, Job, JobEnvironment, JobSpec, JobState
 from tm.dispatcher.core import (  # noqa: F401 - the names tests and the tap import from here
     EXECUTOR_BACKOFF,
     EXECUTOR_START_TIMEOUT,
@@ -45,6 +47,7 @@ from tm.dispatcher.core import (  # noqa: F401 - the names tests and the tap imp
 )
 from tm.dispatcher.jobcontrol import JobControl
 from tm.dispatcher.links import ExecutorLinks
+from tm.protocol import commands, records
 
 
 class Dispatcher(ExecutorLinks, JobControl, DispatcherCore, service.Service):
@@ -184,6 +187,91 @@ class Dispatcher(ExecutorLinks, JobControl, DispatcherCore, service.Service):
         summary = "configuration reloaded: " + "; ".join(parts)
         self.log.info(summary)
         return summary
+
+    # --- requests (what the responders call) --------------------------------------------------
+
+    async def submit(self, user: str, environment: JobEnvironment,
+                     specs: list[JobSpec]) -> tuple[list[int], list[str]]:
+        """Check and store a submission, take its jobs into the queue; their ids (in the order
+        of ``specs``) and warnings. Raises InvalidRequest/UnknownHost (nothing stored) or
+        DatabaseUnavailable."""
+        largest = max((h.max_slots for h in self.hosts.values() if not h.retired), default=0)
+        warnings: list[str] = []
+        by_short = {h.short_name: h.name for h in self.hosts.values() if h.short_name}
+        for index, spec in enumerate(specs):
+            problem = records.spec_problem(spec, MIN_PRIORITY, MAX_PRIORITY)
+            if problem:
+                where = f"job {index + 1} of {len(specs)}: " if len(specs) > 1 else ""
+                raise commands.InvalidRequest(f"{where}{problem}; nothing was submitted")
+            if spec.slots > largest:
+                warning = (f"a job needs {spec.slots} slots but the largest host has {largest}: "
+                           "it waits until a host that large is configured")
+                if warning not in warnings:
+                    warnings.append(warning)
+            # Hosts are named by their full name from here on; -E accepts short names too.
+            excluded: list[str] = []
+            for host in spec.excluded_hosts:
+                full = host if host in self.hosts else by_short.get(host)
+                if full is None:
+                    raise commands.UnknownHost(f"unknown host {host!r} in the excluded hosts; "
+                                               "see lscluster")
+                if full not in excluded:
+                    excluded.append(full)
+            if tuple(excluded) != spec.excluded_hosts:
+                specs[index] = dataclasses.replace(spec, excluded_hosts=tuple(excluded))
+        try:
+            ids = await self.store.submit_jobs(user, environment, specs, self.reactor.seconds())
+        except commands.TMError:
+            raise
+        except Exception as e:
+            self.log.failure("submission of {n} jobs failed", n=len(specs))
+            raise commands.DatabaseUnavailable(f"the submission was not stored: {e}") from None
+        new_ids = [i for i in ids if i not in self.jobs]
+        for job in await self.store.get_jobs(new_ids) if new_ids else []:
+            if job.state is JobState.WAITING:
+                self.jobs.add(job)
+        self.request_pass()
+        return ids, warnings
+
+    async def set_cluster_active(self, active: bool) -> None:
+        self.cluster_active = active
+        await self.store.set_setting("cluster_active", "1" if active else "0")
+        self.request_pass()
+
+    async def set_host_active(self, name: str, active: bool) -> str:
+        """(De)activate a host named by its full or short name; its full name."""
+        found = self.hosts.get(name) or next(
+            (h for h in self.hosts.values() if h.short_name == name), None)
+        if found is None:
+            raise commands.UnknownHost(f"unknown host {name!r}; see lscluster")
+        found.active = active
+        await self.store.save_host(found.name, active, found.retired)
+        self.request_pass()
+        return found.name
+
+    async def set_user_enabled(self, user: str, enabled: bool) -> None:
+        if user not in self.users:
+            raise commands.UnknownUser(f"unknown user {user!r}; see lsusers")
+        self.users[user].enabled = enabled
+        await self.store.set_user_enabled(user, enabled)
+        self.request_pass()
+
+    def queue_order(self, owner: str | None) -> list[Job]:
+        """The waiting jobs (of ``owner``, or everyone's) in the order a pass takes them."""
+        return [self.jobs[v.id] for v in scheduler.queue_order(self.scheduler_input(listing=True))
+                if owner in (None, v.user)]
+
+    def wait_reason(self, job: Job) -> str:
+        """Why ``job`` waits (or why its start is retried later); "" otherwise."""
+        if job.state is JobState.WAITING:
+            inp = self.scheduler_input(listing=True)
+            view = next((j for j in inp.jobs if j.id == job.id), None)
+            return "" if view is None else scheduler.explain_wait(view, inp)
+        if job.id in self.start_failures:
+            failures, retry_at = self.start_failures[job.id]
+            return (f"its start failed {failures} time(s) in a row; tried again in "
+                    f"{max(0.0, retry_at - self.reactor.seconds()):.0f} s")
+        return ""
 
     # --- published information -----------------------------------------------------------------
 

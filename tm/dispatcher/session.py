@@ -6,7 +6,6 @@ file-system challenge) and never taken from a message field afterwards.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import re
 from typing import Any
@@ -18,8 +17,7 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from tm import auth, config
-from tm.core import scheduler
-from tm.core.model import MAX_PRIORITY, MIN_PRIORITY, JobState
+from tm.core.model import JobState
 from tm.core.patterns import PatternError, compile_user_pattern
 from tm.dispatcher.edge import AddressGuard, EdgeLimits
 from tm.protocol import commands, records
@@ -197,43 +195,7 @@ class Session(amp.CommandLocator):
         if problem:
             raise commands.InvalidRequest(problem)
         specs = [records.spec_from_amp(j) for j in jobs]
-        largest = max((h.max_slots for h in d.hosts.values() if not h.retired), default=0)
-        warnings: list[str] = []
-        by_short = {h.short_name: h.name for h in d.hosts.values() if h.short_name}
-        for index, spec in enumerate(specs):
-            problem = records.spec_problem(spec, MIN_PRIORITY, MAX_PRIORITY)
-            if problem:
-                where = f"job {index + 1} of {len(specs)}: " if len(specs) > 1 else ""
-                raise commands.InvalidRequest(f"{where}{problem}; nothing was submitted")
-            if spec.slots > largest:
-                warning = (f"a job needs {spec.slots} slots but the largest host has {largest}: "
-                           "it waits until a host that large is configured")
-                if warning not in warnings:
-                    warnings.append(warning)
-            # Hosts are named by their full name from here on; -E accepts short names too.
-            excluded = []
-            for host in spec.excluded_hosts:
-                full = host if host in d.hosts else by_short.get(host)
-                if full is None:
-                    raise commands.UnknownHost(f"unknown host {host!r} in the excluded hosts; "
-                                               "see lscluster")
-                if full not in excluded:
-                    excluded.append(full)
-            if tuple(excluded) != spec.excluded_hosts:
-                specs[index] = dataclasses.replace(spec, excluded_hosts=tuple(excluded))
-        now = d.reactor.seconds()
-        try:
-            ids = await d.store.submit_jobs(user, environment, specs, now)
-        except commands.TMError:
-            raise
-        except Exception as e:
-            self.log.failure("submission of {n} jobs failed", n=len(specs))
-            raise commands.DatabaseUnavailable(f"the submission was not stored: {e}") from None
-        new_ids = [i for i in ids if i not in d.jobs]
-        for job in await d.store.get_jobs(new_ids) if new_ids else []:
-            if job.state is JobState.WAITING:
-                d.jobs[job.id] = job
-        d.request_pass()
+        ids, warnings = await d.submit(user, environment, specs)
         return {"job_ids": ids, "warnings": warnings}
 
     def _scope_user(self, scope: str, user: str | None) -> str | None:
@@ -255,8 +217,7 @@ class Session(amp.CommandLocator):
         d = self.dispatcher
         if order == "schedule":
             # Pages of the queue order; after_id counts the jobs already sent (an offset).
-            ranked = [d.jobs[j.id] for j in scheduler.queue_order(d.scheduler_input(listing=True))
-                      if owner in (None, d.jobs[j.id].user)]
+            ranked = d.queue_order(owner)
             page = ranked[after_id:after_id + limit]
             rows, n = records.fit_to_value(records.JOB_SUMMARY_FIELDS, page,
                                            records.job_summary_to_amp)
@@ -287,16 +248,7 @@ class Session(amp.CommandLocator):
         job = await self._visible_job(job_id)
         d = self.dispatcher
         history = await d.store.get_history(job_id)
-        reason = ""
-        if job.state is JobState.WAITING:
-            inp = d.scheduler_input(listing=True)
-            view = next((j for j in inp.jobs if j.id == job_id), None)
-            if view is not None:
-                reason = scheduler.explain_wait(view, inp)
-        elif job.id in d.start_failures:
-            failures, retry_at = d.start_failures[job.id]
-            reason = (f"its start failed {failures} time(s) in a row; tried again in "
-                      f"{max(0.0, retry_at - d.reactor.seconds()):.0f} s")
+        reason = d.wait_reason(job)
         # The newest history that fits one value, oldest first.
         newest = list(reversed(history[-100:]))
         rows, _ = records.fit_to_value(records.HISTORY_FIELDS, newest, records.history_to_amp)
@@ -372,19 +324,13 @@ class Session(amp.CommandLocator):
         user = self._require(commands.ROLE_TMMS)
         d = self.dispatcher
         self.last_heard = d.reactor.seconds()
-        host = d.hosts.get(self.host or "")
-        if load is not None:
-            previous = d.loads.get(self.host or "")
-            d.loads[self.host or ""] = load
-            d.load_at[self.host or ""] = self.last_heard
-            if host is not None and host.load_check and previous != load:
-                d.request_pass()  # a job held back by this host's load may fit now
         try:
-            attempts = {(int(j), int(a)) for j, a in running}
+            attempts: set[tuple[int, int]] | None = {(int(j), int(a)) for j, a in running}
         except (TypeError, ValueError):
-            raise commands.InvalidRequest("running must be a list of [job_id, attempt]") from None
-        if d.executors.get((user, self.host or "")) is self:
-            d.reconcile(user, self.host or "", self, attempts)
+            attempts = None
+        d.heartbeat(user, self.host or "", self, attempts, load)
+        if attempts is None:
+            raise commands.InvalidRequest("running must be a list of [job_id, attempt]")
         lease = d.settings.executor_lease
         return {"time": d.reactor.seconds(), "lease": lease / 2,
                 "interval": min(HEARTBEAT_INTERVAL, lease / 6)}
@@ -400,10 +346,7 @@ class Session(amp.CommandLocator):
     @commands.SetClusterActive.responder
     async def set_cluster_active(self, active: bool) -> dict:
         self._require_admin()
-        d = self.dispatcher
-        d.cluster_active = active
-        await d.store.set_setting("cluster_active", "1" if active else "0")
-        d.request_pass()
+        await self.dispatcher.set_cluster_active(active)
         return {}
 
     @commands.ReloadConfig.responder
@@ -418,15 +361,7 @@ class Session(amp.CommandLocator):
     @commands.SetHostActive.responder
     async def set_host_active(self, host: str, active: bool) -> dict:
         self._require_admin()
-        d = self.dispatcher
-        found = d.hosts.get(host) or next(
-            (h for h in d.hosts.values() if h.short_name == host), None)
-        if found is None:
-            raise commands.UnknownHost(f"unknown host {host!r}; see lscluster")
-        found.active = active
-        await d.store.save_host(found.name, active, found.retired)
-        d.request_pass()
-        return {"host": found.name}
+        return {"host": await self.dispatcher.set_host_active(host, active)}
 
     # --- job control, groups and users ----------------------------------------------------
 
@@ -540,12 +475,7 @@ class Session(amp.CommandLocator):
     @commands.SetUserEnabled.responder
     async def set_user_enabled(self, user: str, enabled: bool) -> dict:
         self._require_admin()
-        d = self.dispatcher
-        if user not in d.users:
-            raise commands.UnknownUser(f"unknown user {user!r}; see lsusers")
-        d.users[user].enabled = enabled
-        await d.store.set_user_enabled(user, enabled)
-        d.request_pass()
+        await self.dispatcher.set_user_enabled(user, enabled)
         return {}
 
     @commands.ListExecutors.responder
