@@ -146,8 +146,8 @@ class FakeSession:
     def __init__(self, answer: Callable[[str, dict], Any]) -> None:
         self.proto = FakeProto(answer)
         self.last_heard = 0.0
-        self.peer_pid = 1
-        self.authenticated_at = 0.0
+        self.peer_pid: int | None = 1
+        self.authenticated_at: float | None = 0.0
 
     def fence(self) -> None:
         pass

@@ -27,6 +27,7 @@ from tm.core.fairshare import DEFAULT_HALF_LIFE, UsageLedger
 from tm.core.model import Host, Job, JobState, Transition, User
 from tm.core.workingset import WorkingSet
 from tm.dispatcher.executors import ExecutorTable
+from tm.dispatcher.ports import DispatcherStore, PeerSession
 from tm.dispatcher.writer import TransitionWriter
 
 #: How long a placed job may wait for its user's executor to appear.
@@ -107,7 +108,7 @@ class DispatcherCore:
 
     log = Logger()
 
-    def __init__(self, reactor: Any, settings: Settings, store: Any) -> None:
+    def __init__(self, reactor: Any, settings: Settings, store: DispatcherStore) -> None:
         self.reactor = reactor
         self.settings = settings
         self.store = store
@@ -118,9 +119,9 @@ class DispatcherCore:
         self.cluster_active = True
         self.loads: dict[str, float] = {}
         self.load_at: dict[str, float] = {}  # when each host's load was last reported
-        self.tms_sessions: dict[str, Any] = {}
+        self.tms_sessions: dict[str, PeerSession] = {}
         #: Each user's executor on each host: absent, starting, connected, away, backed off.
-        self.executor_table: ExecutorTable[Any] = ExecutorTable(
+        self.executor_table: ExecutorTable[PeerSession] = ExecutorTable(
             reactor, settings.executor_lease, on_lease_over=self._lease_expired,
             on_start_over=self._start_timed_out, on_backoff_over=self.request_pass)
         #: Ends of attempts reported but not yet committed, with the reports waiting for them.
@@ -352,7 +353,7 @@ class DispatcherCore:
     def _start_timed_out(self, user: str, host: str) -> None:
         raise NotImplementedError
 
-    async def _kill_for_repair(self, job: Job, session: Any) -> None:
+    async def _kill_for_repair(self, job: Job, session: PeerSession) -> None:
         raise NotImplementedError
 
     def _killed_attempt_gone(self, job: Job, reason: str) -> bool:

@@ -10,6 +10,7 @@ from twisted.internet.defer import Deferred, ensureDeferred, fail
 
 from tm.core.model import Job, JobState, ending_state
 from tm.dispatcher.core import DispatcherCore, Killing, NotWritten, _fire_unless_called
+from tm.dispatcher.ports import PeerSession
 from tm.protocol import commands
 
 
@@ -98,7 +99,7 @@ class JobControl(DispatcherCore):
             return
         ensureDeferred(self._signal(job, session, "kill"))
 
-    async def _signal(self, job: Job, session: Any, action: str) -> bool:
+    async def _signal(self, job: Job, session: PeerSession, action: str) -> bool:
         try:
             answer = await session.proto.call(commands.SignalJob, job_id=job.id,
                                               attempt=job.attempt, action=action)
@@ -177,7 +178,7 @@ class JobControl(DispatcherCore):
             self._killed_attempt_ended(job, self.reactor.seconds())
         # An absent executor: its end comes when it is back, or the lease loses the attempt.
 
-    async def _kill_for_repair(self, job: Job, session: Any) -> None:
+    async def _kill_for_repair(self, job: Job, session: PeerSession) -> None:
         killing = self.killing.get(job.id)
         if killing is None:
             return

@@ -3,8 +3,6 @@ heartbeats, and the start orders of placed jobs."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
 
@@ -15,6 +13,7 @@ from tm.dispatcher.core import (
     MAX_EXECUTOR_BACKOFF,
     DispatcherCore,
 )
+from tm.dispatcher.ports import PeerSession
 from tm.protocol import commands
 
 
@@ -23,15 +22,15 @@ class ExecutorLinks(DispatcherCore):
 
     # --- sessions -------------------------------------------------------------------
 
-    def tms_connected(self, user: str, session: Any) -> None:
+    def tms_connected(self, user: str, session: PeerSession) -> None:
         self.tms_sessions[user] = session
         self.request_pass()
 
-    def tms_disconnected(self, user: str, session: Any) -> None:
+    def tms_disconnected(self, user: str, session: PeerSession) -> None:
         if self.tms_sessions.get(user) is session:
             del self.tms_sessions[user]
 
-    def executor_connected(self, user: str, host: str, session: Any) -> None:
+    def executor_connected(self, user: str, host: str, session: PeerSession) -> None:
         old = self.executor_table.connected(user, host, session)
         if old is not None:
             old.fence()
@@ -42,7 +41,7 @@ class ExecutorLinks(DispatcherCore):
                 ensureDeferred(self._send_run(job, session))
         self.request_pass()
 
-    def executor_disconnected(self, user: str, host: str, session: Any) -> None:
+    def executor_disconnected(self, user: str, host: str, session: PeerSession) -> None:
         # Its jobs may well still run (a network blip, a dispatcher-side drop): the table
         # keeps them for one lease; if the executor is back by then, its heartbeat tells
         # what still runs.
@@ -55,7 +54,7 @@ class ExecutorLinks(DispatcherCore):
             self._lose(job, f"the executor of {user} on {host} went away and did not come back "
                             f"within {self.settings.executor_lease:.0f} s")
 
-    def heartbeat(self, user: str, host: str, session: Any,
+    def heartbeat(self, user: str, host: str, session: PeerSession,
                   running: set[tuple[int, int]] | None, load: float | None) -> None:
         """An executor's heartbeat: its host's load, and what it runs (None: unreadable)."""
         if load is not None:
@@ -77,7 +76,7 @@ class ExecutorLinks(DispatcherCore):
                               "dropping it", user=user, host=host, t=now - session.last_heard)
                 session.drop()
 
-    def reconcile(self, user: str, host: str, session: Any, running: set[tuple[int, int]]) -> None:
+    def reconcile(self, user: str, host: str, session: PeerSession, running: set[tuple[int, int]]) -> None:
         """Compare what an executor runs with what we believe runs there.
 
         A job we think runs there but which the executor does not run (and whose end it has
@@ -104,7 +103,7 @@ class ExecutorLinks(DispatcherCore):
                           id=job_id, a=attempt, host=host)
             ensureDeferred(self._kill_stale(session, job_id, attempt))
 
-    async def _kill_stale(self, session: Any, job_id: int, attempt: int) -> None:
+    async def _kill_stale(self, session: PeerSession, job_id: int, attempt: int) -> None:
         try:
             await session.proto.call(commands.SignalJob, job_id=job_id, attempt=attempt,
                                      action="kill")
@@ -185,7 +184,7 @@ class ExecutorLinks(DispatcherCore):
             return
         ensureDeferred(self._start_executor(tms, job.user, self.hosts[host_name]))
 
-    async def _start_executor(self, tms: Any, user: str, host: Host) -> None:
+    async def _start_executor(self, tms: PeerSession, user: str, host: Host) -> None:
         """Ask the user's TMS to start an executor on ``host``; fail it if none connects in time.
 
         ``starting`` marks the start (set before the first await, so at once) and its time is
@@ -207,7 +206,7 @@ class ExecutorLinks(DispatcherCore):
         self.executor_start_failed(user, host, "no executor connected within "
                                    f"{EXECUTOR_START_TIMEOUT:.0f} s")
 
-    async def _send_run(self, job: Job, session: Any) -> None:
+    async def _send_run(self, job: Job, session: PeerSession) -> None:
         attempt = job.attempt
         env = await self._environment(job.env_id)
         try:

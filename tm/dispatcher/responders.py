@@ -68,6 +68,19 @@ class SessionBase(amp.CommandLocator):
             raise commands.PermissionDenied(f"{user} does not have the admin role (etc/users)")
         return user
 
+    def drop(self) -> None:
+        """Cut a connection that went silent; connectionLost does the rest."""
+        # Only sessions in the executor table are dropped, and connectionLost takes a session
+        # out of it before AMP forgets the transport.
+        assert self.proto.transport is not None
+        self.proto.transport.abortConnection()
+
+    def fence(self) -> None:
+        """A newer executor of the same user and host replaced this one."""
+        self.fenced = True
+        assert self.proto.transport is not None  # as in drop(): still in the executor table
+        self.proto.transport.loseConnection()  # type: ignore[misc]
+
     def _scope_user(self, scope: str, user: str | None) -> str | None:
         me = self._require(commands.ROLE_TMS, commands.ROLE_CLIENT)
         if self.role == commands.ROLE_TMS or scope == "mine" or not self._is_admin():

@@ -68,8 +68,7 @@ class Dispatcher(ExecutorLinks, JobControl, DispatcherCore, service.Service):
                 self.hosts[name].active = active
                 if retired:  # back in the configuration
                     await self.store.save_host(name, active, False)
-        active = await self.store.get_setting("cluster_active")
-        self.cluster_active = active != "0"
+        self.cluster_active = await self.store.get_setting("cluster_active") != "0"
         for job in await self.store.load_active_jobs():
             self.jobs.add(job)
         # Placements whose start order may not have gone out: back to waiting. (Had it gone

@@ -118,19 +118,6 @@ class Session(JobResponders, AdminResponders):
         elif self.role == commands.ROLE_TMMS and not self.fenced:
             self.dispatcher.executor_disconnected(self.user, self.host or "", self)
 
-    def drop(self) -> None:
-        """Cut a connection that went silent; connectionLost does the rest."""
-        # Only sessions in the executor table are dropped, and connectionLost takes a session
-        # out of it before AMP forgets the transport.
-        assert self.proto.transport is not None
-        self.proto.transport.abortConnection()
-
-    def fence(self) -> None:
-        """A newer executor of the same user and host replaced this one."""
-        self.fenced = True
-        assert self.proto.transport is not None  # as in drop(): still in the executor table
-        self.proto.transport.loseConnection()  # type: ignore[misc]
-
     @commands.Ping.responder
     def ping(self) -> dict:
         return {"server": "tmdispatcher", "time": self.dispatcher.reactor.seconds()}
