@@ -22,8 +22,14 @@ from tm.protocol import commands, records
 class Peer:
     """A client connected in memory to one dispatcher session."""
 
-    def __init__(self, d: Dispatcher, clock: Clock, user: str | None = "alice",
-                 role: str = commands.ROLE_CLIENT, host: str | None = None) -> None:
+    def __init__(
+        self,
+        d: Dispatcher,
+        clock: Clock,
+        user: str | None = "alice",
+        role: str = commands.ROLE_CLIENT,
+        host: str | None = None,
+    ) -> None:
         self.clock = clock
         self.server = DispatcherProtocol(d)
         self.client = amp.AMP()
@@ -48,18 +54,22 @@ class Peer:
 
 @pytest.fixture
 def world(tmp_path: Path) -> tuple[Dispatcher, Clock, MemoryStore]:
-    d, clock, store = make_dispatcher(tmp_path, hosts=[
-        Host(name="h1.example", short_name="h1", number_slots=2, max_slots=2)])
+    d, clock, store = make_dispatcher(
+        tmp_path, hosts=[Host(name="h1.example", short_name="h1", number_slots=2, max_slots=2)]
+    )
     return d, clock, store
 
 
 def test_a_submission_is_stored_and_queued(world: Any) -> None:
     d, clock, store = world
-    spec = JobSpec(uuid="11111111-1111-1111-1111-111111111111", command="true",
-                   excluded_hosts=("h1",))
+    spec = JobSpec(
+        uuid="11111111-1111-1111-1111-111111111111", command="true", excluded_hosts=("h1",)
+    )
     answer = Peer(d, clock).call(
-        commands.SubmitJobs, **records.environment_to_amp(JobEnvironment(cwd="/tmp")),
-        jobs=[records.spec_to_amp(spec)])
+        commands.SubmitJobs,
+        **records.environment_to_amp(JobEnvironment(cwd="/tmp")),
+        jobs=[records.spec_to_amp(spec)],
+    )
     [job_id] = answer["job_ids"]
     job = d.jobs[job_id]
     assert job.state is JobState.WAITING and store.jobs[job_id].user == "alice"
@@ -69,20 +79,24 @@ def test_a_submission_is_stored_and_queued(world: Any) -> None:
 
 def test_a_submission_naming_an_unknown_host_stores_nothing(world: Any) -> None:
     d, clock, store = world
-    spec = JobSpec(uuid="11111111-1111-1111-1111-111111111111", command="true",
-                   excluded_hosts=("nowhere",))
+    spec = JobSpec(
+        uuid="11111111-1111-1111-1111-111111111111", command="true", excluded_hosts=("nowhere",)
+    )
     with pytest.raises(commands.UnknownHost, match="unknown host 'nowhere'"):
-        Peer(d, clock).call(commands.SubmitJobs,
-                            **records.environment_to_amp(JobEnvironment(cwd="/tmp")),
-                            jobs=[records.spec_to_amp(spec)])
+        Peer(d, clock).call(
+            commands.SubmitJobs,
+            **records.environment_to_amp(JobEnvironment(cwd="/tmp")),
+            jobs=[records.spec_to_amp(spec)],
+        )
     assert not store.jobs and not d.jobs
 
 
 def test_nothing_is_answered_before_authentication(world: Any) -> None:
     d, clock, _ = world
     with pytest.raises(commands.NotAuthenticated):
-        Peer(d, clock, user=None).call(commands.ListJobs, states=[], scope="mine",
-                                       after_id=0, limit=10)
+        Peer(d, clock, user=None).call(
+            commands.ListJobs, states=[], scope="mine", after_id=0, limit=10
+        )
 
 
 def test_cluster_switch_needs_the_admin_role_and_is_stored(world: Any) -> None:
@@ -132,8 +146,9 @@ def test_the_queue_order_listing_and_a_kill(world: Any) -> None:
     for job_id in (1, 2, 3):
         add_job(d, store, job_id, priority=5 if job_id == 3 else 0)
     peer = Peer(d, clock)
-    answer = peer.call(commands.ListJobs, states=["waiting"], scope="mine", after_id=0,
-                       limit=10, order="schedule")
+    answer = peer.call(
+        commands.ListJobs, states=["waiting"], scope="mine", after_id=0, limit=10, order="schedule"
+    )
     assert [row["id"] for row in answer["jobs"]] == [3, 1, 2]
     killed = peer.call(commands.KillJobs, job_ids=[2], all=False)
     assert killed["killed"] == [2] and 2 not in d.jobs

@@ -14,10 +14,13 @@ class Calls:
         self.backoffs = 0
 
     def table(self, clock: Clock) -> ExecutorTable[object]:
-        return ExecutorTable(clock, 30.0,
-                             on_lease_over=lambda u, h: self.leases.append((u, h)),
-                             on_start_over=lambda u, h: self.starts.append((u, h)),
-                             on_backoff_over=self.count_backoff)
+        return ExecutorTable(
+            clock,
+            30.0,
+            on_lease_over=lambda u, h: self.leases.append((u, h)),
+            on_start_over=lambda u, h: self.starts.append((u, h)),
+            on_backoff_over=self.count_backoff,
+        )
 
     def count_backoff(self) -> None:
         self.backoffs += 1

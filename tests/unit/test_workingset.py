@@ -19,16 +19,32 @@ from tm.db import queries
 from tm.db.store import Store
 
 
-def make_job(job_id: int, user: str = "alice", slots: int = 1, priority: int = 0,
-             excluded: tuple[str, ...] = (), state: JobState = JobState.WAITING,
-             host: str | None = None) -> Job:
-    spec = JobSpec(uuid=f"u-{job_id}", command="true", slots=slots, priority=priority,
-                   excluded_hosts=excluded)
-    return Job(id=job_id, uuid=spec.uuid, user=user, spec=spec, state=state, attempt=1,
-               submitted_at=0.0, host=host)
+def make_job(
+    job_id: int,
+    user: str = "alice",
+    slots: int = 1,
+    priority: int = 0,
+    excluded: tuple[str, ...] = (),
+    state: JobState = JobState.WAITING,
+    host: str | None = None,
+) -> Job:
+    spec = JobSpec(
+        uuid=f"u-{job_id}", command="true", slots=slots, priority=priority, excluded_hosts=excluded
+    )
+    return Job(
+        id=job_id,
+        uuid=spec.uuid,
+        user=user,
+        spec=spec,
+        state=state,
+        attempt=1,
+        submitted_at=0.0,
+        host=host,
+    )
 
 
 # --- one transition: the job in memory and its row ----------------------------------------
+
 
 def _database() -> sqlite3.Cursor:
     conn = sqlite3.connect(":memory:", isolation_level=None)
@@ -54,8 +70,14 @@ STEPS: list[tuple[JobState, dict[str, Any]]] = [
 
 def test_a_transition_changes_memory_and_row_alike() -> None:
     txn = _database()
-    [job_id] = queries.submit_jobs(txn, queries.SQLITE, "alice", JobEnvironment(cwd="/tmp"),
-                                   [JobSpec(uuid="u-1", command="true")], 1.0)
+    [job_id] = queries.submit_jobs(
+        txn,
+        queries.SQLITE,
+        "alice",
+        JobEnvironment(cwd="/tmp"),
+        [JobSpec(uuid="u-1", command="true")],
+        1.0,
+    )
     job = queries.get_job(txn, queries.SQLITE, job_id)
     assert job is not None
     work = WorkingSet([job])
@@ -72,12 +94,14 @@ def test_changes_name_only_job_fields() -> None:
     for old, targets in ALLOWED_TRANSITIONS.items():
         for new in targets:
             job = make_job(1, state=old)
-            t = WorkingSet([job]).transition(job, new, "r", 5.0, host="h", pid=1,
-                                             exit_code=0, signal=None, new_attempt=2)
+            t = WorkingSet([job]).transition(
+                job, new, "r", 5.0, host="h", pid=1, exit_code=0, signal=None, new_attempt=2
+            )
             assert set(t.changes(0.0)) <= names
 
 
 # --- indexes kept by events equal indexes recomputed ---------------------------------------
+
 
 def _recomputed(jobs: list[Job]) -> dict[str, Any]:
     occupied: dict[str, int] = {}
@@ -102,8 +126,13 @@ def _check(work: WorkingSet) -> None:
             assert (j in work.holding_slots(j.user, j.host)) == j.state.holds_slots
     waiting = sorted(j.id for j in jobs if j.state is JobState.WAITING)
     assert [v.id for v in work.waiting_views()] == waiting
-    queued = sorted(i for p in work.priorities() for u in work.users(p)
-                    for _, ids in work.shapes(p, u) for i in ids)
+    queued = sorted(
+        i
+        for p in work.priorities()
+        for u in work.users(p)
+        for _, ids in work.shapes(p, u)
+        for i in ids
+    )
     assert queued == waiting
     for p in work.priorities():
         for u in work.users(p):
@@ -117,12 +146,25 @@ def _check(work: WorkingSet) -> None:
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 9), st.sampled_from(list(JobState)),
-                          st.sampled_from(["h1", "h2"])), max_size=60))
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 9), st.sampled_from(list(JobState)), st.sampled_from(["h1", "h2"])
+        ),
+        max_size=60,
+    )
+)
 def test_indexes_follow_every_transition(moves: list[tuple[int, JobState, str]]) -> None:
-    work = WorkingSet(make_job(i, user=f"u{i % 3}", slots=1 + i % 2, priority=i % 2,
-                               excluded=("h2",) if i % 4 == 0 else ())
-                      for i in range(10))
+    work = WorkingSet(
+        make_job(
+            i,
+            user=f"u{i % 3}",
+            slots=1 + i % 2,
+            priority=i % 2,
+            excluded=("h2",) if i % 4 == 0 else (),
+        )
+        for i in range(10)
+    )
     at = 0.0
     for job_id, new, host in moves:
         job = work.get(job_id)
@@ -143,34 +185,47 @@ def test_indexes_follow_every_transition(moves: list[tuple[int, JobState, str]])
 
 # --- scheduling fed by the working set's queues ----------------------------------------------
 
+
 @settings(max_examples=200, deadline=None)
 @given(st.data())
 def test_a_pass_over_the_queues_decides_as_over_the_list(data: st.DataObject) -> None:
-    hosts = tuple(HostView(name=f"h{i}", max_slots=m, number_slots=m,
-                           occupied=data.draw(st.integers(0, m)), active=True)
-                  for i, m in enumerate(data.draw(st.lists(st.integers(1, 6), min_size=1,
-                                                           max_size=3))))
-    jobs = [make_job(i, user=data.draw(st.sampled_from(["a", "b", "c"])),
-                     slots=data.draw(st.integers(1, 4)), priority=data.draw(st.integers(0, 2)),
-                     excluded=tuple(data.draw(st.lists(st.sampled_from(["h0", "h1"]),
-                                                       max_size=1))))
-            for i in range(1, data.draw(st.integers(0, 30)) + 1)]
+    hosts = tuple(
+        HostView(
+            name=f"h{i}",
+            max_slots=m,
+            number_slots=m,
+            occupied=data.draw(st.integers(0, m)),
+            active=True,
+        )
+        for i, m in enumerate(data.draw(st.lists(st.integers(1, 6), min_size=1, max_size=3)))
+    )
+    jobs = [
+        make_job(
+            i,
+            user=data.draw(st.sampled_from(["a", "b", "c"])),
+            slots=data.draw(st.integers(1, 4)),
+            priority=data.draw(st.integers(0, 2)),
+            excluded=tuple(data.draw(st.lists(st.sampled_from(["h0", "h1"]), max_size=1))),
+        )
+        for i in range(1, data.draw(st.integers(0, 30)) + 1)
+    ]
     work = WorkingSet(jobs)
-    held = frozenset(data.draw(st.lists(st.sampled_from([j.id for j in jobs] or [0]),
-                                        max_size=2)))
+    held = frozenset(data.draw(st.lists(st.sampled_from([j.id for j in jobs] or [0]), max_size=2)))
     reservations: dict[int, str] = {}
     reserve: bool = data.draw(st.booleans())
     if jobs and reserve:
         reservations = {data.draw(st.sampled_from([j.id for j in jobs])): "h0"}
     usage = {"a": data.draw(st.floats(0, 10)), "b": 0.0, "c": 5.0}
     common: dict[str, Any] = {"hosts": hosts, "usage": usage, "reservations": reservations}
-    by_list = schedule(SchedulerInput(
-        jobs=tuple(v for v in work.waiting_views() if v.id not in held), **common))
+    by_list = schedule(
+        SchedulerInput(jobs=tuple(v for v in work.waiting_views() if v.id not in held), **common)
+    )
     by_queues = schedule(SchedulerInput(queues=work, held=held, **common))
     assert by_queues == by_list
     listed = scheduler.queue_order(SchedulerInput(queues=work, held=held, **common))
-    assert listed == scheduler.queue_order(SchedulerInput(
-        jobs=tuple(v for v in work.waiting_views() if v.id not in held), **common))
+    assert listed == scheduler.queue_order(
+        SchedulerInput(jobs=tuple(v for v in work.waiting_views() if v.id not in held), **common)
+    )
 
 
 class CountingIds(Sequence[int]):
@@ -220,10 +275,15 @@ def test_a_pass_reads_a_bounded_number_of_jobs_whatever_the_queue_length() -> No
         jobs = [make_job(i, user=f"u{i % 3}", slots=1 if i % 10 else 8) for i in range(1, n + 1)]
         work = WorkingSet(jobs)
         queues = CountingQueues(work)
-        decision = schedule(SchedulerInput(
-            hosts=(HostView(name="h1", max_slots=16, number_slots=16, occupied=6, active=True),
-                   HostView(name="h2", max_slots=4, number_slots=4, occupied=0, active=True)),
-            queues=queues))
+        decision = schedule(
+            SchedulerInput(
+                hosts=(
+                    HostView(name="h1", max_slots=16, number_slots=16, occupied=6, active=True),
+                    HostView(name="h2", max_slots=4, number_slots=4, occupied=0, active=True),
+                ),
+                queues=queues,
+            )
+        )
         # Job 10 (8 slots) does not fit: it reserves h1, whose 2 last free slots stay free.
         assert len(decision.placements) == 12 and decision.reservations == {10: "h1"}
         reads[n] = queues.reads
@@ -235,7 +295,11 @@ def test_backed_off_user_does_not_make_a_pass_walk_the_queue() -> None:
     per queue, not one per job."""
     work = WorkingSet(make_job(i) for i in range(1, 50_001))
     queues = CountingQueues(work)
-    decision = schedule(SchedulerInput(
-        hosts=(HostView(name="h1", max_slots=4, number_slots=4, occupied=0, active=True),),
-        queues=queues, blocked=frozenset({("alice", "h1")})))
+    decision = schedule(
+        SchedulerInput(
+            hosts=(HostView(name="h1", max_slots=4, number_slots=4, occupied=0, active=True),),
+            queues=queues,
+            blocked=frozenset({("alice", "h1")}),
+        )
+    )
     assert decision.placements == [] and queues.reads <= 2

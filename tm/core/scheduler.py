@@ -169,8 +169,12 @@ class _UserQueues:
 
     __slots__ = ("heap", "ids", "pos", "shaped", "shapes", "skip")
 
-    def __init__(self, queues: Iterable[tuple[Shape, Sequence[int]]],
-                 skip: AbstractSet[int], holders: Iterable[JobView]) -> None:
+    def __init__(
+        self,
+        queues: Iterable[tuple[Shape, Sequence[int]]],
+        skip: AbstractSet[int],
+        holders: Iterable[JobView],
+    ) -> None:
         self.shapes: list[Shape] = []
         self.ids: list[Sequence[int]] = []
         for shape, ids in queues:
@@ -199,8 +203,11 @@ class _UserQueues:
             heads = [(self._head(i), i) for i in range(len(self.ids))]
             heap = [(h, i) for h, i in heads if h is not None]
         else:
-            heap = [(ids[p], i) for i, (ids, p) in enumerate(zip(self.ids, self.pos, strict=True))
-                    if p < len(ids)]
+            heap = [
+                (ids[p], i)
+                for i, (ids, p) in enumerate(zip(self.ids, self.pos, strict=True))
+                if p < len(ids)
+            ]
         heapq.heapify(heap)
         self.heap = heap
 
@@ -225,8 +232,12 @@ class _UserQueues:
 PLACED, PLACED_FREED, NOT_PLACED, STOP = range(4)
 
 
-def _walk(inp: SchedulerInput, queues: WaitingQueues, holders: dict[int, JobView],
-          try_place: Callable[[JobView], int]) -> None:
+def _walk(
+    inp: SchedulerInput,
+    queues: WaitingQueues,
+    holders: dict[int, JobView],
+    try_place: Callable[[JobView], int],
+) -> None:
     """Offer jobs to ``try_place`` in pass order: priority descending; at one priority, the
     user with the least ``usage + PLACEMENT_CHARGE * slots placed`` next (ties: the user whose
     next job was submitted first); within a user, submission order.
@@ -243,16 +254,24 @@ def _walk(inp: SchedulerInput, queues: WaitingQueues, holders: dict[int, JobView
         for user in queues.users(prio):
             if user in inp.disabled_users:
                 continue
-            own = [h for h in holders.values()
-                   if h.user == user and h.priority == prio and h.id not in inp.held]
+            own = [
+                h
+                for h in holders.values()
+                if h.user == user and h.priority == prio and h.id not in inp.held
+            ]
             users[user] = _UserQueues(queues.shapes(prio, user), skip, own)
         if not _walk_priority(inp, prio, users, charge, try_place, views):
             return
 
 
-def _walk_priority(inp: SchedulerInput, prio: int, users: dict[str, _UserQueues],
-                   charge: dict[str, float], try_place: Callable[[JobView], int],
-                   views: Mapping[int, JobView] | None) -> bool:
+def _walk_priority(
+    inp: SchedulerInput,
+    prio: int,
+    users: dict[str, _UserQueues],
+    charge: dict[str, float],
+    try_place: Callable[[JobView], int],
+    views: Mapping[int, JobView] | None,
+) -> bool:
     """One priority's turn of :func:`_walk`; False to stop the pass."""
     heap: list[tuple[float, int, str]] = []
     usage = inp.usage
@@ -317,8 +336,9 @@ def schedule(inp: SchedulerInput) -> Decision:
     free = {n: hosts[n].max_slots - hosts[n].occupied for n in order}
     added = dict.fromkeys(order, 0)  # slots placed this pass per host
 
-    reserved = {} if inp.queues is not None else {
-        j.id: j for j in inp.jobs if j.id in inp.reservations}
+    reserved = (
+        {} if inp.queues is not None else {j.id: j for j in inp.jobs if j.id in inp.reservations}
+    )
 
     def view(job_id: int) -> JobView | None:
         return inp.queues.view(job_id) if inp.queues is not None else reserved.get(job_id)

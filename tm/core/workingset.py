@@ -120,12 +120,20 @@ class WorkingSet:
 
     # --- the one way a job changes state ------------------------------------------------
 
-    def transition(self, job: Job, new: JobState, reason: str, at: float,
-                   **fields: Any) -> Transition:
+    def transition(
+        self, job: Job, new: JobState, reason: str, at: float, **fields: Any
+    ) -> Transition:
         """Change ``job`` to ``new`` at time ``at``; the returned record is what the writer
         commits, and exactly what was applied here. A job that ends leaves the set."""
-        t = Transition(job_id=job.id, attempt=job.attempt, old=job.state, new=new,
-                       reason=reason, at=at, **fields)
+        t = Transition(
+            job_id=job.id,
+            attempt=job.attempt,
+            old=job.state,
+            new=new,
+            reason=reason,
+            at=at,
+            **fields,
+        )
         tracked = self._jobs.get(job.id) is job
         if tracked:
             self._unindex(job)
@@ -150,8 +158,11 @@ class WorkingSet:
             if state.holds_slots:
                 self.occupied[job.host] = self.occupied.get(job.host, 0) + job.spec.slots
         if state is JobState.WAITING:
-            queue = (self._waiting.setdefault(job.spec.priority, {})
-                     .setdefault(job.user, {}).setdefault(shape_of(job), None))
+            queue = (
+                self._waiting.setdefault(job.spec.priority, {})
+                .setdefault(job.user, {})
+                .setdefault(shape_of(job), None)
+            )
             if queue is None:
                 queue = self._waiting[job.spec.priority][job.user][shape_of(job)] = SortedList()
             queue.add(job.id)
@@ -236,8 +247,13 @@ class WorkingSet:
         job = self._jobs.get(job_id)
         if job is None or job.state is not JobState.WAITING:
             return None
-        return JobView(id=job.id, user=job.user, slots=job.spec.slots,
-                       priority=job.spec.priority, excluded=frozenset(job.spec.excluded_hosts))
+        return JobView(
+            id=job.id,
+            user=job.user,
+            slots=job.spec.slots,
+            priority=job.spec.priority,
+            excluded=frozenset(job.spec.excluded_hosts),
+        )
 
     def waiting_views(self) -> tuple[JobView, ...]:
         """Every waiting job as the scheduler sees it, by id (for listings)."""

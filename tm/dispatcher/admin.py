@@ -48,21 +48,26 @@ class AdminResponders(SessionBase):
             if user is not None and u.name != user:
                 continue
             states = d.jobs.counts(u.name)
-            rows.append({
-                "name": u.name, "roles": sorted(u.roles), "enabled": u.enabled,
-                "tms_connected": u.name in d.tms_sessions,
-                "executors": _first(sorted(h for (n, h) in d.executors if n == u.name), 50),
-                "waiting": states.get(JobState.WAITING, 0),
-                "pending": states.get(JobState.PENDING, 0),
-                "running": states.get(JobState.RUNNING, 0),
-                "usage": usage.get(u.name, 0.0),
-            })
+            rows.append(
+                {
+                    "name": u.name,
+                    "roles": sorted(u.roles),
+                    "enabled": u.enabled,
+                    "tms_connected": u.name in d.tms_sessions,
+                    "executors": _first(sorted(h for (n, h) in d.executors if n == u.name), 50),
+                    "waiting": states.get(JobState.WAITING, 0),
+                    "pending": states.get(JobState.PENDING, 0),
+                    "running": states.get(JobState.RUNNING, 0),
+                    "usage": usage.get(u.name, 0.0),
+                }
+            )
         if user is not None and not rows:
             raise commands.UnknownUser(f"unknown user {user!r}")
         fitted, n = records.fit_to_value(records.USER_FIELDS, rows, lambda r: r)
         if n < len(rows):
             raise commands.InvalidRequest(
-                f"the {len(rows)} users do not fit in one answer: ask for one (lsusers:NAME)")
+                f"the {len(rows)} users do not fit in one answer: ask for one (lsusers:NAME)"
+            )
         return {"users": fitted}
 
     @commands.SetUserEnabled.responder
@@ -79,19 +84,37 @@ class AdminResponders(SessionBase):
         for (name, host), session in sorted(d.executors.items(), key=lambda kv: kv[0]):
             if name != me:
                 continue
-            jobs = [j.id for j in d.jobs.values()
-                    if j.user == me and j.host == host and j.state.holds_slots]
-            rows.append({"host": host, "pid": session.peer_pid, "since": session.authenticated_at,
-                         "running": len(jobs), "state": "connected"})
+            jobs = [
+                j.id
+                for j in d.jobs.values()
+                if j.user == me and j.host == host and j.state.holds_slots
+            ]
+            rows.append(
+                {
+                    "host": host,
+                    "pid": session.peer_pid,
+                    "since": session.authenticated_at,
+                    "running": len(jobs),
+                    "state": "connected",
+                }
+            )
         for (name, host), since in sorted(d.starting.items()):
             if name == me and (name, host) not in d.executors:
-                rows.append({"host": host, "pid": None, "since": since, "running": 0,
-                             "state": "starting"})
+                rows.append(
+                    {"host": host, "pid": None, "since": since, "running": 0, "state": "starting"}
+                )
         now = d.reactor.seconds()
         for (name, host), until in sorted(d.backoff.items()):
             if name == me and until > now and (name, host) not in d.executors:
-                rows.append({"host": host, "pid": None, "since": None, "running": 0,
-                             "state": f"start failed, retried after {until - now:.0f} s"})
+                rows.append(
+                    {
+                        "host": host,
+                        "pid": None,
+                        "since": None,
+                        "running": 0,
+                        "state": f"start failed, retried after {until - now:.0f} s",
+                    }
+                )
         while rows and records.json_size(rows) > records.MAX_VALUE_BYTES:
             rows = rows[: len(rows) * 3 // 4]  # more hosts than one answer holds: the first
         return {"executors": rows}
@@ -117,8 +140,7 @@ class AdminResponders(SessionBase):
         lines += [f"tmms {u}@{h}" for (u, h) in sorted(d.executors)]
         lines += [f"executor starting: {u}@{h}" for (u, h) in sorted(d.starting)]
         lines.append(f"scheduling passes: {d.passes}, group commits: {d.writer.batches}")
-        return {"lines": records.fit_lines(lines[:-1], records.MAX_VALUE_BYTES - 200)
-                + lines[-1:]}
+        return {"lines": records.fit_lines(lines[:-1], records.MAX_VALUE_BYTES - 200) + lines[-1:]}
 
     @commands.AdminJobs.responder
     async def admin_jobs(self, action: str, user: str | None = None) -> dict:
@@ -134,8 +156,10 @@ class AdminResponders(SessionBase):
                 return {"count": 0, "message": "nothing has been removed"}
             # The seed's words; running jobs are counted, and removed once their processes
             # are gone (they keep their slots until then).
-            return {"count": count + later,
-                    "message": f"removed {count + later} job(s) of user {user}."}
+            return {
+                "count": count + later,
+                "message": f"removed {count + later} job(s) of user {user}.",
+            }
         moves = {
             "setallpjobsaswaiting": (JobState.PENDING, JobState.WAITING, "waiting"),
             "setallrjobsaswaiting": (JobState.RUNNING, JobState.WAITING, "waiting"),
@@ -154,18 +178,22 @@ class AdminResponders(SessionBase):
             occ = d.occupied()
             parts = [f"{h.name} {occ[h.name]}/{h.max_slots}" for h in d.hosts.values()]
             d.request_pass()
-            return {"count": sum(occ.values()),
-                    "message": _fit_text("number of occupied slots have been updated: "
-                                         + ", ".join(parts))}
+            return {
+                "count": sum(occ.values()),
+                "message": _fit_text(
+                    "number of occupied slots have been updated: " + ", ".join(parts)
+                ),
+            }
         if action == "updateload":
             # Executors report their host's load every few seconds; show what is known and
             # run a scheduling pass with it.
             now = d.reactor.seconds()
-            parts = [f"{h.name} {d.loads[h.name]:.2f} ({now - d.load_at.get(h.name, now):.0f} s ago)"
-                     if h.name in d.loads else f"{h.name} n.a. (no executor)"
-                     for h in d.hosts.values()]
+            parts = [
+                f"{h.name} {d.loads[h.name]:.2f} ({now - d.load_at.get(h.name, now):.0f} s ago)"
+                if h.name in d.loads
+                else f"{h.name} n.a. (no executor)"
+                for h in d.hosts.values()
+            ]
             d.request_pass()
             return {"count": len(d.loads), "message": _fit_text("load: " + ", ".join(parts))}
         raise commands.InvalidRequest(f"unknown admin action {action!r}")
-
-

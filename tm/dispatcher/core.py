@@ -101,7 +101,6 @@ def _fire_unless_called(d: Deferred) -> None:
         d.callback(None)
 
 
-
 class DispatcherCore:
     """The state, the transitions and the scheduling pass; the parts of
     :class:`~tm.dispatcher.service.Dispatcher` that the others build on."""
@@ -122,8 +121,12 @@ class DispatcherCore:
         self.tms_sessions: dict[str, PeerSession] = {}
         #: Each user's executor on each host: absent, starting, connected, away, backed off.
         self.executor_table: ExecutorTable[PeerSession] = ExecutorTable(
-            reactor, settings.executor_lease, on_lease_over=self._lease_expired,
-            on_start_over=self._start_timed_out, on_backoff_over=self.request_pass)
+            reactor,
+            settings.executor_lease,
+            on_lease_over=self._lease_expired,
+            on_start_over=self._start_timed_out,
+            on_backoff_over=self.request_pass,
+        )
         #: Ends of attempts reported but not yet committed, with the reports waiting for them.
         self._unwritten_ends: dict[tuple[int, int], list[Deferred]] = {}
         #: job id -> (start orders not delivered in a row, not placed again before)
@@ -190,8 +193,13 @@ class DispatcherCore:
             self._forget(job.id)
             for d in self.waiters.pop(job.id, []):
                 d.callback(job)
-        if new in (JobState.WAITING, JobState.FINISHED, JobState.FAILED, JobState.KILLED,
-                   JobState.LOST):
+        if new in (
+            JobState.WAITING,
+            JobState.FINISHED,
+            JobState.FAILED,
+            JobState.KILLED,
+            JobState.LOST,
+        ):
             self.request_pass()
         d = self.writer.write(t)
         d.addErrback(self._write_failed, job, t)
@@ -208,13 +216,21 @@ class DispatcherCore:
         """A state change the writer gave up on: the store keeps the old state. Never
         silently dropped: logged, the job re-read from the store (so memory and the store
         agree again), and the caller told (an end is then not acknowledged)."""
-        self.log.failure("state change of job {id} ({old} -> {new}) not written: the job is "
-                         "re-read from the database", failure, id=t.job_id, old=t.old.value,
-                         new=t.new.value)
+        self.log.failure(
+            "state change of job {id} ({old} -> {new}) not written: the job is "
+            "re-read from the database",
+            failure,
+            id=t.job_id,
+            old=t.old.value,
+            new=t.new.value,
+        )
         if job.id not in self._resyncing:
             self._resyncing.add(job.id)
-            ensureDeferred(self._resync(job, placement=t.new is JobState.PENDING,
-                                        reason=failure.getErrorMessage()))
+            ensureDeferred(
+                self._resync(
+                    job, placement=t.new is JobState.PENDING, reason=failure.getErrorMessage()
+                )
+            )
         return NotWritten(failure.getErrorMessage())
 
     async def _resync(self, job: Job, placement: bool, reason: str) -> None:
@@ -224,8 +240,12 @@ class DispatcherCore:
                 fresh = await self.store.get_job(job.id)
                 break
             except Exception as e:
-                self.log.warn("job {id} cannot be re-read yet ({e}); retry in {t:.1f} s",
-                              id=job.id, e=str(e), t=delay)
+                self.log.warn(
+                    "job {id} cannot be re-read yet ({e}); retry in {t:.1f} s",
+                    id=job.id,
+                    e=str(e),
+                    t=delay,
+                )
                 await deferLater(self.reactor, delay, lambda: None)
                 delay = min(top, delay * 2)
         self._resyncing.discard(job.id)
@@ -238,19 +258,26 @@ class DispatcherCore:
         self.jobs.refresh(job, fresh)
         if job.state is JobState.PENDING:
             # As at start-up: a placement whose start may not have gone out is redone.
-            self._transition(job, JobState.WAITING, "placement redone after a failed write",
-                             clear_host=True)
+            self._transition(
+                job, JobState.WAITING, "placement redone after a failed write", clear_host=True
+            )
         if placement and job.state is JobState.WAITING:
-            self._start_not_delivered(job, f"the placement could not be written: {reason}",
-                                      requeue=False)
+            self._start_not_delivered(
+                job, f"the placement could not be written: {reason}", requeue=False
+            )
         self.request_pass()
 
     def _lose(self, job: Job, reason: str) -> None:
         if self._killed_attempt_gone(job, reason):
             return
         self._transition(job, JobState.LOST, reason)
-        self._transition(job, JobState.WAITING, "requeued after: " + reason,
-                         new_attempt=job.attempt + 1, clear_host=True)
+        self._transition(
+            job,
+            JobState.WAITING,
+            "requeued after: " + reason,
+            new_attempt=job.attempt + 1,
+            clear_host=True,
+        )
 
     def _start_not_delivered(self, job: Job, reason: str, requeue: bool = True) -> None:
         """A pending job's start order did not get through: back to waiting, not placed
@@ -260,15 +287,22 @@ class DispatcherCore:
         failures = self.start_failures.get(job.id, (0, 0.0))[0] + 1
         if failures >= MAX_START_TRIES and job.state is JobState.PENDING:
             self.start_failures.pop(job.id, None)
-            self._transition(job, JobState.FAILED, f"start failed {failures} times in a row, "
-                             f"not tried again; the last time: {reason}")
+            self._transition(
+                job,
+                JobState.FAILED,
+                f"start failed {failures} times in a row, not tried again; the last time: {reason}",
+            )
             return
         pause = min(MAX_START_RETRY_DELAY, START_RETRY_DELAY * 2 ** (failures - 1))
         self.start_failures[job.id] = (failures, self.reactor.seconds() + pause)
         if requeue:
-            self._transition(job, JobState.WAITING, f"start order not delivered: {reason} "
-                             f"(try {failures + 1} of {MAX_START_TRIES} in {pause:.0f} s)",
-                             clear_host=True)
+            self._transition(
+                job,
+                JobState.WAITING,
+                f"start order not delivered: {reason} "
+                f"(try {failures + 1} of {MAX_START_TRIES} in {pause:.0f} s)",
+                clear_host=True,
+            )
         self.reactor.callLater(pause + 0.01, self.request_pass)
 
     # --- scheduling ------------------------------------------------------------------------
@@ -300,8 +334,9 @@ class DispatcherCore:
             )
             for h in self.hosts.values()
         )
-        held = frozenset(job_id for job_id, (_, until) in self.start_failures.items()
-                         if until > now)
+        held = frozenset(
+            job_id for job_id, (_, until) in self.start_failures.items() if until > now
+        )
         blocked = self.executor_table.blocked(now)
         waiting_users = self.jobs.waiting_users()
         for user in waiting_users:
@@ -310,8 +345,7 @@ class DispatcherCore:
                 blocked |= {(user, h) for h in self.hosts if (user, h) not in self.executors}
         return scheduler.SchedulerInput(
             hosts=hosts,
-            jobs=tuple(v for v in self.jobs.waiting_views() if v.id not in held)
-            if listing else (),
+            jobs=tuple(v for v in self.jobs.waiting_views() if v.id not in held) if listing else (),
             queues=None if listing else self.jobs,
             held=held,
             usage=self.usage(now),
@@ -327,9 +361,14 @@ class DispatcherCore:
 
     def usage(self, now: float) -> dict[str, float]:
         """Each user's recent usage in slot-seconds (decayed), running jobs included."""
-        return self.ledger.usage(now, (
-            (j.user, j.spec.slots, j.started_at) for j in self.jobs.in_state(JobState.RUNNING)
-            if j.started_at is not None))
+        return self.ledger.usage(
+            now,
+            (
+                (j.user, j.spec.slots, j.started_at)
+                for j in self.jobs.in_state(JobState.RUNNING)
+                if j.started_at is not None
+            ),
+        )
 
     def _run_pass(self) -> None:
         self._pass_scheduled = False
@@ -340,7 +379,6 @@ class DispatcherCore:
             job = self.jobs[job_id]
             d = self._transition(job, JobState.PENDING, f"placed on {host}", host=host)
             d.addCallback(self._placed, job, job.attempt)
-
 
     # --- provided by the other parts (tm.dispatcher.links, tm.dispatcher.jobcontrol) --------
 

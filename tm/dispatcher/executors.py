@@ -36,8 +36,14 @@ class Clock(Protocol):
 
     def seconds(self) -> float: ...
 
-    def callLater(self, delay: float, fn: Callable[..., Any], /,  # noqa: N802
-                  *args: Any, **kw: Any) -> Timer: ...
+    def callLater(
+        self,
+        delay: float,
+        fn: Callable[..., Any],
+        /,  # noqa: N802
+        *args: Any,
+        **kw: Any,
+    ) -> Timer: ...
 
 
 class ExecutorState(enum.StrEnum):
@@ -56,10 +62,14 @@ class ExecutorTable(Generic[S]):
     ``on_backoff_over()``: a back-off ended (a pass may now start an executor there).
     """
 
-    def __init__(self, clock: Clock, lease: float,
-                 on_lease_over: Callable[[str, str], Any],
-                 on_start_over: Callable[[str, str], Any],
-                 on_backoff_over: Callable[[], Any]) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        lease: float,
+        on_lease_over: Callable[[str, str], Any],
+        on_start_over: Callable[[str, str], Any],
+        on_backoff_over: Callable[[], Any],
+    ) -> None:
         self.clock = clock
         self.lease = lease
         self.on_lease_over = on_lease_over
@@ -154,8 +164,7 @@ class ExecutorTable(Generic[S]):
 
     # --- timers -------------------------------------------------------------------------
 
-    def _after(self, kind: str, key: Key, delay: float, fn: Callable[[Key], Any],
-               arg: Key) -> None:
+    def _after(self, kind: str, key: Key, delay: float, fn: Callable[[Key], Any], arg: Key) -> None:
         self._cancel(kind, key)
         self._timers[(kind, key)] = self.clock.callLater(delay, self._fire, kind, key, fn, arg)
 

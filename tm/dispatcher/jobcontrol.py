@@ -17,9 +17,19 @@ from tm.protocol import commands
 class JobControl(DispatcherCore):
     """What happens to placed jobs beyond their start."""
 
-    def job_finished(self, user: str, host: str, job_id: int, attempt: int, exit_code: int | None,
-                     signal: int | None, killed: bool, reason: str,
-                     lost: bool = False, ended_at: float | None = None) -> Deferred | None:
+    def job_finished(
+        self,
+        user: str,
+        host: str,
+        job_id: int,
+        attempt: int,
+        exit_code: int | None,
+        signal: int | None,
+        killed: bool,
+        reason: str,
+        lost: bool = False,
+        ended_at: float | None = None,
+    ) -> Deferred | None:
         """Record an attempt's end. The Deferred fires once the end is committed: the executor
         forgets the end only then, so an end is never lost to a database outage or a dispatcher
         stop in between (a report repeated meanwhile waits for the same commit). If the end
@@ -33,11 +43,16 @@ class JobControl(DispatcherCore):
         if key in self._unwritten_ends:
             return self._wait_written(key)
         if job_id in self._resyncing:
-            return fail(commands.DatabaseUnavailable(
-                f"job {job_id}'s state is being re-read after a failed write: report again"))
+            return fail(
+                commands.DatabaseUnavailable(
+                    f"job {job_id}'s state is being re-read after a failed write: report again"
+                )
+            )
         job = self.jobs.get(job_id)
         if job is None or job.attempt != attempt or job.user != user or job.host != host:
-            self.log.info("ignoring the end of job {id} attempt {a}: not current", id=job_id, a=attempt)
+            self.log.info(
+                "ignoring the end of job {id} attempt {a}: not current", id=job_id, a=attempt
+            )
             return None
         if lost:
             if job.state is JobState.PENDING:
@@ -58,8 +73,9 @@ class JobControl(DispatcherCore):
             new = ending_state(exit_code, signal, killed)
             if not reason:
                 reason = (f"exit code {exit_code}") if signal is None else (f"signal {signal}")
-            written = self._transition(job, new, reason, exit_code=exit_code, signal=signal,
-                                       host=host, at=at)
+            written = self._transition(
+                job, new, reason, exit_code=exit_code, signal=signal, host=host, at=at
+            )
         self._unwritten_ends[key] = []
         written.addBoth(self._end_written, key)
         return self._wait_written(key)
@@ -74,9 +90,12 @@ class JobControl(DispatcherCore):
         if isinstance(result, NotWritten):
             # Not acknowledged: the executor keeps the end and reports it again.
             for d in waiting:
-                d.errback(commands.DatabaseUnavailable(
-                    f"the end of job {key[0]} could not be recorded ({result.error}): "
-                    "report it again"))
+                d.errback(
+                    commands.DatabaseUnavailable(
+                        f"the end of job {key[0]} could not be recorded ({result.error}): "
+                        "report it again"
+                    )
+                )
             return
         for d in waiting:
             d.callback(None)
@@ -101,8 +120,9 @@ class JobControl(DispatcherCore):
 
     async def _signal(self, job: Job, session: PeerSession, action: str) -> bool:
         try:
-            answer = await session.proto.call(commands.SignalJob, job_id=job.id,
-                                              attempt=job.attempt, action=action)
+            answer = await session.proto.call(
+                commands.SignalJob, job_id=job.id, attempt=job.attempt, action=action
+            )
         except Exception as e:
             self.log.warn("could not {action} job {id}: {e}", action=action, id=job.id, e=str(e))
             return False
@@ -155,8 +175,13 @@ class JobControl(DispatcherCore):
             if old is JobState.RUNNING:
                 self._kill_then(job, "waiting" if new is JobState.WAITING else "finished")
             elif new is JobState.WAITING:
-                self._transition(job, JobState.WAITING, "re-queued by the admin",
-                                 new_attempt=job.attempt + 1, clear_host=True)
+                self._transition(
+                    job,
+                    JobState.WAITING,
+                    "re-queued by the admin",
+                    new_attempt=job.attempt + 1,
+                    clear_host=True,
+                )
             else:
                 self._transition(job, new, "set as finished by the admin")
         return len(jobs)
@@ -185,17 +210,26 @@ class JobControl(DispatcherCore):
         attempt = killing.attempt
         killing.delivered = True  # one order at a time; a failed one is sent again
         try:
-            answer = await session.proto.call(commands.SignalJob, job_id=job.id,
-                                              attempt=attempt, action="kill")
+            answer = await session.proto.call(
+                commands.SignalJob, job_id=job.id, attempt=attempt, action="kill"
+            )
         except Exception as e:
-            self.log.warn("could not kill job {id} (attempt {a}) for an admin repair: {e}; "
-                          "sent again with the executor's next heartbeat", id=job.id, a=attempt,
-                          e=str(e))
+            self.log.warn(
+                "could not kill job {id} (attempt {a}) for an admin repair: {e}; "
+                "sent again with the executor's next heartbeat",
+                id=job.id,
+                a=attempt,
+                e=str(e),
+            )
             if self.killing.get(job.id) is killing:
                 killing.delivered = False
             return
-        if (not answer["found"] and self.killing.get(job.id) is killing
-                and job.attempt == attempt and job.state.holds_slots):
+        if (
+            not answer["found"]
+            and self.killing.get(job.id) is killing
+            and job.attempt == attempt
+            and job.state.holds_slots
+        ):
             # The executor does not run it (and reports ends before answering): gone.
             self._killed_attempt_gone(job, "the executor does not run it")
 
@@ -212,11 +246,15 @@ class JobControl(DispatcherCore):
         """The tree of an attempt killed for a repair is gone: requeue, finish or remove."""
         killing = self.killing.pop(job.id)
         if killing.then == "waiting":
-            return self._transition(job, JobState.WAITING, "re-queued by the admin",
-                                    new_attempt=job.attempt + 1, clear_host=True)
+            return self._transition(
+                job,
+                JobState.WAITING,
+                "re-queued by the admin",
+                new_attempt=job.attempt + 1,
+                clear_host=True,
+            )
         if killing.then == "finished":
-            return self._transition(job, JobState.FINISHED, "set as finished by the admin",
-                                    at=at)
+            return self._transition(job, JobState.FINISHED, "set as finished by the admin", at=at)
         written = self._transition(job, JobState.KILLED, "removed by the admin", at=at)
         written.addCallback(self._remove_after_end, job.id)
         return written
@@ -225,9 +263,13 @@ class JobControl(DispatcherCore):
         if isinstance(applied, NotWritten):
             return applied  # the end is reported again; rmjobs again removes the job
         d = ensureDeferred(self.store.delete_jobs([job_id]))
-        d.addErrback(lambda f: self.log.warn("job {id} ended but could not be removed: {e} "
-                                             "(run rmjobs again)", id=job_id,
-                                             e=f.getErrorMessage()))
+        d.addErrback(
+            lambda f: self.log.warn(
+                "job {id} ended but could not be removed: {e} (run rmjobs again)",
+                id=job_id,
+                e=f.getErrorMessage(),
+            )
+        )
         return applied
 
     # --- waiting for ends ---------------------------------------------------------------------
@@ -248,4 +290,3 @@ class JobControl(DispatcherCore):
                 lst.remove(d)
             return self.jobs.get(job_id) or await self.store.get_job(job_id)
         return result
-

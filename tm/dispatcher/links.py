@@ -51,11 +51,20 @@ class ExecutorLinks(DispatcherCore):
         for job in self._jobs_on(user, host, JobState.RUNNING) + self._jobs_on(
             user, host, JobState.PENDING
         ):
-            self._lose(job, f"the executor of {user} on {host} went away and did not come back "
-                            f"within {self.settings.executor_lease:.0f} s")
+            self._lose(
+                job,
+                f"the executor of {user} on {host} went away and did not come back "
+                f"within {self.settings.executor_lease:.0f} s",
+            )
 
-    def heartbeat(self, user: str, host: str, session: PeerSession,
-                  running: set[tuple[int, int]] | None, load: float | None) -> None:
+    def heartbeat(
+        self,
+        user: str,
+        host: str,
+        session: PeerSession,
+        running: set[tuple[int, int]] | None,
+        load: float | None,
+    ) -> None:
         """An executor's heartbeat: its host's load, and what it runs (None: unreadable)."""
         if load is not None:
             previous = self.loads.get(host)
@@ -72,11 +81,17 @@ class ExecutorLinks(DispatcherCore):
         now = self.reactor.seconds()
         for (user, host), session in list(self.executors.items()):
             if now - session.last_heard > self.settings.executor_lease:
-                self.log.warn("the executor of {user} on {host} has been silent for {t:.0f} s: "
-                              "dropping it", user=user, host=host, t=now - session.last_heard)
+                self.log.warn(
+                    "the executor of {user} on {host} has been silent for {t:.0f} s: dropping it",
+                    user=user,
+                    host=host,
+                    t=now - session.last_heard,
+                )
                 session.drop()
 
-    def reconcile(self, user: str, host: str, session: PeerSession, running: set[tuple[int, int]]) -> None:
+    def reconcile(
+        self, user: str, host: str, session: PeerSession, running: set[tuple[int, int]]
+    ) -> None:
         """Compare what an executor runs with what we believe runs there.
 
         A job we think runs there but which the executor does not run (and whose end it has
@@ -90,8 +105,11 @@ class ExecutorLinks(DispatcherCore):
         expected = {(j.id, j.attempt) for j in placed}
         for job in placed:
             since = now if job.state_since is None else job.state_since
-            gone = (job.state is JobState.RUNNING and (job.id, job.attempt) not in running
-                    and now - since > 5.0)
+            gone = (
+                job.state is JobState.RUNNING
+                and (job.id, job.attempt) not in running
+                and now - since > 5.0
+            )
             killing = self.killing.get(job.id)
             if killing is not None and not gone and not killing.delivered:
                 ensureDeferred(self._kill_for_repair(job, session))
@@ -99,29 +117,43 @@ class ExecutorLinks(DispatcherCore):
                 # _lose ends an attempt being killed the way its repair asked.
                 self._lose(job, f"the executor on {host} no longer runs it")
         for job_id, attempt in running - expected:
-            self.log.warn("killing a stale copy of job {id} (attempt {a}) on {host}",
-                          id=job_id, a=attempt, host=host)
+            self.log.warn(
+                "killing a stale copy of job {id} (attempt {a}) on {host}",
+                id=job_id,
+                a=attempt,
+                host=host,
+            )
             ensureDeferred(self._kill_stale(session, job_id, attempt))
 
     async def _kill_stale(self, session: PeerSession, job_id: int, attempt: int) -> None:
         try:
-            await session.proto.call(commands.SignalJob, job_id=job_id, attempt=attempt,
-                                     action="kill")
+            await session.proto.call(
+                commands.SignalJob, job_id=job_id, attempt=attempt, action="kill"
+            )
         except Exception as e:
             self.log.info("could not kill the stale copy of job {id}: {e}", id=job_id, e=str(e))
 
     def executor_start_failed(self, user: str, host: str, reason: str) -> None:
         if (user, host) in self.executors:
             # An executor got there after all (e.g. a hung one woke up): nothing failed.
-            self.log.info("ignoring a failed executor start of {user} on {host}: one is "
-                          "connected ({reason})", user=user, host=host, reason=reason)
+            self.log.info(
+                "ignoring a failed executor start of {user} on {host}: one is connected ({reason})",
+                user=user,
+                host=host,
+                reason=reason,
+            )
             return
-        self.log.warn("starting an executor of {user} on {host} failed: {reason}",
-                      user=user, host=host, reason=reason)
+        self.log.warn(
+            "starting an executor of {user} on {host} failed: {reason}",
+            user=user,
+            host=host,
+            reason=reason,
+        )
         self.executor_table.start_failed(user, host, EXECUTOR_BACKOFF, MAX_EXECUTOR_BACKOFF)
         for job in self._jobs_on(user, host, JobState.PENDING):
-            self._transition(job, JobState.WAITING, f"executor start on {host} failed: {reason}",
-                             clear_host=True)
+            self._transition(
+                job, JobState.WAITING, f"executor start on {host} failed: {reason}", clear_host=True
+            )
 
     def invoke_executors(self, user: str) -> list[str]:
         """Start ``user``'s executor on every active host that lacks one; say what happened."""
@@ -137,8 +169,10 @@ class ExecutorLinks(DispatcherCore):
             elif key in self.starting:
                 out.append(f"{host.name}: already starting")
             elif self.backoff.get(key, 0) > now:
-                out.append(f"{host.name}: skipped, the last start failed "
-                           f"(retried after {self.backoff[key] - now:.0f} s)")
+                out.append(
+                    f"{host.name}: skipped, the last start failed "
+                    f"(retried after {self.backoff[key] - now:.0f} s)"
+                )
             elif tms is None:
                 out.append(f"{host.name}: skipped, no TMS of {user} is connected")
             else:
@@ -154,8 +188,10 @@ class ExecutorLinks(DispatcherCore):
                 continue
             busy = [j.id for j in self.jobs.holding_slots(user, host)]
             if busy:
-                out.append(f"{host}: kept, {len(busy)} job(s) run there "
-                           f"(kill them first: killjob:{busy[0]})")
+                out.append(
+                    f"{host}: kept, {len(busy)} job(s) run there "
+                    f"(kill them first: killjob:{busy[0]})"
+                )
                 continue
             try:
                 await session.proto.call(commands.Shutdown, reply_timeout=10)
@@ -180,7 +216,9 @@ class ExecutorLinks(DispatcherCore):
             return
         tms = self.tms_sessions.get(job.user)
         if tms is None:
-            self._transition(job, JobState.WAITING, "no TMS of the user is connected", clear_host=True)
+            self._transition(
+                job, JobState.WAITING, "no TMS of the user is connected", clear_host=True
+            )
             return
         ensureDeferred(self._start_executor(tms, job.user, self.hosts[host_name]))
 
@@ -203,8 +241,9 @@ class ExecutorLinks(DispatcherCore):
         self.executor_table.start_asked(user, host.name, EXECUTOR_START_TIMEOUT)
 
     def _start_timed_out(self, user: str, host: str) -> None:
-        self.executor_start_failed(user, host, "no executor connected within "
-                                   f"{EXECUTOR_START_TIMEOUT:.0f} s")
+        self.executor_start_failed(
+            user, host, f"no executor connected within {EXECUTOR_START_TIMEOUT:.0f} s"
+        )
 
     async def _send_run(self, job: Job, session: PeerSession) -> None:
         attempt = job.attempt
@@ -233,8 +272,9 @@ class ExecutorLinks(DispatcherCore):
                 self._start_not_delivered(job, " ".join((str(e) or type(e).__name__).split()))
             return
         if job.state is JobState.PENDING and job.attempt == attempt:
-            self._transition(job, JobState.RUNNING, f"running on {job.host}", pid=answer["pid"],
-                             host=job.host)
+            self._transition(
+                job, JobState.RUNNING, f"running on {job.host}", pid=answer["pid"], host=job.host
+            )
 
     async def _environment(self, env_id: int | None) -> dict[str, str]:
         """Submission environments, cached: a bulk submission shares one."""
@@ -247,4 +287,3 @@ class ExecutorLinks(DispatcherCore):
                 self._environments.pop(next(iter(self._environments)))
             self._environments[env_id] = env
         return env
-

@@ -55,7 +55,8 @@ class SessionBase(amp.CommandLocator):
         # An executor still reports the ends of jobs that started before its user was removed.
         if self.user not in self.dispatcher.users and self.role != commands.ROLE_TMMS:
             raise commands.PermissionDenied(
-                f"user {self.user} is no longer in etc/users: ask the admin to add you back")
+                f"user {self.user} is no longer in etc/users: ask the admin to add you back"
+            )
         return self.user
 
     def _is_admin(self) -> bool:
@@ -111,11 +112,18 @@ class JobResponders(SessionBase):
         ids, warnings = await d.submit(user, environment, specs)
         return {"job_ids": ids, "warnings": warnings}
 
-
     @commands.ListJobs.responder
-    async def list_jobs(self, states: list[str], scope: str, after_id: int, limit: int,
-                        user: str | None = None, group: str | None = None,
-                        text: str | None = None, order: str | None = None) -> dict:
+    async def list_jobs(
+        self,
+        states: list[str],
+        scope: str,
+        after_id: int,
+        limit: int,
+        user: str | None = None,
+        group: str | None = None,
+        text: str | None = None,
+        order: str | None = None,
+    ) -> dict:
         owner = self._scope_user(scope, user)
         try:
             wanted = [JobState(s) for s in states] or list(JobState)
@@ -126,13 +134,15 @@ class JobResponders(SessionBase):
         if order == "schedule":
             # Pages of the queue order; after_id counts the jobs already sent (an offset).
             ranked = d.queue_order(owner)
-            page = ranked[after_id:after_id + limit]
-            rows, n = records.fit_to_value(records.JOB_SUMMARY_FIELDS, page,
-                                           records.job_summary_to_amp)
+            page = ranked[after_id : after_id + limit]
+            rows, n = records.fit_to_value(
+                records.JOB_SUMMARY_FIELDS, page, records.job_summary_to_amp
+            )
             more = n < len(page) or after_id + limit < len(ranked)
             return {"jobs": rows, "next_after_id": after_id + n if more and n else None}
-        jobs = await d.store.list_jobs(wanted, user=owner, group=group, text=text,
-                                       after_id=after_id, limit=limit + 1)
+        jobs = await d.store.list_jobs(
+            wanted, user=owner, group=group, text=text, after_id=after_id, limit=limit + 1
+        )
         for i, job in enumerate(jobs):
             live = d.jobs.get(job.id)
             if live is not None:
@@ -161,8 +171,11 @@ class JobResponders(SessionBase):
         newest = list(reversed(history[-100:]))
         rows, _ = records.fit_to_value(records.HISTORY_FIELDS, newest, records.history_to_amp)
         rows.reverse()
-        return {"job": [records.fit_job_detail(job)], "history": rows,
-                "wait_reason": records.shorten(reason, 2_000)}
+        return {
+            "job": [records.fit_job_detail(job)],
+            "history": rows,
+            "wait_reason": records.shorten(reason, 2_000),
+        }
 
     @commands.WaitJob.responder
     async def wait_job(self, job_id: int, timeout: float) -> dict:
@@ -170,8 +183,12 @@ class JobResponders(SessionBase):
         job = await self.dispatcher.wait_job(job_id, max(0.0, min(timeout, 300.0)))
         if job is None:
             raise commands.UnknownJob(f"unknown job {job_id}")
-        return {"state": job.state.value, "exit_code": job.exit_code, "signal": job.signal,
-                "reason": records.shorten(job.reason, 2_000)}
+        return {
+            "state": job.state.value,
+            "exit_code": job.exit_code,
+            "signal": job.signal,
+            "reason": records.shorten(job.reason, 2_000),
+        }
 
     @commands.GetStatus.responder
     async def get_status(self) -> dict:
@@ -199,30 +216,51 @@ class JobResponders(SessionBase):
         d = self.dispatcher
         occ = d.occupied()
         execs: dict[str, int] = {}
-        for (_, host) in d.executors:
+        for _, host in d.executors:
             execs[host] = execs.get(host, 0) + 1
         hosts = list(d.hosts.values())
         rows, n = records.fit_to_value(
-            records.HOST_FIELDS, hosts,
-            lambda h: records.host_to_amp(h, occ[h.name], d.loads.get(h.name),
-                                          execs.get(h.name, 0)))
+            records.HOST_FIELDS,
+            hosts,
+            lambda h: records.host_to_amp(
+                h, occ[h.name], d.loads.get(h.name), execs.get(h.name, 0)
+            ),
+        )
         if n < len(hosts):
             raise commands.InvalidRequest(
                 f"the {len(hosts)} hosts do not fit in one answer: shorten their "
-                "additional_info in the cluster configuration")
+                "additional_info in the cluster configuration"
+            )
         return {"cluster_active": d.cluster_active, "hosts": rows}
 
     # --- executor reports ----------------------------------------------------------------
 
     @commands.JobFinished.responder
-    async def job_finished(self, job_id: int, attempt: int, exit_code: int | None,
-                           signal: int | None, killed: bool, ended_at: float, reason: str,
-                           lost: bool | None = None) -> dict:
+    async def job_finished(
+        self,
+        job_id: int,
+        attempt: int,
+        exit_code: int | None,
+        signal: int | None,
+        killed: bool,
+        ended_at: float,
+        reason: str,
+        lost: bool | None = None,
+    ) -> dict:
         user = self._require(commands.ROLE_TMMS)
         self.last_heard = self.dispatcher.reactor.seconds()
-        written = self.dispatcher.job_finished(user, self.host or "", job_id, attempt, exit_code,
-                                               signal, killed, reason, lost=bool(lost),
-                                               ended_at=ended_at)
+        written = self.dispatcher.job_finished(
+            user,
+            self.host or "",
+            job_id,
+            attempt,
+            exit_code,
+            signal,
+            killed,
+            reason,
+            lost=bool(lost),
+            ended_at=ended_at,
+        )
         if written is not None:
             await written  # answered once committed: until then the executor keeps the end
         return {}
@@ -240,8 +278,11 @@ class JobResponders(SessionBase):
         if attempts is None:
             raise commands.InvalidRequest("running must be a list of [job_id, attempt]")
         lease = d.settings.executor_lease
-        return {"time": d.reactor.seconds(), "lease": lease / 2,
-                "interval": min(HEARTBEAT_INTERVAL, lease / 6)}
+        return {
+            "time": d.reactor.seconds(),
+            "lease": lease / 2,
+            "interval": min(HEARTBEAT_INTERVAL, lease / 6),
+        }
 
     @commands.ExecutorStartFailed.responder
     def executor_start_failed(self, host: str, reason: str) -> dict:
@@ -250,7 +291,6 @@ class JobResponders(SessionBase):
         return {}
 
     # --- job control, groups and users ----------------------------------------------------
-
 
     @commands.KillJobs.responder
     async def kill_jobs(self, job_ids: list[int], all: bool, regex: str | None = None) -> dict:
@@ -263,7 +303,8 @@ class JobResponders(SessionBase):
                 raise commands.UnknownJob(f"unknown job {job_id}")
             if not self._may_touch(job):
                 raise commands.PermissionDenied(
-                    f"job {job_id} is not yours: you can only kill your own jobs")
+                    f"job {job_id} is not yours: you can only kill your own jobs"
+                )
             live = d.jobs.get(job_id)
             if live is not None:
                 targets.append(live)
@@ -273,10 +314,12 @@ class JobResponders(SessionBase):
                 if len(job_ids) == 1 and regex is None and not all:
                     raise commands.InvalidRequest(
                         f"job {job_id} is ending (recorded as {job.state.value} while its "
-                        "end is written): nothing to kill; see lsjobs in a moment")
+                        "end is written): nothing to kill; see lsjobs in a moment"
+                    )
             elif len(job_ids) == 1 and regex is None and not all:
                 raise commands.InvalidRequest(
-                    f"job {job_id} has already ended ({job.state.value}): nothing to kill")
+                    f"job {job_id} has already ended ({job.state.value}): nothing to kill"
+                )
         if regex is not None or all:
             try:
                 pattern = compile_user_pattern(regex) if regex is not None else None
@@ -284,8 +327,11 @@ class JobResponders(SessionBase):
                 raise commands.InvalidRequest(str(e)) from None
             chosen = {j.id for j in targets}  # by id: comparing Job dataclasses is slow
             for job in list(d.jobs.values()):
-                if job.user == me and job.id not in chosen and (
-                        pattern is None or pattern.search(job.spec.command)):
+                if (
+                    job.user == me
+                    and job.id not in chosen
+                    and (pattern is None or pattern.search(job.spec.command))
+                ):
                     chosen.add(job.id)
                     targets.append(job)
         for job in targets:
@@ -303,7 +349,8 @@ class JobResponders(SessionBase):
             raise commands.UnknownJob(f"unknown job {job_id}")
         if not self._may_touch(job):
             raise commands.PermissionDenied(
-                f"job {job_id} is not yours: you can only suspend or resume your own jobs")
+                f"job {job_id} is not yours: you can only suspend or resume your own jobs"
+            )
         if job.state is not JobState.RUNNING:
             raise commands.InvalidRequest(f"job {job_id} is {job.state.value}, not running")
         await d.suspend(job, resume)
@@ -314,7 +361,8 @@ class JobResponders(SessionBase):
         owner = self._scope_user(scope, None)
         if group is not None and len(group) > records.MAX_GROUP_CHARS:
             raise commands.InvalidRequest(
-                f"a group name has at most {records.MAX_GROUP_CHARS} characters")
+                f"a group name has at most {records.MAX_GROUP_CHARS} characters"
+            )
         counts = await self.dispatcher.store.group_counts(owner, group)
         groups: dict[str, dict[str, int]] = {}
         for name, states in counts.items():
@@ -326,7 +374,8 @@ class JobResponders(SessionBase):
         if records.json_size(groups) > records.MAX_VALUE_BYTES:
             raise commands.InvalidRequest(
                 f"{len(groups)} groups do not fit in one answer: ask for one group "
-                "(lagroups:GROUP) or list jobs with lsjobs")
+                "(lagroups:GROUP) or list jobs with lsjobs"
+            )
         return {"groups": groups}
 
 

@@ -84,8 +84,9 @@ class Dispatcher(ExecutorLinks, JobControl, DispatcherCore, service.Service):
             try:
                 self.ledger.restore(json.loads(saved_usage))
             except (ValueError, TypeError, AttributeError) as e:
-                self.log.warn("recorded fair-share usage unreadable, starting from zero: {e}",
-                              e=str(e))
+                self.log.warn(
+                    "recorded fair-share usage unreadable, starting from zero: {e}", e=str(e)
+                )
         self.usage_saver = LoopingCall(self._save_usage_in_background)
         self.usage_saver.clock = self.reactor
         self.usage_saver.start(USAGE_SAVE_INTERVAL, now=False)
@@ -110,8 +111,9 @@ class Dispatcher(ExecutorLinks, JobControl, DispatcherCore, service.Service):
 
     def _save_usage_in_background(self) -> None:
         d = ensureDeferred(self.save_usage())
-        d.addErrback(lambda f: self.log.warn("fair-share usage not saved: {e}",
-                                             e=f.getErrorMessage()))
+        d.addErrback(
+            lambda f: self.log.warn("fair-share usage not saved: {e}", e=f.getErrorMessage())
+        )
 
     # --- configuration reload -----------------------------------------------------------
 
@@ -120,8 +122,10 @@ class Dispatcher(ExecutorLinks, JobControl, DispatcherCore, service.Service):
 
     def _reload_from_signal(self) -> None:
         d = ensureDeferred(self.reload_config())
-        d.addCallbacks(lambda summary: self.log.info("SIGHUP: {summary}", summary=summary),
-                       lambda f: self.log.error("SIGHUP: {e}", e=f.getErrorMessage()))
+        d.addCallbacks(
+            lambda summary: self.log.info("SIGHUP: {summary}", summary=summary),
+            lambda f: self.log.error("SIGHUP: {e}", e=f.getErrorMessage()),
+        )
 
     async def reload_config(self) -> str:
         """Re-read the cluster and users files; add, update and retire hosts and users.
@@ -133,12 +137,14 @@ class Dispatcher(ExecutorLinks, JobControl, DispatcherCore, service.Service):
         """
         s = self.settings
         try:
-            hosts = config.load_cluster(s.config_dir, s.cluster_config, socket.gethostname(),
-                                        os.cpu_count() or 1)
+            hosts = config.load_cluster(
+                s.config_dir, s.cluster_config, socket.gethostname(), os.cpu_count() or 1
+            )
             users = config.load_users(s.config_dir, getpass.getuser())
         except OSError as e:
-            raise config.ConfigError(e.filename or str(s.config_dir), 0,
-                                     f"cannot be read: {e.strerror}") from None
+            raise config.ConfigError(
+                e.filename or str(s.config_dir), 0, f"cannot be read: {e.strerror}"
+            ) from None
         added, updated, retired, restored = [], [], [], []
         new_names = {h.name for h in hosts}
         for h in hosts:
@@ -178,9 +184,14 @@ class Dispatcher(ExecutorLinks, JobControl, DispatcherCore, service.Service):
         new_users = sorted(user_names - set(old_users))
         self.request_pass()
         parts = [f"{len(self.hosts)} host(s), {len(self.users)} user(s)"]
-        for label, names in (("added", added), ("updated", updated), ("retired", retired),
-                             ("back", restored), ("new users", new_users),
-                             ("removed users", removed_users)):
+        for label, names in (
+            ("added", added),
+            ("updated", updated),
+            ("retired", retired),
+            ("back", restored),
+            ("new users", new_users),
+            ("removed users", removed_users),
+        ):
             if names:
                 parts.append(f"{label}: {', '.join(names)}")
         summary = "configuration reloaded: " + "; ".join(parts)
@@ -189,8 +200,9 @@ class Dispatcher(ExecutorLinks, JobControl, DispatcherCore, service.Service):
 
     # --- requests (what the responders call) --------------------------------------------------
 
-    async def submit(self, user: str, environment: JobEnvironment,
-                     specs: list[JobSpec]) -> tuple[list[int], list[str]]:
+    async def submit(
+        self, user: str, environment: JobEnvironment, specs: list[JobSpec]
+    ) -> tuple[list[int], list[str]]:
         """Check and store a submission, take its jobs into the queue; their ids (in the order
         of ``specs``) and warnings. Raises InvalidRequest/UnknownHost (nothing stored) or
         DatabaseUnavailable."""
@@ -203,8 +215,10 @@ class Dispatcher(ExecutorLinks, JobControl, DispatcherCore, service.Service):
                 where = f"job {index + 1} of {len(specs)}: " if len(specs) > 1 else ""
                 raise commands.InvalidRequest(f"{where}{problem}; nothing was submitted")
             if spec.slots > largest:
-                warning = (f"a job needs {spec.slots} slots but the largest host has {largest}: "
-                           "it waits until a host that large is configured")
+                warning = (
+                    f"a job needs {spec.slots} slots but the largest host has {largest}: "
+                    "it waits until a host that large is configured"
+                )
                 if warning not in warnings:
                     warnings.append(warning)
             # Hosts are named by their full name from here on; -E accepts short names too.
@@ -212,8 +226,9 @@ class Dispatcher(ExecutorLinks, JobControl, DispatcherCore, service.Service):
             for host in spec.excluded_hosts:
                 full = host if host in self.hosts else by_short.get(host)
                 if full is None:
-                    raise commands.UnknownHost(f"unknown host {host!r} in the excluded hosts; "
-                                               "see lscluster")
+                    raise commands.UnknownHost(
+                        f"unknown host {host!r} in the excluded hosts; see lscluster"
+                    )
                 if full not in excluded:
                     excluded.append(full)
             if tuple(excluded) != spec.excluded_hosts:
@@ -240,7 +255,8 @@ class Dispatcher(ExecutorLinks, JobControl, DispatcherCore, service.Service):
     async def set_host_active(self, name: str, active: bool) -> str:
         """(De)activate a host named by its full or short name; its full name."""
         found = self.hosts.get(name) or next(
-            (h for h in self.hosts.values() if h.short_name == name), None)
+            (h for h in self.hosts.values() if h.short_name == name), None
+        )
         if found is None:
             raise commands.UnknownHost(f"unknown host {name!r}; see lscluster")
         found.active = active
@@ -257,8 +273,11 @@ class Dispatcher(ExecutorLinks, JobControl, DispatcherCore, service.Service):
 
     def queue_order(self, owner: str | None) -> list[Job]:
         """The waiting jobs (of ``owner``, or everyone's) in the order a pass takes them."""
-        return [self.jobs[v.id] for v in scheduler.queue_order(self.scheduler_input(listing=True))
-                if owner in (None, v.user)]
+        return [
+            self.jobs[v.id]
+            for v in scheduler.queue_order(self.scheduler_input(listing=True))
+            if owner in (None, v.user)
+        ]
 
     def wait_reason(self, job: Job) -> str:
         """Why ``job`` waits (or why its start is retried later); "" otherwise."""
@@ -268,8 +287,10 @@ class Dispatcher(ExecutorLinks, JobControl, DispatcherCore, service.Service):
             return "" if view is None else scheduler.explain_wait(view, inp)
         if job.id in self.start_failures:
             failures, retry_at = self.start_failures[job.id]
-            return (f"its start failed {failures} time(s) in a row; tried again in "
-                    f"{max(0.0, retry_at - self.reactor.seconds()):.0f} s")
+            return (
+                f"its start failed {failures} time(s) in a row; tried again in "
+                f"{max(0.0, retry_at - self.reactor.seconds()):.0f} s"
+            )
         return ""
 
     # --- published information -----------------------------------------------------------------

@@ -3,6 +3,7 @@
 A connection's user is proven once (``Hello`` then ``Authenticate``, the
 file-system challenge) and never taken from a message field afterwards.
 """
+
 from __future__ import annotations
 
 import re
@@ -31,8 +32,12 @@ class DispatcherProtocol(BoundedAMP):
     small box until authenticated, a slow reader dropped) and its place in the guard's
     count of connections per address (admitted by the listening factory)."""
 
-    def __init__(self, dispatcher: Dispatcher, limits: EdgeLimits | None = None,
-                 guard: AddressGuard | None = None) -> None:
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        limits: EdgeLimits | None = None,
+        guard: AddressGuard | None = None,
+    ) -> None:
         self.session = Session(dispatcher, self)
         super().__init__(locator=self.session, clock=dispatcher.reactor)
         (limits or EdgeLimits()).apply(self)
@@ -59,8 +64,9 @@ class Session(JobResponders, AdminResponders):
     """One connection's identity (proven by Hello and Authenticate) and its responders."""
 
     @commands.Hello.responder
-    def hello(self, protocol_version: int, role: str, user: str, host: str,
-              pid: int | None = None) -> dict:
+    def hello(
+        self, protocol_version: int, role: str, user: str, host: str, pid: int | None = None
+    ) -> dict:
         if protocol_version != commands.PROTOCOL_VERSION:
             raise commands.ProtocolMismatch(
                 f"the dispatcher speaks protocol {commands.PROTOCOL_VERSION}, you speak "
@@ -69,8 +75,9 @@ class Session(JobResponders, AdminResponders):
         if self.user is not None or self.challenge is not None:
             # A proven connection keeps the role and host it proved them for: a second Hello
             # would turn a client into an executor without proving anything again.
-            raise commands.InvalidRequest("Hello was already sent on this connection: "
-                                          "open a new connection for another role")
+            raise commands.InvalidRequest(
+                "Hello was already sent on this connection: open a new connection for another role"
+            )
         if role not in ROLES:
             raise commands.InvalidRequest(f"unknown role {role!r}")
         if user not in self.dispatcher.users:
@@ -97,13 +104,18 @@ class Session(JobResponders, AdminResponders):
         challenge, self.challenge = self.challenge, None
         d = self.dispatcher
         assert d.fs_pool is not None, "the dispatcher runs without its file-system pool"
-        await deferToThreadPool(d.reactor, d.fs_pool, auth.verify_challenge, challenge,
-                                self.claimed_user)
+        await deferToThreadPool(
+            d.reactor, d.fs_pool, auth.verify_challenge, challenge, self.claimed_user
+        )
         self.proto.authenticated()  # the edge lifts its handshake deadline and box bound
         self.user = self.claimed_user
         self.authenticated_at = self.last_heard = self.dispatcher.reactor.seconds()
-        self.log.info("{user} authenticated as {role} from {host}", user=self.user,
-                      role=self.role, host=self.host)
+        self.log.info(
+            "{user} authenticated as {role} from {host}",
+            user=self.user,
+            role=self.role,
+            host=self.host,
+        )
         if self.role == commands.ROLE_TMS:
             d.tms_connected(self.user, self)
         elif self.role == commands.ROLE_TMMS:
@@ -121,4 +133,3 @@ class Session(JobResponders, AdminResponders):
     @commands.Ping.responder
     def ping(self) -> dict:
         return {"server": "tmdispatcher", "time": self.dispatcher.reactor.seconds()}
-
