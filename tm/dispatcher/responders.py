@@ -14,7 +14,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 
 from tm import auth
-from tm.core.model import JobState
+from tm.core.model import Job, JobState
 from tm.core.patterns import PatternError, compile_user_pattern
 from tm.protocol import commands, records
 from tm.protocol.base import BoundedAMP
@@ -90,6 +90,18 @@ class SessionBase(amp.CommandLocator):
 
     def _may_touch(self, job: Any) -> bool:
         return job.user == self.user or (self.role == commands.ROLE_CLIENT and self._is_admin())
+
+    async def _own_job(self, job_id: int, verb: str) -> Job:
+        """A job the caller may change (theirs, or any for an admin at the dispatcher)."""
+        d = self.dispatcher
+        job = d.jobs.get(job_id) or await d.store.get_job(job_id)
+        if job is None:
+            raise commands.UnknownJob(f"unknown job {job_id}")
+        if not self._may_touch(job):
+            raise commands.PermissionDenied(
+                f"job {job_id} is not yours: you can only {verb} your own jobs"
+            )
+        return job
 
 
 class JobResponders(SessionBase):
@@ -298,13 +310,7 @@ class JobResponders(SessionBase):
         d = self.dispatcher
         targets = []
         for job_id in job_ids:
-            job = d.jobs.get(job_id) or await d.store.get_job(job_id)
-            if job is None:
-                raise commands.UnknownJob(f"unknown job {job_id}")
-            if not self._may_touch(job):
-                raise commands.PermissionDenied(
-                    f"job {job_id} is not yours: you can only kill your own jobs"
-                )
+            job = await self._own_job(job_id, "kill")
             live = d.jobs.get(job_id)
             if live is not None:
                 targets.append(live)
@@ -344,13 +350,7 @@ class JobResponders(SessionBase):
     async def suspend_job(self, job_id: int, resume: bool) -> dict:
         self._require(commands.ROLE_TMS, commands.ROLE_CLIENT)
         d = self.dispatcher
-        job = d.jobs.get(job_id) or await d.store.get_job(job_id)
-        if job is None:
-            raise commands.UnknownJob(f"unknown job {job_id}")
-        if not self._may_touch(job):
-            raise commands.PermissionDenied(
-                f"job {job_id} is not yours: you can only suspend or resume your own jobs"
-            )
+        job = await self._own_job(job_id, "suspend or resume")
         if job.state is not JobState.RUNNING:
             raise commands.InvalidRequest(f"job {job_id} is {job.state.value}, not running")
         await d.suspend(job, resume)
