@@ -28,6 +28,9 @@ class MemoryStore:
         self.apply_error: BaseException | None = None
         self.apply_calls = 0
         self.deleted: list[int] = []
+        self.settings: dict[str, str] = {}
+        self.hosts: dict[str, tuple[bool, bool]] = {}
+        self.users_enabled: dict[str, bool] = {}
 
     def add(self, job: Job) -> Job:
         self.jobs[job.id] = copy.deepcopy(job)
@@ -59,6 +62,36 @@ class MemoryStore:
                 self.history.append((t.job_id, job.attempt, t.new.value, at))
             results.append(ok)
         return succeed(results)
+
+    def submit_jobs(self, user: str, environment: Any, specs: list[JobSpec],
+                    now: float) -> Deferred:
+        ids = []
+        by_uuid = {j.uuid: j.id for j in self.jobs.values()}
+        for spec in specs:
+            if spec.uuid in by_uuid:
+                ids.append(by_uuid[spec.uuid])
+                continue
+            job_id = max(self.jobs, default=0) + 1
+            self.jobs[job_id] = Job(id=job_id, uuid=spec.uuid, user=user, spec=spec,
+                                    state=JobState.WAITING, attempt=1, submitted_at=now,
+                                    cwd=environment.cwd, umask=environment.umask)
+            ids.append(job_id)
+        return succeed(ids)
+
+    def get_jobs(self, job_ids: list[int]) -> Deferred:
+        return succeed([copy.deepcopy(self.jobs[i]) for i in job_ids if i in self.jobs])
+
+    def set_setting(self, name: str, value: str) -> Deferred:
+        self.settings[name] = value
+        return succeed(None)
+
+    def save_host(self, name: str, active: bool, retired: bool) -> Deferred:
+        self.hosts[name] = (active, retired)
+        return succeed(None)
+
+    def set_user_enabled(self, name: str, enabled: bool) -> Deferred:
+        self.users_enabled[name] = enabled
+        return succeed(True)
 
     def get_job(self, job_id: int) -> Deferred:
         job = self.jobs.get(job_id)
@@ -113,8 +146,8 @@ class FakeSession:
     def __init__(self, answer: Callable[[str, dict], Any]) -> None:
         self.proto = FakeProto(answer)
         self.last_heard = 0.0
-        self.peer_pid = 1
-        self.authenticated_at = 0.0
+        self.peer_pid: int | None = 1
+        self.authenticated_at: float | None = 0.0
 
     def fence(self) -> None:
         pass

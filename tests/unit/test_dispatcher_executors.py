@@ -6,7 +6,7 @@ The store and the sessions are stand-ins: these tests isolate the timers.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from twisted.internet.defer import ensureDeferred, succeed
@@ -34,6 +34,14 @@ class FakeSession:
     def __init__(self) -> None:
         self.proto = FakeProto()
         self.last_heard = 0.0
+        self.peer_pid: int | None = None
+        self.authenticated_at: float | None = None
+
+    def fence(self) -> None:
+        pass
+
+    def drop(self) -> None:
+        pass
 
 
 @pytest.fixture
@@ -43,7 +51,7 @@ def dispatcher(tmp_path: Path) -> tuple[Dispatcher, Clock]:
                         hosts=[Host(name="h1", number_slots=2, max_slots=2)],
                         users=[User(name="alice", roles=frozenset({"user"}))],
                         executor_lease=30.0)
-    return Dispatcher(clock, settings, FakeStore()), clock
+    return Dispatcher(clock, settings, cast(Any, FakeStore())), clock
 
 
 def start(d: Dispatcher, clock: Clock, tms: FakeSession) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 from twisted.internet.protocol import Protocol
@@ -38,7 +39,7 @@ def dispatcher(tmp_path: Path) -> Dispatcher:
     for j in (job(3, JobState.WAITING), job(1, JobState.WAITING),
               job(2, JobState.RUNNING, host="h1", slots=3), job(4, JobState.PENDING, host="h1")):
         d.jobs[j.id] = j
-    d.tms_sessions["alice"] = object()
+    d.tms_sessions["alice"] = cast(Any, object())
     d.executors[("alice", "h1")] = object()
     d.starting[("bob", "h2")] = 0.0
     d.loads["h1"] = 0.5

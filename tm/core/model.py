@@ -117,6 +117,30 @@ class Transition:
     def __post_init__(self) -> None:
         check_transition(self.old, self.new)
 
+    def changes(self, now: float) -> dict[str, object]:
+        """The job's fields this change sets, by :class:`Job` field name (the ``jobs``
+        table's columns have the same names): what the store writes and what the
+        dispatcher applies to the job in memory, from this one function. ``now`` is used
+        when ``at`` is None."""
+        at = now if self.at is None else self.at
+        out: dict[str, object] = {"state": self.new, "state_since": at, "reason": self.reason}
+        if self.new is JobState.RUNNING:
+            out["started_at"] = at
+        if self.new.terminal:
+            out["ended_at"] = at
+            out["exit_code"] = self.exit_code
+            out["signal"] = self.signal
+        if self.new_attempt is not None:
+            out["attempt"] = self.new_attempt
+        if self.clear_host:
+            out["host"] = None
+            out["pid"] = None
+        if self.host is not None:
+            out["host"] = self.host
+        if self.pid is not None:
+            out["pid"] = self.pid
+        return out
+
 
 MIN_PRIORITY = 0
 MAX_PRIORITY = 127

@@ -26,8 +26,9 @@ def compile_user_pattern(pattern: str) -> Any:
     """Compile ``pattern`` with RE2, or raise :class:`PatternError` saying why not."""
     size = len(pattern.encode("utf-8", "surrogatepass"))
     if size > MAX_PATTERN_BYTES:
-        raise PatternError(f"the regular expression is {size} bytes, more than the limit of "
-                           f"{MAX_PATTERN_BYTES}")
+        raise PatternError(
+            f"the regular expression is {size} bytes, more than the limit of {MAX_PATTERN_BYTES}"
+        )
     options = re2.Options()
     options.log_errors = False  # RE2 would print each refused pattern on stderr
     options.max_mem = MAX_PATTERN_MEMORY
@@ -39,4 +40,5 @@ def compile_user_pattern(pattern: str) -> Any:
             detail = detail.decode("utf-8", "replace")
         raise PatternError(
             f"bad regular expression {pattern!r}: {' '.join(str(detail).split())} "
-            "(RE2 syntax: lookarounds and backreferences are not supported)") from None
+            "(RE2 syntax: lookarounds and backreferences are not supported)"
+        ) from None

@@ -50,8 +50,10 @@ a free slot.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from typing import Protocol
 
 #: Seconds of usage charged per slot placed in this pass, for fair share.
 PLACEMENT_CHARGE = 3600.0
@@ -77,15 +79,69 @@ class JobView:
     excluded: frozenset[str] = frozenset()
 
 
+#: What jobs of one user and priority share for placement: (slots, excluded hosts).
+Shape = tuple[int, frozenset[str]]
+
+
+class WaitingQueues(Protocol):
+    """The waiting jobs as a pass reads them: per priority, per user, per shape, the job ids
+    in submission order (the dispatcher's working set keeps them up to date)."""
+
+    def priorities(self) -> list[int]: ...  # highest first
+
+    def users(self, priority: int) -> Iterable[str]: ...
+
+    def shapes(self, priority: int, user: str) -> Iterable[tuple[Shape, Sequence[int]]]: ...
+
+    def view(self, job_id: int) -> JobView | None: ...  # None unless waiting
+
+
+class ListQueues:
+    """:class:`WaitingQueues` built from a list of jobs."""
+
+    def __init__(self, jobs: Iterable[JobView]) -> None:
+        self.views = {j.id: j for j in jobs}
+        flat: dict[tuple[int, str, Shape], list[int]] = {}
+        for job_id in sorted(self.views):
+            j = self.views[job_id]
+            key = (j.priority, j.user, (j.slots, j.excluded))
+            queue = flat.get(key)
+            if queue is None:
+                flat[key] = [job_id]
+            else:
+                queue.append(job_id)
+        self._queues: dict[int, dict[str, dict[Shape, list[int]]]] = {}
+        for (prio, user, shape), ids in flat.items():
+            self._queues.setdefault(prio, {}).setdefault(user, {})[shape] = ids
+
+    def priorities(self) -> list[int]:
+        return sorted(self._queues, reverse=True)
+
+    def users(self, priority: int) -> Iterable[str]:
+        return self._queues.get(priority, {}).keys()
+
+    def shapes(self, priority: int, user: str) -> Iterable[tuple[Shape, Sequence[int]]]:
+        return self._queues.get(priority, {}).get(user, {}).items()
+
+    def view(self, job_id: int) -> JobView | None:
+        return self.views.get(job_id)
+
+
 @dataclass(frozen=True)
 class SchedulerInput:
     hosts: tuple[HostView, ...]
-    jobs: tuple[JobView, ...]  # the waiting jobs
+    jobs: tuple[JobView, ...] = ()  # the waiting jobs, when ``queues`` is not given
     usage: Mapping[str, float] = field(default_factory=dict)  # decayed slot-seconds
     cluster_active: bool = True
     disabled_users: frozenset[str] = frozenset()
     blocked: frozenset[tuple[str, str]] = frozenset()  # (user, host) in back-off
     reservations: Mapping[int, str] = field(default_factory=dict)  # job id -> host
+    #: The waiting jobs by priority, user and shape; built from ``jobs`` when None.
+    queues: WaitingQueues | None = None
+    held: frozenset[int] = frozenset()  # waiting jobs not to be placed in this pass
+
+    def waiting_queues(self) -> WaitingQueues:
+        return self.queues if self.queues is not None else ListQueues(self.jobs)
 
 
 @dataclass
@@ -107,48 +163,166 @@ def _valid_reservation(job: JobView, host: HostView | None, inp: SchedulerInput)
     )
 
 
-def _iterate(
-    inp: SchedulerInput,
-    charge: dict[str, float],
-    try_place: Callable[[JobView], bool | None],
-) -> Iterator[tuple[JobView, bool]]:
-    """Yield (job, placed) in pass order; ``try_place(job) -> bool`` is called per job."""
-    by_prio: dict[int, dict[str, list[JobView]]] = {}
-    for j in inp.jobs:
-        if j.user in inp.disabled_users:
-            continue
-        by_prio.setdefault(j.priority, {}).setdefault(j.user, []).append(j)
-    for prio in sorted(by_prio, reverse=True):
-        queues = by_prio[prio]
-        heap: list[tuple[float, int, str]] = []
-        pos: dict[str, int] = {}
-        for user, q in queues.items():
-            q.sort(key=lambda j: j.id)
-            pos[user] = 0
-            c = inp.usage.get(user, 0.0) + charge.get(user, 0.0)
-            heap.append((c, q[0].id, user))
+class _UserQueues:
+    """One user's queues at one priority (one per shape), ordered by their first job; a
+    queue given up on (``drop``) is out until ``rebuild``."""
+
+    __slots__ = ("heap", "ids", "pos", "shaped", "shapes", "skip")
+
+    def __init__(
+        self,
+        queues: Iterable[tuple[Shape, Sequence[int]]],
+        skip: AbstractSet[int],
+        holders: Iterable[JobView],
+    ) -> None:
+        self.shapes: list[Shape] = []
+        self.ids: list[Sequence[int]] = []
+        for shape, ids in queues:
+            self.shapes.append(shape)
+            self.ids.append(ids)
+        self.shaped = len(self.ids)  # the queues past these hold one job with a reservation
+        for h in holders:
+            self.shapes.append((h.slots, h.excluded))
+            self.ids.append([h.id])
+        self.skip = skip  # left out of the shape queues: held jobs and reservation holders
+        self.pos = [0] * len(self.ids)
+        self.heap: list[tuple[int, int]] = []
+        self.rebuild()
+
+    def _head(self, index: int) -> int | None:
+        ids, pos, skip = self.ids[index], self.pos[index], self.skip
+        n = len(ids)
+        if skip and index < self.shaped:
+            while pos < n and ids[pos] in skip:
+                pos += 1
+            self.pos[index] = pos
+        return ids[pos] if pos < n else None
+
+    def rebuild(self) -> None:
+        if self.skip:
+            heads = [(self._head(i), i) for i in range(len(self.ids))]
+            heap = [(h, i) for h, i in heads if h is not None]
+        else:
+            heap = [
+                (ids[p], i)
+                for i, (ids, p) in enumerate(zip(self.ids, self.pos, strict=True))
+                if p < len(ids)
+            ]
         heapq.heapify(heap)
-        while heap:
-            _, _, user = heapq.heappop(heap)
-            q = queues[user]
-            job = q[pos[user]]
-            pos[user] += 1
-            placed = try_place(job)
-            if placed is None:  # stop the whole pass
-                return
-            if placed:
-                charge[user] = charge.get(user, 0.0) + PLACEMENT_CHARGE * job.slots
-            yield job, placed
-            if pos[user] < len(q):
-                c = inp.usage.get(user, 0.0) + charge.get(user, 0.0)
-                heapq.heappush(heap, (c, q[pos[user]].id, user))
+        self.heap = heap
+
+    def advance(self) -> None:
+        """The first job was placed: its queue moves on."""
+        index = self.heap[0][1]
+        self.pos[index] += 1
+        job_id = self._head(index)
+        if job_id is None:
+            heapq.heappop(self.heap)
+        else:
+            heapq.heapreplace(self.heap, (job_id, index))
+
+    def drop(self) -> None:
+        """The first job was not placed: its queue is given up on."""
+        heapq.heappop(self.heap)
+
+
+#: What ``try_place`` says of a job: placed, placed and a reservation ended (queues given up
+#: on in this priority are looked at again), not placed (its queue is given up on until a
+#: reservation ends), or stop the pass.
+PLACED, PLACED_FREED, NOT_PLACED, STOP = range(4)
+
+
+def _walk(
+    inp: SchedulerInput,
+    queues: WaitingQueues,
+    holders: dict[int, JobView],
+    try_place: Callable[[JobView], int],
+) -> None:
+    """Offer jobs to ``try_place`` in pass order: priority descending; at one priority, the
+    user with the least ``usage + PLACEMENT_CHARGE * slots placed`` next (ties: the user whose
+    next job was submitted first); within a user, submission order.
+
+    Only queue heads are looked at: a job that is not placed ends its queue's turn until a
+    reservation ends (nothing else makes a job fit that did not: free slots only shrink in a
+    pass), so the jobs looked at are bounded by the placements and the number of queues.
+    ``holders`` (jobs with a reservation) are looked at on their own, in their place."""
+    charge: dict[str, float] = {}
+    skip = inp.held | holders.keys()
+    views = queues.views if isinstance(queues, ListQueues) else None
+    for prio in queues.priorities():
+        users: dict[str, _UserQueues] = {}
+        for user in queues.users(prio):
+            if user in inp.disabled_users:
+                continue
+            own = [
+                h
+                for h in holders.values()
+                if h.user == user and h.priority == prio and h.id not in inp.held
+            ]
+            users[user] = _UserQueues(queues.shapes(prio, user), skip, own)
+        if not _walk_priority(inp, prio, users, charge, try_place, views):
+            return
+
+
+def _walk_priority(
+    inp: SchedulerInput,
+    prio: int,
+    users: dict[str, _UserQueues],
+    charge: dict[str, float],
+    try_place: Callable[[JobView], int],
+    views: Mapping[int, JobView] | None,
+) -> bool:
+    """One priority's turn of :func:`_walk`; False to stop the pass."""
+    heap: list[tuple[float, int, str]] = []
+    usage = inp.usage
+
+    def push(user: str) -> None:
+        first = users[user].heap
+        if first:
+            heapq.heappush(heap, (usage.get(user, 0.0) + charge.get(user, 0.0), first[0][0], user))
+
+    for user in users:
+        push(user)
+    while heap:
+        _, _, user = heapq.heappop(heap)
+        uq = users[user]
+        job_id, index = uq.heap[0]
+        if views is not None:
+            job = views[job_id]
+        else:
+            slots, excluded = uq.shapes[index]
+            job = JobView(id=job_id, user=user, slots=slots, priority=prio, excluded=excluded)
+        outcome = try_place(job)
+        if outcome == STOP:
+            return False
+        if outcome == NOT_PLACED:
+            uq.drop()
+        else:
+            uq.advance()
+            charge[user] = charge.get(user, 0.0) + PLACEMENT_CHARGE * job.slots
+        if outcome == PLACED_FREED:
+            heap.clear()
+            for name, other in users.items():
+                other.rebuild()
+                push(name)
+        else:
+            push(user)
+    return True
 
 
 def queue_order(inp: SchedulerInput) -> list[JobView]:
     """The waiting jobs in the order a pass would consider them if each one fitted:
     priority, then fair share between users (each job charged as if placed), then
-    submission order. Jobs of disabled users are left out."""
-    return [job for job, _ in _iterate(inp, {}, lambda job: True)]
+    submission order. Jobs of disabled users are left out. Walks the whole queue: for
+    listings."""
+    order: list[JobView] = []
+
+    def take(job: JobView) -> int:
+        order.append(job)
+        return PLACED
+
+    _walk(inp, inp.waiting_queues(), {}, take)
+    return order
 
 
 def schedule(inp: SchedulerInput) -> Decision:
@@ -162,15 +336,23 @@ def schedule(inp: SchedulerInput) -> Decision:
     free = {n: hosts[n].max_slots - hosts[n].occupied for n in order}
     added = dict.fromkeys(order, 0)  # slots placed this pass per host
 
-    waiting = {j.id: j for j in inp.jobs}
+    reserved = (
+        {} if inp.queues is not None else {j.id: j for j in inp.jobs if j.id in inp.reservations}
+    )
+
+    def view(job_id: int) -> JobView | None:
+        return inp.queues.view(job_id) if inp.queues is not None else reserved.get(job_id)
+
     reserved_host_to_job: dict[str, int] = {}
+    holders: dict[int, JobView] = {}
     for jid, hname in sorted(inp.reservations.items()):
-        job = waiting.get(jid)
+        job = None if jid in inp.held else view(jid)
         if job is None or hname in reserved_host_to_job:
             continue
         if _valid_reservation(job, hosts.get(hname), inp):
             reserved_host_to_job[hname] = jid
             decision.reservations[jid] = hname
+            holders[jid] = job
     # Memo of failures: key -> whether the job fits the max_slots of a usable host.
     failed: dict[tuple[str, int, frozenset[str]], bool] = {}
     # Free slots on active hosts (reserved ones included); the pass ends at 0.
@@ -196,16 +378,16 @@ def schedule(inp: SchedulerInput) -> Decision:
                 return False
         return True
 
-    def try_place(job: JobView) -> bool | None:
+    def try_place(job: JobView) -> int:
         own = decision.reservations.get(job.id)
         if open_slots[0] <= 0:
-            return None
+            return STOP
         if (
             own is None
             and job.slots > max_open[0]
             and (decision.reservations or job.slots > max_capacity)
         ):
-            return False  # fits no open host now, and no reservation to make
+            return NOT_PLACED  # fits no open host now, and no reservation to make
         key = (job.user, job.slots, job.excluded)
         if key in failed and own is None:
             can_reserve = failed[key]
@@ -227,14 +409,16 @@ def schedule(inp: SchedulerInput) -> Decision:
                 free[best] -= job.slots
                 added[best] += job.slots
                 open_slots[0] -= job.slots
+                decision.placements.append((job.id, best))
+                failed.clear()
                 if own is not None:
                     # Started (on its host or elsewhere): the reservation ends.
                     reserved_host_to_job.pop(own, None)
                     del decision.reservations[job.id]
-                decision.placements.append((job.id, best))
-                failed.clear()
+                    max_open[0] = open_max()
+                    return PLACED_FREED
                 max_open[0] = open_max()
-                return True
+                return PLACED
             can_reserve = res_best is not None
             failed[key] = can_reserve
             if can_reserve and not decision.reservations:
@@ -242,10 +426,10 @@ def schedule(inp: SchedulerInput) -> Decision:
                 decision.reservations[job.id] = res_best
                 reserved_host_to_job[res_best] = job.id
                 max_open[0] = open_max()
-        return False
+        return NOT_PLACED
 
-    for _ in _iterate(inp, {}, try_place):
-        pass
+    if open_slots[0] > 0:  # else the first job would stop the pass
+        _walk(inp, inp.waiting_queues(), holders, try_place)
     return decision
 
 

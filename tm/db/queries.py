@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from tm.core.model import (
@@ -24,106 +23,19 @@ from tm.core.model import (
     Transition,
     User,
 )
+from tm.db.dialect import (  # noqa: F401 - the names callers know from here
+    IN_CHUNK,
+    MYSQL,
+    SQLITE,
+    Dialect,
+    _chunks,
+    _marks,
+    applied_versions,
+    apply_migration,
+    ensure_version_table,
+    ping,
+)
 from tm.protocol.commands import InvalidRequest
-
-#: Largest number of values in one ``IN (...)`` list.
-IN_CHUNK = 500
-
-
-@dataclass(frozen=True)
-class Dialect:
-    """What differs between SQLite and MySQL/MariaDB."""
-
-    name: str  # "sqlite" or "mysql"
-    paramstyle: str  # "?" or "%s"
-    autoinc_pk: str
-    table_options: str
-
-    def q(self, sql: str) -> str:
-        """``sql`` written with ``?`` parameters, in this driver's paramstyle."""
-        if self.paramstyle == "?":
-            return sql
-        return sql.replace("?", self.paramstyle)
-
-    def render_schema(self, text: str) -> list[str]:
-        """The statements of a migration file, placeholders substituted."""
-        text = text.replace("{AUTOINC_PK}", self.autoinc_pk)
-        text = text.replace("{TABLE_OPTIONS}", self.table_options)
-        lines = [line for line in text.splitlines() if not line.lstrip().startswith("--")]
-        return [stmt.strip() for stmt in "\n".join(lines).split(";") if stmt.strip()]
-
-    def insert_ignore(self, table: str, columns: Sequence[str], conflict: str) -> str:
-        cols = ", ".join(columns)
-        marks = ", ".join("?" for _ in columns)
-        if self.name == "mysql":
-            return self.q(f"INSERT IGNORE INTO {table} ({cols}) VALUES ({marks})")
-        return self.q(
-            f"INSERT INTO {table} ({cols}) VALUES ({marks}) ON CONFLICT({conflict}) DO NOTHING"
-        )
-
-    def upsert(self, table: str, columns: Sequence[str], key: str, update: Sequence[str]) -> str:
-        cols = ", ".join(columns)
-        marks = ", ".join("?" for _ in columns)
-        if self.name == "mysql":
-            sets = ", ".join(f"{c} = VALUES({c})" for c in update)
-            return self.q(
-                f"INSERT INTO {table} ({cols}) VALUES ({marks}) ON DUPLICATE KEY UPDATE {sets}"
-            )
-        sets = ", ".join(f"{c} = excluded.{c}" for c in update)
-        return self.q(
-            f"INSERT INTO {table} ({cols}) VALUES ({marks}) ON CONFLICT({key}) DO UPDATE SET {sets}"
-        )
-
-
-SQLITE = Dialect(
-    name="sqlite",
-    paramstyle="?",
-    autoinc_pk="INTEGER PRIMARY KEY AUTOINCREMENT",
-    table_options="",
-)
-MYSQL = Dialect(
-    name="mysql",
-    paramstyle="%s",
-    autoinc_pk="BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY",
-    table_options="ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_unicode_ci",
-)
-
-
-def _chunks(items: Sequence[Any], size: int = IN_CHUNK) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _marks(n: int) -> str:
-    return ", ".join("?" for _ in range(n))
-
-
-# --- schema -----------------------------------------------------------------
-
-
-def ensure_version_table(txn: Any, d: Dialect) -> None:
-    txn.execute(
-        "CREATE TABLE IF NOT EXISTS schema_version "
-        f"(version INTEGER NOT NULL PRIMARY KEY) {d.table_options}"
-    )
-
-
-def applied_versions(txn: Any, d: Dialect) -> set[int]:
-    ensure_version_table(txn, d)
-    txn.execute("SELECT version FROM schema_version")
-    return {int(row[0]) for row in txn.fetchall()}
-
-
-def apply_migration(txn: Any, d: Dialect, version: int, statements: list[str]) -> None:
-    for stmt in statements:
-        txn.execute(stmt)
-    txn.execute(d.q("INSERT INTO schema_version (version) VALUES (?)"), (version,))
-
-
-def ping(txn: Any, d: Dialect) -> None:
-    txn.execute("SELECT 1")
-    txn.fetchall()
-
 
 # --- jobs -------------------------------------------------------------------
 
@@ -340,6 +252,10 @@ def submit_jobs(
     return [found[spec.uuid][0] for spec in specs]
 
 
+#: Job fields whose column name needs quoting (a reserved word in MySQL).
+_COLUMN = {"signal": "`signal`"}
+
+
 def apply_transitions(
     txn: Any, d: Dialect, transitions: Sequence[Transition], now: float
 ) -> list[bool]:
@@ -351,31 +267,12 @@ def apply_transitions(
     )
     for t in transitions:
         at = now if t.at is None else t.at
-        sets = ["state = ?", "state_since = ?", "reason = ?"]
-        params: list[Any] = [t.new.value, at, t.reason]
-        if t.new is JobState.RUNNING:
-            sets.append("started_at = ?")
-            params.append(at)
-        if t.new.terminal:
-            sets.append("ended_at = ?")
-            params.append(at)
-        if t.new_attempt is not None:
-            sets.append("attempt = ?")
-            params.append(t.new_attempt)
-        if t.clear_host:
-            sets.extend(["host = NULL", "pid = NULL"])
-        if t.host is not None:
-            sets.append("host = ?")
-            params.append(t.host)
-        if t.pid is not None:
-            sets.append("pid = ?")
-            params.append(t.pid)
-        if t.exit_code is not None:
-            sets.append("exit_code = ?")
-            params.append(t.exit_code)
-        if t.signal is not None:
-            sets.append("`signal` = ?")
-            params.append(t.signal)
+        # The same changes the dispatcher applied to the job in memory (Transition.changes).
+        changes = t.changes(now)
+        sets = [f"{_COLUMN.get(name, name)} = ?" for name in changes]
+        params: list[Any] = [
+            value.value if isinstance(value, JobState) else value for value in changes.values()
+        ]
         params.extend([t.job_id, t.old.value, t.attempt])
         txn.execute(
             d.q(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ? AND state = ? AND attempt = ?"),

@@ -35,13 +35,20 @@ _MIGRATION_NAME = re.compile(r"^(\d{4})_[A-Za-z0-9_]+\.sql$")
 #: the database counts as unavailable (DatabaseUnavailable), which callers may wait out.
 #: Also: the server's disk or a table is full (1021, 1114, error 3 "error writing file",
 #: 1030 "got error N from storage engine"): unavailable until an admin frees space.
-RETRY_CODES = frozenset({2003, 2006, 2013, 2014, 2045, 2055, 1040, 1053, 1927, 1213, 1205,
-                         1021, 1114, 3, 1030})
+RETRY_CODES = frozenset(
+    {2003, 2006, 2013, 2014, 2045, 2055, 1040, 1053, 1927, 1213, 1205, 1021, 1114, 3, 1030}
+)
 #: SQLite errors (sqlite3.OperationalError texts) that say the database cannot be used now,
 #: not that the statement is wrong: worth retrying, then the database counts as unavailable.
-SQLITE_UNAVAILABLE = ("database is locked", "database table is locked", "disk i/o error",
-                      "database or disk is full", "unable to open database file",
-                      "cannot commit transaction", "cannot start a transaction")
+SQLITE_UNAVAILABLE = (
+    "database is locked",
+    "database table is locked",
+    "disk i/o error",
+    "database or disk is full",
+    "unable to open database file",
+    "cannot commit transaction",
+    "cannot start a transaction",
+)
 RETRY_TRIES = 3
 RETRY_BACKOFF = (0.1, 0.5)
 
@@ -346,15 +353,22 @@ def check_url_sync(url: str) -> None:
             return
         parent = os.path.dirname(os.path.abspath(parsed.path))
         if not os.path.isdir(parent):
-            raise ValueError(f"cannot use database {parsed.safe()}: directory {parent} does not exist")
+            raise ValueError(
+                f"cannot use database {parsed.safe()}: directory {parent} does not exist"
+            )
         if not os.access(parent, os.W_OK):
-            raise ValueError(f"cannot use database {parsed.safe()}: directory {parent} is not writable")
+            raise ValueError(
+                f"cannot use database {parsed.safe()}: directory {parent} is not writable"
+            )
         return
     import pymysql
 
     kwargs: dict[str, Any] = {
-        "host": parsed.host, "port": parsed.port, "user": parsed.user,
-        "database": parsed.database, "connect_timeout": 5,
+        "host": parsed.host,
+        "port": parsed.port,
+        "user": parsed.user,
+        "database": parsed.database,
+        "connect_timeout": 5,
     }
     if parsed.password is not None:
         kwargs["password"] = parsed.password

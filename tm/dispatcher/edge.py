@@ -55,8 +55,10 @@ class AddressGuard:
     def admit(self, host: str) -> str | None:
         """Count a new connection from ``host``; or say why it is refused (not counted)."""
         if self.unauthenticated.get(host, 0) >= self.limits.max_unauthenticated_per_address:
-            return (f"{self.limits.max_unauthenticated_per_address} connections from it "
-                    "are not authenticated yet")
+            return (
+                f"{self.limits.max_unauthenticated_per_address} connections from it "
+                "are not authenticated yet"
+            )
         if self.total.get(host, 0) >= self.limits.max_connections_per_address:
             return f"it has {self.limits.max_connections_per_address} connections"
         self.total[host] = self.total.get(host, 0) + 1
@@ -84,8 +86,9 @@ class GuardedTLSFactory(TLSMemoryBIOFactory):
     """TLS around the dispatcher's factory, refusing connections beyond the guard's caps
     before any TLS work is done for them."""
 
-    def __init__(self, tls_options: Any, factory: Any, guard: AddressGuard,
-                 problems: ProblemLog) -> None:
+    def __init__(
+        self, tls_options: Any, factory: Any, guard: AddressGuard, problems: ProblemLog
+    ) -> None:
         super().__init__(tls_options, False, factory)
         self.guard = guard
         self.problems = problems
@@ -94,8 +97,12 @@ class GuardedTLSFactory(TLSMemoryBIOFactory):
         host = str(getattr(addr, "host", addr))
         refused = self.guard.admit(host)
         if refused is not None:
-            self.problems.emit("connection refused", host, "refusing a connection from {peer}: "
-                               "{reason}", reason=refused)
+            self.problems.emit(
+                "connection refused",
+                host,
+                "refusing a connection from {peer}: {reason}",
+                reason=refused,
+            )
             return None  # the port closes the socket
         return super().buildProtocol(addr)
 
@@ -131,8 +138,7 @@ class EdgeListener(service.Service):
 
     def startService(self) -> None:  # noqa: N802 - Twisted's API
         super().startService()
-        self.port = self.reactor.adoptStreamPort(self.sock.fileno(), self.sock.family,
-                                                 self.factory)
+        self.port = self.reactor.adoptStreamPort(self.sock.fileno(), self.sock.family, self.factory)
         self.sock.close()  # the reactor holds its own copy
 
     def stopService(self) -> Any:  # noqa: N802 - Twisted's API
@@ -143,7 +149,8 @@ class EdgeListener(service.Service):
         return None
 
 
-def guarded_factory(reactor: Any, tls_options: Any, factory: Any,
-                    guard: AddressGuard) -> GuardedTLSFactory:
+def guarded_factory(
+    reactor: Any, tls_options: Any, factory: Any, guard: AddressGuard
+) -> GuardedTLSFactory:
     """TLS around ``factory``, behind ``guard``, logging refusals in the reactor's problem log."""
     return GuardedTLSFactory(tls_options, factory, guard, problem_log(reactor))

@@ -68,8 +68,9 @@ def _probe(path: Path) -> bool:
     except (ConnectionRefusedError, FileNotFoundError):
         return False
     except OSError as e:
-        raise ManholePathError(f"--manhole: cannot tell whether {path} is in use: "
-                               f"{e.strerror or e}") from None
+        raise ManholePathError(
+            f"--manhole: cannot tell whether {path} is in use: {e.strerror or e}"
+        ) from None
     finally:
         probe.close()
     return True
@@ -85,8 +86,9 @@ def check_socket_path(path: str | os.PathLike[str]) -> Path:
     """
     p = Path(os.path.abspath(os.fspath(path)))
     if len(os.fsencode(p)) > MAX_SOCKET_PATH:
-        raise ManholePathError(f"--manhole: {p} is longer than the {MAX_SOCKET_PATH} bytes "
-                               "a Unix socket path may have")
+        raise ManholePathError(
+            f"--manhole: {p} is longer than the {MAX_SOCKET_PATH} bytes a Unix socket path may have"
+        )
     if not p.parent.is_dir():
         raise ManholePathError(f"--manhole: directory {p.parent} does not exist")
     try:
@@ -196,10 +198,15 @@ def make_namespace(dispatcher: Dispatcher) -> dict[str, Any]:
                     + ", ".join(s.value for s in JobState if s in ACTIVE_STATES)
                 ) from None
             if wanted not in ACTIVE_STATES:
-                raise ValueError(f"{wanted.value} jobs are not kept in memory; ask the "
-                                 "database (hConnect) for them")
-        return [copy.copy(j) for j in sorted(dispatcher.jobs.values(), key=lambda j: j.id)
-                if wanted is None or j.state is wanted]
+                raise ValueError(
+                    f"{wanted.value} jobs are not kept in memory; ask the "
+                    "database (hConnect) for them"
+                )
+        return [
+            copy.copy(j)
+            for j in sorted(dispatcher.jobs.values(), key=lambda j: j.id)
+            if wanted is None or j.state is wanted
+        ]
 
     def hosts() -> list[HostRow]:
         """The configured hosts with their slot use now."""
@@ -292,8 +299,12 @@ class CheckedTelnetTransport(TelnetTransport):
         if uid != own:
             self.refused = True
             who = "unknown uid" if uid is None else f"uid {uid}"
-            self.log.warn("manhole: refused a connection from {who} (pid {pid}): only uid {own} "
-                          "may connect", who=who, pid=pid, own=own)
+            self.log.warn(
+                "manhole: refused a connection from {who} (pid {pid}): only uid {own} may connect",
+                who=who,
+                pid=pid,
+                own=own,
+            )
             self.transport.write(
                 f"manhole: refused: you are {who}; only the dispatcher's own uid ({own}) "
                 "may use this manhole\r\n".encode()
@@ -316,15 +327,19 @@ class CheckedTelnetTransport(TelnetTransport):
 class ManholeFactory(Factory):
     """Builds, for each connection, the telnet stack and a namespace of its own."""
 
-    def __init__(self, dispatcher: Dispatcher,
-                 peer_credentials: Callable[[Any], tuple[int, int, int] | None]
-                 = peer_credentials) -> None:
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        peer_credentials: Callable[[Any], tuple[int, int, int] | None] = peer_credentials,
+    ) -> None:
         self.dispatcher = dispatcher
         self.peer_credentials = peer_credentials
 
     def buildProtocol(self, addr: Any) -> Any:  # noqa: N802
         proto = CheckedTelnetTransport(
-            QuietTelnetBootstrap, insults.ServerProtocol, DispatcherManhole,
+            QuietTelnetBootstrap,
+            insults.ServerProtocol,
+            DispatcherManhole,
             make_namespace(self.dispatcher),
         )
         proto.factory = self
@@ -354,21 +369,28 @@ class ManholeService(service.Service):
         # threaded here: no pool has started yet, so no other file sees this umask.
         old = os.umask(0o177)
         try:
-            self.port = self.reactor.listenUNIX(str(self.path), self.factory, mode=SOCKET_MODE,
-                                                wantPID=False)
+            self.port = self.reactor.listenUNIX(
+                str(self.path), self.factory, mode=SOCKET_MODE, wantPID=False
+            )
         finally:
             os.umask(old)
         st = os.lstat(self.path)
-        if (not stat.S_ISSOCK(st.st_mode) or stat.S_IMODE(st.st_mode) != SOCKET_MODE
-                or st.st_uid != os.geteuid()):
+        if (
+            not stat.S_ISSOCK(st.st_mode)
+            or stat.S_IMODE(st.st_mode) != SOCKET_MODE
+            or st.st_uid != os.geteuid()
+        ):
             self.port.stopListening()
             raise ManholePathError(
                 f"--manhole: {self.path} came out with mode {stat.S_IMODE(st.st_mode):o} and "
                 f"owner {st.st_uid}, not {SOCKET_MODE:o} and {os.geteuid()}; not serving it"
             )
         self._inode = st.st_ino
-        self.log.info("manhole listening on {path} (mode 0600, uid {uid} only)",
-                      path=str(self.path), uid=os.geteuid())
+        self.log.info(
+            "manhole listening on {path} (mode 0600, uid {uid} only)",
+            path=str(self.path),
+            uid=os.geteuid(),
+        )
 
     def stopService(self) -> Any:  # noqa: N802
         super().stopService()

@@ -6,34 +6,25 @@ file-system challenge) and never taken from a message field afterwards.
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import re
-from typing import Any
+from typing import TYPE_CHECKING
 
 from twisted.internet.protocol import connectionDone
 from twisted.internet.threads import deferToThreadPool
-from twisted.logger import Logger
-from twisted.protocols import amp
 from twisted.python.failure import Failure
 
-from tm import auth, config
-from tm.core import scheduler
-from tm.core.model import MAX_PRIORITY, MIN_PRIORITY, JobState
-from tm.core.patterns import PatternError, compile_user_pattern
+from tm import auth
 from tm.dispatcher.edge import AddressGuard, EdgeLimits
-from tm.protocol import commands, records
+from tm.protocol import commands
 from tm.protocol.base import BoundedAMP
 
-#: The longest interval between an executor's heartbeats (shorter with a short lease).
-HEARTBEAT_INTERVAL = 5.0
-
-if False:  # pragma: no cover - typing only
+if TYPE_CHECKING:  # pragma: no cover - typing only
     from tm.dispatcher.service import Dispatcher
+from tm.dispatcher.admin import AdminResponders
+from tm.dispatcher.responders import HEARTBEAT_INTERVAL, MAX_PAGE, JobResponders  # noqa: F401
 
 ROLES = (commands.ROLE_TMS, commands.ROLE_TMMS, commands.ROLE_CLIENT)
 HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
-MAX_PAGE = 200
 
 
 class DispatcherProtocol(BoundedAMP):
@@ -41,8 +32,12 @@ class DispatcherProtocol(BoundedAMP):
     small box until authenticated, a slow reader dropped) and its place in the guard's
     count of connections per address (admitted by the listening factory)."""
 
-    def __init__(self, dispatcher: Dispatcher, limits: EdgeLimits | None = None,
-                 guard: AddressGuard | None = None) -> None:
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        limits: EdgeLimits | None = None,
+        guard: AddressGuard | None = None,
+    ) -> None:
         self.session = Session(dispatcher, self)
         super().__init__(locator=self.session, clock=dispatcher.reactor)
         (limits or EdgeLimits()).apply(self)
@@ -65,48 +60,13 @@ class DispatcherProtocol(BoundedAMP):
         super().connectionLost(reason)
 
 
-class Session(amp.CommandLocator):
-    log = Logger()
-
-    def __init__(self, dispatcher: Dispatcher, proto: BoundedAMP) -> None:
-        self.dispatcher = dispatcher
-        self.proto = proto
-        self.user: str | None = None
-        self.claimed_user: str | None = None
-        self.role: str | None = None
-        self.host: str | None = None
-        self.peer_pid: int | None = None
-        self.authenticated_at: float | None = None
-        self.last_heard = 0.0
-        self.challenge: auth.Challenge | None = None
-        self.fenced = False
-
-    # --- identity ---------------------------------------------------------------
-
-    def _require(self, *roles: str) -> str:
-        if self.user is None:
-            raise commands.NotAuthenticated("authenticate first (Hello, then Authenticate)")
-        if roles and self.role not in roles:
-            raise commands.PermissionDenied(f"a {self.role} connection cannot do this")
-        # An executor still reports the ends of jobs that started before its user was removed.
-        if self.user not in self.dispatcher.users and self.role != commands.ROLE_TMMS:
-            raise commands.PermissionDenied(
-                f"user {self.user} is no longer in etc/users: ask the admin to add you back")
-        return self.user
-
-    def _is_admin(self) -> bool:
-        u = self.dispatcher.users.get(self.user or "")
-        return bool(u and u.is_admin)
-
-    def _require_admin(self) -> str:
-        user = self._require(commands.ROLE_CLIENT, commands.ROLE_TMS)
-        if not self._is_admin():
-            raise commands.PermissionDenied(f"{user} does not have the admin role (etc/users)")
-        return user
+class Session(JobResponders, AdminResponders):
+    """One connection's identity (proven by Hello and Authenticate) and its responders."""
 
     @commands.Hello.responder
-    def hello(self, protocol_version: int, role: str, user: str, host: str,
-              pid: int | None = None) -> dict:
+    def hello(
+        self, protocol_version: int, role: str, user: str, host: str, pid: int | None = None
+    ) -> dict:
         if protocol_version != commands.PROTOCOL_VERSION:
             raise commands.ProtocolMismatch(
                 f"the dispatcher speaks protocol {commands.PROTOCOL_VERSION}, you speak "
@@ -115,8 +75,9 @@ class Session(amp.CommandLocator):
         if self.user is not None or self.challenge is not None:
             # A proven connection keeps the role and host it proved them for: a second Hello
             # would turn a client into an executor without proving anything again.
-            raise commands.InvalidRequest("Hello was already sent on this connection: "
-                                          "open a new connection for another role")
+            raise commands.InvalidRequest(
+                "Hello was already sent on this connection: open a new connection for another role"
+            )
         if role not in ROLES:
             raise commands.InvalidRequest(f"unknown role {role!r}")
         if user not in self.dispatcher.users:
@@ -143,13 +104,18 @@ class Session(amp.CommandLocator):
         challenge, self.challenge = self.challenge, None
         d = self.dispatcher
         assert d.fs_pool is not None, "the dispatcher runs without its file-system pool"
-        await deferToThreadPool(d.reactor, d.fs_pool, auth.verify_challenge, challenge,
-                                self.claimed_user)
+        await deferToThreadPool(
+            d.reactor, d.fs_pool, auth.verify_challenge, challenge, self.claimed_user
+        )
         self.proto.authenticated()  # the edge lifts its handshake deadline and box bound
         self.user = self.claimed_user
         self.authenticated_at = self.last_heard = self.dispatcher.reactor.seconds()
-        self.log.info("{user} authenticated as {role} from {host}", user=self.user,
-                      role=self.role, host=self.host)
+        self.log.info(
+            "{user} authenticated as {role} from {host}",
+            user=self.user,
+            role=self.role,
+            host=self.host,
+        )
         if self.role == commands.ROLE_TMS:
             d.tms_connected(self.user, self)
         elif self.role == commands.ROLE_TMMS:
@@ -164,507 +130,6 @@ class Session(amp.CommandLocator):
         elif self.role == commands.ROLE_TMMS and not self.fenced:
             self.dispatcher.executor_disconnected(self.user, self.host or "", self)
 
-    def drop(self) -> None:
-        """Cut a connection that went silent; connectionLost does the rest."""
-        # Only sessions in the executor table are dropped, and connectionLost takes a session
-        # out of it before AMP forgets the transport.
-        assert self.proto.transport is not None
-        self.proto.transport.abortConnection()
-
-    def fence(self) -> None:
-        """A newer executor of the same user and host replaced this one."""
-        self.fenced = True
-        assert self.proto.transport is not None  # as in drop(): still in the executor table
-        self.proto.transport.loseConnection()  # type: ignore[misc]
-
     @commands.Ping.responder
     def ping(self) -> dict:
         return {"server": "tmdispatcher", "time": self.dispatcher.reactor.seconds()}
-
-    # --- jobs -----------------------------------------------------------------------
-
-    @commands.SubmitJobs.responder
-    async def submit_jobs(self, cwd: str, umask: int, env: Any, jobs: list[dict]) -> dict:
-        user = self._require(commands.ROLE_TMS, commands.ROLE_CLIENT)
-        d = self.dispatcher
-        try:
-            environment = records.environment_from_amp({"cwd": cwd, "umask": umask, "env": env})
-        except (ValueError, TypeError) as e:
-            raise commands.InvalidRequest(str(e)) from None
-        if not cwd.startswith("/"):
-            raise commands.InvalidRequest(f"the submission directory must be absolute, got {cwd!r}")
-        problem = records.environment_problem(environment)
-        if problem:
-            raise commands.InvalidRequest(problem)
-        specs = [records.spec_from_amp(j) for j in jobs]
-        largest = max((h.max_slots for h in d.hosts.values() if not h.retired), default=0)
-        warnings: list[str] = []
-        by_short = {h.short_name: h.name for h in d.hosts.values() if h.short_name}
-        for index, spec in enumerate(specs):
-            problem = records.spec_problem(spec, MIN_PRIORITY, MAX_PRIORITY)
-            if problem:
-                where = f"job {index + 1} of {len(specs)}: " if len(specs) > 1 else ""
-                raise commands.InvalidRequest(f"{where}{problem}; nothing was submitted")
-            if spec.slots > largest:
-                warning = (f"a job needs {spec.slots} slots but the largest host has {largest}: "
-                           "it waits until a host that large is configured")
-                if warning not in warnings:
-                    warnings.append(warning)
-            # Hosts are named by their full name from here on; -E accepts short names too.
-            excluded = []
-            for host in spec.excluded_hosts:
-                full = host if host in d.hosts else by_short.get(host)
-                if full is None:
-                    raise commands.UnknownHost(f"unknown host {host!r} in the excluded hosts; "
-                                               "see lscluster")
-                if full not in excluded:
-                    excluded.append(full)
-            if tuple(excluded) != spec.excluded_hosts:
-                specs[index] = dataclasses.replace(spec, excluded_hosts=tuple(excluded))
-        now = d.reactor.seconds()
-        try:
-            ids = await d.store.submit_jobs(user, environment, specs, now)
-        except commands.TMError:
-            raise
-        except Exception as e:
-            self.log.failure("submission of {n} jobs failed", n=len(specs))
-            raise commands.DatabaseUnavailable(f"the submission was not stored: {e}") from None
-        new_ids = [i for i in ids if i not in d.jobs]
-        for job in await d.store.get_jobs(new_ids) if new_ids else []:
-            if job.state is JobState.WAITING:
-                d.jobs[job.id] = job
-        d.request_pass()
-        return {"job_ids": ids, "warnings": warnings}
-
-    def _scope_user(self, scope: str, user: str | None) -> str | None:
-        me = self._require(commands.ROLE_TMS, commands.ROLE_CLIENT)
-        if self.role == commands.ROLE_TMS or scope == "mine" or not self._is_admin():
-            return me  # only an admin, talking to the dispatcher, sees other users' jobs
-        return user
-
-    @commands.ListJobs.responder
-    async def list_jobs(self, states: list[str], scope: str, after_id: int, limit: int,
-                        user: str | None = None, group: str | None = None,
-                        text: str | None = None, order: str | None = None) -> dict:
-        owner = self._scope_user(scope, user)
-        try:
-            wanted = [JobState(s) for s in states] or list(JobState)
-        except ValueError as e:
-            raise commands.InvalidRequest(str(e)) from None
-        limit = max(1, min(limit, MAX_PAGE))
-        d = self.dispatcher
-        if order == "schedule":
-            # Pages of the queue order; after_id counts the jobs already sent (an offset).
-            ranked = [d.jobs[j.id] for j in scheduler.queue_order(d.scheduler_input())
-                      if owner in (None, d.jobs[j.id].user)]
-            page = ranked[after_id:after_id + limit]
-            rows, n = records.fit_to_value(records.JOB_SUMMARY_FIELDS, page,
-                                           records.job_summary_to_amp)
-            more = n < len(page) or after_id + limit < len(ranked)
-            return {"jobs": rows, "next_after_id": after_id + n if more and n else None}
-        jobs = await d.store.list_jobs(wanted, user=owner, group=group, text=text,
-                                       after_id=after_id, limit=limit + 1)
-        for i, job in enumerate(jobs):
-            live = d.jobs.get(job.id)
-            if live is not None:
-                jobs[i] = live
-        page = jobs[:limit]
-        rows, n = records.fit_to_value(records.JOB_SUMMARY_FIELDS, page, records.job_summary_to_amp)
-        more = n < len(page) or len(jobs) > limit
-        return {"jobs": rows, "next_after_id": rows[-1]["id"] if more and rows else None}
-
-    async def _visible_job(self, job_id: int) -> Any:
-        me = self._require(commands.ROLE_TMS, commands.ROLE_CLIENT)
-        d = self.dispatcher
-        job = d.jobs.get(job_id) or await d.store.get_job(job_id)
-        # Through a TMS a user sees only their own jobs; through the dispatcher, everyone's.
-        if job is None or (self.role == commands.ROLE_TMS and job.user != me):
-            raise commands.UnknownJob(f"unknown job {job_id}")
-        return job
-
-    @commands.GetJob.responder
-    async def get_job(self, job_id: int) -> dict:
-        job = await self._visible_job(job_id)
-        d = self.dispatcher
-        history = await d.store.get_history(job_id)
-        reason = ""
-        if job.state is JobState.WAITING:
-            inp = d.scheduler_input()
-            view = next((j for j in inp.jobs if j.id == job_id), None)
-            if view is not None:
-                reason = scheduler.explain_wait(view, inp)
-        elif job.id in d.start_failures:
-            failures, retry_at = d.start_failures[job.id]
-            reason = (f"its start failed {failures} time(s) in a row; tried again in "
-                      f"{max(0.0, retry_at - d.reactor.seconds()):.0f} s")
-        # The newest history that fits one value, oldest first.
-        newest = list(reversed(history[-100:]))
-        rows, _ = records.fit_to_value(records.HISTORY_FIELDS, newest, records.history_to_amp)
-        rows.reverse()
-        return {"job": [records.fit_job_detail(job)], "history": rows,
-                "wait_reason": records.shorten(reason, 2_000)}
-
-    @commands.WaitJob.responder
-    async def wait_job(self, job_id: int, timeout: float) -> dict:
-        await self._visible_job(job_id)
-        job = await self.dispatcher.wait_job(job_id, max(0.0, min(timeout, 300.0)))
-        if job is None:
-            raise commands.UnknownJob(f"unknown job {job_id}")
-        return {"state": job.state.value, "exit_code": job.exit_code, "signal": job.signal,
-                "reason": records.shorten(job.reason, 2_000)}
-
-    @commands.GetStatus.responder
-    async def get_status(self) -> dict:
-        me = self._require(commands.ROLE_TMS, commands.ROLE_CLIENT)
-        d = self.dispatcher
-        occ = d.occupied()
-        active = [h for h in d.hosts.values() if h.active and not h.retired]
-        counts = await d.store.count_by_state()
-        mine = await d.store.count_by_state(me)
-        return {
-            "cluster_active": d.cluster_active,
-            "active_hosts": len(active),
-            "total_slots": sum(h.max_slots for h in active),
-            "occupied_slots": sum(occ[h.name] for h in active),
-            "counts": [{"state": s.value, "count": counts.get(s, 0)} for s in JobState],
-            "user_counts": [{"state": s.value, "count": mine.get(s, 0)} for s in JobState],
-            "address": f"{d.settings.public_host}:{d.settings.port}",
-            "started_at": d.started_at,
-            "user": me,
-        }
-
-    @commands.ListHosts.responder
-    def list_hosts(self) -> dict:
-        self._require()
-        d = self.dispatcher
-        occ = d.occupied()
-        execs: dict[str, int] = {}
-        for (_, host) in d.executors:
-            execs[host] = execs.get(host, 0) + 1
-        hosts = list(d.hosts.values())
-        rows, n = records.fit_to_value(
-            records.HOST_FIELDS, hosts,
-            lambda h: records.host_to_amp(h, occ[h.name], d.loads.get(h.name),
-                                          execs.get(h.name, 0)))
-        if n < len(hosts):
-            raise commands.InvalidRequest(
-                f"the {len(hosts)} hosts do not fit in one answer: shorten their "
-                "additional_info in the cluster configuration")
-        return {"cluster_active": d.cluster_active, "hosts": rows}
-
-    # --- executor reports ----------------------------------------------------------------
-
-    @commands.JobFinished.responder
-    async def job_finished(self, job_id: int, attempt: int, exit_code: int | None,
-                           signal: int | None, killed: bool, ended_at: float, reason: str,
-                           lost: bool | None = None) -> dict:
-        user = self._require(commands.ROLE_TMMS)
-        self.last_heard = self.dispatcher.reactor.seconds()
-        written = self.dispatcher.job_finished(user, self.host or "", job_id, attempt, exit_code,
-                                               signal, killed, reason, lost=bool(lost),
-                                               ended_at=ended_at)
-        if written is not None:
-            await written  # answered once committed: until then the executor keeps the end
-        return {}
-
-    @commands.Heartbeat.responder
-    def heartbeat(self, running: Any, load: float | None = None) -> dict:
-        user = self._require(commands.ROLE_TMMS)
-        d = self.dispatcher
-        self.last_heard = d.reactor.seconds()
-        host = d.hosts.get(self.host or "")
-        if load is not None:
-            previous = d.loads.get(self.host or "")
-            d.loads[self.host or ""] = load
-            d.load_at[self.host or ""] = self.last_heard
-            if host is not None and host.load_check and previous != load:
-                d.request_pass()  # a job held back by this host's load may fit now
-        try:
-            attempts = {(int(j), int(a)) for j, a in running}
-        except (TypeError, ValueError):
-            raise commands.InvalidRequest("running must be a list of [job_id, attempt]") from None
-        if d.executors.get((user, self.host or "")) is self:
-            d.reconcile(user, self.host or "", self, attempts)
-        lease = d.settings.executor_lease
-        return {"time": d.reactor.seconds(), "lease": lease / 2,
-                "interval": min(HEARTBEAT_INTERVAL, lease / 6)}
-
-    @commands.ExecutorStartFailed.responder
-    def executor_start_failed(self, host: str, reason: str) -> dict:
-        user = self._require(commands.ROLE_TMS)
-        self.dispatcher.executor_start_failed(user, host, reason)
-        return {}
-
-    # --- cluster control ------------------------------------------------------------------
-
-    @commands.SetClusterActive.responder
-    async def set_cluster_active(self, active: bool) -> dict:
-        self._require_admin()
-        d = self.dispatcher
-        d.cluster_active = active
-        await d.store.set_setting("cluster_active", "1" if active else "0")
-        d.request_pass()
-        return {}
-
-    @commands.ReloadConfig.responder
-    async def reload_config(self) -> dict:
-        self._require_admin()
-        try:
-            summary = await self.dispatcher.reload_config()
-        except config.ConfigError as e:
-            raise commands.InvalidRequest(f"reload refused, nothing changed: {e}") from None
-        return {"summary": summary}
-
-    @commands.SetHostActive.responder
-    async def set_host_active(self, host: str, active: bool) -> dict:
-        self._require_admin()
-        d = self.dispatcher
-        found = d.hosts.get(host) or next(
-            (h for h in d.hosts.values() if h.short_name == host), None)
-        if found is None:
-            raise commands.UnknownHost(f"unknown host {host!r}; see lscluster")
-        found.active = active
-        await d.store.save_host(found.name, active, found.retired)
-        d.request_pass()
-        return {"host": found.name}
-
-    # --- job control, groups and users ----------------------------------------------------
-
-    def _may_touch(self, job: Any) -> bool:
-        return job.user == self.user or (self.role == commands.ROLE_CLIENT and self._is_admin())
-
-    @commands.KillJobs.responder
-    async def kill_jobs(self, job_ids: list[int], all: bool, regex: str | None = None) -> dict:
-        me = self._require(commands.ROLE_TMS, commands.ROLE_CLIENT)
-        d = self.dispatcher
-        targets = []
-        for job_id in job_ids:
-            job = d.jobs.get(job_id) or await d.store.get_job(job_id)
-            if job is None:
-                raise commands.UnknownJob(f"unknown job {job_id}")
-            if not self._may_touch(job):
-                raise commands.PermissionDenied(
-                    f"job {job_id} is not yours: you can only kill your own jobs")
-            live = d.jobs.get(job_id)
-            if live is not None:
-                targets.append(live)
-            elif not job.state.terminal:
-                # The database still says active, the working set no longer has it: its end
-                # (or removal) is being written, or the write failed and is being repaired.
-                if len(job_ids) == 1 and regex is None and not all:
-                    raise commands.InvalidRequest(
-                        f"job {job_id} is ending (recorded as {job.state.value} while its "
-                        "end is written): nothing to kill; see lsjobs in a moment")
-            elif len(job_ids) == 1 and regex is None and not all:
-                raise commands.InvalidRequest(
-                    f"job {job_id} has already ended ({job.state.value}): nothing to kill")
-        if regex is not None or all:
-            try:
-                pattern = compile_user_pattern(regex) if regex is not None else None
-            except PatternError as e:
-                raise commands.InvalidRequest(str(e)) from None
-            chosen = {j.id for j in targets}  # by id: comparing Job dataclasses is slow
-            for job in list(d.jobs.values()):
-                if job.user == me and job.id not in chosen and (
-                        pattern is None or pattern.search(job.spec.command)):
-                    chosen.add(job.id)
-                    targets.append(job)
-        for job in targets:
-            d.kill(job)
-        ids = sorted(j.id for j in targets)
-        listed = _fit_ids(ids)
-        return {"killed": listed, "more": len(ids) - len(listed) or None}
-
-    @commands.SuspendJob.responder
-    async def suspend_job(self, job_id: int, resume: bool) -> dict:
-        self._require(commands.ROLE_TMS, commands.ROLE_CLIENT)
-        d = self.dispatcher
-        job = d.jobs.get(job_id) or await d.store.get_job(job_id)
-        if job is None:
-            raise commands.UnknownJob(f"unknown job {job_id}")
-        if not self._may_touch(job):
-            raise commands.PermissionDenied(
-                f"job {job_id} is not yours: you can only suspend or resume your own jobs")
-        if job.state is not JobState.RUNNING:
-            raise commands.InvalidRequest(f"job {job_id} is {job.state.value}, not running")
-        await d.suspend(job, resume)
-        return {}
-
-    @commands.GroupSummary.responder
-    async def group_summary(self, scope: str, group: str | None = None) -> dict:
-        owner = self._scope_user(scope, None)
-        if group is not None and len(group) > records.MAX_GROUP_CHARS:
-            raise commands.InvalidRequest(
-                f"a group name has at most {records.MAX_GROUP_CHARS} characters")
-        counts = await self.dispatcher.store.group_counts(owner, group)
-        groups: dict[str, dict[str, int]] = {}
-        for name, states in counts.items():
-            # Names stored before the limit may be long: cut, kept apart by a digest.
-            if len(name) > records.MAX_GROUP_CHARS:
-                digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-                name = f"{name[:200]}...[{digest}]"
-            groups[name] = states
-        if records.json_size(groups) > records.MAX_VALUE_BYTES:
-            raise commands.InvalidRequest(
-                f"{len(groups)} groups do not fit in one answer: ask for one group "
-                "(lagroups:GROUP) or list jobs with lsjobs")
-        return {"groups": groups}
-
-    @commands.ListUsers.responder
-    def list_users(self, user: str | None = None) -> dict:
-        self._require()
-        d = self.dispatcher
-        usage = d.usage(d.reactor.seconds())
-        rows = []
-        for u in d.users.values():
-            if user is not None and u.name != user:
-                continue
-            states = [j.state for j in d.jobs.values() if j.user == u.name]
-            rows.append({
-                "name": u.name, "roles": sorted(u.roles), "enabled": u.enabled,
-                "tms_connected": u.name in d.tms_sessions,
-                "executors": _first(sorted(h for (n, h) in d.executors if n == u.name), 50),
-                "waiting": states.count(JobState.WAITING),
-                "pending": states.count(JobState.PENDING),
-                "running": states.count(JobState.RUNNING),
-                "usage": usage.get(u.name, 0.0),
-            })
-        if user is not None and not rows:
-            raise commands.UnknownUser(f"unknown user {user!r}")
-        fitted, n = records.fit_to_value(records.USER_FIELDS, rows, lambda r: r)
-        if n < len(rows):
-            raise commands.InvalidRequest(
-                f"the {len(rows)} users do not fit in one answer: ask for one (lsusers:NAME)")
-        return {"users": fitted}
-
-    @commands.SetUserEnabled.responder
-    async def set_user_enabled(self, user: str, enabled: bool) -> dict:
-        self._require_admin()
-        d = self.dispatcher
-        if user not in d.users:
-            raise commands.UnknownUser(f"unknown user {user!r}; see lsusers")
-        d.users[user].enabled = enabled
-        await d.store.set_user_enabled(user, enabled)
-        d.request_pass()
-        return {}
-
-    @commands.ListExecutors.responder
-    def list_executors(self) -> dict:
-        me = self._require()
-        d = self.dispatcher
-        rows = []
-        for (name, host), session in sorted(d.executors.items(), key=lambda kv: kv[0]):
-            if name != me:
-                continue
-            jobs = [j.id for j in d.jobs.values()
-                    if j.user == me and j.host == host and j.state.holds_slots]
-            rows.append({"host": host, "pid": session.peer_pid, "since": session.authenticated_at,
-                         "running": len(jobs), "state": "connected"})
-        for (name, host), since in sorted(d.starting.items()):
-            if name == me and (name, host) not in d.executors:
-                rows.append({"host": host, "pid": None, "since": since, "running": 0,
-                             "state": "starting"})
-        now = d.reactor.seconds()
-        for (name, host), until in sorted(d.backoff.items()):
-            if name == me and until > now and (name, host) not in d.executors:
-                rows.append({"host": host, "pid": None, "since": None, "running": 0,
-                             "state": f"start failed, retried after {until - now:.0f} s"})
-        while rows and records.json_size(rows) > records.MAX_VALUE_BYTES:
-            rows = rows[: len(rows) * 3 // 4]  # more hosts than one answer holds: the first
-        return {"executors": rows}
-
-    @commands.ControlExecutors.responder
-    async def control_executors(self, action: str) -> dict:
-        """invokealltmms: start the caller's executor on every usable host that lacks one;
-        shutdownalltmms: stop the caller's idle executors (one with running jobs is kept,
-        and said so: stopping it would kill those jobs)."""
-        me = self._require(commands.ROLE_TMS, commands.ROLE_CLIENT)
-        d = self.dispatcher
-        if action == "invoke":
-            return {"hosts": d.invoke_executors(me)}
-        if action == "shutdown":
-            return {"hosts": await d.shutdown_executors(me)}
-        raise commands.InvalidRequest(f"unknown executor action {action!r}: invoke or shutdown")
-
-    @commands.ListSessions.responder
-    def list_sessions(self) -> dict:
-        self._require()
-        d = self.dispatcher
-        lines = [f"tms {u}" for u in sorted(d.tms_sessions)]
-        lines += [f"tmms {u}@{h}" for (u, h) in sorted(d.executors)]
-        lines += [f"executor starting: {u}@{h}" for (u, h) in sorted(d.starting)]
-        lines.append(f"scheduling passes: {d.passes}, group commits: {d.writer.batches}")
-        return {"lines": records.fit_lines(lines[:-1], records.MAX_VALUE_BYTES - 200)
-                + lines[-1:]}
-
-    @commands.AdminJobs.responder
-    async def admin_jobs(self, action: str, user: str | None = None) -> dict:
-        self._require_admin()
-        d = self.dispatcher
-        if action in ("rmjobs", "rmwjobs"):
-            if not user:
-                raise commands.InvalidRequest(f"{action} needs a user: usage: {action}:USER")
-            if user not in d.users:
-                raise commands.UnknownUser(f"unknown user {user!r}; see lsusers")
-            count, later = await d.remove_jobs(user, waiting_only=action == "rmwjobs")
-            if count == 0 and later == 0:
-                return {"count": 0, "message": "nothing has been removed"}
-            # The seed's words; running jobs are counted, and removed once their processes
-            # are gone (they keep their slots until then).
-            return {"count": count + later,
-                    "message": f"removed {count + later} job(s) of user {user}."}
-        moves = {
-            "setallpjobsaswaiting": (JobState.PENDING, JobState.WAITING, "waiting"),
-            "setallrjobsaswaiting": (JobState.RUNNING, JobState.WAITING, "waiting"),
-            "setallpjobsasfinished": (JobState.PENDING, JobState.FINISHED, "finished"),
-            "setallrjobsasfinished": (JobState.RUNNING, JobState.FINISHED, "finished"),
-        }
-        if action in moves:
-            old, new, word = moves[action]
-            count = d.set_all(old, new)
-            # Running jobs are killed first and keep their slots until their processes are
-            # gone; the answer keeps the seed's words.
-            return {"count": count, "message": f"set {count} jobs as {word}"}
-        if action == "checkslots":
-            # Occupied slots are derived from the jobs that hold them (pending and running),
-            # never kept as a separate counter: recomputing is reporting them.
-            occ = d.occupied()
-            parts = [f"{h.name} {occ[h.name]}/{h.max_slots}" for h in d.hosts.values()]
-            d.request_pass()
-            return {"count": sum(occ.values()),
-                    "message": _fit_text("number of occupied slots have been updated: "
-                                         + ", ".join(parts))}
-        if action == "updateload":
-            # Executors report their host's load every few seconds; show what is known and
-            # run a scheduling pass with it.
-            now = d.reactor.seconds()
-            parts = [f"{h.name} {d.loads[h.name]:.2f} ({now - d.load_at.get(h.name, now):.0f} s ago)"
-                     if h.name in d.loads else f"{h.name} n.a. (no executor)"
-                     for h in d.hosts.values()]
-            d.request_pass()
-            return {"count": len(d.loads), "message": _fit_text("load: " + ", ".join(parts))}
-        raise commands.InvalidRequest(f"unknown admin action {action!r}")
-
-
-def _fit_ids(ids: list[int]) -> list[int]:
-    """As many leading ``ids`` as fit one ``ListOf(Integer)`` value."""
-    used = 0
-    for index, job_id in enumerate(ids):
-        used += 2 + len(str(job_id))
-        if used > records.MAX_VALUE_BYTES:
-            return ids[:index]
-    return ids
-
-
-def _fit_text(text: str) -> str:
-    """``text`` cut to fit one AMP value (a listing of many hosts)."""
-    if len(text.encode("utf-8", "surrogatepass")) <= records.MAX_VALUE_BYTES:
-        return text
-    return text.encode()[: records.MAX_VALUE_BYTES - 100].decode("utf-8", "ignore") + " ..."
-
-
-def _first(names: list[str], count: int) -> list[str]:
-    """The first ``count`` names, and how many more there are."""
-    if len(names) <= count:
-        return names
-    return names[:count] + [f"... and {len(names) - count} more"]

@@ -101,19 +101,27 @@ class TransitionWriter:
         try:
             # seconds() takes no argument: mypy takes it for a method without self (see above)
             results = await self.apply_batch(
-                [q.transition for q in batch], self.clock.seconds()  # type: ignore[misc]
+                [q.transition for q in batch],
+                self.clock.seconds(),  # type: ignore[misc]
             )
         except DatabaseUnavailable as e:
             if not self._retry_delay:
-                self.log.warn("the database is unavailable ({e}): keeping {n} state change(s) "
-                              "to write when it is back", e=str(e), n=len(batch) + len(self._queue))
+                self.log.warn(
+                    "the database is unavailable ({e}): keeping {n} state change(s) "
+                    "to write when it is back",
+                    e=str(e),
+                    n=len(batch) + len(self._queue),
+                )
             self._retry_delay = delay = self._grow(self._retry_delay)
             self._queue[:0] = batch
         except Exception as e:
             if len(batch) > 1:
                 # One change may be at fault: write them one by one, the others commit.
-                self.log.warn("writing {n} state changes failed ({e}): writing them one by one",
-                              n=len(batch), e=str(e) or type(e).__name__)
+                self.log.warn(
+                    "writing {n} state changes failed ({e}): writing them one by one",
+                    n=len(batch),
+                    e=str(e) or type(e).__name__,
+                )
                 self._queue[:0] = batch
                 self._singles = len(batch)
             else:

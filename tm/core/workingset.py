@@ -1,0 +1,261 @@
+"""The dispatcher's active jobs, and the indexes a scheduling pass and the responders read.
+
+Pure: no I/O, no reactor, no clock (the time of a change is passed in).
+
+A job changes state in one place, :meth:`WorkingSet.transition`: it builds the
+:class:`~tm.core.model.Transition` (the compare-and-set the writer commits) and applies the
+very same record's :meth:`~tm.core.model.Transition.changes` to the job in memory, so the
+job in memory and its row cannot be changed differently.
+
+The indexes are kept up to date by each change instead of being recomputed:
+
+- occupied slots per host (pending and running jobs), as counts;
+- the jobs of a ``(user, host)`` (every active job placed there);
+- the jobs in each state, and their count per user;
+- the waiting queues: per priority, per user, per *shape* (slots, excluded hosts), the
+  waiting job ids in submission order. A scheduling pass (:mod:`tm.core.scheduler`) reads
+  only the heads of these queues; within one shape, a job that cannot start means none
+  behind it can in the same pass, so a pass looks at a number of jobs bounded by the
+  placements it makes and the number of queues, not by the length of the queues.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from sortedcontainers import SortedList
+
+from tm.core.model import ACTIVE_STATES, Job, JobState, Transition
+from tm.core.scheduler import JobView, Shape
+
+_NO_JOBS: dict[int, Job] = {}
+
+
+def shape_of(job: Job) -> Shape:
+    return (job.spec.slots, frozenset(job.spec.excluded_hosts))
+
+
+class WorkingSet:
+    """The active jobs (waiting, pending, running, lost) by id, with their indexes.
+
+    Reads like a mapping of job id to :class:`Job`. Adding and removing go through
+    :meth:`add` and :meth:`discard` (or item assignment and ``del``); every state change
+    through :meth:`transition`. A job's fields that the indexes use (state, host, user,
+    attempt, spec) must not be assigned from outside.
+    """
+
+    def __init__(self, jobs: Iterable[Job] = ()) -> None:
+        self._jobs: dict[int, Job] = {}
+        #: host -> slots held there by pending and running jobs
+        self.occupied: dict[str, int] = {}
+        self._placed: dict[tuple[str, str], dict[int, Job]] = {}
+        self._by_state: dict[JobState, dict[int, Job]] = {s: {} for s in ACTIVE_STATES}
+        self._counts: dict[str, dict[JobState, int]] = {}
+        self._waiting: dict[int, dict[str, dict[Shape, SortedList]]] = {}
+        for job in jobs:
+            self.add(job)
+
+    # --- the mapping ------------------------------------------------------------------
+
+    def __getitem__(self, job_id: int) -> Job:
+        return self._jobs[job_id]
+
+    def get(self, job_id: int, default: Any = None) -> Any:
+        return self._jobs.get(job_id, default)
+
+    def __contains__(self, job_id: object) -> bool:
+        return job_id in self._jobs
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._jobs)
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def __bool__(self) -> bool:
+        return bool(self._jobs)
+
+    def values(self) -> Iterable[Job]:
+        return self._jobs.values()
+
+    def items(self) -> Iterable[tuple[int, Job]]:
+        return self._jobs.items()
+
+    def __setitem__(self, job_id: int, job: Job) -> None:
+        assert job_id == job.id
+        self.add(job)
+
+    def __delitem__(self, job_id: int) -> None:
+        if self.discard(job_id) is None:
+            raise KeyError(job_id)
+
+    # --- membership -------------------------------------------------------------------
+
+    def add(self, job: Job) -> None:
+        """Take ``job`` in (an active job loaded, submitted or re-read); replaces a job
+        of the same id."""
+        old = self._jobs.get(job.id)
+        if old is not None:
+            self._unindex(old)
+        self._jobs[job.id] = job
+        self._index(job)
+
+    def discard(self, job_id: int) -> Job | None:
+        """Drop a job (it ended or was removed); the job, or None if it was not here."""
+        job = self._jobs.pop(job_id, None)
+        if job is not None:
+            self._unindex(job)
+        return job
+
+    def refresh(self, job: Job, fresh: Job) -> None:
+        """Overwrite ``job``'s fields with ``fresh``'s (re-read from the store), in place:
+        whoever holds ``job`` sees the store's state."""
+        if job.id in self._jobs:
+            self._unindex(self._jobs.pop(job.id))
+        for name in Job.__dataclass_fields__:
+            setattr(job, name, getattr(fresh, name))
+        self._jobs[job.id] = job
+        self._index(job)
+
+    # --- the one way a job changes state ------------------------------------------------
+
+    def transition(
+        self, job: Job, new: JobState, reason: str, at: float, **fields: Any
+    ) -> Transition:
+        """Change ``job`` to ``new`` at time ``at``; the returned record is what the writer
+        commits, and exactly what was applied here. A job that ends leaves the set."""
+        t = Transition(
+            job_id=job.id,
+            attempt=job.attempt,
+            old=job.state,
+            new=new,
+            reason=reason,
+            at=at,
+            **fields,
+        )
+        tracked = self._jobs.get(job.id) is job
+        if tracked:
+            self._unindex(job)
+        for name, value in t.changes(at).items():
+            setattr(job, name, value)
+        if tracked:
+            if new.terminal:
+                del self._jobs[job.id]
+            else:
+                self._index(job)
+        return t
+
+    # --- the indexes ------------------------------------------------------------------------
+
+    def _index(self, job: Job) -> None:
+        state = job.state
+        self._by_state.setdefault(state, {})[job.id] = job
+        counts = self._counts.setdefault(job.user, {})
+        counts[state] = counts.get(state, 0) + 1
+        if job.host:
+            self._placed.setdefault((job.user, job.host), {})[job.id] = job
+            if state.holds_slots:
+                self.occupied[job.host] = self.occupied.get(job.host, 0) + job.spec.slots
+        if state is JobState.WAITING:
+            queue = (
+                self._waiting.setdefault(job.spec.priority, {})
+                .setdefault(job.user, {})
+                .setdefault(shape_of(job), None)
+            )
+            if queue is None:
+                queue = self._waiting[job.spec.priority][job.user][shape_of(job)] = SortedList()
+            queue.add(job.id)
+
+    def _unindex(self, job: Job) -> None:
+        state = job.state
+        self._by_state[state].pop(job.id, None)
+        counts = self._counts[job.user]
+        counts[state] -= 1
+        if not counts[state]:
+            del counts[state]
+            if not counts:
+                del self._counts[job.user]
+        if job.host:
+            key = (job.user, job.host)
+            placed = self._placed[key]
+            del placed[job.id]
+            if not placed:
+                del self._placed[key]
+            if state.holds_slots:
+                left = self.occupied[job.host] - job.spec.slots
+                if left:
+                    self.occupied[job.host] = left
+                else:
+                    del self.occupied[job.host]
+        if state is JobState.WAITING:
+            by_user = self._waiting[job.spec.priority]
+            shapes = by_user[job.user]
+            shape = shape_of(job)
+            queue = shapes[shape]
+            queue.remove(job.id)
+            if not queue:
+                del shapes[shape]
+                if not shapes:
+                    del by_user[job.user]
+                    if not by_user:
+                        del self._waiting[job.spec.priority]
+
+    # --- questions --------------------------------------------------------------------------
+
+    def in_state(self, state: JobState) -> Iterable[Job]:
+        """The jobs in ``state`` (a live view: copy it before changing states)."""
+        return self._by_state.get(state, _NO_JOBS).values()
+
+    def on(self, user: str, host: str, state: JobState | None = None) -> list[Job]:
+        """The jobs of ``user`` placed on ``host`` (in ``state``, if given), by id."""
+        jobs = self._placed.get((user, host), _NO_JOBS).values()
+        return sorted((j for j in jobs if state is None or j.state is state), key=lambda j: j.id)
+
+    def holding_slots(self, user: str, host: str) -> list[Job]:
+        """The pending and running jobs of ``user`` on ``host``, by id."""
+        return [j for j in self.on(user, host) if j.state.holds_slots]
+
+    def hosts_in_use(self) -> set[str]:
+        """The hosts some active job is placed on."""
+        return {host for (_, host) in self._placed}
+
+    def counts(self, user: str) -> dict[JobState, int]:
+        """How many of ``user``'s active jobs are in each state."""
+        return dict(self._counts.get(user, {}))
+
+    def waiting_users(self) -> Iterable[str]:
+        """The users with waiting jobs."""
+        return [u for u, c in self._counts.items() if c.get(JobState.WAITING)]
+
+    def waiting_count(self) -> int:
+        return len(self._by_state.get(JobState.WAITING, _NO_JOBS))
+
+    # --- the waiting queues, as a scheduling pass reads them (scheduler.WaitingQueues) -------
+
+    def priorities(self) -> list[int]:
+        return sorted(self._waiting, reverse=True)
+
+    def users(self, priority: int) -> Iterable[str]:
+        return self._waiting.get(priority, {}).keys()
+
+    def shapes(self, priority: int, user: str) -> Iterable[tuple[Shape, Sequence[int]]]:
+        return self._waiting.get(priority, {}).get(user, {}).items()
+
+    def view(self, job_id: int) -> JobView | None:
+        """The scheduler's view of a waiting job; None if it is not waiting."""
+        job = self._jobs.get(job_id)
+        if job is None or job.state is not JobState.WAITING:
+            return None
+        return JobView(
+            id=job.id,
+            user=job.user,
+            slots=job.spec.slots,
+            priority=job.spec.priority,
+            excluded=frozenset(job.spec.excluded_hosts),
+        )
+
+    def waiting_views(self) -> tuple[JobView, ...]:
+        """Every waiting job as the scheduler sees it, by id (for listings)."""
+        views = (self.view(i) for i in sorted(self._by_state.get(JobState.WAITING, _NO_JOBS)))
+        return tuple(v for v in views if v is not None)

@@ -1,0 +1,403 @@
+"""The responders of a dispatcher session that concern jobs: submission, listings, a job's
+details and end, executors' reports, kill and suspend.
+
+Each responder authorises (the session's proven user and role), converts records, and calls
+one method of the dispatcher; the dispatcher's state is changed only by its methods.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Any
+
+from twisted.logger import Logger
+from twisted.protocols import amp
+
+from tm import auth
+from tm.core.model import Job, JobState
+from tm.core.patterns import PatternError, compile_user_pattern
+from tm.protocol import commands, records
+from tm.protocol.base import BoundedAMP
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from tm.dispatcher.service import Dispatcher
+
+#: The longest interval between an executor's heartbeats (shorter with a short lease).
+HEARTBEAT_INTERVAL = 5.0
+MAX_PAGE = 200
+
+
+class SessionBase(amp.CommandLocator):
+    """A connection's identity, and the checks every responder makes."""
+
+    log = Logger()
+
+    def __init__(self, dispatcher: Dispatcher, proto: BoundedAMP) -> None:
+        self.dispatcher = dispatcher
+        self.proto = proto
+        self.user: str | None = None
+        self.claimed_user: str | None = None
+        self.role: str | None = None
+        self.host: str | None = None
+        self.peer_pid: int | None = None
+        self.authenticated_at: float | None = None
+        self.last_heard = 0.0
+        self.challenge: auth.Challenge | None = None
+        self.fenced = False
+
+    # --- identity ---------------------------------------------------------------
+
+    def _require(self, *roles: str) -> str:
+        if self.user is None:
+            raise commands.NotAuthenticated("authenticate first (Hello, then Authenticate)")
+        if roles and self.role not in roles:
+            raise commands.PermissionDenied(f"a {self.role} connection cannot do this")
+        # An executor still reports the ends of jobs that started before its user was removed.
+        if self.user not in self.dispatcher.users and self.role != commands.ROLE_TMMS:
+            raise commands.PermissionDenied(
+                f"user {self.user} is no longer in etc/users: ask the admin to add you back"
+            )
+        return self.user
+
+    def _is_admin(self) -> bool:
+        u = self.dispatcher.users.get(self.user or "")
+        return bool(u and u.is_admin)
+
+    def _require_admin(self) -> str:
+        user = self._require(commands.ROLE_CLIENT, commands.ROLE_TMS)
+        if not self._is_admin():
+            raise commands.PermissionDenied(f"{user} does not have the admin role (etc/users)")
+        return user
+
+    def drop(self) -> None:
+        """Cut a connection that went silent; connectionLost does the rest."""
+        # Only sessions in the executor table are dropped, and connectionLost takes a session
+        # out of it before AMP forgets the transport.
+        assert self.proto.transport is not None
+        self.proto.transport.abortConnection()
+
+    def fence(self) -> None:
+        """A newer executor of the same user and host replaced this one."""
+        self.fenced = True
+        assert self.proto.transport is not None  # as in drop(): still in the executor table
+        self.proto.transport.loseConnection()  # type: ignore[misc]
+
+    def _scope_user(self, scope: str, user: str | None) -> str | None:
+        me = self._require(commands.ROLE_TMS, commands.ROLE_CLIENT)
+        if self.role == commands.ROLE_TMS or scope == "mine" or not self._is_admin():
+            return me  # only an admin, talking to the dispatcher, sees other users' jobs
+        return user
+
+    def _may_touch(self, job: Any) -> bool:
+        return job.user == self.user or (self.role == commands.ROLE_CLIENT and self._is_admin())
+
+    async def _own_job(self, job_id: int, verb: str) -> Job:
+        """A job the caller may change (theirs, or any for an admin at the dispatcher)."""
+        d = self.dispatcher
+        job = d.jobs.get(job_id) or await d.store.get_job(job_id)
+        if job is None:
+            raise commands.UnknownJob(f"unknown job {job_id}")
+        if not self._may_touch(job):
+            raise commands.PermissionDenied(
+                f"job {job_id} is not yours: you can only {verb} your own jobs"
+            )
+        return job
+
+
+class JobResponders(SessionBase):
+    # --- jobs -----------------------------------------------------------------------
+
+    @commands.SubmitJobs.responder
+    async def submit_jobs(self, cwd: str, umask: int, env: Any, jobs: list[dict]) -> dict:
+        user = self._require(commands.ROLE_TMS, commands.ROLE_CLIENT)
+        d = self.dispatcher
+        try:
+            environment = records.environment_from_amp({"cwd": cwd, "umask": umask, "env": env})
+        except (ValueError, TypeError) as e:
+            raise commands.InvalidRequest(str(e)) from None
+        if not cwd.startswith("/"):
+            raise commands.InvalidRequest(f"the submission directory must be absolute, got {cwd!r}")
+        problem = records.environment_problem(environment)
+        if problem:
+            raise commands.InvalidRequest(problem)
+        specs = [records.spec_from_amp(j) for j in jobs]
+        ids, warnings = await d.submit(user, environment, specs)
+        return {"job_ids": ids, "warnings": warnings}
+
+    @commands.ListJobs.responder
+    async def list_jobs(
+        self,
+        states: list[str],
+        scope: str,
+        after_id: int,
+        limit: int,
+        user: str | None = None,
+        group: str | None = None,
+        text: str | None = None,
+        order: str | None = None,
+    ) -> dict:
+        owner = self._scope_user(scope, user)
+        try:
+            wanted = [JobState(s) for s in states] or list(JobState)
+        except ValueError as e:
+            raise commands.InvalidRequest(str(e)) from None
+        limit = max(1, min(limit, MAX_PAGE))
+        d = self.dispatcher
+        if order == "schedule":
+            # Pages of the queue order; after_id counts the jobs already sent (an offset).
+            ranked = d.queue_order(owner)
+            page = ranked[after_id : after_id + limit]
+            rows, n = records.fit_to_value(
+                records.JOB_SUMMARY_FIELDS, page, records.job_summary_to_amp
+            )
+            more = n < len(page) or after_id + limit < len(ranked)
+            return {"jobs": rows, "next_after_id": after_id + n if more and n else None}
+        jobs = await d.store.list_jobs(
+            wanted, user=owner, group=group, text=text, after_id=after_id, limit=limit + 1
+        )
+        for i, job in enumerate(jobs):
+            live = d.jobs.get(job.id)
+            if live is not None:
+                jobs[i] = live
+        page = jobs[:limit]
+        rows, n = records.fit_to_value(records.JOB_SUMMARY_FIELDS, page, records.job_summary_to_amp)
+        more = n < len(page) or len(jobs) > limit
+        return {"jobs": rows, "next_after_id": rows[-1]["id"] if more and rows else None}
+
+    async def _visible_job(self, job_id: int) -> Any:
+        me = self._require(commands.ROLE_TMS, commands.ROLE_CLIENT)
+        d = self.dispatcher
+        job = d.jobs.get(job_id) or await d.store.get_job(job_id)
+        # Through a TMS a user sees only their own jobs; through the dispatcher, everyone's.
+        if job is None or (self.role == commands.ROLE_TMS and job.user != me):
+            raise commands.UnknownJob(f"unknown job {job_id}")
+        return job
+
+    @commands.GetJob.responder
+    async def get_job(self, job_id: int) -> dict:
+        job = await self._visible_job(job_id)
+        d = self.dispatcher
+        history = await d.store.get_history(job_id)
+        reason = d.wait_reason(job)
+        # The newest history that fits one value, oldest first.
+        newest = list(reversed(history[-100:]))
+        rows, _ = records.fit_to_value(records.HISTORY_FIELDS, newest, records.history_to_amp)
+        rows.reverse()
+        return {
+            "job": [records.fit_job_detail(job)],
+            "history": rows,
+            "wait_reason": records.shorten(reason, 2_000),
+        }
+
+    @commands.WaitJob.responder
+    async def wait_job(self, job_id: int, timeout: float) -> dict:
+        await self._visible_job(job_id)
+        job = await self.dispatcher.wait_job(job_id, max(0.0, min(timeout, 300.0)))
+        if job is None:
+            raise commands.UnknownJob(f"unknown job {job_id}")
+        return {
+            "state": job.state.value,
+            "exit_code": job.exit_code,
+            "signal": job.signal,
+            "reason": records.shorten(job.reason, 2_000),
+        }
+
+    @commands.GetStatus.responder
+    async def get_status(self) -> dict:
+        me = self._require(commands.ROLE_TMS, commands.ROLE_CLIENT)
+        d = self.dispatcher
+        occ = d.occupied()
+        active = [h for h in d.hosts.values() if h.active and not h.retired]
+        counts = await d.store.count_by_state()
+        mine = await d.store.count_by_state(me)
+        return {
+            "cluster_active": d.cluster_active,
+            "active_hosts": len(active),
+            "total_slots": sum(h.max_slots for h in active),
+            "occupied_slots": sum(occ[h.name] for h in active),
+            "counts": [{"state": s.value, "count": counts.get(s, 0)} for s in JobState],
+            "user_counts": [{"state": s.value, "count": mine.get(s, 0)} for s in JobState],
+            "address": f"{d.settings.public_host}:{d.settings.port}",
+            "started_at": d.started_at,
+            "user": me,
+        }
+
+    @commands.ListHosts.responder
+    def list_hosts(self) -> dict:
+        self._require()
+        d = self.dispatcher
+        occ = d.occupied()
+        execs: dict[str, int] = {}
+        for _, host in d.executors:
+            execs[host] = execs.get(host, 0) + 1
+        hosts = list(d.hosts.values())
+        rows, n = records.fit_to_value(
+            records.HOST_FIELDS,
+            hosts,
+            lambda h: records.host_to_amp(
+                h, occ[h.name], d.loads.get(h.name), execs.get(h.name, 0)
+            ),
+        )
+        if n < len(hosts):
+            raise commands.InvalidRequest(
+                f"the {len(hosts)} hosts do not fit in one answer: shorten their "
+                "additional_info in the cluster configuration"
+            )
+        return {"cluster_active": d.cluster_active, "hosts": rows}
+
+    # --- executor reports ----------------------------------------------------------------
+
+    @commands.JobFinished.responder
+    async def job_finished(
+        self,
+        job_id: int,
+        attempt: int,
+        exit_code: int | None,
+        signal: int | None,
+        killed: bool,
+        ended_at: float,
+        reason: str,
+        lost: bool | None = None,
+    ) -> dict:
+        user = self._require(commands.ROLE_TMMS)
+        self.last_heard = self.dispatcher.reactor.seconds()
+        written = self.dispatcher.job_finished(
+            user,
+            self.host or "",
+            job_id,
+            attempt,
+            exit_code,
+            signal,
+            killed,
+            reason,
+            lost=bool(lost),
+            ended_at=ended_at,
+        )
+        if written is not None:
+            await written  # answered once committed: until then the executor keeps the end
+        return {}
+
+    @commands.Heartbeat.responder
+    def heartbeat(self, running: Any, load: float | None = None) -> dict:
+        user = self._require(commands.ROLE_TMMS)
+        d = self.dispatcher
+        self.last_heard = d.reactor.seconds()
+        try:
+            attempts: set[tuple[int, int]] | None = {(int(j), int(a)) for j, a in running}
+        except (TypeError, ValueError):
+            attempts = None
+        d.heartbeat(user, self.host or "", self, attempts, load)
+        if attempts is None:
+            raise commands.InvalidRequest("running must be a list of [job_id, attempt]")
+        lease = d.settings.executor_lease
+        return {
+            "time": d.reactor.seconds(),
+            "lease": lease / 2,
+            "interval": min(HEARTBEAT_INTERVAL, lease / 6),
+        }
+
+    @commands.ExecutorStartFailed.responder
+    def executor_start_failed(self, host: str, reason: str) -> dict:
+        user = self._require(commands.ROLE_TMS)
+        self.dispatcher.executor_start_failed(user, host, reason)
+        return {}
+
+    # --- job control, groups and users ----------------------------------------------------
+
+    @commands.KillJobs.responder
+    async def kill_jobs(self, job_ids: list[int], all: bool, regex: str | None = None) -> dict:
+        me = self._require(commands.ROLE_TMS, commands.ROLE_CLIENT)
+        d = self.dispatcher
+        targets = []
+        for job_id in job_ids:
+            job = await self._own_job(job_id, "kill")
+            live = d.jobs.get(job_id)
+            if live is not None:
+                targets.append(live)
+            elif not job.state.terminal:
+                # The database still says active, the working set no longer has it: its end
+                # (or removal) is being written, or the write failed and is being repaired.
+                if len(job_ids) == 1 and regex is None and not all:
+                    raise commands.InvalidRequest(
+                        f"job {job_id} is ending (recorded as {job.state.value} while its "
+                        "end is written): nothing to kill; see lsjobs in a moment"
+                    )
+            elif len(job_ids) == 1 and regex is None and not all:
+                raise commands.InvalidRequest(
+                    f"job {job_id} has already ended ({job.state.value}): nothing to kill"
+                )
+        if regex is not None or all:
+            try:
+                pattern = compile_user_pattern(regex) if regex is not None else None
+            except PatternError as e:
+                raise commands.InvalidRequest(str(e)) from None
+            chosen = {j.id for j in targets}  # by id: comparing Job dataclasses is slow
+            for job in list(d.jobs.values()):
+                if (
+                    job.user == me
+                    and job.id not in chosen
+                    and (pattern is None or pattern.search(job.spec.command))
+                ):
+                    chosen.add(job.id)
+                    targets.append(job)
+        for job in targets:
+            d.kill(job)
+        ids = sorted(j.id for j in targets)
+        listed = _fit_ids(ids)
+        return {"killed": listed, "more": len(ids) - len(listed) or None}
+
+    @commands.SuspendJob.responder
+    async def suspend_job(self, job_id: int, resume: bool) -> dict:
+        self._require(commands.ROLE_TMS, commands.ROLE_CLIENT)
+        d = self.dispatcher
+        job = await self._own_job(job_id, "suspend or resume")
+        if job.state is not JobState.RUNNING:
+            raise commands.InvalidRequest(f"job {job_id} is {job.state.value}, not running")
+        await d.suspend(job, resume)
+        return {}
+
+    @commands.GroupSummary.responder
+    async def group_summary(self, scope: str, group: str | None = None) -> dict:
+        owner = self._scope_user(scope, None)
+        if group is not None and len(group) > records.MAX_GROUP_CHARS:
+            raise commands.InvalidRequest(
+                f"a group name has at most {records.MAX_GROUP_CHARS} characters"
+            )
+        counts = await self.dispatcher.store.group_counts(owner, group)
+        groups: dict[str, dict[str, int]] = {}
+        for name, states in counts.items():
+            # Names stored before the limit may be long: cut, kept apart by a digest.
+            if len(name) > records.MAX_GROUP_CHARS:
+                digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+                name = f"{name[:200]}...[{digest}]"
+            groups[name] = states
+        if records.json_size(groups) > records.MAX_VALUE_BYTES:
+            raise commands.InvalidRequest(
+                f"{len(groups)} groups do not fit in one answer: ask for one group "
+                "(lagroups:GROUP) or list jobs with lsjobs"
+            )
+        return {"groups": groups}
+
+
+def _fit_ids(ids: list[int]) -> list[int]:
+    """As many leading ``ids`` as fit one ``ListOf(Integer)`` value."""
+    used = 0
+    for index, job_id in enumerate(ids):
+        used += 2 + len(str(job_id))
+        if used > records.MAX_VALUE_BYTES:
+            return ids[:index]
+    return ids
+
+
+def _fit_text(text: str) -> str:
+    """``text`` cut to fit one AMP value (a listing of many hosts)."""
+    if len(text.encode("utf-8", "surrogatepass")) <= records.MAX_VALUE_BYTES:
+        return text
+    return text.encode()[: records.MAX_VALUE_BYTES - 100].decode("utf-8", "ignore") + " ..."
+
+
+def _first(names: list[str], count: int) -> list[str]:
+    """The first ``count`` names, and how many more there are."""
+    if len(names) <= count:
+        return names
+    return names[:count] + [f"... and {len(names) - count} more"]
