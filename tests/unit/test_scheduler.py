@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -248,30 +246,28 @@ def test_fair_share_prefers_low_usage() -> None:
     assert d.placements == [(3, "a")]
 
 
-def test_performance_10000_jobs_50_hosts() -> None:
+def test_10000_jobs_50_hosts() -> None:
+    """A large input is decided whole. What a pass costs is asserted by counting the jobs it
+    reads (tests/unit/test_workingset.py) and measured in bench/queue.py, never timed here."""
     hosts = [host(f"h{i:02d}", 16, occupied=i % 16) for i in range(50)]
     jobs = [
         job(i, f"u{i % 37}", slots=1 + i % 5, priority=i % 3, excluded=(f"h{i % 50:02d}",))
         for i in range(1, 10001)
     ]
-    i = inp(hosts, jobs, usage={f"u{k}": float(k) for k in range(37)})
-    elapsed = 1.0
-    for _ in range(3):  # best of three, against a noisy machine
-        t0 = time.perf_counter()
-        d = schedule(i)
-        elapsed = min(elapsed, time.perf_counter() - t0)
+    d = schedule(inp(hosts, jobs, usage={f"u{k}": float(k) for k in range(37)}))
     assert d.placements
-    assert elapsed < 0.1, elapsed
-    # Nothing fits anywhere: still fast.
+    free = {h.name: h.max_slots - h.occupied for h in hosts}
+    by_id = {j.id: j for j in jobs}
+    for job_id, name in d.placements:
+        free[name] -= by_id[job_id].slots
+        assert name not in by_id[job_id].excluded
+    assert min(free.values()) >= 0
+    # Nothing fits anywhere: nothing is placed.
     full = [host(f"h{i:02d}", 16, occupied=16) for i in range(50)]
-    t0 = time.perf_counter()
-    schedule(inp(full, jobs))
-    assert time.perf_counter() - t0 < 0.1
-    # Only big jobs that fit nowhere now, but capacity is left.
+    assert schedule(inp(full, jobs)).placements == []
+    # Only big jobs that fit nowhere, though capacity is left: nothing is placed either.
     big = [job(i, f"u{i % 37}", slots=20) for i in range(1, 10001)]
-    t0 = time.perf_counter()
-    schedule(inp(hosts, big))
-    assert time.perf_counter() - t0 < 0.1
+    assert schedule(inp(hosts, big)).placements == []
 
 
 # -- property tests ----------------------------------------------------------
