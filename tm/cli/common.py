@@ -25,7 +25,7 @@ from twisted.internet.task import deferLater
 from twisted.protocols import amp
 
 from tm import auth
-from tm.cli.errors import CLIError
+from tm.cli.errors import CLIError, reader_gone
 from tm.link import DispatcherNotFound, connect_dispatcher, connect_host, find_dispatcher, user_dir
 from tm.protocol import commands
 from tm.protocol.base import BoundedAMP
@@ -258,13 +258,7 @@ def run_main(prog: str, main: Callable[[Any], Awaitable[int]]) -> None:
             print(f"{prog}: the server cannot do this: {e}", file=sys.stderr)
             status = 1
         except BrokenPipeError:
-            # The reader went away (hConnect lswjobs | head): stop quietly, as cat does.
-            try:
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, sys.stdout.fileno())  # the final flush must not fail again
-            except OSError:
-                pass
-            status = 141
+            status = reader_gone()
         except (ConnectError, ConnectionClosed, TimeoutError, defer.TimeoutError,
                 defer.CancelledError, amp.TooLong, OSError) as e:
             print(f"{prog}: {failure_line(e)}", file=sys.stderr)

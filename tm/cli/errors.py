@@ -65,13 +65,7 @@ def report(prog: str, main: Callable[[], int]) -> int:
         print(f"{prog}: {e}; see `hConnect lswjobs` before you try again", file=sys.stderr)
         return 1
     except BrokenPipeError:
-        # The reader went away (hConnect lswjobs | head): stop quietly, as cat does.
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())  # the final flush must not fail again
-        except OSError:
-            pass
-        return 141
+        return reader_gone()
     except KeyboardInterrupt:
         return 130
     except OSError as e:
@@ -82,3 +76,14 @@ def report(prog: str, main: Callable[[], int]) -> int:
         print(f"{prog}: internal error ({e.__class__.__name__}: {e}); please report it",
               file=sys.stderr)
         return 1
+
+
+def reader_gone() -> int:
+    """The reader of our output went away (hConnect lswjobs | head): stop quietly, as cat does;
+    the exit status of a process killed by SIGPIPE."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the final flush must not fail again
+    except OSError:
+        pass
+    return 141

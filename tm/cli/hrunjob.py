@@ -279,14 +279,34 @@ def submit_local(client: localsocket.LocalClient, specs: list[JobSpec]) -> list[
         except localsocket.RemoteError as e:
             if not ids:
                 raise
-            raise CLIError(f"{e}; the first {len(ids)} job(s) [{compress_ids(ids)}] were "
-                           f"submitted, the remaining {len(specs) - len(ids)} were not") from None
+            raise partly_submitted(e, ids, len(specs)) from None
         ids.extend(answer["job_ids"])
-        for warning in answer.get("warnings") or []:
-            if warning not in warned:
-                warned.append(warning)
-                print(f"{PROG}: warning: {warning}", file=sys.stderr)
+        warn_once(answer, warned)
     return ids
+
+
+def partly_submitted(error: Exception, ids: list[int], total: int) -> CLIError:
+    """A chunk failed after earlier ones were stored: say exactly which, so that nothing is
+    submitted twice."""
+    return CLIError(f"{error}; the first {len(ids)} job(s) [{compress_ids(ids)}] were "
+                    f"submitted, the remaining {total - len(ids)} were not")
+
+
+def warn_once(answer: dict, warned: list[str]) -> None:
+    """Print the warnings of a submission's answer that were not printed yet."""
+    for warning in answer.get("warnings") or []:
+        if warning not in warned:
+            warned.append(warning)
+            print(f"{PROG}: warning: {warning}", file=sys.stderr)
+
+
+def check_job_file_hosts(path: str, jobs: list[tuple[int, JobSpec]], names: set[str]) -> None:
+    """Refuse a job file naming a host the cluster does not know, with its line."""
+    for line_no, spec in jobs:
+        try:
+            check_against_cluster(spec, names)
+        except CLIError as e:
+            raise CLIError(f"{path}:{line_no}: {e}; nothing was submitted", status=2) from None
 
 
 def wait_local(client: localsocket.LocalClient, job_id: int) -> int:
@@ -320,12 +340,7 @@ def run_local(client: localsocket.LocalClient, args: argparse.Namespace,
             names = host_names(client.call("ListHosts")["hosts"])
         except localsocket.LinkLost as e:
             raise HandOver(str(e)) from None
-        for line_no, spec in jobs:
-            try:
-                check_against_cluster(spec, names)
-            except CLIError as e:
-                raise CLIError(f"{args.jobsFile}:{line_no}: {e}; nothing was submitted",
-                               status=2) from None
+        check_job_file_hosts(args.jobsFile, jobs, names)
     ids = submit_local(client, [spec for _, spec in jobs])
     if not args.quiet:
         if args.jobsFile is None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -21,11 +20,13 @@ from tm.cli.common import CLIError, connect_tms, run_main
 from tm.cli.hrunjob import (
     PROG,
     Prepared,
-    check_against_cluster,
+    check_job_file_hosts,
     current_umask,
     host_names,
+    partly_submitted,
     prepare,
     terminal_code,
+    warn_once,
 )
 from tm.core.model import JobSpec
 from tm.jobfile import compress_ids
@@ -134,14 +135,9 @@ async def submit(submitter: Submitter, specs: list[JobSpec]) -> list[int]:
         except Exception as e:
             if not ids:
                 raise
-            # Earlier chunks are stored: say exactly which, so nothing is submitted twice.
-            raise CLIError(f"{e}; the first {len(ids)} job(s) [{compress_ids(ids)}] were "
-                           f"submitted, the remaining {len(specs) - len(ids)} were not") from None
+            raise partly_submitted(e, ids, len(specs)) from None
         ids.extend(answer["job_ids"])
-        for warning in answer.get("warnings") or []:
-            if warning not in warned:
-                warned.append(warning)
-                print(f"{PROG}: warning: {warning}", file=sys.stderr)
+        warn_once(answer, warned)
     return ids
 
 
@@ -183,12 +179,7 @@ async def submit_job_file(reactor: Any, args: argparse.Namespace,
                           jobs: list[tuple[int, JobSpec]], lost: str = "") -> int:
     submitter = await _submitter(reactor, args, lost)
     names = host_names((await (await submitter.ready()).call(commands.ListHosts))["hosts"])
-    for line_no, spec in jobs:
-        try:
-            check_against_cluster(spec, names)
-        except CLIError as e:
-            raise CLIError(f"{args.jobsFile}:{line_no}: {e}; nothing was submitted",
-                           status=2) from None
+    check_job_file_hosts(args.jobsFile, jobs, names)
     ids = await submit(submitter, [spec for _, spec in jobs])
     if not args.quiet:
         print(f"{len(ids)} job(s) [{compress_ids(ids)}] have been submitted to TaskDispatcher.")
