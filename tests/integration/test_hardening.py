@@ -77,10 +77,10 @@ def test_killjob_of_an_ended_job_says_so_in_one_line(one_slot: Installation) -> 
 
 # --- scenario 16: a large queue -------------------------------------------------------------
 
-#: 10 000 in the reliability notes (TM_TEST_QUEUE=10000): on a two-core machine shared with
-#: other work the executor's spawns (a shim and a shell per job) bound the rate to about 30
-#: jobs/s, so 10 000 take over 6 minutes; by default the test uses 2 000 (about 75 s).
-QUEUE = int(os.environ.get("TM_TEST_QUEUE", "2000"))
+#: 10 000 as in the reliability notes' scenario 16: with shepherds forked by the executor's
+#: zygote they drain in about a minute on the two-core machine (65 s measured while the rest of
+#: the suite ran beside it: worst reactor stall 0.063 s, peak RSS 72 MiB).
+QUEUE = int(os.environ.get("TM_TEST_QUEUE", "10000"))
 
 PROBE = (
     "exec(\"import time\\nfrom twisted.internet import reactor, task\\n"
@@ -100,7 +100,7 @@ def rss_peak_kib(pid: int) -> int:
     return int(re.search(r"^VmHWM:\s*(\d+) kB", status, re.M).group(1))
 
 
-@pytest.mark.timeout(max(300, QUEUE // 10))  # 10 000 took 6.5 min here under load
+@pytest.mark.timeout(max(300, QUEUE // 20))
 def test_a_large_queue_runs_to_the_end_with_bounded_lag_and_memory(tmp_path: Path) -> None:
     short = Path(tempfile.mkdtemp(prefix="tm-q-", dir="/tmp"))
     manhole = short / "m.sock"
