@@ -7,7 +7,7 @@ import os
 import re
 from pathlib import Path
 
-from tests.helpers.cli import state, submit
+from tests.helpers.cli import state, submit, wait_ended
 from tests.helpers.processes import Installation, alive, wait_until
 
 
@@ -112,7 +112,9 @@ def test_no_dispatcher_says_where_it_looked(tmp_path: Path) -> None:
 
 
 def test_hconnect_shutdown_stops_the_tms(installation: Installation) -> None:
-    submit(installation, "true")
+    # Once the job has ended its executor is up: a shutdown does not race the TMS's start of it
+    # (an executor started just after would outlive the test; the leak guard found that).
+    wait_ended(installation, submit(installation, "true"))
     pid = int((installation.home / ".taskmanager" / "tms.pid").read_text())
     installation.run("hConnect", "shutdown", check=True)
     wait_until(lambda: not os.path.exists(f"/proc/{pid}") or
