@@ -99,3 +99,32 @@ def test_an_unavailable_store_reaches_the_client_as_database_unavailable(world: 
     with pytest.raises(commands.DatabaseUnavailable) as e:
         Peer(d, clock).call(commands.ListJobs, states=[], scope="mine", after_id=0, limit=10)
     assert str(e.value) == text
+
+
+def test_hadmindatabase_reports_an_unavailable_store_as_its_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from twisted.internet.defer import Deferred
+    from twisted.python.failure import Failure
+
+    from tm.cli import hadmindatabase
+    from tm.cli.errors import CLIError
+    from tm.db import store as store_module
+
+    text = "cannot reach database sqlite:///x: disk I/O error"
+
+    class AwayStore:
+        async def schema_version(self) -> int:
+            raise StoreUnavailable(text)
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(store_module.Store, "from_url", classmethod(lambda cls, *a: AwayStore()))
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    d = Deferred.fromCoroutine(hadmindatabase.main_async(None, ["--database", url, "show"]))
+    results: list[Any] = []
+    d.addBoth(results.append)
+    [result] = results
+    assert isinstance(result, Failure) and result.check(CLIError), result
+    assert str(result.value) == text
