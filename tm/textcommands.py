@@ -3,25 +3,58 @@
 Pure: :func:`parse` turns a line like ``lajob:12`` into a :class:`TextCommand`;
 :meth:`TextCommand.run` sends the matching AMP command(s) through an injected
 ``call(command_name, **kwargs) -> dict`` (the ``commandName`` of a command of
-:mod:`tm.protocol.commands`) and formats the answer as text. Without Twisted: ``hConnect``
-runs it over the TMS's Unix socket as well as over AMP.
+:mod:`tm.protocol.commands`) and formats the answer as text (:mod:`tm.textformat`). Without
+Twisted: ``hConnect`` runs it over the TMS's Unix socket as well as over AMP.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+
+# The formatting of the answers lives in tm.textformat: its names stay importable from here.
+from tm.textformat import (
+    ENDED_STATES,
+    TERMINAL_STATES,
+    format_executors,
+    format_hosts,
+    format_job_detail,
+    format_jobs,
+    format_server_info,
+    format_status,
+    format_td_status_json,
+    format_time,
+    format_users,
+    group_block,
+    killed_line,
+)
+
+__all__ = [
+    "ENDED_STATES",
+    "SPECS",
+    "TERMINAL_STATES",
+    "TARGETS",
+    "TextCommand",
+    "TextCommandError",
+    "format_executors",
+    "format_hosts",
+    "format_job_detail",
+    "format_jobs",
+    "format_server_info",
+    "format_status",
+    "format_td_status_json",
+    "format_time",
+    "format_users",
+    "help_text",
+    "parse",
+]
 
 Call = Callable[..., Awaitable[dict[str, Any]]]
 
 TARGETS = ("tms", "dispatcher")
 PAGE_LIMIT = 100
-ENDED_STATES = ["finished", "failed", "killed"]
-TERMINAL_STATES = ("finished", "failed", "killed", "lost")
 LIST_STATES: dict[str, tuple[list[str], str]] = {
     "lswjobs": (["waiting"], "no waiting jobs"),
     "lspjobs": (["pending"], "no pending jobs"),
@@ -201,221 +234,6 @@ def parse(line: str, target: str) -> TextCommand:
     return TextCommand(name, args, target)
 
 
-def format_time(t: float | None) -> str:
-    if t is None:
-        return "n.a."
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
-
-
-def _shorten(text: str, n: int = 30) -> str:
-    return text[:n] + "..." if len(text) > n else text
-
-
-def _align(rows: list[list[str]]) -> str:
-    if not rows:
-        return ""
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
-    )
-
-
-def _job_where(job: dict[str, Any]) -> str:
-    state = job["state"]
-    if state == "waiting":
-        return f"waiting since {format_time(job['state_since'])}"
-    if state in ("pending", "running"):
-        extra = " (suspended)" if job.get("suspended") else ""
-        return f"{state} on {job['host']}{extra}"
-    code = job.get("exit_code")
-    sig = job.get("signal")
-    end = f"exit {code}" if code is not None else (f"signal {sig}" if sig is not None else "exit -")
-    return f"{state} {format_time(job['state_since'])} {end}"
-
-
-def format_jobs(jobs: list[dict[str, Any]], with_user: bool) -> str:
-    rows = []
-    for i, job in enumerate(jobs, 1):
-        row = [str(i), str(job["id"])]
-        if with_user:
-            row.append(job["user"])
-        row += [_job_where(job), job["group"], job["info"], _shorten(job["command"])]
-        rows.append(row)
-    return _align(rows)
-
-
-def format_job_detail(response: dict[str, Any]) -> str:
-    job = response["job"][0]
-    state = job["state"]
-    if state == "waiting" and response.get("wait_reason"):
-        state += f" ({response['wait_reason']})"
-    if job.get("suspended"):
-        state += " (suspended)"
-
-    def opt(v: Any) -> str:
-        return "n.a." if v is None or v == "" else str(v)
-
-    fields = [
-        ("job id", str(job["id"])),
-        ("user", job["user"]),
-        ("state", state),
-        ("command", job["command"]),
-        ("info", job["info"]),
-        ("group", job["group"]),
-        ("slots", str(job["slots"])),
-        ("priority", str(job["priority"])),
-        ("shell", job["shell"]),
-        ("cwd", job["cwd"]),
-        ("stdout", job["stdout"]),
-        ("stderr", job["stderr"]),
-        ("logfile", job["logfile"]),
-        ("estimated time", opt(job.get("estimated_time"))),
-        ("estimated memory", opt(job.get("estimated_memory"))),
-        ("excluded hosts", json.dumps(list(job["excluded_hosts"]))),
-        ("host", opt(job["host"])),
-        ("pid", opt(job.get("pid"))),
-        ("exit code", opt(job.get("exit_code"))),
-        ("signal", opt(job.get("signal"))),
-        ("reason", job["reason"]),
-    ]
-    width = max(len(k) for k, _ in fields) + 1
-    lines = [f"{(k + ':').ljust(width)} {v}" for k, v in fields]
-    lines.append("history:")
-    for h in response["history"]:
-        parts = [
-            format_time(h["at"]),
-            h["state"],
-            f"attempt {h['attempt']}",
-            h["host"],
-            h["reason"],
-        ]
-        lines.append("  " + "  ".join(parts).rstrip())
-    return "\n".join(lines)
-
-
-def _group_block(group: str, counts: dict[str, int]) -> str:
-    total = sum(counts.values())
-    ended = sum(counts.get(s, 0) for s in TERMINAL_STATES)
-    progress = ended / total * 100 if total else 0.0
-    states = ["waiting", "pending", "running", "finished", "failed", "killed"]
-    states += sorted(s for s in counts if s not in states)
-    lines = [f"group: {group}"]
-    lines += [f"  {s}: {counts.get(s, 0)}" for s in states]
-    lines.append(f"  total: {total}")
-    lines.append(f"  progress: {progress:.2f}%")
-    return "\n".join(lines)
-
-
-def _counts(rows: list[dict[str, Any]]) -> dict[str, int]:
-    return {r["state"]: r["count"] for r in rows}
-
-
-def format_td_status_json(status: dict[str, Any]) -> str:
-    doc: dict[str, Any] = {
-        "activity status": bool(status["cluster_active"]),
-        "active hosts": status["active_hosts"],
-        "total slots": status["total_slots"],
-        "occupied slots": status["occupied_slots"],
-    }
-    for state, count in _counts(status["counts"]).items():
-        doc[f"{state} jobs"] = count
-    return json.dumps(doc)
-
-
-def format_status(status: dict[str, Any]) -> str:
-    counts = _counts(status["counts"])
-    lines = [
-        f"dispatcher on {status['address']} running since {format_time(status['started_at'])}",
-        "cluster is active" if status["cluster_active"] else "cluster is not active",
-        f"active hosts: {status['active_hosts']}",
-        f"occupied slots: {status['occupied_slots']} / {status['total_slots']}",
-    ]
-    for state in ["waiting", "pending", "running", *ENDED_STATES]:
-        lines.append(f"{state} jobs: {counts.get(state, 0)}")
-    return "\n".join(lines)
-
-
-def format_server_info(info: dict[str, Any], status: dict[str, Any]) -> str:
-    """The ``printserverinfo`` / ``hRunJob -s`` block from ServerInfo and GetStatus."""
-    counts = _counts(status["user_counts"])
-    connected = "connected" if info["dispatcher_connected"] else "not connected"
-    lines = [
-        f"Status of TaskManagerServer on {info['host']}:{info['port']} of user {info['user']}",
-        f"  tms running since: {format_time(info['started_at'])} (pid {info['pid']})",
-        f"  dispatcher: {info['dispatcher']} ({connected})",
-        f"  dispatcher activity status: {'active' if status['cluster_active'] else 'not active'}",
-        f"  active hosts: {status['active_hosts']}",
-        f"  occupied slots: {status['occupied_slots']} / {status['total_slots']}",
-        "  your jobs:",
-    ]
-    for state in ["waiting", "pending", "running", "finished", "failed", "killed"]:
-        lines.append(f"    {state}: {counts.get(state, 0)}")
-    return "\n".join(lines)
-
-
-def format_hosts(response: dict[str, Any]) -> str:
-    head = "cluster is active" if response["cluster_active"] else "cluster is not active"
-    rows = []
-    for i, h in enumerate(response["hosts"], 1):
-        status = "retired" if h["retired"] else ("active" if h["active"] else "inactive")
-        free = h["max_slots"] - h["occupied_slots"]
-        load = "n.a." if h.get("load") is None else f"{h['load']:.2f}"
-        rows.append(
-            [
-                str(i),
-                h["name"],
-                status,
-                f"{free}/{h['max_slots']} free",
-                f"load {load}",
-                f"executors {h['executors']}",
-            ]
-        )
-    return head + ("\n" + _align(rows) if rows else "\nno hosts")
-
-
-def format_executors(executors: list[dict[str, Any]]) -> str:
-    """lstmms: one aligned row per executor (TMMS) of the user."""
-    if not executors:
-        return "no tmms known."
-    rows = [["host", "state", "pid", "since", "jobs"]]
-    for e in executors:
-        since = "-" if e.get("since") is None else format_time(e["since"])
-        pid = "-" if e.get("pid") is None else str(e["pid"])
-        rows.append([e["host"], e.get("state", "connected"), pid, since, str(e.get("running", 0))])
-    return _align(rows)
-
-
-def format_users(users: list[dict[str, Any]]) -> str:
-    if not users:
-        return "no users"
-    rows = []
-    for i, u in enumerate(users, 1):
-        rows.append(
-            [
-                str(i),
-                u["name"],
-                ",".join(u["roles"]),
-                "enabled" if u["enabled"] else "disabled",
-                "TMS connected" if u["tms_connected"] else "no TMS",
-                f"waiting {u['waiting']}",
-                f"pending {u['pending']}",
-                f"running {u['running']}",
-                f"usage {u['usage']:.0f} slot-s",
-                "executors: " + (",".join(u["executors"]) or "-"),
-            ]
-        )
-    return _align(rows)
-
-
-def _killed(killed: list[int], more: int | None = None) -> str:
-    if not killed:
-        return "no job killed"
-    if more:
-        return (f"Job(s) {', '.join(str(k) for k in killed)} and {more} more have been "
-                "killed.")
-    return f"Job(s) {', '.join(str(k) for k in killed)} have been killed."
-
-
 @dataclass(frozen=True)
 class TextCommand:
     name: str
@@ -478,7 +296,7 @@ class TextCommand:
             if not counts:
                 return "group is unknown"
             if n == "lagroup":
-                return _group_block(a[0], counts)
+                return group_block(a[0], counts)
             unfinished = sum(c for s, c in counts.items() if s not in TERMINAL_STATES)
             return "no" if unfinished else "yes"
         if n == "lagroups":
@@ -487,16 +305,16 @@ class TextCommand:
             groups = {g: counts for g, counts in r["groups"].items() if g}
             if not groups:
                 return "no groups found"
-            return "\n".join(_group_block(g, groups[g]) for g in sorted(groups))
+            return "\n".join(group_block(g, groups[g]) for g in sorted(groups))
         if n in ("killjob", "killjobs"):
             r = await call("KillJobs", job_ids=list(a), regex=None, all=False)
-            return _killed(r["killed"], r.get("more"))
+            return killed_line(r["killed"], r.get("more"))
         if n == "killmatchingjobs":
             r = await call("KillJobs", job_ids=[], regex=a[0], all=False)
-            return _killed(r["killed"], r.get("more"))
+            return killed_line(r["killed"], r.get("more"))
         if n == "killalljobs":
             r = await call("KillJobs", job_ids=[], regex=None, all=True)
-            return _killed(r["killed"], r.get("more"))
+            return killed_line(r["killed"], r.get("more"))
         if n in ("suspendjob", "resumejob"):
             await call("SuspendJob", job_id=a[0], resume=n == "resumejob")
             return f"job {a[0]} has been {'resumed' if n == 'resumejob' else 'suspended'}"

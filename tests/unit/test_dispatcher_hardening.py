@@ -25,6 +25,7 @@ from tests.unit.dispatcher_fakes import (
 )
 from tm.core.model import Host, JobState
 from tm.core.patterns import MAX_PATTERN_BYTES, compile_user_pattern
+from tm.db.errors import StoreUnavailable
 from tm.dispatcher import service
 from tm.protocol import commands, records
 
@@ -411,7 +412,7 @@ def test_an_end_whose_write_fails_is_not_acknowledged_and_is_written_when_report
 def test_an_end_is_kept_while_the_database_is_unavailable(tmp_path: Path) -> None:
     d, clock, store = make_dispatcher(tmp_path)
     running_job(d, store, clock)
-    store.apply_error = commands.DatabaseUnavailable("database or disk is full")
+    store.apply_error = StoreUnavailable("database or disk is full")
     ack = d.job_finished("alice", "h1", 1, 1, 0, None, False, "")
     assert ack is not None
     fired: list = []

@@ -11,8 +11,8 @@ import pytest
 import pytest_twisted
 
 from tm.core.model import JobEnvironment, JobSpec, JobState, Transition, User
+from tm.db.errors import StoreRefused, StoreUnavailable
 from tm.db.store import Store, parse_url
-from tm.protocol.commands import DatabaseUnavailable, InvalidRequest
 
 MYSQL_ENV = "TM_TEST_MYSQL_URL"
 ENV = JobEnvironment(cwd="/home/alice", umask=0o027, env={"PATH": "/bin", "LANG": "C"})
@@ -117,7 +117,7 @@ async def test_retried_submission_returns_same_ids(store: Store) -> None:
     jobs = await store.list_jobs([])
     assert len({j.env_id for j in jobs}) == 1
     assert len(await store.get_history(first[0])) == 1
-    with pytest.raises(InvalidRequest):
+    with pytest.raises(StoreRefused):
         await store.submit_jobs("bob", ENV, [specs[0]], now=3.0)
 
 
@@ -217,7 +217,7 @@ async def test_a_locked_sqlite_database_counts_as_unavailable(tmp_path: Path) ->
         holder.execute("BEGIN EXCLUSIVE")
         try:
             # The pool's connection waits for the lock (sqlite3's 5 s), then says "locked".
-            with pytest.raises(DatabaseUnavailable) as e:
+            with pytest.raises(StoreUnavailable) as e:
                 await s.apply_transitions(
                     [Transition(job_id, 1, JobState.WAITING, JobState.PENDING, host="h1")], 11.0)
             assert "database is locked" in str(e.value)
@@ -315,7 +315,7 @@ async def test_unreachable_mysql_raises_database_unavailable() -> None:
     s = Store.from_url("mysql://root:sekrit@127.0.0.1:1/tm", reactor)
     try:
         assert s.safe_url() == "mysql://root:***@127.0.0.1:1/tm"
-        with pytest.raises(DatabaseUnavailable) as info:
+        with pytest.raises(StoreUnavailable) as info:
             await s.check()
         message = str(info.value)
         assert "mysql://root:***@127.0.0.1:1/tm" in message
@@ -404,7 +404,7 @@ def test_mysql_gives_up_after_three_tries() -> None:
     results, calls = _run_with(FlakyPool(pymysql.err.OperationalError(2006, "gone away"), 5))
     assert calls == 3
     assert isinstance(results[0], Failure)
-    assert results[0].check(DatabaseUnavailable)
+    assert results[0].check(StoreUnavailable)
     assert "mysql://root:***@db:3306/tm" in str(results[0].value)
     assert "pw" not in str(results[0].value).replace("***", "")
 

@@ -89,7 +89,7 @@ def test_a_failed_batch_is_written_one_by_one_and_only_the_bad_change_fails() ->
 
 
 def test_while_the_database_is_away_changes_are_kept_and_written_in_order() -> None:
-    from tm.protocol.commands import DatabaseUnavailable
+    from tm.db.errors import StoreUnavailable
 
     clock, store = Clock(), FakeStore()
     writer = TransitionWriter(cast(IReactorTime, clock), store.apply)
@@ -97,14 +97,14 @@ def test_while_the_database_is_away_changes_are_kept_and_written_in_order() -> N
     for i in (1, 2):
         writer.write(t(i)).addCallback(lambda ok, i: results.append((i, ok)), i)
     clock.advance(0)
-    store.pending[0].errback(DatabaseUnavailable("gone"))
+    store.pending[0].errback(StoreUnavailable("gone"))
     assert writer.waiting_for_database and results == []
     writer.write(t(3)).addCallback(lambda ok: results.append((3, ok)))
     clock.advance(0.4)
     assert len(store.batches) == 1  # the retry waits
     clock.advance(0.1)
     assert [x.job_id for x in store.batches[1]] == [1, 2, 3]  # kept first, in order
-    store.pending[1].errback(DatabaseUnavailable("still gone"))
+    store.pending[1].errback(StoreUnavailable("still gone"))
     clock.advance(0.9)
     assert len(store.batches) == 2  # the pause grew to 1 s
     clock.advance(0.1)

@@ -24,6 +24,7 @@ def default_url(var_dir: str) -> str:
 
 
 async def main_async(reactor: Any, argv: list[str]) -> int:
+    from tm.db.errors import StoreError
     from tm.db.store import Store, check_url_sync
 
     p = _Parser(prog=PROG, description="Administer the TaskManager database.")
@@ -53,6 +54,8 @@ async def main_async(reactor: Any, argv: list[str]) -> int:
             version = await store.schema_version()
             print(f"database: {store.safe_url()}")
             print(f"schema version: {version}")
+    except StoreError as e:
+        raise CLIError(str(e)) from None
     finally:
         store.close()
     return 0

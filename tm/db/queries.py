@@ -35,7 +35,7 @@ from tm.db.dialect import (  # noqa: F401 - the names callers know from here
     ensure_version_table,
     ping,
 )
-from tm.protocol.commands import InvalidRequest
+from tm.db.errors import StoreRefused
 
 # --- jobs -------------------------------------------------------------------
 
@@ -239,7 +239,7 @@ def submit_jobs(
     for spec in specs:
         owner = found[spec.uuid][1]
         if owner != user:
-            raise InvalidRequest(
+            raise StoreRefused(
                 f"job uuid {spec.uuid} is already used by another user's job; "
                 "generate a fresh uuid for each job"
             )

@@ -21,8 +21,8 @@ from twisted.logger import Logger
 
 from tm.core.model import HistoryEntry, Job, JobEnvironment, JobSpec, JobState, Transition, User
 from tm.db import queries
+from tm.db.errors import StoreUnavailable
 from tm.db.queries import Dialect
-from tm.protocol.commands import DatabaseUnavailable
 
 T = TypeVar("T")
 
@@ -32,7 +32,7 @@ _MIGRATION_NAME = re.compile(r"^(\d{4})_[A-Za-z0-9_]+\.sql$")
 #: MySQL client/server error codes after which an interaction is worth retrying: cannot
 #: connect, gone away, lost connection, out of sync, ..., too many connections, server
 #: shutting down, connection killed, deadlock, lock wait timeout. When the retries run out
-#: the database counts as unavailable (DatabaseUnavailable), which callers may wait out.
+#: the database counts as unavailable (StoreUnavailable), which callers may wait out.
 #: Also: the server's disk or a table is full (1021, 1114, error 3 "error writing file",
 #: 1030 "got error N from storage engine"): unavailable until an admin frees space.
 RETRY_CODES = frozenset(
@@ -120,7 +120,7 @@ def _sqlite_open(conn: Any) -> None:
 
 def _is_retryable(error: BaseException) -> bool:
     """Whether ``error`` says the database is unavailable for now (retry, then refuse with
-    DatabaseUnavailable) rather than that the request is wrong (a programming error)."""
+    StoreUnavailable) rather than that the request is wrong (a programming error)."""
     import sqlite3
 
     import pymysql
@@ -210,7 +210,7 @@ class Store:
                 if not _is_retryable(e):
                     raise
                 if attempt == tries:
-                    raise DatabaseUnavailable(
+                    raise StoreUnavailable(
                         f"database {self.safe_url()} failed {tries} times: {_one_line(e)}"
                     ) from e
                 delay = RETRY_BACKOFF[min(attempt - 1, len(RETRY_BACKOFF) - 1)]
@@ -225,11 +225,11 @@ class Store:
         raise AssertionError("unreachable")
 
     async def check(self) -> None:
-        """Raise :class:`DatabaseUnavailable` unless the database answers a query."""
+        """Raise :class:`StoreUnavailable` unless the database answers a query."""
         try:
             await self._pool.runInteraction(queries.ping, self._dialect)
         except Exception as e:
-            raise DatabaseUnavailable(
+            raise StoreUnavailable(
                 f"cannot reach database {self.safe_url()}: {_one_line(e)}"
             ) from e
 

@@ -8,14 +8,17 @@ one method of the dispatcher; the dispatcher's state is changed only by its meth
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 from twisted.protocols import amp
 
 from tm import auth
 from tm.core.model import Job, JobState
 from tm.core.patterns import PatternError, compile_user_pattern
+from tm.dispatcher.storeerrors import map_store_failure
 from tm.protocol import commands, records
 from tm.protocol.base import BoundedAMP
 
@@ -44,6 +47,16 @@ class SessionBase(amp.CommandLocator):
         self.last_heard = 0.0
         self.challenge: auth.Challenge | None = None
         self.fenced = False
+
+    def _wrapWithSerialization(  # noqa: N802 - AMP's API
+        self, aCallable: Callable[..., Any], command: type[amp.Command]  # noqa: N803
+    ) -> Any:
+        # The edge where the store's errors become AMP errors (tm.dispatcher.storeerrors):
+        # each responder's failure is mapped before AMP matches it against the declared errors.
+        def mapped(**kw: Any) -> Any:
+            return maybeDeferred(aCallable, **kw).addErrback(map_store_failure)
+
+        return super()._wrapWithSerialization(mapped, command)
 
     # --- identity ---------------------------------------------------------------
 

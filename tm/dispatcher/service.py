@@ -30,6 +30,7 @@ from twisted.logger import Logger
 from tm import config
 from tm.core import scheduler
 from tm.core.model import MAX_PRIORITY, MIN_PRIORITY, Job, JobEnvironment, JobSpec, JobState
+from tm.db.errors import StoreError
 from tm.dispatcher.core import (  # noqa: F401 - the names tests and the tap import from here
     EXECUTOR_BACKOFF,
     EXECUTOR_START_TIMEOUT,
@@ -235,8 +236,8 @@ class Dispatcher(ExecutorLinks, JobControl, DispatcherCore, service.Service):
                 specs[index] = dataclasses.replace(spec, excluded_hosts=tuple(excluded))
         try:
             ids = await self.store.submit_jobs(user, environment, specs, self.reactor.seconds())
-        except commands.TMError:
-            raise
+        except (commands.TMError, StoreError):
+            raise  # a StoreError becomes its AMP error at the responder's edge
         except Exception as e:
             self.log.failure("submission of {n} jobs failed", n=len(specs))
             raise commands.DatabaseUnavailable(f"the submission was not stored: {e}") from None

@@ -6,11 +6,11 @@ the order they were queued; those that arrive meanwhile form the next batch.
 
 Nothing the dispatcher decided is dropped:
 
-- While the database is unavailable (:class:`DatabaseUnavailable`: a lost connection, a
-  locked or full SQLite file, ...), a batch is kept and written again, in order and ahead of
-  everything queued since, with a growing pause (up to :data:`MAX_RETRY_DELAY`).  Each
-  change's Deferred fires only once it is committed (a placement's start order and an end's
-  acknowledgement wait for the commit).
+- While the database is unavailable (:class:`~tm.db.errors.StoreUnavailable`: a lost
+  connection, a locked or full SQLite file, ...), a batch is kept and written again, in order
+  and ahead of everything queued since, with a growing pause (up to :data:`MAX_RETRY_DELAY`).
+  Each change's Deferred fires only once it is committed (a placement's start order and an
+  end's acknowledgement wait for the commit).
 - Any other error may come from one change of the batch: the batch's changes are then
   written one per transaction, in order, so that the others commit.  A change that fails
   alone is tried :data:`SOLO_TRIES` times with the same growing pause; then its Deferred
@@ -27,7 +27,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from tm.core.model import Transition
-from tm.protocol.commands import DatabaseUnavailable
+from tm.db.errors import StoreUnavailable
 
 ApplyBatch = Callable[[list[Transition], float], Awaitable[list[bool]]]
 
@@ -104,7 +104,7 @@ class TransitionWriter:
                 [q.transition for q in batch],
                 self.clock.seconds(),  # type: ignore[misc]
             )
-        except DatabaseUnavailable as e:
+        except StoreUnavailable as e:
             if not self._retry_delay:
                 self.log.warn(
                     "the database is unavailable ({e}): keeping {n} state change(s) "

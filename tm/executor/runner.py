@@ -27,15 +27,16 @@ checking the working directory and opening the output files at a start, and asse
 ``-l`` log file at an end, go through ``blocking`` (the executor passes its own small thread
 pool). A start is therefore asynchronous: :meth:`JobRunner.start` returns a Deferred. Every start
 that cannot succeed fails it with :class:`JobStartError`, whose reason a user understands.
+
+The request's types, checks and files are in :mod:`tm.executor.request`, the last resort by
+``/proc`` in :mod:`tm.executor.lastresort`; their names stay importable from here.
 """
 
 from __future__ import annotations
 
-import datetime
 import errno
 import os
 import signal
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -45,7 +46,8 @@ from twisted.internet.base import DelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from tm.executor import shim
+from tm.executor.lastresort import LAST_RESORT_ROUNDS as LAST_RESORT_ROUNDS
+from tm.executor.lastresort import kill_trees, shepherd_ready
 from tm.executor.launcher import (
     SHIM_PATH,
     Launcher,
@@ -55,13 +57,23 @@ from tm.executor.launcher import (
     SpawnLauncher,
     ZygoteLauncher,
 )
+from tm.executor.request import (
+    DEFAULT_LOG_DIR,
+    JobEnd,
+    JobOutputs,
+    JobStartError,
+    RunRequest,
+    check_request,
+    open_outputs,
+    write_logfile,
+)
+from tm.executor.request import LOGFILE_SECTION_CAP as LOGFILE_SECTION_CAP
+from tm.executor.request import MAX_REASON as MAX_REASON
 
 __all__ = ["SHIM_PATH", "JobEnd", "JobRunner", "JobStartError", "RunRequest"]
+
 # Added to the shepherd's grace: time for its freeze, its KILL rounds and its own exit.
 LAST_RESORT_MARGIN = 5.0
-LAST_RESORT_ROUNDS = 5
-DEFAULT_LOG_DIR = os.path.join(os.path.expanduser("~"), ".taskmanager", "logs")
-LOGFILE_SECTION_CAP = 10 * 1024 * 1024
 KILLED_BEFORE_START = "killed before it started"
 
 T = TypeVar("T")
@@ -72,76 +84,6 @@ Blocking = Callable[..., "defer.Deferred[Any]"]
 def run_inline(f: Callable[..., T], *args: Any) -> defer.Deferred[T]:
     """A ``blocking`` that runs the work at once, on the caller's thread (tests, simple tools)."""
     return defer.maybeDeferred(f, *args)
-
-
-#: A start failure's reason travels in one AMP value (64 KiB at most) and into the job's
-#: history: a path of any length in it is shortened in the middle.
-MAX_REASON = 1000
-
-
-class JobStartError(Exception):
-    """The job could not be started; ``reason`` says why in words a user understands."""
-
-    def __init__(self, reason: str) -> None:
-        if len(reason) > MAX_REASON:
-            reason = reason[:MAX_REASON * 2 // 3] + " ... " + reason[-(MAX_REASON // 3 - 5):]
-        super().__init__(reason)
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class RunRequest:
-    job_id: int
-    attempt: int
-    command: str
-    shell: str = "/bin/sh"
-    cwd: str = "/"
-    umask: int = 0o022
-    env: dict[str, str] = field(default_factory=dict)
-    stdout: str | None = None
-    stderr: str | None = None
-    logfile: str | None = None
-    slots: int = 1
-
-
-@dataclass(frozen=True)
-class JobEnd:
-    job_id: int
-    attempt: int
-    exit_code: int | None
-    signal: int | None
-    killed: bool
-    started_at: float
-    ended_at: float
-    reason: str
-    #: The end is not known (the process that reaped the shepherd ended first): the job's tree
-    #: has been killed, and the dispatcher should run the job again.
-    lost: bool = False
-    #: CPU seconds (user, system) and largest resident set (KiB) of the job's whole tree, when
-    #: the launcher knows them (the zygote does, from wait4).
-    cpu_user: float | None = None
-    cpu_system: float | None = None
-    max_rss_kib: int | None = None
-
-
-@dataclass
-class _Outputs:
-    """The files of a job, opened (off the reactor) before it is spawned."""
-
-    stdout_path: str
-    stderr_path: str
-    null_fd: int
-    out_fd: int
-    err_fd: int
-    fds: list[int]  # every descriptor above, each once: closed once the job is spawned
-
-    def close(self) -> None:
-        for fd in self.fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self.fds = []
 
 
 @dataclass
@@ -261,7 +203,7 @@ class JobRunner:
         return Failure(JobStartError(
             f"cannot prepare the job's files: unexpected error ({failure.getErrorMessage()})"))
 
-    def _spawn(self, outputs: _Outputs, job: _RunningJob) -> int | defer.Deferred[int]:
+    def _spawn(self, outputs: JobOutputs, job: _RunningJob) -> int | defer.Deferred[int]:
         request = job.request
         if job.killed:
             # Killed while its files were being opened: it never runs.
@@ -293,7 +235,7 @@ class JobRunner:
             outputs.close()
             return defer.fail(self._launchFailed(Failure(e), job))
         # The descriptors travel to the zygote asynchronously: closed once it has them.
-        d.addBoth(_closing, outputs)
+        d.addBoth(outputs.closing)
         d.addCallbacks(lambda pid: self._launched(job, pid),
                        lambda failure: self._launchFailed(failure, job))
         return d
@@ -552,189 +494,3 @@ class JobRunner:
             waits.append(d)
             self.kill(job_id, attempt)
         return defer.gatherResults(waits, consumeErrors=True).addCallback(lambda _: None)
-
-
-
-def _closing(result: T, outputs: _Outputs) -> T:
-    outputs.close()
-    return result
-
-
-def kill_trees(roots: list[int]) -> None:
-    """SIGKILL every live descendant of each of ``roots`` (not the roots themselves).
-
-    Killed processes cannot fork, and their orphans come to the roots (subreapers), so a few
-    walks of ``/proc`` reach whole trees; one walk serves every root."""
-    roots = [pid for pid in roots if pid > 0]
-    for _ in range(LAST_RESORT_ROUNDS):
-        table = shim.process_table()
-        tree = [pid for root in roots for pid in shim.descendants(root, table)
-                if table[pid][1] not in shim.DEAD_STATES]
-        if not tree:
-            return
-        for pid in tree:
-            shim.send(pid, signal.SIGKILL)
-
-
-# -- checks and file work (the file work runs where it may block, off the reactor) ------------
-
-def _nul(value: str) -> bool:
-    return "\0" in value
-
-
-def _shown(name: str, limit: int = 40) -> str:
-    """A name quoted for a message, NUL bytes visible and its length bounded."""
-    text = repr(name)
-    return text if len(text) <= limit else text[:limit - 4] + "...'"
-
-
-def check_request(request: RunRequest) -> None:
-    """Refuse, in words a user understands, what ``spawnProcess`` or the shim would choke on."""
-    for value, what in (
-        (request.command, "the command"),
-        (request.shell, "the shell"),
-        (request.cwd, "the working directory"),
-        (request.stdout, "the stdout file name (-o)"),
-        (request.stderr, "the stderr file name (-O)"),
-        (request.logfile, "the log file name (-l)"),
-    ):
-        if value is not None and not isinstance(value, str):
-            raise JobStartError(f"{what} is not text")
-        if value is not None and _nul(value):
-            raise JobStartError(f"{what} contains a NUL byte")
-    if not request.cwd:
-        raise JobStartError("the job has no working directory")
-    if not request.shell:
-        raise JobStartError("the job has no shell")
-    if not isinstance(request.umask, int) or not 0 <= request.umask <= 0o777:
-        raise JobStartError(f"the umask {request.umask!r} is not between 000 and 777 (octal)")
-    if not isinstance(request.env, dict):
-        raise JobStartError("the environment is not a mapping of names to values")
-    for name, value in request.env.items():
-        if not isinstance(name, str) or not isinstance(value, str):
-            raise JobStartError(f"the environment variable {_shown(str(name))} is not text")
-        if not name or "=" in name or _nul(name):
-            raise JobStartError(f"the environment variable name {_shown(name)} is not valid "
-                                "(it is empty, or contains '=' or a NUL byte)")
-        if _nul(value):
-            raise JobStartError(f"the value of the environment variable {_shown(name)} "
-                                "contains a NUL byte")
-
-
-def _resolve(request: RunRequest, path: str) -> str:
-    return os.path.normpath(os.path.join(request.cwd, os.path.expanduser(path)))
-
-
-def _output_path(request: RunRequest, given: str | None, suffix: str, log_dir: str) -> str:
-    if given:
-        return _resolve(request, given)
-    try:
-        os.makedirs(log_dir, mode=0o700, exist_ok=True)
-    except (OSError, ValueError) as e:
-        raise JobStartError(f"cannot create log directory {log_dir}: "
-                            f"{getattr(e, 'strerror', None) or e}") from e
-    return os.path.join(log_dir, f"{request.job_id}.{suffix}")
-
-
-def _open_output(path: str, mode: int, what: str) -> int:
-    try:
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
-    except (OSError, ValueError) as e:
-        raise JobStartError(f"cannot write {what} file {path}: "
-                            f"{getattr(e, 'strerror', None) or e}") from e
-
-
-def open_outputs(request: RunRequest, log_dir: str) -> _Outputs:
-    """Check the working directory and open the job's files; may block (NFS).
-
-    Pure file-system work, safe in a thread: it touches no runner state. On failure every
-    descriptor it opened is closed again.
-    """
-    cwd = request.cwd
-    if not os.path.exists(cwd):
-        raise JobStartError(f"working directory {cwd} does not exist")
-    if not os.path.isdir(cwd):
-        raise JobStartError(f"working directory {cwd} is not a directory")
-    stdout_path = _output_path(request, request.stdout, "out", log_dir)
-    stderr_path = _output_path(request, request.stderr, "err", log_dir)
-    mode = 0o666 & ~request.umask
-    opened: list[int] = []
-    try:
-        out_fd = _open_output(stdout_path, mode, "stdout")
-        opened.append(out_fd)
-        if stderr_path == stdout_path:
-            err_fd = out_fd
-        else:
-            err_fd = _open_output(stderr_path, mode, "stderr")
-            opened.append(err_fd)
-        if request.logfile is not None:
-            # Checked now so that an unwritable log file fails the start, not the end.
-            opened.append(_open_output(_resolve(request, request.logfile), mode, "log"))
-        null_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        opened.append(null_fd)
-    except BaseException:
-        for fd in opened:
-            os.close(fd)
-        raise
-    return _Outputs(stdout_path=stdout_path, stderr_path=stderr_path, null_fd=null_fd,
-                    out_fd=out_fd, err_fd=err_fd, fds=opened)
-
-
-def write_logfile(request: RunRequest, stdout_path: str, stderr_path: str, end: JobEnd) -> None:
-    """Assemble the ``-l`` log file: command, facts, stdout and stderr; may block (NFS)."""
-    path = _resolve(request, request.logfile or "")
-
-    def stamp(t: float) -> str:
-        return datetime.datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
-
-    parts = [
-        "BEGIN command\n", request.command, "\nEND command\n",
-        "BEGIN info\n",
-        f"host: {socket.gethostname()}\n",
-        f"job: {request.job_id}\n",
-        f"attempt: {request.attempt}\n",
-        f"start time: {stamp(end.started_at)}\n",
-        f"end time: {stamp(end.ended_at)}\n",
-        f"run time: {end.ended_at - end.started_at:.3f} s\n",
-        f"end: {end.reason}\n",
-        "END info\n",
-    ]
-    for name, source in (("stdout", stdout_path), ("stderr", stderr_path)):
-        parts.append(f"BEGIN {name}\n")
-        parts.append(_read_capped(source))
-        parts.append(f"END {name}\n")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666 & ~request.umask)
-    with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as f:
-        f.write("".join(parts))
-
-
-def _read_capped(path: str) -> str:
-    try:
-        with open(path, "rb") as f:
-            data = f.read(LOGFILE_SECTION_CAP + 1)
-    except OSError as e:
-        return f"(cannot read {path}: {e.strerror})\n"
-    truncated = len(data) > LOGFILE_SECTION_CAP
-    text = data[:LOGFILE_SECTION_CAP].decode("utf-8", errors="replace")
-    if text and not text.endswith("\n"):
-        text += "\n"
-    if truncated:
-        text += f"(truncated at {LOGFILE_SECTION_CAP} bytes)\n"
-    return text
-
-
-def shepherd_ready(pid: int) -> bool:
-    """Whether the shepherd blocks or catches USR1 and USR2 yet; until then they would kill it.
-
-    Both masks are read: while the shepherd waits in ``sigwaitinfo`` the kernel shows the waited
-    signals as unblocked, but by then its handlers for them are installed.
-    """
-    masks = 0
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith((b"SigBlk:", b"SigCgt:")):
-                    masks |= int(line.split()[1], 16)
-    except (OSError, ValueError, IndexError):
-        return False
-    return all(masks >> (sig - 1) & 1 for sig in (signal.SIGUSR1, signal.SIGUSR2))

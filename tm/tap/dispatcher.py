@@ -174,9 +174,10 @@ class DispatcherRunner(service.MultiService):
         )
 
     def _failed(self, failure: Any) -> None:
+        from tm.db.errors import StoreError
         from tm.protocol.commands import TMError
 
-        if failure.check(TMError):  # a reason for the admin, not a bug: one line
+        if failure.check(TMError, StoreError):  # a reason for the admin, not a bug: one line
             self.log.error("tmdispatcher could not start: {reason}",
                            reason=failure.getErrorMessage())
         else:
