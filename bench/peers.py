@@ -253,7 +253,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--jobs", type=int, action="append", help="N (repeatable; default 1000)")
     p.add_argument("--database", action="append",
-                   help="sqlite, mysql (= %s) or a mysql:// URL; repeatable" % DEFAULT_MYSQL)
+                   help=f"sqlite, mysql (= {DEFAULT_MYSQL}) or a mysql:// URL; repeatable")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--systems", default="tm,hq,tsp")
     p.add_argument("--json", action="store_true", help="print the raw figures as JSON too")
