@@ -182,8 +182,13 @@ class TaskSpooler:
         self.tsp = shutil.which("tsp") or shutil.which("ts")
         if self.tsp is None:
             raise RuntimeError("task-spooler is not installed (apt-get install task-spooler)")
-        self.env = dict(os.environ, TS_SOCKET=str(root / "tsp.socket"), TS_MAXFINISHED="100000",
-                        TS_SAVELIST="", TMPDIR=str(root))
+        self.env = dict(
+            os.environ,
+            TS_SOCKET=str(root / "tsp.socket"),
+            TS_MAXFINISHED="100000",
+            TS_SAVELIST="",
+            TMPDIR=str(root),
+        )
         self.run("-S", "64")
 
     def run(self, *args: str) -> subprocess.CompletedProcess:
@@ -236,7 +241,8 @@ def measure(system: Any, work: Path, n: int, idle_rounds: int = 5) -> dict[str, 
     figures["c_wait_ms"] = 1000 * statistics.median(waited)
     if system.cli_start is not None:
         figures["d_cli_start_ms"] = 1000 * statistics.median(
-            timed(system.cli_start) for _ in range(idle_rounds))
+            timed(system.cli_start) for _ in range(idle_rounds)
+        )
     return figures
 
 
@@ -252,8 +258,11 @@ def make(name: str, root: Path, database: str) -> Any:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--jobs", type=int, action="append", help="N (repeatable; default 1000)")
-    p.add_argument("--database", action="append",
-                   help=f"sqlite, mysql (= {DEFAULT_MYSQL}) or a mysql:// URL; repeatable")
+    p.add_argument(
+        "--database",
+        action="append",
+        help=f"sqlite, mysql (= {DEFAULT_MYSQL}) or a mysql:// URL; repeatable",
+    )
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--systems", default="tm,hq,tsp")
     p.add_argument("--json", action="store_true", help="print the raw figures as JSON too")
@@ -279,22 +288,29 @@ def main() -> None:
                             system.close()
                     key = (name if name != "tm" else f"tm/{database}", "", n)
                     results.setdefault(key, []).append(figures)
-                    print(f"# {key[0]} N={n} rep {rep + 1}: "
-                          + ", ".join(f"{k}={v:.1f}" for k, v in figures.items()), flush=True)
+                    print(
+                        f"# {key[0]} N={n} rep {rep + 1}: "
+                        + ", ".join(f"{k}={v:.1f}" for k, v in figures.items()),
+                        flush=True,
+                    )
     report(results, sizes)
     if args.json:
         print(json.dumps({f"{k[0]} N={k[2]}": v for k, v in results.items()}, indent=2))
 
 
 def report(results: dict[tuple[str, str, int], list[dict[str, float]]], sizes: list[int]) -> None:
-    medians = {k: {f: statistics.median(r[f] for r in runs) for f in runs[0]}
-               for k, runs in results.items()}
+    medians = {
+        k: {f: statistics.median(r[f] for r in runs) for f in runs[0]}
+        for k, runs in results.items()
+    }
     fields = ["a_jobs_per_s", "b_ms_per_job", "c_submit_to_ran_ms", "c_wait_ms", "d_cli_start_ms"]
     print("\nmedians")
     print(f"{'system':<12}{'N':>7}" + "".join(f"{f:>20}" for f in fields))
     for (name, _, n), m in sorted(medians.items(), key=lambda kv: (kv[0][2], kv[0][0])):
-        print(f"{name:<12}{n:>7}" + "".join(
-            f"{m[f]:>20.1f}" if f in m else f"{'-':>20}" for f in fields))
+        print(
+            f"{name:<12}{n:>7}"
+            + "".join(f"{m[f]:>20.1f}" if f in m else f"{'-':>20}" for f in fields)
+        )
     print("\nratios TaskManager/peer (a: rate, >1 is faster; b, c, d: time, <1 is faster)")
     for (name, _, n), m in sorted(medians.items()):
         if not name.startswith("tm/"):

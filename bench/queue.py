@@ -124,8 +124,11 @@ def main() -> None:
                 results.append(measure(inst, size + args.run, args.run))
             finally:
                 inst.cleanup()
-    print(json.dumps({"database": "mysql" if args.database else "sqlite",
-                      "results": results}, indent=2))
+    print(
+        json.dumps(
+            {"database": "mysql" if args.database else "sqlite", "results": results}, indent=2
+        )
+    )
 
 
 if __name__ == "__main__":

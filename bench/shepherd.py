@@ -86,9 +86,15 @@ def run_jobs(jobs: int, concurrency: int, launcher: str, workdir: Path) -> dict[
             while state["next"] < jobs and state["running"] < concurrency:
                 state["next"] += 1
                 state["running"] += 1
-                request = RunRequest(job_id=state["next"], attempt=1, command=command,
-                                     cwd=str(workdir), env=env, stdout="/dev/null",
-                                     stderr="/dev/null")
+                request = RunRequest(
+                    job_id=state["next"],
+                    attempt=1,
+                    command=command,
+                    cwd=str(workdir),
+                    env=env,
+                    stdout="/dev/null",
+                    stderr="/dev/null",
+                )
                 d = runner.start(request, ended)
                 d.addErrback(lambda f: failures.append(f.getErrorMessage()))
 
@@ -102,10 +108,13 @@ def run_jobs(jobs: int, concurrency: int, launcher: str, workdir: Path) -> dict[
             await stop()  # the zygote exits: its whole tree's CPU lands in RUSAGE_CHILDREN
         cpu = cpu_seconds() - cpu0
         own = cpu_seconds(resource.RUSAGE_SELF) - own0
-        result.update(wall_s=round(wall, 3), jobs_per_s=round(jobs / wall, 1),
-                      cpu_ms_per_job=round(cpu * 1000 / jobs, 2),
-                      runner_cpu_ms_per_job=round(own * 1000 / jobs, 2),
-                      below_cpu_ms_per_job=round((cpu - own) * 1000 / jobs, 2))
+        result.update(
+            wall_s=round(wall, 3),
+            jobs_per_s=round(jobs / wall, 1),
+            cpu_ms_per_job=round(cpu * 1000 / jobs, 2),
+            runner_cpu_ms_per_job=round(own * 1000 / jobs, 2),
+            below_cpu_ms_per_job=round((cpu - own) * 1000 / jobs, 2),
+        )
 
     def main() -> None:
         d = defer.ensureDeferred(drive())
@@ -129,22 +138,29 @@ def floor(jobs: int, concurrency: int, workdir: Path) -> dict[str, Any]:
     with open(marker, "ab") as out:
         while started < jobs or running:
             while started < jobs and len(running) < concurrency:
-                running.append(subprocess.Popen(["/usr/bin/printf", "x"], stdout=out,
-                                                close_fds=False))
+                running.append(
+                    subprocess.Popen(["/usr/bin/printf", "x"], stdout=out, close_fds=False)
+                )
                 started += 1
             running.pop(0).wait()
     wall = time.monotonic() - t0
     cpu = cpu_seconds() - cpu0
-    return {"wall_s": round(wall, 3), "jobs_per_s": round(jobs / wall, 1),
-            "cpu_ms_per_job": round(cpu * 1000 / jobs, 3)}
+    return {
+        "wall_s": round(wall, 3),
+        "jobs_per_s": round(jobs / wall, 1),
+        "cpu_ms_per_job": round(cpu * 1000 / jobs, 3),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--launcher", default="zygote",
-                        help="zygote, spawn, or both comma-separated (run alternately)")
+    parser.add_argument(
+        "--launcher",
+        default="zygote",
+        help="zygote, spawn, or both comma-separated (run alternately)",
+    )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--floor", action="store_true")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
@@ -160,21 +176,48 @@ def main() -> None:
         for _ in range(args.repeat):
             for name in launchers:  # alternating, so that a change of load hits both
                 out = subprocess.run(
-                    [sys.executable, __file__, "--one", "--jobs", str(args.jobs),
-                     "--concurrency", str(args.concurrency), "--launcher", name],
-                    check=True, capture_output=True, text=True).stdout
+                    [
+                        sys.executable,
+                        __file__,
+                        "--one",
+                        "--jobs",
+                        str(args.jobs),
+                        "--concurrency",
+                        str(args.concurrency),
+                        "--launcher",
+                        name,
+                    ],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                ).stdout
                 run = json.loads(out.strip().splitlines()[-1])
                 print(json.dumps({"launcher": name, **run}), flush=True)
                 runs[name].append(run)
         for name, done in runs.items():
             median = {key: statistics.median(r[key] for r in done) for key in done[0]}
-            print(json.dumps({"launcher": name, "jobs": args.jobs,
-                              "concurrency": args.concurrency, "median": median,
-                              "loadavg": os.getloadavg()[0]}))
+            print(
+                json.dumps(
+                    {
+                        "launcher": name,
+                        "jobs": args.jobs,
+                        "concurrency": args.concurrency,
+                        "median": median,
+                        "loadavg": os.getloadavg()[0],
+                    }
+                )
+            )
         if args.floor:
             floors = [floor(args.jobs, args.concurrency, Path(tmp)) for _ in range(args.repeat)]
-            print(json.dumps({"floor_median": {key: statistics.median(f[key] for f in floors)
-                                               for key in floors[0]}}))
+            print(
+                json.dumps(
+                    {
+                        "floor_median": {
+                            key: statistics.median(f[key] for f in floors) for key in floors[0]
+                        }
+                    }
+                )
+            )
 
 
 if __name__ == "__main__":

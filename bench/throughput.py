@@ -50,8 +50,11 @@ async def measure(reactor: Any, n: int, home: Path, workdir: Path) -> dict[str, 
     last = max(ids)
     while True:
         status = await proto.call(commands.GetStatus)
-        ended = sum(c["count"] for c in status["user_counts"]
-                    if c["state"] in ("finished", "failed", "killed"))
+        ended = sum(
+            c["count"]
+            for c in status["user_counts"]
+            if c["state"] in ("finished", "failed", "killed")
+        )
         if ended >= n + 1:
             break
         from twisted.internet.task import deferLater

@@ -61,16 +61,12 @@ def answer_challenge(challenge_path: str, nonce: str, expected_dir: str) -> None
     so a server cannot make the client create files elsewhere.
     """
     parent, name = os.path.split(challenge_path)
-    if os.path.realpath(parent) != os.path.realpath(expected_dir) or not CHALLENGE_NAME.match(
-        name
-    ):
+    if os.path.realpath(parent) != os.path.realpath(expected_dir) or not CHALLENGE_NAME.match(name):
         raise AuthenticationFailed(
             f"the dispatcher asked for an unexpected challenge file {challenge_path!r}"
         )
     try:
-        fd = os.open(
-            challenge_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644
-        )
+        fd = os.open(challenge_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     except OSError as e:
         raise AuthenticationFailed(
             f"cannot create the challenge file {challenge_path}: {e.strerror}"
@@ -90,7 +86,9 @@ def verify_challenge(challenge: Challenge, user: str) -> None:
     try:
         expected_uid = pwd.getpwnam(user).pw_uid
     except KeyError:
-        raise AuthenticationFailed(f"no Unix account named {user!r} on the dispatcher's host") from None
+        raise AuthenticationFailed(
+            f"no Unix account named {user!r} on the dispatcher's host"
+        ) from None
     try:
         # Make an NFS client revalidate the directory before we look (HTCondor's trick).
         probe = os.path.join(os.path.dirname(challenge.path), ".probe_" + secrets.token_hex(8))
@@ -102,7 +100,9 @@ def verify_challenge(challenge: Challenge, user: str) -> None:
         try:
             fd = os.open(challenge.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError as e:
-            raise AuthenticationFailed(f"challenge file not found or unusable: {e.strerror}") from None
+            raise AuthenticationFailed(
+                f"challenge file not found or unusable: {e.strerror}"
+            ) from None
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):

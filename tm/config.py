@@ -53,7 +53,9 @@ def _int(value: str, path: str, line_no: int, column: str, minimum: int = 1) -> 
     try:
         n = int(value.strip())
     except ValueError:
-        raise ConfigError(path, line_no, f"{column} must be a whole number, not {value!r}") from None
+        raise ConfigError(
+            path, line_no, f"{column} must be a whole number, not {value!r}"
+        ) from None
     if n < minimum:
         raise ConfigError(path, line_no, f"{column} must be at least {minimum}, not {n}")
     return n
@@ -141,7 +143,9 @@ def parse_cluster_cfg(text: str, path: str) -> list[Host]:
             (i for i, line in enumerate(lines, start=1) if line.strip() == f"[{section}]"), 1
         )
         if not parser.has_section(section):
-            raise ConfigError(path, line_no, f"[CLUSTER] lists host section {section!r}, which is missing")
+            raise ConfigError(
+                path, line_no, f"[CLUSTER] lists host section {section!r}, which is missing"
+            )
         values = {k: v for k, v in parser.items(section)}
         hosts.append((line_no, _host(values, path, line_no)))
     return _check_unique(hosts, path)
@@ -165,11 +169,14 @@ def parse_users(text: str, path: str) -> list[User]:
         unknown = roles - ROLES
         if not roles or unknown:
             raise ConfigError(
-                path, line_no, f"unknown role(s) {', '.join(sorted(unknown)) or '(none)'}; "
-                "roles are: user, admin"
+                path,
+                line_no,
+                f"unknown role(s) {', '.join(sorted(unknown)) or '(none)'}; roles are: user, admin",
             )
         if name in seen:
-            raise ConfigError(path, line_no, f"user {name} is listed twice (first on line {seen[name]})")
+            raise ConfigError(
+                path, line_no, f"user {name} is listed twice (first on line {seen[name]})"
+            )
         seen[name] = line_no
         users.append(User(name=name, roles=roles))
     return users
@@ -197,7 +204,9 @@ def load_cluster(config_dir: Path, kind: str, hostname: str, cores: int) -> list
     if not path.exists():
         return [default_local_host(hostname, cores)]
     text = path.read_text()
-    hosts = parse_cluster_tab(text, str(path)) if kind == "tab" else parse_cluster_cfg(text, str(path))
+    hosts = (
+        parse_cluster_tab(text, str(path)) if kind == "tab" else parse_cluster_cfg(text, str(path))
+    )
     if not hosts:
         raise ConfigError(str(path), 0, "the file lists no hosts")
     return hosts

@@ -106,14 +106,22 @@ class DispatcherLink:
 
     log = Logger()
 
-    def __init__(self, reactor: Any, info: DispatcherInfo, role: str, host: str,
-                 locator_factory: Callable[[], Any],
-                 on_connected: Callable[[BoundedAMP], None] | None = None,
-                 on_fatal: Callable[[Exception], None] | None = None,
-                 max_delay: float = 0.75, initial_delay: float = 0.1, jitter: float = 0.5,
-                 refused_max_delay: float = 30.0,
-                 random_fraction: Callable[[], float] = random.random,
-                 endpoint: Any = None) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        info: DispatcherInfo,
+        role: str,
+        host: str,
+        locator_factory: Callable[[], Any],
+        on_connected: Callable[[BoundedAMP], None] | None = None,
+        on_fatal: Callable[[Exception], None] | None = None,
+        max_delay: float = 0.75,
+        initial_delay: float = 0.1,
+        jitter: float = 0.5,
+        refused_max_delay: float = 30.0,
+        random_fraction: Callable[[], float] = random.random,
+        endpoint: Any = None,
+    ) -> None:
         self.reactor = reactor
         self.info = info
         self.role = role
@@ -131,10 +139,18 @@ class DispatcherLink:
         self._setting_up: BoundedAMP | None = None
         self._waiting: list[defer.Deferred] = []
         self._logged_reason = ""
-        self._fast = backoffPolicy(initialDelay=initial_delay, maxDelay=max_delay, factor=2.0,
-                                   jitter=lambda: jitter * random_fraction())
-        self._slow = backoffPolicy(initialDelay=1.0, maxDelay=refused_max_delay, factor=2.0,
-                                   jitter=lambda: random_fraction())
+        self._fast = backoffPolicy(
+            initialDelay=initial_delay,
+            maxDelay=max_delay,
+            factor=2.0,
+            jitter=lambda: jitter * random_fraction(),
+        )
+        self._slow = backoffPolicy(
+            initialDelay=1.0,
+            maxDelay=refused_max_delay,
+            factor=2.0,
+            jitter=lambda: random_fraction(),
+        )
         if endpoint is None:
             endpoint = dispatcher_endpoint(reactor, info, HANDSHAKE_TIMEOUT)
         self.service = _QuietClientService(
@@ -170,8 +186,9 @@ class DispatcherLink:
 
     async def _log_in(self, proto: BoundedAMP) -> None:
         try:
-            self.user, _ = await log_in(self.reactor, proto, self.info, self.role, self.host,
-                                        HANDSHAKE_TIMEOUT)
+            self.user, _ = await log_in(
+                self.reactor, proto, self.info, self.role, self.host, HANDSHAKE_TIMEOUT
+            )
         except FATAL as e:
             self._refused(e)
             raise
@@ -183,8 +200,11 @@ class DispatcherLink:
         self._logged_reason = ""
         self.proto = proto
         proto.when_lost().addCallback(self._lost, proto)
-        self.log.info("linked to the dispatcher at {address} as {user}",
-                      address=self.info.address, user=self.user)
+        self.log.info(
+            "linked to the dispatcher at {address} as {user}",
+            address=self.info.address,
+            user=self.user,
+        )
         if self.on_connected is not None:
             try:
                 self.on_connected(proto)
@@ -196,8 +216,10 @@ class DispatcherLink:
             self.proto = None
             self.last_error = "connection lost"
             if self.running:
-                self.log.info("link to the dispatcher at {address} lost; reconnecting",
-                              address=self.info.address)
+                self.log.info(
+                    "link to the dispatcher at {address} lost; reconnecting",
+                    address=self.info.address,
+                )
 
     def _connect_failed(self, failure: Failure) -> None:
         if self.running and not failure.check(defer.CancelledError):
@@ -207,8 +229,11 @@ class DispatcherLink:
         self.last_error = reason
         if reason != self._logged_reason:
             self._logged_reason = reason
-            self.log.info("dispatcher at {address} not reachable ({reason}); retrying about "
-                          "every second", address=self.info.address, reason=reason)
+            self.log.info(
+                "dispatcher at {address} not reachable ({reason}); retrying about every second",
+                address=self.info.address,
+                reason=reason,
+            )
 
     def _refused(self, e: Exception) -> None:
         reason = str(e) or e.__class__.__name__
@@ -216,9 +241,13 @@ class DispatcherLink:
         self.fatal = e
         if reason != self._logged_reason:
             self._logged_reason = reason
-            self.log.error("the dispatcher at {address} refused us: {reason}; trying again "
-                           "at most every {cap:.0f} s", address=self.info.address, reason=reason,
-                           cap=self.refused_max_delay)
+            self.log.error(
+                "the dispatcher at {address} refused us: {reason}; trying again "
+                "at most every {cap:.0f} s",
+                address=self.info.address,
+                reason=reason,
+                cap=self.refused_max_delay,
+            )
             if self.on_fatal is not None:
                 self.on_fatal(e)
         # Whoever waits for the link hears the refusal now rather than at their deadline.

@@ -79,12 +79,17 @@ def parse_job_file(text: str, path: str, defaults: dict[str, Any]) -> list[JobLi
             name, sep, value = token.partition("::")
             name = name.strip()
             if not sep:
-                raise JobFileError(path, line_no, f"{token.strip()!r} is not field::value "
-                                   "(separate the fields of a line with tabs)")
+                raise JobFileError(
+                    path,
+                    line_no,
+                    f"{token.strip()!r} is not field::value "
+                    "(separate the fields of a line with tabs)",
+                )
             name = ALIASES.get(name, name)
             if name not in FIELDS:
-                raise JobFileError(path, line_no, f"unknown field {name!r}; the fields are "
-                                   + ", ".join(FIELDS))
+                raise JobFileError(
+                    path, line_no, f"unknown field {name!r}; the fields are " + ", ".join(FIELDS)
+                )
             if name in seen:
                 raise JobFileError(path, line_no, f"the field {name!r} is given twice")
             seen.add(name)
@@ -101,7 +106,9 @@ def _convert(name: str, value: str, path: str, line_no: int) -> Any:
         try:
             return int(value.strip())
         except ValueError:
-            raise JobFileError(path, line_no, f"{name} must be a whole number, not {value!r}") from None
+            raise JobFileError(
+                path, line_no, f"{name} must be a whole number, not {value!r}"
+            ) from None
     if name in FLOAT_FIELDS:
         try:
             return float(value.strip())

@@ -88,16 +88,22 @@ def load_info(path: Path) -> DispatcherInfo:
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         what = f"no {e} field" if isinstance(e, KeyError) else str(e)
-        raise DispatcherNotFound(f"cannot read dispatcher information from {path}: {what}; "
-                                 "copy it again from the dispatcher's var/dispatcher.json") from None
+        raise DispatcherNotFound(
+            f"cannot read dispatcher information from {path}: {what}; "
+            "copy it again from the dispatcher's var/dispatcher.json"
+        ) from None
     if not 0 < info.port < 65536:
-        raise DispatcherNotFound(f"{path}: the port {info.port} is not a TCP port; copy it "
-                                 "again from the dispatcher's var/dispatcher.json")
+        raise DispatcherNotFound(
+            f"{path}: the port {info.port} is not a TCP port; copy it "
+            "again from the dispatcher's var/dispatcher.json"
+        )
     try:
         Certificate.loadPEM(info.certificate)
     except Exception:  # OpenSSL says only "no start line" or the like
-        raise DispatcherNotFound(f"{path}: its certificate is not a PEM certificate; copy it "
-                                 "again from the dispatcher's var/dispatcher.json") from None
+        raise DispatcherNotFound(
+            f"{path}: its certificate is not a PEM certificate; copy it "
+            "again from the dispatcher's var/dispatcher.json"
+        ) from None
     return info
 
 

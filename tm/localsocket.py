@@ -96,8 +96,14 @@ class LocalClient:
             _, uid, _ = peer_credentials(sock)
         except OSError as e:
             sock.close()
-            if e.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTSOCK, errno.ENAMETOOLONG,
-                           errno.EACCES, errno.ENOTDIR) or isinstance(e, TimeoutError):
+            if e.errno in (
+                errno.ENOENT,
+                errno.ECONNREFUSED,
+                errno.ENOTSOCK,
+                errno.ENAMETOOLONG,
+                errno.EACCES,
+                errno.ENOTDIR,
+            ) or isinstance(e, TimeoutError):
                 raise Unavailable(f"no TMS on {path}: {e.strerror or e}") from None
             raise Unavailable(f"cannot reach the TMS on {path}: {e}") from None
         if uid != os.getuid():  # a socket there that is not ours: never talk to it
@@ -117,8 +123,7 @@ class LocalClient:
         request_id = self._next_id
         self.sock.settimeout(reply_timeout)
         try:
-            self.sock.sendall(frame({"id": request_id, "command": command,
-                                     "arguments": arguments}))
+            self.sock.sendall(frame({"id": request_id, "command": command, "arguments": arguments}))
             while True:
                 message = self._receive()
                 if message.get("id") in (request_id, None):
@@ -143,7 +148,7 @@ class LocalClient:
                     raise LinkLost(f"the TMS sent a frame of {size} bytes")
                 end = _LENGTH.size + size
                 if len(self._buffer) >= end:
-                    data = self._buffer[_LENGTH.size:end]
+                    data = self._buffer[_LENGTH.size : end]
                     self._buffer = self._buffer[end:]
                     try:
                         message = json.loads(data)

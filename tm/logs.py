@@ -48,8 +48,14 @@ class ProblemLog:
     then one line per ``10 ** n`` events.
     """
 
-    def __init__(self, log: Logger, clock: Any, burst: int = BURST,
-                 period: float = PERIOD, max_keys: int = MAX_KEYS) -> None:
+    def __init__(
+        self,
+        log: Logger,
+        clock: Any,
+        burst: int = BURST,
+        period: float = PERIOD,
+        max_keys: int = MAX_KEYS,
+    ) -> None:
         self.log = log
         self.clock: Any = clock  # Any: mypy cannot bind zope interface methods
         self.burst = burst
@@ -83,12 +89,15 @@ class ProblemLog:
             return
         if self._summary is None or not self._summary.active():
             self._summary = self.clock.callLater(
-                max(0.0, window.started + self.period - now), self._end_periods)
+                max(0.0, window.started + self.period - now), self._end_periods
+            )
 
     def _write_summary(self, key: tuple[str, str], window: _Window, seconds: float | None) -> None:
         self.log.warn(
             "{kind} from {peer}: {count} more not logged{since}",
-            kind=key[0], peer=key[1], count=window.suppressed,
+            kind=key[0],
+            peer=key[1],
+            count=window.suppressed,
             since=f" in the last {seconds:.0f} s" if seconds is not None else " so far",
         )
 
@@ -106,8 +115,9 @@ class ProblemLog:
             del self._windows[key]
         if pending:
             first = min(w.started for w in self._windows.values() if w.suppressed)
-            self._summary = self.clock.callLater(max(0.0, first + self.period - now),
-                                                 self._end_periods)
+            self._summary = self.clock.callLater(
+                max(0.0, first + self.period - now), self._end_periods
+            )
 
     def stop(self) -> None:
         """Cancel the pending summary (its counts are written now)."""
@@ -141,8 +151,9 @@ def problem_log(clock: Any) -> ProblemLog:
 # --- twistd's log file ------------------------------------------------------------------
 
 
-def bounded_log_file(path: str, rotate_bytes: int = LOG_ROTATE_BYTES,
-                     keep: int = LOG_KEEP_FILES) -> logfile.LogFile:
+def bounded_log_file(
+    path: str, rotate_bytes: int = LOG_ROTATE_BYTES, keep: int = LOG_KEEP_FILES
+) -> logfile.LogFile:
     """A log file that rotates at ``rotate_bytes`` and keeps ``keep`` old files."""
     directory, name = os.path.split(os.path.abspath(path))
     return logfile.LogFile(name, directory, rotateLength=rotate_bytes, maxRotatedFiles=keep)
@@ -179,7 +190,8 @@ class BoundedLogApplication(service.MultiService):
                 log_file: Any = bounded_log_file(  # a file-like LogFile
                     self.log_path,
                     int(os.environ.get("TM_LOG_ROTATE_BYTES") or LOG_ROTATE_BYTES),
-                    int(os.environ.get("TM_LOG_KEEP_FILES") or LOG_KEEP_FILES))
+                    int(os.environ.get("TM_LOG_KEEP_FILES") or LOG_KEEP_FILES),
+                )
                 parent.setComponent(ILogObserver, textFileLogObserver(log_file))
         return super().setServiceParent(parent)
 

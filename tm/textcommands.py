@@ -282,9 +282,14 @@ class TextCommand:
             jobs = []
             offset: int | None = 0
             while offset is not None and len(jobs) < a[0]:
-                r = await call("ListJobs", states=["waiting"], scope="all",
-                               after_id=offset, limit=min(PAGE_LIMIT, a[0] - len(jobs)),
-                               order="schedule")
+                r = await call(
+                    "ListJobs",
+                    states=["waiting"],
+                    scope="all",
+                    after_id=offset,
+                    limit=min(PAGE_LIMIT, a[0] - len(jobs)),
+                    order="schedule",
+                )
                 jobs.extend(r["jobs"])
                 offset = r.get("next_after_id") if r["jobs"] else None
             return format_jobs(jobs, True) if jobs else "no jobs found to send"

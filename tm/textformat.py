@@ -225,6 +225,5 @@ def killed_line(killed: list[int], more: int | None = None) -> str:
     if not killed:
         return "no job killed"
     if more:
-        return (f"Job(s) {', '.join(str(k) for k in killed)} and {more} more have been "
-                "killed.")
+        return f"Job(s) {', '.join(str(k) for k in killed)} and {more} more have been killed."
     return f"Job(s) {', '.join(str(k) for k in killed)} have been killed."

@@ -46,8 +46,9 @@ def cluster() -> Iterator[Cluster]:
     reason = netcluster.unavailable_reason()
     if reason:
         if REQUIRED:
-            pytest.fail(f"TM_REQUIRE_CLUSTER=1, but no cluster can be built: {reason}",
-                        pytrace=False)
+            pytest.fail(
+                f"TM_REQUIRE_CLUSTER=1, but no cluster can be built: {reason}", pytrace=False
+            )
         pytest.skip(f"no cluster can be built: {reason}")
     c = Cluster(venv=netcluster.shared_venv())
     try:

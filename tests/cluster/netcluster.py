@@ -54,22 +54,35 @@ HOST_NAMES = ("h1", "h2", "h3")
 EXECUTOR_LEASE = 10
 SLOTS_PER_HOST = 4
 #: Accounts of the run and their roles in etc/users (eve is not listed there).
-USER_ROLES = {"admin": "admin", "alice": "user", "bob": "user", "carol": "user", "dave": "user",
-              "eve": None}
+USER_ROLES = {
+    "admin": "admin",
+    "alice": "user",
+    "bob": "user",
+    "carol": "user",
+    "dave": "user",
+    "eve": None,
+}
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition",
-               interval: float = 0.1) -> Any:
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float = 60.0,
+    what: str = "condition",
+    interval: float = 0.1,
+) -> Any:
     """:func:`tests.helpers.processes.wait_until` with the cluster's longer defaults."""
     return _wait_until(predicate, timeout, what, interval)
 
 
-def sh(*argv: str, check: bool = True, timeout: float = 60,
-       **kw: Any) -> subprocess.CompletedProcess:
+def sh(
+    *argv: str, check: bool = True, timeout: float = 60, **kw: Any
+) -> subprocess.CompletedProcess:
     result = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, **kw)
     if check and result.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}): "
-                           f"{(result.stderr or result.stdout).strip()}")
+        raise RuntimeError(
+            f"{' '.join(argv)} failed ({result.returncode}): "
+            f"{(result.stderr or result.stdout).strip()}"
+        )
     return result
 
 
@@ -107,8 +120,14 @@ def _source_files(repo: Path) -> list[Path]:
         if p.is_file():
             files.append(p)
         elif p.is_dir():
-            files += [f for f in p.rglob("*") if f.is_file() and "__pycache__" not in f.parts
-                      and f.suffix not in (".pyc", ".pyo") and f.name != "dropin.cache"]
+            files += [
+                f
+                for f in p.rglob("*")
+                if f.is_file()
+                and "__pycache__" not in f.parts
+                and f.suffix not in (".pyc", ".pyo")
+                and f.name != "dropin.cache"
+            ]
     return sorted(files)
 
 
@@ -148,13 +167,22 @@ def shared_venv(repo: Path = REPO, cache: Path = VENV_CACHE) -> Path:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(f, target)
             sh(SYSTEM_PYTHON, "-m", "venv", str(venv), timeout=300)
-            pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
-                   "--disable-pip-version-check"]
+            pip = [
+                str(venv / "bin" / "python"),
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ]
             sh(*pip, "setuptools>=77", timeout=600)
             sh(*pip, "--no-build-isolation", src, timeout=600)
         # The plugin cache, written now: other users cannot write it later.
-        sh(str(venv / "bin" / "python"), "-c",
-           "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))")
+        sh(
+            str(venv / "bin" / "python"),
+            "-c",
+            "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))",
+        )
         sh("chmod", "-R", "a+rX,go-w", str(venv))
         done.touch()
         _prune(cache, keep=venv)
@@ -172,7 +200,7 @@ def _prune(cache: Path, keep: Path, newest: int = 3, idle: float = 900.0) -> Non
             return 0.0
 
     others = sorted((v for v in cache.glob("venv-*") if v != keep), key=last_use, reverse=True)
-    for old in others[newest - 1:]:
+    for old in others[newest - 1 :]:
         if time.time() - last_use(old) > idle:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -280,7 +308,9 @@ class Cluster:
         """Write down, before making them, the names of everything this run makes."""
         REGISTRY.mkdir(mode=0o700, parents=True, exist_ok=True)
         data = {
-            "pid": os.getpid(), "base": str(self.base), "bridge": self.bridge,
+            "pid": os.getpid(),
+            "base": str(self.base),
+            "bridge": self.bridge,
             "netns": [self._netns_name(short) for short in HOST_NAMES],
             "users": [self._user_name(role) for role in USER_ROLES],
         }
@@ -297,14 +327,30 @@ class Cluster:
             sh("ip", "addr", "add", f"{self.gateway}/24", "dev", self.bridge)
             sh("ip", "link", "set", self.bridge, "up")
         for i, short in enumerate(HOST_NAMES, start=1):
-            host = SimHost(short=short, name=f"tmc-{short}", netns=self._netns_name(short),
-                           veth=f"tmc{self.run_id}{short}", address=f"{self.subnet}.{10 + i}",
-                           dir=self.base / "hosts" / short)
+            host = SimHost(
+                short=short,
+                name=f"tmc-{short}",
+                netns=self._netns_name(short),
+                veth=f"tmc{self.run_id}{short}",
+                address=f"{self.subnet}.{10 + i}",
+                dir=self.base / "hosts" / short,
+            )
             self.hosts[short] = host
             host.dir.mkdir(mode=0o700)
             sh("ip", "netns", "add", host.netns)
-            sh("ip", "link", "add", host.veth, "type", "veth", "peer", "name", "eth0",
-               "netns", host.netns)
+            sh(
+                "ip",
+                "link",
+                "add",
+                host.veth,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                host.netns,
+            )
             sh("ip", "link", "set", host.veth, "master", self.bridge, "up")
             sh("ip", "-n", host.netns, "addr", "add", f"{host.address}/24", "dev", "eth0")
             sh("ip", "-n", host.netns, "link", "set", "eth0", "up")
@@ -316,8 +362,20 @@ class Cluster:
             home = self.base / "home" / name
             account = UserAccount(role=role, name=name, home=home)
             self.users[role] = account
-            sh("useradd", "-M", "-U", "-d", str(home), "-s", "/bin/bash",
-               "-c", "TaskManager cluster test", "-p", "*", name)
+            sh(
+                "useradd",
+                "-M",
+                "-U",
+                "-d",
+                str(home),
+                "-s",
+                "/bin/bash",
+                "-c",
+                "TaskManager cluster test",
+                "-p",
+                "*",
+                name,
+            )
             pw = pwd.getpwnam(name)
             account.uid, account.gid = pw.pw_uid, pw.pw_gid
             home.mkdir(mode=0o700)
@@ -357,17 +415,31 @@ class Cluster:
 
     def start_sshd(self, host: SimHost) -> None:
         host.sshd = subprocess.Popen(
-            ["ip", "netns", "exec", host.netns, SSHD, "-D", "-f", str(host.dir / "sshd_config"),
-             "-E", str(host.sshd_log)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                "ip",
+                "netns",
+                "exec",
+                host.netns,
+                SSHD,
+                "-D",
+                "-f",
+                str(host.dir / "sshd_config"),
+                "-E",
+                str(host.sshd_log),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
         wait_until(lambda: self.sshd_answers(host), 30, f"sshd of {host.name} to listen")
 
     def sshd_answers(self, host: SimHost) -> bool:
         if host.sshd is not None and host.sshd.poll() is not None:
-            raise AssertionError(f"sshd of {host.name} exited with {host.sshd.returncode}: "
-                                 f"{host.sshd_log.read_text() if host.sshd_log.exists() else ''}")
+            raise AssertionError(
+                f"sshd of {host.name} exited with {host.sshd.returncode}: "
+                f"{host.sshd_log.read_text() if host.sshd_log.exists() else ''}"
+            )
         try:
             with socket.create_connection((host.address, 22), timeout=1) as s:
                 return s.recv(4).startswith(b"SSH-")
@@ -417,8 +489,7 @@ class Cluster:
     def partitioned(self, host: SimHost) -> bool:
         inside = sh("ip", "-n", host.netns, "route", "show", "type", "blackhole").stdout
         outside = sh("ip", "route", "show", "type", "blackhole").stdout
-        return (self.gateway in inside.split()
-                or host.address in outside.split())
+        return self.gateway in inside.split() or host.address in outside.split()
 
     def link_up(self, host: SimHost) -> bool:
         out = sh("ip", "-n", host.netns, "-o", "link", "show", "eth0").stdout
@@ -428,16 +499,27 @@ class Cluster:
         return host.sshd is not None and host.sshd.poll() is None
 
     def _ssh_accounts(self) -> None:
-        scanned = sh("ssh-keyscan", "-T", "10", "-t", "ed25519",
-                     *(h.address for h in self.hosts.values())).stdout
+        scanned = sh(
+            "ssh-keyscan", "-T", "10", "-t", "ed25519", *(h.address for h in self.hosts.values())
+        ).stdout
         if scanned.count("ssh-ed25519") != len(self.hosts):
             raise RuntimeError(f"ssh-keyscan did not find every host's key: {scanned!r}")
         for account in self.users.values():
             ssh_dir = account.home / ".ssh"
             ssh_dir.mkdir(mode=0o700)
             key = ssh_dir / "id_ed25519"
-            sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{account.name}@tmc",
-               "-f", str(key))
+            sh(
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                f"{account.name}@tmc",
+                "-f",
+                str(key),
+            )
             (ssh_dir / "authorized_keys").write_text(key.with_suffix(".pub").read_text())
             (ssh_dir / "known_hosts").write_text(scanned)
             for f in (ssh_dir, *ssh_dir.iterdir()):
@@ -449,17 +531,24 @@ class Cluster:
         admin = self.users["admin"]
         self.install = self.base / "install"
         self.etc.mkdir(parents=True)
-        header = ("short_name\tfull_name\tnumber_slots\tmax_number_occupied_slots\t"
-                  "additional_info\tallow_info_server\tinfo_server_port\tactive\t"
-                  "ssh_target\ttmmenial_command\tload_check\n")
+        header = (
+            "short_name\tfull_name\tnumber_slots\tmax_number_occupied_slots\t"
+            "additional_info\tallow_info_server\tinfo_server_port\tactive\t"
+            "ssh_target\ttmmenial_command\tload_check\n"
+        )
         rows = "".join(
             f"{h.short}\t{h.name}\t{SLOTS_PER_HOST}\t{SLOTS_PER_HOST}\tnamespace {h.netns}\t"
             f"False\t0\tTrue\t{h.address}\t\tFalse\n"
             for h in self.hosts.values()
         )
         (self.etc / "cluster.tab").write_text(header + rows)
-        (self.etc / "users").write_text("".join(
-            f"{u.name}\t{USER_ROLES[u.role]}\n" for u in self.users.values() if USER_ROLES[u.role]))
+        (self.etc / "users").write_text(
+            "".join(
+                f"{u.name}\t{USER_ROLES[u.role]}\n"
+                for u in self.users.values()
+                if USER_ROLES[u.role]
+            )
+        )
         for path in (self.install, self.etc, *self.etc.iterdir()):
             os.chown(path, admin.uid, admin.gid)
             os.chmod(path, 0o755 if path.is_dir() else 0o644)
@@ -472,21 +561,41 @@ class Cluster:
     def env(self, role: str) -> dict[str, str]:
         u = self.users[role]
         return {
-            "HOME": str(u.home), "USER": u.name, "LOGNAME": u.name, "SHELL": "/bin/bash",
+            "HOME": str(u.home),
+            "USER": u.name,
+            "LOGNAME": u.name,
+            "SHELL": "/bin/bash",
             "PATH": f"{self.venv / 'bin'}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
-            "LANG": "C.UTF-8", "TM_DISPATCHER": str(self.dispatcher_json),
+            "LANG": "C.UTF-8",
+            "TM_DISPATCHER": str(self.dispatcher_json),
         }
 
-    def run_as(self, role: str, *argv: str, cwd: Path | None = None, timeout: float = 120,
-               check: bool = False) -> subprocess.CompletedProcess:
+    def run_as(
+        self,
+        role: str,
+        *argv: str,
+        cwd: Path | None = None,
+        timeout: float = 120,
+        check: bool = False,
+    ) -> subprocess.CompletedProcess:
         """Run ``argv`` as the user (uid, gid, no supplementary groups, their HOME and PATH)."""
         u = self.users[role]
-        result = subprocess.run(list(argv), user=u.uid, group=u.gid, extra_groups=[],
-                                env=self.env(role), cwd=cwd or u.home, umask=0o022,
-                                capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(
+            list(argv),
+            user=u.uid,
+            group=u.gid,
+            extra_groups=[],
+            env=self.env(role),
+            cwd=cwd or u.home,
+            umask=0o022,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if check and result.returncode != 0:
-            raise AssertionError(f"{u.name}: {' '.join(argv)} failed ({result.returncode}): "
-                                 f"{result.stderr.strip()}")
+            raise AssertionError(
+                f"{u.name}: {' '.join(argv)} failed ({result.returncode}): {result.stderr.strip()}"
+            )
         return result
 
     def user_dir(self, role: str, name: str) -> Path:
@@ -499,16 +608,41 @@ class Cluster:
 
     def start_dispatcher(self) -> None:
         admin = self.users["admin"]
-        argv = [str(self.venv / "bin" / "twistd"), "-n", "--pidfile", "",
-                "--logfile", str(self.dispatcher_log), "tmdispatcher",
-                "--port", str(self.port), "--interface", self.gateway,
-                "--public-host", self.gateway, "--config-dir", str(self.etc),
-                "--var-dir", str(self.var), "--executor-lease", str(EXECUTOR_LEASE)]
+        argv = [
+            str(self.venv / "bin" / "twistd"),
+            "-n",
+            "--pidfile",
+            "",
+            "--logfile",
+            str(self.dispatcher_log),
+            "tmdispatcher",
+            "--port",
+            str(self.port),
+            "--interface",
+            self.gateway,
+            "--public-host",
+            self.gateway,
+            "--config-dir",
+            str(self.etc),
+            "--var-dir",
+            str(self.var),
+            "--executor-lease",
+            str(EXECUTOR_LEASE),
+        ]
         out = open(self.install / "dispatcher.out", "ab")
         self.dispatcher = subprocess.Popen(
-            argv, user=admin.uid, group=admin.gid, extra_groups=[], env=self.env("admin"),
-            cwd=self.install, umask=0o022, stdin=subprocess.DEVNULL, stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True)
+            argv,
+            user=admin.uid,
+            group=admin.gid,
+            extra_groups=[],
+            env=self.env("admin"),
+            cwd=self.install,
+            umask=0o022,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         out.close()
 
         proc = self.dispatcher
@@ -518,7 +652,8 @@ class Cluster:
                 raise AssertionError(
                     f"the dispatcher exited with {proc.returncode}: "
                     f"{(self.install / 'dispatcher.out').read_text()}"
-                    f"{self.dispatcher_log.read_text() if self.dispatcher_log.exists() else ''}")
+                    f"{self.dispatcher_log.read_text() if self.dispatcher_log.exists() else ''}"
+                )
             try:
                 return json.loads(self.dispatcher_json.read_text()).get("pid") == proc.pid
             except (OSError, ValueError):
@@ -569,8 +704,12 @@ class Cluster:
             attempt(f"routes of {host.name}", functools.partial(self.heal, host))
             attempt(f"sshd of {host.name}", functools.partial(self.stop_sshd, host))
         # By the names planned (and recorded) up front: also what a failed start half made.
-        errors += remove_run(self.bridge, [self._netns_name(s) for s in HOST_NAMES],
-                             [self._user_name(r) for r in USER_ROLES], self.base)
+        errors += remove_run(
+            self.bridge,
+            [self._netns_name(s) for s in HOST_NAMES],
+            [self._user_name(r) for r in USER_ROLES],
+            self.base,
+        )
         with contextlib.suppress(OSError):
             (REGISTRY / f"{self.run_id}.json").unlink()
         return errors
@@ -637,7 +776,11 @@ def sweep_stale() -> None:
             pass
         data = data if isinstance(data, dict) else {}
         # Its sshds run as root in its namespaces: remove_run kills them via `ip netns pids`.
-        remove_run(data.get("bridge", ""), data.get("netns", []), data.get("users", []),
-                   Path(data.get("base", "/nonexistent")))
+        remove_run(
+            data.get("bridge", ""),
+            data.get("netns", []),
+            data.get("users", []),
+            Path(data.get("base", "/nonexistent")),
+        )
         with contextlib.suppress(OSError):
             record.unlink()

@@ -24,8 +24,9 @@ def submit(c: Cluster, role: str, command: str, *options: str, cwd: Path | None 
     return cli.submit(user(c, role), *options, command, cwd=cwd)
 
 
-def submit_many(c: Cluster, commands: dict[str, list[str]], cwd: dict[str, Path],
-                *options: str) -> dict[str, list[int]]:
+def submit_many(
+    c: Cluster, commands: dict[str, list[str]], cwd: dict[str, Path], *options: str
+) -> dict[str, list[int]]:
     """Each user submits their jobs one ``hRunJob`` after another, the users at the same time."""
 
     def one_user(role: str) -> list[int]:
@@ -36,11 +37,17 @@ def submit_many(c: Cluster, commands: dict[str, list[str]], cwd: dict[str, Path]
         return {role: f.result() for role, f in futures.items()}
 
 
-def submit_file(c: Cluster, role: str, directory: Path, commands: list[str],
-                *options: str) -> list[int]:
+def submit_file(
+    c: Cluster, role: str, directory: Path, commands: list[str], *options: str
+) -> list[int]:
     """``hRunJob -f FILE``: the jobs go to the dispatcher in one bulk submission."""
-    ids = cli.submit_file(user(c, role), directory / "jobs.txt", *options,
-                          content=cli.job_file(commands), cwd=directory)
+    ids = cli.submit_file(
+        user(c, role),
+        directory / "jobs.txt",
+        *options,
+        content=cli.job_file(commands),
+        cwd=directory,
+    )
     assert len(ids) == len(commands)
     return ids
 
@@ -54,8 +61,7 @@ def ended_ids(c: Cluster, role: str) -> set[int]:
 
 
 def wait_ended(c: Cluster, role: str, ids: list[int], timeout: float = 120) -> None:
-    wait_until(lambda: set(ids) <= ended_ids(c, role), timeout,
-               f"jobs {ids} of {role} to end")
+    wait_until(lambda: set(ids) <= ended_ids(c, role), timeout, f"jobs {ids} of {role} to end")
 
 
 def cluster_addresses(text: str, c: Cluster) -> set[str]:
@@ -69,7 +75,7 @@ def cluster_addresses(text: str, c: Cluster) -> set[str]:
 
 
 #: A job that records who and where it ran: its uid, then the host's addresses.
-WHO_AND_WHERE = 'mkdir -p {dir} && {{ id -u; ip -o -4 addr show; }} > {dir}/$TM_JOB_ID.txt{tail}'
+WHO_AND_WHERE = "mkdir -p {dir} && {{ id -u; ip -o -4 addr show; }} > {dir}/$TM_JOB_ID.txt{tail}"
 
 
 def record_job(directory: Path, sleep: float = 0.0, gate: Path | None = None) -> str:

@@ -32,7 +32,9 @@ from typing import Any, Protocol
 from tests.helpers.processes import wait_until
 
 SUBMITTED = re.compile(r"Job \[(\d+)\] has been submitted to TaskDispatcher\.\n")
-BULK_SUBMITTED = re.compile(r"(\d+) job\(s\) \[([\d,-]+)\] have been submitted to TaskDispatcher\.\n")
+BULK_SUBMITTED = re.compile(
+    r"(\d+) job\(s\) \[([\d,-]+)\] have been submitted to TaskDispatcher\.\n"
+)
 #: The states a job no longer leaves.
 ENDED = ("finished", "failed", "killed")
 #: Every state a listing row or lajob can show.
@@ -42,8 +44,9 @@ STATES = ("waiting", "pending", "running", *ENDED, "lost")
 class Runs(Protocol):
     """Who types the commands: runs ``argv`` and returns what it printed and its exit status."""
 
-    def run(self, *argv: str, cwd: Path | None = None,
-            check: bool = False) -> subprocess.CompletedProcess: ...
+    def run(
+        self, *argv: str, cwd: Path | None = None, check: bool = False
+    ) -> subprocess.CompletedProcess: ...
 
 
 class As:
@@ -54,8 +57,9 @@ class As:
         self._run = run
         self.name = name
 
-    def run(self, *argv: str, cwd: Path | None = None,
-            check: bool = False) -> subprocess.CompletedProcess:
+    def run(
+        self, *argv: str, cwd: Path | None = None, check: bool = False
+    ) -> subprocess.CompletedProcess:
         return self._run(*argv, cwd=cwd, check=check)
 
 
@@ -98,8 +102,13 @@ def submit(who: Runs, *args: str, cwd: Path | None = None) -> int:
     return submitted_id(result.stdout)
 
 
-def submit_file(who: Runs, path: Path | str, *options: str, content: bytes | str | None = None,
-                cwd: Path | None = None) -> list[int]:
+def submit_file(
+    who: Runs,
+    path: Path | str,
+    *options: str,
+    content: bytes | str | None = None,
+    cwd: Path | None = None,
+) -> list[int]:
     """``hRunJob -f PATH [options]`` (writing ``content`` to ``path`` first, if given): the ids
     of the jobs, submitted in one bulk submission."""
     if content is not None:
@@ -319,9 +328,14 @@ def parse_hosts(text: str) -> tuple[str, dict[str, HostRow]]:
         found = re.fullmatch(r"(\d+)/(\d+) free", cells[3])
         assert found, line
         free, max_slots = found.groups()
-        rows[cells[1]] = HostRow(cells[1], cells[2], int(free), int(max_slots),
-                                 cells[4].removeprefix("load "),
-                                 int(cells[5].removeprefix("executors ")))
+        rows[cells[1]] = HostRow(
+            cells[1],
+            cells[2],
+            int(free),
+            int(max_slots),
+            cells[4].removeprefix("load "),
+            int(cells[5].removeprefix("executors ")),
+        )
     return lines[0], rows
 
 
@@ -337,8 +351,9 @@ class CLI:
     def __init__(self, who: Runs | None = None) -> None:
         self.who = who
 
-    def run(self, *argv: str, cwd: Path | None = None,
-            check: bool = False) -> subprocess.CompletedProcess:
+    def run(
+        self, *argv: str, cwd: Path | None = None, check: bool = False
+    ) -> subprocess.CompletedProcess:
         assert self.who is not None, "a CLI without who must define run"
         return self.who.run(*argv, cwd=cwd, check=check)
 

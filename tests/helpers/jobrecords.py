@@ -60,8 +60,9 @@ def runs(directory: Path) -> dict[int, Run]:
         ends = [line for line in lines if line[0] == "end"]
         assert len(starts) == 1 and len(ends) <= 1, f"{path}: {lines}"
         _, at, host, slots = starts[0]
-        found[int(path.stem)] = Run(int(path.stem), host, int(slots), int(at) / 1e9,
-                                    int(ends[0][1]) / 1e9 if ends else None)
+        found[int(path.stem)] = Run(
+            int(path.stem), host, int(slots), int(at) / 1e9, int(ends[0][1]) / 1e9 if ends else None
+        )
     return found
 
 

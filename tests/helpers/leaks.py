@@ -28,8 +28,12 @@ class ReactorSnapshot:
 
     @classmethod
     def take(cls, reactor: Any) -> ReactorSnapshot:
-        return cls(reactor, set(reactor.getDelayedCalls()), set(reactor.getReaders()),
-                   set(reactor.getWriters()))
+        return cls(
+            reactor,
+            set(reactor.getDelayedCalls()),
+            set(reactor.getReaders()),
+            set(reactor.getWriters()),
+        )
 
     def leftovers(self) -> list[str]:
         """What is new since the snapshot and still active, each named; cancelled, removed
@@ -41,8 +45,9 @@ class ReactorSnapshot:
                 call.cancel()
         # The reactor's own (its wakers, added when it first runs) are not the test's.
         internal: set[Any] = getattr(self.reactor, "_internalReaders", set())
-        new_readers = [r for r in self.reactor.getReaders()
-                       if r not in self.readers and r not in internal]
+        new_readers = [
+            r for r in self.reactor.getReaders() if r not in self.readers and r not in internal
+        ]
         new_writers = [w for w in self.reactor.getWriters() if w not in self.writers]
         for selectable in new_readers:
             found.append(f"reader {selectable!r}")
@@ -130,7 +135,7 @@ class ProcessSnapshot:
         pids: dict[int, str] = {}
         for pid in sorted(children() - self.children):
             pids[pid] = "a child of the test process"
-        for inst in Installation.made[self.installations:]:
+        for inst in Installation.made[self.installations :]:
             if inst.dispatcher is not None and inst.dispatcher.poll() is None:
                 pids.setdefault(inst.dispatcher.pid, f"the dispatcher of {inst.root}")
             for pid in inst.daemon_pids():
@@ -138,11 +143,11 @@ class ProcessSnapshot:
                     pids.setdefault(pid, f"a daemon of {inst.root} (its pid file)")
         found = [f"{_describe(pid)}: {what}" for pid, what in pids.items()]
         _kill(pids)
-        for inst in Installation.made[self.installations:]:
+        for inst in Installation.made[self.installations :]:
             if inst.dispatcher is not None:
                 try:
                     inst.dispatcher.wait(5)
                 except Exception:  # killed above; a wedged wait must not hide the report
                     pass
-        del Installation.made[self.installations:]
+        del Installation.made[self.installations :]
         return found

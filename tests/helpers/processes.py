@@ -25,8 +25,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition",
-               interval: float = 0.05) -> Any:
+def wait_until(
+    predicate: Callable[[], Any],
+    timeout: float = 30.0,
+    what: str = "condition",
+    interval: float = 0.05,
+) -> Any:
     """Poll ``predicate`` until it returns something true, or fail after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while True:
@@ -82,17 +86,35 @@ class Installation:
         return env
 
     def start_dispatcher(self, *extra: str, wait: bool = True) -> subprocess.Popen:
-        argv = [*TWISTD, "-n", "--pidfile", "", "--logfile", str(self.dispatcher_log),
-                "tmdispatcher", "--port", str(self.port), "--config-dir", str(self.etc),
-                "--var-dir", str(self.var), *extra]
+        argv = [
+            *TWISTD,
+            "-n",
+            "--pidfile",
+            "",
+            "--logfile",
+            str(self.dispatcher_log),
+            "tmdispatcher",
+            "--port",
+            str(self.port),
+            "--config-dir",
+            str(self.etc),
+            "--var-dir",
+            str(self.var),
+            *extra,
+        ]
         if self.database_url:
             argv += ["--database", self.database_url]
         info = self.var / "dispatcher.json"
         if info.exists():
             info.unlink()
-        self.dispatcher = subprocess.Popen(argv, env=self.env, cwd=self.root,
-                                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                           start_new_session=True)
+        self.dispatcher = subprocess.Popen(
+            argv,
+            env=self.env,
+            cwd=self.root,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         if wait:
             wait_until(lambda: self._ready(), 30, "the dispatcher to publish dispatcher.json")
         return self.dispatcher
@@ -100,11 +122,16 @@ class Installation:
     def _ready(self) -> bool:
         if self.dispatcher is not None and self.dispatcher.poll() is not None:
             out = self.dispatcher.stdout.read().decode() if self.dispatcher.stdout else ""
-            raise AssertionError(f"dispatcher exited with {self.dispatcher.returncode}: {out}"
-                                 f"{self.dispatcher_log.read_text() if self.dispatcher_log.exists() else ''}")
+            raise AssertionError(
+                f"dispatcher exited with {self.dispatcher.returncode}: {out}"
+                f"{self.dispatcher_log.read_text() if self.dispatcher_log.exists() else ''}"
+            )
         info = self.var / "dispatcher.json"
-        return (self.dispatcher is not None and info.exists()
-                and json.loads(info.read_text()).get("pid") == self.dispatcher.pid)
+        return (
+            self.dispatcher is not None
+            and info.exists()
+            and json.loads(info.read_text()).get("pid") == self.dispatcher.pid
+        )
 
     def stop_dispatcher(self) -> None:
         if self.dispatcher is not None and self.dispatcher.poll() is None:
@@ -115,10 +142,17 @@ class Installation:
                 os.killpg(self.dispatcher.pid, signal.SIGKILL)
                 self.dispatcher.wait()
 
-    def run(self, *argv: str, cwd: Path | None = None, timeout: float = 60,
-            check: bool = False) -> subprocess.CompletedProcess:
-        result = subprocess.run(list(argv), env=self.env, cwd=cwd or self.work,
-                                capture_output=True, text=True, timeout=timeout)
+    def run(
+        self, *argv: str, cwd: Path | None = None, timeout: float = 60, check: bool = False
+    ) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            list(argv),
+            env=self.env,
+            cwd=cwd or self.work,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if check and result.returncode != 0:
             raise AssertionError(f"{argv} failed ({result.returncode}): {result.stderr}")
         return result
@@ -189,10 +223,24 @@ class ClusterHost:
 
     def line(self) -> str:
         max_slots = self.slots if self.max_slots is None else self.max_slots
-        return "\t".join([
-            self.name, self.name, str(self.slots), str(max_slots), "", "False", "0",
-            str(self.active), self.ssh_target, self.tmmenial_command, str(self.load_check),
-        ]) + "\n"
+        return (
+            "\t".join(
+                [
+                    self.name,
+                    self.name,
+                    str(self.slots),
+                    str(max_slots),
+                    "",
+                    "False",
+                    "0",
+                    str(self.active),
+                    self.ssh_target,
+                    self.tmmenial_command,
+                    str(self.load_check),
+                ]
+            )
+            + "\n"
+        )
 
 
 def write_cluster_tab(etc: Path, hosts: list[ClusterHost]) -> Path:
@@ -206,8 +254,9 @@ class InstallationWithEnv(Installation):
     """An Installation whose dispatcher and CLI -- and so the TMS, executors and jobs they
     start -- get ``extra_env`` on top of the usual environment."""
 
-    def __init__(self, root: Path, database_url: str | None = None,
-                 extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, root: Path, database_url: str | None = None, extra_env: dict[str, str] | None = None
+    ) -> None:
         super().__init__(root, database_url)
         self.extra_env = dict(extra_env or {})
 
@@ -261,9 +310,25 @@ class UnixUser:
         self.name = name
         self.base = base
         self.home = base / name
-        subprocess.run(["useradd", "-M", "-U", "-d", str(self.home), "-s", "/bin/sh",
-                        "-c", "TaskManager integration test", "-p", "*", name],
-                       check=True, capture_output=True, text=True)
+        subprocess.run(
+            [
+                "useradd",
+                "-M",
+                "-U",
+                "-d",
+                str(self.home),
+                "-s",
+                "/bin/sh",
+                "-c",
+                "TaskManager integration test",
+                "-p",
+                "*",
+                name,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         pw = pwd.getpwnam(name)
         self.uid, self.gid = pw.pw_uid, pw.pw_gid
         self.home.mkdir(mode=0o755)
@@ -286,8 +351,12 @@ class UnixUser:
 
     def env(self, inst: Installation) -> dict[str, str]:
         env = dict(inst.env)
-        env.update(HOME=str(self.home), USER=self.name, LOGNAME=self.name,
-                   TM_DISPATCHER=str(inst.var / "dispatcher.json"))
+        env.update(
+            HOME=str(self.home),
+            USER=self.name,
+            LOGNAME=self.name,
+            TM_DISPATCHER=str(inst.var / "dispatcher.json"),
+        )
         return env
 
     def argv(self, *argv: str) -> list[str]:
@@ -301,13 +370,26 @@ class UnixUser:
             prefix += ["--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search"]
         return [*prefix, "--", program, *argv[1:]]
 
-    def run(self, inst: Installation, *argv: str, cwd: Path | None = None, timeout: float = 60,
-            check: bool = False) -> subprocess.CompletedProcess:
-        result = subprocess.run(self.argv(*argv), env=self.env(inst), cwd=cwd or self.work,
-                                capture_output=True, text=True, timeout=timeout)
+    def run(
+        self,
+        inst: Installation,
+        *argv: str,
+        cwd: Path | None = None,
+        timeout: float = 60,
+        check: bool = False,
+    ) -> subprocess.CompletedProcess:
+        result = subprocess.run(
+            self.argv(*argv),
+            env=self.env(inst),
+            cwd=cwd or self.work,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if check and result.returncode != 0:
-            raise AssertionError(f"{self.name}: {argv} failed ({result.returncode}): "
-                                 f"{result.stderr}")
+            raise AssertionError(
+                f"{self.name}: {argv} failed ({result.returncode}): {result.stderr}"
+            )
         return result
 
     def daemon_pids(self) -> list[int]:
@@ -321,8 +403,11 @@ class UnixUser:
             except OSError:
                 pass
         try:
-            wait_until(lambda: not any(alive(p) for p in self.daemon_pids()), 15,
-                       f"the daemons of {self.name} to exit")
+            wait_until(
+                lambda: not any(alive(p) for p in self.daemon_pids()),
+                15,
+                f"the daemons of {self.name} to exit",
+            )
         except AssertionError:
             pass
         for pid in processes_of_uid(self.uid):
@@ -330,8 +415,9 @@ class UnixUser:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
-        wait_until(lambda: not processes_of_uid(self.uid), 10,
-                   f"every process of {self.name} to end")
+        wait_until(
+            lambda: not processes_of_uid(self.uid), 10, f"every process of {self.name} to end"
+        )
 
     def reset_home(self) -> None:
         """Forget the TMS and executors of an earlier installation."""

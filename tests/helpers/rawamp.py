@@ -31,8 +31,9 @@ class Closed(Exception):
 
 
 class RawClient:
-    def __init__(self, info_path: Path, tls: bool = True, rcvbuf: int | None = None,
-                 timeout: float = 10.0) -> None:
+    def __init__(
+        self, info_path: Path, tls: bool = True, rcvbuf: int | None = None, timeout: float = 10.0
+    ) -> None:
         info = json.loads(info_path.read_text())
         self.challenge_dir = info["challenge_dir"]
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -108,13 +109,20 @@ class RawClient:
         return False
 
     def authenticate(self, role: str = "client") -> Box:
-        hello = self.ask(b"Hello", {
-            b"protocol_version": b"1", b"role": role.encode(),
-            b"user": getpass.getuser().encode(), b"host": socket.gethostname().encode(),
-            b"pid": str(os.getpid()).encode()})
+        hello = self.ask(
+            b"Hello",
+            {
+                b"protocol_version": b"1",
+                b"role": role.encode(),
+                b"user": getpass.getuser().encode(),
+                b"host": socket.gethostname().encode(),
+                b"pid": str(os.getpid()).encode(),
+            },
+        )
         assert b"_answer" in hello, hello
-        auth.answer_challenge(hello[b"challenge_path"].decode(), hello[b"nonce"].decode(),
-                              self.challenge_dir)
+        auth.answer_challenge(
+            hello[b"challenge_path"].decode(), hello[b"nonce"].decode(), self.challenge_dir
+        )
         proven = self.ask(b"Authenticate", {})
         assert b"_answer" in proven, proven
         return proven

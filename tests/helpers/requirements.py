@@ -34,8 +34,11 @@ def privileged_tests_required() -> bool:
 def skip_or_fail(reason: str) -> NoReturn:
     """Skip with ``reason``; in CI, fail with it."""
     if privileged_tests_required():
-        pytest.fail(f"{reason}; this run requires it (CI=true or TM_REQUIRE_ROOT=1), so the "
-                    "test fails instead of skipping", pytrace=False)
+        pytest.fail(
+            f"{reason}; this run requires it (CI=true or TM_REQUIRE_ROOT=1), so the "
+            "test fails instead of skipping",
+            pytrace=False,
+        )
     pytest.skip(reason)
 
 

@@ -80,8 +80,9 @@ class LeasedInstallation(Installation):
 
 
 @pytest.fixture
-def leased_installation(tmp_path: Path,
-                        request: pytest.FixtureRequest) -> Iterator[LeasedInstallation]:
+def leased_installation(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[LeasedInstallation]:
     """A running dispatcher with no configuration whose executors hold a short lease
     (``SHORT_LEASE`` s; parametrized indirectly, this many seconds); restart it with
     ``start_dispatcher("--executor-lease", inst.lease)``."""
@@ -101,8 +102,12 @@ def make_installation(tmp_path: Path) -> Iterator[Callable[..., Installation]]:
     installation made is cleaned up afterwards."""
     made: list[tuple[Installation, Path | None]] = []
 
-    def make(*hosts: ClusterHost, users: list[tuple[str, str]] | None = None,
-             env: dict[str, str] | None = None, shared: bool = False) -> Installation:
+    def make(
+        *hosts: ClusterHost,
+        users: list[tuple[str, str]] | None = None,
+        env: dict[str, str] | None = None,
+        shared: bool = False,
+    ) -> Installation:
         shared_root = None
         if shared:
             shared_root = Path(tempfile.mkdtemp(prefix="tm-seed-"))

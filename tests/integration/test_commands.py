@@ -42,14 +42,19 @@ def test_printserverinfo_describes_the_tms(installation: Installation) -> None:
     assert "dispatcher activity status: active" in out
 
 
-def test_suspend_stops_the_job_and_keeps_its_slot_resume_continues_it(installation: Installation) -> None:
+def test_suspend_stops_the_job_and_keeps_its_slot_resume_continues_it(
+    installation: Installation,
+) -> None:
     job = submit(installation, TICKER)
     wait_until(lambda: ticks(installation) > 3, 30, "the job to tick")
     assert tms(installation, f"suspendjob:{job}") == f"job {job} has been suspended"
     assert status(installation, job) == "running (suspended)"
     shell = int((installation.work / "shell.pid").read_text())
-    wait_until(lambda: open(f"/proc/{shell}/stat").read().rsplit(")", 1)[1].split()[0] == "T",
-               10, "the job's shell to be stopped")
+    wait_until(
+        lambda: open(f"/proc/{shell}/stat").read().rsplit(")", 1)[1].split()[0] == "T",
+        10,
+        "the job's shell to be stopped",
+    )
     frozen = ticks(installation)
     wait_until(lambda: "1/2" in td(installation, "lscluster"), 5, "the slot to stay occupied")
     assert ticks(installation) <= frozen + 1  # at most a write that was under way
@@ -63,36 +68,55 @@ def test_suspend_stops_the_job_and_keeps_its_slot_resume_continues_it(installati
 
 
 def test_setallrjobsaswaiting_requeues_running_jobs_and_kills_the_running_copy(
-        installation: Installation) -> None:
+    installation: Installation,
+) -> None:
     job = submit(installation, TICKER)
-    wait_until(lambda: (installation.work / "shell.pid").exists() and ticks(installation) > 1, 30, "the job to run")
+    wait_until(
+        lambda: (installation.work / "shell.pid").exists() and ticks(installation) > 1,
+        30,
+        "the job to run",
+    )
     first = int((installation.work / "shell.pid").read_text())
     assert td(installation, "deactivatecluster") == "deactivated."
     assert td(installation, "setallrjobsaswaiting") == "set 1 jobs as waiting"
     # The attempt keeps its slot until its processes are gone; then it is requeued.
     wait_until(lambda: not alive(first), 30, "the running copy to be killed")
-    wait_until(lambda: status(installation, job).split()[0] == "waiting", 30, "the job to be requeued")
-    assert "0 / 2" in td(installation, "status") or "occupied slots: 0" in td(installation, "status")
+    wait_until(
+        lambda: status(installation, job).split()[0] == "waiting", 30, "the job to be requeued"
+    )
+    assert "0 / 2" in td(installation, "status") or "occupied slots: 0" in td(
+        installation, "status"
+    )
     td(installation, "activatecluster")
     wait_until(lambda: status(installation, job) == "running", 30, "the job to run again")
-    second = wait_until(lambda: int((installation.work / "shell.pid").read_text() or 0) != first
-                        and int((installation.work / "shell.pid").read_text()), 30, "a new shell")
+    second = wait_until(
+        lambda: (
+            int((installation.work / "shell.pid").read_text() or 0) != first
+            and int((installation.work / "shell.pid").read_text())
+        ),
+        30,
+        "a new shell",
+    )
     assert alive(second)
     tms(installation, f"killjob:{job}")
 
 
 @pytest.mark.parametrize("which", ["r", "p"])
-def test_setalljobsasfinished_ends_jobs_finished(installation: Installation, which: str,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_setalljobsasfinished_ends_jobs_finished(
+    installation: Installation, which: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if which == "p":
         # A host reached through an "ssh" that never connects keeps its job pending.
         fakebin = installation.root / "fakebin"
         fakebin.mkdir()
-        (fakebin / "ssh").write_text(f"#!/bin/sh\necho $$ >> {installation.root}/ssh.pids\nexec sleep 60\n")
+        (fakebin / "ssh").write_text(
+            f"#!/bin/sh\necho $$ >> {installation.root}/ssh.pids\nexec sleep 60\n"
+        )
         (fakebin / "ssh").chmod(0o755)
         monkeypatch.setenv("PATH", f"{fakebin}:{os.environ['PATH']}")
         (installation.etc / "cluster.tab").write_text(
-            "faraway\tfaraway\t1\t1\t\tFalse\t0\tTrue\tfaraway\n")
+            "faraway\tfaraway\t1\t1\t\tFalse\t0\tTrue\tfaraway\n"
+        )
         installation.stop_dispatcher()
         installation.start_dispatcher()
         try:
@@ -108,7 +132,11 @@ def test_setalljobsasfinished_ends_jobs_finished(installation: Installation, whi
                     pass
         return
     job = submit(installation, TICKER)
-    wait_until(lambda: (installation.work / "shell.pid").exists() and ticks(installation) > 1, 30, "the job")
+    wait_until(
+        lambda: (installation.work / "shell.pid").exists() and ticks(installation) > 1,
+        30,
+        "the job",
+    )
     assert td(installation, "setallrjobsasfinished") == "set 1 jobs as finished"
     shell = int((installation.work / "shell.pid").read_text())
     wait_until(lambda: not alive(shell), 30, "the running copy to be killed")
@@ -119,28 +147,39 @@ def test_updateload_and_lsthreads_report_the_live_state(installation: Installati
     job = submit(installation, TICKER)
     wait_until(lambda: ticks(installation) > 1, 30, "the job to run")
     host = td(installation, "lscluster").splitlines()[1].split()[1]
-    wait_until(lambda: re.fullmatch(rf"load: {re.escape(host)} \d+\.\d\d \(\d+ s ago\)",
-                                    td(installation, "updateload")), 15, "a load report")
+    wait_until(
+        lambda: re.fullmatch(
+            rf"load: {re.escape(host)} \d+\.\d\d \(\d+ s ago\)", td(installation, "updateload")
+        ),
+        15,
+        "a load report",
+    )
     lines = td(installation, "lsthreads").splitlines()
     me = os.environ.get("USER") or "root"
     assert f"tms {me}" in lines or any(line.startswith("tms ") for line in lines)
-    assert any(line == f"tmms {line.split()[1]}" and line.endswith(f"@{host}") for line in lines
-               if line.startswith("tmms "))
+    assert any(
+        line == f"tmms {line.split()[1]}" and line.endswith(f"@{host}")
+        for line in lines
+        if line.startswith("tmms ")
+    )
     tms(installation, f"killjob:{job}")
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["lajob:12345"], "unknown job 12345"),
-    (["killjob:12345"], "unknown job 12345"),
-    (["resumejob:12345"], "unknown job 12345"),
-    (["lajob:abc"], "lajob: 'abc' is not a job id: usage: lajob:ID"),
-    (["killjobs"], "killjobs needs one or more job ids: usage: killjobs:ID[:ID...]"),
-    (["killmatchingjobs:("], "bad regular expression"),
-    (["-T", "activatehost:nohost"], "unknown host 'nohost'; see lscluster"),
-    (["-T", "lsuser:nobody_here"], "unknown user 'nobody_here'"),
-    (["-T", "killjob:1"], "is not a command of the dispatcher"),
-    (["nosuchcommand"], "unknown command 'nosuchcommand'"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["lajob:12345"], "unknown job 12345"),
+        (["killjob:12345"], "unknown job 12345"),
+        (["resumejob:12345"], "unknown job 12345"),
+        (["lajob:abc"], "lajob: 'abc' is not a job id: usage: lajob:ID"),
+        (["killjobs"], "killjobs needs one or more job ids: usage: killjobs:ID[:ID...]"),
+        (["killmatchingjobs:("], "bad regular expression"),
+        (["-T", "activatehost:nohost"], "unknown host 'nohost'; see lscluster"),
+        (["-T", "lsuser:nobody_here"], "unknown user 'nobody_here'"),
+        (["-T", "killjob:1"], "is not a command of the dispatcher"),
+        (["nosuchcommand"], "unknown command 'nosuchcommand'"),
+    ],
+)
 def test_refusals_are_explicit(installation: Installation, argv: list[str], message: str) -> None:
     result = installation.run("hConnect", *argv)
     assert result.returncode != 0, result.stdout
@@ -149,7 +188,9 @@ def test_refusals_are_explicit(installation: Installation, argv: list[str], mess
 
 
 def test_estimates_are_stored_and_shown(installation: Installation) -> None:
-    out = installation.run("hRunJob", "-t", "3600", "-m", "512", "-i", "a note", "true", check=True).stdout
+    out = installation.run(
+        "hRunJob", "-t", "3600", "-m", "512", "-i", "a note", "true", check=True
+    ).stdout
     job = int(re.search(r"\[(\d+)\]", out).group(1))
     detail = tms(installation, f"lajob:{job}")
     assert re.search(r"^estimated time:\s+3600\.0$", detail, re.M), detail
@@ -166,7 +207,11 @@ def test_listings_page_through_jobs_far_beyond_one_amp_value(installation: Insta
     out = installation.run("hRunJob", "-f", "jobs.txt", check=True).stdout
     first, last = map(int, re.search(r"\[(\d+)-(\d+)\]", out).groups())
     assert last - first == 2999
-    for listing in (tms(installation, "lswjobs"), td(installation, "lswjobs"), tms(installation, "findjobs:xxxx")):
+    for listing in (
+        tms(installation, "lswjobs"),
+        td(installation, "lswjobs"),
+        tms(installation, "findjobs:xxxx"),
+    ):
         ids = [int(line.split()[1]) for line in listing.splitlines()]
         assert ids == list(range(first, last + 1))
     assert len(td(installation, "lsnextjobs:2500").splitlines()) == 2500

@@ -32,8 +32,9 @@ def _need_root() -> None:
 
 def _tmpfs(mount: Path, size: str) -> None:
     mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
-                    str(mount)], check=True)
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(mount)], check=True
+    )
 
 
 @pytest.fixture
@@ -48,8 +49,12 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 #: A small InnoDB: the defaults would need over 100 MB of tmpfs.
-INNODB_SMALL = ["--innodb-log-file-size=4M", "--innodb-data-file-path=ibdata1:4M:autoextend",
-                "--innodb-buffer-pool-size=16M", "--innodb-undo-tablespaces=0"]
+INNODB_SMALL = [
+    "--innodb-log-file-size=4M",
+    "--innodb-data-file-path=ibdata1:4M:autoextend",
+    "--innodb-buffer-pool-size=16M",
+    "--innodb-undo-tablespaces=0",
+]
 
 
 class PrivateMariaDB:
@@ -67,11 +72,23 @@ class PrivateMariaDB:
 
         mariadbd = shutil.which("mariadbd") or "/usr/sbin/mariadbd"
         self.server = subprocess.Popen(
-            [mariadbd, "--no-defaults", f"--datadir={self.data}", "--user=root",
-             f"--port={self.port}", "--bind-address=127.0.0.1", f"--socket={self.root / 'sock'}",
-             f"--pid-file={self.root / 'pid'}", f"--log-error={self.root / 'error.log'}",
-             "--skip-grant-tables", *INNODB_SMALL],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            [
+                mariadbd,
+                "--no-defaults",
+                f"--datadir={self.data}",
+                "--user=root",
+                f"--port={self.port}",
+                "--bind-address=127.0.0.1",
+                f"--socket={self.root / 'sock'}",
+                f"--pid-file={self.root / 'pid'}",
+                f"--log-error={self.root / 'error.log'}",
+                "--skip-grant-tables",
+                *INNODB_SMALL,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
         def up() -> bool:
             assert self.alive(), "mariadbd exited"
@@ -110,10 +127,20 @@ def mariadb_on_small_disk(tmp_path: Path) -> Iterator[PrivateMariaDB]:
     db = PrivateMariaDB(root)
     _tmpfs(db.data, "110m")
     try:
-        subprocess.run(["mariadb-install-db", "--no-defaults", f"--datadir={db.data}",
-                        "--user=root", "--auth-root-authentication-method=normal",
-                        "--skip-test-db", *INNODB_SMALL], check=True, capture_output=True,
-                       timeout=120)
+        subprocess.run(
+            [
+                "mariadb-install-db",
+                "--no-defaults",
+                f"--datadir={db.data}",
+                "--user=root",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+                *INNODB_SMALL,
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         db.start()
         import pymysql
 
@@ -157,12 +184,14 @@ def state_of(tm: Installation, job_id: int) -> str:
 
 
 def test_a_full_database_disk_refuses_submissions_keeps_ends_and_recovers(
-        tmp_path: Path, small_disk: Path) -> None:
+    tmp_path: Path, small_disk: Path
+) -> None:
     tm = Installation(tmp_path, database_url=f"sqlite:///{small_disk / 'tm.sqlite'}")
     try:
         tm.start_dispatcher("--executor-lease", "60")
-        out = tm.run("hRunJob", "while [ ! -e go ]; do sleep 0.2; done; echo done > end.txt",
-                     check=True).stdout
+        out = tm.run(
+            "hRunJob", "while [ ! -e go ]; do sleep 0.2; done; echo done > end.txt", check=True
+        ).stdout
         job = int(re.search(r"\[(\d+)\]", out).group(1))
         wait_until(lambda: state_of(tm, job) == "running", 60, "the job to run")
 
@@ -177,14 +206,20 @@ def test_a_full_database_disk_refuses_submissions_keeps_ends_and_recovers(
         (tm.work / "go").write_text("")
         wait_until(lambda: (tm.work / "end.txt").exists(), 30, "the job to end")
         log = tm.dispatcher_log
-        wait_until(lambda: "database is unavailable" in log.read_text(), 60,
-                   "the dispatcher to notice that it cannot write")
+        wait_until(
+            lambda: "database is unavailable" in log.read_text(),
+            60,
+            "the dispatcher to notice that it cannot write",
+        )
         assert state_of(tm, job) == "running"  # not recorded yet, and not lost either
         assert tm.dispatcher is not None and tm.dispatcher.poll() is None  # still up
 
         filler.unlink()  # the admin frees space
-        wait_until(lambda: state_of(tm, job) == "finished", 60,
-                   "the kept end to be written once there is space")
+        wait_until(
+            lambda: state_of(tm, job) == "finished",
+            60,
+            "the kept end to be written once there is space",
+        )
         after = tm.run("hRunJob", "true", check=True).stdout
         assert re.search(r"\[(\d+)\]", after), after
         assert tm.dispatcher.poll() is None
@@ -196,7 +231,8 @@ def test_a_full_database_disk_refuses_submissions_keeps_ends_and_recovers(
 
 
 def test_a_full_mariadb_disk_refuses_large_submissions_and_recovers(
-        tmp_path: Path, mariadb_on_small_disk: PrivateMariaDB) -> None:
+    tmp_path: Path, mariadb_on_small_disk: PrivateMariaDB
+) -> None:
     """On InnoDB a write fails only when a file must grow (small updates fit the pages it
     has), and MariaDB 10.11 may even abort ("[FATAL] InnoDB: Error (Out of disk space) in
     rollback") when a large insert fails on a full disk. Either way: a large submission is
@@ -206,8 +242,9 @@ def test_a_full_mariadb_disk_refuses_large_submissions_and_recovers(
     tm = Installation(tmp_path, database_url=db.url)
     try:
         tm.start_dispatcher("--executor-lease", "120")
-        out = tm.run("hRunJob", "while [ ! -e go ]; do sleep 0.2; done; echo done > end.txt",
-                     check=True).stdout
+        out = tm.run(
+            "hRunJob", "while [ ! -e go ]; do sleep 0.2; done; echo done > end.txt", check=True
+        ).stdout
         job = int(re.search(r"\[(\d+)\]", out).group(1))
         wait_until(lambda: state_of(tm, job) == "running", 60, "the job to run")
         filler = fill(db.data)

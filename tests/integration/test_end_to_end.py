@@ -35,9 +35,18 @@ def test_a_failing_command_ends_failed_with_its_exit_code(installation: Installa
     assert "failed" in out and "3" in out
 
 
-def test_stdout_and_stderr_files_hold_exactly_what_the_job_wrote(installation: Installation) -> None:
-    result = installation.run("hRunJob", "--wait", "-o", "o.txt", "-O", "e.txt",
-                    "printf 'to out\\n'; printf 'to err\\n' >&2")
+def test_stdout_and_stderr_files_hold_exactly_what_the_job_wrote(
+    installation: Installation,
+) -> None:
+    result = installation.run(
+        "hRunJob",
+        "--wait",
+        "-o",
+        "o.txt",
+        "-O",
+        "e.txt",
+        "printf 'to out\\n'; printf 'to err\\n' >&2",
+    )
     assert result.returncode == 0, result.stderr
     assert (installation.work / "o.txt").read_text() == "to out\n"
     assert (installation.work / "e.txt").read_text() == "to err\n"
@@ -56,7 +65,9 @@ def test_lajob_shows_the_history_with_timestamps(installation: Installation) -> 
     result = installation.run("hRunJob", "--wait", "true")
     job_id = int(re.search(r"\[(\d+)\]", result.stdout).group(1))
     out = installation.run("hConnect", f"lajob:{job_id}", check=True).stdout
-    stamps = re.findall(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\S*\s+(waiting|pending|running|finished)", out)
+    stamps = re.findall(
+        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\S*\s+(waiting|pending|running|finished)", out
+    )
     assert stamps[:4] == ["waiting", "pending", "running", "finished"], out
 
 
@@ -72,11 +83,18 @@ def test_twenty_jobs_on_a_two_slot_host_never_run_more_than_two_at_once(tmp_path
     try:
         inst.start_dispatcher()
         log = inst.work / "times.log"
-        ids = [submit(inst, "-c", "1",
-                      f"echo start $(date +%s.%N) >> {log}; sleep 0.2; echo end $(date +%s.%N) >> {log}")
-               for _ in range(20)]
-        wait_until(lambda: log.exists() and log.read_text().count("end") == 20, 120,
-                   "20 jobs to end")
+        ids = [
+            submit(
+                inst,
+                "-c",
+                "1",
+                f"echo start $(date +%s.%N) >> {log}; sleep 0.2; echo end $(date +%s.%N) >> {log}",
+            )
+            for _ in range(20)
+        ]
+        wait_until(
+            lambda: log.exists() and log.read_text().count("end") == 20, 120, "20 jobs to end"
+        )
         events = sorted(
             (float(t), +1 if kind == "start" else -1)
             for kind, t in (line.split() for line in log.read_text().splitlines())
@@ -93,13 +111,18 @@ def test_twenty_jobs_on_a_two_slot_host_never_run_more_than_two_at_once(tmp_path
 
 def test_bad_input_gets_one_clear_line(installation: Installation) -> None:
     empty = installation.run("hRunJob")
-    assert empty.returncode != 0 and "no command" in empty.stderr and "Traceback" not in empty.stderr
+    assert (
+        empty.returncode != 0 and "no command" in empty.stderr and "Traceback" not in empty.stderr
+    )
     zero = installation.run("hRunJob", "-c", "0", "true")
     assert zero.returncode != 0 and "slot" in zero.stderr
     huge = installation.run("hRunJob", "-c", "100000", "true")  # accepted: it waits, with a warning
     assert huge.returncode == 0 and "Traceback" not in huge.stderr
-    assert re.fullmatch(r"hRunJob: warning: a job needs 100000 slots but the largest host has \d+: "
-                        r"it waits until a host that large is configured\n", huge.stderr)
+    assert re.fullmatch(
+        r"hRunJob: warning: a job needs 100000 slots but the largest host has \d+: "
+        r"it waits until a host that large is configured\n",
+        huge.stderr,
+    )
     unknown = installation.run("hRunJob", "--no-such-option", "true")
     assert unknown.returncode != 0 and "Traceback" not in unknown.stderr
 
@@ -117,8 +140,13 @@ def test_hconnect_shutdown_stops_the_tms(installation: Installation) -> None:
     wait_ended(installation, submit(installation, "true"))
     pid = int((installation.home / ".taskmanager" / "tms.pid").read_text())
     installation.run("hConnect", "shutdown", check=True)
-    wait_until(lambda: not os.path.exists(f"/proc/{pid}") or
-               open(f"/proc/{pid}/stat").read().split()[2] == "Z", 15, "the TMS to exit")
+    wait_until(
+        lambda: (
+            not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+        ),
+        15,
+        "the TMS to exit",
+    )
 
 
 def test_end_to_end_on_mariadb(tmp_path: Path, mysql_url: str) -> None:
@@ -175,14 +203,19 @@ def test_a_user_not_in_etc_users_is_refused_and_nothing_is_queued(tmp_path: Path
 
 def test_killjob_kills_the_whole_tree_and_frees_the_slot(installation: Installation) -> None:
     pids = installation.work / "pids"
-    job_id = submit(installation, f"sleep 100 & echo $! >> {pids}; sleep 100 & echo $! >> {pids}; "
-                        f"echo $$ >> {pids}; wait")
+    job_id = submit(
+        installation,
+        f"sleep 100 & echo $! >> {pids}; sleep 100 & echo $! >> {pids}; echo $$ >> {pids}; wait",
+    )
     wait_until(lambda: pids.exists() and len(pids.read_text().split()) == 3, 30, "the job's pids")
     killed = installation.run("hConnect", f"killjob:{job_id}", check=True)
     assert f"{job_id}" in killed.stdout
     wait_until(lambda: state(installation, job_id) == "killed", 30, "the job to end killed")
-    wait_until(lambda: not any(alive(int(p)) for p in pids.read_text().split()), 15,
-               "every process of the job to be gone")
+    wait_until(
+        lambda: not any(alive(int(p)) for p in pids.read_text().split()),
+        15,
+        "every process of the job to be gone",
+    )
     # The slot is free again: the next job runs.
     assert installation.run("hRunJob", "--wait", "true").returncode == 0
 
@@ -220,39 +253,63 @@ def test_logfile_has_command_info_stdout_and_stderr_sections(installation: Insta
 def test_deactivated_cluster_accepts_but_does_not_dispatch_and_rmwjobs_removes(
     installation: Installation,
 ) -> None:
-    assert installation.run("hConnect", "-T", "deactivatecluster", check=True).stdout.strip() == "deactivated."
+    assert (
+        installation.run("hConnect", "-T", "deactivatecluster", check=True).stdout.strip()
+        == "deactivated."
+    )
     first, second = submit(installation, "true"), submit(installation, "true")
     listing = installation.run("hConnect", "lswjobs", check=True).stdout
     assert str(first) in listing and str(second) in listing
-    assert "cluster is deactivated" in installation.run("hConnect", f"lajob:{first}", check=True).stdout
-    removed = installation.run("hConnect", "-T", f"rmwjobs:{__import__('getpass').getuser()}", check=True)
+    assert (
+        "cluster is deactivated"
+        in installation.run("hConnect", f"lajob:{first}", check=True).stdout
+    )
+    removed = installation.run(
+        "hConnect", "-T", f"rmwjobs:{__import__('getpass').getuser()}", check=True
+    )
     assert "removed 2" in removed.stdout
     assert installation.run("hConnect", "lswjobs", check=True).stdout.strip() == "no waiting jobs"
     installation.run("hConnect", "-T", "activatecluster", check=True)
     assert installation.run("hRunJob", "--wait", "true").returncode == 0
 
 
-def test_job_file_submits_every_line_and_a_bad_line_submits_nothing(installation: Installation) -> None:
-    (installation.work / "bad.txt").write_text("command::echo one\n# fine so far\ncommand::echo two\tslots::many\n")
+def test_job_file_submits_every_line_and_a_bad_line_submits_nothing(
+    installation: Installation,
+) -> None:
+    (installation.work / "bad.txt").write_text(
+        "command::echo one\n# fine so far\ncommand::echo two\tslots::many\n"
+    )
     bad = installation.run("hRunJob", "-f", "bad.txt")
     assert bad.returncode == 2
-    assert bad.stderr.strip() == ("hRunJob: bad.txt:3: slots must be a whole number, not 'many'; "
-                                  "nothing was submitted")
-    assert installation.run("hConnect", "-T", "lswjobs", check=True).stdout.strip() == "no waiting jobs"
-    assert installation.run("hConnect", "-T", "lsfjobs", check=True).stdout.strip() == "no finished jobs"
+    assert bad.stderr.strip() == (
+        "hRunJob: bad.txt:3: slots must be a whole number, not 'many'; nothing was submitted"
+    )
+    assert (
+        installation.run("hConnect", "-T", "lswjobs", check=True).stdout.strip()
+        == "no waiting jobs"
+    )
+    assert (
+        installation.run("hConnect", "-T", "lsfjobs", check=True).stdout.strip()
+        == "no finished jobs"
+    )
 
     (installation.work / "jobs.txt").write_text(
         "command::echo line {idx} > out.{idx}\tgroup::sweep\n"
         "\n"
-        "command::echo line {idx} > out.{idx}\tgroup::sweep\tinfoText::third\n")
+        "command::echo line {idx} > out.{idx}\tgroup::sweep\tinfoText::third\n"
+    )
     good = installation.run("hRunJob", "-f", "jobs.txt")
     assert good.returncode == 0, good.stderr
-    match = re.fullmatch(r"2 job\(s\) \[(\d+)-(\d+)\] have been submitted to TaskDispatcher\.\n",
-                         good.stdout)
+    match = re.fullmatch(
+        r"2 job\(s\) \[(\d+)-(\d+)\] have been submitted to TaskDispatcher\.\n", good.stdout
+    )
     assert match, good.stdout
     assert int(match.group(2)) == int(match.group(1)) + 1
-    wait_until(lambda: (installation.work / "out.0").exists() and (installation.work / "out.2").exists(), 30,
-               "both job-file jobs to write their output")
+    wait_until(
+        lambda: (installation.work / "out.0").exists() and (installation.work / "out.2").exists(),
+        30,
+        "both job-file jobs to write their output",
+    )
     assert (installation.work / "out.0").read_text() == "line 0\n"
     assert (installation.work / "out.2").read_text() == "line 2\n"
     assert "total: 2" in installation.run("hConnect", "lagroup:sweep", check=True).stdout

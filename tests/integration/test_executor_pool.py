@@ -36,11 +36,16 @@ async def wait_for(condition: Any, what: str) -> None:
 @pytest.fixture
 def executor(tmp_path: Path) -> Iterator[tuple[Executor, FakeLink]]:
     # The link builds its TLS endpoint up front (ClientService): the pinned certificate is real.
-    info = DispatcherInfo(host="127.0.0.1", port=1,
-                          certificate=make_self_signed(DISPATCHER_TLS_NAME)[1],
-                          challenge_dir="", path="")
-    executor = Executor(reactor, info, host="h1", idle_timeout=300.0,
-                        log_dir=str(tmp_path / "logs"))
+    info = DispatcherInfo(
+        host="127.0.0.1",
+        port=1,
+        certificate=make_self_signed(DISPATCHER_TLS_NAME)[1],
+        challenge_dir="",
+        path="",
+    )
+    executor = Executor(
+        reactor, info, host="h1", idle_timeout=300.0, log_dir=str(tmp_path / "logs")
+    )
     link = FakeLink()
     link.answer = lambda name, kw: {}
     executor.link = link  # type: ignore[assignment]
@@ -49,8 +54,9 @@ def executor(tmp_path: Path) -> Iterator[tuple[Executor, FakeLink]]:
         yield executor, link
     finally:
         # A failed test may leave an open hanging on a FIFO: a reader releases it.
-        readers = [os.open(p, os.O_RDONLY | os.O_NONBLOCK) for p in tmp_path.iterdir()
-                   if p.is_fifo()]
+        readers = [
+            os.open(p, os.O_RDONLY | os.O_NONBLOCK) for p in tmp_path.iterdir() if p.is_fifo()
+        ]
         pytest_twisted.blockon(executor.runner.kill_all())
         pytest_twisted.blockon(executor.runner.stop())  # its shepherd zygote goes too
         for fd in readers:
@@ -60,18 +66,26 @@ def executor(tmp_path: Path) -> Iterator[tuple[Executor, FakeLink]]:
             executor._idle_call.cancel()
 
 
-def start(executor: Executor, tmp_path: Path, job_id: int, command: str,
-          **kw: str) -> Deferred:
-    fields = {"command": command, "shell": "/bin/sh", "cwd": str(tmp_path), "umask": 0o022,
-              "env": {"PATH": os.environ.get("PATH", "/bin")}, "stdout": "", "stderr": "",
-              "logfile": "", "slots": 1}
+def start(executor: Executor, tmp_path: Path, job_id: int, command: str, **kw: str) -> Deferred:
+    fields = {
+        "command": command,
+        "shell": "/bin/sh",
+        "cwd": str(tmp_path),
+        "umask": 0o022,
+        "env": {"PATH": os.environ.get("PATH", "/bin")},
+        "stdout": "",
+        "stderr": "",
+        "logfile": "",
+        "slots": 1,
+    }
     fields.update(kw)
     return ensureDeferred(executor.start_job(job_id, 1, **fields))
 
 
 @pytest_twisted.ensureDeferred
 async def test_a_blocking_output_file_does_not_stall_another_job(
-        tmp_path: Path, executor: tuple[Executor, FakeLink]) -> None:
+    tmp_path: Path, executor: tuple[Executor, FakeLink]
+) -> None:
     ex, link = executor
     fifo = tmp_path / "hung.out"
     os.mkfifo(fifo)

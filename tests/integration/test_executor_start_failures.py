@@ -53,14 +53,20 @@ def ended_state(tm: Installation, job_id: int) -> str | None:
     return state if state not in ("waiting", "pending", "running") else None
 
 
-@pytest.mark.parametrize(("line", "reason"), [
-    (b"command::echo a > ran.txt\tstdout::afile/out.txt\n", "afile/out.txt"),
-    (b"command::echo a > ran.txt\tlogfile::afile/job.log\n", "afile/job.log"),
-])
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (b"command::echo a > ran.txt\tstdout::afile/out.txt\n", "afile/out.txt"),
+        (b"command::echo a > ran.txt\tlogfile::afile/job.log\n", "afile/job.log"),
+    ],
+)
 def test_a_job_that_cannot_start_fails_once_and_the_executor_carries_on(
-        installation: Installation, line: bytes, reason: str) -> None:
+    installation: Installation, line: bytes, reason: str
+) -> None:
     # A normal job first: the executor is up, and its pid is known.
-    (first,) = submit_file(installation, installation.work / "ok1.txt", content=b"command::echo first > first.txt\n")
+    (first,) = submit_file(
+        installation, installation.work / "ok1.txt", content=b"command::echo first > first.txt\n"
+    )
     wait_until(lambda: ended_state(installation, first), 60, "the first job to end")
     assert lajob(installation, first).state == "finished"
     pid = executor_pid(installation)
@@ -76,8 +82,13 @@ def test_a_job_that_cannot_start_fails_once_and_the_executor_carries_on(
     assert not (installation.work / "ran.txt").exists()
 
     # The same executor, still linked, runs the next job.
-    (after,) = submit_file(installation, installation.work / "ok2.txt", content=b"command::echo after > after.txt\n")
-    assert wait_until(lambda: ended_state(installation, after), 60, "the next job to end") == "finished"
+    (after,) = submit_file(
+        installation, installation.work / "ok2.txt", content=b"command::echo after > after.txt\n"
+    )
+    assert (
+        wait_until(lambda: ended_state(installation, after), 60, "the next job to end")
+        == "finished"
+    )
     assert (installation.work / "after.txt").read_text() == "after\n"
     assert executor_pid(installation) == pid and alive(pid)
     # Its link never dropped: the dispatcher saw one executor login.
@@ -85,12 +96,16 @@ def test_a_job_that_cannot_start_fails_once_and_the_executor_carries_on(
     assert len(logins) == 1, installation.dispatcher_log.read_text()[-4000:]
 
 
-@pytest.mark.parametrize(("line", "words"), [
-    (b"command::echo a\0b > ran.txt\n", "the command contains a NUL byte"),
-    (b"command::echo a > ran.txt\tstdout::o\0ut.txt\n", "path contains a NUL byte"),
-])
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [
+        (b"command::echo a\0b > ran.txt\n", "the command contains a NUL byte"),
+        (b"command::echo a > ran.txt\tstdout::o\0ut.txt\n", "path contains a NUL byte"),
+    ],
+)
 def test_a_nul_byte_is_refused_at_submission_in_one_line(
-        installation: Installation, line: bytes, words: str) -> None:
+    installation: Installation, line: bytes, words: str
+) -> None:
     (installation.work / "bad.txt").write_bytes(line)
     result = installation.run("hRunJob", "-f", "bad.txt")
     assert result.returncode != 0

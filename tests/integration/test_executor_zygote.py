@@ -37,8 +37,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def runner(tmp_path: Path) -> Iterator[JobRunner]:
-    made = JobRunner(reactor, reactor, log_dir=str(tmp_path / "logs"), kill_grace=0.5,
-                     launcher="zygote")
+    made = JobRunner(
+        reactor, reactor, log_dir=str(tmp_path / "logs"), kill_grace=0.5, launcher="zygote"
+    )
     yield made
     pytest_twisted.blockon(made.kill_all().addTimeout(DEADLINE, reactor))
     pytest_twisted.blockon(made.stop().addTimeout(DEADLINE, reactor))
@@ -91,7 +92,8 @@ def zygote_pid(runner: JobRunner) -> int:
 
 @pytest_twisted.ensureDeferred
 async def test_shepherds_are_forked_by_one_zygote_and_take_signals_from_birth(
-        tmp_path: Path, runner: JobRunner) -> None:
+    tmp_path: Path, runner: JobRunner
+) -> None:
     p1, e1 = await start(runner, request(tmp_path, "echo $$ > shell; exec sleep 100", job_id=1))
     # Ready at once: the zygote blocks the control signals across its fork.
     assert shepherd_ready(p1)
@@ -111,7 +113,8 @@ async def test_shepherds_are_forked_by_one_zygote_and_take_signals_from_birth(
 
 @pytest_twisted.ensureDeferred
 async def test_a_suspend_and_a_kill_before_the_pid_is_known_are_carried_out(
-        tmp_path: Path, runner: JobRunner) -> None:
+    tmp_path: Path, runner: JobRunner
+) -> None:
     # The files open at once (no pool here): start() returns with the request on its way to the
     # zygote and the shepherd's pid not known yet.
     ended: defer.Deferred[JobEnd] = defer.Deferred()
@@ -133,8 +136,7 @@ async def test_a_suspend_and_a_kill_before_the_pid_is_known_are_carried_out(
     assert not alive(pid) and not alive(pids["shell"])
 
     ended2: defer.Deferred[JobEnd] = defer.Deferred()
-    started2 = runner.start(request(tmp_path, "touch ran; sleep 100", job_id=8),
-                            ended2.callback)
+    started2 = runner.start(request(tmp_path, "touch ran; sleep 100", job_id=8), ended2.callback)
     assert not fired(started2)
     assert runner.kill(8, 1) is True
     await started2
@@ -145,7 +147,8 @@ async def test_a_suspend_and_a_kill_before_the_pid_is_known_are_carried_out(
 
 @pytest_twisted.ensureDeferred
 async def test_the_end_carries_the_rusage_of_the_whole_tree(
-        tmp_path: Path, runner: JobRunner) -> None:
+    tmp_path: Path, runner: JobRunner
+) -> None:
     # The CPU is burnt by a grandchild of the shell, reaped by the shepherd.
     burn = "sh -c 'i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done'"
     _, ended = await start(runner, request(tmp_path, f"{burn}; exit 3"))
@@ -158,13 +161,21 @@ async def test_the_end_carries_the_rusage_of_the_whole_tree(
 
 @pytest_twisted.ensureDeferred
 async def test_a_zygote_that_dies_loses_its_jobs_and_the_next_start_gets_a_new_one(
-        tmp_path: Path, runner: JobRunner) -> None:
-    _, e1 = await start(runner, request(
-        tmp_path, "sleep 300 & echo $! > bg; echo $$ > shell; wait", job_id=1))
+    tmp_path: Path, runner: JobRunner
+) -> None:
+    _, e1 = await start(
+        runner, request(tmp_path, "sleep 300 & echo $! > bg; echo $$ > shell; wait", job_id=1)
+    )
     # One that ignores TERM and left the job's group: only a walk below the shepherd finds it.
-    _, e2 = await start(runner, request(
-        tmp_path, "setsid sh -c \"trap '' TERM; echo \\$\\$ > stubborn; "
-        "while :; do sleep 0.05; done\" & wait", job_id=2))
+    _, e2 = await start(
+        runner,
+        request(
+            tmp_path,
+            "setsid sh -c \"trap '' TERM; echo \\$\\$ > stubborn; "
+            'while :; do sleep 0.05; done" & wait',
+            job_id=2,
+        ),
+    )
     pids = await wait_for_pids(tmp_path, "bg", "shell", "stubborn")
     zygote = zygote_pid(runner)
     os.kill(zygote, signal.SIGKILL)
@@ -185,14 +196,14 @@ async def test_a_zygote_that_dies_loses_its_jobs_and_the_next_start_gets_a_new_o
 
 @pytest_twisted.ensureDeferred
 async def test_a_start_under_way_when_the_zygote_dies_runs_on_a_new_one(
-        tmp_path: Path, runner: JobRunner) -> None:
+    tmp_path: Path, runner: JobRunner
+) -> None:
     _, e1 = await start(runner, request(tmp_path, "true", job_id=1))
     await e1
     zygote = zygote_pid(runner)
     os.kill(zygote, signal.SIGSTOP)
     ended: defer.Deferred[JobEnd] = defer.Deferred()
-    started = runner.start(request(tmp_path, "echo ran >> runs; exit 6", job_id=2),
-                           ended.callback)
+    started = runner.start(request(tmp_path, "echo ran >> runs; exit 6", job_id=2), ended.callback)
     os.kill(zygote, signal.SIGKILL)
     pid = await started
     assert pid > 0 and zygote_pid(runner) != zygote
@@ -237,17 +248,22 @@ def test_the_jobs_die_with_the_executor(tmp_path: Path) -> None:
             assert time.monotonic() < deadline, "the jobs did not start"
             assert executor.poll() is None, "the executor ended"
             time.sleep(0.02)
-            pids = [int(text) for text in (f.read_text().strip() for f in
-                                           tmp_path.glob("[12]/*")) if text.isdigit()]
+            pids = [
+                int(text)
+                for text in (f.read_text().strip() for f in tmp_path.glob("[12]/*"))
+                if text.isdigit()
+            ]
         assert all(alive(p) for p in pids)
     finally:
         executor.kill()
         executor.wait()
+
     def left() -> list[int]:
         # The jobs' processes, and their shepherds (working in the same directories), which
         # exit a moment after the last of their trees.
         return [p for p in pids if alive(p)] + [
-            p for job_id in (1, 2) for p in processes_in(tmp_path / str(job_id))]
+            p for job_id in (1, 2) for p in processes_in(tmp_path / str(job_id))
+        ]
 
     deadline = time.monotonic() + DEADLINE
     while left():

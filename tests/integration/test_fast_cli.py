@@ -77,7 +77,9 @@ def test_everyday_commands_go_over_the_unix_socket(installation: Installation) -
     killed = installation.run("hConnect", f"killjob:{big}", check=True).stdout
     assert str(big) in killed
     # Everything went to the one TMS, which is still the one that was started.
-    assert int((installation.home / ".taskmanager" / "tms.pid").read_text()) == tms_pid and alive(tms_pid)
+    assert int((installation.home / ".taskmanager" / "tms.pid").read_text()) == tms_pid and alive(
+        tms_pid
+    )
 
 
 def test_a_tms_reached_over_tls_when_its_socket_does_not_answer(installation: Installation) -> None:
@@ -106,7 +108,9 @@ def test_a_tms_reached_over_tls_when_its_socket_does_not_answer(installation: In
     assert VIA_SOCKET in installation.run("hConnect", "-v", "ping", check=True).stderr
 
 
-def test_a_tms_started_by_the_cli_answers_its_first_command_over_the_socket(installation: Installation) -> None:
+def test_a_tms_started_by_the_cli_answers_its_first_command_over_the_socket(
+    installation: Installation,
+) -> None:
     first = installation.run("hRunJob", "-v", "true", check=True, timeout=120)
     assert "trying TLS" in first.stderr  # none yet: the Twisted path started one
     assert VIA_SOCKET in installation.run("hRunJob", "-v", "true", check=True).stderr
@@ -128,7 +132,7 @@ def refusal_frame(path: Path) -> dict:
                 break
             data += chunk
     (size,) = struct.unpack_from("!I", data)
-    return json.loads(data[4:4 + size])
+    return json.loads(data[4 : 4 + size])
 
 
 @pytest.fixture
@@ -158,8 +162,11 @@ def test_the_socket_refuses_another_uid(shared_installation: tuple[Installation,
     assert answer["error"]["code"] == "PERMISSION_DENIED"
     assert f"not uid {os.getuid()}" in answer["error"]["message"]
     log = user.home / ".taskmanager" / "logs" / "tms.log"
-    wait_until(lambda: f"refused a client of uid {os.getuid()}" in log.read_text(), 15,
-               "the refusal in the TMS's log")
+    wait_until(
+        lambda: f"refused a client of uid {os.getuid()}" in log.read_text(),
+        15,
+        "the refusal in the TMS's log",
+    )
     # Its own user is still served over the socket.
     result = user.run(inst, "hConnect", "-v", "lsfjobs", check=True)
     assert VIA_SOCKET in result.stderr and "true" in result.stdout

@@ -29,24 +29,37 @@ restart_lease = pytest.mark.parametrize("leased_installation", [RESTART_LEASE], 
 
 @restart_lease
 def test_a_job_that_ends_while_the_dispatcher_is_down_is_reported_when_it_is_back(
-        leased_installation: Installation) -> None:
+    leased_installation: Installation,
+) -> None:
     job = submit(leased_installation, f"echo start >> runs; {GATE}; echo done > end.txt")
     wait_until(lambda: field(leased_installation, job, "state") == "running", 30, "the job to run")
     leased_installation.stop_dispatcher()
-    (leased_installation.work / "go").touch()  # it ends during the outage, whatever the machine's speed
-    wait_until(lambda: (leased_installation.work / "end.txt").exists(), 30, "the job to end during the outage")
+    (
+        leased_installation.work / "go"
+    ).touch()  # it ends during the outage, whatever the machine's speed
+    wait_until(
+        lambda: (leased_installation.work / "end.txt").exists(),
+        30,
+        "the job to end during the outage",
+    )
     leased_installation.start_dispatcher("--executor-lease", leased_installation.lease)
     back = time.time()  # the dispatcher is up again (it took seconds to start)
-    wait_until(lambda: field(leased_installation, job, "state") == "finished", 60,
-               "the executor to reconnect and report the end")
+    wait_until(
+        lambda: field(leased_installation, job, "state") == "finished",
+        60,
+        "the executor to reconnect and report the end",
+    )
     assert field(leased_installation, job, "exit code") == "0"
     assert (leased_installation.work / "runs").read_text() == "start\n"  # ran once, not requeued
     # Recorded at the executor's own end time, not at the reconnection.
-    con = sqlite3.connect(f"file:{leased_installation.var / 'taskmanager.sqlite'}?mode=ro", uri=True)
+    con = sqlite3.connect(
+        f"file:{leased_installation.var / 'taskmanager.sqlite'}?mode=ro", uri=True
+    )
     try:
         (ended_at,) = con.execute("SELECT ended_at FROM jobs WHERE id = ?", (job,)).fetchone()
-        (at,) = con.execute("SELECT at FROM job_history WHERE job_id = ? AND state = "
-                            "'finished'", (job,)).fetchone()
+        (at,) = con.execute(
+            "SELECT at FROM job_history WHERE job_id = ? AND state = 'finished'", (job,)
+        ).fetchone()
     finally:
         con.close()
     wrote_end = (leased_installation.work / "end.txt").stat().st_mtime
@@ -54,7 +67,9 @@ def test_a_job_that_ends_while_the_dispatcher_is_down_is_reported_when_it_is_bac
 
 
 @restart_lease
-def test_a_job_still_running_after_a_dispatcher_restart_keeps_running(leased_installation: Installation) -> None:
+def test_a_job_still_running_after_a_dispatcher_restart_keeps_running(
+    leased_installation: Installation,
+) -> None:
     job = submit(leased_installation, f"echo start >> runs; {GATE}; echo done > end.txt")
     wait_until(lambda: field(leased_installation, job, "state") == "running", 30, "the job to run")
     leased_installation.stop_dispatcher()
@@ -63,21 +78,31 @@ def test_a_job_still_running_after_a_dispatcher_restart_keeps_running(leased_ins
     (leased_installation.work / "go").touch()
     # Longer than the lease: the executor is back, its heartbeats show the job, nothing is lost.
     wait_until(lambda: (leased_installation.work / "end.txt").exists(), 30, "the job to end")
-    wait_until(lambda: field(leased_installation, job, "state") == "finished", 30, "the end to be reported")
+    wait_until(
+        lambda: field(leased_installation, job, "state") == "finished", 30, "the end to be reported"
+    )
     assert (leased_installation.work / "runs").read_text() == "start\n"
     assert "lost" not in leased_installation.run("hConnect", f"lajob:{job}", check=True).stdout
 
 
-def test_a_dead_executor_s_job_is_requeued_after_the_lease_and_runs_again(leased_installation: Installation) -> None:
+def test_a_dead_executor_s_job_is_requeued_after_the_lease_and_runs_again(
+    leased_installation: Installation,
+) -> None:
     # The first attempt runs until its executor dies, whatever the machine's speed.
-    job = submit(leased_installation, "if [ -e runs ]; then echo again >> runs; else echo start >> runs; "
-                     "sleep 120; fi")
+    job = submit(
+        leased_installation,
+        "if [ -e runs ]; then echo again >> runs; else echo start >> runs; sleep 120; fi",
+    )
     wait_until(lambda: field(leased_installation, job, "state") == "running", 30, "the job to run")
     pid = executor_pid(leased_installation)
     os.kill(pid, signal.SIGKILL)
     wait_until(lambda: not alive(pid), 10, "the executor to die")
     # After the lease the job is lost and requeued; a new executor starts and runs it again.
-    wait_until(lambda: field(leased_installation, job, "state") == "finished", 60, "the job's second attempt to end")
+    wait_until(
+        lambda: field(leased_installation, job, "state") == "finished",
+        60,
+        "the job's second attempt to end",
+    )
     history = leased_installation.run("hConnect", f"lajob:{job}", check=True).stdout
     assert re.search(r"lost\s+attempt 1.*did not come back within 3 s", history), history
     assert re.search(r"finished\s+attempt 2", history), history
@@ -86,31 +111,49 @@ def test_a_dead_executor_s_job_is_requeued_after_the_lease_and_runs_again(leased
 
 def test_the_jobs_of_an_executor_that_dies_die_with_it(leased_installation: Installation) -> None:
     job = submit(leased_installation, "sleep 300 & echo $! > bg.pid; echo $$ > shell.pid; wait")
-    wait_until(lambda: (leased_installation.work / "bg.pid").exists() and (leased_installation.work / "shell.pid").exists()
-               and (leased_installation.work / "bg.pid").read_text().strip(), 30, "the job to start")
+    wait_until(
+        lambda: (
+            (leased_installation.work / "bg.pid").exists()
+            and (leased_installation.work / "shell.pid").exists()
+            and (leased_installation.work / "bg.pid").read_text().strip()
+        ),
+        30,
+        "the job to start",
+    )
     pids = [int((leased_installation.work / name).read_text()) for name in ("bg.pid", "shell.pid")]
     executor = executor_pid(leased_installation)
     os.kill(executor, signal.SIGKILL)
-    wait_until(lambda: not any(alive(p) for p in pids), 15,
-               "the job's processes to go with their executor")
+    wait_until(
+        lambda: not any(alive(p) for p in pids), 15, "the job's processes to go with their executor"
+    )
     leased_installation.run("hConnect", f"killjob:{job}", check=True)
 
 
 def test_a_hung_executor_is_dropped_and_its_stale_copy_killed_when_it_wakes(
-        leased_installation: Installation) -> None:
+    leased_installation: Installation,
+) -> None:
     # The first attempt runs long, the second briefly.
-    job = submit(leased_installation, "if [ -e shells ]; then echo $$ >> shells; sleep 1; "
-                     "else echo $$ >> shells; sleep 120; fi")
+    job = submit(
+        leased_installation,
+        "if [ -e shells ]; then echo $$ >> shells; sleep 1; else echo $$ >> shells; sleep 120; fi",
+    )
     wait_until(lambda: field(leased_installation, job, "state") == "running", 30, "the job to run")
     executor = executor_pid(leased_installation)
     os.kill(executor, signal.SIGSTOP)
     try:
         # Silent for a lease: dropped; not back within another: the job is requeued.
-        wait_until(lambda: "attempt 2" in leased_installation.run("hConnect", f"lajob:{job}").stdout, 60,
-                   "the job to be requeued")
+        wait_until(
+            lambda: "attempt 2" in leased_installation.run("hConnect", f"lajob:{job}").stdout,
+            60,
+            "the job to be requeued",
+        )
     finally:
         os.kill(executor, signal.SIGCONT)
-    wait_until(lambda: field(leased_installation, job, "state") == "finished", 60, "the second attempt to end")
+    wait_until(
+        lambda: field(leased_installation, job, "state") == "finished",
+        60,
+        "the second attempt to end",
+    )
     history = leased_installation.run("hConnect", f"lajob:{job}", check=True).stdout
     assert re.search(r"lost\s+attempt 1", history), history
     first = int((leased_installation.work / "shells").read_text().split()[0])
@@ -119,9 +162,12 @@ def test_a_hung_executor_is_dropped_and_its_stale_copy_killed_when_it_wakes(
 
 
 def test_an_executor_cut_off_from_the_dispatcher_stops_its_jobs_which_then_run_again(
-        leased_installation: Installation) -> None:
-    job = submit(leased_installation, "if [ -e shells ]; then echo $$ >> shells; sleep 1; "
-                     "else echo $$ >> shells; sleep 120; fi")
+    leased_installation: Installation,
+) -> None:
+    job = submit(
+        leased_installation,
+        "if [ -e shells ]; then echo $$ >> shells; sleep 1; else echo $$ >> shells; sleep 120; fi",
+    )
     wait_until(lambda: field(leased_installation, job, "state") == "running", 30, "the job to run")
     first = int((leased_installation.work / "shells").read_text().split()[0])
     os.kill(leased_installation.dispatcher.pid, signal.SIGSTOP)  # connected, but never answers
@@ -130,7 +176,11 @@ def test_an_executor_cut_off_from_the_dispatcher_stops_its_jobs_which_then_run_a
         wait_until(lambda: not alive(first), 30, "the executor to stop the job")
     finally:
         os.kill(leased_installation.dispatcher.pid, signal.SIGCONT)
-    wait_until(lambda: field(leased_installation, job, "state") == "finished", 60, "the job to run again and end")
+    wait_until(
+        lambda: field(leased_installation, job, "state") == "finished",
+        60,
+        "the job to run again and end",
+    )
     history = leased_installation.run("hConnect", f"lajob:{job}", check=True).stdout
     assert re.search(r"lost\s+attempt 1", history), history
     assert re.search(r"finished\s+attempt 2", history), history
@@ -154,7 +204,8 @@ def test_fair_share_usage_survives_a_dispatcher_restart(leased_installation: Ins
 
 
 def test_while_the_database_is_away_submissions_are_refused_and_job_ends_are_kept(
-        tmp_path: Path, mysql_url: str) -> None:
+    tmp_path: Path, mysql_url: str
+) -> None:
     from tests.helpers.tcpproxy import TcpProxy
     from tm.db.store import parse_url
 
@@ -177,12 +228,14 @@ def test_while_the_database_is_away_submissions_are_refused_and_job_ends_are_kep
         # The job is untouched and ends while the database is away; its end is kept.
         wait_until(lambda: (inst.work / "end.txt").exists(), 30, "the job to end")
         log = inst.dispatcher_log
-        wait_until(lambda: "the database is unavailable" in log.read_text(), 30,
-                   "the dispatcher to notice")
+        wait_until(
+            lambda: "the database is unavailable" in log.read_text(), 30, "the dispatcher to notice"
+        )
 
         proxy.restore()
-        wait_until(lambda: field(inst, job, "state") == "finished", 60,
-                   "the kept end to be written")
+        wait_until(
+            lambda: field(inst, job, "state") == "finished", 60, "the kept end to be written"
+        )
         assert "the database is back" in log.read_text()
         # What was written is what happened: after a restart the job is still finished, once.
         inst.stop_dispatcher()
@@ -197,14 +250,17 @@ def test_while_the_database_is_away_submissions_are_refused_and_job_ends_are_kep
 
 
 def test_an_end_is_acknowledged_only_once_written_so_a_crash_in_between_loses_nothing(
-        tmp_path: Path, mysql_url: str) -> None:
+    tmp_path: Path, mysql_url: str
+) -> None:
     from tests.helpers.tcpproxy import TcpProxy
     from tm.db.store import parse_url
 
     real = parse_url(mysql_url)
     proxy = TcpProxy((real.host, real.port))
-    inst = Installation(tmp_path, database_url=mysql_url.replace(
-        f"@{real.host}:{real.port}/", f"@127.0.0.1:{proxy.port}/"))
+    inst = Installation(
+        tmp_path,
+        database_url=mysql_url.replace(f"@{real.host}:{real.port}/", f"@127.0.0.1:{proxy.port}/"),
+    )
     try:
         inst.start_dispatcher("--executor-lease", RESTART_LEASE)
         job = submit(inst, f"echo start >> runs; {GATE}; echo done > end.txt")
@@ -212,16 +268,22 @@ def test_an_end_is_acknowledged_only_once_written_so_a_crash_in_between_loses_no
         proxy.cut()
         (inst.work / "go").touch()  # it ends while the database is away
         wait_until(lambda: (inst.work / "end.txt").exists(), 30, "the job to end")
-        wait_until(lambda: "the database is unavailable" in inst.dispatcher_log.read_text(), 30,
-                   "the end to be held back")
+        wait_until(
+            lambda: "the database is unavailable" in inst.dispatcher_log.read_text(),
+            30,
+            "the end to be held back",
+        )
         # The dispatcher dies with the end unwritten: the executor must still have it.
         assert inst.dispatcher is not None
         os.killpg(inst.dispatcher.pid, signal.SIGKILL)
         inst.dispatcher.wait()
         proxy.restore()
         inst.start_dispatcher("--executor-lease", RESTART_LEASE)
-        wait_until(lambda: field(inst, job, "state") == "finished", 60,
-                   "the executor to report the end again")
+        wait_until(
+            lambda: field(inst, job, "state") == "finished",
+            60,
+            "the executor to report the end again",
+        )
         history = inst.run("hConnect", f"lajob:{job}", check=True).stdout
         assert "lost" not in history, history
         assert (inst.work / "runs").read_text() == "start\n"  # not run a second time

@@ -31,8 +31,10 @@ def one_slot(tmp_path: Path) -> Iterator[Installation]:
 
 #: The first attempt ignores TERM (so does every process it starts): its tree outlives the
 #: kill by the executor's grace. A later attempt just records itself and ends.
-STUBBORN = ("if [ -e copies ]; then echo $$ >> copies; exit 0; fi; echo $$ > copies; "
-            "trap '' TERM; while :; do sleep 0.2; done")
+STUBBORN = (
+    "if [ -e copies ]; then echo $$ >> copies; exit 0; fi; echo $$ > copies; "
+    "trap '' TERM; while :; do sleep 0.2; done"
+)
 
 
 def copies(tm: Installation) -> list[int]:
@@ -41,7 +43,8 @@ def copies(tm: Installation) -> list[int]:
 
 
 def test_setallrjobsaswaiting_keeps_the_slot_until_the_old_tree_is_gone(
-        one_slot: Installation) -> None:
+    one_slot: Installation,
+) -> None:
     tm = one_slot
     job = submit(tm, STUBBORN)
     wait_until(lambda: len(copies(tm)) == 1 and state(tm, job) == "running", 30, "the job")
@@ -60,8 +63,11 @@ def test_setallrjobsaswaiting_keeps_the_slot_until_the_old_tree_is_gone(
         assert copies(tm) == [first]
         checks += 1
     assert checks >= 1  # the tree ignored TERM long enough to be looked at
-    wait_until(lambda: len(copies(tm)) == 2 and (tm.work / "other.txt").exists(), 60,
-               "the requeued attempt and the other job to run, one after the other")
+    wait_until(
+        lambda: len(copies(tm)) == 2 and (tm.work / "other.txt").exists(),
+        60,
+        "the requeued attempt and the other job to run, one after the other",
+    )
     out = tm.run("hConnect", f"lajob:{job}", check=True).stdout
     assert re.search(r"finished\s+attempt 2", out), out
     assert state(tm, other) == "finished"
@@ -83,7 +89,7 @@ def test_killjob_of_an_ended_job_says_so_in_one_line(one_slot: Installation) -> 
 QUEUE = int(os.environ.get("TM_TEST_QUEUE", "10000"))
 
 PROBE = (
-    "exec(\"import time\\nfrom twisted.internet import reactor, task\\n"
+    'exec("import time\\nfrom twisted.internet import reactor, task\\n'
     "probe = {'worst': 0.0, 'last': time.monotonic(), 'ticks': 0}\\n"
     "def tick():\\n"
     "    now = time.monotonic()\\n"
@@ -91,7 +97,7 @@ PROBE = (
     "    probe['last'] = now\\n"
     "    probe['ticks'] += 1\\n"
     "loop = task.LoopingCall(tick)\\n"
-    "loop.start(0.05)\\n\", lagprobe)"
+    'loop.start(0.05)\\n", lagprobe)'
 )
 
 
@@ -122,20 +128,24 @@ def test_a_large_queue_runs_to_the_end_with_bounded_lag_and_memory(tmp_path: Pat
         def counts() -> dict[tuple[str, int], int]:
             con = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30)
             try:
-                rows = con.execute("SELECT state, attempt, COUNT(*) FROM jobs "
-                                   "GROUP BY state, attempt").fetchall()
+                rows = con.execute(
+                    "SELECT state, attempt, COUNT(*) FROM jobs GROUP BY state, attempt"
+                ).fetchall()
             finally:
                 con.close()
             return {(s, a): n for s, a, n in rows}
 
-        wait_until(lambda: counts().get(("finished", 1)) == QUEUE, 600,
-                   f"all {QUEUE} jobs to finish")
+        wait_until(
+            lambda: counts().get(("finished", 1)) == QUEUE, 600, f"all {QUEUE} jobs to finish"
+        )
         assert counts() == {("finished", 1): QUEUE}  # each once, at its first attempt
         worst = float(client.ask("round(lagprobe['probe']['worst'], 3)"))
         ticks = int(client.ask("lagprobe['probe']['ticks']"))
         peak = rss_peak_kib(tm.dispatcher.pid)
-        print(f"queue {QUEUE}: worst reactor stall {worst:.3f} s over {ticks} ticks, "
-              f"peak RSS {peak / 1024:.0f} MiB")
+        print(
+            f"queue {QUEUE}: worst reactor stall {worst:.3f} s over {ticks} ticks, "
+            f"peak RSS {peak / 1024:.0f} MiB"
+        )
         # Generous bounds: a stall of seconds, or memory growing with the queue, is a bug.
         assert worst < 5.0, worst
         assert peak < 400 * 1024, peak

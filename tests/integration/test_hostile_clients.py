@@ -31,22 +31,31 @@ READ_ONLY = {b"GetJob", b"ListJobs", b"GroupSummary", b"ListUsers"}
 #: Arguments-less commands, and those whose well-typed call changes state, are sent only
 #: with at least one argument that does not decode.
 COMMAND_CLASSES = [
-    c for c in vars(commands).values()
-    if isinstance(c, type) and issubclass(c, amp.Command) and c.arguments
-    and c is not amp.Command and c.__name__ != "_Command"
+    c
+    for c in vars(commands).values()
+    if isinstance(c, type)
+    and issubclass(c, amp.Command)
+    and c.arguments
+    and c is not amp.Command
+    and c.__name__ != "_Command"
 ]
 
 
 def dispatcher_log_problems(tm: Installation) -> list[str]:
     text = tm.dispatcher_log.read_text()
-    return [line for line in text.splitlines()
-            if "Traceback" in line or "Unhandled" in line or "Dropping connection" in line]
+    return [
+        line
+        for line in text.splitlines()
+        if "Traceback" in line or "Unhandled" in line or "Dropping connection" in line
+    ]
 
 
 def table_rows(tm: Installation) -> dict[str, list[tuple]]:
     with sqlite3.connect(tm.var / "taskmanager.sqlite") as db:
-        return {table: db.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
-                for table in ("jobs", "job_history")}
+        return {
+            table: db.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
+            for table in ("jobs", "job_history")
+        }
 
 
 def rss_kib(pid: int) -> int:
@@ -71,29 +80,39 @@ def authenticated(tm: Installation, **kw) -> RawClient:
 
 
 def hostile_value(rng: random.Random) -> bytes:
-    return rng.choice([
-        b"\xff\xfe\xfd",                         # invalid UTF-8
-        b"1; DROP TABLE jobs",
-        b"1" * 26,                               # reached SQLite as OverflowError once
-        b"-" + b"9" * 30,
-        str(2**63).encode(),
-        str(-(2**63) - 1).encode(),
-        b"-1", b"0", str(2**63 - 1).encode(),    # well-typed, still hostile
-        b"nan", b"inf", b"1e999", b"1e25",
-        b"", b"\x00", b"True", b"False", b"maybe",
-        b"[" * 50_000,                           # RecursionError in a JSON decoder
-        b'{"a": ' * 1000,
-        b"\x00\x01a\x00\x01b\x00\x00",           # a box inside a value
-        b"\x00\x05abc",                          # a length prefix longer than its data
-        bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64))),
-    ])
+    return rng.choice(
+        [
+            b"\xff\xfe\xfd",  # invalid UTF-8
+            b"1; DROP TABLE jobs",
+            b"1" * 26,  # reached SQLite as OverflowError once
+            b"-" + b"9" * 30,
+            str(2**63).encode(),
+            str(-(2**63) - 1).encode(),
+            b"-1",
+            b"0",
+            str(2**63 - 1).encode(),  # well-typed, still hostile
+            b"nan",
+            b"inf",
+            b"1e999",
+            b"1e25",
+            b"",
+            b"\x00",
+            b"True",
+            b"False",
+            b"maybe",
+            b"[" * 50_000,  # RecursionError in a JSON decoder
+            b'{"a": ' * 1000,
+            b"\x00\x01a\x00\x01b\x00\x00",  # a box inside a value
+            b"\x00\x05abc",  # a length prefix longer than its data
+            bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64))),
+        ]
+    )
 
 
 def fuzz_box(rng: random.Random) -> dict[bytes, bytes] | None:
     """A request box that must be refused in one line (or a harmless read-only one)."""
     if rng.random() < 0.1:
-        name = rng.choice([b"NoSuchCommand", b"StartTLS", b"", b"\xff", b"Ping" * 20,
-                           b"_command"])
+        name = rng.choice([b"NoSuchCommand", b"StartTLS", b"", b"\xff", b"Ping" * 20, b"_command"])
         return {b"_command": name}
     command = rng.choice(COMMAND_CLASSES)
     box: dict[bytes, bytes] = {b"_command": command.commandName}
@@ -103,8 +122,10 @@ def fuzz_box(rng: random.Random) -> dict[bytes, bytes] | None:
     if rng.random() < 0.1:
         box[b"unexpected"] = hostile_value(rng)
     args = {k: v for k, v in box.items() if not k.startswith(b"_")}
-    if argument_problem(command, amp.AmpBox(args), None) is None and \
-            command.commandName not in READ_ONLY:
+    if (
+        argument_problem(command, amp.AmpBox(args), None) is None
+        and command.commandName not in READ_ONLY
+    ):
         name = command.arguments[0][0]
         box[name] = b"\xff"
         if argument_problem(command, amp.AmpBox({**args, name: b"\xff"}), None) is None:
@@ -120,7 +141,8 @@ def check_answer(answer: dict[bytes, bytes]) -> None:
 
 
 def test_fuzz_before_and_after_authentication_leaves_no_traceback_and_no_change(
-        installation: Installation) -> None:
+    installation: Installation,
+) -> None:
     rng = random.Random(SEED)
     installation.run("hRunJob", "--wait", "true", check=True)
     installation.run("hRunJob", "--wait", "echo second", check=True)
@@ -170,9 +192,14 @@ def test_fuzz_before_and_after_authentication_leaves_no_traceback_and_no_change(
             check_answer(answer)
             if phase == "before" and b"_error" in answer:
                 assert answer[b"_error_code"] in (
-                    b"NOT_AUTHENTICATED", b"INVALID_REQUEST", b"UNHANDLED",
-                    b"PROTOCOL_MISMATCH", b"USER_NOT_ALLOWED", b"UNKNOWN_HOST",
-                    b"AUTHENTICATION_FAILED"), answer
+                    b"NOT_AUTHENTICATED",
+                    b"INVALID_REQUEST",
+                    b"UNHANDLED",
+                    b"PROTOCOL_MISMATCH",
+                    b"USER_NOT_ALLOWED",
+                    b"UNKNOWN_HOST",
+                    b"AUTHENTICATION_FAILED",
+                ), answer
             if sent % 100 == 0:
                 assert legit.ping()
                 answered += 1
@@ -192,9 +219,14 @@ def test_fuzz_before_and_after_authentication_leaves_no_traceback_and_no_change(
 # --- unauthenticated connections (point 4, scenario 10) --------------------------------------
 
 
-@pytest.mark.parametrize("installation", [("--handshake-timeout", "2",
-                                 "--max-unauthenticated-per-address", "5")], indirect=True)
-def test_unauthenticated_connections_are_refused_closed_and_capped(installation: Installation) -> None:
+@pytest.mark.parametrize(
+    "installation",
+    [("--handshake-timeout", "2", "--max-unauthenticated-per-address", "5")],
+    indirect=True,
+)
+def test_unauthenticated_connections_are_refused_closed_and_capped(
+    installation: Installation,
+) -> None:
     before = table_rows(installation)
     alice = authenticated(installation)
 
@@ -212,13 +244,20 @@ def test_unauthenticated_connections_are_refused_closed_and_capped(installation:
     # (c) commands before authentication: "not authenticated", nothing written.
     early = RawClient(info(installation))
     for command, args in [
-        (b"SubmitJobs", {b"cwd": b"/tmp", b"umask": b"18", b"env": b"{}",
-                         b"jobs": amp.AmpList(records.JOB_SPEC_FIELDS).toStringProto(
-                             [records.spec_to_amp(JobSpec(uuid=str(uuid.uuid4()),
-                                                          command="touch early"))], None)}),
+        (
+            b"SubmitJobs",
+            {
+                b"cwd": b"/tmp",
+                b"umask": b"18",
+                b"env": b"{}",
+                b"jobs": amp.AmpList(records.JOB_SPEC_FIELDS).toStringProto(
+                    [records.spec_to_amp(JobSpec(uuid=str(uuid.uuid4()), command="touch early"))],
+                    None,
+                ),
+            },
+        ),
         (b"KillJobs", {b"job_ids": b"", b"all": b"True"}),
-        (b"ListJobs", {b"states": b"", b"scope": b"all", b"after_id": b"0",
-                       b"limit": b"10"}),
+        (b"ListJobs", {b"states": b"", b"scope": b"all", b"after_id": b"0", b"limit": b"10"}),
     ]:
         answer = early.ask(command, args)
         assert answer.get(b"_error_code") == b"NOT_AUTHENTICATED", answer
@@ -235,8 +274,11 @@ def test_unauthenticated_connections_are_refused_closed_and_capped(installation:
         for client in held:
             client.close()
     # The held ones closed: new connections are admitted again.
-    wait_until(lambda: installation.run("hConnect", "-T", "lscluster").returncode == 0, 30,
-               "a new connection to be admitted once the others closed")
+    wait_until(
+        lambda: installation.run("hConnect", "-T", "lscluster").returncode == 0,
+        30,
+        "a new connection to be admitted once the others closed",
+    )
     assert table_rows(installation) == before
     assert dispatcher_log_problems(installation) == []
     log = installation.dispatcher_log.read_text()
@@ -246,10 +288,12 @@ def test_unauthenticated_connections_are_refused_closed_and_capped(installation:
 # --- slow and stalled clients (point 4, scenario 17) -----------------------------------------
 
 
-@pytest.mark.parametrize("installation", [("--handshake-timeout", "2", "--drain-timeout", "2")],
-                         indirect=True)
+@pytest.mark.parametrize(
+    "installation", [("--handshake-timeout", "2", "--drain-timeout", "2")], indirect=True
+)
 def test_stalled_boxes_and_slow_readers_are_dropped_and_memory_stays_bounded(
-        installation: Installation) -> None:
+    installation: Installation,
+) -> None:
     assert installation.dispatcher is not None
     pid = installation.dispatcher.pid
     rss_before = rss_kib(pid)
@@ -293,8 +337,11 @@ def test_stalled_boxes_and_slow_readers_are_dropped_and_memory_stays_bounded(
                 break  # the dispatcher stopped reading us
         except (ConnectionResetError, BrokenPipeError, ssl.SSLError, OSError):
             break  # already dropped
-    wait_until(lambda: "left our answers unread" in installation.dispatcher_log.read_text(), 30,
-               "the slow reader to be dropped")
+    wait_until(
+        lambda: "left our answers unread" in installation.dispatcher_log.read_text(),
+        30,
+        "the slow reader to be dropped",
+    )
     assert slow.closed_within(60)
     slow.close()
 
@@ -312,34 +359,50 @@ def test_stalled_boxes_and_slow_readers_are_dropped_and_memory_stays_bounded(
 
 @pytest.mark.parametrize("daemonize", [False, True])
 def test_a_port_in_use_stops_the_start_with_one_line_and_a_non_zero_exit(
-        tmp_path: Path, daemonize: bool) -> None:
+    tmp_path: Path, daemonize: bool
+) -> None:
     inst = Installation(tmp_path)
     taken = socket.socket()
     taken.bind(("", 0))
     taken.listen()
     port = taken.getsockname()[1]
     try:
-        argv = [*TWISTD, *([] if daemonize else ["-n"]),
-                "--pidfile", str(tmp_path / "d.pid"), "--logfile", str(tmp_path / "d.log"),
-                "tmdispatcher", "--port", str(port), "--config-dir", str(inst.etc),
-                "--var-dir", str(inst.var)]
-        result = subprocess.run(argv, env=inst.env, cwd=tmp_path, capture_output=True,
-                                text=True, timeout=60)
+        argv = [
+            *TWISTD,
+            *([] if daemonize else ["-n"]),
+            "--pidfile",
+            str(tmp_path / "d.pid"),
+            "--logfile",
+            str(tmp_path / "d.log"),
+            "tmdispatcher",
+            "--port",
+            str(port),
+            "--config-dir",
+            str(inst.etc),
+            "--var-dir",
+            str(inst.var),
+        ]
+        result = subprocess.run(
+            argv, env=inst.env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
     finally:
         taken.close()
     assert result.returncode != 0
     lines = (result.stdout + result.stderr).strip().splitlines()
     assert len(lines) == 1, lines
-    assert re.fullmatch(rf"tmdispatcher: cannot listen on port {port}: Address already in use",
-                        lines[0]), lines
+    assert re.fullmatch(
+        rf"tmdispatcher: cannot listen on port {port}: Address already in use", lines[0]
+    ), lines
     assert not (tmp_path / "d.pid").exists()
 
 
 def test_the_dispatcher_s_log_file_rotates_and_keeps_a_bounded_number(tmp_path: Path) -> None:
-    inst = InstallationWithEnv(tmp_path, extra_env={"TM_LOG_ROTATE_BYTES": "3000",
-                                                    "TM_LOG_KEEP_FILES": "2"})
+    inst = InstallationWithEnv(
+        tmp_path, extra_env={"TM_LOG_ROTATE_BYTES": "3000", "TM_LOG_KEEP_FILES": "2"}
+    )
     try:
         inst.start_dispatcher()
+
         def authenticate_once() -> None:
             client = RawClient(info(inst))
             client.authenticate()  # one "authenticated" line each, about 100 bytes

@@ -9,7 +9,8 @@ from tests.helpers.restarts import DialCounter, kill_dispatcher
 
 
 def test_after_a_long_outage_the_first_command_once_the_dispatcher_is_back_works(
-        installation: Installation) -> None:
+    installation: Installation,
+) -> None:
     installation.run("hConnect", "lswjobs", check=True)  # a TMS, linked to the dispatcher
     kill_dispatcher(installation)
     counter = DialCounter(installation.port)
@@ -42,6 +43,7 @@ def test_a_tms_that_cannot_start_says_why_in_one_line(installation: Installation
     result = installation.run("hConnect", "lswjobs")
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.count("\n") == 1, result.stderr
-    assert result.stderr.startswith("hConnect: Could not start a TMS: FileExistsError: "), \
+    assert result.stderr.startswith("hConnect: Could not start a TMS: FileExistsError: "), (
         result.stderr
+    )
     assert f"(see {installation.home}/.taskmanager/logs/tms.log)" in result.stderr

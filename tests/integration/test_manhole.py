@@ -102,8 +102,10 @@ def test_the_manhole_answers_from_the_live_dispatcher_per_connection(
         assert "jobs(state=None)" in first.banner and "hosts()" in first.banner
         assert first.ask("len(jobs('waiting'))") == "0"
 
-        assert inst.run("hConnect", "-T", "deactivatecluster", check=True).stdout.strip() == \
-            "deactivated."
+        assert (
+            inst.run("hConnect", "-T", "deactivatecluster", check=True).stdout.strip()
+            == "deactivated."
+        )
         ids = []
         for n in range(3):
             out = inst.run("hRunJob", f"echo {n}", check=True).stdout
@@ -165,8 +167,13 @@ def _interpreter_for_nobody() -> str | None:
     """A Python that ``nobody`` may run (``sys.executable`` may sit under /root)."""
     for candidate in (sys.executable, "/usr/bin/python3", "/usr/local/bin/python3"):
         try:
-            ran = subprocess.run([candidate, "-c", "pass"], preexec_fn=_become_nobody, cwd="/",
-                                 capture_output=True, timeout=30)
+            ran = subprocess.run(
+                [candidate, "-c", "pass"],
+                preexec_fn=_become_nobody,
+                cwd="/",
+                capture_output=True,
+                timeout=30,
+            )
         except OSError:  # missing, or not executable by nobody
             continue
         if ran.returncode == 0:
@@ -175,8 +182,14 @@ def _interpreter_for_nobody() -> str | None:
 
 
 def connect_as_nobody(python: str, path: Path) -> dict:
-    result = subprocess.run([python, "-c", _CLIENT, str(path)], preexec_fn=_become_nobody,
-                            cwd="/", capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [python, "-c", _CLIENT, str(path)],
+        preexec_fn=_become_nobody,
+        cwd="/",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -200,8 +213,11 @@ def test_a_connection_from_another_uid_is_refused(tmp_path: Path, short_dir: Pat
         uid = _nobody().pw_uid
         assert answer["data"].startswith(f"manhole: refused: you are uid {uid};"), answer
         assert ">>>" not in answer["data"] and "jobs(" not in answer["data"]
-        wait_until(lambda: f"refused a connection from uid {uid}" in inst.dispatcher_log.read_text(),
-                   10, "the refusal to be logged")
+        wait_until(
+            lambda: f"refused a connection from uid {uid}" in inst.dispatcher_log.read_text(),
+            10,
+            "the refusal to be logged",
+        )
         # The dispatcher's own uid is still served.
         me = ManholeClient(path)
         assert me.ask("6 * 7") == "42"
@@ -220,11 +236,13 @@ def test_bad_manhole_paths_stop_the_start_with_one_line(tmp_path: Path, short_di
 
     inst = Installation(tmp_path / "a")
     assert refused(inst, short_dir / "missing" / "m.sock").endswith(
-        f"--manhole: directory {short_dir / 'missing'} does not exist")
+        f"--manhole: directory {short_dir / 'missing'} does not exist"
+    )
     regular = short_dir / "notes.txt"
     regular.write_text("keep")
-    assert refused(inst, regular).endswith(f"--manhole: {regular} exists and is not a socket; "
-                                           "not replacing it")
+    assert refused(inst, regular).endswith(
+        f"--manhole: {regular} exists and is not a socket; not replacing it"
+    )
     assert regular.read_text() == "keep"
 
     # A stale socket (left by a dispatcher killed with -9) is replaced ...

@@ -33,8 +33,7 @@ def launcher(request: pytest.FixtureRequest) -> Iterator[str]:
 
 
 def new_runner(clock: object, tmp_path: Path, **kw: object) -> JobRunner:
-    runner = JobRunner(reactor, clock, log_dir=str(tmp_path / "logs"), launcher=LAUNCHER[0],
-                       **kw)  # type: ignore[arg-type]
+    runner = JobRunner(reactor, clock, log_dir=str(tmp_path / "logs"), launcher=LAUNCHER[0], **kw)  # type: ignore[arg-type]
     RUNNERS.append(runner)
     return runner
 
@@ -49,8 +48,13 @@ def make_runner(tmp_path: Path, kill_grace: float = 0.5) -> JobRunner:
 
 def request(tmp_path: Path, command: str, **kw: object) -> RunRequest:
     fields: dict[str, object] = {
-        "job_id": 7, "attempt": 1, "command": command, "shell": "/bin/sh",
-        "cwd": str(tmp_path), "umask": 0o022, "env": base_env(),
+        "job_id": 7,
+        "attempt": 1,
+        "command": command,
+        "shell": "/bin/sh",
+        "cwd": str(tmp_path),
+        "umask": 0o022,
+        "env": base_env(),
     }
     fields.update(kw)
     return RunRequest(**fields)  # type: ignore[arg-type]
@@ -159,10 +163,15 @@ async def test_runs_in_cwd_and_exits_zero(tmp_path: Path) -> None:
 @pytest_twisted.ensureDeferred
 async def test_stdout_and_stderr_files_relative_to_cwd(tmp_path: Path) -> None:
     runner = make_runner(tmp_path)
-    _, ended = await start(runner, request(
-        tmp_path, "echo to-out; echo to-err >&2; printf partial",
-        stdout="o.txt", stderr="sub/../e.txt",
-    ))
+    _, ended = await start(
+        runner,
+        request(
+            tmp_path,
+            "echo to-out; echo to-err >&2; printf partial",
+            stdout="o.txt",
+            stderr="sub/../e.txt",
+        ),
+    )
     await ended
     assert (tmp_path / "o.txt").read_text() == "to-out\npartial"
     assert (tmp_path / "e.txt").read_text() == "to-err\n"
@@ -193,10 +202,17 @@ async def test_failing_command_exit_code(tmp_path: Path) -> None:
 async def test_job_sees_its_environment(tmp_path: Path) -> None:
     runner = make_runner(tmp_path)
     env = base_env() | {"MY_VAR": "mine"}
-    _, ended = await start(runner, request(
-        tmp_path, 'echo "$TM_JOB_ID $TM_ATTEMPT $MY_VAR"', job_id=99, attempt=4,
-        env=env, stdout="env.txt",
-    ))
+    _, ended = await start(
+        runner,
+        request(
+            tmp_path,
+            'echo "$TM_JOB_ID $TM_ATTEMPT $MY_VAR"',
+            job_id=99,
+            attempt=4,
+            env=env,
+            stdout="env.txt",
+        ),
+    )
     await ended
     assert (tmp_path / "env.txt").read_text() == "99 4 mine\n"
 
@@ -204,9 +220,15 @@ async def test_job_sees_its_environment(tmp_path: Path) -> None:
 @pytest_twisted.ensureDeferred
 async def test_umask_applies_to_job_and_output_files(tmp_path: Path) -> None:
     runner = make_runner(tmp_path)
-    _, ended = await start(runner, request(
-        tmp_path, "umask; touch made.txt", umask=0o027, stdout="u.txt",
-    ))
+    _, ended = await start(
+        runner,
+        request(
+            tmp_path,
+            "umask; touch made.txt",
+            umask=0o027,
+            stdout="u.txt",
+        ),
+    )
     await ended
     assert (tmp_path / "u.txt").read_text().strip() == "0027"
     assert stat.S_IMODE((tmp_path / "made.txt").stat().st_mode) == 0o640
@@ -253,11 +275,19 @@ def test_unwritable_output_raises_before_spawn(tmp_path: Path) -> None:
         locked.mkdir(mode=0o500)
         if user is not None:
             os.chown(locked, user.uid, user.gid)
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-            p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
+        env = dict(
+            os.environ,
+            PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
+        )
         argv = [sys.executable, "-c", _START_UNWRITABLE, str(work)]
-        ran = subprocess.run(user.argv(*argv) if user is not None else argv, env=env, cwd=work,
-                             capture_output=True, text=True, timeout=60)
+        ran = subprocess.run(
+            user.argv(*argv) if user is not None else argv,
+            env=env,
+            cwd=work,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert ran.returncode == 0, ran.stderr
         result = json.loads(ran.stdout)
         assert result["raised"] is not None, "the runner started a job it cannot write for"
@@ -272,8 +302,9 @@ async def test_output_path_under_a_file_raises(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("")
     runner = make_runner(tmp_path)
     with pytest.raises(JobStartError) as info:
-        await runner.start(request(tmp_path, "echo no > ran.txt", stderr="afile/e.txt"),
-                           lambda e: None)
+        await runner.start(
+            request(tmp_path, "echo no > ran.txt", stderr="afile/e.txt"), lambda e: None
+        )
     assert info.value.reason == (
         f"cannot write stderr file {tmp_path / 'afile' / 'e.txt'}: Not a directory"
     )
@@ -295,12 +326,17 @@ async def test_missing_cwd_raises(tmp_path: Path) -> None:
 async def test_kill_leaves_no_process_of_the_group(tmp_path: Path) -> None:
     runner = make_runner(tmp_path)
     pids_file = tmp_path / "pids"
-    pid, ended = await start(runner, request(
-        tmp_path,
-        "sleep 100 & echo $! >> pids; sleep 100 & echo $! >> pids; echo $$ >> pids; wait",
-    ))
-    await wait_for(lambda: pids_file.exists() and len(pids_file.read_text().split()) == 3,
-                   "the job to write its pids")
+    pid, ended = await start(
+        runner,
+        request(
+            tmp_path,
+            "sleep 100 & echo $! >> pids; sleep 100 & echo $! >> pids; echo $$ >> pids; wait",
+        ),
+    )
+    await wait_for(
+        lambda: pids_file.exists() and len(pids_file.read_text().split()) == 3,
+        "the job to write its pids",
+    )
     pids = [int(p) for p in pids_file.read_text().split()]
     # The shell is the shepherd's child, in the shepherd's own session and process group.
     assert ppid_of(pids[2]) == pid
@@ -326,8 +362,9 @@ ESCAPES = (
 ESCAPE_FILES = ("s1", "s2", "s2kid", "df", "plain")
 
 
-async def start_escapes(tmp_path: Path, runner: JobRunner, tail: str
-                        ) -> tuple[int, defer.Deferred[JobEnd], dict[str, int]]:
+async def start_escapes(
+    tmp_path: Path, runner: JobRunner, tail: str
+) -> tuple[int, defer.Deferred[JobEnd], dict[str, int]]:
     pid, ended = await start(runner, request(tmp_path, ESCAPES + "echo $$ > shell; " + tail))
     pids = await wait_for_pids(tmp_path, *ESCAPE_FILES, "shell")
     assert all(alive(p) for p in pids.values()), pids
@@ -357,7 +394,8 @@ async def test_background_processes_end_with_the_job(tmp_path: Path) -> None:
     runner = make_runner(tmp_path)
     # A shell that exits normally, once told to, while its escaped descendants still run.
     _, ended, pids = await start_escapes(
-        tmp_path, runner, "while [ ! -e go ]; do sleep 0.02; done; exit 4")
+        tmp_path, runner, "while [ ! -e go ]; do sleep 0.02; done; exit 4"
+    )
     assert not ended.called
     (tmp_path / "go").touch()
     end = await ended
@@ -370,12 +408,17 @@ async def test_background_processes_end_with_the_job(tmp_path: Path) -> None:
 async def test_kill_of_a_forking_loop_is_complete(tmp_path: Path) -> None:
     runner = make_runner(tmp_path)
     pids_file = tmp_path / "pids"
-    pid, ended = await start(runner, request(
-        tmp_path,
-        "while :; do sleep 1000 & echo $! >> pids; setsid sleep 1000 & echo $! >> pids; done",
-    ))
-    await wait_for(lambda: pids_file.exists() and len(pids_file.read_text().split()) >= 40,
-                   "the loop to start 40 sleeps")
+    pid, ended = await start(
+        runner,
+        request(
+            tmp_path,
+            "while :; do sleep 1000 & echo $! >> pids; setsid sleep 1000 & echo $! >> pids; done",
+        ),
+    )
+    await wait_for(
+        lambda: pids_file.exists() and len(pids_file.read_text().split()) >= 40,
+        "the loop to start 40 sleeps",
+    )
     assert len(session_members(pid)) > 20
     assert runner.kill(7, 1) is True
     end = await ended
@@ -391,11 +434,14 @@ async def test_kill_of_a_forking_loop_is_complete(tmp_path: Path) -> None:
 async def test_shepherd_escalates_to_sigkill_after_its_grace(tmp_path: Path) -> None:
     clock = task.Clock()
     runner = new_runner(clock, tmp_path, kill_grace=0.5)
-    _, ended = await start(runner, request(
-        tmp_path,
-        "setsid sh -c \"trap '' TERM; echo \\$\\$ > gc; while :; do sleep 0.05; done\" & "
-        "trap '' TERM; echo $$ > shell; while :; do sleep 0.05; done",
-    ))
+    _, ended = await start(
+        runner,
+        request(
+            tmp_path,
+            "setsid sh -c \"trap '' TERM; echo \\$\\$ > gc; while :; do sleep 0.05; done\" & "
+            "trap '' TERM; echo $$ > shell; while :; do sleep 0.05; done",
+        ),
+    )
     pids = await wait_for_pids(tmp_path, "gc", "shell")
     assert runner.kill(7, 1)
     assert len(clock.getDelayedCalls()) == 1
@@ -448,10 +494,13 @@ def test_last_resort_must_outlast_the_shepherd(tmp_path: Path) -> None:
 @pytest_twisted.ensureDeferred
 async def test_suspend_and_resume(tmp_path: Path) -> None:
     runner = make_runner(tmp_path)
-    pid, ended = await start(runner, request(
-        tmp_path,
-        "setsid sh -c 'echo $$ > gc; exec sleep 100' & echo $$ > shell; wait",
-    ))
+    pid, ended = await start(
+        runner,
+        request(
+            tmp_path,
+            "setsid sh -c 'echo $$ > gc; exec sleep 100' & echo $$ > shell; wait",
+        ),
+    )
     pids = await wait_for_pids(tmp_path, "gc", "shell")
     await wait_for(lambda: shepherd_ready(pid), "the shepherd to take signals")
     assert os.getsid(pids["gc"]) != pid
@@ -460,8 +509,9 @@ async def test_suspend_and_resume(tmp_path: Path) -> None:
     # The shepherd itself keeps running, to take the next command.
     assert proc_state(pid) != "T"
     assert runner.resume(7, 1) is True
-    await wait_for(lambda: all(proc_state(p) in ("S", "R") for p in pids.values()),
-                   "the job to continue")
+    await wait_for(
+        lambda: all(proc_state(p) in ("S", "R") for p in pids.values()), "the job to continue"
+    )
     assert runner.kill(7, 1)
     end = await ended
     assert end.killed
@@ -513,8 +563,9 @@ async def test_exit_code_of_the_shell_is_reported_unchanged(tmp_path: Path, code
 @pytest_twisted.ensureDeferred
 async def test_missing_shell_is_exit_127_with_a_message(tmp_path: Path) -> None:
     runner = make_runner(tmp_path)
-    _, ended = await start(runner, request(tmp_path, "true", shell=str(tmp_path / "no-shell"),
-                                     stderr="e.txt"))
+    _, ended = await start(
+        runner, request(tmp_path, "true", shell=str(tmp_path / "no-shell"), stderr="e.txt")
+    )
     end = await ended
     assert end.exit_code == 127
     assert "cannot execute shell" in (tmp_path / "e.txt").read_text()
@@ -525,10 +576,15 @@ async def test_job_sees_default_sigpipe(tmp_path: Path) -> None:
     runner = make_runner(tmp_path)
     # yes must die of SIGPIPE quietly, not report write errors: Python's ignored SIGPIPE and
     # the shepherd's blocked control signals must not leak into the job.
-    _, ended = await start(runner, request(
-        tmp_path, "yes | head -1; grep -E '^Sig(Blk|Ign)' /proc/self/status",
-        stdout="o.txt", stderr="e.txt",
-    ))
+    _, ended = await start(
+        runner,
+        request(
+            tmp_path,
+            "yes | head -1; grep -E '^Sig(Blk|Ign)' /proc/self/status",
+            stdout="o.txt",
+            stderr="e.txt",
+        ),
+    )
     end = await ended
     assert end.exit_code == 0
     assert (tmp_path / "e.txt").read_text() == ""
@@ -558,9 +614,16 @@ async def test_kill_all(tmp_path: Path) -> None:
 @pytest_twisted.ensureDeferred
 async def test_logfile_has_sections(tmp_path: Path) -> None:
     runner = make_runner(tmp_path)
-    _, ended = await start(runner, request(
-        tmp_path, "echo result; echo warning >&2", stdout="o", stderr="e", logfile="job.log",
-    ))
+    _, ended = await start(
+        runner,
+        request(
+            tmp_path,
+            "echo result; echo warning >&2",
+            stdout="o",
+            stderr="e",
+            logfile="job.log",
+        ),
+    )
     await ended
     text = (tmp_path / "job.log").read_text()
     assert "BEGIN command\necho result; echo warning >&2\nEND command\n" in text

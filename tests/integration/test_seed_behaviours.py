@@ -158,7 +158,8 @@ def test_b01_hrunjob_returns_at_once_with_a_new_increasing_id(make_installation)
 
 
 def test_b02_the_first_call_starts_the_tms_later_calls_reuse_it_and_strangers_are_refused(
-    make_installation, other: UnixUser,
+    make_installation,
+    other: UnixUser,
 ) -> None:
     # etc/users lists root only: the second user is a stranger.
     tm = make_installation(ClusterHost("hosta", 2), users=[ROOT_ADMIN], shared=True)
@@ -208,15 +209,23 @@ def test_b02_the_first_call_starts_the_tms_later_calls_reuse_it_and_strangers_ar
 
 
 def test_b03_the_command_runs_on_a_cluster_host_under_the_users_uid_in_the_chosen_shell(
-    make_installation, other: UnixUser,
+    make_installation,
+    other: UnixUser,
 ) -> None:
-    shells = {name: os.path.realpath(path) for name in ("bash", "dash", "sh")
-              if (path := shutil.which(name))}
+    shells = {
+        name: os.path.realpath(path)
+        for name in ("bash", "dash", "sh")
+        if (path := shutil.which(name))
+    }
     chosen = ["bash", "dash" if "dash" in shells else "sh"]
     if len({shells.get(s) for s in chosen}) != 2 or None in {shells.get(s) for s in chosen}:
         skip_or_fail("needs two different shells (bash and dash or sh)")
-    tm = make_installation(ClusterHost("hosta", 2), ClusterHost("hostb", 2),
-                 users=[ROOT_ADMIN, (other.name, "user")], shared=True)
+    tm = make_installation(
+        ClusterHost("hosta", 2),
+        ClusterHost("hostb", 2),
+        users=[ROOT_ADMIN, (other.name, "user")],
+        shared=True,
+    )
     probe = "readlink /proc/$$/exe > shell.txt; id -u > uid.txt; touch owned.txt"
     for client, uid in ((Client(tm), os.getuid()), (Client(tm, other), other.uid)):
         for shell in chosen:
@@ -306,13 +315,15 @@ def test_b04_n_slots_are_held_on_one_host_never_beyond_its_max_and_a_too_large_j
     assert (hosts["hosta"].free, hosts["hostb"].free) == (3, 2)
 
 
-def _loaded_host(make_installation, tmp_path: Path,
-                 load: str) -> tuple[Installation, Client, Path, Path, int]:
+def _loaded_host(
+    make_installation, tmp_path: Path, load: str
+) -> tuple[Installation, Client, Path, Path, int]:
     """One 4-slot host with load checking whose executors read their load from a file."""
     loadavg = tmp_path / "loadavg"
     loadavg.write_text(f"{load} {load} {load} 1/100 1\n")
-    tm = make_installation(ClusterHost("hosta", 4, load_check=True),
-                 env={"TM_LOADAVG_FILE": str(loadavg)})
+    tm = make_installation(
+        ClusterHost("hosta", 4, load_check=True), env={"TM_LOADAVG_FILE": str(loadavg)}
+    )
     me = Client(tm)
     go = tm.work / "go.first"
     # No load has been reported yet, so the first job goes; its executor reports the load.
@@ -323,14 +334,16 @@ def _loaded_host(make_installation, tmp_path: Path,
 
 
 def test_b05_no_host_gets_a_job_while_its_load_plus_the_slots_exceed_number_slots(
-    make_installation, tmp_path: Path,
+    make_installation,
+    tmp_path: Path,
 ) -> None:
     tm, me, _, go, first = _loaded_host(make_installation, tmp_path, "3.50")
     second = me.submit("echo ran > second.txt")
     job = me.job(second)
     # 3.50 + 1 > 4, although 3 of the 4 slots are free.
-    assert job.state == "waiting" and job.wait_reason == "load too high on every fitting host", \
+    assert job.state == "waiting" and job.wait_reason == "load too high on every fitting host", (
         job.text
+    )
     assert me.hosts()["hosta"].free == 3
     # The first job's end runs a scheduling pass: still too loaded.
     go.touch()
@@ -342,7 +355,9 @@ def test_b05_no_host_gets_a_job_while_its_load_plus_the_slots_exceed_number_slot
     assert me.hosts()["hosta"].free == 4
 
 
-def test_b05_a_job_held_back_by_load_starts_once_the_load_falls(make_installation, tmp_path: Path) -> None:
+def test_b05_a_job_held_back_by_load_starts_once_the_load_falls(
+    make_installation, tmp_path: Path
+) -> None:
     tm, me, loadavg, go, first = _loaded_host(make_installation, tmp_path, "3.50")
     go.touch()
     me.wait_state(first, *ENDED)
@@ -372,7 +387,9 @@ def test_b06_nothing_is_dispatched_while_the_cluster_is_deactivated(make_install
         assert (tm.work / f"ran.{i}").read_text() == f"{i}\n"
 
 
-def test_b07_a_deactivated_host_gets_no_new_jobs_and_its_running_jobs_finish(make_installation) -> None:
+def test_b07_a_deactivated_host_gets_no_new_jobs_and_its_running_jobs_finish(
+    make_installation,
+) -> None:
     tm = make_installation(ClusterHost("hosta", 2), ClusterHost("hostb", 2))
     me = Client(tm)
     go = {n: tm.work / f"go.{n}" for n in ("j1", "j2", "j3")}
@@ -414,12 +431,15 @@ def test_b08_higher_priority_first_then_submission_order_and_job_files_keep_prio
     def job(name: str) -> str:
         return f"echo {name} >> {order}"
 
-    ids = {"a": me.submit("-p", "0", job("a")), "b": me.submit("-p", "5", job("b")),
-           "c": me.submit("-p", "0", job("c")), "d": me.submit("-p", "10", job("d"))}
+    ids = {
+        "a": me.submit("-p", "0", job("a")),
+        "b": me.submit("-p", "5", job("b")),
+        "c": me.submit("-p", "0", job("c")),
+        "d": me.submit("-p", "10", job("d")),
+    }
     (tm.work / "jobs.txt").write_text(
-        f"command::{job('e')}\tpriority::7\n"
-        f"command::{job('f')}\tpriority::1\n"
-        f"command::{job('g')}\n")  # takes -p 4 from the command line
+        f"command::{job('e')}\tpriority::7\ncommand::{job('f')}\tpriority::1\ncommand::{job('g')}\n"
+    )  # takes -p 4 from the command line
     result = tm.run("hRunJob", "-p", "4", "-f", "jobs.txt", check=True)
     file_ids = expand_ids(re.search(r"\[([\d,-]+)\]", result.stdout).group(1))
     ids.update(zip("efg", file_ids, strict=True))
@@ -430,13 +450,18 @@ def test_b08_higher_priority_first_then_submission_order_and_job_files_keep_prio
     expected = ["d", "e", "b", "g", "f", "a", "c"]
     assert listed_ids(me.td("lsnextjobs:10")) == [ids[n] for n in expected]
     me.td("activatecluster")
-    wait_until(lambda: order.exists() and len(order.read_text().split()) == 7, 60,
-               "all seven jobs to run")
+    wait_until(
+        lambda: order.exists() and len(order.read_text().split()) == 7, 60, "all seven jobs to run"
+    )
     assert order.read_text().split() == expected
 
 
-def test_b09_excluded_hosts_never_get_the_job_and_an_unknown_host_is_an_error(make_installation) -> None:
-    tm = make_installation(ClusterHost("hosta", 1), ClusterHost("hostb", 1), ClusterHost("hostc", 1))
+def test_b09_excluded_hosts_never_get_the_job_and_an_unknown_host_is_an_error(
+    make_installation,
+) -> None:
+    tm = make_installation(
+        ClusterHost("hosta", 1), ClusterHost("hostb", 1), ClusterHost("hostc", 1)
+    )
     me = Client(tm)
     go = tm.work / "go"
     first = me.submit("-E", "hosta,hostb", gate(go))
@@ -464,8 +489,9 @@ def test_b10_lajob_shows_the_state_history_with_timestamps_host_pid_and_exit_cod
     me = Client(tm)
     go, pid_file = tm.work / "go", tm.work / "pid.txt"
     before = time.time()
-    job_id = me.submit(f"echo $$ $PPID > {pid_file}.new; mv {pid_file}.new {pid_file}; "
-                       f"{gate(go)}; exit 3")
+    job_id = me.submit(
+        f"echo $$ $PPID > {pid_file}.new; mv {pid_file}.new {pid_file}; {gate(go)}; exit 3"
+    )
     running = me.wait_state(job_id, "running")
     wait_until(pid_file.exists, 30, "the job to write its pid")
     shell, parent = pid_file.read_text().split()
@@ -473,8 +499,9 @@ def test_b10_lajob_shows_the_state_history_with_timestamps_host_pid_and_exit_cod
     # The job's shell, or the executor's per-job shepherd that runs it: started as
     # tm/executor/shim.py, or forked by the executor's zygote (tm/executor/zygote.py).
     shepherd_cmdline = Path(f"/proc/{parent}/cmdline").read_bytes()
-    assert pid == shell or (pid == parent and (
-        b"shim.py" in shepherd_cmdline or b"zygote.py" in shepherd_cmdline)), running.text
+    assert pid == shell or (
+        pid == parent and (b"shim.py" in shepherd_cmdline or b"zygote.py" in shepherd_cmdline)
+    ), running.text
     assert running.host == "hosta"
     assert running.fields["exit code"] == "n.a."
     go.touch()
@@ -497,16 +524,24 @@ def test_b11_stdout_and_stderr_files_are_complete_relative_and_unwritable_ones_f
     sub = tm.work / "sub"
     (sub / "out").mkdir(parents=True)
     n = 40000  # about 400 kB on each stream
-    job_id = me.submit("-o", "out/o.txt", "-O", "e.txt",
-                       f"seq 1 {n} | sed 's/^/out /'; seq 1 {n} | sed 's/^/err /' >&2", cwd=sub)
+    job_id = me.submit(
+        "-o",
+        "out/o.txt",
+        "-O",
+        "e.txt",
+        f"seq 1 {n} | sed 's/^/out /'; seq 1 {n} | sed 's/^/err /' >&2",
+        cwd=sub,
+    )
     assert me.wait_state(job_id, *ENDED).state == "finished"
     assert (sub / "out" / "o.txt").read_text() == "".join(f"out {i}\n" for i in range(1, n + 1))
     assert (sub / "e.txt").read_text() == "".join(f"err {i}\n" for i in range(1, n + 1))
     assert not (tm.work / "e.txt").exists() and not (tm.root / "e.txt").exists()
 
     (sub / "afile").write_text("x")
-    for option, path, why in (("-o", "missing/o.txt", "No such file or directory"),
-                              ("-O", "afile/e.txt", "Not a directory")):
+    for option, path, why in (
+        ("-o", "missing/o.txt", "No such file or directory"),
+        ("-O", "afile/e.txt", "Not a directory"),
+    ):
         bad = me.submit(option, path, "echo never > never.txt", cwd=sub)
         job = me.wait_state(bad, *ENDED)
         assert job.state == "failed", job.text
@@ -514,7 +549,9 @@ def test_b11_stdout_and_stderr_files_are_complete_relative_and_unwritable_ones_f
     assert not (sub / "never.txt").exists()
 
 
-def test_b12_the_log_file_has_command_host_times_run_time_stdout_and_stderr(make_installation) -> None:
+def test_b12_the_log_file_has_command_host_times_run_time_stdout_and_stderr(
+    make_installation,
+) -> None:
     tm = make_installation()
     me = Client(tm)
     (tm.work / "logs").mkdir()
@@ -549,8 +586,9 @@ def test_b13_a_job_file_submits_one_job_per_line_and_prints_all_ids(make_install
     (tm.work / "jobs.txt").write_text("\n".join(lines) + "\n")
     result = tm.run("hRunJob", "-g", "sweep", "-f", "jobs.txt")
     assert result.returncode == 0, result.stderr
-    match = re.fullmatch(r"(\d+) job\(s\) \[([\d,-]+)\] have been submitted to TaskDispatcher\.\n",
-                         result.stdout)
+    match = re.fullmatch(
+        r"(\d+) job\(s\) \[([\d,-]+)\] have been submitted to TaskDispatcher\.\n", result.stdout
+    )
     assert match, result.stdout
     ids = expand_ids(match.group(2))
     assert int(match.group(1)) == len(ids) == 4 and ids == sorted(set(ids))
@@ -584,10 +622,28 @@ def test_b14_groups_report_counts_per_state_and_progress(make_installation) -> N
     text = me.tms("lagroup:run7")
     assert text.splitlines()[0] == "group: run7"
     counts = _group_counts(text)
-    assert {k: counts[k] for k in ("waiting", "pending", "running", "finished", "failed",
-                                   "killed", "total", "progress")} == {
-        "waiting": "0", "pending": "0", "running": "1", "finished": "2", "failed": "1",
-        "killed": "0", "total": "4", "progress": "75.00%"}
+    assert {
+        k: counts[k]
+        for k in (
+            "waiting",
+            "pending",
+            "running",
+            "finished",
+            "failed",
+            "killed",
+            "total",
+            "progress",
+        )
+    } == {
+        "waiting": "0",
+        "pending": "0",
+        "running": "1",
+        "finished": "2",
+        "failed": "1",
+        "killed": "0",
+        "total": "4",
+        "progress": "75.00%",
+    }
     assert me.tms("hasgroupfinished:run7") == "no"
     assert re.findall(r"^group: (\S+)", me.tms("lagroups"), re.M) == ["elsewhere", "run7"]
 
@@ -595,14 +651,21 @@ def test_b14_groups_report_counts_per_state_and_progress(make_installation) -> N
     me.wait_state(held, *ENDED)
     counts = _group_counts(me.tms("lagroup:run7"))
     assert (counts["finished"], counts["failed"], counts["running"], counts["progress"]) == (
-        "3", "1", "0", "100.00%")
+        "3",
+        "1",
+        "0",
+        "100.00%",
+    )
     assert me.tms("hasgroupfinished:run7") == "yes"
 
 
 def test_b15_through_the_tms_a_user_sees_only_their_jobs_through_the_dispatcher_everyone(
-    make_installation, other: UnixUser,
+    make_installation,
+    other: UnixUser,
 ) -> None:
-    tm = make_installation(ClusterHost("hosta", 4), users=[ROOT_ADMIN, (other.name, "user")], shared=True)
+    tm = make_installation(
+        ClusterHost("hosta", 4), users=[ROOT_ADMIN, (other.name, "user")], shared=True
+    )
     root, them = Client(tm), Client(tm, other)
     mine = root.submit("-g", "shared", "echo root-secret-marker")
     theirs = them.submit("-g", "shared", "echo other-secret-marker")
@@ -627,11 +690,19 @@ def test_b15_through_the_tms_a_user_sees_only_their_jobs_through_the_dispatcher_
     # A user without the admin role sees only their own jobs through the dispatcher too.
     assert listed_ids(them.td("lsfjobs")) == [theirs]
     assert listed_ids(them.td("findjobs:secret-marker")) == [theirs]
-    for admin_only in ("rmjobs:root", "deactivatehost:hosta", "deactivatecluster",
-                       "disableuser:root", "reload", "setallrjobsaswaiting"):
+    for admin_only in (
+        "rmjobs:root",
+        "deactivatehost:hosta",
+        "deactivatecluster",
+        "disableuser:root",
+        "reload",
+        "setallrjobsaswaiting",
+    ):
         refused = them.run("hConnect", "-T", admin_only)
         assert refused.returncode != 0 and "does not have the admin role" in refused.stderr, (
-            admin_only, refused.stderr)
+            admin_only,
+            refused.stderr,
+        )
     # Anyone may look.
     assert "hosta" in them.td("lscluster")
 
@@ -639,8 +710,9 @@ def test_b15_through_the_tms_a_user_sees_only_their_jobs_through_the_dispatcher_
 def test_b16_hrunjob_status_reports_tms_dispatcher_hosts_slots_and_the_users_counts(
     make_installation,
 ) -> None:
-    tm = make_installation(ClusterHost("hosta", 2), ClusterHost("hostb", 3),
-                 ClusterHost("hostc", 4, active=False))
+    tm = make_installation(
+        ClusterHost("hosta", 2), ClusterHost("hostb", 3), ClusterHost("hostc", 4, active=False)
+    )
     me = Client(tm)
     go = tm.work / "go"
     finished = me.submit("true")
@@ -660,8 +732,14 @@ def test_b16_hrunjob_status_reports_tms_dispatcher_hosts_slots_and_the_users_cou
     assert "dispatcher activity status: active" in out
     assert "active hosts: 2" in out and "occupied slots: 2 / 5" in out, out
     counts = dict(re.findall(r"^ {4}(\w+): (\d+)$", out, re.M))
-    assert counts == {"waiting": "1", "pending": "0", "running": "1", "finished": "1",
-                      "failed": "1", "killed": "0"}, out
+    assert counts == {
+        "waiting": "1",
+        "pending": "0",
+        "running": "1",
+        "finished": "1",
+        "failed": "1",
+        "killed": "0",
+    }, out
 
     me.td("deactivatecluster")
     assert "dispatcher activity status: not active" in tm.run("hRunJob", "-s", check=True).stdout
@@ -681,7 +759,9 @@ def test_b16_hrunjob_status_reports_tms_dispatcher_hosts_slots_and_the_users_cou
 PROMPT = 2.0
 
 
-def test_b17_when_a_job_ends_a_waiting_job_that_fits_starts_without_a_nudge(make_installation) -> None:
+def test_b17_when_a_job_ends_a_waiting_job_that_fits_starts_without_a_nudge(
+    make_installation,
+) -> None:
     tm = make_installation(ClusterHost("hosta", 1))
     me = Client(tm)
     records = tm.work / "records"
@@ -696,14 +776,18 @@ def test_b17_when_a_job_ends_a_waiting_job_that_fits_starts_without_a_nudge(make
 
     go.touch()
     # From here on no command reaches TaskManager: only each job's end can start the next.
-    wait_until(lambda: all(run_of(records, j) and run_of(records, j).end for j in chain), 30,
-               "the waiting jobs to run one after the other")
+    wait_until(
+        lambda: all(run_of(records, j) and run_of(records, j).end for j in chain),
+        30,
+        "the waiting jobs to run one after the other",
+    )
     order = [run_of(records, j) for j in (first, *chain)]
     for previous, following in itertools.pairwise(order):
         handoff = following.start - previous.end
         assert 0 <= handoff < PROMPT, (
             f"job {following.job_id} started {handoff:.2f} s after job {previous.job_id} "
-            f"ended: not pushed by the end")
+            f"ended: not pushed by the end"
+        )
     for job_id in (first, *chain):
         assert me.wait_state(job_id, *ENDED).state == "finished"
     assert me.hosts()["hosta"].free == 1
@@ -731,9 +815,12 @@ def test_b18_a_submission_is_dispatched_at_once_when_capacity_exists(make_instal
 
 
 def test_b19_disableuser_keeps_waiting_jobs_waiting_and_enableuser_releases_them(
-    make_installation, other: UnixUser,
+    make_installation,
+    other: UnixUser,
 ) -> None:
-    tm = make_installation(ClusterHost("hosta", 2), users=[ROOT_ADMIN, (other.name, "user")], shared=True)
+    tm = make_installation(
+        ClusterHost("hosta", 2), users=[ROOT_ADMIN, (other.name, "user")], shared=True
+    )
     root, them = Client(tm), Client(tm, other)
     go = other.work / "go"
     running = them.submit(f"{gate(go)}; echo done > running.txt")
@@ -759,9 +846,12 @@ def test_b19_disableuser_keeps_waiting_jobs_waiting_and_enableuser_releases_them
 
 
 def test_b20_rmwjobs_removes_waiting_jobs_and_rmjobs_removes_all_killing_running_ones(
-    make_installation, other: UnixUser,
+    make_installation,
+    other: UnixUser,
 ) -> None:
-    tm = make_installation(ClusterHost("hosta", 1), users=[ROOT_ADMIN, (other.name, "user")], shared=True)
+    tm = make_installation(
+        ClusterHost("hosta", 1), users=[ROOT_ADMIN, (other.name, "user")], shared=True
+    )
     root, them = Client(tm), Client(tm, other)
     go, pid_file = other.work / "go", other.work / "pid"
     ended = them.submit("true")
@@ -799,7 +889,9 @@ def _checkslots(me: Client) -> dict[str, int]:
 
 
 def test_b21_setallpjobsaswaiting_requeues_pending_jobs_and_checkslots_matches_the_jobs(
-    make_installation, tmp_path: Path, strays: list[Path],
+    make_installation,
+    tmp_path: Path,
+    strays: list[Path],
 ) -> None:
     # hosta's executors are started through "ssh", here one that never connects anything,
     # so a job placed there stays pending.
@@ -808,9 +900,11 @@ def test_b21_setallpjobsaswaiting_requeues_pending_jobs_and_checkslots_matches_t
     (fakebin / "ssh").write_text(f"#!/bin/sh\necho $$ >> {hung}\nexec sleep 120\n")
     (fakebin / "ssh").chmod(0o755)
     strays.append(hung)
-    tm = make_installation(ClusterHost("hosta", 2, ssh_target="hosta.unreachable"),
-                 ClusterHost("hostb", 3),
-                 env={"PATH": f"{fakebin}:{os.environ['PATH']}"})
+    tm = make_installation(
+        ClusterHost("hosta", 2, ssh_target="hosta.unreachable"),
+        ClusterHost("hostb", 3),
+        env={"PATH": f"{fakebin}:{os.environ['PATH']}"},
+    )
     me = Client(tm)
     records = tm.work / "records"
     recorder = write_recorder(records)
@@ -819,8 +913,11 @@ def test_b21_setallpjobsaswaiting_requeues_pending_jobs_and_checkslots_matches_t
     assert me.wait_state(stuck, "pending").host == "hosta"
     wide = me.submit("-c", "2", recorded(recorder, gate(go["wide"]), 2))
     narrow = me.submit("-c", "1", recorded(recorder, gate(go["narrow"]), 1))
-    wait_until(lambda: run_of(records, wide) and run_of(records, narrow), 30,
-               "the two jobs on hostb to start")
+    wait_until(
+        lambda: run_of(records, wide) and run_of(records, narrow),
+        30,
+        "the two jobs on hostb to start",
+    )
     assert listed_ids(me.tms("lspjobs")) == [stuck]
 
     def held_by_the_jobs() -> dict[str, int]:
@@ -862,8 +959,9 @@ def test_b21_setallpjobsaswaiting_requeues_pending_jobs_and_checkslots_matches_t
 def test_b22_lscluster_status_and_gettdstatus_report_hosts_activity_slots_and_counts(
     make_installation,
 ) -> None:
-    tm = make_installation(ClusterHost("hosta", 2), ClusterHost("hostb", 3),
-                 ClusterHost("hostc", 4, active=False))
+    tm = make_installation(
+        ClusterHost("hosta", 2), ClusterHost("hostb", 3), ClusterHost("hostc", 4, active=False)
+    )
     me = Client(tm)
     go = tm.work / "go"
     finished, failed = me.submit("true"), me.submit("exit 1")
@@ -877,23 +975,52 @@ def test_b22_lscluster_status_and_gettdstatus_report_hosts_activity_slots_and_co
     head, hosts = parse_hosts(me.td("lscluster"))
     assert head == "cluster is active"
     assert {h.name: (h.status, h.free, h.max_slots) for h in hosts.values()} == {
-        "hosta": ("active", 2, 2), "hostb": ("active", 2, 3), "hostc": ("inactive", 4, 4)}
+        "hosta": ("active", 2, 2),
+        "hostb": ("active", 2, 3),
+        "hostc": ("inactive", 4, 4),
+    }
     assert hosts["hostb"].executors >= 1
 
     status = me.td("status")
-    for line in ("cluster is active", "active hosts: 2", "occupied slots: 1 / 5",
-                 "waiting jobs: 1", "pending jobs: 0", "running jobs: 1", "finished jobs: 1",
-                 "failed jobs: 1", "killed jobs: 0"):
+    for line in (
+        "cluster is active",
+        "active hosts: 2",
+        "occupied slots: 1 / 5",
+        "waiting jobs: 1",
+        "pending jobs: 0",
+        "running jobs: 1",
+        "finished jobs: 1",
+        "failed jobs: 1",
+        "killed jobs: 0",
+    ):
         assert line in status.splitlines(), status
     assert f":{tm.port} running since" in status.splitlines()[0]
 
     doc = json.loads(me.td("gettdstatus"))
-    assert {k: doc.get(k) for k in ("activity status", "active hosts", "total slots",
-                                    "occupied slots", "waiting jobs", "running jobs",
-                                    "finished jobs", "failed jobs", "killed jobs")} == {
-        "activity status": True, "active hosts": 2, "total slots": 5, "occupied slots": 1,
-        "waiting jobs": 1, "running jobs": 1, "finished jobs": 1, "failed jobs": 1,
-        "killed jobs": 0}
+    assert {
+        k: doc.get(k)
+        for k in (
+            "activity status",
+            "active hosts",
+            "total slots",
+            "occupied slots",
+            "waiting jobs",
+            "running jobs",
+            "finished jobs",
+            "failed jobs",
+            "killed jobs",
+        )
+    } == {
+        "activity status": True,
+        "active hosts": 2,
+        "total slots": 5,
+        "occupied slots": 1,
+        "waiting jobs": 1,
+        "running jobs": 1,
+        "finished jobs": 1,
+        "failed jobs": 1,
+        "killed jobs": 0,
+    }
     assert json.loads(me.tms("gettdstatus")) == doc
 
     me.td("deactivatecluster")
@@ -905,14 +1032,19 @@ def test_b22_lscluster_status_and_gettdstatus_report_hosts_activity_slots_and_co
 
 def _tree(pids: Path, marker: str = "") -> str:
     """A job whose shell starts a child shell with two grandchildren, all in its session."""
-    return (f"sh -c 'sleep 300 & echo $! >> {pids}; sleep 300 & echo $! >> {pids}; wait' & "
-            f"echo $! >> {pids}; echo $$ >> {pids}; wait{' # ' + marker if marker else ''}")
+    return (
+        f"sh -c 'sleep 300 & echo $! >> {pids}; sleep 300 & echo $! >> {pids}; wait' & "
+        f"echo $! >> {pids}; echo $$ >> {pids}; wait{' # ' + marker if marker else ''}"
+    )
 
 
 def test_b23_killjob_and_its_plural_regex_and_all_forms_kill_the_whole_tree_and_free_slots(
-    make_installation, other: UnixUser,
+    make_installation,
+    other: UnixUser,
 ) -> None:
-    tm = make_installation(ClusterHost("hosta", 8), users=[ROOT_ADMIN, (other.name, "user")], shared=True)
+    tm = make_installation(
+        ClusterHost("hosta", 8), users=[ROOT_ADMIN, (other.name, "user")], shared=True
+    )
     root, them = Client(tm), Client(tm, other)
     pids = {n: tm.work / f"{n}.pids" for n in ("one", "two", "three", "match", "rest")}
     jobs = {n: root.submit(_tree(p, "match-me" if n == "match" else "")) for n, p in pids.items()}
@@ -949,7 +1081,8 @@ def test_b23_killjob_and_its_plural_regex_and_all_forms_kill_the_whole_tree_and_
     assert run_of(records, blocked).host == "hosta" and root.state(blocked) == "running"
 
     assert root.tms(f"killjobs:{jobs['two']}:{jobs['three']}") == (
-        f"Job(s) {jobs['two']}, {jobs['three']} have been killed.")
+        f"Job(s) {jobs['two']}, {jobs['three']} have been killed."
+    )
     assert root.tms("killmatchingjobs:match-m.") == f"Job(s) {jobs['match']} have been killed."
     for name in ("two", "three", "match"):
         assert root.wait_state(jobs[name], *ENDED).state == "killed"
@@ -972,7 +1105,8 @@ def test_b23_killjob_and_its_plural_regex_and_all_forms_kill_the_whole_tree_and_
 
 
 def test_b23_killjob_also_kills_descendants_that_left_the_session_with_setsid(
-    make_installation, strays: list[Path],
+    make_installation,
+    strays: list[Path],
 ) -> None:
     tm = make_installation(ClusterHost("hosta", 2))
     me = Client(tm)
@@ -983,15 +1117,19 @@ def test_b23_killjob_also_kills_descendants_that_left_the_session_with_setsid(
     job_id = me.submit(
         f"setsid sleep 300 & echo $! >> {pids}; "
         f"setsid sh -c 'sleep 300 & echo $! >> {pids}; wait' & echo $! >> {pids}; "
-        f"sleep 300 & echo $! >> {pids}; echo $$ >> {pids}; wait")
+        f"sleep 300 & echo $! >> {pids}; echo $$ >> {pids}; wait"
+    )
     me.wait_state(job_id, "running")
     wait_until(lambda: len(pids_in(pids)) == 5, 30, "the job's five processes")
     killed_at = time.time()
     assert me.tms(f"killjob:{job_id}") == f"Job(s) {job_id} have been killed."
     assert me.wait_state(job_id, *ENDED).state == "killed"
     try:
-        wait_until(lambda: not any(alive(p) for p in pids_in(pids)), 20,
-                   "every process of the killed job, setsid'd ones included, to be gone")
+        wait_until(
+            lambda: not any(alive(p) for p in pids_in(pids)),
+            20,
+            "every process of the killed job, setsid'd ones included, to be gone",
+        )
     except AssertionError:
         left = {p: _session(p) for p in pids_in(pids) if alive(p)}
         pytest.fail(f"still alive 20 s after killjob (pid: session id): {left}")
@@ -1007,10 +1145,12 @@ def _session(pid: int) -> int | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return int(stat[stat.rindex(")") + 2:].split()[3])
+    return int(stat[stat.rindex(")") + 2 :].split()[3])
 
 
-def test_b24_neither_the_tms_exiting_nor_a_dispatcher_restart_loses_a_job(make_installation) -> None:
+def test_b24_neither_the_tms_exiting_nor_a_dispatcher_restart_loses_a_job(
+    make_installation,
+) -> None:
     tm = make_installation(ClusterHost("hosta", 2))
     me = Client(tm)
     go = tm.work / "go"
@@ -1053,8 +1193,9 @@ def test_b25_an_executor_starts_with_the_first_job_on_a_host_is_listed_stopped_a
     # Executors take their idle timeout from the TMS that starts them. Until shutdownalltmms
     # has run they must not exit by themselves, whatever the machine's speed: the first TMS
     # gives them 600 s; a second one, started later, 5 s.
-    tm = make_installation(ClusterHost("hosta", 1), ClusterHost("hostb", 1),
-                 env={"TM_EXECUTOR_IDLE_TIMEOUT": "600"})
+    tm = make_installation(
+        ClusterHost("hosta", 1), ClusterHost("hostb", 1), env={"TM_EXECUTOR_IDLE_TIMEOUT": "600"}
+    )
     me = Client(tm)
     pidfile = {h: tm.home / ".taskmanager" / f"tmmenial.{h}.pid" for h in ("hosta", "hostb")}
     go = {h: tm.work / f"go.{h}" for h in ("hosta", "hostb")}

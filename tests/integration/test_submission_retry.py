@@ -37,8 +37,7 @@ def _jobs(inst: Installation) -> list[tuple[int, str, str, str, int]]:
         from tm.db.store import parse_url
 
         url = parse_url(inst.database_url)
-        kw: dict = {"host": url.host, "port": url.port, "user": url.user,
-                    "database": url.database}
+        kw: dict = {"host": url.host, "port": url.port, "user": url.user, "database": url.database}
         if url.password is not None:
             kw["password"] = url.password
         conn = pymysql.connect(**kw)
@@ -68,7 +67,8 @@ def burst(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Installati
 
 
 def test_kill_9_of_the_dispatcher_during_a_submission_burst_loses_and_doubles_nothing(
-        burst: Installation) -> None:
+    burst: Installation,
+) -> None:
     tm = burst
     ledger = tm.work / "ledger"
     tm.run("hConnect", "lswjobs", check=True)  # one TMS for every client, started once
@@ -79,8 +79,9 @@ def test_kill_9_of_the_dispatcher_during_a_submission_burst_loses_and_doubles_no
     def client(number: int) -> None:
         for seq in range(JOBS_PER_CLIENT):
             token = f"c{number}s{seq}"
-            r = tm.run("hRunJob", f"echo $TM_JOB_ID $TM_ATTEMPT >> {ledger}; : {token}",
-                       timeout=150)
+            r = tm.run(
+                "hRunJob", f"echo $TM_JOB_ID $TM_ATTEMPT >> {ledger}; : {token}", timeout=150
+            )
             with lock:
                 results[token] = (r.returncode, r.stdout, r.stderr)
                 done["submissions"] += 1
@@ -93,11 +94,15 @@ def test_kill_9_of_the_dispatcher_during_a_submission_burst_loses_and_doubles_no
     moments = sorted(rng.sample(range(total // 10, total * 8 // 10), KILLS))
     try:
         for moment in moments:
-            wait_until(lambda moment=moment: done["submissions"] >= moment, 120,
-                       f"{moment} submissions")
+            wait_until(
+                lambda moment=moment: done["submissions"] >= moment, 120, f"{moment} submissions"
+            )
             freeze_dispatcher(tm)
-            wait_until(lambda: largest_unread(tm.port) >= SUBMISSION_BYTES, 60,
-                       "a submission to reach the frozen dispatcher")
+            wait_until(
+                lambda: largest_unread(tm.port) >= SUBMISSION_BYTES,
+                60,
+                "a submission to reach the frozen dispatcher",
+            )
             kill_dispatcher(tm)
             tm.start_dispatcher()  # waits for its readiness
     finally:
@@ -138,7 +143,8 @@ def test_kill_9_of_the_dispatcher_during_a_submission_burst_loses_and_doubles_no
 
 
 def test_hrunjob_sends_again_through_a_new_tms_when_its_tms_dies_before_answering(
-        installation: Installation) -> None:
+    installation: Installation,
+) -> None:
     import os
     import signal
     import subprocess
@@ -148,12 +154,20 @@ def test_hrunjob_sends_again_through_a_new_tms_when_its_tms_dies_before_answerin
     old_tms = int((installation.home / ".taskmanager" / "tms.pid").read_text())
     freeze_dispatcher(installation)
     try:
-        client = subprocess.Popen(["hRunJob", f"echo $TM_JOB_ID $TM_ATTEMPT >> {ledger}"],
-                                  env=installation.env, cwd=installation.work, text=True,
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        client = subprocess.Popen(
+            ["hRunJob", f"echo $TM_JOB_ID $TM_ATTEMPT >> {ledger}"],
+            env=installation.env,
+            cwd=installation.work,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         # The TMS has passed the submission on; the dispatcher has not read it yet.
-        wait_until(lambda: largest_unread(installation.port) >= SUBMISSION_BYTES, 60,
-                   "the submission to reach the frozen dispatcher")
+        wait_until(
+            lambda: largest_unread(installation.port) >= SUBMISSION_BYTES,
+            60,
+            "the submission to reach the frozen dispatcher",
+        )
         os.kill(old_tms, signal.SIGKILL)
     finally:
         assert installation.dispatcher is not None

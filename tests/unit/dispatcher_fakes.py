@@ -63,8 +63,9 @@ class MemoryStore:
             results.append(ok)
         return succeed(results)
 
-    def submit_jobs(self, user: str, environment: Any, specs: list[JobSpec],
-                    now: float) -> Deferred:
+    def submit_jobs(
+        self, user: str, environment: Any, specs: list[JobSpec], now: float
+    ) -> Deferred:
         ids = []
         by_uuid = {j.uuid: j.id for j in self.jobs.values()}
         for spec in specs:
@@ -72,9 +73,17 @@ class MemoryStore:
                 ids.append(by_uuid[spec.uuid])
                 continue
             job_id = max(self.jobs, default=0) + 1
-            self.jobs[job_id] = Job(id=job_id, uuid=spec.uuid, user=user, spec=spec,
-                                    state=JobState.WAITING, attempt=1, submitted_at=now,
-                                    cwd=environment.cwd, umask=environment.umask)
+            self.jobs[job_id] = Job(
+                id=job_id,
+                uuid=spec.uuid,
+                user=user,
+                spec=spec,
+                state=JobState.WAITING,
+                attempt=1,
+                submitted_at=now,
+                cwd=environment.cwd,
+                umask=environment.umask,
+            )
             ids.append(job_id)
         return succeed(ids)
 
@@ -104,8 +113,13 @@ class MemoryStore:
         return succeed([])
 
     def list_jobs(self, states: list[JobState], user: str | None = None, **kw: Any) -> Deferred:
-        return succeed([copy.deepcopy(j) for j in self.jobs.values()
-                        if j.state in states and (user is None or j.user == user)])
+        return succeed(
+            [
+                copy.deepcopy(j)
+                for j in self.jobs.values()
+                if j.state in states and (user is None or j.user == user)
+            ]
+        )
 
     def delete_jobs(self, job_ids: list[int]) -> Deferred:
         for i in job_ids:
@@ -164,25 +178,47 @@ def runs_everything(name: str, kw: dict) -> dict:
     return {}
 
 
-def make_dispatcher(tmp_path: Path, hosts: list[Host] | None = None,
-                    store: Any = None) -> tuple[Dispatcher, Clock, Any]:
+def make_dispatcher(
+    tmp_path: Path, hosts: list[Host] | None = None, store: Any = None
+) -> tuple[Dispatcher, Clock, Any]:
     clock = Clock()
-    settings = Settings(var_dir=tmp_path, config_dir=tmp_path, database_url="sqlite://",
-                        hosts=hosts or [Host(name="h1", number_slots=2, max_slots=2)],
-                        users=[User(name="alice"), User(name="root", roles=frozenset(
-                            {"user", "admin"}))],
-                        executor_lease=30.0)
+    settings = Settings(
+        var_dir=tmp_path,
+        config_dir=tmp_path,
+        database_url="sqlite://",
+        hosts=hosts or [Host(name="h1", number_slots=2, max_slots=2)],
+        users=[User(name="alice"), User(name="root", roles=frozenset({"user", "admin"}))],
+        executor_lease=30.0,
+    )
     store = store if store is not None else MemoryStore()
     return Dispatcher(clock, settings, store), clock, store
 
 
-def add_job(d: Dispatcher, store: Any, job_id: int, command: str = "true", slots: int = 1,
-            user: str = "alice", **kw: Any) -> Job:
-    spec = JobSpec(uuid=f"00000000-0000-0000-0000-{job_id:012d}", command=command, slots=slots,
-                   **{k: v for k, v in kw.items() if k in {f.name for f in
-                                                           dataclasses.fields(JobSpec)}})
-    job = Job(id=job_id, uuid=spec.uuid, user=user, spec=spec, state=JobState.WAITING,
-              attempt=1, submitted_at=d.reactor.seconds(), cwd="/tmp")
+def add_job(
+    d: Dispatcher,
+    store: Any,
+    job_id: int,
+    command: str = "true",
+    slots: int = 1,
+    user: str = "alice",
+    **kw: Any,
+) -> Job:
+    spec = JobSpec(
+        uuid=f"00000000-0000-0000-0000-{job_id:012d}",
+        command=command,
+        slots=slots,
+        **{k: v for k, v in kw.items() if k in {f.name for f in dataclasses.fields(JobSpec)}},
+    )
+    job = Job(
+        id=job_id,
+        uuid=spec.uuid,
+        user=user,
+        spec=spec,
+        state=JobState.WAITING,
+        attempt=1,
+        submitted_at=d.reactor.seconds(),
+        cwd="/tmp",
+    )
     if hasattr(store, "add"):
         store.add(job)
     d.jobs[job_id] = job

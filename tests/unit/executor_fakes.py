@@ -44,14 +44,21 @@ class FakeSpawner:
         self.fail_with: BaseException | None = None
         self.exit_at_once = False
 
-    def spawnProcess(self, proto: Any, executable: str, args: list[str],  # noqa: N802
-                     env: dict[str, str] | None = None, childFDs: Any = None,  # noqa: N803
-                     **kw: Any) -> FakeTransport:
+    def spawnProcess(
+        self,
+        proto: Any,
+        executable: str,
+        args: list[str],  # noqa: N802
+        env: dict[str, str] | None = None,
+        childFDs: Any = None,  # noqa: N803
+        **kw: Any,
+    ) -> FakeTransport:
         if self.fail_with is not None:
             raise self.fail_with
         transport = FakeTransport(pid=FAKE_PID_BASE + len(self.spawns) + 1)
-        spawn = Spawn(proto, executable, list(args), dict(env or {}), dict(childFDs or {}),
-                      transport)
+        spawn = Spawn(
+            proto, executable, list(args), dict(env or {}), dict(childFDs or {}), transport
+        )
         self.spawns.append(spawn)
         # As Twisted does: the protocol is connected before the process is registered for
         # reaping, which reports an exit that already happened at once.
@@ -66,7 +73,8 @@ class ManualPool:
     """A ``blocking`` whose work waits until the test runs it (as a slow file system would)."""
 
     queue: list[tuple[Callable[..., Any], tuple[Any, ...], defer.Deferred[Any]]] = field(
-        default_factory=list)
+        default_factory=list
+    )
 
     def __call__(self, f: Callable[..., Any], *args: Any) -> defer.Deferred[Any]:
         d: defer.Deferred[Any] = defer.Deferred()

@@ -27,8 +27,15 @@ from tm.protocol import commands, records
 from tm.userserver import local
 
 REPO = Path(__file__).resolve().parents[2]
-FAST_PATH_MODULES = ["tm.cli.hrunjob", "tm.cli.hconnect", "tm.cli.errors", "tm.textcommands",
-                     "tm.jobfile", "tm.localsocket", "tm.protocol.limits"]
+FAST_PATH_MODULES = [
+    "tm.cli.hrunjob",
+    "tm.cli.hconnect",
+    "tm.cli.errors",
+    "tm.textcommands",
+    "tm.jobfile",
+    "tm.localsocket",
+    "tm.protocol.limits",
+]
 
 
 def test_the_fast_path_imports_neither_twisted_nor_tls() -> None:
@@ -43,24 +50,37 @@ def test_the_fast_path_imports_neither_twisted_nor_tls() -> None:
         "             if m.split('.')[0] in ('twisted', 'OpenSSL', 'cryptography')))\n"
     )
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, check=True, cwd=REPO).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd=REPO
+    ).stdout
     assert out.strip() == "[]"
 
 
 def test_the_text_commands_name_commands_of_the_protocol() -> None:
     tree = ast.parse(Path(textcommands.__file__).read_text())
-    names: set[str] = {str(node.args[0].value) for node in ast.walk(tree)
-             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-             and node.func.id == "call" and node.args and isinstance(node.args[0], ast.Constant)}
+    names: set[str] = {
+        str(node.args[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "call"
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+    }
     assert "ListJobs" in names and len(names) > 10
     for name in names:
         assert command_named(name).commandName == name.encode()
 
 
 def test_a_job_travels_as_the_protocol_s_record() -> None:
-    spec = hrunjob.spec_from_options(vars(hrunjob.build_parser().parse_args(
-        ["-c", "2", "-E", "a,b", "-t", "5", "-g", "g", "echo x"])) | {"command": "echo x"})
+    spec = hrunjob.spec_from_options(
+        vars(
+            hrunjob.build_parser().parse_args(
+                ["-c", "2", "-E", "a,b", "-t", "5", "-g", "g", "echo x"]
+            )
+        )
+        | {"command": "echo x"}
+    )
     assert hrunjob.spec_to_json(spec) == records.spec_to_amp(spec)
 
 
@@ -73,8 +93,9 @@ def test_run_now_runs_a_coroutine_whose_awaits_are_ready() -> None:
 
     out = run_now(textcommands.parse("lswjobs", "tms").run(blocking_call(call)))
     assert out == "no waiting jobs"
-    assert calls == [("ListJobs", {"states": ["waiting"], "scope": "mine", "after_id": 0,
-                                   "limit": 100})]
+    assert calls == [
+        ("ListJobs", {"states": ["waiting"], "scope": "mine", "after_id": 0, "limit": 100})
+    ]
 
 
 def test_terminal_code() -> None:
@@ -148,8 +169,8 @@ class Peer:
         self.transport.clear()
         while raw:
             (size,) = struct.unpack_from("!I", raw)
-            out.append(json.loads(raw[4:4 + size]))
-            raw = raw[4 + size:]
+            out.append(json.loads(raw[4 : 4 + size]))
+            raw = raw[4 + size :]
         return out
 
 
@@ -167,35 +188,55 @@ def test_another_uid_is_refused_in_one_line_and_logged(monkeypatch: pytest.Monke
     assert answer["error"]["code"] == "PERMISSION_DENIED"
     assert peer.transport.disconnecting
     assert [e["uid"] for e in events if "refused a client" in e.get("log_format", "")] == [
-        os.getuid() + 1]
+        os.getuid() + 1
+    ]
     peer.request("Ping")  # nothing is served to it
     assert peer.answers() == []
 
 
 def test_requests_are_forwarded_and_errors_keep_their_code(monkeypatch: pytest.MonkeyPatch) -> None:
-    link = FakeLink({commands.GetJob: commands.UnknownJob("unknown job 5"),
-                     commands.ListJobs: {"jobs": [], "next_after_id": None}})
+    link = FakeLink(
+        {
+            commands.GetJob: commands.UnknownJob("unknown job 5"),
+            commands.ListJobs: {"jobs": [], "next_after_id": None},
+        }
+    )
     peer = Peer(link, os.getuid(), monkeypatch)
     peer.request("GetJob", job_id=5)
-    assert peer.answers() == [{"id": 1, "error": {"code": "UNKNOWN_JOB",
-                                                  "message": "unknown job 5"}}]
+    assert peer.answers() == [
+        {"id": 1, "error": {"code": "UNKNOWN_JOB", "message": "unknown job 5"}}
+    ]
     peer.request("ListJobs", states=["waiting"], scope="mine", after_id=0, limit=100)
     assert peer.answers() == [{"id": 1, "answer": {"jobs": [], "next_after_id": None}}]
     # Decoded as AMP decodes them for its responders: the optional ones absent are None.
-    assert link.calls[-1] == (commands.ListJobs, {
-        "states": ["waiting"], "scope": "mine", "after_id": 0, "limit": 100,
-        "user": None, "group": None, "text": None, "order": None})
+    assert link.calls[-1] == (
+        commands.ListJobs,
+        {
+            "states": ["waiting"],
+            "scope": "mine",
+            "after_id": 0,
+            "limit": 100,
+            "user": None,
+            "group": None,
+            "text": None,
+            "order": None,
+        },
+    )
 
 
-@pytest.mark.parametrize("command, arguments, text", [
-    ("GetJob", {"job_id": "five"}, "bad arguments for GetJob"),
-    ("GetJob", {}, "bad arguments for GetJob"),
-    ("GetJob", {"job_id": 1, "extra": 2}, "extra is not a valid argument"),
-    ("Authenticate", {}, "'Authenticate' is not a command of the TMS"),
-    ("RunJob", {}, "'RunJob' is not a command of the TMS"),
-])
-def test_bad_requests_get_one_line(monkeypatch: pytest.MonkeyPatch, command: str,
-                                   arguments: dict, text: str) -> None:
+@pytest.mark.parametrize(
+    "command, arguments, text",
+    [
+        ("GetJob", {"job_id": "five"}, "bad arguments for GetJob"),
+        ("GetJob", {}, "bad arguments for GetJob"),
+        ("GetJob", {"job_id": 1, "extra": 2}, "extra is not a valid argument"),
+        ("Authenticate", {}, "'Authenticate' is not a command of the TMS"),
+        ("RunJob", {}, "'RunJob' is not a command of the TMS"),
+    ],
+)
+def test_bad_requests_get_one_line(
+    monkeypatch: pytest.MonkeyPatch, command: str, arguments: dict, text: str
+) -> None:
     link = FakeLink({commands.GetJob: {"job": [], "history": [], "wait_reason": ""}})
     peer = Peer(link, os.getuid(), monkeypatch)
     peer.request(command, **arguments)
@@ -206,7 +247,8 @@ def test_bad_requests_get_one_line(monkeypatch: pytest.MonkeyPatch, command: str
 
 
 def test_a_large_submission_is_sent_in_chunks_of_one_amp_value(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     counter = iter(range(1, 10_000))
 
     def stored(kw: dict) -> dict:
@@ -214,15 +256,17 @@ def test_a_large_submission_is_sent_in_chunks_of_one_amp_value(
 
     link = FakeLink({commands.SubmitJobs: stored})
     peer = Peer(link, os.getuid(), monkeypatch)
-    spec = hrunjob.spec_from_options(vars(hrunjob.build_parser().parse_args(["x"]))
-                                     | {"command": "x" * 1000})
+    spec = hrunjob.spec_from_options(
+        vars(hrunjob.build_parser().parse_args(["x"])) | {"command": "x" * 1000}
+    )
     rows = [hrunjob.spec_to_json(spec) | {"uuid": f"u{i}"} for i in range(300)]
     peer.request("SubmitJobs", cwd="/", umask=0o22, env={"A": "b"}, jobs=rows)
     [answer] = peer.answers()
     assert answer["answer"] == {"job_ids": list(range(1, 301)), "warnings": ["w"]}
     assert len(link.calls) > 1
     assert [row["uuid"] for _, kw in link.calls for row in kw["jobs"]] == [
-        f"u{i}" for i in range(300)]
+        f"u{i}" for i in range(300)
+    ]
     for _, kw in link.calls:
         assert records.encoded_size(records.JOB_SPEC_FIELDS, kw["jobs"]) <= records.MAX_VALUE_BYTES
 
@@ -266,8 +310,10 @@ def test_the_client_reads_answers_and_errors(listening: Any) -> None:
     assert client.call("Ping", x=1) == {"echo": {"x": 1}}
     client.close()
     thread.join(10)
-    thread = serve_once(server, lambda r: {"id": r["id"], "error": {
-        "code": "UNKNOWN_JOB", "message": "unknown job 3"}})
+    thread = serve_once(
+        server,
+        lambda r: {"id": r["id"], "error": {"code": "UNKNOWN_JOB", "message": "unknown job 3"}},
+    )
     client = localsocket.LocalClient.connect(path)
     with pytest.raises(localsocket.RemoteError) as e:
         client.call("GetJob", job_id=3)
@@ -280,8 +326,9 @@ def test_a_link_lost_before_the_answer_hands_the_jobs_over(listening: Any) -> No
     path, server = listening
     thread = serve_once(server, None)  # reads the request, closes without answering
     client = localsocket.LocalClient.connect(path)
-    spec = hrunjob.spec_from_options(vars(hrunjob.build_parser().parse_args(["x"]))
-                                     | {"command": "x"})
+    spec = hrunjob.spec_from_options(
+        vars(hrunjob.build_parser().parse_args(["x"])) | {"command": "x"}
+    )
     with pytest.raises(hrunjob.HandOver):
         hrunjob.submit_local(client, [spec])
     client.close()

@@ -80,7 +80,11 @@ def test_cluster_cfg_missing_section() -> None:
 
 def test_users() -> None:
     users = parse_users("# users\nalice\tuser\nroot\tuser,admin\nbob user\n", "etc/users")
-    assert [(u.name, u.is_admin) for u in users] == [("alice", False), ("root", True), ("bob", False)]
+    assert [(u.name, u.is_admin) for u in users] == [
+        ("alice", False),
+        ("root", True),
+        ("bob", False),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -99,5 +103,9 @@ def test_user_errors(text: str, message: str) -> None:
 
 def test_default_local_host() -> None:
     host = default_local_host("vm.example", 2)
-    assert (host.name, host.short_name, host.max_slots, host.ssh_target) == ("vm.example", "vm", 2, "")
-
+    assert (host.name, host.short_name, host.max_slots, host.ssh_target) == (
+        "vm.example",
+        "vm",
+        2,
+        "",
+    )

@@ -47,10 +47,14 @@ class FakeSession:
 @pytest.fixture
 def dispatcher(tmp_path: Path) -> tuple[Dispatcher, Clock]:
     clock = Clock()
-    settings = Settings(var_dir=tmp_path, config_dir=tmp_path, database_url="sqlite://",
-                        hosts=[Host(name="h1", number_slots=2, max_slots=2)],
-                        users=[User(name="alice", roles=frozenset({"user"}))],
-                        executor_lease=30.0)
+    settings = Settings(
+        var_dir=tmp_path,
+        config_dir=tmp_path,
+        database_url="sqlite://",
+        hosts=[Host(name="h1", number_slots=2, max_slots=2)],
+        users=[User(name="alice", roles=frozenset({"user"}))],
+        executor_lease=30.0,
+    )
     return Dispatcher(clock, settings, cast(Any, FakeStore())), clock
 
 
@@ -63,8 +67,7 @@ def test_the_timer_of_an_earlier_start_does_not_fail_a_later_one(dispatcher: Any
     d, clock = dispatcher
     tms = FakeSession()
     start(d, clock, tms)
-    assert tms.proto.calls == [("StartExecutor", {"host": "h1", "ssh_target": "",
-                                                  "command": ""})]
+    assert tms.proto.calls == [("StartExecutor", {"host": "h1", "ssh_target": "", "command": ""})]
     clock.advance(1)
     first = FakeSession()
     d.executor_connected("alice", "h1", first)
@@ -89,7 +92,8 @@ def test_a_start_that_connects_in_time_is_not_failed(dispatcher: Any) -> None:
 
 
 def test_an_executor_back_within_the_lease_keeps_its_jobs_absent_past_it_loses_them(
-        dispatcher: Any) -> None:
+    dispatcher: Any,
+) -> None:
     d, clock = dispatcher
     session = FakeSession()
     d.executor_connected("alice", "h1", session)

@@ -50,10 +50,21 @@ def encodes(command: type[amp.Command], answer: dict) -> None:
 
 
 def spec_row(command: str = "true", **kw: Any) -> dict:
-    row = {"uuid": "00000000-0000-0000-0000-000000000001", "command": command,
-           "shell": "/bin/sh", "slots": 1, "priority": 0, "group": "", "info": "",
-           "stdout": "", "stderr": "", "logfile": "", "excluded_hosts": [],
-           "estimated_time": None, "estimated_memory": None}
+    row = {
+        "uuid": "00000000-0000-0000-0000-000000000001",
+        "command": command,
+        "shell": "/bin/sh",
+        "slots": 1,
+        "priority": 0,
+        "group": "",
+        "info": "",
+        "stdout": "",
+        "stderr": "",
+        "logfile": "",
+        "excluded_hosts": [],
+        "estimated_time": None,
+        "estimated_memory": None,
+    }
     row.update(kw)
     return row
 
@@ -68,7 +79,8 @@ def drops_every_start(name: str, kw: dict) -> dict:
 
 
 def test_a_job_whose_start_is_never_delivered_is_placed_a_bounded_number_of_times(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     d, clock, store = make_dispatcher(tmp_path)
     runs = 0
 
@@ -122,8 +134,11 @@ def test_the_executor_start_back_off_grows_and_is_capped(tmp_path: Path) -> None
     for _ in range(8):
         d.executor_start_failed("alice", "h1", "ssh: connection refused")
         pauses.append(d.backoff[("alice", "h1")] - clock.seconds())
-    assert pauses[:3] == [service.EXECUTOR_BACKOFF, 2 * service.EXECUTOR_BACKOFF,
-                          4 * service.EXECUTOR_BACKOFF]
+    assert pauses[:3] == [
+        service.EXECUTOR_BACKOFF,
+        2 * service.EXECUTOR_BACKOFF,
+        4 * service.EXECUTOR_BACKOFF,
+    ]
     assert max(pauses) == service.MAX_EXECUTOR_BACKOFF == pauses[-1]
     d.executor_connected("alice", "h1", FakeSession(runs_everything))
     assert ("alice", "h1") not in d.backoff_failures  # a start that worked resets it
@@ -145,12 +160,15 @@ def test_a_catastrophic_pattern_is_matched_by_re2_and_the_kill_happens(tmp_path:
     clock.advance(1)
 
 
-@pytest.mark.parametrize("pattern, words", [
-    (r"(a)\1", "backreferences are not supported"),
-    (r"foo(?=bar)", "lookarounds"),
-    ("[", "missing ]"),
-    ("a" * (MAX_PATTERN_BYTES + 1), f"limit of {MAX_PATTERN_BYTES}"),
-])
+@pytest.mark.parametrize(
+    "pattern, words",
+    [
+        (r"(a)\1", "backreferences are not supported"),
+        (r"foo(?=bar)", "lookarounds"),
+        ("[", "missing ]"),
+        ("a" * (MAX_PATTERN_BYTES + 1), f"limit of {MAX_PATTERN_BYTES}"),
+    ],
+)
 def test_a_pattern_re2_refuses_gets_one_line(tmp_path: Path, pattern: str, words: str) -> None:
     d, _, store = make_dispatcher(tmp_path)
     add_job(d, store, 1)
@@ -173,7 +191,8 @@ def test_a_kill_of_many_jobs_answers_within_one_value(tmp_path: Path) -> None:
 
 
 def test_killjob_of_a_running_job_missing_from_the_working_set_answers_one_line(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     d, _, store = make_dispatcher(tmp_path)
     job = add_job(d, store, 7)
     store.jobs[7].state = JobState.RUNNING
@@ -190,23 +209,27 @@ def test_killjob_of_a_running_job_missing_from_the_working_set_answers_one_line(
 # --- 5: submission limits and answers that fit ------------------------------------------------
 
 
-@pytest.mark.parametrize("row, words", [
-    (spec_row("x" * 100_000), "more than the limit of 16000"),
-    (spec_row(slots=10**25), "between 1 and 100000 slots"),
-    (spec_row(slots=0), "between 1 and 100000 slots"),
-    (spec_row(priority=1000), "priority 1000 is out of range"),
-    (spec_row(group="g" * 300), "group name is longer than 255"),
-    (spec_row(info="i" * 5000), "info text is longer than 4000"),
-    (spec_row(stdout="/" + "o" * 5000), "-o (stdout) path is longer"),
-    (spec_row(logfile="a\0b"), "NUL byte"),
-    (spec_row(shell="/" * 300), "shell's path is longer"),
-    (spec_row(excluded_hosts=["h1"] * 1001), "more than 1000 excluded hosts"),
-    (spec_row(estimated_time=float("inf")), "estimated time must be between 0 and"),
-    (spec_row(estimated_memory=-1.0), "estimated memory must be between 0 and"),
-    (spec_row(uuid="u" * 40), "uuid must have 1 to 36"),
-])
-def test_a_submission_over_a_limit_is_refused_in_one_line(tmp_path: Path, row: dict,
-                                                          words: str) -> None:
+@pytest.mark.parametrize(
+    "row, words",
+    [
+        (spec_row("x" * 100_000), "more than the limit of 16000"),
+        (spec_row(slots=10**25), "between 1 and 100000 slots"),
+        (spec_row(slots=0), "between 1 and 100000 slots"),
+        (spec_row(priority=1000), "priority 1000 is out of range"),
+        (spec_row(group="g" * 300), "group name is longer than 255"),
+        (spec_row(info="i" * 5000), "info text is longer than 4000"),
+        (spec_row(stdout="/" + "o" * 5000), "-o (stdout) path is longer"),
+        (spec_row(logfile="a\0b"), "NUL byte"),
+        (spec_row(shell="/" * 300), "shell's path is longer"),
+        (spec_row(excluded_hosts=["h1"] * 1001), "more than 1000 excluded hosts"),
+        (spec_row(estimated_time=float("inf")), "estimated time must be between 0 and"),
+        (spec_row(estimated_memory=-1.0), "estimated memory must be between 0 and"),
+        (spec_row(uuid="u" * 40), "uuid must have 1 to 36"),
+    ],
+)
+def test_a_submission_over_a_limit_is_refused_in_one_line(
+    tmp_path: Path, row: dict, words: str
+) -> None:
     d, _, _ = make_dispatcher(tmp_path)
     with pytest.raises(commands.InvalidRequest) as e:
         result_of(client_session(d).submit_jobs(cwd="/tmp", umask=0o22, env={}, jobs=[row]))
@@ -216,8 +239,11 @@ def test_a_submission_over_a_limit_is_refused_in_one_line(tmp_path: Path, row: d
 def test_a_too_large_environment_is_refused_in_one_line(tmp_path: Path) -> None:
     d, _, _ = make_dispatcher(tmp_path)
     with pytest.raises(commands.InvalidRequest) as e:
-        result_of(client_session(d).submit_jobs(cwd="/tmp", umask=0o22,
-                                                env={"BIG": "x" * 50_000}, jobs=[spec_row()]))
+        result_of(
+            client_session(d).submit_jobs(
+                cwd="/tmp", umask=0o22, env={"BIG": "x" * 50_000}, jobs=[spec_row()]
+            )
+        )
     assert "environment is" in str(e.value) and "unset large variables" in str(e.value)
 
 
@@ -245,7 +271,9 @@ def test_the_detail_of_a_job_stored_before_the_limits_fits_one_answer(tmp_path: 
     job.reason = "r" * 30_000
     answer = result_of(client_session(d).get_job(job_id=1))
     encodes(commands.GetJob, answer)
-    assert answer["job"][0]["command"].startswith("ccc") and answer["job"][0]["command"].endswith("...")
+    assert answer["job"][0]["command"].startswith("ccc") and answer["job"][0]["command"].endswith(
+        "..."
+    )
 
 
 def test_lsthreads_and_lsusers_fit_one_answer(tmp_path: Path) -> None:
@@ -285,16 +313,19 @@ def running_job(d: Any, store: Any, clock: Any, job_id: int = 1) -> Any:
 
 
 def test_an_end_is_recorded_at_the_executors_end_time_clamped(tmp_path: Path) -> None:
-    d, clock, store = make_dispatcher(tmp_path, hosts=[Host(name="h1", number_slots=4,
-                                                            max_slots=4)])
+    d, clock, store = make_dispatcher(
+        tmp_path, hosts=[Host(name="h1", number_slots=4, max_slots=4)]
+    )
     clock.advance(100)
     first = running_job(d, store, clock, 1)
     second = running_job(d, store, clock, 2)
     third = running_job(d, store, clock, 3)
     clock.advance(1000)  # t = 1100: the ends are reported late
-    acks = [d.job_finished("alice", "h1", 1, 1, 0, None, False, "", ended_at=600.0),
-            d.job_finished("alice", "h1", 2, 1, 0, None, False, "", ended_at=5.0),
-            d.job_finished("alice", "h1", 3, 1, 0, None, False, "", ended_at=99_999.0)]
+    acks = [
+        d.job_finished("alice", "h1", 1, 1, 0, None, False, "", ended_at=600.0),
+        d.job_finished("alice", "h1", 2, 1, 0, None, False, "", ended_at=5.0),
+        d.job_finished("alice", "h1", 3, 1, 0, None, False, "", ended_at=99_999.0),
+    ]
     clock.advance(0)
     for ack in acks:
         result_of(ack)
@@ -305,8 +336,7 @@ def test_an_end_is_recorded_at_the_executors_end_time_clamped(tmp_path: Path) ->
 
 
 @pytest_twisted.ensureDeferred
-async def test_real_sqlite_records_the_end_time_and_keeps_an_unwritten_end(
-        tmp_path: Path) -> None:
+async def test_real_sqlite_records_the_end_time_and_keeps_an_unwritten_end(tmp_path: Path) -> None:
     """The same on the real store (SQLite): the ended_at column and the history entry take
     the executor's time; a write that fails (here a trigger: not "unavailable") is not
     acknowledged, and the end is written when reported again."""
@@ -328,8 +358,9 @@ async def _sqlite_scenario(d: Any, clock: Any, store: Any, path: Path) -> None:
 
     await store.upgrade()
     clock.advance(100)
-    specs = [JobSpec(uuid=f"00000000-0000-0000-0000-00000000000{i}", command="true")
-             for i in (1, 2)]
+    specs = [
+        JobSpec(uuid=f"00000000-0000-0000-0000-00000000000{i}", command="true") for i in (1, 2)
+    ]
     ids = await store.submit_jobs("alice", JobEnvironment(cwd="/tmp"), specs, 100.0)
     executor = FakeSession(runs_everything)
     d.executor_connected("alice", "h1", executor)
@@ -362,8 +393,10 @@ async def _sqlite_scenario(d: Any, clock: Any, store: Any, path: Path) -> None:
     assert (await store.get_history(first))[-1].at == 600.0
     # A write that fails for a reason other than unavailability: no acknowledgement.
     con = sqlite3.connect(path)
-    con.execute("CREATE TRIGGER no_end BEFORE UPDATE ON jobs WHEN NEW.state = 'finished' "
-                "BEGIN SELECT RAISE(ABORT, 'refused by a test trigger'); END")
+    con.execute(
+        "CREATE TRIGGER no_end BEFORE UPDATE ON jobs WHEN NEW.state = 'finished' "
+        "BEGIN SELECT RAISE(ABORT, 'refused by a test trigger'); END"
+    )
     con.commit()
     ack = await report(second, 700.0)
     assert ack.called
@@ -391,7 +424,8 @@ def reactor_() -> Any:
 
 
 def test_an_end_whose_write_fails_is_not_acknowledged_and_is_written_when_reported_again(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     d, clock, store = make_dispatcher(tmp_path)
     job = running_job(d, store, clock)
     store.apply_error = RuntimeError("CHECK constraint failed")  # not "unavailable"
@@ -442,8 +476,9 @@ def test_a_placement_whose_write_fails_does_not_stay_pending(tmp_path: Path) -> 
 
 
 def test_setallrjobsaswaiting_requeues_only_once_the_old_tree_is_gone(tmp_path: Path) -> None:
-    d, clock, store = make_dispatcher(tmp_path, hosts=[Host(name="h1", number_slots=1,
-                                                            max_slots=1)])
+    d, clock, store = make_dispatcher(
+        tmp_path, hosts=[Host(name="h1", number_slots=1, max_slots=1)]
+    )
     job = running_job(d, store, clock)
     executor = d.executors[("alice", "h1")]
     other = add_job(d, store, 2)
@@ -458,9 +493,11 @@ def test_setallrjobsaswaiting_requeues_only_once_the_old_tree_is_gone(tmp_path: 
     ack = d.job_finished("alice", "h1", 1, 1, None, 9, True, "killed")
     clock.advance(0)
     result_of(ack)
-    assert store.jobs[1].attempt == 2 and store.jobs[1].state in (JobState.WAITING,
-                                                                  JobState.PENDING,
-                                                                  JobState.RUNNING)
+    assert store.jobs[1].attempt == 2 and store.jobs[1].state in (
+        JobState.WAITING,
+        JobState.PENDING,
+        JobState.RUNNING,
+    )
     clock.advance(0)
     runs = [(kw["job_id"], kw["attempt"]) for kw in executor.proto.names("RunJob")]
     assert len(runs) == 2 and d.occupied()["h1"] == 1  # one of them runs next, never both
@@ -518,7 +555,11 @@ def test_a_second_hello_on_a_proven_connection_is_refused(tmp_path: Path) -> Non
     d, _, _ = make_dispatcher(tmp_path)
     session = client_session(d)
     with pytest.raises(commands.InvalidRequest) as e:
-        session.hello(protocol_version=commands.PROTOCOL_VERSION, role=commands.ROLE_TMMS,
-                      user="alice", host=next(iter(d.hosts)))
+        session.hello(
+            protocol_version=commands.PROTOCOL_VERSION,
+            role=commands.ROLE_TMMS,
+            user="alice",
+            host=next(iter(d.hosts)),
+        )
     assert "already" in str(e.value)
     assert session.role == commands.ROLE_CLIENT and session.host is None

@@ -33,8 +33,11 @@ def guarded(clock: Clock, limits: edge.EdgeLimits | None = None):
     """A server protocol with the dispatcher's edge bounds on a StringTransport."""
     events: list[dict] = []
     locator = Locator()
-    proto = BoundedAMP(locator=locator, clock=clock,
-                       problems=ProblemLog(Logger(observer=cast(Any, events.append)), clock))
+    proto = BoundedAMP(
+        locator=locator,
+        clock=clock,
+        problems=ProblemLog(Logger(observer=cast(Any, events.append)), clock),
+    )
     (limits or edge.EdgeLimits()).apply(proto)
     transport = StringTransport(peerAddress=IPv4Address("TCP", "10.1.2.3", 4000))
     proto.makeConnection(transport)
@@ -133,8 +136,9 @@ def test_a_slow_reader_stops_being_read_then_is_dropped() -> None:
 
 
 def test_the_guard_caps_unauthenticated_and_total_connections_per_address() -> None:
-    guard = edge.AddressGuard(edge.EdgeLimits(max_unauthenticated_per_address=2,
-                                              max_connections_per_address=3))
+    guard = edge.AddressGuard(
+        edge.EdgeLimits(max_unauthenticated_per_address=2, max_connections_per_address=3)
+    )
     assert guard.admit("a") is None and guard.admit("a") is None
     assert "not authenticated" in (guard.admit("a") or "")
     assert guard.admit("b") is None  # other addresses are not affected
@@ -159,9 +163,12 @@ def test_the_listening_factory_refuses_beyond_the_cap_before_any_tls_work() -> N
     limits = edge.EdgeLimits(max_unauthenticated_per_address=1)
     guard = edge.AddressGuard(limits)
     events: list[dict] = []
-    factory = edge.GuardedTLSFactory(auth.server_tls_options(key, cert),
-                                     Factory.forProtocol(lambda: BoundedAMP(clock=clock)),
-                                     guard, ProblemLog(Logger(observer=cast(Any, events.append)), clock))
+    factory = edge.GuardedTLSFactory(
+        auth.server_tls_options(key, cert),
+        Factory.forProtocol(lambda: BoundedAMP(clock=clock)),
+        guard,
+        ProblemLog(Logger(observer=cast(Any, events.append)), clock),
+    )
     addr = IPv4Address("TCP", "10.9.9.9", 1)
     assert factory.buildProtocol(addr) is not None
     assert factory.buildProtocol(addr) is None

@@ -28,9 +28,13 @@ from tm.link import DispatcherInfo
 from tm.protocol import commands
 
 # The link builds its TLS endpoint up front (ClientService), so the pinned certificate is real.
-DISPATCHER = DispatcherInfo(host="127.0.0.1", port=1,
-                            certificate=make_self_signed(DISPATCHER_TLS_NAME)[1],
-                            challenge_dir="", path="")
+DISPATCHER = DispatcherInfo(
+    host="127.0.0.1",
+    port=1,
+    certificate=make_self_signed(DISPATCHER_TLS_NAME)[1],
+    challenge_dir="",
+    path="",
+)
 
 
 class Setup:
@@ -38,14 +42,16 @@ class Setup:
         self.tmp_path = tmp_path
         self.reactor = MemoryReactorClock()
         self.reactor.advance(1000.0)
-        self.executor = Executor(self.reactor, DISPATCHER, host="h1", idle_timeout=300.0,
-                                 log_dir=str(tmp_path / "logs"))
+        self.executor = Executor(
+            self.reactor, DISPATCHER, host="h1", idle_timeout=300.0, log_dir=str(tmp_path / "logs")
+        )
         self.link = FakeLink()
         self.executor.link = self.link  # type: ignore[assignment]
         self.spawner = FakeSpawner()
         self.pool = ManualPool()
-        self.executor.runner = JobRunner(self.spawner, self.reactor,
-                                         log_dir=str(tmp_path / "logs"), blocking=self.pool)
+        self.executor.runner = JobRunner(
+            self.spawner, self.reactor, log_dir=str(tmp_path / "logs"), blocking=self.pool
+        )
         server = amp.AMP(locator=ExecutorLocator(self.executor))
         self.dispatcher = amp.AMP()
         self.pump = connected_pair(server, self.dispatcher)
@@ -53,12 +59,21 @@ class Setup:
     def run_job(self, job_id: int = 7, attempt: int = 1, **kw: Any) -> list[Any]:
         """Send RunJob as the dispatcher does; the list gets its answer or its Failure."""
         fields: dict[str, Any] = {
-            "command": "true", "shell": "/bin/sh", "cwd": str(self.tmp_path), "umask": 0o022,
-            "env": {"PATH": "/bin"}, "stdout": "", "stderr": "", "logfile": "", "slots": 1}
+            "command": "true",
+            "shell": "/bin/sh",
+            "cwd": str(self.tmp_path),
+            "umask": 0o022,
+            "env": {"PATH": "/bin"},
+            "stdout": "",
+            "stderr": "",
+            "logfile": "",
+            "slots": 1,
+        }
         fields.update(kw)
         results: list[Any] = []
-        self.dispatcher.callRemote(commands.RunJob, job_id=job_id, attempt=attempt,
-                                   **fields).addBoth(results.append)
+        self.dispatcher.callRemote(
+            commands.RunJob, job_id=job_id, attempt=attempt, **fields
+        ).addBoth(results.append)
         self.pump.flush()
         return results
 
@@ -94,6 +109,7 @@ def job_start_failed(results: list[Any]) -> str:
 
 # --- RunJob: a start that cannot succeed is the declared JobStartFailed, the link stays ----
 
+
 def test_a_nul_in_the_command_is_a_declared_start_failure(setup: Setup) -> None:
     results = setup.run_job(command="echo a\0b")
     setup.flush()
@@ -112,8 +128,7 @@ def test_a_nul_in_an_output_path_is_a_declared_start_failure(setup: Setup) -> No
     assert setup.linked
 
 
-def test_an_environment_that_is_not_a_mapping_is_a_declared_start_failure(
-        setup: Setup) -> None:
+def test_an_environment_that_is_not_a_mapping_is_a_declared_start_failure(setup: Setup) -> None:
     results = setup.run_job(env=["A=1"])
     setup.flush()
     assert job_start_failed(results) == "the environment is not a mapping of names to values"
@@ -129,7 +144,8 @@ def test_spawn_errors_are_declared_start_failures(setup: Setup) -> None:
 
 
 def test_an_unexpected_error_is_logged_once_and_answered_as_a_start_failure(
-        setup: Setup, logged: list[dict], monkeypatch: pytest.MonkeyPatch) -> None:
+    setup: Setup, logged: list[dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
     def broken(request: Any, on_end: Any) -> Any:
         raise KeyError("bug")
 
@@ -143,28 +159,30 @@ def test_an_unexpected_error_is_logged_once_and_answered_as_a_start_failure(
 
 
 def test_an_unexpected_error_on_a_signal_is_declared_and_the_link_stays(
-        setup: Setup, logged: list[dict], monkeypatch: pytest.MonkeyPatch) -> None:
+    setup: Setup, logged: list[dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
     def broken(job_id: int, attempt: int) -> bool:
         raise OSError("bug")
 
     monkeypatch.setattr(setup.executor.runner, "kill", broken)
     results: list[Any] = []
-    setup.dispatcher.callRemote(commands.SignalJob, job_id=9, attempt=1,
-                                action="kill").addBoth(results.append)
+    setup.dispatcher.callRemote(commands.SignalJob, job_id=9, attempt=1, action="kill").addBoth(
+        results.append
+    )
     setup.pump.flush()
     assert results[0].check(commands.InvalidRequest)
     assert setup.linked
     assert [e["job_id"] for e in logged if e.get("log_failure") is not None] == [9]
     unknown: list[Any] = []
-    setup.dispatcher.callRemote(commands.SignalJob, job_id=10, attempt=1,
-                                action="kill").addBoth(unknown.append)
+    setup.dispatcher.callRemote(commands.SignalJob, job_id=10, attempt=1, action="kill").addBoth(
+        unknown.append
+    )
     monkeypatch.undo()
     setup.pump.flush()
     assert unknown == [{"found": False}]
 
 
-def test_a_start_order_repeated_while_the_first_opens_files_waits_for_it(
-        setup: Setup) -> None:
+def test_a_start_order_repeated_while_the_first_opens_files_waits_for_it(setup: Setup) -> None:
     first = setup.run_job()
     second = setup.run_job()  # e.g. sent again after a reconnection
     assert first == second == []
@@ -187,8 +205,9 @@ def test_a_repeated_failing_start_order_gets_the_same_failure(setup: Setup) -> N
 def test_a_kill_while_starting_ends_the_job_killed_without_running_it(setup: Setup) -> None:
     started = setup.run_job()
     found: list[Any] = []
-    setup.dispatcher.callRemote(commands.SignalJob, job_id=7, attempt=1,
-                                action="kill").addBoth(found.append)
+    setup.dispatcher.callRemote(commands.SignalJob, job_id=7, attempt=1, action="kill").addBoth(
+        found.append
+    )
     setup.pump.flush()
     assert found == [{"found": True}]
     setup.flush()
@@ -199,7 +218,8 @@ def test_a_kill_while_starting_ends_the_job_killed_without_running_it(setup: Set
 
 
 def test_an_attempt_ordered_again_after_its_end_was_reported_does_not_run_twice(
-        setup: Setup) -> None:
+    setup: Setup,
+) -> None:
     first = setup.run_job()
     setup.flush()
     setup.spawner.spawns[0].exit(0)
@@ -215,9 +235,18 @@ def test_an_attempt_ordered_again_after_its_end_was_reported_does_not_run_twice(
 
 # --- reports of ends ----------------------------------------------------------------------
 
+
 def end(job_id: int = 7, ended_at: float = 100.0) -> JobEnd:
-    return JobEnd(job_id=job_id, attempt=1, exit_code=0, signal=None, killed=False,
-                  started_at=50.0, ended_at=ended_at, reason="exited normally")
+    return JobEnd(
+        job_id=job_id,
+        attempt=1,
+        exit_code=0,
+        signal=None,
+        killed=False,
+        started_at=50.0,
+        ended_at=ended_at,
+        reason="exited normally",
+    )
 
 
 def test_the_report_sends_the_process_end_time_not_the_report_time(setup: Setup) -> None:
@@ -331,21 +360,30 @@ def test_a_lease_kill_does_not_make_an_ended_job_lost(setup: Setup) -> None:
     assert report["lost"] is False and report["reason"] == "exited normally"
 
 
-def test_an_end_the_runner_could_not_know_is_reported_lost_with_its_reason(
-        setup: Setup) -> None:
+def test_an_end_the_runner_could_not_know_is_reported_lost_with_its_reason(setup: Setup) -> None:
     # The zygote that reaped the job's shepherd ended first: the dispatcher must run it again.
     reason = "lost: the executor's shepherd zygote ended unexpectedly"
-    setup.executor.job_ended(JobEnd(job_id=7, attempt=1, exit_code=None, signal=None,
-                                    killed=False, started_at=50.0, ended_at=60.0,
-                                    reason=reason, lost=True))
+    setup.executor.job_ended(
+        JobEnd(
+            job_id=7,
+            attempt=1,
+            exit_code=None,
+            signal=None,
+            killed=False,
+            started_at=50.0,
+            ended_at=60.0,
+            reason=reason,
+            lost=True,
+        )
+    )
     [report] = setup.link.named("JobFinished")
     assert report["lost"] is True and report["reason"] == reason
 
 
-def test_the_executor_forks_shepherds_from_a_zygote_and_ends_it_when_it_stops(
-        setup: Setup) -> None:
-    executor = Executor(setup.reactor, DISPATCHER, host="h1", idle_timeout=300.0,
-                        log_dir=str(setup.tmp_path))
+def test_the_executor_forks_shepherds_from_a_zygote_and_ends_it_when_it_stops(setup: Setup) -> None:
+    executor = Executor(
+        setup.reactor, DISPATCHER, host="h1", idle_timeout=300.0, log_dir=str(setup.tmp_path)
+    )
     assert isinstance(executor.runner.launcher, ZygoteLauncher)
     stopped: list[Any] = []
     executor.runner.stop = lambda: stopped.append(True) or succeed(None)  # type: ignore
@@ -356,16 +394,28 @@ def test_the_executor_forks_shepherds_from_a_zygote_and_ends_it_when_it_stops(
 
 
 def test_the_executor_runs_file_work_in_a_bounded_pool_of_its_own(setup: Setup) -> None:
-    executor = Executor(setup.reactor, DISPATCHER, host="h1", idle_timeout=300.0,
-                        log_dir=str(setup.tmp_path))
+    executor = Executor(
+        setup.reactor, DISPATCHER, host="h1", idle_timeout=300.0, log_dir=str(setup.tmp_path)
+    )
     assert executor.runner._blocking == executor._in_pool
     assert executor.fs_pool.max == executor_service.FS_THREADS
 
 
-def test_ensure_deferred_of_start_job_never_fails_with_an_undeclared_error(
-        setup: Setup) -> None:
+def test_ensure_deferred_of_start_job_never_fails_with_an_undeclared_error(setup: Setup) -> None:
     results: list[Any] = []
-    ensureDeferred(setup.executor.start_job(5, 1, command="x", shell="/bin/sh", cwd="/",
-                                            umask=18, env=None, stdout="", stderr="",
-                                            logfile="", slots=1)).addBoth(results.append)
+    ensureDeferred(
+        setup.executor.start_job(
+            5,
+            1,
+            command="x",
+            shell="/bin/sh",
+            cwd="/",
+            umask=18,
+            env=None,
+            stdout="",
+            stderr="",
+            logfile="",
+            slots=1,
+        )
+    ).addBoth(results.append)
     assert job_start_failed(results) == "the environment is not a mapping of names to values"

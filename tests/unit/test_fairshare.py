@@ -34,10 +34,13 @@ def test_bad_half_life() -> None:
         UsageLedger(0)
 
 
-@given(st.lists(st.tuples(st.floats(0, 1e6), st.floats(0, 1e4)), min_size=1, max_size=20),
-       st.floats(1, 1e6))
+@given(
+    st.lists(st.tuples(st.floats(0, 1e6), st.floats(0, 1e4)), min_size=1, max_size=20),
+    st.floats(1, 1e6),
+)
 def test_usage_never_grows_without_charges_and_never_goes_negative(
-        charges: list[tuple[float, float]], half_life: float) -> None:
+    charges: list[tuple[float, float]], half_life: float
+) -> None:
     ledger = UsageLedger(half_life)
     t = 0.0
     for amount, gap in charges:

@@ -6,16 +6,29 @@ import pytest
 
 from tm.jobfile import JobFileError, compress_ids, parse_job_file
 
-DEFAULTS = {"command": "", "slots": 1, "priority": 0, "group": "cli-group", "info_text": "",
-            "logfile": "", "stdout_file": "", "stderr_file": "", "shell": None,
-            "estimatedTime": None, "estimatedMemory": None, "excludeHosts": ""}
+DEFAULTS = {
+    "command": "",
+    "slots": 1,
+    "priority": 0,
+    "group": "cli-group",
+    "info_text": "",
+    "logfile": "",
+    "stdout_file": "",
+    "stderr_file": "",
+    "shell": None,
+    "estimatedTime": None,
+    "estimatedMemory": None,
+    "excludeHosts": "",
+}
 
 
 def test_fields_idx_and_defaults() -> None:
-    text = ("# a comment\n"
-            "\n"
-            "command::run --seed {idx}\tslots::2\tstdout::out.{idx}\n"
-            "priority::7\tcommand::echo ${HOME} {a,b}\tinfoText::second\texcludedHosts::h1,h2\n")
+    text = (
+        "# a comment\n"
+        "\n"
+        "command::run --seed {idx}\tslots::2\tstdout::out.{idx}\n"
+        "priority::7\tcommand::echo ${HOME} {a,b}\tinfoText::second\texcludedHosts::h1,h2\n"
+    )
     jobs = parse_job_file(text, "jobs.txt", DEFAULTS)
     assert [j.line_no for j in jobs] == [3, 4]
     first, second = (j.options for j in jobs)

@@ -62,8 +62,9 @@ def test_a_daemon_of_an_installation_left_is_named_and_killed(tmp_path: Path) ->
     state = inst.home / ".taskmanager"
     state.mkdir()
     # A daemon as the TMS is one: not our child (its parent exited), its pid in a pid file.
-    subprocess.run(["sh", "-c", f"setsid sleep 300 >/dev/null 2>&1 & echo $! > {state}/tms.pid"],
-                   check=True)
+    subprocess.run(
+        ["sh", "-c", f"setsid sleep 300 >/dev/null 2>&1 & echo $! > {state}/tms.pid"], check=True
+    )
     pid = int((state / "tms.pid").read_text())
     try:
         assert pid not in children()

@@ -17,8 +17,13 @@ import tm.dispatcher_client as dc
 from tm.link import DispatcherInfo
 from tm.protocol import commands
 
-INFO = DispatcherInfo(host="dispatcher.example", port=1, certificate=b"", challenge_dir="/x",
-                      path="/x/dispatcher.json")
+INFO = DispatcherInfo(
+    host="dispatcher.example",
+    port=1,
+    certificate=b"",
+    challenge_dir="/x",
+    path="/x/dispatcher.json",
+)
 
 
 class FakeEndpoint:
@@ -48,8 +53,9 @@ def logins(monkeypatch: pytest.MonkeyPatch) -> list[Exception | None]:
     """What each login answers: None for success, else the refusal (the last one repeats)."""
     answers: list[Exception | None] = [None]
 
-    async def fake_log_in(reactor: Any, proto: Any, info: Any, role: str, host: Any,
-                          timeout: float) -> tuple[str, list[str]]:
+    async def fake_log_in(
+        reactor: Any, proto: Any, info: Any, role: str, host: Any, timeout: float
+    ) -> tuple[str, list[str]]:
         answer = answers[0] if len(answers) == 1 else answers.pop(0)
         if answer is not None:
             raise answer
@@ -60,8 +66,16 @@ def logins(monkeypatch: pytest.MonkeyPatch) -> list[Exception | None]:
 
 
 def make_link(clock: Clock, endpoint: FakeEndpoint, **kw: Any) -> dc.DispatcherLink:
-    return dc.DispatcherLink(clock, INFO, commands.ROLE_TMS, "h", lambda: None,
-                             endpoint=endpoint, random_fraction=random.Random(7).random, **kw)
+    return dc.DispatcherLink(
+        clock,
+        INFO,
+        commands.ROLE_TMS,
+        "h",
+        lambda: None,
+        endpoint=endpoint,
+        random_fraction=random.Random(7).random,
+        **kw,
+    )
 
 
 def gaps(times: list[float]) -> list[float]:
@@ -69,7 +83,8 @@ def gaps(times: list[float]) -> list[float]:
 
 
 def test_while_the_dispatcher_is_away_the_link_dials_about_every_second_with_jitter(
-        logins: list) -> None:
+    logins: list,
+) -> None:
     clock = Clock()
     endpoint = FakeEndpoint(clock)
     link = make_link(clock, endpoint)
@@ -87,8 +102,7 @@ def test_while_the_dispatcher_is_away_the_link_dials_about_every_second_with_jit
     assert not link.connected and "refused" in link.last_error.lower()
 
 
-def test_the_link_is_back_within_about_a_second_of_the_dispatcher_s_return(
-        logins: list) -> None:
+def test_the_link_is_back_within_about_a_second_of_the_dispatcher_s_return(logins: list) -> None:
     clock = Clock()
     endpoint = FakeEndpoint(clock)
     connected: list[Any] = []

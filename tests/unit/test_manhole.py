@@ -24,20 +24,37 @@ from tm.dispatcher.service import Dispatcher, Settings
 
 
 def job(job_id: int, state: JobState, host: str | None = None, slots: int = 1) -> Job:
-    return Job(id=job_id, uuid=f"u{job_id}", user="alice",
-               spec=JobSpec(uuid=f"u{job_id}", command="true", slots=slots),
-               state=state, attempt=1, submitted_at=0.0, host=host)
+    return Job(
+        id=job_id,
+        uuid=f"u{job_id}",
+        user="alice",
+        spec=JobSpec(uuid=f"u{job_id}", command="true", slots=slots),
+        state=state,
+        attempt=1,
+        submitted_at=0.0,
+        host=host,
+    )
 
 
 @pytest.fixture
 def dispatcher(tmp_path: Path) -> Dispatcher:
-    settings = Settings(var_dir=tmp_path, config_dir=tmp_path, database_url="sqlite://",
-                        hosts=[Host(name="h1", number_slots=4, max_slots=4),
-                               Host(name="h2", number_slots=2, max_slots=2, active=False)],
-                        users=[User(name="alice")])
+    settings = Settings(
+        var_dir=tmp_path,
+        config_dir=tmp_path,
+        database_url="sqlite://",
+        hosts=[
+            Host(name="h1", number_slots=4, max_slots=4),
+            Host(name="h2", number_slots=2, max_slots=2, active=False),
+        ],
+        users=[User(name="alice")],
+    )
     d = Dispatcher(MemoryReactorClock(), settings, SimpleNamespace(apply_transitions=None))
-    for j in (job(3, JobState.WAITING), job(1, JobState.WAITING),
-              job(2, JobState.RUNNING, host="h1", slots=3), job(4, JobState.PENDING, host="h1")):
+    for j in (
+        job(3, JobState.WAITING),
+        job(1, JobState.WAITING),
+        job(2, JobState.RUNNING, host="h1", slots=3),
+        job(4, JobState.PENDING, host="h1"),
+    ):
         d.jobs[j.id] = j
     d.tms_sessions["alice"] = cast(Any, object())
     d.executors[("alice", "h1")] = object()
@@ -81,7 +98,9 @@ def test_jobs_names_a_bad_state_and_says_ended_jobs_are_not_in_memory(
 def test_hosts_and_sessions_reflect_the_dispatcher(dispatcher: Dispatcher) -> None:
     ns = make_namespace(dispatcher)
     rows = {r.name: r for r in ns["hosts"]()}
-    assert rows["h1"].occupied == 4 and rows["h1"].load == 0.5 and rows["h1"].executors == ("alice",)
+    assert (
+        rows["h1"].occupied == 4 and rows["h1"].load == 0.5 and rows["h1"].executors == ("alice",)
+    )
     assert rows["h2"].occupied == 0 and rows["h2"].active is False and rows["h2"].executors == ()
     s = ns["sessions"]()
     assert s.tms == ("alice",) and s.executors == ("alice@h1",) and s.starting == ("bob@h2",)
@@ -90,12 +109,14 @@ def test_hosts_and_sessions_reflect_the_dispatcher(dispatcher: Dispatcher) -> No
 
 
 def gate(dispatcher: Dispatcher, uid: int | None) -> ManholeFactory:
-    return ManholeFactory(dispatcher,
-                          peer_credentials=lambda t: None if uid is None else (4242, uid, uid))
+    return ManholeFactory(
+        dispatcher, peer_credentials=lambda t: None if uid is None else (4242, uid, uid)
+    )
 
 
-def connect(dispatcher: Dispatcher, uid: int | None,
-            factory: ManholeFactory | None = None) -> tuple[Protocol, StringTransport]:
+def connect(
+    dispatcher: Dispatcher, uid: int | None, factory: ManholeFactory | None = None
+) -> tuple[Protocol, StringTransport]:
     proto = (factory or gate(dispatcher, uid)).buildProtocol(None)
     transport = StringTransport()
     proto.makeConnection(transport)
@@ -126,8 +147,9 @@ def test_a_variable_stays_in_its_connection(dispatcher: Dispatcher) -> None:
 
 
 @pytest.mark.parametrize("uid", [os.geteuid() + 1, None])
-def test_another_uid_is_told_why_dropped_and_logged(dispatcher: Dispatcher,
-                                                    uid: int | None) -> None:
+def test_another_uid_is_told_why_dropped_and_logged(
+    dispatcher: Dispatcher, uid: int | None
+) -> None:
     with capturedLogs() as events:
         proto, transport = connect(dispatcher, uid)
     said = transport.value().decode()

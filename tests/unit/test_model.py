@@ -51,5 +51,7 @@ def test_only_pending_and_running_hold_slots() -> None:
         (0, None, True, JobState.KILLED),
     ],
 )
-def test_ending_state(exit_code: int | None, signal: int | None, killed: bool, state: JobState) -> None:
+def test_ending_state(
+    exit_code: int | None, signal: int | None, killed: bool, state: JobState
+) -> None:
     assert ending_state(exit_code, signal, killed) is state

@@ -17,4 +17,6 @@ def test_no_module_in_tm_is_over_500_lines() -> None:
     }
     assert len(sizes) > 20
     too_big = {name: n for name, n in sizes.items() if n > MAX_LINES}
-    assert not too_big, f"split these modules by responsibility (at most {MAX_LINES} lines): {too_big}"
+    assert not too_big, (
+        f"split these modules by responsibility (at most {MAX_LINES} lines): {too_big}"
+    )

@@ -25,14 +25,18 @@ from tm.executor.runner import (
 
 
 def request(tmp_path: Path, command: str = "true", **kw: Any) -> RunRequest:
-    fields: dict[str, Any] = {"job_id": 7, "attempt": 1, "command": command,
-                              "cwd": str(tmp_path), "env": {"PATH": "/bin"}}
+    fields: dict[str, Any] = {
+        "job_id": 7,
+        "attempt": 1,
+        "command": command,
+        "cwd": str(tmp_path),
+        "env": {"PATH": "/bin"},
+    }
     fields.update(kw)
     return RunRequest(**fields)
 
 
-def make_runner(tmp_path: Path, blocking: Any = run_inline
-                ) -> tuple[JobRunner, FakeSpawner, Clock]:
+def make_runner(tmp_path: Path, blocking: Any = run_inline) -> tuple[JobRunner, FakeSpawner, Clock]:
     spawner, clock = FakeSpawner(), Clock()
     runner = JobRunner(spawner, clock, log_dir=str(tmp_path / "logs"), blocking=blocking)
     return runner, spawner, clock
@@ -79,7 +83,8 @@ NUL_CASES = [
 
 @pytest.mark.parametrize(("fields", "reason"), NUL_CASES)
 def test_a_request_spawn_would_refuse_fails_with_the_reason(
-        tmp_path: Path, fields: dict[str, Any], reason: str) -> None:
+    tmp_path: Path, fields: dict[str, Any], reason: str
+) -> None:
     runner, spawner, _ = make_runner(tmp_path)
     ended: list[JobEnd] = []
     before = open_fds()
@@ -90,19 +95,24 @@ def test_a_request_spawn_would_refuse_fails_with_the_reason(
     assert not (tmp_path / "logs").exists()
 
 
-@pytest.mark.parametrize(("raised", "reason"), [
-    (ValueError("embedded null byte"), "cannot start the job: embedded null byte"),
-    (TypeError("expected str"), "cannot start the job: expected str"),
-    (OSError(7, "Argument list too long"), "cannot start the job: Argument list too long"),
-    (RuntimeError("surprise"), "cannot start the job: unexpected error (surprise)"),
-])
+@pytest.mark.parametrize(
+    ("raised", "reason"),
+    [
+        (ValueError("embedded null byte"), "cannot start the job: embedded null byte"),
+        (TypeError("expected str"), "cannot start the job: expected str"),
+        (OSError(7, "Argument list too long"), "cannot start the job: Argument list too long"),
+        (RuntimeError("surprise"), "cannot start the job: unexpected error (surprise)"),
+    ],
+)
 def test_any_error_from_spawn_fails_the_start_and_closes_its_files(
-        tmp_path: Path, raised: BaseException, reason: str) -> None:
+    tmp_path: Path, raised: BaseException, reason: str
+) -> None:
     runner, spawner, _ = make_runner(tmp_path)
     spawner.fail_with = raised
     before = open_fds()
-    d = runner.start(request(tmp_path, stdout="o.txt", stderr="e.txt", logfile="l.txt"),
-                     lambda end: None)
+    d = runner.start(
+        request(tmp_path, stdout="o.txt", stderr="e.txt", logfile="l.txt"), lambda end: None
+    )
     assert start_error(d) == reason
     assert runner.running() == []
     assert open_fds() == before
@@ -130,6 +140,7 @@ def test_an_unexpected_error_while_opening_files_fails_the_start(tmp_path: Path)
 
 # --- file work off the caller's thread ----------------------------------------------------
 
+
 def test_output_files_are_opened_by_the_pool_not_by_start(tmp_path: Path) -> None:
     pool = ManualPool()
     runner, spawner, _ = make_runner(tmp_path, pool)
@@ -156,8 +167,7 @@ def test_a_blocked_open_does_not_hold_another_start(tmp_path: Path) -> None:
     assert outcome(slow) == spawner.spawns[1].transport.pid
 
 
-def test_a_kill_while_the_files_open_ends_the_job_killed_without_running_it(
-        tmp_path: Path) -> None:
+def test_a_kill_while_the_files_open_ends_the_job_killed_without_running_it(tmp_path: Path) -> None:
     pool = ManualPool()
     runner, spawner, clock = make_runner(tmp_path, pool)
     ended: list[JobEnd] = []
@@ -174,15 +184,17 @@ def test_a_kill_while_the_files_open_ends_the_job_killed_without_running_it(
     assert outcome(d) == 0
     assert spawner.spawns == []
     assert [(e.killed, e.exit_code, e.signal, e.reason) for e in ended] == [
-        (True, None, None, KILLED_BEFORE_START)]
+        (True, None, None, KILLED_BEFORE_START)
+    ]
     assert ended[0].ended_at == 3
     assert runner.running() == [] and waiting.called
     assert open_fds() == before  # the files it had opened are closed again
     assert clock.getDelayedCalls() == []
 
 
-def test_an_exit_reaped_inside_spawn_uses_the_real_pid(tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_exit_reaped_inside_spawn_uses_the_real_pid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Twisted reaps a child that exited before it was registered right inside spawnProcess; the
     # end then kills what is left of the job's group, which must be the job's, never group 0.
     groups: list[int] = []
@@ -198,7 +210,8 @@ def test_an_exit_reaped_inside_spawn_uses_the_real_pid(tmp_path: Path,
 
 
 def test_the_log_file_is_assembled_by_the_pool_before_the_end_is_handed_over(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     pool = ManualPool()
     runner, spawner, clock = make_runner(tmp_path, pool)
     ended: list[JobEnd] = []
@@ -235,8 +248,7 @@ def test_an_error_while_assembling_the_log_file_does_not_lose_the_end(tmp_path: 
     assert runner.running() == []
 
 
-def test_a_reason_with_a_huge_path_stays_small_enough_for_one_amp_value(
-        tmp_path: Path) -> None:
+def test_a_reason_with_a_huge_path_stays_small_enough_for_one_amp_value(tmp_path: Path) -> None:
     runner, spawner, _ = make_runner(tmp_path)
     d = runner.start(request(tmp_path, stdout="a" * 100_000), lambda end: None)
     reason = start_error(d)

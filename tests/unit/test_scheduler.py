@@ -401,8 +401,15 @@ def test_explain_wait_always_answers(i: SchedulerInput) -> None:
 def test_queue_order_is_priority_then_fair_share_then_submission() -> None:
     from tm.core.scheduler import queue_order
 
-    jobs = [job(1, user="a"), job(2, user="a"), job(3, user="a"), job(4, user="b"),
-            job(5, user="d", priority=9), job(6, user="c")]
-    i = inp([host("h", 1)], jobs, usage={"a": 0.0, "b": 10.0, "c": 5.0},
-            disabled_users=frozenset({"c"}))
+    jobs = [
+        job(1, user="a"),
+        job(2, user="a"),
+        job(3, user="a"),
+        job(4, user="b"),
+        job(5, user="d", priority=9),
+        job(6, user="c"),
+    ]
+    i = inp(
+        [host("h", 1)], jobs, usage={"a": 0.0, "b": 10.0, "c": 5.0}, disabled_users=frozenset({"c"})
+    )
     assert [j.id for j in queue_order(i)] == [5, 1, 4, 2, 3]

@@ -30,9 +30,11 @@ def test_command_name_with_spaces_and_parentheses() -> None:
     assert parse_stat(stat_line(42, b"x ) R 5", b"Z", 3)) == (3, "Z")
 
 
-@given(comm=st.binary(max_size=15).filter(lambda b: b"\0" not in b),
-       state=st.sampled_from([b"R", b"S", b"D", b"T", b"t", b"Z", b"X"]),
-       ppid=st.integers(min_value=0, max_value=4194304))
+@given(
+    comm=st.binary(max_size=15).filter(lambda b: b"\0" not in b),
+    state=st.sampled_from([b"R", b"S", b"D", b"T", b"t", b"Z", b"X"]),
+    ppid=st.integers(min_value=0, max_value=4194304),
+)
 def test_any_command_name(comm: bytes, state: bytes, ppid: int) -> None:
     assert parse_stat(stat_line(1, comm, state, ppid)) == (ppid, state.decode())
 
@@ -47,12 +49,12 @@ def test_unparseable_lines() -> None:
 def test_descendants_follow_the_parent_chain_only() -> None:
     table = {
         1: (0, "S"),
-        10: (1, "S"),   # the shepherd
+        10: (1, "S"),  # the shepherd
         11: (10, "S"),  # its shell
         12: (11, "T"),  # a child of the shell
         13: (12, "Z"),  # a zombie grandchild is still listed: callers filter on state
         14: (10, "S"),  # an orphan reparented to the shepherd
-        20: (1, "S"),   # unrelated
+        20: (1, "S"),  # unrelated
         21: (20, "S"),
     }
     assert sorted(descendants(10, table)) == [11, 12, 13, 14]
@@ -76,6 +78,7 @@ def test_a_cycle_from_a_torn_read_does_not_loop() -> None:
 
 
 # -- the shepherd's end: a walk of /proc only when something is left ---------------------------
+
 
 def run_shepherd_in_a_child(shell_code: str) -> tuple[int, bool]:
     """Fork; the child becomes a shepherd (subreaper) of ``sh -c shell_code``. Return its exit

@@ -174,13 +174,17 @@ async def test_transition_is_compare_and_set(store: Store) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_a_transition_at_its_own_time_sets_the_end_and_the_history_to_it(
-        store: Store) -> None:
+    store: Store,
+) -> None:
     """An end reported late (after a dispatcher outage) is recorded at the executor's time."""
     (job_id,) = await store.submit_jobs("alice", ENV, [spec(1)], now=10.0)
-    steps = [Transition(job_id, 1, JobState.WAITING, JobState.PENDING, host="h1"),
-             Transition(job_id, 1, JobState.PENDING, JobState.RUNNING, pid=7, at=12.0),
-             Transition(job_id, 1, JobState.RUNNING, JobState.FINISHED, "exit code 0",
-                        exit_code=0, at=600.0)]
+    steps = [
+        Transition(job_id, 1, JobState.WAITING, JobState.PENDING, host="h1"),
+        Transition(job_id, 1, JobState.PENDING, JobState.RUNNING, pid=7, at=12.0),
+        Transition(
+            job_id, 1, JobState.RUNNING, JobState.FINISHED, "exit code 0", exit_code=0, at=600.0
+        ),
+    ]
     assert await store.apply_transitions(steps, now=1100.0) == [True, True, True]
     job = await store.get_job(job_id)
     assert job is not None
@@ -193,12 +197,18 @@ def test_sqlite_errors_are_classified_unavailable_or_not() -> None:
 
     from tm.db.store import _is_retryable
 
-    for text in ("database is locked", "disk I/O error", "database or disk is full",
-                 "unable to open database file"):
+    for text in (
+        "database is locked",
+        "disk I/O error",
+        "database or disk is full",
+        "unable to open database file",
+    ):
         assert _is_retryable(sqlite3.OperationalError(text)), text
-    for error in (sqlite3.OperationalError("no such table: jobz"),
-                  sqlite3.IntegrityError("UNIQUE constraint failed: jobs.uuid"),
-                  sqlite3.ProgrammingError("Incorrect number of bindings supplied")):
+    for error in (
+        sqlite3.OperationalError("no such table: jobz"),
+        sqlite3.IntegrityError("UNIQUE constraint failed: jobs.uuid"),
+        sqlite3.ProgrammingError("Incorrect number of bindings supplied"),
+    ):
         assert not _is_retryable(error), error
 
 
@@ -219,13 +229,15 @@ async def test_a_locked_sqlite_database_counts_as_unavailable(tmp_path: Path) ->
             # The pool's connection waits for the lock (sqlite3's 5 s), then says "locked".
             with pytest.raises(StoreUnavailable) as e:
                 await s.apply_transitions(
-                    [Transition(job_id, 1, JobState.WAITING, JobState.PENDING, host="h1")], 11.0)
+                    [Transition(job_id, 1, JobState.WAITING, JobState.PENDING, host="h1")], 11.0
+                )
             assert "database is locked" in str(e.value)
         finally:
             holder.rollback()
             holder.close()
         assert await s.apply_transitions(
-            [Transition(job_id, 1, JobState.WAITING, JobState.PENDING, host="h1")], 12.0) == [True]
+            [Transition(job_id, 1, JobState.WAITING, JobState.PENDING, host="h1")], 12.0
+        ) == [True]
     finally:
         s.close()
 

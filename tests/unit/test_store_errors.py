@@ -51,8 +51,10 @@ def test_no_db_module_imports_the_protocol() -> None:
 
 def test_the_import_check_sees_a_forbidden_import(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
-    bad.write_text("def f():\n    from tm.protocol.commands import InvalidRequest\n"
-                   "from twisted.protocols import amp\n")
+    bad.write_text(
+        "def f():\n    from tm.protocol.commands import InvalidRequest\n"
+        "from twisted.protocols import amp\n"
+    )
     names = imported_modules(bad)
     assert "tm.protocol.commands" in names and "twisted.protocols.amp" in names
 

@@ -108,8 +108,9 @@ def test_without_the_dispatcher_it_gives_up_after_its_budget_with_one_line() -> 
     assert not d.called
     clock.advance(1.5)
     assert isinstance(d.result, Failure) and d.result.check(commands.DispatcherUnavailable)
-    assert str(d.result.value) == ("the dispatcher at d:1 did not acknowledge the submission "
-                                   "within 60 s (connection lost)")
+    assert str(d.result.value) == (
+        "the dispatcher at d:1 did not acknowledge the submission within 60 s (connection lost)"
+    )
     d.addErrback(lambda _: None)
     assert not clock.getDelayedCalls()
 

@@ -8,17 +8,21 @@ import pytest
 from tests.helpers import requirements
 
 
-@pytest.mark.parametrize(("env", "required"), [
-    ({}, False),
-    ({"CI": "true"}, True),
-    ({"CI": "True"}, True),
-    ({"CI": "false"}, False),
-    ({"TM_REQUIRE_ROOT": "1"}, True),
-    ({"TM_REQUIRE_ROOT": "0"}, False),
-    ({"CI": "false", "TM_REQUIRE_ROOT": "1"}, True),
-])
+@pytest.mark.parametrize(
+    ("env", "required"),
+    [
+        ({}, False),
+        ({"CI": "true"}, True),
+        ({"CI": "True"}, True),
+        ({"CI": "false"}, False),
+        ({"TM_REQUIRE_ROOT": "1"}, True),
+        ({"TM_REQUIRE_ROOT": "0"}, False),
+        ({"CI": "false", "TM_REQUIRE_ROOT": "1"}, True),
+    ],
+)
 def test_ci_or_tm_require_root_makes_privileged_tests_required(
-        monkeypatch: pytest.MonkeyPatch, env: dict[str, str], required: bool) -> None:
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], required: bool
+) -> None:
     for name in ("CI", "TM_REQUIRE_ROOT"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
@@ -27,7 +31,8 @@ def test_ci_or_tm_require_root_makes_privileged_tests_required(
 
 
 def test_without_root_a_test_skips_outside_ci_and_fails_in_ci(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.delenv("CI", raising=False)
     monkeypatch.delenv("TM_REQUIRE_ROOT", raising=False)
     monkeypatch.setattr(requirements.os, "geteuid", lambda: 1000)

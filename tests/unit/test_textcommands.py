@@ -388,8 +388,11 @@ def test_lagroups() -> None:
     # Jobs submitted without -g are in no group: not listed as a group named "".
     out, _ = go("lagroups", "tms", {commands.GroupSummary: {"groups": {"": {"waiting": 1}}}})
     assert out == "no groups found"
-    out, _ = go("lagroups", "tms", {commands.GroupSummary: {"groups": {"": {"waiting": 1},
-                                                                      "a": {"waiting": 2}}}})
+    out, _ = go(
+        "lagroups",
+        "tms",
+        {commands.GroupSummary: {"groups": {"": {"waiting": 1}, "a": {"waiting": 2}}}},
+    )
     assert out.startswith("group: a") and out.count("group:") == 1
 
 
@@ -623,8 +626,10 @@ def test_reload() -> None:
 
 
 def test_lstmms() -> None:
-    ex = [{"host": "node1", "pid": 5, "since": T0, "running": 2, "state": "connected"},
-          {"host": "node22", "pid": None, "since": None, "running": 0, "state": "starting"}]
+    ex = [
+        {"host": "node1", "pid": 5, "since": T0, "running": 2, "state": "connected"},
+        {"host": "node22", "pid": None, "since": None, "running": 0, "state": "starting"},
+    ]
     out, call = go("lstmms", "tms", {commands.ListExecutors: {"executors": ex}})
     assert call.calls == [(commands.ListExecutors, {})]
     lines = out.splitlines()
@@ -666,8 +671,11 @@ def test_format_time_uses_localtime() -> None:
 
 
 def test_lajob_shows_the_estimates() -> None:
-    resp = {"job": [detail(estimated_time=3600.0, estimated_memory=512.0)], "history": [],
-            "wait_reason": ""}
+    resp = {
+        "job": [detail(estimated_time=3600.0, estimated_memory=512.0)],
+        "history": [],
+        "wait_reason": "",
+    }
     out, _ = go("lajob:42", "tms", {commands.GetJob: resp})
     lines = out.splitlines()
     assert any(re.fullmatch(r"estimated time:\s+3600\.0", line) for line in lines), out
@@ -677,9 +685,11 @@ def test_lajob_shows_the_estimates() -> None:
 
 
 def test_lsnextjobs_pages_with_an_offset_until_n_jobs() -> None:
-    pages = [{"jobs": [job(1), job(2)], "next_after_id": 2},
-             {"jobs": [job(3)], "next_after_id": 3},
-             {"jobs": [job(9)], "next_after_id": None}]
+    pages = [
+        {"jobs": [job(1), job(2)], "next_after_id": 2},
+        {"jobs": [job(3)], "next_after_id": 3},
+        {"jobs": [job(9)], "next_after_id": None},
+    ]
     out, call = go("lsnextjobs:3", "dispatcher", {commands.ListJobs: pages})
     assert [kw["after_id"] for _, kw in call.calls] == [0, 2]
     assert [kw["limit"] for _, kw in call.calls] == [3, 1]

@@ -6,13 +6,20 @@ from tm.userserver.service import start_failure_reason
 
 
 def test_executor_start_failure_reasons() -> None:
-    clash = (b"Another twistd server is running, PID 123\n\nThis could either be a previously "
-             b"started instance...\nor use the --pidfile and --logfile parameters.\n")
+    clash = (
+        b"Another twistd server is running, PID 123\n\nThis could either be a previously "
+        b"started instance...\nor use the --pidfile and --logfile parameters.\n"
+    )
     assert start_failure_reason(clash, 1) == (
         "an executor of yours is already running there (pid 123) but is not connected; "
-        "it reconnects by itself, or stop it")
-    assert start_failure_reason(b"Warning: x\nssh: connect to host h port 22: Connection refused"
-                                b"\r\n\n", 255) == "ssh: connect to host h port 22: Connection refused"
+        "it reconnects by itself, or stop it"
+    )
+    assert (
+        start_failure_reason(
+            b"Warning: x\nssh: connect to host h port 22: Connection refused\r\n\n", 255
+        )
+        == "ssh: connect to host h port 22: Connection refused"
+    )
     assert start_failure_reason(b"", 3) == "the start command exited with 3"
 
 
@@ -25,9 +32,17 @@ def test_executor_argv_default_and_with_a_tmmenial_command(tmp_path, monkeypatch
     monkeypatch.setenv("HOME", str(tmp_path))
     server = SimpleNamespace(info=SimpleNamespace(path="/shared/var/dispatcher.json"))
     default = UserServer.executor_argv(server, "node1")  # type: ignore[arg-type]
-    tail = ["--pidfile", f"{tmp_path}/.taskmanager/tmmenial.node1.pid",
-            "--logfile", f"{tmp_path}/.taskmanager/logs/tmmenial.node1.log",
-            "tmmenial", "--host", "node1", "--dispatcher", "/shared/var/dispatcher.json"]
+    tail = [
+        "--pidfile",
+        f"{tmp_path}/.taskmanager/tmmenial.node1.pid",
+        "--logfile",
+        f"{tmp_path}/.taskmanager/logs/tmmenial.node1.log",
+        "tmmenial",
+        "--host",
+        "node1",
+        "--dispatcher",
+        "/shared/var/dispatcher.json",
+    ]
     assert default[:2] == [sys.executable, "-c"] and default[3:] == tail
     custom = UserServer.executor_argv(server, "node1", "env TZ=UTC '/opt/tm 2/bin/twistd'")  # type: ignore[arg-type]
     assert custom == ["env", "TZ=UTC", "/opt/tm 2/bin/twistd", *tail]
@@ -58,5 +73,6 @@ def test_a_forwarded_request_whose_link_drops_is_answered_with_a_declared_error(
     error = d.result.value
     d.addErrback(lambda _: None)
     assert isinstance(error, commands.DispatcherUnavailable)  # declared: one line at the client
-    assert str(error) == ("no answer from the dispatcher at d:1: "
-                          "the link dropped before the answer came")
+    assert str(error) == (
+        "no answer from the dispatcher at d:1: the link dropped before the answer came"
+    )

@@ -33,15 +33,23 @@ from tm.protocol.base import BoundedAMP
 TMS_START_TIMEOUT = 20.0
 #: Failures of reaching a TMS that say it is not usable (not running, not answering, refusing).
 TMS_UNUSABLE: tuple[type[Exception], ...] = (
-    ConnectError, ConnectionClosed, commands.TMError, OSError, TimeoutError, defer.TimeoutError,
+    ConnectError,
+    ConnectionClosed,
+    commands.TMError,
+    OSError,
+    TimeoutError,
+    defer.TimeoutError,
 )
 
 
 def command_named(name: str) -> type[amp.Command]:
     """The command of :mod:`tm.protocol.commands` whose ``commandName`` is ``name``."""
     for value in vars(commands).values():
-        if (isinstance(value, type) and issubclass(value, amp.Command)
-                and getattr(value, "commandName", None) == name.encode("ascii")):
+        if (
+            isinstance(value, type)
+            and issubclass(value, amp.Command)
+            and getattr(value, "commandName", None) == name.encode("ascii")
+        ):
             return value
     raise KeyError(name)
 
@@ -49,10 +57,16 @@ def command_named(name: str) -> type[amp.Command]:
 def tms_argv(dispatcher_path: str) -> list[str]:
     base = user_dir()
     return [
-        sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-        "--pidfile", str(base / "tms.pid"),
-        "--logfile", str(base / "logs" / "tms.log"),
-        "tmserver", "--dispatcher", dispatcher_path,
+        sys.executable,
+        "-c",
+        "from twisted.scripts.twistd import run; run()",
+        "--pidfile",
+        str(base / "tms.pid"),
+        "--logfile",
+        str(base / "logs" / "tms.log"),
+        "tmserver",
+        "--dispatcher",
+        dispatcher_path,
     ]
 
 
@@ -88,16 +102,23 @@ async def _connect_tms_once(reactor: Any, info: dict[str, Any]) -> BoundedAMP:
 
 async def _connect_tms_at(reactor: Any, info: dict[str, Any], host: str) -> BoundedAMP:
     endpoint = SSL4ClientEndpoint(
-        reactor, host, int(info["port"]),
+        reactor,
+        host,
+        int(info["port"]),
         auth.client_tls_options(info["certificate"].encode("ascii"), auth.TMS_TLS_NAME),
         timeout=5,
     )
     proto = BoundedAMP(clock=reactor)
     await connectProtocol(endpoint, proto)
     try:
-        await proto.call(commands.Hello, reply_timeout=10, protocol_version=commands.PROTOCOL_VERSION,
-                         role=commands.ROLE_CLIENT, user=getpass.getuser(),
-                         host=socket.gethostname())
+        await proto.call(
+            commands.Hello,
+            reply_timeout=10,
+            protocol_version=commands.PROTOCOL_VERSION,
+            role=commands.ROLE_CLIENT,
+            user=getpass.getuser(),
+            host=socket.gethostname(),
+        )
         await proto.call(commands.ProveKey, reply_timeout=10, key=info["key"])
     except BaseException:
         if proto.transport is not None:  # None once the connection is lost
@@ -110,8 +131,10 @@ def tms_start_failure(output: str, code: int, log: str) -> str:
     """One line that says why ``twistd tmserver`` did not start, from what it printed."""
     running = re.search(r"Another twistd server is running, PID (\d+)", output)
     if running:
-        return (f"a TMS of yours is already running (pid {running.group(1)}) but does not "
-                f"answer; see {log}, or stop it (kill {running.group(1)}) and try again")
+        return (
+            f"a TMS of yours is already running (pid {running.group(1)}) but does not "
+            f"answer; see {log}, or stop it (kill {running.group(1)}) and try again"
+        )
     reason = ""
     reported = re.search(r"An error has occurred: (b?(['\"]).*\2)", output)
     if reported:
@@ -121,8 +144,11 @@ def tms_start_failure(output: str, code: int, log: str) -> str:
         except (ValueError, SyntaxError):
             reason = reported.group(1)
     if not reason:
-        lines = [line.strip() for line in output.splitlines()
-                 if line.strip() and not line.startswith("Please look at log file")]
+        lines = [
+            line.strip()
+            for line in output.splitlines()
+            if line.strip() and not line.startswith("Please look at log file")
+        ]
         reason = lines[-1] if lines else f"twistd exited with {code}"
     reason = reason.strip().splitlines()[-1]
     # "OpenSSL.crypto.Error: ..." -> "Error: ...": the module path helps nobody.
@@ -140,14 +166,20 @@ def _start_tms(dispatcher_path: str, verbose: bool) -> None:
     try:
         result = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd="/")
     except subprocess.TimeoutExpired:
-        raise CLIError(f"Could not start a TMS: twistd did not return within 60 s "
-                       f"(see {logs / 'tms.log'})") from None
+        raise CLIError(
+            f"Could not start a TMS: twistd did not return within 60 s (see {logs / 'tms.log'})"
+        ) from None
     except OSError as e:
         raise CLIError(f"Could not start a TMS: cannot run {argv[0]}: {e.strerror}") from None
     if result.returncode != 0:
-        raise CLIError("Could not start a TMS: " + tms_start_failure(
-            (result.stderr or "") + (result.stdout or ""), result.returncode,
-            str(logs / "tms.log")))
+        raise CLIError(
+            "Could not start a TMS: "
+            + tms_start_failure(
+                (result.stderr or "") + (result.stdout or ""),
+                result.returncode,
+                str(logs / "tms.log"),
+            )
+        )
 
 
 async def _settle(reactor: Any, proto: BoundedAMP, timeout: float = 10.0) -> None:
@@ -161,7 +193,9 @@ async def _settle(reactor: Any, proto: BoundedAMP, timeout: float = 10.0) -> Non
         await deferLater(reactor, 0.05, lambda: None)
 
 
-async def connect_tms(reactor: Any, dispatcher: str | None = None, verbose: bool = False) -> BoundedAMP:
+async def connect_tms(
+    reactor: Any, dispatcher: str | None = None, verbose: bool = False
+) -> BoundedAMP:
     """The user's TMS, started first when none answers."""
     info = _read_tms_info()
     if info is not None:
@@ -169,7 +203,9 @@ async def connect_tms(reactor: Any, dispatcher: str | None = None, verbose: bool
             return await _connect_tms_once(reactor, info)
         except TMS_UNUSABLE as e:
             if verbose:
-                print(f"TMS at {info.get('host')}:{info.get('port')} not usable: {e}", file=sys.stderr)
+                print(
+                    f"TMS at {info.get('host')}:{info.get('port')} not usable: {e}", file=sys.stderr
+                )
     try:
         dispatcher_info = find_dispatcher(dispatcher)
     except DispatcherNotFound as e:
@@ -200,8 +236,10 @@ async def connect_tms(reactor: Any, dispatcher: str | None = None, verbose: bool
                 await _settle(reactor, proto)
                 return proto
             await deferLater(reactor, 0.05, lambda: None)
-    raise CLIError(f"Could not start a TMS: no {base / 'tms.json'} after {TMS_START_TIMEOUT:.0f} s "
-                   f"(see {base / 'logs' / 'tms.log'})")
+    raise CLIError(
+        f"Could not start a TMS: no {base / 'tms.json'} after {TMS_START_TIMEOUT:.0f} s "
+        f"(see {base / 'logs' / 'tms.log'})"
+    )
 
 
 async def connect_dispatcher_direct(reactor: Any, dispatcher: str | None = None) -> BoundedAMP:
@@ -221,8 +259,10 @@ async def connect_dispatcher_direct(reactor: Any, dispatcher: str | None = None)
 def failure_line(e: BaseException) -> str:
     """One line for a failure of the link or of the system, without a traceback."""
     if isinstance(e, ConnectionClosed):
-        return ("the link to the server dropped before it answered; "
-                "see `hConnect lswjobs` before you try again")
+        return (
+            "the link to the server dropped before it answered; "
+            "see `hConnect lswjobs` before you try again"
+        )
     if isinstance(e, ConnectError):
         return f"cannot connect: {e.osError or e.__class__.__name__}"
     if isinstance(e, TimeoutError | defer.TimeoutError | defer.CancelledError):
@@ -252,20 +292,32 @@ def run_main(prog: str, main: Callable[[Any], Awaitable[int]]) -> None:
             print(f"{prog}: the server failed to answer ({e})", file=sys.stderr)
             status = 1
         except amp.UnhandledCommand as e:
-            print(f"{prog}: the server does not implement this command ({e.args[-1]})", file=sys.stderr)
+            print(
+                f"{prog}: the server does not implement this command ({e.args[-1]})",
+                file=sys.stderr,
+            )
             status = 1
         except amp.RemoteAmpError as e:
             print(f"{prog}: the server cannot do this: {e}", file=sys.stderr)
             status = 1
         except BrokenPipeError:
             status = reader_gone()
-        except (ConnectError, ConnectionClosed, TimeoutError, defer.TimeoutError,
-                defer.CancelledError, amp.TooLong, OSError) as e:
+        except (
+            ConnectError,
+            ConnectionClosed,
+            TimeoutError,
+            defer.TimeoutError,
+            defer.CancelledError,
+            amp.TooLong,
+            OSError,
+        ) as e:
             print(f"{prog}: {failure_line(e)}", file=sys.stderr)
             status = 1
         except Exception as e:  # the last line of defence: one line, never a traceback
-            print(f"{prog}: internal error ({e.__class__.__name__}: {e}); please report it",
-                  file=sys.stderr)
+            print(
+                f"{prog}: internal error ({e.__class__.__name__}: {e}); please report it",
+                file=sys.stderr,
+            )
             status = 1
         except KeyboardInterrupt:
             status = 130

@@ -33,6 +33,7 @@ class _Ready:
 def blocking_call(call: Callable[..., dict]) -> Callable[..., Awaitable[dict]]:
     """``call`` (a blocking ``call(name, **kw) -> dict``) as the awaitable ``call`` of
     :meth:`tm.textcommands.TextCommand.run`."""
+
     def awaitable(name: str, **kw: Any) -> Awaitable[dict]:
         return _Ready(call(name, **kw))
 
@@ -73,8 +74,10 @@ def report(prog: str, main: Callable[[], int]) -> int:
         print(f"{prog}: {e.strerror or e.__class__.__name__}{where}", file=sys.stderr)
         return 1
     except Exception as e:  # the last line of defence: one line, never a traceback
-        print(f"{prog}: internal error ({e.__class__.__name__}: {e}); please report it",
-              file=sys.stderr)
+        print(
+            f"{prog}: internal error ({e.__class__.__name__}: {e}); please report it",
+            file=sys.stderr,
+        )
         return 1
 
 

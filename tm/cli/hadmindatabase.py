@@ -20,7 +20,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def default_url(var_dir: str) -> str:
-    return os.environ.get("TM_DATABASE_URL") or f"sqlite:///{Path(var_dir).resolve() / 'taskmanager.sqlite'}"
+    return (
+        os.environ.get("TM_DATABASE_URL")
+        or f"sqlite:///{Path(var_dir).resolve() / 'taskmanager.sqlite'}"
+    )
 
 
 async def main_async(reactor: Any, argv: list[str]) -> int:
@@ -28,11 +31,18 @@ async def main_async(reactor: Any, argv: list[str]) -> int:
     from tm.db.store import Store, check_url_sync
 
     p = _Parser(prog=PROG, description="Administer the TaskManager database.")
-    p.add_argument("--database", "-d", default=None,
-                   help="database URL (default: $TM_DATABASE_URL or sqlite under --var-dir)")
+    p.add_argument(
+        "--database",
+        "-d",
+        default=None,
+        help="database URL (default: $TM_DATABASE_URL or sqlite under --var-dir)",
+    )
     p.add_argument("--var-dir", default="var", help="the dispatcher's var directory (default var)")
-    p.add_argument("action", choices=["upgrade", "create", "show"],
-                   help="upgrade/create: apply the schema migrations; show: URL and schema version")
+    p.add_argument(
+        "action",
+        choices=["upgrade", "create", "show"],
+        help="upgrade/create: apply the schema migrations; show: URL and schema version",
+    )
     args = p.parse_args(argv)
     url = args.database or default_url(args.var_dir)
     if url.startswith("sqlite:///") and args.database is None:
@@ -47,7 +57,9 @@ async def main_async(reactor: Any, argv: list[str]) -> int:
             applied = await store.upgrade()
             version = await store.schema_version()
             if applied:
-                print(f"applied migrations {', '.join(map(str, applied))}; schema version {version}")
+                print(
+                    f"applied migrations {', '.join(map(str, applied))}; schema version {version}"
+                )
             else:
                 print(f"schema is up to date (version {version})")
         else:

@@ -36,8 +36,9 @@ def prepare(argv: list[str]) -> tuple[argparse.Namespace, textcommands.TextComma
     line = " ".join(args.command).strip()
     target = "dispatcher" if args.connect_to_td else "tms"
     if not line:
-        raise CLIError(f"no command given; try `{PROG}{' -T' if args.connect_to_td else ''} help`",
-                       status=2)
+        raise CLIError(
+            f"no command given; try `{PROG}{' -T' if args.connect_to_td else ''} help`", status=2
+        )
     try:
         return args, textcommands.parse(line, target)
     except textcommands.TextCommandError as e:

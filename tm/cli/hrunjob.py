@@ -34,12 +34,14 @@ MAX_ESTIMATED_MEMORY: float = getattr(records, "MAX_ESTIMATED_MEMORY", 1e12)
 
 def whole_number(low: int, high: int) -> Callable[[str], int]:
     """An argparse type: a whole number in ``low..high``, refused in one line otherwise."""
+
     def convert(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"must be a whole number from {low} to {high}, not {text!r}") from None
+                f"must be a whole number from {low} to {high}, not {text!r}"
+            ) from None
         if not low <= value <= high:
             raise argparse.ArgumentTypeError(f"must be from {low} to {high}, not {text}")
         return value
@@ -49,6 +51,7 @@ def whole_number(low: int, high: int) -> Callable[[str], int]:
 
 def amount(high: float, unit: str) -> Callable[[str], float]:
     """An argparse type: a finite number in ``0..high``."""
+
     def convert(text: str) -> float:
         try:
             value = float(text)
@@ -56,7 +59,8 @@ def amount(high: float, unit: str) -> Callable[[str], float]:
             value = math.nan
         if not math.isfinite(value) or not 0 <= value <= high:
             raise argparse.ArgumentTypeError(
-                f"must be a number from 0 to {high:.0f} {unit}, not {text!r}")
+                f"must be a number from 0 to {high:.0f} {unit}, not {text!r}"
+            )
         return value
 
     return convert
@@ -73,28 +77,58 @@ Prepared = tuple[argparse.Namespace, list[tuple[int, JobSpec]]]
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Submit a job to TaskManager.")
-    p.add_argument("-c", "--slots", type=whole_number(1, MAX_SLOTS), default=1,
-                   help="slots (cores) on one host (default 1)")
-    p.add_argument("-p", "--priority", type=whole_number(0, 127), default=0,
-                   help="0..127, higher first (default 0)")
+    p.add_argument(
+        "-c",
+        "--slots",
+        type=whole_number(1, MAX_SLOTS),
+        default=1,
+        help="slots (cores) on one host (default 1)",
+    )
+    p.add_argument(
+        "-p",
+        "--priority",
+        type=whole_number(0, 127),
+        default=0,
+        help="0..127, higher first (default 0)",
+    )
     p.add_argument("-E", "--excludeHosts", default="", help="never run on these hosts: h1,h2")
-    p.add_argument("-f", "--jobsFile", default=None,
-                   help="submit one job per line of FILE (field::value tokens separated by tabs; "
-                        "'-' reads standard input)")
+    p.add_argument(
+        "-f",
+        "--jobsFile",
+        default=None,
+        help="submit one job per line of FILE (field::value tokens separated by tabs; "
+        "'-' reads standard input)",
+    )
     p.add_argument("-g", "--group", default="", help="group label")
     p.add_argument("-i", "--info-text", default="", help="free-text description")
     p.add_argument("-o", "--stdout_file", default="", help="file for the job's stdout")
     p.add_argument("-O", "--stderr_file", default="", help="file for the job's stderr")
     p.add_argument("-l", "--logfile", default="", help="log file written when the job ends")
-    p.add_argument("-S", "--shell", default=None, help="shell that runs the command (default $SHELL)")
-    p.add_argument("-t", "--estimatedTime", type=amount(MAX_ESTIMATED_TIME, "s"), default=None,
-                   help="estimated run time (s)")
-    p.add_argument("-m", "--estimatedMemory", type=amount(MAX_ESTIMATED_MEMORY, "MB"),
-                   default=None, help="estimated memory (MB)")
+    p.add_argument(
+        "-S", "--shell", default=None, help="shell that runs the command (default $SHELL)"
+    )
+    p.add_argument(
+        "-t",
+        "--estimatedTime",
+        type=amount(MAX_ESTIMATED_TIME, "s"),
+        default=None,
+        help="estimated run time (s)",
+    )
+    p.add_argument(
+        "-m",
+        "--estimatedMemory",
+        type=amount(MAX_ESTIMATED_MEMORY, "MB"),
+        default=None,
+        help="estimated memory (MB)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     p.add_argument("-s", "--status", action="store_true", help="show the TMS and dispatcher status")
-    p.add_argument("-v", "--verbose", action="store_true", help="say how the TMS is found or started")
-    p.add_argument("--wait", action="store_true", help="wait for the job's end and exit with its code")
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="say how the TMS is found or started"
+    )
+    p.add_argument(
+        "--wait", action="store_true", help="wait for the job's end and exit with its code"
+    )
     p.add_argument("--dispatcher", default=None, help="the dispatcher's dispatcher.json")
     p.add_argument("command", nargs=argparse.REMAINDER, help="the command to run")
     return p
@@ -104,7 +138,9 @@ def resolve_shell(name: str | None) -> str:
     name = name or os.environ.get("SHELL") or "/bin/sh"
     path = name if os.path.isabs(name) else shutil.which(name)
     if not path or not os.access(path, os.X_OK):
-        raise CLIError(f"unknown shell {name!r}: give a shell installed here, e.g. -S bash", status=2)
+        raise CLIError(
+            f"unknown shell {name!r}: give a shell installed here, e.g. -S bash", status=2
+        )
     return path
 
 
@@ -128,12 +164,15 @@ def spec_from_options(options: dict[str, Any]) -> JobSpec:
         raise CLIError(f"-c must be from 1 to {MAX_SLOTS} slots, not {slots}", status=2)
     if not 0 <= priority <= 127:
         raise CLIError(f"-p must be between 0 and 127, not {priority}", status=2)
-    for option, key, high, unit in (("-t", "estimatedTime", MAX_ESTIMATED_TIME, "s"),
-                                    ("-m", "estimatedMemory", MAX_ESTIMATED_MEMORY, "MB")):
+    for option, key, high, unit in (
+        ("-t", "estimatedTime", MAX_ESTIMATED_TIME, "s"),
+        ("-m", "estimatedMemory", MAX_ESTIMATED_MEMORY, "MB"),
+    ):
         value = options[key]
         if value is not None and not (math.isfinite(value) and 0 <= value <= high):
-            raise CLIError(f"{option} must be a number from 0 to {high:.0f} {unit}, not {value}",
-                           status=2)
+            raise CLIError(
+                f"{option} must be a number from 0 to {high:.0f} {unit}, not {value}", status=2
+            )
     spec = JobSpec(
         uuid=str(uuid.uuid4()),
         command=options["command"],
@@ -179,8 +218,9 @@ def read_job_file(args: argparse.Namespace) -> list[tuple[int, JobSpec]]:
     except OSError as e:
         raise CLIError(f"cannot read the job file {path}: {e.strerror}", status=2) from None
     except UnicodeDecodeError as e:
-        raise CLIError(f"the job file {path} is not UTF-8 text: {e.reason} at byte {e.start}",
-                       status=2) from None
+        raise CLIError(
+            f"the job file {path} is not UTF-8 text: {e.reason} at byte {e.start}", status=2
+        ) from None
     defaults = vars(args) | {"command": " ".join(args.command).strip()}
     try:
         lines = parse_job_file(text, path, defaults)
@@ -227,10 +267,18 @@ def terminal_code(answer: dict[str, Any]) -> int | None:
 def spec_to_json(spec: JobSpec) -> dict[str, Any]:
     """A job as the rows of SubmitJobs (the fields of records.JOB_SPEC_FIELDS)."""
     return {
-        "uuid": spec.uuid, "command": spec.command, "shell": spec.shell, "slots": spec.slots,
-        "priority": spec.priority, "group": spec.group, "info": spec.info,
-        "stdout": spec.stdout, "stderr": spec.stderr, "logfile": spec.logfile,
-        "excluded_hosts": list(spec.excluded_hosts), "estimated_time": spec.estimated_time,
+        "uuid": spec.uuid,
+        "command": spec.command,
+        "shell": spec.shell,
+        "slots": spec.slots,
+        "priority": spec.priority,
+        "group": spec.group,
+        "info": spec.info,
+        "stdout": spec.stdout,
+        "stderr": spec.stderr,
+        "logfile": spec.logfile,
+        "excluded_hosts": list(spec.excluded_hosts),
+        "estimated_time": spec.estimated_time,
         "estimated_memory": spec.estimated_memory,
     }
 
@@ -264,16 +312,24 @@ def submit_local(client: localsocket.LocalClient, specs: list[JobSpec]) -> list[
     every part was acknowledged (the TLS path sends them again, with the same UUIDs)."""
     env = dict(os.environ)
     if len(json.dumps(env)) > records.MAX_VALUE_BYTES:
-        raise CLIError(f"your environment is larger than {records.MAX_VALUE_BYTES} bytes; "
-                       "unset large variables before submitting")
+        raise CLIError(
+            f"your environment is larger than {records.MAX_VALUE_BYTES} bytes; "
+            "unset large variables before submitting"
+        )
     cwd, umask = os.getcwd(), current_umask()
     ids: list[int] = []
     warned: list[str] = []
     for start in range(0, len(specs), LOCAL_BATCH_JOBS):
-        rows = [spec_to_json(s) for s in specs[start:start + LOCAL_BATCH_JOBS]]
+        rows = [spec_to_json(s) for s in specs[start : start + LOCAL_BATCH_JOBS]]
         try:
-            answer = client.call("SubmitJobs", reply_timeout=LOCAL_REPLY_TIMEOUT, cwd=cwd,
-                                 umask=umask, env=env, jobs=rows)
+            answer = client.call(
+                "SubmitJobs",
+                reply_timeout=LOCAL_REPLY_TIMEOUT,
+                cwd=cwd,
+                umask=umask,
+                env=env,
+                jobs=rows,
+            )
         except localsocket.LinkLost as e:
             raise HandOver(str(e)) from None
         except localsocket.RemoteError as e:
@@ -288,8 +344,10 @@ def submit_local(client: localsocket.LocalClient, specs: list[JobSpec]) -> list[
 def partly_submitted(error: Exception, ids: list[int], total: int) -> CLIError:
     """A chunk failed after earlier ones were stored: say exactly which, so that nothing is
     submitted twice."""
-    return CLIError(f"{error}; the first {len(ids)} job(s) [{compress_ids(ids)}] were "
-                    f"submitted, the remaining {total - len(ids)} were not")
+    return CLIError(
+        f"{error}; the first {len(ids)} job(s) [{compress_ids(ids)}] were "
+        f"submitted, the remaining {total - len(ids)} were not"
+    )
 
 
 def warn_once(answer: dict, warned: list[str]) -> None:
@@ -316,15 +374,18 @@ def wait_local(client: localsocket.LocalClient, job_id: int) -> int:
         try:
             answer = client.call("WaitJob", reply_timeout=None, job_id=job_id, timeout=60.0)
         except localsocket.LinkLost as e:
-            raise CLIError(f"{e} while waiting for job {job_id}; it keeps running: see "
-                           f"`hConnect lajob:{job_id}`") from None
+            raise CLIError(
+                f"{e} while waiting for job {job_id}; it keeps running: see "
+                f"`hConnect lajob:{job_id}`"
+            ) from None
         code = terminal_code(answer)
         if code is not None:
             return code
 
 
-def run_local(client: localsocket.LocalClient, args: argparse.Namespace,
-              jobs: list[tuple[int, JobSpec]]) -> int:
+def run_local(
+    client: localsocket.LocalClient, args: argparse.Namespace, jobs: list[tuple[int, JobSpec]]
+) -> int:
     if args.status:
         from tm.textcommands import format_server_info
 
@@ -346,8 +407,7 @@ def run_local(client: localsocket.LocalClient, args: argparse.Namespace,
         if args.jobsFile is None:
             print(f"Job [{ids[0]}] has been submitted to TaskDispatcher.")
         else:
-            print(f"{len(ids)} job(s) [{compress_ids(ids)}] have been submitted to "
-                  "TaskDispatcher.")
+            print(f"{len(ids)} job(s) [{compress_ids(ids)}] have been submitted to TaskDispatcher.")
     if args.wait:
         sys.stdout.flush()
         code = 0
@@ -384,10 +444,17 @@ def main() -> None:
 
 def __getattr__(name: str) -> Any:
     """The Twisted path's names, for the code that imported them from here."""
-    if name in ("Submitter", "submit", "wait_for", "main_async", "submit_job_file", "chunks",
-                "SUBMIT_RETRY_SECONDS", "LINK_FAILURES"):
+    if name in (
+        "Submitter",
+        "submit",
+        "wait_for",
+        "main_async",
+        "submit_job_file",
+        "chunks",
+        "SUBMIT_RETRY_SECONDS",
+        "LINK_FAILURES",
+    ):
         from tm.cli import hrunjob_amp
 
         return getattr(hrunjob_amp, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-

@@ -50,7 +50,11 @@ def chunks(specs: list[JobSpec]) -> list[list[dict]]:
 SUBMIT_RETRY_SECONDS = 60.0
 #: Failures of the link to the TMS that leave open whether the submission was stored.
 LINK_FAILURES: tuple[type[Exception], ...] = (
-    ConnectionClosed, ConnectError, defer.TimeoutError, TimeoutError, OSError,
+    ConnectionClosed,
+    ConnectError,
+    defer.TimeoutError,
+    TimeoutError,
+    OSError,
 )
 
 
@@ -67,8 +71,14 @@ class Submitter:
     TMS is started when needed) and sends the same jobs, with the same UUIDs, again: the
     store keeps UUIDs unique, so the user sees one success and one set of ids."""
 
-    def __init__(self, reactor: Any, proto: Any, reconnect: Callable[[], Awaitable[Any]],
-                 budget: float = SUBMIT_RETRY_SECONDS, lost: str = "") -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        proto: Any,
+        reconnect: Callable[[], Awaitable[Any]],
+        budget: float = SUBMIT_RETRY_SECONDS,
+        lost: str = "",
+    ) -> None:
         """``proto`` None with ``lost`` saying why: the fast path lost its TMS after it
         sent the jobs; connect (or start a TMS) as after a lost link."""
         self.reactor = reactor
@@ -103,7 +113,8 @@ class Submitter:
             if self.reactor.seconds() >= deadline:
                 raise CLIError(
                     f"the submission was not acknowledged within {self.budget:.0f} s "
-                    f"({reason}); see `hConnect lswjobs` before submitting it again")
+                    f"({reason}); see `hConnect lswjobs` before submitting it again"
+                )
             await deferLater(self.reactor, pause, lambda: None)
             pause = min(2 * pause, 1.0)
             try:
@@ -115,23 +126,28 @@ class Submitter:
                 # No TMS for now (the old one may still be dying, holding its pid
                 # file): the submission is not lost, so keep trying while time is left.
                 if self.reactor.seconds() >= deadline:
-                    raise CLIError(f"{e}; the submission was sent once but not "
-                                   "acknowledged: see `hConnect lswjobs` before you "
-                                   "submit it again") from None
+                    raise CLIError(
+                        f"{e}; the submission was sent once but not "
+                        "acknowledged: see `hConnect lswjobs` before you "
+                        "submit it again"
+                    ) from None
                 reason = str(e)
 
 
 async def submit(submitter: Submitter, specs: list[JobSpec]) -> list[int]:
     env = dict(os.environ)
     if len(json.dumps(env)) > records.MAX_VALUE_BYTES:
-        raise CLIError(f"your environment is larger than {records.MAX_VALUE_BYTES} bytes; "
-                       "unset large variables before submitting")
+        raise CLIError(
+            f"your environment is larger than {records.MAX_VALUE_BYTES} bytes; "
+            "unset large variables before submitting"
+        )
     ids: list[int] = []
     warned: list[str] = []
     for rows in chunks(specs):
         try:
-            answer = await submitter.send(cwd=os.getcwd(), umask=current_umask(), env=env,
-                                          jobs=rows)
+            answer = await submitter.send(
+                cwd=os.getcwd(), umask=current_umask(), env=env, jobs=rows
+            )
         except Exception as e:
             if not ids:
                 raise
@@ -149,8 +165,9 @@ async def wait_for(proto: Any, job_id: int) -> int:
             return code
 
 
-async def main_async(reactor: Any, argv: list[str], prepared: Prepared | None = None,
-                     lost: str = "") -> int:
+async def main_async(
+    reactor: Any, argv: list[str], prepared: Prepared | None = None, lost: str = ""
+) -> int:
     """``hRunJob argv`` over TLS; ``prepared`` (from the fast path, which could not send it)
     keeps the jobs and their UUIDs, so that what reached a TMS is not stored twice; ``lost``
     says why the fast path's TMS was lost after it had sent them (none: it sent nothing)."""
@@ -175,8 +192,9 @@ async def main_async(reactor: Any, argv: list[str], prepared: Prepared | None = 
     return 0
 
 
-async def submit_job_file(reactor: Any, args: argparse.Namespace,
-                          jobs: list[tuple[int, JobSpec]], lost: str = "") -> int:
+async def submit_job_file(
+    reactor: Any, args: argparse.Namespace, jobs: list[tuple[int, JobSpec]], lost: str = ""
+) -> int:
     submitter = await _submitter(reactor, args, lost)
     names = host_names((await (await submitter.ready()).call(commands.ListHosts))["hosts"])
     check_job_file_hosts(args.jobsFile, jobs, names)

@@ -49,7 +49,9 @@ class SessionBase(amp.CommandLocator):
         self.fenced = False
 
     def _wrapWithSerialization(  # noqa: N802 - AMP's API
-        self, aCallable: Callable[..., Any], command: type[amp.Command]  # noqa: N803
+        self,
+        aCallable: Callable[..., Any],
+        command: type[amp.Command],  # noqa: N803
     ) -> Any:
         # The edge where the store's errors become AMP errors (tm.dispatcher.storeerrors):
         # each responder's failure is mapped before AMP matches it against the declared errors.

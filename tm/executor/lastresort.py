@@ -20,8 +20,12 @@ def kill_trees(roots: list[int]) -> None:
     roots = [pid for pid in roots if pid > 0]
     for _ in range(LAST_RESORT_ROUNDS):
         table = shim.process_table()
-        tree = [pid for root in roots for pid in shim.descendants(root, table)
-                if table[pid][1] not in shim.DEAD_STATES]
+        tree = [
+            pid
+            for root in roots
+            for pid in shim.descendants(root, table)
+            if table[pid][1] not in shim.DEAD_STATES
+        ]
         if not tree:
             return
         for pid in tree:

@@ -83,8 +83,14 @@ Exited = Callable[[ShepherdEnd], None]
 
 
 class Launcher(Protocol):
-    def launch(self, args: ShepherdArgs, env: dict[str, str], fds: tuple[int, int, int],
-               started: Started, exited: Exited) -> defer.Deferred[int]:
+    def launch(
+        self,
+        args: ShepherdArgs,
+        env: dict[str, str],
+        fds: tuple[int, int, int],
+        started: Started,
+        exited: Exited,
+    ) -> defer.Deferred[int]:
         """Start a shepherd with ``fds`` as its stdin, stdout, stderr.
 
         ``started(pid)`` is called once its pid is known, before anything else is said of it;
@@ -105,6 +111,7 @@ def wait_status(status: int) -> tuple[int | None, int | None]:
 
 # -- one interpreter per job -------------------------------------------------------------------
 
+
 class _SpawnedShepherd(protocol.ProcessProtocol):
     def __init__(self, started: Started, exited: Exited) -> None:
         self._started = started
@@ -118,21 +125,44 @@ class _SpawnedShepherd(protocol.ProcessProtocol):
 
     def processExited(self, reason: Failure) -> None:  # noqa: N802
         # processEnded would also wait for every inherited pipe to close; the job is over now.
-        self._exited(ShepherdEnd(exit_code=getattr(reason.value, "exitCode", None),
-                                 signal=getattr(reason.value, "signal", None)))
+        self._exited(
+            ShepherdEnd(
+                exit_code=getattr(reason.value, "exitCode", None),
+                signal=getattr(reason.value, "signal", None),
+            )
+        )
 
 
 class SpawnLauncher:
     def __init__(self, reactor: Any) -> None:
         self._reactor = reactor
 
-    def launch(self, args: ShepherdArgs, env: dict[str, str], fds: tuple[int, int, int],
-               started: Started, exited: Exited) -> defer.Deferred[int]:
-        argv = [sys.executable, "-I", "-S", SHIM_PATH, repr(float(args.grace)),
-                format(args.umask, "o"), args.cwd, args.shell, args.command]
+    def launch(
+        self,
+        args: ShepherdArgs,
+        env: dict[str, str],
+        fds: tuple[int, int, int],
+        started: Started,
+        exited: Exited,
+    ) -> defer.Deferred[int]:
+        argv = [
+            sys.executable,
+            "-I",
+            "-S",
+            SHIM_PATH,
+            repr(float(args.grace)),
+            format(args.umask, "o"),
+            args.cwd,
+            args.shell,
+            args.command,
+        ]
         transport = self._reactor.spawnProcess(
-            _SpawnedShepherd(started, exited), sys.executable, argv, env=env,
-            childFDs={0: fds[0], 1: fds[1], 2: fds[2]})
+            _SpawnedShepherd(started, exited),
+            sys.executable,
+            argv,
+            env=env,
+            childFDs={0: fds[0], 1: fds[1], 2: fds[2]},
+        )
         return defer.succeed(transport.pid)
 
     def stop(self) -> defer.Deferred[None]:
@@ -140,6 +170,7 @@ class SpawnLauncher:
 
 
 # -- one zygote per executor -------------------------------------------------------------------
+
 
 @dataclass
 class _Request:
@@ -189,12 +220,14 @@ class _Zygote:
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:
             self.process = reactor.spawnProcess(
-                _ZygoteProcess(self), sys.executable,
+                _ZygoteProcess(self),
+                sys.executable,
                 [sys.executable, "-I", "-S", ZYGOTE_PATH, str(os.getpid())],
-                env=dict(os.environ), childFDs={0: null, 1: 1, 2: 2, 3: theirs.fileno()})
+                env=dict(os.environ),
+                childFDs={0: null, 1: 1, 2: 2, 3: theirs.fileno()},
+            )
             self.link = _ZygoteLink(self)
-            reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX,
-                                          _OneProtocol(self.link))
+            reactor.adoptStreamConnection(ours.fileno(), socket.AF_UNIX, _OneProtocol(self.link))
         finally:
             os.close(null)
             theirs.close()
@@ -225,13 +258,23 @@ class _Zygote:
                 job_text, _, status_text, utime, stime, maxrss = rest.split()
                 exited = self.running.pop(int(job_text))
                 code, sig = wait_status(int(status_text))
-                exited(ShepherdEnd(exit_code=code, signal=sig, cpu_user=float(utime),
-                                   cpu_system=float(stime), max_rss_kib=int(maxrss)))
+                exited(
+                    ShepherdEnd(
+                        exit_code=code,
+                        signal=sig,
+                        cpu_user=float(utime),
+                        cpu_system=float(stime),
+                        max_rss_kib=int(maxrss),
+                    )
+                )
             else:
                 raise ValueError(kind)
         except (ValueError, KeyError):
-            self.log.error("shepherd zygote {pid}: unexpected answer {line!r}",
-                           pid=self.process.pid, line=line[:200])
+            self.log.error(
+                "shepherd zygote {pid}: unexpected answer {line!r}",
+                pid=self.process.pid,
+                line=line[:200],
+            )
 
     def link_lost(self) -> None:
         """Its socket closed: it has exited (or closed it, which it does only to exit)."""
@@ -240,20 +283,31 @@ class _Zygote:
         self.gone = True
         self._owner.zygote_gone(self)
         if self.pending or self.running:
-            self.log.error("shepherd zygote {pid} ended unexpectedly with {n} job(s) in hand",
-                           pid=self.process.pid, n=len(self.pending) + len(self.running))
+            self.log.error(
+                "shepherd zygote {pid} ended unexpectedly with {n} job(s) in hand",
+                pid=self.process.pid,
+                n=len(self.pending) + len(self.running),
+            )
         pending, self.pending = self.pending, {}
         running, self.running = self.running, {}
         for request in pending.values():
             self._owner.relaunch(request)
         for exited in running.values():
-            exited(ShepherdEnd(exit_code=None, signal=None,
-                               lost="the executor's shepherd zygote ended unexpectedly"))
+            exited(
+                ShepherdEnd(
+                    exit_code=None,
+                    signal=None,
+                    lost="the executor's shepherd zygote ended unexpectedly",
+                )
+            )
 
     def process_ended(self, reason: Failure) -> None:
         if not reason.check(error.ProcessDone):
-            self.log.info("shepherd zygote {pid} ended: {reason}", pid=self.process.pid,
-                          reason=reason.getErrorMessage())
+            self.log.info(
+                "shepherd zygote {pid} ended: {reason}",
+                pid=self.process.pid,
+                reason=reason.getErrorMessage(),
+            )
         self.ended.callback(None)
 
     def close(self) -> defer.Deferred[None]:
@@ -291,15 +345,34 @@ class ZygoteLauncher:
             self._zygote = _Zygote(self._reactor, self)
         return self._zygote
 
-    def launch(self, args: ShepherdArgs, env: dict[str, str], fds: tuple[int, int, int],
-               started: Started, exited: Exited) -> defer.Deferred[int]:
+    def launch(
+        self,
+        args: ShepherdArgs,
+        env: dict[str, str],
+        fds: tuple[int, int, int],
+        started: Started,
+        exited: Exited,
+    ) -> defer.Deferred[int]:
         self._next_id += 1
-        body = json.dumps({
-            "id": self._next_id, "grace": float(args.grace), "umask": int(args.umask),
-            "cwd": args.cwd, "shell": args.shell, "command": args.command, "env": env,
-        }).encode("ascii")
-        request = _Request(id=self._next_id, body=body, fds=fds, started=started,
-                           exited=exited, done=defer.Deferred())
+        body = json.dumps(
+            {
+                "id": self._next_id,
+                "grace": float(args.grace),
+                "umask": int(args.umask),
+                "cwd": args.cwd,
+                "shell": args.shell,
+                "command": args.command,
+                "env": env,
+            }
+        ).encode("ascii")
+        request = _Request(
+            id=self._next_id,
+            body=body,
+            fds=fds,
+            started=started,
+            exited=exited,
+            done=defer.Deferred(),
+        )
         self._current().send(request)
         return request.done
 
@@ -310,8 +383,9 @@ class ZygoteLauncher:
     def relaunch(self, request: _Request) -> None:
         """A start whose zygote ended before it answered: try a new zygote, once."""
         if request.tries >= RELAUNCHES or self._stopping:
-            request.done.errback(LaunchError(
-                "the executor's shepherd zygote ended before it started the job"))
+            request.done.errback(
+                LaunchError("the executor's shepherd zygote ended before it started the job")
+            )
             return
         request.tries += 1
         try:
@@ -325,4 +399,3 @@ class ZygoteLauncher:
         if zygote is None:
             return defer.succeed(None)
         return zygote.close()
-

@@ -30,7 +30,7 @@ class JobStartError(Exception):
 
     def __init__(self, reason: str) -> None:
         if len(reason) > MAX_REASON:
-            reason = reason[:MAX_REASON * 2 // 3] + " ... " + reason[-(MAX_REASON // 3 - 5):]
+            reason = reason[: MAX_REASON * 2 // 3] + " ... " + reason[-(MAX_REASON // 3 - 5) :]
         super().__init__(reason)
         self.reason = reason
 
@@ -97,6 +97,7 @@ class JobOutputs:
 
 # -- checks and file work (the file work runs where it may block, off the reactor) ------------
 
+
 def _nul(value: str) -> bool:
     return "\0" in value
 
@@ -104,7 +105,7 @@ def _nul(value: str) -> bool:
 def _shown(name: str, limit: int = 40) -> str:
     """A name quoted for a message, NUL bytes visible and its length bounded."""
     text = repr(name)
-    return text if len(text) <= limit else text[:limit - 4] + "...'"
+    return text if len(text) <= limit else text[: limit - 4] + "...'"
 
 
 def check_request(request: RunRequest) -> None:
@@ -133,11 +134,14 @@ def check_request(request: RunRequest) -> None:
         if not isinstance(name, str) or not isinstance(value, str):
             raise JobStartError(f"the environment variable {_shown(str(name))} is not text")
         if not name or "=" in name or _nul(name):
-            raise JobStartError(f"the environment variable name {_shown(name)} is not valid "
-                                "(it is empty, or contains '=' or a NUL byte)")
+            raise JobStartError(
+                f"the environment variable name {_shown(name)} is not valid "
+                "(it is empty, or contains '=' or a NUL byte)"
+            )
         if _nul(value):
-            raise JobStartError(f"the value of the environment variable {_shown(name)} "
-                                "contains a NUL byte")
+            raise JobStartError(
+                f"the value of the environment variable {_shown(name)} contains a NUL byte"
+            )
 
 
 def _resolve(request: RunRequest, path: str) -> str:
@@ -150,8 +154,9 @@ def _output_path(request: RunRequest, given: str | None, suffix: str, log_dir: s
     try:
         os.makedirs(log_dir, mode=0o700, exist_ok=True)
     except (OSError, ValueError) as e:
-        raise JobStartError(f"cannot create log directory {log_dir}: "
-                            f"{getattr(e, 'strerror', None) or e}") from e
+        raise JobStartError(
+            f"cannot create log directory {log_dir}: {getattr(e, 'strerror', None) or e}"
+        ) from e
     return os.path.join(log_dir, f"{request.job_id}.{suffix}")
 
 
@@ -159,8 +164,9 @@ def _open_output(path: str, mode: int, what: str) -> int:
     try:
         return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     except (OSError, ValueError) as e:
-        raise JobStartError(f"cannot write {what} file {path}: "
-                            f"{getattr(e, 'strerror', None) or e}") from e
+        raise JobStartError(
+            f"cannot write {what} file {path}: {getattr(e, 'strerror', None) or e}"
+        ) from e
 
 
 def open_outputs(request: RunRequest, log_dir: str) -> JobOutputs:
@@ -195,8 +201,14 @@ def open_outputs(request: RunRequest, log_dir: str) -> JobOutputs:
         for fd in opened:
             os.close(fd)
         raise
-    return JobOutputs(stdout_path=stdout_path, stderr_path=stderr_path, null_fd=null_fd,
-                    out_fd=out_fd, err_fd=err_fd, fds=opened)
+    return JobOutputs(
+        stdout_path=stdout_path,
+        stderr_path=stderr_path,
+        null_fd=null_fd,
+        out_fd=out_fd,
+        err_fd=err_fd,
+        fds=opened,
+    )
 
 
 def write_logfile(request: RunRequest, stdout_path: str, stderr_path: str, end: JobEnd) -> None:
@@ -207,7 +219,9 @@ def write_logfile(request: RunRequest, stdout_path: str, stderr_path: str, end: 
         return datetime.datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
 
     parts = [
-        "BEGIN command\n", request.command, "\nEND command\n",
+        "BEGIN command\n",
+        request.command,
+        "\nEND command\n",
         "BEGIN info\n",
         f"host: {socket.gethostname()}\n",
         f"job: {request.job_id}\n",

@@ -34,9 +34,6 @@ The request's types, checks and files are in :mod:`tm.executor.request`, the las
 
 from __future__ import annotations
 
-import errno
-import os
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -47,7 +44,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from tm.executor.lastresort import LAST_RESORT_ROUNDS as LAST_RESORT_ROUNDS
-from tm.executor.lastresort import kill_trees, shepherd_ready
+from tm.executor.lastresort import kill_trees
+from tm.executor.lastresort import shepherd_ready as shepherd_ready
 from tm.executor.launcher import (
     SHIM_PATH,
     Launcher,
@@ -69,6 +67,7 @@ from tm.executor.request import (
 )
 from tm.executor.request import LOGFILE_SECTION_CAP as LOGFILE_SECTION_CAP
 from tm.executor.request import MAX_REASON as MAX_REASON
+from tm.executor.signals import JobSignals
 
 __all__ = ["SHIM_PATH", "JobEnd", "JobRunner", "JobStartError", "RunRequest"]
 
@@ -114,7 +113,7 @@ class _RunningJob:
     waiters: list[defer.Deferred[None]] = field(default_factory=list)
 
 
-class JobRunner:
+class JobRunner(JobSignals):
     log = Logger()
 
     def __init__(
@@ -181,8 +180,9 @@ class JobRunner:
         """
         key = (request.job_id, request.attempt)
         if key in self._jobs:
-            return defer.fail(JobStartError(
-                f"job {request.job_id} attempt {request.attempt} is already running"))
+            return defer.fail(
+                JobStartError(f"job {request.job_id} attempt {request.attempt} is already running")
+            )
         try:
             check_request(request)
         except JobStartError as e:
@@ -198,10 +198,17 @@ class JobRunner:
         self._forget(job)
         if failure.check(JobStartError):
             return failure
-        self.log.failure("job {job_id}.{attempt}: unexpected error while opening its files",
-                         failure, job_id=job.request.job_id, attempt=job.request.attempt)
-        return Failure(JobStartError(
-            f"cannot prepare the job's files: unexpected error ({failure.getErrorMessage()})"))
+        self.log.failure(
+            "job {job_id}.{attempt}: unexpected error while opening its files",
+            failure,
+            job_id=job.request.job_id,
+            attempt=job.request.attempt,
+        )
+        return Failure(
+            JobStartError(
+                f"cannot prepare the job's files: unexpected error ({failure.getErrorMessage()})"
+            )
+        )
 
     def _spawn(self, outputs: JobOutputs, job: _RunningJob) -> int | defer.Deferred[int]:
         request = job.request
@@ -209,13 +216,25 @@ class JobRunner:
             # Killed while its files were being opened: it never runs.
             outputs.close()
             now = self._clock.seconds()
-            self.log.info("job {job_id}.{attempt} killed before it started",
-                          job_id=request.job_id, attempt=request.attempt)
+            self.log.info(
+                "job {job_id}.{attempt} killed before it started",
+                job_id=request.job_id,
+                attempt=request.attempt,
+            )
             job.ended = True
-            self._deliver(job, JobEnd(
-                job_id=request.job_id, attempt=request.attempt, exit_code=None,
-                signal=None, killed=True, started_at=now, ended_at=now,
-                reason=KILLED_BEFORE_START))
+            self._deliver(
+                job,
+                JobEnd(
+                    job_id=request.job_id,
+                    attempt=request.attempt,
+                    exit_code=None,
+                    signal=None,
+                    killed=True,
+                    started_at=now,
+                    ended_at=now,
+                    reason=KILLED_BEFORE_START,
+                ),
+            )
             return 0
         job.stdout_path = outputs.stdout_path
         job.stderr_path = outputs.stderr_path
@@ -223,21 +242,30 @@ class JobRunner:
         env = dict(request.env)
         env["TM_JOB_ID"] = str(request.job_id)
         env["TM_ATTEMPT"] = str(request.attempt)
-        args = ShepherdArgs(grace=float(self._kill_grace), umask=request.umask, cwd=request.cwd,
-                            shell=request.shell, command=request.command)
+        args = ShepherdArgs(
+            grace=float(self._kill_grace),
+            umask=request.umask,
+            cwd=request.cwd,
+            shell=request.shell,
+            command=request.command,
+        )
         job.launching = True
         try:
             d = self._launcher.launch(
-                args, env, (outputs.null_fd, outputs.out_fd, outputs.err_fd),
+                args,
+                env,
+                (outputs.null_fd, outputs.out_fd, outputs.err_fd),
                 lambda pid: self._shepherdStarted(job, pid),
-                lambda end: self._jobExited(job, end))
+                lambda end: self._jobExited(job, end),
+            )
         except BaseException as e:
             outputs.close()
             return defer.fail(self._launchFailed(Failure(e), job))
         # The descriptors travel to the zygote asynchronously: closed once it has them.
         d.addBoth(outputs.closing)
-        d.addCallbacks(lambda pid: self._launched(job, pid),
-                       lambda failure: self._launchFailed(failure, job))
+        d.addCallbacks(
+            lambda pid: self._launched(job, pid), lambda failure: self._launchFailed(failure, job)
+        )
         return d
 
     def _launchFailed(self, failure: Failure, job: _RunningJob) -> Failure:
@@ -252,8 +280,12 @@ class JobRunner:
         if isinstance(e, (ValueError, TypeError)):
             # check_request catches what we know of; this is what it did not foresee.
             return Failure(JobStartError(f"cannot start the job: {e}"))
-        self.log.failure("job {job_id}.{attempt}: unexpected error while starting its shepherd",
-                         failure, job_id=request.job_id, attempt=request.attempt)
+        self.log.failure(
+            "job {job_id}.{attempt}: unexpected error while starting its shepherd",
+            failure,
+            job_id=request.job_id,
+            attempt=request.attempt,
+        )
         return Failure(JobStartError(f"cannot start the job: unexpected error ({e})"))
 
     def _shepherdStarted(self, job: _RunningJob, pid: int) -> None:
@@ -272,7 +304,9 @@ class JobRunner:
     def _launched(self, job: _RunningJob, pid: int) -> int:
         self.log.info(
             "job {job_id}.{attempt} started, pid {pid}",
-            job_id=job.request.job_id, attempt=job.request.attempt, pid=pid,
+            job_id=job.request.job_id,
+            attempt=job.request.attempt,
+            pid=pid,
         )
         return pid
 
@@ -297,16 +331,23 @@ class JobRunner:
         if outcome.lost is not None:
             # Its end will never be known; its shepherd may still be killing its tree (it got
             # TERM when its parent ended): no grace, nothing of the job may run on.
-            self.log.warn("job {job_id}.{attempt} lost: {why}", job_id=request.job_id,
-                          attempt=request.attempt, why=outcome.lost)
+            self.log.warn(
+                "job {job_id}.{attempt} lost: {why}",
+                job_id=request.job_id,
+                attempt=request.attempt,
+                why=outcome.lost,
+            )
             kill_trees([job.pid])
         # The shepherd has killed everything below it, unless it was itself killed outright;
         # then whatever stayed in its process group gets no further grace.
         try:
             self._killGroup(job.pid)
         except OSError:
-            self.log.failure("job {job_id}.{attempt}: cannot kill what is left of its group",
-                             job_id=request.job_id, attempt=request.attempt)
+            self.log.failure(
+                "job {job_id}.{attempt}: cannot kill what is left of its group",
+                job_id=request.job_id,
+                attempt=request.attempt,
+            )
         if job.kill_timer is not None and job.kill_timer.active():
             job.kill_timer.cancel()
         job.kill_timer = None
@@ -336,7 +377,9 @@ class JobRunner:
         )
         self.log.info(
             "job {job_id}.{attempt} ended: {reason}",
-            job_id=request.job_id, attempt=request.attempt, reason=text,
+            job_id=request.job_id,
+            attempt=request.attempt,
+            reason=text,
         )
         if request.logfile is None:
             self._deliver(job, end)
@@ -349,12 +392,19 @@ class JobRunner:
 
     def _logfileFailed(self, failure: Failure, request: RunRequest) -> None:
         if failure.check(OSError):
-            self.log.warn("cannot write the log file of job {job_id}.{attempt}: {error}",
-                          job_id=request.job_id, attempt=request.attempt,
-                          error=failure.getErrorMessage())
+            self.log.warn(
+                "cannot write the log file of job {job_id}.{attempt}: {error}",
+                job_id=request.job_id,
+                attempt=request.attempt,
+                error=failure.getErrorMessage(),
+            )
         else:
-            self.log.failure("cannot write the log file of job {job_id}.{attempt}", failure,
-                             job_id=request.job_id, attempt=request.attempt)
+            self.log.failure(
+                "cannot write the log file of job {job_id}.{attempt}",
+                failure,
+                job_id=request.job_id,
+                attempt=request.attempt,
+            )
 
     def _deliver(self, job: _RunningJob, end: JobEnd) -> None:
         # Out of the table first: whoever gets the end sees the job no longer running.
@@ -366,119 +416,6 @@ class JobRunner:
         except Exception:
             self.log.failure("on_end of job {job_id} failed", job_id=job.request.job_id)
         self._forget(job)
-
-    # -- signals ----------------------------------------------------------------------------
-
-    def _signalShepherd(self, job: _RunningJob, sig: int) -> bool:
-        if job.pid <= 0:
-            return False  # not spawned: kill(0) would signal the executor's own group
-        try:
-            os.kill(job.pid, sig)
-            return True
-        except OSError:
-            return False
-
-    def _killGroup(self, pgid: int) -> None:
-        if pgid <= 0:
-            return  # killpg(0) would kill the executor's own group
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        except OSError as e:
-            if e.errno != errno.EPERM:
-                raise
-
-    def kill(self, job_id: int, attempt: int) -> bool:
-        """Kill a job's whole tree; whether the job was found (and still running or starting).
-
-        A job still opening its files is marked, and ends ``killed`` without running."""
-        job = self._jobs.get((job_id, attempt))
-        if job is None or job.ended:
-            return False
-        if not job.spawned:
-            # Opening its files (it will not run), or its shepherd's pid is not known yet (it
-            # is sent TERM as soon as it is).
-            if not job.killed:
-                job.killed = True
-                self.log.info("job {job_id}.{attempt} killed while starting", job_id=job_id,
-                              attempt=attempt)
-            return True
-        job.killed = True
-        return self._sendKill(job)
-
-    def _sendKill(self, job: _RunningJob) -> bool:
-        job_id, attempt = job.request.job_id, job.request.attempt
-        sent = self._signalShepherd(job, signal.SIGTERM)
-        if job.shepherd_stopped:
-            # Stopped by suspend before it could take USR1: it must run to act on TERM.
-            self._continueShepherd(job)
-        if job.kill_timer is None:
-            job.kill_timer = self._clock.callLater(self._last_resort_grace, self._killHard, job)
-        self.log.info("job {job_id}.{attempt} sent TERM", job_id=job_id, attempt=attempt)
-        return sent
-
-    def _killHard(self, job: _RunningJob) -> None:
-        job.kill_timer = None
-        if job.ended:
-            return
-        self.log.warn(
-            "job {job_id}.{attempt} not ended by its shepherd in time, sending KILL",
-            job_id=job.request.job_id, attempt=job.request.attempt,
-        )
-        # The shepherd did not do its work (stopped, or stuck). Kill below it first: once it is
-        # gone, its orphans go to init and can no longer be told apart. Killed processes cannot
-        # fork, and their orphans come to the shepherd, so a few rounds reach the whole tree.
-        kill_trees([job.pid])
-        self._killGroup(job.pid)
-        self._signalShepherd(job, signal.SIGKILL)
-
-    def suspend(self, job_id: int, attempt: int) -> bool:
-        job = self._jobs.get((job_id, attempt))
-        if job is None or job.ended:
-            return False
-        if not job.spawned:
-            if not job.launching:
-                return False  # opening its files: nothing to stop (yet)
-            job.stop_wanted = True
-            return True
-        if shepherd_ready(job.pid):
-            return self._signalShepherd(job, signal.SIGUSR1)
-        # Just started: USR1 would still kill the shepherd. It blocks its control signals before
-        # it forks, so it has no child yet and stopping it stops the whole job; the group covers
-        # a child forked since the check.
-        if not self._signalShepherd(job, signal.SIGSTOP):
-            return False
-        job.shepherd_stopped = True
-        try:
-            os.killpg(job.pid, signal.SIGSTOP)
-        except OSError:
-            pass  # no group yet: the shepherd has not reached setsid()
-        return True
-
-    def resume(self, job_id: int, attempt: int) -> bool:
-        job = self._jobs.get((job_id, attempt))
-        if job is None or job.ended:
-            return False
-        if not job.spawned:
-            if not job.launching:
-                return False
-            job.stop_wanted = False
-            return True
-        sent = False
-        if job.shepherd_stopped:
-            sent = self._continueShepherd(job)
-        if shepherd_ready(job.pid):
-            sent = self._signalShepherd(job, signal.SIGUSR2) or sent
-        return sent
-
-    def _continueShepherd(self, job: _RunningJob) -> bool:
-        job.shepherd_stopped = False
-        try:
-            os.killpg(job.pid, signal.SIGCONT)
-        except OSError:
-            pass
-        return self._signalShepherd(job, signal.SIGCONT)
 
     def running(self) -> list[tuple[int, int]]:
         """Every job from its start order until its end is handed over (starting, running,

@@ -79,13 +79,34 @@ class ExecutorLocator(amp.CommandLocator):
         self.executor = executor
 
     @commands.RunJob.responder
-    async def run_job(self, job_id: int, attempt: int, command: str, shell: str, cwd: str,
-                      umask: int, env: Any, stdout: str, stderr: str, logfile: str,
-                      slots: int) -> dict:
+    async def run_job(
+        self,
+        job_id: int,
+        attempt: int,
+        command: str,
+        shell: str,
+        cwd: str,
+        umask: int,
+        env: Any,
+        stdout: str,
+        stderr: str,
+        logfile: str,
+        slots: int,
+    ) -> dict:
         self.executor.heard_from_dispatcher()
         return await self.executor.start_job(
-            job_id, attempt, command=command, shell=shell, cwd=cwd, umask=umask, env=env,
-            stdout=stdout, stderr=stderr, logfile=logfile, slots=slots)
+            job_id,
+            attempt,
+            command=command,
+            shell=shell,
+            cwd=cwd,
+            umask=umask,
+            env=env,
+            stdout=stdout,
+            stderr=stderr,
+            logfile=logfile,
+            slots=slots,
+        )
 
     @commands.SignalJob.responder
     def signal_job(self, job_id: int, attempt: int, action: str) -> dict:
@@ -98,11 +119,16 @@ class ExecutorLocator(amp.CommandLocator):
             return {"found": actions[action](job_id, attempt)}
         except Exception:
             # Declared, so that the link stays: an undeclared error would make AMP drop it.
-            self.executor.log.failure("job {job_id}.{attempt}: unexpected error on {action}",
-                                      job_id=job_id, attempt=attempt, action=action)
+            self.executor.log.failure(
+                "job {job_id}.{attempt}: unexpected error on {action}",
+                job_id=job_id,
+                attempt=attempt,
+                action=action,
+            )
             raise commands.InvalidRequest(
                 f"the executor could not {action} job {job_id} (an internal error, logged on "
-                "its host)") from None
+                "its host)"
+            ) from None
 
     @commands.Shutdown.responder
     def shutdown(self) -> dict:
@@ -134,16 +160,18 @@ def read_load() -> float | None:
 class Executor(service.Service):
     log = Logger()
 
-    def __init__(self, reactor: Any, info: DispatcherInfo, host: str, idle_timeout: float,
-                 log_dir: str) -> None:
+    def __init__(
+        self, reactor: Any, info: DispatcherInfo, host: str, idle_timeout: float, log_dir: str
+    ) -> None:
         self.reactor = reactor
         self.host = host
         self.idle_timeout = idle_timeout
         self.fs_pool = ThreadPool(0, FS_THREADS, name="tm-executor-fs")
         # Shepherds are forked by one zygote process: a job's start costs a fork, not an
         # interpreter (see tm.executor.launcher).
-        self.runner = JobRunner(reactor, reactor, log_dir=log_dir, blocking=self._in_pool,
-                                launcher="zygote")
+        self.runner = JobRunner(
+            reactor, reactor, log_dir=log_dir, blocking=self._in_pool, launcher="zygote"
+        )
         self.unreported: list[JobEnd] = []
         #: Attempts started and not yet reported ended: (job_id, attempt) -> (pid, started_at).
         self.started: dict[tuple[int, int], tuple[int, float]] = {}
@@ -159,10 +187,15 @@ class Executor(service.Service):
         self._report_retry: dict[tuple[int, int], tuple[int, float]] = {}
         self._flushing = False
         self._flush_again = False
-        self.link = DispatcherLink(reactor, info, commands.ROLE_TMMS, host,
-                                   lambda: ExecutorLocator(self),
-                                   on_connected=lambda proto: self._connected(),
-                                   on_fatal=lambda e: reactor.stop())
+        self.link = DispatcherLink(
+            reactor,
+            info,
+            commands.ROLE_TMMS,
+            host,
+            lambda: ExecutorLocator(self),
+            on_connected=lambda proto: self._connected(),
+            on_fatal=lambda e: reactor.stop(),
+        )
         self.heartbeat = LoopingCall(self._heartbeat)
         self.heartbeat.clock = reactor
         self._idle_call: Any = None
@@ -238,18 +271,33 @@ class Executor(service.Service):
             if not isinstance(env, dict):
                 raise JobStartError("the environment is not a mapping of names to values")
             request = RunRequest(
-                job_id=job_id, attempt=attempt, command=fields["command"],
-                shell=fields["shell"], cwd=fields["cwd"], umask=fields["umask"], env=dict(env),
-                stdout=fields["stdout"] or None, stderr=fields["stderr"] or None,
-                logfile=fields["logfile"] or None, slots=fields["slots"])
+                job_id=job_id,
+                attempt=attempt,
+                command=fields["command"],
+                shell=fields["shell"],
+                cwd=fields["cwd"],
+                umask=fields["umask"],
+                env=dict(env),
+                stdout=fields["stdout"] or None,
+                stderr=fields["stderr"] or None,
+                logfile=fields["logfile"] or None,
+                slots=fields["slots"],
+            )
             pid = await self.runner.start(request, self.job_ended)
         except JobStartError as e:
-            self.log.info("job {job_id}.{attempt} not started: {reason}", job_id=job_id,
-                          attempt=attempt, reason=e.reason)
+            self.log.info(
+                "job {job_id}.{attempt} not started: {reason}",
+                job_id=job_id,
+                attempt=attempt,
+                reason=e.reason,
+            )
             raise commands.JobStartFailed(e.reason) from None
         except Exception:
-            self.log.failure("job {job_id}.{attempt}: unexpected error while starting it",
-                             job_id=job_id, attempt=attempt)
+            self.log.failure(
+                "job {job_id}.{attempt}: unexpected error while starting it",
+                job_id=job_id,
+                attempt=attempt,
+            )
             raise commands.JobStartFailed(
                 "the executor could not start it (an internal error, logged on its host)"
             ) from None
@@ -266,8 +314,12 @@ class Executor(service.Service):
         """A start order for an attempt that ran here and whose end was reported: the dispatcher
         missed it (e.g. it had placed the job elsewhere meanwhile). The job does not run twice:
         the order is answered as a start, and the end is reported again."""
-        self.log.info("job {job_id}.{attempt} was ordered to start again after it ended: "
-                      "reporting its end again", job_id=key[0], attempt=key[1])
+        self.log.info(
+            "job {job_id}.{attempt} was ordered to start again after it ended: "
+            "reporting its end again",
+            job_id=key[0],
+            attempt=key[1],
+        )
         del self._reported[key]
         self.started[key] = (reported.pid, reported.started_at)
         if reported.lost:
@@ -301,8 +353,9 @@ class Executor(service.Service):
 
     def _connected(self) -> None:
         # A new link: every end waiting for a retry is sent now (its failure count is kept).
-        self._report_retry = {key: (failures, 0.0)
-                              for key, (failures, _) in self._report_retry.items()}
+        self._report_retry = {
+            key: (failures, 0.0) for key, (failures, _) in self._report_retry.items()
+        }
         self._flush()
         self._heartbeat()  # the dispatcher learns this host's load at once
 
@@ -343,20 +396,37 @@ class Executor(service.Service):
         # Lost either way: stopped for the lease, or its end unknown (its zygote ended).
         lost = lease_lost or end.lost
         try:
-            reason = (f"stopped on {self.host}: no contact with the dispatcher for longer than "
-                      f"the executor's lease ({self.lease or 0:.0f} s)") if lease_lost \
+            reason = (
+                (
+                    f"stopped on {self.host}: no contact with the dispatcher for longer than "
+                    f"the executor's lease ({self.lease or 0:.0f} s)"
+                )
+                if lease_lost
                 else end.reason
+            )
             # ended_at is the process's own end, not the time of this report: an end that waited
             # for the dispatcher (away, or refusing) is recorded when it happened.
-            await self.link.call(commands.JobFinished, job_id=end.job_id, attempt=end.attempt,
-                                 exit_code=end.exit_code, signal=end.signal, killed=end.killed,
-                                 ended_at=end.ended_at, reason=reason, lost=lost)
+            await self.link.call(
+                commands.JobFinished,
+                job_id=end.job_id,
+                attempt=end.attempt,
+                exit_code=end.exit_code,
+                signal=end.signal,
+                killed=end.killed,
+                ended_at=end.ended_at,
+                reason=reason,
+                lost=lost,
+            )
         except Exception as e:
             failures = self._report_retry.get(key, (0, 0.0))[0] + 1
             delay = min(REPORT_RETRY_MAX, REPORT_RETRY_FIRST * 2 ** (failures - 1))
             self._report_retry[key] = (failures, self.reactor.seconds() + delay)
-            self.log.info("end of job {id} not reported yet ({e}); trying again in {d:.0f} s",
-                          id=end.job_id, e=str(e) or e.__class__.__name__, d=delay)
+            self.log.info(
+                "end of job {id} not reported yet ({e}); trying again in {d:.0f} s",
+                id=end.job_id,
+                e=str(e) or e.__class__.__name__,
+                d=delay,
+            )
             self._reporting.discard(key)
             self._flush()  # a place in flight is free
             return
@@ -381,10 +451,17 @@ class Executor(service.Service):
         if not self.link.connected:
             return
         self._flush()  # ends whose report failed or timed out are sent again
-        d = ensureDeferred(self.link.call(commands.Heartbeat, load=read_load(),
-                                          running=[list(k) for k in self.runner.running()]))
-        d.addCallbacks(self._heartbeat_answered,
-                       lambda f: self.log.info("heartbeat failed: {e}", e=f.getErrorMessage()))
+        d = ensureDeferred(
+            self.link.call(
+                commands.Heartbeat,
+                load=read_load(),
+                running=[list(k) for k in self.runner.running()],
+            )
+        )
+        d.addCallbacks(
+            self._heartbeat_answered,
+            lambda f: self.log.info("heartbeat failed: {e}", e=f.getErrorMessage()),
+        )
 
     def _heartbeat_answered(self, answer: dict) -> None:
         self.heard_from_dispatcher()
@@ -394,8 +471,9 @@ class Executor(service.Service):
             self.lease = max(MIN_LEASE, float(answer["lease"]))
         if not answer.get("interval") or not self.heartbeat.running:
             return
-        interval = min(MAX_HEARTBEAT_INTERVAL,
-                       max(MIN_HEARTBEAT_INTERVAL, float(answer["interval"])))
+        interval = min(
+            MAX_HEARTBEAT_INTERVAL, max(MIN_HEARTBEAT_INTERVAL, float(answer["interval"]))
+        )
         if abs(interval - (self.heartbeat.interval or 0.0)) > 1e-6:
             self.heartbeat.stop()
             self.heartbeat.start(interval, now=False)
@@ -407,9 +485,13 @@ class Executor(service.Service):
         running = [key for key in self.runner.running() if key not in self.lease_killed]
         if silent <= self.lease or not running:
             return
-        self.log.warn("no answer from the dispatcher for {t:.0f} s (lease {lease:.0f} s): "
-                      "stopping {n} job(s); they will be reported lost and run again",
-                      t=silent, lease=self.lease, n=len(running))
+        self.log.warn(
+            "no answer from the dispatcher for {t:.0f} s (lease {lease:.0f} s): "
+            "stopping {n} job(s); they will be reported lost and run again",
+            t=silent,
+            lease=self.lease,
+            n=len(running),
+        )
         for job_id, attempt in running:
             # Only a job this kill reaches ends as lost: one that has just ended on its own
             # (its log file being written) is reported as it ended.

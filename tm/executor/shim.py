@@ -81,6 +81,7 @@ POLL = 0.02
 
 # -- the process table ---------------------------------------------------------------------------
 
+
 def parse_stat(data: bytes) -> tuple[int, str] | None:
     """``(ppid, state)`` from the text of ``/proc/PID/stat``, or None if it cannot be parsed.
 
@@ -90,7 +91,7 @@ def parse_stat(data: bytes) -> tuple[int, str] | None:
     end = data.rfind(b")")
     if end < 0:
         return None
-    fields = data[end + 1:].split()
+    fields = data[end + 1 :].split()
     if len(fields) < 2:
         return None
     try:
@@ -183,8 +184,16 @@ def _prctl(option: int, value: int) -> bool:
         if _libc is None:
             _libc = ctypes.CDLL(None, use_errno=True)
         libc = _libc
-        return libc.prctl(option, ctypes.c_ulong(value), ctypes.c_ulong(0), ctypes.c_ulong(0),
-                          ctypes.c_ulong(0)) == 0
+        return (
+            libc.prctl(
+                option,
+                ctypes.c_ulong(value),
+                ctypes.c_ulong(0),
+                ctypes.c_ulong(0),
+                ctypes.c_ulong(0),
+            )
+            == 0
+        )
     except (OSError, AttributeError):
         return False
 
@@ -292,8 +301,13 @@ def _say(text: str) -> None:
         pass
 
 
-def _exec_shell(shepherd: int, shell: str, command: str, inherited: dict[int, object],
-                env: dict[str, str] | None) -> None:
+def _exec_shell(
+    shepherd: int,
+    shell: str,
+    command: str,
+    inherited: dict[int, object],
+    env: dict[str, str] | None,
+) -> None:
     """In the forked child: undo the shepherd's signal set-up and become the shell."""
     try:
         for sig, disposition in inherited.items():
@@ -329,9 +343,16 @@ def take_control_signals() -> dict[int, object]:
     return inherited
 
 
-def shepherd(grace: float, umask: int, cwd: str, shell: str, command: str,
-             inherited: dict[int, object], env: dict[str, str] | None = None,
-             parent: int | None = None) -> int:
+def shepherd(
+    grace: float,
+    umask: int,
+    cwd: str,
+    shell: str,
+    command: str,
+    inherited: dict[int, object],
+    env: dict[str, str] | None = None,
+    parent: int | None = None,
+) -> int:
     """Be the job's shepherd, its control signals already taken; return its exit code (or
     die by the shell's signal).
 
@@ -340,8 +361,10 @@ def shepherd(grace: float, umask: int, cwd: str, shell: str, command: str,
     environment; by default this process's own.
     """
     if not _prctl(PR_SET_CHILD_SUBREAPER, 1):
-        _say("warning: cannot become a child subreaper; processes that leave the job's "
-             "session may survive its end")
+        _say(
+            "warning: cannot become a child subreaper; processes that leave the job's "
+            "session may survive its end"
+        )
     # If the executor that started us dies, nobody is left to report this job's end and the
     # dispatcher will run it again elsewhere: take the job down (as on TERM) rather than let
     # two copies run. The check after prctl covers an executor that died before it.

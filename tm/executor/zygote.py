@@ -106,7 +106,8 @@ class Zygote:
         """Read what the executor sent and serve every complete request; False at its end."""
         try:
             data, ancillary, _, _ = self.sock.recvmsg(
-                1 << 16, socket.CMSG_SPACE(MAX_FDS_PER_READ * 4), socket.MSG_CMSG_CLOEXEC)
+                1 << 16, socket.CMSG_SPACE(MAX_FDS_PER_READ * 4), socket.MSG_CMSG_CLOEXEC
+            )
         except InterruptedError:
             return True
         except ConnectionResetError:
@@ -124,8 +125,8 @@ class Zygote:
                 raise SystemExit(f"tm zygote: request of {size} bytes: out of step, exiting")
             if len(self.buffer) < HEADER.size + size:
                 break
-            body = self.buffer[HEADER.size:HEADER.size + size]
-            self.buffer = self.buffer[HEADER.size + size:]
+            body = self.buffer[HEADER.size : HEADER.size + size]
+            self.buffer = self.buffer[HEADER.size + size :]
             self.start(json.loads(body))
         return True
 
@@ -172,10 +173,16 @@ class Zygote:
         if not 0 <= umask <= 0o777:
             shim._say(f"invalid umask {umask!r}")
             return 125
-        return shim.shepherd(float(request["grace"]), umask, str(request["cwd"]),
-                             str(request["shell"]), str(request["command"]), self.inherited,
-                             env={str(k): str(v) for k, v in request["env"].items()},
-                             parent=self.me)
+        return shim.shepherd(
+            float(request["grace"]),
+            umask,
+            str(request["cwd"]),
+            str(request["shell"]),
+            str(request["command"]),
+            self.inherited,
+            env={str(k): str(v) for k, v in request["env"].items()},
+            parent=self.me,
+        )
 
     def reap(self) -> None:
         while self.jobs:
@@ -187,8 +194,10 @@ class Zygote:
                 return
             job = self.jobs.pop(pid, None)
             if job is not None:
-                self.tell(f"E {job} {pid} {status} {usage.ru_utime:.6f} {usage.ru_stime:.6f} "
-                          f"{usage.ru_maxrss}")
+                self.tell(
+                    f"E {job} {pid} {status} {usage.ru_utime:.6f} {usage.ru_stime:.6f} "
+                    f"{usage.ru_maxrss}"
+                )
 
 
 def main(argv: list[str]) -> int:

@@ -93,8 +93,12 @@ class BoundedAMP(amp.AMP):
     #: Seconds to drain output past the high-water mark (None: output is not watched).
     drain_timeout: float | None = None
 
-    def __init__(self, locator: Any = None, clock: IReactorTime | Clock | None = None,
-                 problems: ProblemLog | None = None) -> None:
+    def __init__(
+        self,
+        locator: Any = None,
+        clock: IReactorTime | Clock | None = None,
+        problems: ProblemLog | None = None,
+    ) -> None:
         super().__init__(locator=locator)
         self.clock: Any = clock  # Any: mypy cannot bind zope interface methods
         self.problems = problems if problems is not None else problem_log(clock)
@@ -128,8 +132,9 @@ class BoundedAMP(amp.AMP):
         self._transportHost = transport.getHost()
         self.peer_host = str(getattr(self._transportPeer, "host", self._transportPeer))
         if self.clock is not None and self.handshake_timeout is not None:
-            self._handshake_timer = self.clock.callLater(self.handshake_timeout,
-                                                         self._handshake_expired)
+            self._handshake_timer = self.clock.callLater(
+                self.handshake_timeout, self._handshake_expired
+            )
         if self.clock is not None and self.drain_timeout is not None:
             self._watch_output(transport)
         amp.BinaryBoxProtocol.makeConnection(self, transport)
@@ -172,9 +177,11 @@ class BoundedAMP(amp.AMP):
         if self.is_authenticated or self.gone:
             return
         if not self._refused:  # else already closing, and logged: only make sure it ends
-            self.problem("handshake timeout",
-                         "closing {peer}: not authenticated within {seconds} s",
-                         seconds=self.handshake_timeout)
+            self.problem(
+                "handshake timeout",
+                "closing {peer}: not authenticated within {seconds} s",
+                seconds=self.handshake_timeout,
+            )
         self._close(abort=True)
 
     # --- bounded boxes -------------------------------------------------------
@@ -185,8 +192,12 @@ class BoundedAMP(amp.AMP):
         return self.max_box_bytes
 
     def _box_too_big(self) -> None:
-        self.problem("box too big", "closing {peer}: box over {limit} bytes or {keys} keys",
-                     limit=self._box_limit(), keys=self.max_box_keys)
+        self.problem(
+            "box too big",
+            "closing {peer}: box over {limit} bytes or {keys} keys",
+            limit=self._box_limit(),
+            keys=self.max_box_keys,
+        )
         self._close()
 
     _refused = False
@@ -203,9 +214,11 @@ class BoundedAMP(amp.AMP):
         elif self._partial_since is None and self.clock is not None:
             self._partial_since = self.clock.seconds()
             if self.partial_box_timeout is not None and (
-                    self._partial_timer is None or not self._partial_timer.active()):
-                self._partial_timer = self.clock.callLater(self.partial_box_timeout,
-                                                           self._partial_expired)
+                self._partial_timer is None or not self._partial_timer.active()
+            ):
+                self._partial_timer = self.clock.callLater(
+                    self.partial_box_timeout, self._partial_expired
+                )
 
     def _partial_expired(self) -> None:
         self._partial_timer = None
@@ -216,8 +229,11 @@ class BoundedAMP(amp.AMP):
         if left > 0:  # a newer box is under way: give it its own time
             self._partial_timer = self.clock.callLater(left, self._partial_expired)
             return
-        self.problem("stalled box", "closing {peer}: a box unfinished for {seconds} s",
-                     seconds=self.partial_box_timeout)
+        self.problem(
+            "stalled box",
+            "closing {peer}: a box unfinished for {seconds} s",
+            seconds=self.partial_box_timeout,
+        )
         self._close(abort=True)
 
     def proto_init(self, string: bytes) -> str:
@@ -257,8 +273,11 @@ class BoundedAMP(amp.AMP):
         except Exception as e:
             # Not a request nor the answer to one of ours (no _command/_answer/_error, an
             # answer to nothing we asked, an error box without its code...).
-            self.problem("protocol violation", "closing {peer}: {error}",
-                         error=one_line(f"{type(e).__name__}: {e}"))
+            self.problem(
+                "protocol violation",
+                "closing {peer}: {error}",
+                error=one_line(f"{type(e).__name__}: {e}"),
+            )
             self._close()
 
     def _command_class(self, name: bytes) -> type[amp.Command] | None:
@@ -275,19 +294,29 @@ class BoundedAMP(amp.AMP):
             return self._unknown(name)
         problem = None if command is None else argument_problem(command, box, self.locator)
         if problem is not None:
-            self.problem("bad arguments", "{peer} sent {command} with bad arguments: {problem}",
-                         command=_name(name), problem=problem)
+            self.problem(
+                "bad arguments",
+                "{peer} sent {command} with bad arguments: {problem}",
+                command=_name(name),
+                problem=problem,
+            )
             return fail(amp.RemoteAmpError(_INVALID, f"{_name(name)}: {problem}"))
         d = super().dispatchCommand(box)
         d.addErrback(self._undeclared, name)
         return d
 
     def _unknown(self, name: bytes) -> Deferred:
-        self.problem("unknown command", "{peer} sent an unknown command {command}",
-                     command=_name(name))
-        return fail(amp.RemoteAmpError(
-            amp.UNHANDLED_ERROR_CODE, f"unknown command {_name(name)}", False,
-            local=Failure(amp.UnhandledCommand())))
+        self.problem(
+            "unknown command", "{peer} sent an unknown command {command}", command=_name(name)
+        )
+        return fail(
+            amp.RemoteAmpError(
+                amp.UNHANDLED_ERROR_CODE,
+                f"unknown command {_name(name)}",
+                False,
+                local=Failure(amp.UnhandledCommand()),
+            )
+        )
 
     def _undeclared(self, failure: Failure, name: bytes) -> Failure:
         if failure.check(amp.RemoteAmpError):
@@ -298,19 +327,29 @@ class BoundedAMP(amp.AMP):
             _, filename, line = frames[-1][:3]
             where = f" at {filename}:{line}"
         self.problem(
-            "server error", "{command} from {peer} failed: {error}{where}",
-            command=_name(name), error=one_line(f"{failure.type.__name__}: {failure.value}"),
-            where=where)
-        return Failure(amp.RemoteAmpError(
-            _SERVER_ERROR,
-            f"{_name(name)} failed in the server ({failure.type.__name__}); "
-            "its log has one line about it", False))
+            "server error",
+            "{command} from {peer} failed: {error}{where}",
+            command=_name(name),
+            error=one_line(f"{failure.type.__name__}: {failure.value}"),
+            where=where,
+        )
+        return Failure(
+            amp.RemoteAmpError(
+                _SERVER_ERROR,
+                f"{_name(name)} failed in the server ({failure.type.__name__}); "
+                "its log has one line about it",
+                False,
+            )
+        )
 
     def unhandledError(self, failure: Failure) -> None:  # noqa: N802 - AMP's API
         # AMP logs a traceback here and drops the link; the cause is most often the
         # peer's (an answer we cannot parse), so one line, rate-limited.
-        self.problem("unhandled error", "closing {peer}: {error}",
-                     error=one_line(f"{failure.type.__name__}: {failure.value}"))
+        self.problem(
+            "unhandled error",
+            "closing {peer}: {error}",
+            error=one_line(f"{failure.type.__name__}: {failure.value}"),
+        )
         self._close()
 
     # --- bounded requests in flight ------------------------------------------------
@@ -344,7 +383,8 @@ class BoundedAMP(amp.AMP):
             error[amp.ERROR] = aBox[amp.ANSWER]
             error[amp.ERROR_CODE] = _INVALID
             error[amp.ERROR_DESCRIPTION] = (
-                b"the answer is larger than one AMP value (64 KiB): ask for less")
+                b"the answer is larger than one AMP value (64 KiB): ask for less"
+            )
             super()._safeEmit(error)
 
     # --- bounded output: a slow reader is paused, then dropped -------------------------
@@ -364,8 +404,11 @@ class BoundedAMP(amp.AMP):
         if self.gone or self._consumer is None:
             return
         self._consumer.pauseProducing()
-        if self.clock is not None and self.drain_timeout is not None and (
-                self._drain_timer is None or not self._drain_timer.active()):
+        if (
+            self.clock is not None
+            and self.drain_timeout is not None
+            and (self._drain_timer is None or not self._drain_timer.active())
+        ):
             self._drain_timer = self.clock.callLater(self.drain_timeout, self._drain_expired)
 
     def resumeProducing(self) -> None:  # noqa: N802 - IPushProducer
@@ -390,9 +433,11 @@ class BoundedAMP(amp.AMP):
         if self.gone:
             return
         if not self._refused:
-            self.problem("slow reader",
-                         "dropping {peer}: it left our answers unread for {seconds} s",
-                         seconds=self.drain_timeout)
+            self.problem(
+                "slow reader",
+                "dropping {peer}: it left our answers unread for {seconds} s",
+                seconds=self.drain_timeout,
+            )
         self._close(abort=True)
 
     # --- calls with a deadline -------------------------------------------------------

@@ -47,6 +47,7 @@ def spec_problem(spec: JobSpec, min_priority: int = 0, max_priority: int = 127) 
     The dispatcher refuses such a submission with this line; a client may call it
     before sending, so that it can say the same without a round trip.
     """
+
     def nbytes(text: str) -> int:
         return len(text.encode("utf-8", "surrogatepass"))
 
@@ -55,8 +56,10 @@ def spec_problem(spec: JobSpec, min_priority: int = 0, max_priority: int = 127) 
     if not spec.command.strip():
         return "the command is empty: say what the job should run"
     if nbytes(spec.command) > MAX_COMMAND_BYTES:
-        return (f"the command is {nbytes(spec.command)} bytes, more than the limit of "
-                f"{MAX_COMMAND_BYTES}: put it in a script and run the script")
+        return (
+            f"the command is {nbytes(spec.command)} bytes, more than the limit of "
+            f"{MAX_COMMAND_BYTES}: put it in a script and run the script"
+        )
     if "\0" in spec.command:
         return "the command contains a NUL byte, which no shell can run"
     if isinstance(spec.slots, bool) or not isinstance(spec.slots, int):
@@ -69,8 +72,11 @@ def spec_problem(spec: JobSpec, min_priority: int = 0, max_priority: int = 127) 
         return f"the group name is longer than {MAX_GROUP_CHARS} characters"
     if nbytes(spec.info) > MAX_INFO_BYTES:
         return f"the info text is longer than {MAX_INFO_BYTES} bytes"
-    for label, path in (("-o (stdout)", spec.stdout), ("-O (stderr)", spec.stderr),
-                        ("-l (log file)", spec.logfile)):
+    for label, path in (
+        ("-o (stdout)", spec.stdout),
+        ("-O (stderr)", spec.stderr),
+        ("-l (log file)", spec.logfile),
+    ):
         if nbytes(path) > MAX_PATH_BYTES:
             return f"the {label} path is longer than {MAX_PATH_BYTES} bytes"
         if "\0" in path:
@@ -84,8 +90,9 @@ def spec_problem(spec: JobSpec, min_priority: int = 0, max_priority: int = 127) 
     if any(len(h) > MAX_HOST_NAME_CHARS for h in spec.excluded_hosts):
         return f"an excluded host name is longer than {MAX_HOST_NAME_CHARS} characters"
     for label, value, top, unit in (
-            ("estimated time", spec.estimated_time, MAX_ESTIMATED_TIME, "s"),
-            ("estimated memory", spec.estimated_memory, MAX_ESTIMATED_MEMORY, "MB")):
+        ("estimated time", spec.estimated_time, MAX_ESTIMATED_TIME, "s"),
+        ("estimated memory", spec.estimated_memory, MAX_ESTIMATED_MEMORY, "MB"),
+    ):
         if value is None:
             continue
         if not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= top:
@@ -99,6 +106,8 @@ def environment_problem(environment: JobEnvironment) -> str | None:
         return f"the submission directory is longer than {MAX_PATH_BYTES} bytes"
     size = len(json.dumps(environment.env).encode("utf-8", "surrogatepass"))
     if size > MAX_ENVIRONMENT_BYTES:
-        return (f"the environment is {size} bytes, more than the limit of "
-                f"{MAX_ENVIRONMENT_BYTES}: unset large variables before submitting")
+        return (
+            f"the environment is {size} bytes, more than the limit of "
+            f"{MAX_ENVIRONMENT_BYTES}: unset large variables before submitting"
+        )
     return None

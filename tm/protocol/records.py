@@ -358,8 +358,19 @@ def fit_job_detail(job: Job, limit: int = MAX_VALUE_BYTES) -> dict[str, Any]:
     row = job_detail_to_amp(job)
     if _size_or_none(JOB_DETAIL_FIELDS, row) is not None:
         return row
-    for key in ("reason", "info", "stdout", "stderr", "logfile", "cwd", "shell", "group",
-                "user", "uuid", "host"):
+    for key in (
+        "reason",
+        "info",
+        "stdout",
+        "stderr",
+        "logfile",
+        "cwd",
+        "shell",
+        "group",
+        "user",
+        "uuid",
+        "host",
+    ):
         row[key] = _shorten(row[key], 1_000)
     row["excluded_hosts"] = [_shorten(h, 255) for h in row["excluded_hosts"][:20]]
     rest = _size_or_none(JOB_DETAIL_FIELDS, row | {"command": ""}, limit) or 0
@@ -371,8 +382,9 @@ def fit_job_detail(job: Job, limit: int = MAX_VALUE_BYTES) -> dict[str, Any]:
     return row
 
 
-def _size_or_none(fields: Sequence[tuple[bytes, amp.Argument]], row: dict,
-                  limit: int = MAX_VALUE_BYTES) -> int | None:
+def _size_or_none(
+    fields: Sequence[tuple[bytes, amp.Argument]], row: dict, limit: int = MAX_VALUE_BYTES
+) -> int | None:
     """The encoded size of one row, or None when it does not fit one value."""
     try:
         size = encoded_size(fields, [row])

@@ -34,33 +34,79 @@ class Options(usage.Options):
     optParameters = [
         ["port", "p", DEFAULT_PORT, "TLS port for AMP.", int],
         ["interface", None, "", "Address to listen on (default: all)."],
-        ["database", "d", None,
-         "Database URL: sqlite:///PATH or mysql://USER:PASSWORD@HOST:PORT/DB "
-         "(default: sqlite under the var directory; also $TM_DATABASE_URL)."],
+        [
+            "database",
+            "d",
+            None,
+            "Database URL: sqlite:///PATH or mysql://USER:PASSWORD@HOST:PORT/DB "
+            "(default: sqlite under the var directory; also $TM_DATABASE_URL).",
+        ],
         ["config-dir", "c", "etc", "Directory with cluster.tab / cluster.cfg and users."],
         ["var-dir", None, "var", "Directory for run-time state (database, keys, challenge)."],
-        ["cluster-config", None, "tab", "Which cluster file to read: tab (cluster.tab) or cfg (cluster.cfg)."],
-        ["public-host", None, None, "Host name clients use to reach the dispatcher (default: this host's name)."],
-        ["fairshare-half-life", None, 86400.0,
-         "Seconds after which a user's recorded usage counts half in fair share (default a day).",
-         float],
-        ["executor-lease", None, 300.0,
-         "Seconds of silence after which an executor is dropped, and after which the jobs of a "
-         "dropped executor that has not come back are requeued; executors stop their jobs after "
-         "half of it without an answer from the dispatcher (default 300).", float],
-        ["handshake-timeout", None, 10.0,
-         "Seconds a new connection has to finish TLS, Hello and Authenticate (default 10).",
-         float],
-        ["drain-timeout", None, 30.0,
-         "Seconds a client may leave answers unread (beyond 64 KiB) before it is dropped; "
-         "also the time a started request may stay unfinished (default 30).", float],
-        ["max-unauthenticated-per-address", None, 32,
-         "Connections from one address that have not authenticated yet (default 32).", int],
-        ["max-connections-per-address", None, 512,
-         "Connections from one address in all (default 512).", int],
-        ["manhole", None, None,
-         "Serve a Python manhole (telnet framing) on the Unix socket PATH, mode 0600, for "
-         "the dispatcher's own uid only (default: off)."],
+        [
+            "cluster-config",
+            None,
+            "tab",
+            "Which cluster file to read: tab (cluster.tab) or cfg (cluster.cfg).",
+        ],
+        [
+            "public-host",
+            None,
+            None,
+            "Host name clients use to reach the dispatcher (default: this host's name).",
+        ],
+        [
+            "fairshare-half-life",
+            None,
+            86400.0,
+            "Seconds after which a user's recorded usage counts half in fair share (default a day).",
+            float,
+        ],
+        [
+            "executor-lease",
+            None,
+            300.0,
+            "Seconds of silence after which an executor is dropped, and after which the jobs of a "
+            "dropped executor that has not come back are requeued; executors stop their jobs after "
+            "half of it without an answer from the dispatcher (default 300).",
+            float,
+        ],
+        [
+            "handshake-timeout",
+            None,
+            10.0,
+            "Seconds a new connection has to finish TLS, Hello and Authenticate (default 10).",
+            float,
+        ],
+        [
+            "drain-timeout",
+            None,
+            30.0,
+            "Seconds a client may leave answers unread (beyond 64 KiB) before it is dropped; "
+            "also the time a started request may stay unfinished (default 30).",
+            float,
+        ],
+        [
+            "max-unauthenticated-per-address",
+            None,
+            32,
+            "Connections from one address that have not authenticated yet (default 32).",
+            int,
+        ],
+        [
+            "max-connections-per-address",
+            None,
+            512,
+            "Connections from one address in all (default 512).",
+            int,
+        ],
+        [
+            "manhole",
+            None,
+            None,
+            "Serve a Python manhole (telnet framing) on the Unix socket PATH, mode 0600, for "
+            "the dispatcher's own uid only (default: off).",
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -111,8 +157,11 @@ def load_cluster(config_dir: Path, kind: str) -> list:
     if not path.exists():
         return [config.default_local_host(socket.gethostname(), os.cpu_count() or 1)]
     text = path.read_text()
-    hosts = config.parse_cluster_tab(text, str(path)) if kind == "tab" else config.parse_cluster_cfg(
-        text, str(path))
+    hosts = (
+        config.parse_cluster_tab(text, str(path))
+        if kind == "tab"
+        else config.parse_cluster_cfg(text, str(path))
+    )
     if not hosts:
         raise usage.UsageError(f"{path} lists no hosts")
     return hosts
@@ -133,8 +182,9 @@ class DispatcherRunner(service.MultiService):
 
     log = Logger()
 
-    def __init__(self, reactor: Any, settings: Any, listen: service.Service,
-                 certificate: bytes) -> None:
+    def __init__(
+        self, reactor: Any, settings: Any, listen: service.Service, certificate: bytes
+    ) -> None:
         super().__init__()
         from tm.db.store import Store
         from tm.dispatcher.service import Dispatcher
@@ -169,7 +219,9 @@ class DispatcherRunner(service.MultiService):
         write_info(user_dir() / "dispatcher.json", info)
         self.log.info(
             "tmdispatcher ready on port {port} with {hosts} host(s), {users} user(s), database {db}",
-            port=settings.port, hosts=len(settings.hosts), users=len(settings.users),
+            port=settings.port,
+            hosts=len(settings.hosts),
+            users=len(settings.users),
             db=self.store.safe_url(),
         )
 
@@ -178,8 +230,9 @@ class DispatcherRunner(service.MultiService):
         from tm.protocol.commands import TMError
 
         if failure.check(TMError, StoreError):  # a reason for the admin, not a bug: one line
-            self.log.error("tmdispatcher could not start: {reason}",
-                           reason=failure.getErrorMessage())
+            self.log.error(
+                "tmdispatcher could not start: {reason}", reason=failure.getErrorMessage()
+            )
         else:
             self.log.failure("tmdispatcher could not start", failure)
         # twistd exits 0 once the reactor stops: a failed start must not look like a stop.
@@ -191,8 +244,11 @@ class DispatcherRunner(service.MultiService):
 
         stopped = super().stopService()
         saved = ensureDeferred(self.dispatcher.save_usage())
-        saved.addErrback(lambda f: self.log.warn("fair-share usage not saved at stop: {e}",
-                                                 e=f.getErrorMessage()))
+        saved.addErrback(
+            lambda f: self.log.warn(
+                "fair-share usage not saved at stop: {e}", e=f.getErrorMessage()
+            )
+        )
 
         def close(_: Any) -> None:
             self.fs_pool.stop()
@@ -243,8 +299,7 @@ def make_dispatcher(options: Options) -> DispatcherRunner:
     guard = edge.AddressGuard(limits)
     runner: DispatcherRunner
     factory = Factory.forProtocol(lambda: DispatcherProtocol(runner.dispatcher, limits, guard))
-    tls = edge.guarded_factory(reactor, auth.server_tls_options(key_pem, cert_pem), factory,
-                               guard)
+    tls = edge.guarded_factory(reactor, auth.server_tls_options(key_pem, cert_pem), factory, guard)
     listen = edge.EdgeListener(reactor, sock, tls)
     runner = DispatcherRunner(reactor, settings, listen, cert_pem)
     if options["manhole"] is not None:

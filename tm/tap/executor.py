@@ -18,9 +18,13 @@ class Options(usage.Options):
     optParameters = [
         ["dispatcher", None, None, "The dispatcher's dispatcher.json."],
         ["host", None, None, "This host's name in the cluster configuration (default: hostname)."],
-        ["idle-timeout", None, float(os.environ.get("TM_EXECUTOR_IDLE_TIMEOUT") or 300.0),
-         "Exit after this many seconds without a job (default $TM_EXECUTOR_IDLE_TIMEOUT or 300).",
-         float],
+        [
+            "idle-timeout",
+            None,
+            float(os.environ.get("TM_EXECUTOR_IDLE_TIMEOUT") or 300.0),
+            "Exit after this many seconds without a job (default $TM_EXECUTOR_IDLE_TIMEOUT or 300).",
+            float,
+        ],
         ["log-dir", None, None, "Default directory for job output (default ~/.taskmanager/logs)."],
     ]
 
@@ -34,10 +38,13 @@ def makeService(options: Options) -> service.Service:  # noqa: N802
         info = find_dispatcher(options["dispatcher"])
     except DispatcherNotFound as e:
         raise usage.UsageError(str(e)) from None
-    return with_bounded_log(Executor(
-        reactor,
-        info,
-        host=options["host"] or socket.gethostname(),
-        idle_timeout=options["idle-timeout"],
-        log_dir=options["log-dir"] or str(user_dir() / "logs"),
-    ), options)
+    return with_bounded_log(
+        Executor(
+            reactor,
+            info,
+            host=options["host"] or socket.gethostname(),
+            idle_timeout=options["idle-timeout"],
+            log_dir=options["log-dir"] or str(user_dir() / "logs"),
+        ),
+        options,
+    )

@@ -13,8 +13,13 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = "Runs a user's TaskManager server (TMS). Clients start it on demand."
     optParameters = [
-        ["dispatcher", None, None, "The dispatcher's dispatcher.json (default: $TM_DISPATCHER, "
-                                   "~/.taskmanager/dispatcher.json, /etc/taskmanager/dispatcher.json)."],
+        [
+            "dispatcher",
+            None,
+            None,
+            "The dispatcher's dispatcher.json (default: $TM_DISPATCHER, "
+            "~/.taskmanager/dispatcher.json, /etc/taskmanager/dispatcher.json).",
+        ],
         ["interface", None, "", "Address to listen on (default: all)."],
     ]
 

@@ -35,7 +35,10 @@ if TYPE_CHECKING:
 #: The commands a client may send over the socket: the same as over TLS, minus the
 #: handshake (the socket proves the user).
 ANSWERED_HERE: tuple[type[amp.Command], ...] = (
-    commands.Ping, commands.ServerInfo, commands.Shutdown)
+    commands.Ping,
+    commands.ServerInfo,
+    commands.Shutdown,
+)
 
 
 def served_commands() -> dict[str, type[amp.Command]]:
@@ -55,7 +58,8 @@ def decode_arguments(command: type[amp.Command], arguments: Any) -> dict[str, An
     except Exception as e:  # whatever does not encode is the request's fault
         raise commands.InvalidRequest(
             f"bad arguments for {command.commandName.decode()}: "
-            f"{one_line(e) or e.__class__.__name__}") from None
+            f"{one_line(e) or e.__class__.__name__}"
+        ) from None
 
 
 def error_code(command: type[amp.Command] | None, e: BaseException) -> str | None:
@@ -86,24 +90,41 @@ class LocalClientProtocol(basic.Int32StringReceiver):
             pid, uid, _ = localsocket.peer_credentials(self._transport().getHandle())
         except OSError as e:
             pid, uid = 0, -1
-            self.log.warn("cannot read the credentials of a client on the socket: {error}",
-                          error=str(e))
+            self.log.warn(
+                "cannot read the credentials of a client on the socket: {error}", error=str(e)
+            )
         if uid != os.getuid():
-            self.log.warn("refused a client of uid {uid} (pid {pid}) on {path}: this TMS "
-                          "serves uid {own} only", uid=uid, pid=pid, path=self.server.socket_path,
-                          own=os.getuid())
-            self._send({"error": {"code": localsocket.REFUSED_CODE,
-                                  "message": f"this TMS serves uid {os.getuid()} only, "
-                                             f"not uid {uid}"}})
+            self.log.warn(
+                "refused a client of uid {uid} (pid {pid}) on {path}: this TMS "
+                "serves uid {own} only",
+                uid=uid,
+                pid=pid,
+                path=self.server.socket_path,
+                own=os.getuid(),
+            )
+            self._send(
+                {
+                    "error": {
+                        "code": localsocket.REFUSED_CODE,
+                        "message": f"this TMS serves uid {os.getuid()} only, not uid {uid}",
+                    }
+                }
+            )
             self._transport().loseConnection()
             return
         self.session = ClientSession(self.server)
         self.session.proven = True  # by the socket's owner and the peer's uid
 
     def lengthLimitExceeded(self, length: int) -> None:  # noqa: N802 - Twisted's API
-        self._send({"error": {"code": "INVALID_REQUEST",
-                              "message": f"a request of {length} bytes is over the limit of "
-                                         f"{self.MAX_LENGTH}"}})
+        self._send(
+            {
+                "error": {
+                    "code": "INVALID_REQUEST",
+                    "message": f"a request of {length} bytes is over the limit of "
+                    f"{self.MAX_LENGTH}",
+                }
+            }
+        )
         self._transport().loseConnection()
 
     def stringReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's API
@@ -116,8 +137,15 @@ class LocalClientProtocol(basic.Int32StringReceiver):
             return
         request_id = request.get("id") if isinstance(request, dict) else None
         if self.in_flight >= MAX_IN_FLIGHT:
-            self._send({"id": request_id, "error": {
-                "code": "TOO_BUSY", "message": f"more than {MAX_IN_FLIGHT} requests in flight"}})
+            self._send(
+                {
+                    "id": request_id,
+                    "error": {
+                        "code": "TOO_BUSY",
+                        "message": f"more than {MAX_IN_FLIGHT} requests in flight",
+                    },
+                }
+            )
             return
         self.in_flight += 1
         ensureDeferred(self._answer(request_id, request))
@@ -130,7 +158,8 @@ class LocalClientProtocol(basic.Int32StringReceiver):
             command = self.commands.get(request["command"])
             if command is None:
                 raise commands.InvalidRequest(
-                    f"{one_line(request['command'], 60)!r} is not a command of the TMS")
+                    f"{one_line(request['command'], 60)!r} is not a command of the TMS"
+                )
             answer = await self._serve(command, request.get("arguments", {}))
             message: dict[str, Any] = {"id": request_id, "answer": answer}
         except Exception as e:
@@ -176,15 +205,18 @@ class LocalClientProtocol(basic.Int32StringReceiver):
                 raise commands.InvalidRequest(f"bad job: {one_line(e)}") from None
             if n == 0:
                 raise commands.InvalidRequest(
-                    "a job's description is too large to send (shorten the command)")
+                    "a job's description is too large to send (shorten the command)"
+                )
             try:
                 answer = await forward(**{**kw, "jobs": rows})
             except commands.TMError as e:
                 if not ids:
                     raise
-                raise type(e)(f"{e}; the first {len(ids)} job(s) of this part were submitted "
-                              f"as {ids[0]}..{ids[-1]}, the remaining {len(jobs) - len(ids)} "
-                              "were not") from None
+                raise type(e)(
+                    f"{e}; the first {len(ids)} job(s) of this part were submitted "
+                    f"as {ids[0]}..{ids[-1]}, the remaining {len(jobs) - len(ids)} "
+                    "were not"
+                ) from None
             ids.extend(answer["job_ids"])
             for warning in answer.get("warnings") or []:
                 if warning not in warnings:

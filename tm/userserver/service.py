@@ -78,8 +78,9 @@ def _reason(e: Exception) -> str:
     return str(e) or e.__class__.__name__
 
 
-async def submit_until_acknowledged(link: Any, reactor: Any, kw: dict[str, Any],
-                                    budget: float = SUBMIT_RETRY_SECONDS) -> Any:
+async def submit_until_acknowledged(
+    link: Any, reactor: Any, kw: dict[str, Any], budget: float = SUBMIT_RETRY_SECONDS
+) -> Any:
     """Send SubmitJobs over ``link`` until the dispatcher answers it.
 
     The jobs carry their UUIDs, which the store keeps unique, so a submission that was
@@ -97,8 +98,9 @@ async def submit_until_acknowledged(link: Any, reactor: Any, kw: dict[str, Any],
             if not link.connected and link.fatal is None:
                 raise commands.DispatcherUnavailable(link.last_error or "no link")
             left = deadline - reactor.seconds()
-            return await link.call(commands.SubmitJobs,
-                                   reply_timeout=max(SUBMIT_REPLY_TIMEOUT, left), **kw)
+            return await link.call(
+                commands.SubmitJobs, reply_timeout=max(SUBMIT_REPLY_TIMEOUT, left), **kw
+            )
         except commands.DatabaseUnavailable:
             database_refusals += 1
             if database_refusals > SUBMIT_DATABASE_RETRIES:
@@ -116,13 +118,13 @@ async def submit_until_acknowledged(link: Any, reactor: Any, kw: dict[str, Any],
                 f"within {budget:.0f} s ({reason})"
             )
         if reason != last_reason:
-            UserServer.log.info("submission not acknowledged ({reason}); sending it again",
-                                reason=reason)
+            UserServer.log.info(
+                "submission not acknowledged ({reason}); sending it again", reason=reason
+            )
             last_reason = reason
         # Never straight away: a link that is being lost fails its calls before it is
         # known to be down, and must not be tried again in a loop that starves the reactor.
-        await deferLater(reactor, min(pause, max(0.0, deadline - reactor.seconds())),
-                         lambda: None)
+        await deferLater(reactor, min(pause, max(0.0, deadline - reactor.seconds())), lambda: None)
         pause = min(2 * pause, 1.0)
 
 
@@ -168,15 +170,20 @@ class ClientSession(amp.CommandLocator):
             raise commands.NotAuthenticated("prove the key from ~/.taskmanager/tms.json first")
 
     @commands.Hello.responder
-    def hello(self, protocol_version: int, role: str, user: str, host: str,
-              pid: int | None = None) -> dict:
+    def hello(
+        self, protocol_version: int, role: str, user: str, host: str, pid: int | None = None
+    ) -> dict:
         if protocol_version != commands.PROTOCOL_VERSION:
             raise commands.ProtocolMismatch(
                 f"this TMS speaks protocol {commands.PROTOCOL_VERSION}, the client "
                 f"{protocol_version}: restart it with `hConnect shutdown`"
             )
-        return {"protocol_version": commands.PROTOCOL_VERSION, "server": "tmserver",
-                "challenge_path": None, "nonce": None}
+        return {
+            "protocol_version": commands.PROTOCOL_VERSION,
+            "server": "tmserver",
+            "challenge_path": None,
+            "nonce": None,
+        }
 
     @commands.ProveKey.responder
     def prove_key(self, key: str) -> dict:
@@ -231,8 +238,10 @@ def start_failure_reason(output: bytes, code: int | None) -> str:
     text = output.decode("utf-8", "replace")
     running = re.search(r"Another twistd server is running, PID (\d+)", text)
     if running:
-        return (f"an executor of yours is already running there (pid {running.group(1)}) but "
-                "is not connected; it reconnects by itself, or stop it")
+        return (
+            f"an executor of yours is already running there (pid {running.group(1)}) but "
+            "is not connected; it reconnects by itself, or stop it"
+        )
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return (lines[-1] if lines else f"the start command exited with {code}")[:500]
 
@@ -265,10 +274,15 @@ class UserServer(service.Service):
         self.port = 0
         self._certificate = b""
         self.started_at = 0.0
-        self.link = DispatcherLink(reactor, info, commands.ROLE_TMS, self.public_host,
-                                   lambda: DispatcherSide(self),
-                                   on_connected=self._dispatcher_connected,
-                                   on_fatal=lambda e: None)
+        self.link = DispatcherLink(
+            reactor,
+            info,
+            commands.ROLE_TMS,
+            self.public_host,
+            lambda: DispatcherSide(self),
+            on_connected=self._dispatcher_connected,
+            on_fatal=lambda e: None,
+        )
         #: The local addresses this TMS reached the dispatcher from: other cluster hosts can
         #: reach it there too, which its host name may not tell them (published in tms.json).
         self.addresses: list[str] = []
@@ -283,12 +297,15 @@ class UserServer(service.Service):
         base = user_dir()
         base.mkdir(mode=0o700, exist_ok=True)
         os.chmod(base, 0o700)
-        key_pem, cert_pem = auth.ensure_key_pair(base / "tms" / "tms.key", base / "tms" / "tms.crt",
-                                                 auth.TMS_TLS_NAME)
+        key_pem, cert_pem = auth.ensure_key_pair(
+            base / "tms" / "tms.key", base / "tms" / "tms.crt", auth.TMS_TLS_NAME
+        )
         factory = protocol.Factory.forProtocol(
-            lambda: BoundedAMP(locator=ClientSession(self), clock=self.reactor))
-        endpoint = SSL4ServerEndpoint(self.reactor, 0, auth.server_tls_options(key_pem, cert_pem),
-                                      interface=self.interface)
+            lambda: BoundedAMP(locator=ClientSession(self), clock=self.reactor)
+        )
+        endpoint = SSL4ServerEndpoint(
+            self.reactor, 0, auth.server_tls_options(key_pem, cert_pem), interface=self.interface
+        )
         d = endpoint.listen(factory)
         d.addCallback(self._listening_on, cert_pem)
         d.addErrback(self._failed)
@@ -366,13 +383,22 @@ class UserServer(service.Service):
         one, this TMS's own Python runs twistd (right where hosts share the installation).
         """
         logs = user_dir() / "logs"
-        prefix = shlex.split(twistd) if twistd.strip() else [
-            sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+        prefix = (
+            shlex.split(twistd)
+            if twistd.strip()
+            else [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
+        )
         return [
             *prefix,
-            "--pidfile", str(user_dir() / f"tmmenial.{host}.pid"),
-            "--logfile", str(logs / f"tmmenial.{host}.log"),
-            "tmmenial", "--host", host, "--dispatcher", self.info.path,
+            "--pidfile",
+            str(user_dir() / f"tmmenial.{host}.pid"),
+            "--logfile",
+            str(logs / f"tmmenial.{host}.log"),
+            "tmmenial",
+            "--host",
+            host,
+            "--dispatcher",
+            self.info.path,
         ]
 
     def start_executor(self, host: str, ssh_target: str, command: str) -> None:
@@ -384,7 +410,16 @@ class UserServer(service.Service):
             return
         if ssh_target:
             remote = " ".join(shlex.quote(a) for a in local)
-            argv = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-x", ssh_target, remote]
+            argv = [
+                "ssh",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ConnectTimeout=10",
+                "-x",
+                ssh_target,
+                remote,
+            ]
         else:
             argv = local
         ensureDeferred(self._launch(host, argv))
@@ -393,8 +428,9 @@ class UserServer(service.Service):
         self.log.info("starting an executor on {host}: {argv}", host=host, argv=" ".join(argv))
         proto = _LauncherProtocol()
         try:
-            self.reactor.spawnProcess(proto, argv[0], argv, env=dict(os.environ),
-                                      childFDs={0: "w", 1: "r", 2: "r"})
+            self.reactor.spawnProcess(
+                proto, argv[0], argv, env=dict(os.environ), childFDs={0: "w", 1: "r", 2: "r"}
+            )
         except OSError as e:
             await self._report_failure(host, f"cannot run {argv[0]}: {e.strerror}")
             return
