@@ -168,13 +168,40 @@ class Installation:
                 pass
         self.stop_dispatcher()
         for pid in self.daemon_pids():
+            _end(pid)
+        # An executor the TMS was starting when it stopped is not in a pid file yet: its
+        # command line names the pid file it is about to write.
+        for pid in processes_mentioning(str(self.home / ".taskmanager") + "/tmmenial."):
             try:
-                wait_until(functools.partial(_dead, pid), 10, f"pid {pid} to exit")
-            except AssertionError:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
+                os.kill(pid, signal.SIGTERM)
+            except OSError:
+                pass
+            _end(pid)
+
+
+def _end(pid: int) -> None:
+    """Wait up to 10 s for ``pid`` to exit after a TERM; then kill it."""
+    try:
+        wait_until(functools.partial(_dead, pid), 10, f"pid {pid} to exit")
+    except AssertionError:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Live processes (other than this one) whose command line contains ``text``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) != os.getpid():
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    if text.encode() in f.read() and alive(int(name)):
+                        found.append(int(name))
+            except OSError:
+                pass
+    return found
 
 
 def executor_pid(inst: Installation) -> int:

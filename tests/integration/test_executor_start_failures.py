@@ -19,21 +19,13 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.cli import lajob, submit_file
-from tests.helpers.processes import Installation, alive, executor_pid, wait_until
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """Pids of live processes whose command line mentions ``text``."""
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit() and int(name) != os.getpid():
-            try:
-                with open(f"/proc/{name}/cmdline", "rb") as f:
-                    if text.encode() in f.read() and alive(int(name)):
-                        found.append(int(name))
-            except OSError:
-                pass
-    return found
+from tests.helpers.processes import (
+    Installation,
+    alive,
+    executor_pid,
+    processes_mentioning,
+    wait_until,
+)
 
 
 @pytest.fixture(autouse=True)

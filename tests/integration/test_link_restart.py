@@ -29,7 +29,9 @@ def test_after_a_long_outage_the_first_command_once_the_dispatcher_is_back_works
     started = time.monotonic()
     listed = installation.run("hConnect", "lswjobs")
     assert listed.returncode == 0, (dials, listed.stderr)
-    submitted = installation.run("hRunJob", "-q", "true")
+    # --wait: the job has run when the test ends, so no executor is still being started by the
+    # TMS while the installation is torn down (one started just after would outlive the test).
+    submitted = installation.run("hRunJob", "-q", "--wait", "true")
     assert submitted.returncode == 0 and not submitted.stderr, submitted.stderr
     assert dials >= 10, f"only {dials} tries to reconnect during the outage"
     # Recorded for the report, not asserted: the command's own wait is bounded by the TMS.
