@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 
-from tests.helpers.processes import alive
+from tests.helpers.processes import alive, wait_until
 from tests.integration.test_runner import (  # noqa: F401 - no_stray_processes is a fixture
     DEADLINE,
     no_stray_processes,
@@ -242,17 +241,17 @@ def test_the_jobs_die_with_the_executor(tmp_path: Path) -> None:
         (tmp_path / str(job_id)).mkdir()
     executor = subprocess.Popen([sys.executable, "-c", EXECUTOR, str(tmp_path)], cwd=ROOT)
     try:
-        pids: list[int] = []
-        deadline = time.monotonic() + 30
-        while len(pids) < 6:
-            assert time.monotonic() < deadline, "the jobs did not start"
+
+        def started() -> list[int] | None:
             assert executor.poll() is None, "the executor ended"
-            time.sleep(0.02)
-            pids = [
+            found = [
                 int(text)
                 for text in (f.read_text().strip() for f in tmp_path.glob("[12]/*"))
                 if text.isdigit()
             ]
+            return found if len(found) >= 6 else None
+
+        pids: list[int] = wait_until(started, 30, "the jobs to start", interval=0.02)
         assert all(alive(p) for p in pids)
     finally:
         executor.kill()
@@ -265,7 +264,4 @@ def test_the_jobs_die_with_the_executor(tmp_path: Path) -> None:
             p for job_id in (1, 2) for p in processes_in(tmp_path / str(job_id))
         ]
 
-    deadline = time.monotonic() + DEADLINE
-    while left():
-        assert time.monotonic() < deadline, left()
-        time.sleep(0.02)
+    wait_until(lambda: not left(), DEADLINE, "the jobs and their shepherds to be gone", 0.02)

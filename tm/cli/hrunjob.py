@@ -264,23 +264,7 @@ def terminal_code(answer: dict[str, Any]) -> int | None:
     return 0 if answer["state"] == "finished" else 1
 
 
-def spec_to_json(spec: JobSpec) -> dict[str, Any]:
-    """A job as the rows of SubmitJobs (the fields of records.JOB_SPEC_FIELDS)."""
-    return {
-        "uuid": spec.uuid,
-        "command": spec.command,
-        "shell": spec.shell,
-        "slots": spec.slots,
-        "priority": spec.priority,
-        "group": spec.group,
-        "info": spec.info,
-        "stdout": spec.stdout,
-        "stderr": spec.stderr,
-        "logfile": spec.logfile,
-        "excluded_hosts": list(spec.excluded_hosts),
-        "estimated_time": spec.estimated_time,
-        "estimated_memory": spec.estimated_memory,
-    }
+spec_to_json = records.spec_to_row  # the row of SubmitJobs, as the AMP path builds it
 
 
 #: Jobs per request over the socket (the TMS cuts each into chunks of one AMP value).

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 from tm.core.model import JobEnvironment, JobSpec
 
@@ -111,3 +112,23 @@ def environment_problem(environment: JobEnvironment) -> str | None:
             f"{MAX_ENVIRONMENT_BYTES}: unset large variables before submitting"
         )
     return None
+
+
+def spec_to_row(spec: JobSpec) -> dict[str, Any]:
+    """A job as one row of SubmitJobs (the fields of records.JOB_SPEC_FIELDS). Here, without
+    Twisted, so that the CLI's fast path and the AMP records build it the same way."""
+    return {
+        "uuid": spec.uuid,
+        "command": spec.command,
+        "shell": spec.shell,
+        "slots": spec.slots,
+        "priority": spec.priority,
+        "group": spec.group,
+        "info": spec.info,
+        "stdout": spec.stdout,
+        "stderr": spec.stderr,
+        "logfile": spec.logfile,
+        "excluded_hosts": list(spec.excluded_hosts),
+        "estimated_time": spec.estimated_time,
+        "estimated_memory": spec.estimated_memory,
+    }

@@ -31,6 +31,7 @@ from tm.protocol.limits import (  # noqa: F401 - re-exported: the limits live th
     MAX_VALUE_BYTES,
     environment_problem,
     spec_problem,
+    spec_to_row,
 )
 
 T = TypeVar("T")
@@ -191,22 +192,7 @@ RUN_JOB_ARGUMENTS: list[tuple[bytes, amp.Argument]] = [
 ]
 
 
-def spec_to_amp(spec: JobSpec) -> dict[str, Any]:
-    return {
-        "uuid": spec.uuid,
-        "command": spec.command,
-        "shell": spec.shell,
-        "slots": spec.slots,
-        "priority": spec.priority,
-        "group": spec.group,
-        "info": spec.info,
-        "stdout": spec.stdout,
-        "stderr": spec.stderr,
-        "logfile": spec.logfile,
-        "excluded_hosts": list(spec.excluded_hosts),
-        "estimated_time": spec.estimated_time,
-        "estimated_memory": spec.estimated_memory,
-    }
+spec_to_amp = spec_to_row  # one row shape for both paths: tm/protocol/limits.py
 
 
 def spec_from_amp(d: dict[str, Any]) -> JobSpec:
