@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
-from typing import Any
+import typing
+from collections.abc import Callable, Iterable, Sequence
+from operator import attrgetter
+from typing import Any, cast
 
+from tm.core import jobfields
 from tm.core.model import (
     ACTIVE_STATES,
     HistoryEntry,
@@ -38,88 +41,77 @@ from tm.db.dialect import (  # noqa: F401 - the names callers know from here
 from tm.db.errors import StoreRefused
 
 # --- jobs -------------------------------------------------------------------
+# The column lists and the row conversions come from the one declaration of a job's fields
+# (tm/core/jobfields.py); test_jobfields.py checks it against the schema.
 
-JOB_COLUMNS = (
-    "id",
-    "uuid",
-    "user_name",
-    "command",
-    "shell",
-    "cwd",
-    "umask",
-    "env_id",
-    "slots",
-    "priority",
-    "group_name",
-    "info_text",
-    "stdout",
-    "stderr",
-    "logfile",
-    "excluded_hosts",
-    "estimated_time",
-    "estimated_memory",
-    "state",
-    "attempt",
-    "host",
-    "pid",
-    "exit_code",
-    "`signal`",
-    "reason",
-    "suspended",
-    "submitted_at",
-    "state_since",
-    "started_at",
-    "ended_at",
-)
+
+def _json_hosts(value: tuple[str, ...]) -> str:
+    return json.dumps(list(value))
+
+
+def _hosts(text: str) -> tuple[str, ...]:
+    return tuple(json.loads(text))
+
+
+def _state_value(state: JobState) -> str:
+    return state.value
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _to_sql(f: jobfields.Field) -> Callable[[Any], Any]:
+    """How a value of ``f`` is written to its column."""
+    base = f.base
+    if base is JobState:
+        return _state_value
+    if base is bool:
+        return int
+    if typing.get_origin(base) is tuple:
+        return _json_hosts
+    return _same
+
+
+def _from_sql(f: jobfields.Field) -> Callable[[Any], Any]:
+    """How a value of ``f`` is read from its column (None stays None)."""
+    base = f.base
+    if typing.get_origin(base) is tuple:
+        return _hosts
+    if base in (int, float, bool, JobState):
+        return cast(Callable[[Any], Any], base)
+    return _same
+
+
+JOB_COLUMNS = tuple(f.sql_name for f in jobfields.FIELDS)
 _SELECT_JOBS = "SELECT " + ", ".join(JOB_COLUMNS) + " FROM jobs"
-
-
-def _opt_float(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-def _opt_int(value: Any) -> int | None:
-    return None if value is None else int(value)
+#: Every column but ``id`` (the database makes it).
+_INSERTED = tuple(f for f in jobfields.FIELDS if f.name != "id")
+_INSERT_JOB_COLUMNS = tuple(f.sql_name for f in _INSERTED)
+_READERS = tuple((f.name, f.in_spec, _from_sql(f)) for f in jobfields.FIELDS)
+_WRITERS = tuple(
+    (attrgetter(f"spec.{f.name}" if f.in_spec else f.name), _to_sql(f))
+    for f in _INSERTED
+)
+_USER, _GROUP, _INFO = (jobfields.column(name) for name in ("user", "group", "info"))
 
 
 def job_from_row(row: Sequence[Any]) -> Job:
-    r = dict(zip((c.strip("`") for c in JOB_COLUMNS), row, strict=True))
-    spec = JobSpec(
-        uuid=r["uuid"],
-        command=r["command"],
-        shell=r["shell"],
-        slots=int(r["slots"]),
-        priority=int(r["priority"]),
-        group=r["group_name"],
-        info=r["info_text"],
-        stdout=r["stdout"],
-        stderr=r["stderr"],
-        logfile=r["logfile"],
-        excluded_hosts=tuple(json.loads(r["excluded_hosts"])),
-        estimated_time=_opt_float(r["estimated_time"]),
-        estimated_memory=_opt_float(r["estimated_memory"]),
-    )
-    return Job(
-        id=int(r["id"]),
-        uuid=r["uuid"],
-        user=r["user_name"],
-        spec=spec,
-        state=JobState(r["state"]),
-        attempt=int(r["attempt"]),
-        submitted_at=float(r["submitted_at"]),
-        host=r["host"],
-        pid=_opt_int(r["pid"]),
-        exit_code=_opt_int(r["exit_code"]),
-        signal=_opt_int(r["signal"]),
-        reason=r["reason"],
-        started_at=_opt_float(r["started_at"]),
-        ended_at=_opt_float(r["ended_at"]),
-        state_since=_opt_float(r["state_since"]),
-        suspended=bool(r["suspended"]),
-        cwd=r["cwd"],
-        umask=int(r["umask"]),
-        env_id=_opt_int(r["env_id"]),
-    )
+    """A job from a row of ``_SELECT_JOBS``."""
+    spec: dict[str, Any] = {}
+    job: dict[str, Any] = {}
+    for (name, in_spec, convert), value in zip(_READERS, row, strict=True):
+        (spec if in_spec else job)[name] = None if value is None else convert(value)
+    return Job(uuid=spec["uuid"], spec=JobSpec(**spec), **job)
+
+
+def _job_row(job: Job) -> tuple[Any, ...]:
+    """The values of ``_INSERT_JOB_COLUMNS`` for ``job``."""
+    values = []
+    for get, convert in _WRITERS:
+        value = get(job)
+        values.append(None if value is None else convert(value))
+    return tuple(values)
 
 
 def environment_sha256(env: dict[str, str]) -> str:
@@ -151,39 +143,12 @@ def ids_by_uuid(txn: Any, d: Dialect, uuids: Sequence[str]) -> dict[str, tuple[i
     found: dict[str, tuple[int, str]] = {}
     for chunk in _chunks(list(uuids)):
         txn.execute(
-            d.q(f"SELECT uuid, id, user_name FROM jobs WHERE uuid IN ({_marks(len(chunk))})"),
+            d.q(f"SELECT uuid, id, {_USER} FROM jobs WHERE uuid IN ({_marks(len(chunk))})"),
             tuple(chunk),
         )
         for uuid, job_id, user in txn.fetchall():
             found[uuid] = (int(job_id), user)
     return found
-
-
-_INSERT_JOB_COLUMNS = (
-    "uuid",
-    "user_name",
-    "command",
-    "shell",
-    "cwd",
-    "umask",
-    "env_id",
-    "slots",
-    "priority",
-    "group_name",
-    "info_text",
-    "stdout",
-    "stderr",
-    "logfile",
-    "excluded_hosts",
-    "estimated_time",
-    "estimated_memory",
-    "state",
-    "attempt",
-    "reason",
-    "suspended",
-    "submitted_at",
-    "state_since",
-)
 
 
 def submit_jobs(
@@ -205,34 +170,20 @@ def submit_jobs(
     insert = d.insert_ignore("jobs", _INSERT_JOB_COLUMNS, "uuid")
     new_uuids: list[str] = []
     for spec in specs:
-        txn.execute(
-            insert,
-            (
-                spec.uuid,
-                user,
-                spec.command,
-                spec.shell,
-                environment.cwd,
-                environment.umask,
-                env_id,
-                spec.slots,
-                spec.priority,
-                spec.group,
-                spec.info,
-                spec.stdout,
-                spec.stderr,
-                spec.logfile,
-                json.dumps(list(spec.excluded_hosts)),
-                spec.estimated_time,
-                spec.estimated_memory,
-                JobState.WAITING.value,
-                1,
-                "",
-                0,
-                now,
-                now,
-            ),
+        job = Job(
+            id=0,
+            uuid=spec.uuid,
+            user=user,
+            spec=spec,
+            state=JobState.WAITING,
+            attempt=1,
+            submitted_at=now,
+            state_since=now,
+            cwd=environment.cwd,
+            umask=environment.umask,
+            env_id=env_id,
         )
+        txn.execute(insert, _job_row(job))
         if txn.rowcount == 1:
             new_uuids.append(spec.uuid)
     found = ids_by_uuid(txn, d, [spec.uuid for spec in specs])
@@ -252,10 +203,6 @@ def submit_jobs(
     return [found[spec.uuid][0] for spec in specs]
 
 
-#: Job fields whose column name needs quoting (a reserved word in MySQL).
-_COLUMN = {"signal": "`signal`"}
-
-
 def apply_transitions(
     txn: Any, d: Dialect, transitions: Sequence[Transition], now: float
 ) -> list[bool]:
@@ -269,7 +216,7 @@ def apply_transitions(
         at = now if t.at is None else t.at
         # The same changes the dispatcher applied to the job in memory (Transition.changes).
         changes = t.changes(now)
-        sets = [f"{_COLUMN.get(name, name)} = ?" for name in changes]
+        sets = [f"{jobfields.column(name)} = ?" for name in changes]
         params: list[Any] = [
             value.value if isinstance(value, JobState) else value for value in changes.values()
         ]
@@ -343,10 +290,10 @@ def _job_filters(
         where.append(f"state IN ({_marks(len(states))})")
         params.extend(s.value for s in states)
     if user is not None:
-        where.append("user_name = ?")
+        where.append(f"{_USER} = ?")
         params.append(user)
     if group is not None:
-        where.append("group_name = ?")
+        where.append(f"{_GROUP} = ?")
         params.append(group)
     return where, params
 
@@ -368,8 +315,8 @@ def list_jobs(
     if text:
         pattern = "%" + escape_like(text.lower()) + "%"
         where.append(
-            "(LOWER(command) LIKE ? ESCAPE '!' OR LOWER(info_text) LIKE ? ESCAPE '!' "
-            "OR LOWER(group_name) LIKE ? ESCAPE '!')"
+            f"(LOWER(command) LIKE ? ESCAPE '!' OR LOWER({_INFO}) LIKE ? ESCAPE '!' "
+            f"OR LOWER({_GROUP}) LIKE ? ESCAPE '!')"
         )
         params.extend([pattern, pattern, pattern])
     params.append(limit)
@@ -396,7 +343,7 @@ def group_counts(
     where, params = _job_filters((), user, group)
     clause = f" WHERE {' AND '.join(where)}" if where else ""
     txn.execute(
-        d.q(f"SELECT group_name, state, COUNT(*) FROM jobs{clause} GROUP BY group_name, state"),
+        d.q(f"SELECT {_GROUP}, state, COUNT(*) FROM jobs{clause} GROUP BY {_GROUP}, state"),
         tuple(params),
     )
     result: dict[str, dict[str, int]] = {}

@@ -1,0 +1,180 @@
+"""A job's fields, declared once: name, type, column and where each one travels.
+
+Every other spelling of a job field is derived from :data:`FIELDS` or checked against it by
+``tests/unit/test_jobfields.py``:
+
+* the ``jobs`` table: :mod:`tm.db.queries` builds its SELECT, INSERT and UPDATE column
+  lists and its row conversions from here; the schema's ``CREATE TABLE jobs``
+  (``tm/db/schema``, both dialects) is checked column for column;
+* AMP: :mod:`tm.protocol.records` builds the rows of ``SubmitJobs``, ``ListJobs``,
+  ``GetJob`` and the arguments of ``RunJob`` from the groups below; the executor's
+  ``RunRequest`` is checked against :data:`RUN`;
+* ``hRunJob``: its options' destinations and the job file's keys (``tm/jobfile.py``) are the
+  field names; the spellings a user types (``-i/--info-text``, ``infoText::``) stay the seed's.
+
+One name per field, the model's (:class:`~tm.core.model.Job` / :class:`~tm.core.model.JobSpec`
+attribute). The only other spelling is the database column where it differs (``user_name``,
+``group_name``, ``info_text``: kept for the existing databases and the applications that read
+them; ```signal```: a reserved word in MySQL), carried by :attr:`Field.column`. A message
+about one job names it ``job_id`` (a reference, like ``Transition.job_id``); its record's own
+field is ``id``.
+
+Pure: no I/O, no Twisted (the command line's fast path imports it).
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+from tm.core.model import Job, JobSpec, JobState
+
+#: Groups: where a field travels besides its column (every field is a ``jobs`` column).
+#: What a submission carries per job (JobSpec; a row of SubmitJobs, a line of a job file).
+SPEC = "spec"
+#: A row of a listing (ListJobs).
+LISTED = "listed"
+#: A job's detail (GetJob) adds these to the listed ones.
+DETAIL = "detail"
+#: A start order (RunJob, the executor's RunRequest), besides ``job_id``, ``attempt`` and ``env``.
+RUN = "run"
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field of a job.
+
+    ``type`` is the annotation of the model's attribute (``Job.<name>``, or ``JobSpec.<name>``
+    for the fields of :data:`SPEC`); ``sql`` the column's definition as the schema writes it;
+    ``column`` the column's name as SQL spells it, where it is not ``name``.
+    """
+
+    name: str
+    type: Any
+    sql: str
+    groups: frozenset[str] = frozenset()
+    column: str = ""
+
+    @property
+    def sql_name(self) -> str:
+        """The column as a statement names it (quoted where it is a reserved word)."""
+        return self.column or self.name
+
+    @cached_property
+    def optional(self) -> bool:
+        """None is one of its values."""
+        return isinstance(self.type, types.UnionType) and type(None) in self.type.__args__
+
+    @cached_property
+    def base(self) -> Any:
+        """Its type without None: ``int`` for ``int | None``."""
+        if not self.optional:
+            return self.type
+        (base,) = (t for t in self.type.__args__ if t is not type(None))
+        return base
+
+    @cached_property
+    def in_spec(self) -> bool:
+        """It is an attribute of the job's JobSpec (``job.spec.<name>``)."""
+        return SPEC in self.groups
+
+    def get(self, job: Job) -> Any:
+        """Its value in ``job``."""
+        return getattr(job.spec if self.in_spec else job, self.name)
+
+
+def _field(name: str, type_: Any, sql: str, *groups: str, column: str = "") -> Field:
+    return Field(name, type_, sql, frozenset(groups), column)
+
+
+#: The ``jobs`` table's columns, in the schema's order.
+FIELDS: tuple[Field, ...] = (
+    _field("id", int, "{AUTOINC_PK}", LISTED),
+    _field("uuid", str, "VARCHAR(36) NOT NULL UNIQUE", SPEC, DETAIL),
+    _field("user", str, "VARCHAR(100) NOT NULL", LISTED, column="user_name"),
+    _field("command", str, "TEXT NOT NULL", SPEC, LISTED, RUN),
+    _field("shell", str, "VARCHAR(255) NOT NULL", SPEC, DETAIL, RUN),
+    _field("cwd", str, "TEXT NOT NULL", DETAIL, RUN),
+    _field("umask", int, "INTEGER NOT NULL", RUN),
+    _field("env_id", int | None, "BIGINT NULL"),
+    _field("slots", int, "INTEGER NOT NULL", SPEC, LISTED, RUN),
+    _field("priority", int, "INTEGER NOT NULL", SPEC, LISTED),
+    _field("group", str, "VARCHAR(255) NOT NULL", SPEC, LISTED, column="group_name"),
+    _field("info", str, "TEXT NOT NULL", SPEC, LISTED, column="info_text"),
+    _field("stdout", str, "TEXT NOT NULL", SPEC, DETAIL, RUN),
+    _field("stderr", str, "TEXT NOT NULL", SPEC, DETAIL, RUN),
+    _field("logfile", str, "TEXT NOT NULL", SPEC, DETAIL, RUN),
+    _field("excluded_hosts", tuple[str, ...], "TEXT NOT NULL", SPEC, DETAIL),
+    _field("estimated_time", float | None, "DOUBLE NULL", SPEC, DETAIL),
+    _field("estimated_memory", float | None, "DOUBLE NULL", SPEC, DETAIL),
+    _field("state", JobState, "VARCHAR(16) NOT NULL", LISTED),
+    _field("attempt", int, "INTEGER NOT NULL", LISTED),
+    _field("host", str | None, "VARCHAR(255) NULL", LISTED),
+    _field("pid", int | None, "INTEGER NULL", DETAIL),
+    _field("exit_code", int | None, "INTEGER NULL", LISTED),
+    _field("signal", int | None, "INTEGER NULL", LISTED, column="`signal`"),
+    _field("reason", str, "TEXT NOT NULL", LISTED),
+    _field("suspended", bool, "SMALLINT NOT NULL", LISTED),
+    _field("submitted_at", float, "DOUBLE NOT NULL", LISTED),
+    # None in memory until the store has the job; the column always has a time.
+    _field("state_since", float | None, "DOUBLE NOT NULL", LISTED),
+    _field("started_at", float | None, "DOUBLE NULL", DETAIL),
+    _field("ended_at", float | None, "DOUBLE NULL", DETAIL),
+)
+
+BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
+
+
+def group(name: str) -> tuple[Field, ...]:
+    """The fields of one group, in the declaration's order."""
+    return tuple(f for f in FIELDS if name in f.groups)
+
+
+SPEC_FIELDS = group(SPEC)
+LISTED_FIELDS = group(LISTED)
+#: GetJob's row: the listed fields and the detail ones.
+DETAIL_FIELDS = LISTED_FIELDS + group(DETAIL)
+RUN_FIELDS = group(RUN)
+
+
+def column(name: str) -> str:
+    """The SQL spelling of the column of the field ``name``."""
+    return BY_NAME[name].sql_name
+
+
+def to_plain(f: Field, value: Any) -> Any:
+    """``value`` of ``f`` as a record (AMP or JSON) carries it: a state as its text, excluded
+    hosts as a list, no host as ""."""
+    if isinstance(value, JobState):
+        return value.value
+    if isinstance(value, tuple):
+        return list(value)
+    if value is None and f.base is str:
+        return ""
+    return value
+
+
+def spec_to_plain(spec: JobSpec) -> dict[str, Any]:
+    """A JobSpec as one row of SubmitJobs."""
+    return {f.name: to_plain(f, getattr(spec, f.name)) for f in SPEC_FIELDS}
+
+
+def from_plain(f: Field, value: Any) -> Any:
+    """The model's value of ``f`` from a record's (the inverse of :func:`to_plain`)."""
+    if value is None or (value == "" and f.optional):
+        return None
+    if typing.get_origin(f.type) is tuple:
+        return tuple(value)
+    if f.type is JobState:
+        return JobState(value)
+    return value
+
+
+def spec_from_plain(row: dict[str, Any]) -> JobSpec:
+    """A JobSpec from one row of SubmitJobs (an optional field may be absent)."""
+    return JobSpec(
+        **{f.name: from_plain(f, row.get(f.name) if f.optional else row[f.name]) for f in SPEC_FIELDS}
+    )
