@@ -7,7 +7,6 @@ TMS on this host yet, or the user's TMS runs on another host sharing the home di
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -25,6 +24,7 @@ from tm.cli.hrunjob import (
     host_names,
     partly_submitted,
     prepare,
+    submission_environment,
     terminal_code,
     warn_once,
 )
@@ -135,12 +135,7 @@ class Submitter:
 
 
 async def submit(submitter: Submitter, specs: list[JobSpec]) -> list[int]:
-    env = dict(os.environ)
-    if len(json.dumps(env)) > records.MAX_VALUE_BYTES:
-        raise CLIError(
-            f"your environment is larger than {records.MAX_VALUE_BYTES} bytes; "
-            "unset large variables before submitting"
-        )
+    env = submission_environment()
     ids: list[int] = []
     warned: list[str] = []
     for rows in chunks(specs):
