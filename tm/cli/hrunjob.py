@@ -326,8 +326,7 @@ def submit_local(client: localsocket.LocalClient, specs: list[JobSpec]) -> list[
     every part was acknowledged (the TLS path sends them again, with the same UUIDs)."""
     env = submission_environment()
     cwd, umask = os.getcwd(), current_umask()
-    ids: list[int] = []
-    warned: list[str] = []
+    done = Acknowledged(len(specs))
     for start in range(0, len(specs), LOCAL_BATCH_JOBS):
         rows = [spec_to_json(s) for s in specs[start : start + LOCAL_BATCH_JOBS]]
         try:
@@ -342,12 +341,9 @@ def submit_local(client: localsocket.LocalClient, specs: list[JobSpec]) -> list[
         except localsocket.LinkLost as e:
             raise HandOver(str(e)) from None
         except localsocket.RemoteError as e:
-            if not ids:
-                raise
-            raise partly_submitted(e, ids, len(specs)) from None
-        ids.extend(answer["job_ids"])
-        warn_once(answer, warned)
-    return ids
+            raise done.failure(e) from None
+        done.add(answer)
+    return done.ids
 
 
 def partly_submitted(error: Exception, ids: list[int], total: int) -> CLIError:
@@ -357,6 +353,24 @@ def partly_submitted(error: Exception, ids: list[int], total: int) -> CLIError:
         f"{error}; the first {len(ids)} job(s) [{compress_ids(ids)}] were "
         f"submitted, the remaining {total - len(ids)} were not"
     )
+
+
+class Acknowledged:
+    """The ids and warnings of the parts of a submission acknowledged so far."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.ids: list[int] = []
+        self.warned: list[str] = []
+
+    def add(self, answer: dict) -> None:
+        self.ids.extend(answer["job_ids"])
+        warn_once(answer, self.warned)
+
+    def failure(self, error: Exception) -> Exception:
+        """What to raise when a part failed: ``error`` itself while nothing was stored, else
+        which jobs were submitted and which were not."""
+        return partly_submitted(error, self.ids, self.total) if self.ids else error
 
 
 def warn_once(answer: dict, warned: list[str]) -> None:

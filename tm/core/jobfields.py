@@ -176,5 +176,8 @@ def from_plain(f: Field, value: Any) -> Any:
 def spec_from_plain(row: dict[str, Any]) -> JobSpec:
     """A JobSpec from one row of SubmitJobs (an optional field may be absent)."""
     return JobSpec(
-        **{f.name: from_plain(f, row.get(f.name) if f.optional else row[f.name]) for f in SPEC_FIELDS}
+        **{
+            f.name: from_plain(f, row.get(f.name) if f.optional else row[f.name])
+            for f in SPEC_FIELDS
+        }
     )

@@ -90,8 +90,7 @@ _INSERTED = tuple(f for f in jobfields.FIELDS if f.name != "id")
 _INSERT_JOB_COLUMNS = tuple(f.sql_name for f in _INSERTED)
 _READERS = tuple((f.name, f.in_spec, _from_sql(f)) for f in jobfields.FIELDS)
 _WRITERS = tuple(
-    (attrgetter(f"spec.{f.name}" if f.in_spec else f.name), _to_sql(f))
-    for f in _INSERTED
+    (attrgetter(f"spec.{f.name}" if f.in_spec else f.name), _to_sql(f)) for f in _INSERTED
 )
 _USER, _GROUP, _INFO = (jobfields.column(name) for name in ("user", "group", "info"))
 
