@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import types
 import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from operator import attrgetter
 from typing import Any
 
 from tm.core.model import Job, JobSpec, JobState
@@ -145,39 +147,88 @@ def column(name: str) -> str:
     return BY_NAME[name].sql_name
 
 
+# --- plain records (AMP rows, JSON) -----------------------------------------------------------
+# Converters are chosen once per field, not per value: listings and submissions convert
+# thousands of rows.
+
+
+def _state_text(state: JobState) -> str:
+    return state.value
+
+
+def _text_or_empty(text: str | None) -> str:
+    return "" if text is None else text
+
+
+def _text_or_none(text: str) -> str | None:
+    return text or None
+
+
+def _to_plain_converter(f: Field) -> Callable[[Any], Any] | None:
+    if f.base is JobState:
+        return _state_text
+    if typing.get_origin(f.base) is tuple:
+        return list
+    if f.base is str and f.optional:
+        return _text_or_empty  # AMP rows carry no None for text
+    return None
+
+
+def _from_plain_converter(f: Field) -> Callable[[Any], Any] | None:
+    if f.base is JobState:
+        return JobState
+    if typing.get_origin(f.base) is tuple:
+        return tuple
+    if f.base is str and f.optional:
+        return _text_or_none
+    return None
+
+
 def to_plain(f: Field, value: Any) -> Any:
     """``value`` of ``f`` as a record (AMP or JSON) carries it: a state as its text, excluded
     hosts as a list, no host as ""."""
-    if isinstance(value, JobState):
-        return value.value
-    if isinstance(value, tuple):
-        return list(value)
-    if value is None and f.base is str:
-        return ""
-    return value
-
-
-def spec_to_plain(spec: JobSpec) -> dict[str, Any]:
-    """A JobSpec as one row of SubmitJobs."""
-    return {f.name: to_plain(f, getattr(spec, f.name)) for f in SPEC_FIELDS}
+    convert = _to_plain_converter(f)
+    return value if convert is None else convert(value)
 
 
 def from_plain(f: Field, value: Any) -> Any:
     """The model's value of ``f`` from a record's (the inverse of :func:`to_plain`)."""
-    if value is None or (value == "" and f.optional):
-        return None
-    if typing.get_origin(f.type) is tuple:
-        return tuple(value)
-    if f.type is JobState:
-        return JobState(value)
-    return value
+    convert = _from_plain_converter(f)
+    return value if convert is None or value is None else convert(value)
+
+
+def plain_rows(fields: Sequence[Field], of_spec: bool = False) -> Callable[[Any], dict[str, Any]]:
+    """The function that makes the record of ``fields`` from a Job (or, ``of_spec``, from a
+    JobSpec)."""
+    parts = tuple(
+        (
+            f.name,
+            attrgetter(f.name if of_spec or not f.in_spec else "spec." + f.name),
+            _to_plain_converter(f),
+        )
+        for f in fields
+    )
+
+    def row(source: Any) -> dict[str, Any]:
+        out = {}
+        for name, get, convert in parts:
+            value = get(source)
+            out[name] = value if convert is None else convert(value)
+        return out
+
+    return row
+
+
+#: A JobSpec as one row of SubmitJobs.
+spec_to_plain: Callable[[JobSpec], dict[str, Any]] = plain_rows(SPEC_FIELDS, of_spec=True)
+
+_SPEC_READERS = tuple((f.name, f.optional, _from_plain_converter(f)) for f in SPEC_FIELDS)
 
 
 def spec_from_plain(row: dict[str, Any]) -> JobSpec:
     """A JobSpec from one row of SubmitJobs (an optional field may be absent)."""
-    return JobSpec(
-        **{
-            f.name: from_plain(f, row.get(f.name) if f.optional else row[f.name])
-            for f in SPEC_FIELDS
-        }
-    )
+    values: dict[str, Any] = {}
+    for name, optional, convert in _SPEC_READERS:
+        value = row.get(name) if optional else row[name]
+        values[name] = value if convert is None or value is None else convert(value)
+    return JobSpec(**values)

@@ -189,8 +189,12 @@ def _shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _job_row(job: Job, fields: Sequence[jobfields.Field]) -> dict[str, Any]:
-    row = {f.name: jobfields.to_plain(f, f.get(job)) for f in fields}
+_listed_row = jobfields.plain_rows(jobfields.LISTED_FIELDS)
+_detail_row = jobfields.plain_rows(jobfields.DETAIL_FIELDS)
+
+
+def _job_row(job: Job, make: Callable[[Job], dict[str, Any]]) -> dict[str, Any]:
+    row = make(job)
     if job.state_since is None:  # not stored yet
         row["state_since"] = job.submitted_at
     return row
@@ -198,7 +202,7 @@ def _job_row(job: Job, fields: Sequence[jobfields.Field]) -> dict[str, Any]:
 
 def job_summary_to_amp(job: Job) -> dict[str, Any]:
     """A row of ListJobs: its long texts cut for a listing."""
-    row = _job_row(job, jobfields.LISTED_FIELDS)
+    row = _job_row(job, _listed_row)
     row["group"] = _shorten(job.spec.group, MAX_GROUP_CHARS)
     row["info"] = _shorten(job.spec.info, LISTING_COMMAND_CHARS)
     row["command"] = _shorten(job.spec.command, LISTING_COMMAND_CHARS)
@@ -209,7 +213,7 @@ def job_summary_to_amp(job: Job) -> dict[str, Any]:
 def job_detail_to_amp(job: Job) -> dict[str, Any]:
     """GetJob's row: every field as it is but the group, cut as in a listing (see
     :func:`fit_job_detail`)."""
-    row = _job_row(job, jobfields.DETAIL_FIELDS)
+    row = _job_row(job, _detail_row)
     row["group"] = _shorten(job.spec.group, MAX_GROUP_CHARS)
     return row
 
