@@ -164,36 +164,27 @@ def _text_or_none(text: str) -> str | None:
     return text or None
 
 
-def _to_plain_converter(f: Field) -> Callable[[Any], Any] | None:
+def _plain_converters(f: Field) -> tuple[Callable[[Any], Any] | None, Callable[[Any], Any] | None]:
+    """How a value of ``f`` goes into a record and comes back; None: as it is."""
     if f.base is JobState:
-        return _state_text
+        return _state_text, JobState
     if typing.get_origin(f.base) is tuple:
-        return list
+        return list, tuple
     if f.base is str and f.optional:
-        return _text_or_empty  # AMP rows carry no None for text
-    return None
-
-
-def _from_plain_converter(f: Field) -> Callable[[Any], Any] | None:
-    if f.base is JobState:
-        return JobState
-    if typing.get_origin(f.base) is tuple:
-        return tuple
-    if f.base is str and f.optional:
-        return _text_or_none
-    return None
+        return _text_or_empty, _text_or_none  # AMP rows carry no None for text
+    return None, None
 
 
 def to_plain(f: Field, value: Any) -> Any:
     """``value`` of ``f`` as a record (AMP or JSON) carries it: a state as its text, excluded
     hosts as a list, no host as ""."""
-    convert = _to_plain_converter(f)
+    convert = _plain_converters(f)[0]
     return value if convert is None else convert(value)
 
 
 def from_plain(f: Field, value: Any) -> Any:
     """The model's value of ``f`` from a record's (the inverse of :func:`to_plain`)."""
-    convert = _from_plain_converter(f)
+    convert = _plain_converters(f)[1]
     return value if convert is None or value is None else convert(value)
 
 
@@ -204,7 +195,7 @@ def plain_rows(fields: Sequence[Field], of_spec: bool = False) -> Callable[[Any]
         (
             f.name,
             attrgetter(f.name if of_spec or not f.in_spec else "spec." + f.name),
-            _to_plain_converter(f),
+            _plain_converters(f)[0],
         )
         for f in fields
     )
@@ -222,7 +213,7 @@ def plain_rows(fields: Sequence[Field], of_spec: bool = False) -> Callable[[Any]
 #: A JobSpec as one row of SubmitJobs.
 spec_to_plain: Callable[[JobSpec], dict[str, Any]] = plain_rows(SPEC_FIELDS, of_spec=True)
 
-_SPEC_READERS = tuple((f.name, f.optional, _from_plain_converter(f)) for f in SPEC_FIELDS)
+_SPEC_READERS = tuple((f.name, f.optional, _plain_converters(f)[1]) for f in SPEC_FIELDS)
 
 
 def spec_from_plain(row: dict[str, Any]) -> JobSpec:

@@ -61,26 +61,18 @@ def _same(value: Any) -> Any:
     return value
 
 
-def _to_sql(f: jobfields.Field) -> Callable[[Any], Any]:
-    """How a value of ``f`` is written to its column."""
+def _sql_converters(f: jobfields.Field) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
+    """How a value of ``f`` is written to its column, and read from it (None stays None)."""
     base = f.base
+    if typing.get_origin(base) is tuple:
+        return _json_hosts, _hosts
     if base is JobState:
-        return _state_value
+        return _state_value, JobState
     if base is bool:
-        return int
-    if typing.get_origin(base) is tuple:
-        return _json_hosts
-    return _same
-
-
-def _from_sql(f: jobfields.Field) -> Callable[[Any], Any]:
-    """How a value of ``f`` is read from its column (None stays None)."""
-    base = f.base
-    if typing.get_origin(base) is tuple:
-        return _hosts
-    if base in (int, float, bool, JobState):
-        return cast(Callable[[Any], Any], base)
-    return _same
+        return int, bool
+    if base in (int, float):
+        return _same, cast(Callable[[Any], Any], base)
+    return _same, _same
 
 
 JOB_COLUMNS = tuple(f.sql_name for f in jobfields.FIELDS)
@@ -88,9 +80,10 @@ _SELECT_JOBS = "SELECT " + ", ".join(JOB_COLUMNS) + " FROM jobs"
 #: Every column but ``id`` (the database makes it).
 _INSERTED = tuple(f for f in jobfields.FIELDS if f.name != "id")
 _INSERT_JOB_COLUMNS = tuple(f.sql_name for f in _INSERTED)
-_READERS = tuple((f.name, f.in_spec, _from_sql(f)) for f in jobfields.FIELDS)
+_READERS = tuple((f.name, f.in_spec, _sql_converters(f)[1]) for f in jobfields.FIELDS)
 _WRITERS = tuple(
-    (attrgetter(f"spec.{f.name}" if f.in_spec else f.name), _to_sql(f)) for f in _INSERTED
+    (attrgetter(f"spec.{f.name}" if f.in_spec else f.name), _sql_converters(f)[0])
+    for f in _INSERTED
 )
 _USER, _GROUP, _INFO = (jobfields.column(name) for name in ("user", "group", "info"))
 
