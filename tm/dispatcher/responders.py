@@ -7,6 +7,7 @@ one method of the dispatcher; the dispatcher's state is changed only by its meth
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ from tm import auth
 from tm.core.model import Job, JobState
 from tm.core.patterns import PatternError, compile_user_pattern
 from tm.dispatcher.storeerrors import map_store_failure
+from tm.loginlimit import LoginAttempts
 from tm.protocol import commands, records
 from tm.protocol.base import BoundedAMP
 
@@ -47,6 +49,11 @@ class SessionBase(amp.CommandLocator):
         self.last_heard = 0.0
         self.challenge: auth.Challenge | None = None
         self.fenced = False
+
+    @functools.cached_property
+    def login(self) -> LoginAttempts:
+        """This connection's failed logins (it is closed after a few)."""
+        return LoginAttempts(self.dispatcher.logins, self.dispatcher.reactor, self.proto)
 
     def _wrapWithSerialization(  # noqa: N802 - AMP's API
         self,
