@@ -121,16 +121,27 @@ class LoginAttempts:
         return str(getattr(self.proto, "peer_host", "?"))
 
     def check(self, user: str | None, role: str = "-") -> None:
-        """Raise AuthenticationFailed (and close) if the limiter refuses this login now."""
+        """Raise AuthenticationFailed, and close, if the limiter refuses this login now."""
         from tm.protocol.commands import AuthenticationFailed
 
         refused = self.limiter.refusal(self.peer, user)
         if refused is not None:
-            self.failed(user, refused, role, count=False)
+            self._log(user, role, refused)
+            self._close_soon()
             raise AuthenticationFailed(refused)
 
-    def failed(self, user: str | None, reason: str, role: str = "-", count: bool = True) -> None:
-        """Log one failed (or refused) login; count it; close the connection after a few."""
+    def failed(self, user: str | None, reason: str, role: str = "-", shared: bool = True) -> None:
+        """Log one failed login and count it; close the connection after a few. ``shared``:
+        also count it against the peer and the claimed user (not for a user name that is
+        merely not allowed, which proves nothing wrong about the peer)."""
+        self._log(user, role, reason)
+        self.failures += 1
+        if shared:
+            self.limiter.failed(self.peer, user)
+        if self.failures >= self.limiter.per_connection:
+            self._close_soon()
+
+    def _log(self, user: str | None, role: str, reason: str) -> None:
         if self.proto is not None:
             self.proto.problem(
                 "login failed",
@@ -139,12 +150,10 @@ class LoginAttempts:
                 role=role,
                 reason=reason,
             )
-        if count:
-            self.limiter.failed(self.peer, user)
-            self.failures += 1
-        if not count or self.failures >= self.limiter.per_connection:
-            # Once the refusal has been sent: closing first could lose it.
-            self.clock.callLater(0, self._close)
+
+    def _close_soon(self) -> None:
+        # Once the refusal has been sent: closing first could lose it.
+        self.clock.callLater(0, self._close)
 
     def _close(self) -> None:
         transport = getattr(self.proto, "transport", None)

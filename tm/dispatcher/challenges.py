@@ -64,7 +64,7 @@ def sweep(directory: Path, live: frozenset[str], older_than: float = SWEEP_AGE) 
             st = entry.stat(follow_symlinks=False)
         except OSError:
             continue
-        if now - max(st.st_mtime, st.st_ctime) < older_than:
+        if now - st.st_mtime < older_than:
             continue
         try:
             if stat.S_ISDIR(st.st_mode):

@@ -89,7 +89,7 @@ class Session(JobResponders, AdminResponders):
             raise commands.InvalidRequest(f"unknown role {role!r}")
         self.login.check(user, role)
         if user not in self.dispatcher.users:
-            self.login.failed(user, "not in etc/users", role, count=False)
+            self.login.failed(user, "not in etc/users", role, shared=False)
             raise commands.UserNotAllowed(
                 f"user {user} is not allowed to use TaskManager: ask the admin to add "
                 f"the user to {self.dispatcher.settings.config_dir / 'users'}"
