@@ -9,7 +9,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from tm.loginlimit import LoginAttempts, LoginLimiter
-from tm.protocol.commands import AuthenticationFailed
+from tm.protocol.commands import PROTOCOL_VERSION, AuthenticationFailed
 
 
 def limiter(clock: Clock, **kw: Any) -> LoginLimiter:
@@ -128,3 +128,29 @@ def test_a_name_that_is_merely_not_allowed_counts_for_the_connection_only() -> N
     attempts = LoginAttempts(lim, clock, FakeProto())
     attempts.failed("mallory", "not in etc/users", shared=False)
     assert lim.refusal("192.0.2.7", "alice") is None and attempts.failures == 1
+
+
+def test_the_tms_limits_wrong_keys_the_same_way() -> None:
+    from types import SimpleNamespace
+
+    from tm.userserver.service import ClientSession
+
+    clock = Clock()
+    server = SimpleNamespace(key="right", logins=limiter(clock, per_peer=4), reactor=clock)
+    proto = FakeProto()
+    session = ClientSession(server)  # type: ignore[arg-type]
+    session.login = LoginAttempts(server.logins, clock, proto)
+    session.hello(protocol_version=PROTOCOL_VERSION, role="client", user="bob", host="h")
+    for _ in range(3):
+        with pytest.raises(AuthenticationFailed, match="wrong TMS key"):
+            session.prove_key(key="guess")
+    clock.advance(0)
+    assert proto.transport.closed and not session.proven
+    assert proto.lines[0]["user"] == "bob" and proto.lines[0]["reason"] == "wrong TMS key"
+    # A fourth try from that address, on a new connection, is the last before it is refused.
+    again = ClientSession(server)  # type: ignore[arg-type]
+    again.login = LoginAttempts(server.logins, clock, FakeProto())
+    with pytest.raises(AuthenticationFailed):
+        again.prove_key(key="guess")
+    with pytest.raises(AuthenticationFailed, match="too many failed logins from 192.0.2.7"):
+        again.prove_key(key="right")

@@ -310,7 +310,7 @@ class UserServer(service.Service):
         key_pem, cert_pem = auth.ensure_key_pair(
             base / "tms" / "tms.key", base / "tms" / "tms.crt", auth.TMS_TLS_NAME
         )
-        factory = protocol.Factory.forProtocol(lambda: self._client_protocol())
+        factory = protocol.Factory.forProtocol(self._client_protocol)
         endpoint = SSL4ServerEndpoint(
             self.reactor, 0, auth.server_tls_options(key_pem, cert_pem), interface=self.interface
         )
