@@ -25,10 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# Not bench/ itself on the path: bench/queue.py would hide the standard library's queue.
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-import peers  # noqa: E402
+from bench import peers  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 
