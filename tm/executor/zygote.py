@@ -45,6 +45,7 @@ zygote exits (its shepherds, if any were left, go the same way).
 
 from __future__ import annotations
 
+import importlib
 import os
 import select
 import signal
@@ -52,7 +53,7 @@ import socket
 import struct
 import sys
 from collections import deque
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from tm.executor import shim
@@ -85,9 +86,8 @@ def parse_request(body: bytes) -> Request:
     for entry in fields[6:]:
         key, _, value = entry.partition("=")
         env[key] = value
-    return Request(
-        int(fields[0]), float(fields[1]), int(fields[2]), *fields[3:6], env=env
-    )
+    cwd, shell, command = fields[3:6]
+    return Request(int(fields[0]), float(fields[1]), int(fields[2]), cwd, shell, command, env)
 
 
 class Zygote:
@@ -231,10 +231,10 @@ def main(argv: list[str]) -> int:
         shim._say("usage: zygote.py EXECUTOR_PID native|python (with fd 3 the executor's socket)")
         return 125
     executor = int(argv[1])
-    native = None
+    native: Any = None
     if argv[2] == "native":
         try:
-            import _shepherd as native  # type: ignore[import-not-found]
+            native = importlib.import_module("_shepherd")  # tm/executor/_shepherd.c
         except ImportError as e:
             shim._say(f"the compiled shepherd cannot be loaded: {e}")
             return 125
