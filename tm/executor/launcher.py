@@ -60,23 +60,18 @@ def zygote_implementation(wanted: str = "auto") -> str:
 
 
 def encode_request(job: int, args: ShepherdArgs, env: dict[str, str]) -> bytes:
-    """A request for the zygote (the format is in :mod:`tm.executor.zygote`)."""
-    fields = [
-        str(job),
-        repr(float(args.grace)),
-        str(int(args.umask)),
-        args.cwd,
-        args.shell,
-        args.command,
-    ]
-    for key, value in env.items():
-        if "=" in key or not key:
-            raise ValueError(f"invalid name of an environment variable: {key!r}")
-        fields.append(key + "=" + value)
-    encoded = [os.fsencode(field) for field in fields]
-    if any(b"\0" in field for field in encoded):
+    """A request for the zygote (the format is in :mod:`tm.executor.zygote`): one join and
+    one encoding for the whole request, which carries the job's whole environment."""
+    names = "".join(env)
+    if "=" in names or not all(env):
+        raise ValueError("invalid name of an environment variable (empty, or with '=')")
+    fields = [str(job), repr(float(args.grace)), str(int(args.umask)), args.cwd, args.shell]
+    fields.append(args.command)
+    fields.extend(map("=".join, env.items()))
+    text = "\0".join(fields)
+    if text.count("\0") != len(fields) - 1:
         raise ValueError("the job's command, directory, shell or environment holds a NUL byte")
-    return b"\0".join(encoded) + b"\0"
+    return os.fsencode(text) + b"\0"
 
 
 @dataclass(frozen=True)
