@@ -41,6 +41,18 @@ def stat_cpu(pid: int) -> tuple[float, float]:
     return (utime + stime) / TICK, (cutime + cstime) / TICK
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU s of each thread of ``pid`` other than its main thread, by thread id and name."""
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        if int(task.name) != pid:
+            data = (task / "stat").read_bytes()
+            name = data[data.find(b"(") + 1 : data.rfind(b")")].decode()
+            fields = data[data.rfind(b")") + 2 :].split()
+            found[f"{task.name}:{name}"] = (int(fields[11]) + int(fields[12])) / TICK
+    return found
+
+
 def children(pid: int) -> list[int]:
     found = []
     for name in os.listdir("/proc"):
@@ -93,6 +105,7 @@ def one_run(n: int, database: str) -> dict[str, float]:
                 if db is not None:
                     procs["mariadbd"] = db
             before = {name: stat_cpu(pid) for name, pid in procs.items()}
+            threads0 = thread_cpu(procs["executor"])
             cli0 = resource.getrusage(resource.RUSAGE_CHILDREN)
             marker = root / "bulk"
             t0 = time.monotonic()
@@ -101,6 +114,8 @@ def one_run(n: int, database: str) -> dict[str, float]:
             wall = peers.wait_marker(marker, n, 3600) - t0
             time.sleep(0.2)  # the last shepherds reaped
             after = {name: stat_cpu(pid) for name, pid in procs.items()}
+            threads1 = thread_cpu(procs["executor"])
+            threads = {k: v - threads0.get(k, 0.0) for k, v in threads1.items()}
         finally:
             tm.close()
     ms = 1000 / n
@@ -112,6 +127,10 @@ def one_run(n: int, database: str) -> dict[str, float]:
         own = after[name][0] - before[name][0]
         out[name] = round(own * ms, 3)
         total += own
+        if name == "executor":
+            # included in the executor's figure
+            out["executor_threads"] = round(sum(threads.values()) * ms, 3)
+            print(json.dumps({k: round(v * ms, 3) for k, v in threads.items()}), file=sys.stderr)
         if name == "zygote":
             below = after[name][1] - before[name][1]
             out["shepherd_trees"] = round(below * ms, 3)
