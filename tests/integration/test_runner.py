@@ -222,6 +222,24 @@ async def test_job_sees_its_environment(tmp_path: Path) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_values_of_every_kind_reach_the_job_unchanged(tmp_path: Path) -> None:
+    # The zygote's request carries them as NUL-separated bytes: '=', newlines, non-ASCII text
+    # and bytes that are not UTF-8 (surrogate-escaped, as os.environ holds them) survive.
+    runner = make_runner(tmp_path)
+    (tmp_path / "d é").mkdir()
+    odd = {"EQ": "a=b=c", "NL": "one\ntwo", "TEXT": "été ✓", "RAW": os.fsdecode(b"\xff\xfe")}
+    command = 'printf \'%s|\' "$EQ" "$NL" "$TEXT" "$RAW"; printf \'%s\' "$0"'
+    _, ended = await start(
+        runner,
+        request(tmp_path / "d é", command, env=base_env() | odd, stdout=str(tmp_path / "o")),
+    )
+    end = await ended
+    assert end.exit_code == 0, (tmp_path / "o").read_bytes()
+    expected = b"a=b=c|one\ntwo|" + "été ✓".encode() + b"|\xff\xfe|/bin/sh"
+    assert (tmp_path / "o").read_bytes() == expected
+
+
+@pytest_twisted.ensureDeferred
 async def test_umask_applies_to_job_and_output_files(tmp_path: Path) -> None:
     runner = make_runner(tmp_path)
     _, ended = await start(
