@@ -1,4 +1,4 @@
-"""The compiled zygote and shepherd (``tm/executor/_shepherd.c``) in this checkout.
+"""The compiled zygote and shepherd (``tm/executor/_shepherd*.c``) in this checkout.
 
 ``pip install .`` builds the extension into the installed package; the tests run this
 checkout's sources (``PYTHONPATH``), so the session builds it here, next to the sources, when
@@ -19,17 +19,20 @@ import sysconfig
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-SOURCE = REPO / "tm" / "executor" / "_shepherd.c"
-TARGET = SOURCE.with_name("_shepherd" + (sysconfig.get_config_var("EXT_SUFFIX") or ".so"))
+HERE = REPO / "tm" / "executor"
+SOURCES = [HERE / "_shepherd.c", HERE / "_shepherd_job.c"]  # as setup.py lists them
+HEADER = HERE / "_shepherd.h"
+TARGET = HERE / ("_shepherd" + (sysconfig.get_config_var("EXT_SUFFIX") or ".so"))
 
 #: Why the extension could not be built in this session, if it could not.
 build_error: str | None = None
 
 
 def build_in_tree() -> None:
-    """Compile ``_shepherd.c`` next to it unless an up-to-date build is there already."""
+    """Compile the extension next to its sources unless an up-to-date build is there already."""
     global build_error
-    if TARGET.exists() and TARGET.stat().st_mtime >= SOURCE.stat().st_mtime:
+    newest = max(path.stat().st_mtime for path in (*SOURCES, HEADER))
+    if TARGET.exists() and TARGET.stat().st_mtime >= newest:
         return
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     include = sysconfig.get_paths()["include"]
@@ -38,7 +41,7 @@ def build_in_tree() -> None:
         return
     partial = TARGET.with_name(TARGET.name + f".{os.getpid()}.tmp")
     argv = [cc, "-O2", "-Wall", "-shared", "-fPIC", f"-I{include}", "-o", str(partial)]
-    done = subprocess.run([*argv, str(SOURCE)], capture_output=True, text=True)
+    done = subprocess.run([*argv, *map(str, SOURCES)], capture_output=True, text=True)
     if done.returncode != 0:
         partial.unlink(missing_ok=True)
         build_error = f"{cc} failed: {done.stderr.strip()[-2000:]}"

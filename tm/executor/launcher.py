@@ -12,6 +12,11 @@ Two ways, one interface (:class:`Launcher`):
     new zygote, and each running job is reported lost (:attr:`ShepherdEnd.lost`): its shepherd,
     its parent gone, has been sent ``SIGTERM`` by the kernel; the runner kills what is left of
     its tree at once. The next start starts a new zygote.
+
+    The zygote and its shepherds are compiled (``tm/executor/_shepherd.c``, built by
+    ``pip install .``: no Python runs in a shepherd, a job costs the zygote a fork and the
+    shepherd a vfork) or, where the extension is not built, Python (:mod:`tm.executor.shim`);
+    :func:`zygote_implementation` chooses, the same protocol and contract either way.
 :class:`SpawnLauncher`
     A fresh ``python -I -S shim.py`` per job with ``spawnProcess`` (the executor's direct child).
     Tens of milliseconds of CPU per job; kept for tools and tests that pass a stand-in for

@@ -13,9 +13,10 @@ shell's exit status reproduced). The child never returns into the zygote's loop:
 ``os._exit``.
 
 Two implementations of the same protocol and the same shepherd: ``native``, the compiled
-extension ``_shepherd`` (``tm/executor/_shepherd.c``: the zygote's loop and the shepherds in C,
-no Python after the fork), and ``python``, this file and :mod:`shim` (the fallback where the
-extension is not built; :func:`tm.executor.launcher.zygote_implementation` chooses).
+extension ``_shepherd`` (``_shepherd.c``, the zygote's loop, and ``_shepherd_job.c``, the
+shepherds: no Python after the fork), and ``python``, this file and :mod:`shim` (the fallback
+where the extension is not built; :func:`tm.executor.launcher.zygote_implementation`
+chooses).
 
 Requests, executor -> zygote: a 4-byte big-endian length, then that many bytes: NUL-terminated
 fields ID, GRACE, UMASK (decimal), CWD, SHELL, COMMAND, then one ``KEY=VALUE`` per variable of
