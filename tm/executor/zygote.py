@@ -20,10 +20,10 @@ chooses).
 
 Requests, executor -> zygote: a 4-byte big-endian length, then that many bytes: NUL-terminated
 fields ID, GRACE, UMASK (decimal), CWD, SHELL, COMMAND, then one ``KEY=VALUE`` per variable of
-the job's environment (none of them can hold a NUL: they become ``execve``'s arguments). Each request comes with three
-file descriptors (the job's stdin, stdout, stderr) passed with ``SCM_RIGHTS``; descriptors and
-requests come in the same order, so the zygote keeps the descriptors received in a queue and
-gives each request the next three.
+the job's environment (none of them can hold a NUL: they become ``execve``'s arguments). Each
+request comes with three file descriptors (the job's stdin, stdout, stderr) passed with
+``SCM_RIGHTS``; descriptors and requests come in the same order, so the zygote keeps the
+descriptors received in a queue and gives each request the next three.
 
 Answers, zygote -> executor, one line each:
 
