@@ -33,6 +33,7 @@ from tm.protocol.limits import (  # noqa: F401 - re-exported: the limits live th
     spec_problem,
     spec_to_row,
 )
+from tm.protocol.rowlist import fit_rows, rows_of
 
 T = TypeVar("T")
 
@@ -381,7 +382,7 @@ def _size_or_none(
 
 def encoded_size(fields: Sequence[tuple[bytes, amp.Argument]], rows: Iterable[dict]) -> int:
     """The size in bytes of ``rows`` encoded as one :class:`amp.AmpList` value."""
-    return len(amp.AmpList(list(fields)).toStringProto(list(rows), None))
+    return len(rows_of(fields).toStringProto(list(rows), None))
 
 
 def fit_to_value(
@@ -393,19 +394,7 @@ def fit_to_value(
     """Encode as many leading ``rows`` as fit in one AMP value.
 
     Returns the encoded dicts and how many of ``rows`` they cover.  Each row is
-    sized on its own (the AmpList encoding is a concatenation), so this is linear.
+    sized on its own (the AmpList encoding is a concatenation), so this is linear; the
+    rows keep their encoding, which the command's :class:`RowList` sends as is.
     """
-    codec = amp.AmpList(list(fields))
-    out: list[dict] = []
-    used = 0
-    for row in rows:
-        d = to_amp(row)
-        try:
-            size = len(codec.toStringProto([d], None))
-        except amp.TooLong:  # one of its values alone is too long: it can never be sent
-            break
-        if used + size > limit:
-            break
-        out.append(d)
-        used += size
-    return out, len(out)
+    return fit_rows(rows_of(fields), rows, to_amp, limit)
