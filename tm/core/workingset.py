@@ -101,6 +101,33 @@ class WorkingSet:
         self._jobs[job.id] = job
         self._index(job)
 
+    def add_many(self, jobs: Iterable[Job]) -> None:
+        """Take in the jobs of a submission: as :meth:`add` each, with each waiting queue
+        updated once for all of its new jobs."""
+        waiting = self._by_state.setdefault(JobState.WAITING, {})
+        fresh: dict[tuple[int, str, Shape], list[int]] = {}
+        for job in jobs:
+            if job.state is not JobState.WAITING or job.host or job.id in self._jobs:
+                self._queue_all(fresh)
+                self.add(job)
+                continue
+            self._jobs[job.id] = job
+            waiting[job.id] = job
+            counts = self._counts.setdefault(job.user, {})
+            counts[JobState.WAITING] = counts.get(JobState.WAITING, 0) + 1
+            fresh.setdefault((job.spec.priority, job.user, shape_of(job)), []).append(job.id)
+        self._queue_all(fresh)
+
+    def _queue_all(self, fresh: dict[tuple[int, str, Shape], list[int]]) -> None:
+        for (priority, user, shape), ids in fresh.items():
+            shapes = self._waiting.setdefault(priority, {}).setdefault(user, {})
+            queue = shapes.get(shape)
+            if queue is None:
+                shapes[shape] = SortedList(ids)
+            else:
+                queue.update(ids)
+        fresh.clear()
+
     def discard(self, job_id: int) -> Job | None:
         """Drop a job (it ended or was removed); the job, or None if it was not here."""
         job = self._jobs.pop(job_id, None)

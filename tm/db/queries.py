@@ -78,12 +78,20 @@ def _opt_float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
+def _excluded(text: str) -> tuple[str, ...]:
+    return () if text == "[]" else tuple(json.loads(text))
+
+
 def _opt_int(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
+#: JOB_COLUMNS as the keys of a row (unquoted).
+_JOB_FIELDS = tuple(c.strip("`") for c in JOB_COLUMNS)
+
+
 def job_from_row(row: Sequence[Any]) -> Job:
-    r = dict(zip((c.strip("`") for c in JOB_COLUMNS), row, strict=True))
+    r = dict(zip(_JOB_FIELDS, row, strict=True))
     spec = JobSpec(
         uuid=r["uuid"],
         command=r["command"],
@@ -95,7 +103,7 @@ def job_from_row(row: Sequence[Any]) -> Job:
         stdout=r["stdout"],
         stderr=r["stderr"],
         logfile=r["logfile"],
-        excluded_hosts=tuple(json.loads(r["excluded_hosts"])),
+        excluded_hosts=_excluded(r["excluded_hosts"]),
         estimated_time=_opt_float(r["estimated_time"]),
         estimated_memory=_opt_float(r["estimated_memory"]),
     )
@@ -199,57 +207,92 @@ def submit_jobs(
     A uuid that already exists (a retried submission) keeps its job; it must
     belong to ``user``.
     """
+    return insert_jobs(txn, d, user, environment, specs, now)[0]
+
+
+def insert_jobs(
+    txn: Any,
+    d: Dialect,
+    user: str,
+    environment: JobEnvironment,
+    specs: Sequence[JobSpec],
+    now: float,
+) -> tuple[list[int], list[Job]]:
+    """:func:`submit_jobs`, and the jobs this transaction created, as their rows hold them
+    (built from the values written, not read back: a job the dispatcher takes in costs
+    no SELECT). A uuid that existed already (a resent chunk) is not among them."""
     if not specs:
-        return []
+        return [], []
     env_id = store_environment(txn, d, dict(environment.env))
     insert = d.insert_ignore("jobs", _INSERT_JOB_COLUMNS, "uuid")
-    new_uuids: list[str] = []
+    ids: list[int | None] = []
+    created: list[Job] = []
+    resent: list[str] = []
+    waiting = JobState.WAITING.value
+    cwd, umask = environment.cwd, environment.umask
     for spec in specs:
-        txn.execute(
-            insert,
-            (
-                spec.uuid,
-                user,
-                spec.command,
-                spec.shell,
-                environment.cwd,
-                environment.umask,
-                env_id,
-                spec.slots,
-                spec.priority,
-                spec.group,
-                spec.info,
-                spec.stdout,
-                spec.stderr,
-                spec.logfile,
-                json.dumps(list(spec.excluded_hosts)),
-                spec.estimated_time,
-                spec.estimated_memory,
-                JobState.WAITING.value,
-                1,
-                "",
-                0,
-                now,
-                now,
-            ),
+        excluded = json.dumps(list(spec.excluded_hosts)) if spec.excluded_hosts else "[]"
+        values = (
+            spec.uuid,
+            user,
+            spec.command,
+            spec.shell,
+            cwd,
+            umask,
+            env_id,
+            spec.slots,
+            spec.priority,
+            spec.group,
+            spec.info,
+            spec.stdout,
+            spec.stderr,
+            spec.logfile,
+            excluded,
+            spec.estimated_time,
+            spec.estimated_memory,
+            waiting,
+            1,
+            "",
+            0,
+            now,
+            now,
         )
+        txn.execute(insert, values)
         if txn.rowcount == 1:
-            new_uuids.append(spec.uuid)
-    found = ids_by_uuid(txn, d, [spec.uuid for spec in specs])
-    for spec in specs:
-        owner = found[spec.uuid][1]
-        if owner != user:
-            raise StoreRefused(
-                f"job uuid {spec.uuid} is already used by another user's job; "
-                "generate a fresh uuid for each job"
-            )
-    history = d.q(
-        "INSERT INTO job_history (job_id, attempt, state, at, host, reason) "
-        "VALUES (?, ?, ?, ?, ?, ?)"
-    )
-    for uuid in new_uuids:
-        txn.execute(history, (found[uuid][0], 1, JobState.WAITING.value, now, None, "submitted"))
-    return [found[spec.uuid][0] for spec in specs]
+            job_id = int(txn.lastrowid)
+            ids.append(job_id)
+            row = dict(zip(_INSERT_JOB_COLUMNS, values, strict=True))
+            row.update(_NEW_JOB_COLUMNS, id=job_id)
+            created.append(job_from_row([row[c] for c in _JOB_FIELDS]))
+        else:
+            ids.append(None)
+            resent.append(spec.uuid)
+    if resent:
+        found = ids_by_uuid(txn, d, resent)
+        for i, spec in enumerate(specs):
+            if ids[i] is None:
+                job_id, owner = found[spec.uuid]
+                if owner != user:
+                    raise StoreRefused(
+                        f"job uuid {spec.uuid} is already used by another user's job; "
+                        "generate a fresh uuid for each job"
+                    )
+                ids[i] = job_id
+    if created:
+        txn.executemany(
+            d.q(
+                "INSERT INTO job_history (job_id, attempt, state, at, host, reason) "
+                "VALUES (?, ?, ?, ?, ?, ?)"
+            ),
+            [(job.id, 1, waiting, now, None, "submitted") for job in created],
+        )
+    return [i for i in ids if i is not None], created
+
+
+#: The columns of a new job that the INSERT leaves to their defaults.
+_NEW_JOB_COLUMNS = {
+    c: None for c in ("host", "pid", "exit_code", "signal", "started_at", "ended_at")
+}
 
 
 #: Job fields whose column name needs quoting (a reserved word in MySQL).

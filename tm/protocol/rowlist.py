@@ -97,6 +97,10 @@ class RowList(amp.AmpList):
             name = key.decode("ascii").replace("-", "_")
             writers.append((_pack(len(key)) + key, name, arg.optional, _encoder(arg), key))
         self._writers = writers
+        #: The last value decoded and its rows, handed out once more: the dispatcher checks
+        #: a request's arguments (tm.protocol.base.argument_problem) and then AMP decodes
+        #: the same bytes object again.
+        self._last: tuple[bytes, list[dict[str, Any]]] | None = None
 
     # --- one row ----------------------------------------------------------------------------
 
@@ -138,8 +142,14 @@ class RowList(amp.AmpList):
         return b"".join([self.encode_row(row) for row in inObject])
 
     def fromStringProto(self, inString: bytes, proto: Any) -> list[dict[str, Any]]:  # noqa: N802
+        last = self._last
+        if last is not None and last[0] is inString:
+            self._last = None
+            return last[1]
         decode = self.decode_box
-        return [decode(box) for box in parse_boxes(inString)]
+        rows = [decode(box) for box in parse_boxes(inString)]
+        self._last = (inString, rows)
+        return rows
 
 
 _CODECS: dict[tuple[tuple[bytes, amp.Argument], ...], RowList] = {}
