@@ -94,7 +94,15 @@ def test_run_now_runs_a_coroutine_whose_awaits_are_ready() -> None:
     out = run_now(textcommands.parse("lswjobs", "tms").run(blocking_call(call)))
     assert out == "no waiting jobs"
     assert calls == [
-        ("ListJobs", {"states": ["waiting"], "scope": "mine", "after_id": 0, "limit": 100})
+        (
+            "ListJobs",
+            {
+                "states": ["waiting"],
+                "scope": "mine",
+                "after_id": 0,
+                "limit": textcommands.PAGE_LIMIT,
+            },
+        )
     ]
 
 

@@ -70,7 +70,7 @@ STEPS: list[tuple[JobState, dict[str, Any]]] = [
 
 def test_a_transition_changes_memory_and_row_alike() -> None:
     txn = _database()
-    [job_id] = queries.submit_jobs(
+    [job_id], _ = queries.insert_jobs(
         txn,
         queries.SQLITE,
         "alice",
@@ -143,6 +143,17 @@ def _check(work: WorkingSet) -> None:
                     assert (j.user, j.spec.priority, j.spec.slots) == (u, p, slots)
                     assert frozenset(j.spec.excluded_hosts) == excluded
     assert set(work.waiting_users()) == {j.user for j in jobs if j.state is JobState.WAITING}
+    for user in {j.user for j in jobs} | {None}:
+        for states in ([JobState.WAITING], [JobState.PENDING, JobState.RUNNING], list(JobState)):
+            listed = [j.id for j in work.listing(states, user, after_id=-1)]
+            assert listed == sorted(
+                j.id for j in jobs if j.state in states and user in (None, j.user)
+            )
+            if len(listed) > 1:
+                after = listed[len(listed) // 2]
+                assert [j.id for j in work.listing(states, user, after)] == [
+                    i for i in listed if i > after
+                ]
 
 
 @settings(max_examples=150, deadline=None)

@@ -194,22 +194,6 @@ _INSERT_JOB_COLUMNS = (
 )
 
 
-def submit_jobs(
-    txn: Any,
-    d: Dialect,
-    user: str,
-    environment: JobEnvironment,
-    specs: Sequence[JobSpec],
-    now: float,
-) -> list[int]:
-    """Insert the jobs idempotently by uuid; their ids in the order of ``specs``.
-
-    A uuid that already exists (a retried submission) keeps its job; it must
-    belong to ``user``.
-    """
-    return insert_jobs(txn, d, user, environment, specs, now)[0]
-
-
 def insert_jobs(
     txn: Any,
     d: Dialect,
@@ -218,9 +202,10 @@ def insert_jobs(
     specs: Sequence[JobSpec],
     now: float,
 ) -> tuple[list[int], list[Job]]:
-    """:func:`submit_jobs`, and the jobs this transaction created, as their rows hold them
-    (built from the values written, not read back: a job the dispatcher takes in costs
-    no SELECT). A uuid that existed already (a resent chunk) is not among them."""
+    """Insert the jobs idempotently by uuid: their ids in the order of ``specs``, and the
+    jobs this transaction created as their rows hold them (built from the values written,
+    not read back). A uuid that exists already (a resent chunk) keeps its job, which must
+    belong to ``user``, and is not among the created."""
     if not specs:
         return [], []
     env_id = store_environment(txn, d, dict(environment.env))
@@ -290,9 +275,7 @@ def insert_jobs(
 
 
 #: The columns of a new job that the INSERT leaves to their defaults.
-_NEW_JOB_COLUMNS = {
-    c: None for c in ("host", "pid", "exit_code", "signal", "started_at", "ended_at")
-}
+_NEW_JOB_COLUMNS = dict.fromkeys(("host", "pid", "exit_code", "signal", "started_at", "ended_at"))
 
 
 #: Job fields whose column name needs quoting (a reserved word in MySQL).

@@ -50,19 +50,20 @@ class Int64(amp.Argument):
     """
 
     def fromString(self, inString: bytes) -> int:  # noqa: N802 - AMP's API
+        # bytes.isdigit() is true for ASCII digits only: the check needs no decoding.
+        digits = inString[1:] if inString[:1] == b"-" else inString
+        if digits.isdigit() and len(digits) <= 19:
+            value = int(inString)
+            if INT64_MIN <= value <= INT64_MAX:
+                return value
+            raise ValueError(f"integer out of the 64-bit range: {inString[:30].decode()}")
         text = inString.decode("ascii")  # UnicodeDecodeError for anything else: refused
-        digits = text[1:] if text[:1] == "-" else text
-        if not digits.isdigit() or not digits.isascii() or len(digits) > 19:
-            raise ValueError(f"not a 64-bit integer: {text[:30]!r}")
-        value = int(text)
-        if not INT64_MIN <= value <= INT64_MAX:
-            raise ValueError(f"integer out of the 64-bit range: {text[:30]}")
-        return value
+        raise ValueError(f"not a 64-bit integer: {text[:30]!r}")
 
     def toString(self, inObject: int) -> bytes:  # noqa: N802 - AMP's API
         if not INT64_MIN <= inObject <= INT64_MAX:
             raise ValueError(f"integer out of the 64-bit range: {inObject}")
-        return str(int(inObject)).encode("ascii")
+        return b"%d" % inObject
 
 
 class Float64(amp.Argument):
