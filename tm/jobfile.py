@@ -20,21 +20,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-#: File field name -> the key of the matching hRunJob option; :data:`ALIASES` maps the
-#: command-line option names onto these.
+from tm.core import jobfields
+
+#: File field name (the seed's spelling, as users write it) -> the job's field
+#: (tm/core/jobfields.py), which is also the key of the matching hRunJob option;
+#: :data:`ALIASES` maps the command-line option names onto the file's names.
 FIELDS: dict[str, str] = {
     "command": "command",
     "slots": "slots",
     "group": "group",
-    "infoText": "info_text",
+    "infoText": "info",
     "logfile": "logfile",
-    "stdout": "stdout_file",
-    "stderr": "stderr_file",
+    "stdout": "stdout",
+    "stderr": "stderr",
     "shell": "shell",
     "priority": "priority",
-    "estimatedTime": "estimatedTime",
-    "estimatedMemory": "estimatedMemory",
-    "excludedHosts": "excludeHosts",
+    "estimatedTime": "estimated_time",
+    "estimatedMemory": "estimated_memory",
+    "excludedHosts": "excluded_hosts",
 }
 ALIASES: dict[str, str] = {
     "excludeHosts": "excludedHosts",
@@ -43,8 +46,6 @@ ALIASES: dict[str, str] = {
     "stdout_file": "stdout",
     "stderr_file": "stderr",
 }
-INTEGER_FIELDS = {"slots", "priority"}
-FLOAT_FIELDS = {"estimatedTime", "estimatedMemory"}
 
 
 class JobFileError(ValueError):
@@ -102,14 +103,16 @@ def parse_job_file(text: str, path: str, defaults: dict[str, Any]) -> list[JobLi
 
 
 def _convert(name: str, value: str, path: str, line_no: int) -> Any:
-    if name in INTEGER_FIELDS:
+    """The value of the file's field ``name``, of its job field's type."""
+    kind = jobfields.BY_NAME[FIELDS[name]].base
+    if kind is int:
         try:
             return int(value.strip())
         except ValueError:
             raise JobFileError(
                 path, line_no, f"{name} must be a whole number, not {value!r}"
             ) from None
-    if name in FLOAT_FIELDS:
+    if kind is float:
         try:
             return float(value.strip())
         except ValueError:

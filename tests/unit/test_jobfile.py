@@ -11,14 +11,14 @@ DEFAULTS = {
     "slots": 1,
     "priority": 0,
     "group": "cli-group",
-    "info_text": "",
+    "info": "",
     "logfile": "",
-    "stdout_file": "",
-    "stderr_file": "",
+    "stdout": "",
+    "stderr": "",
     "shell": None,
-    "estimatedTime": None,
-    "estimatedMemory": None,
-    "excludeHosts": "",
+    "estimated_time": None,
+    "estimated_memory": None,
+    "excluded_hosts": "",
 }
 
 
@@ -33,18 +33,18 @@ def test_fields_idx_and_defaults() -> None:
     assert [j.line_no for j in jobs] == [3, 4]
     first, second = (j.options for j in jobs)
     assert first["command"] == "run --seed 2"
-    assert first["slots"] == 2 and first["stdout_file"] == "out.2"
+    assert first["slots"] == 2 and first["stdout"] == "out.2"
     assert first["group"] == "cli-group"  # missing field: the command-line option's value
     assert second["command"] == "echo ${HOME} {a,b}"  # other braces pass through
-    assert second["priority"] == 7 and second["info_text"] == "second"
-    assert second["excludeHosts"] == "h1,h2"
+    assert second["priority"] == 7 and second["info"] == "second"
+    assert second["excluded_hosts"] == "h1,h2"
     assert second["slots"] == 1
 
 
 def test_aliases_and_floats() -> None:
     jobs = parse_job_file("command::x\texcludeHosts::h3\testimatedTime::1.5\n", "f", DEFAULTS)
-    assert jobs[0].options["excludeHosts"] == "h3"
-    assert jobs[0].options["estimatedTime"] == 1.5
+    assert jobs[0].options["excluded_hosts"] == "h3"
+    assert jobs[0].options["estimated_time"] == 1.5
 
 
 @pytest.mark.parametrize(

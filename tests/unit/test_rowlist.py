@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.protocols import amp
 
+from tm.core.model import JobSpec
 from tm.protocol import records
 from tm.protocol.rowlist import RowList, fit_rows, parse_boxes, rows_of
 
@@ -120,7 +121,7 @@ def test_what_amp_refuses_is_refused() -> None:
 def test_fitted_rows_are_sent_as_encoded_while_unchanged() -> None:
     codec = rows_of(records.JOB_SPEC_FIELDS)
     assert rows_of(list(records.JOB_SPEC_FIELDS)) is codec
-    row = records.spec_to_row(records.JobSpec(uuid="u1", command="true"))
+    row = records.spec_to_row(JobSpec(uuid="u1", command="true"))
     rows, n = fit_rows(codec, [row] * 10, dict, limit=10_000)
     assert n == 10
     assert codec.toStringProto(rows, None) == amp.AmpList(records.JOB_SPEC_FIELDS).toStringProto(

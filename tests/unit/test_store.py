@@ -6,10 +6,12 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
 
+from tm.core import jobfields
 from tm.core.model import JobEnvironment, JobSpec, JobState, Transition, User
 from tm.db.errors import StoreRefused, StoreUnavailable
 from tm.db.store import Store, parse_url
@@ -85,6 +87,18 @@ async def test_upgrade_is_idempotent(store: Store) -> None:
     assert await store.upgrade() == []
     assert await store.schema_version() == 1
     await store.check()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_jobs_table_has_the_declared_columns(store: Store) -> None:
+    """The live table, as the migrations made it, is tm/core/jobfields.py's declaration."""
+
+    def columns(txn: Any, d: Any) -> list[str]:
+        txn.execute("SELECT * FROM jobs WHERE 1 = 0")
+        return [str(column[0]) for column in txn.description]
+
+    made = await store._run(columns)
+    assert made == [f.sql_name.strip("`") for f in jobfields.FIELDS]
 
 
 @pytest_twisted.ensureDeferred

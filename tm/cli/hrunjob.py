@@ -20,6 +20,7 @@ from typing import Any
 
 from tm import localsocket
 from tm.cli.errors import CLIError, report
+from tm.core import jobfields
 from tm.core.model import JobSpec
 from tm.jobfile import JobFileError, compress_ids, parse_job_file
 from tm.protocol import limits as records  # the limits alone: no Twisted
@@ -75,6 +76,35 @@ class _Parser(argparse.ArgumentParser):
 Prepared = tuple[argparse.Namespace, list[tuple[int, JobSpec]]]
 
 
+# The options' destinations are the job's field names (tm/core/jobfields.py); the options,
+# and the metavars in the help, are the seed's.
+#: Text options: option, long option, field, help.
+TEXTS = (
+    ("-g", "--group", "group", "group label"),
+    ("-i", "--info-text", "info", "free-text description"),
+    ("-o", "--stdout_file", "stdout", "file for the job's stdout"),
+    ("-O", "--stderr_file", "stderr", "file for the job's stderr"),
+    ("-l", "--logfile", "logfile", "log file written when the job ends"),
+)
+#: The estimates a job may carry: option, long option, field, largest value, unit, help.
+ESTIMATES = (
+    ("-t", "--estimatedTime", "estimated_time", MAX_ESTIMATED_TIME, "s", "estimated run time (s)"),
+    (
+        "-m",
+        "--estimatedMemory",
+        "estimated_memory",
+        MAX_ESTIMATED_MEMORY,
+        "MB",
+        "estimated memory (MB)",
+    ),
+)
+
+
+def _metavar(long_option: str) -> str:
+    """The metavar argparse would show had the option its own destination."""
+    return long_option[2:].replace("-", "_").upper()
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Submit a job to TaskManager.")
     p.add_argument(
@@ -91,7 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="0..127, higher first (default 0)",
     )
-    p.add_argument("-E", "--excludeHosts", default="", help="never run on these hosts: h1,h2")
+    p.add_argument(
+        "-E",
+        "--excludeHosts",
+        dest="excluded_hosts",
+        metavar=_metavar("--excludeHosts"),
+        default="",
+        help="never run on these hosts: h1,h2",
+    )
     p.add_argument(
         "-f",
         "--jobsFile",
@@ -99,28 +136,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="submit one job per line of FILE (field::value tokens separated by tabs; "
         "'-' reads standard input)",
     )
-    p.add_argument("-g", "--group", default="", help="group label")
-    p.add_argument("-i", "--info-text", default="", help="free-text description")
-    p.add_argument("-o", "--stdout_file", default="", help="file for the job's stdout")
-    p.add_argument("-O", "--stderr_file", default="", help="file for the job's stderr")
-    p.add_argument("-l", "--logfile", default="", help="log file written when the job ends")
+    for option, long_option, name, what in TEXTS:
+        p.add_argument(
+            option, long_option, dest=name, metavar=_metavar(long_option), default="", help=what
+        )
     p.add_argument(
         "-S", "--shell", default=None, help="shell that runs the command (default $SHELL)"
     )
-    p.add_argument(
-        "-t",
-        "--estimatedTime",
-        type=amount(MAX_ESTIMATED_TIME, "s"),
-        default=None,
-        help="estimated run time (s)",
-    )
-    p.add_argument(
-        "-m",
-        "--estimatedMemory",
-        type=amount(MAX_ESTIMATED_MEMORY, "MB"),
-        default=None,
-        help="estimated memory (MB)",
-    )
+    for option, long_option, name, high, unit, what in ESTIMATES:
+        p.add_argument(
+            option,
+            long_option,
+            dest=name,
+            metavar=_metavar(long_option),
+            type=amount(high, unit),
+            default=None,
+            help=what,
+        )
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     p.add_argument("-s", "--status", action="store_true", help="show the TMS and dispatcher status")
     p.add_argument(
@@ -155,7 +187,8 @@ def _excluded(value: str) -> tuple[str, ...]:
 
 
 def spec_from_options(options: dict[str, Any], shells: dict[Any, str] | None = None) -> JobSpec:
-    """A JobSpec from option values (the parsed command line, or one job-file line over it).
+    """A JobSpec from option values (the parsed command line, or one job-file line over it),
+    keyed by the job's field names.
 
     Raises CLIError for values that no dispatcher would accept. ``shells``: the shells
     resolved already (a job file's lines mostly name the same one).
@@ -165,30 +198,16 @@ def spec_from_options(options: dict[str, Any], shells: dict[Any, str] | None = N
         raise CLIError(f"-c must be from 1 to {MAX_SLOTS} slots, not {slots}", status=2)
     if not 0 <= priority <= 127:
         raise CLIError(f"-p must be between 0 and 127, not {priority}", status=2)
-    for option, key, high, unit in (
-        ("-t", "estimatedTime", MAX_ESTIMATED_TIME, "s"),
-        ("-m", "estimatedMemory", MAX_ESTIMATED_MEMORY, "MB"),
-    ):
-        value = options[key]
+    for option, _, name, high, unit, _ in ESTIMATES:
+        value = options[name]
         if value is not None and not (math.isfinite(value) and 0 <= value <= high):
             raise CLIError(
                 f"{option} must be a number from 0 to {high:.0f} {unit}, not {value}", status=2
             )
-    spec = JobSpec(
-        uuid=str(uuid.uuid4()),
-        command=options["command"],
-        shell=resolve_shell(options["shell"]) if shells is None else _shell(options, shells),
-        slots=slots,
-        priority=priority,
-        group=options["group"],
-        info=options["info_text"],
-        stdout=options["stdout_file"],
-        stderr=options["stderr_file"],
-        logfile=options["logfile"],
-        excluded_hosts=_excluded(options["excludeHosts"]),
-        estimated_time=options["estimatedTime"],
-        estimated_memory=options["estimatedMemory"],
-    )
+    values = {f.name: options[f.name] for f in jobfields.SPEC_FIELDS if f.name != "uuid"}
+    values["shell"] = resolve_shell(options["shell"]) if shells is None else _shell(options, shells)
+    values["excluded_hosts"] = _excluded(options["excluded_hosts"])
+    spec = JobSpec(uuid=str(uuid.uuid4()), **values)
     problem = records.spec_problem(spec)  # the dispatcher's own check, without a round trip
     if problem:
         raise CLIError(problem, status=2)
@@ -301,18 +320,23 @@ def local_client(verbose: bool) -> localsocket.LocalClient | None:
     return client
 
 
-def submit_local(client: localsocket.LocalClient, specs: list[JobSpec]) -> list[int]:
-    """Submit ``specs`` over the socket; their ids. HandOver when the link is lost before
-    every part was acknowledged (the TLS path sends them again, with the same UUIDs)."""
+def submission_environment() -> dict[str, str]:
+    """The environment the jobs get (this one); CLIError when it is too large to send."""
     env = dict(os.environ)
     if len(json.dumps(env)) > records.MAX_VALUE_BYTES:
         raise CLIError(
             f"your environment is larger than {records.MAX_VALUE_BYTES} bytes; "
             "unset large variables before submitting"
         )
+    return env
+
+
+def submit_local(client: localsocket.LocalClient, specs: list[JobSpec]) -> list[int]:
+    """Submit ``specs`` over the socket; their ids. HandOver when the link is lost before
+    every part was acknowledged (the TLS path sends them again, with the same UUIDs)."""
+    env = submission_environment()
     cwd, umask = os.getcwd(), current_umask()
-    ids: list[int] = []
-    warned: list[str] = []
+    done = Acknowledged(len(specs))
     for start in range(0, len(specs), LOCAL_BATCH_JOBS):
         rows = [spec_to_json(s) for s in specs[start : start + LOCAL_BATCH_JOBS]]
         try:
@@ -327,12 +351,9 @@ def submit_local(client: localsocket.LocalClient, specs: list[JobSpec]) -> list[
         except localsocket.LinkLost as e:
             raise HandOver(str(e)) from None
         except localsocket.RemoteError as e:
-            if not ids:
-                raise
-            raise partly_submitted(e, ids, len(specs)) from None
-        ids.extend(answer["job_ids"])
-        warn_once(answer, warned)
-    return ids
+            raise done.failure(e) from None
+        done.add(answer)
+    return done.ids
 
 
 def partly_submitted(error: Exception, ids: list[int], total: int) -> CLIError:
@@ -342,6 +363,24 @@ def partly_submitted(error: Exception, ids: list[int], total: int) -> CLIError:
         f"{error}; the first {len(ids)} job(s) [{compress_ids(ids)}] were "
         f"submitted, the remaining {total - len(ids)} were not"
     )
+
+
+class Acknowledged:
+    """The ids and warnings of the parts of a submission acknowledged so far."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.ids: list[int] = []
+        self.warned: list[str] = []
+
+    def add(self, answer: dict) -> None:
+        self.ids.extend(answer["job_ids"])
+        warn_once(answer, self.warned)
+
+    def failure(self, error: Exception) -> Exception:
+        """What to raise when a part failed: ``error`` itself while nothing was stored, else
+        which jobs were submitted and which were not."""
+        return partly_submitted(error, self.ids, self.total) if self.ids else error
 
 
 def warn_once(answer: dict, warned: list[str]) -> None:

@@ -7,7 +7,6 @@ TMS on this host yet, or the user's TMS runs on another host sharing the home di
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -19,14 +18,14 @@ from twisted.internet.task import deferLater
 from tm.cli.common import CLIError, connect_tms, run_main
 from tm.cli.hrunjob import (
     PROG,
+    Acknowledged,
     Prepared,
     check_job_file_hosts,
     current_umask,
     host_names,
-    partly_submitted,
     prepare,
+    submission_environment,
     terminal_code,
-    warn_once,
 )
 from tm.core.model import JobSpec
 from tm.jobfile import compress_ids
@@ -135,26 +134,17 @@ class Submitter:
 
 
 async def submit(submitter: Submitter, specs: list[JobSpec]) -> list[int]:
-    env = dict(os.environ)
-    if len(json.dumps(env)) > records.MAX_VALUE_BYTES:
-        raise CLIError(
-            f"your environment is larger than {records.MAX_VALUE_BYTES} bytes; "
-            "unset large variables before submitting"
-        )
-    ids: list[int] = []
-    warned: list[str] = []
+    env = submission_environment()
+    done = Acknowledged(len(specs))
     for rows in chunks(specs):
         try:
             answer = await submitter.send(
                 cwd=os.getcwd(), umask=current_umask(), env=env, jobs=rows
             )
         except Exception as e:
-            if not ids:
-                raise
-            raise partly_submitted(e, ids, len(specs)) from None
-        ids.extend(answer["job_ids"])
-        warn_once(answer, warned)
-    return ids
+            raise done.failure(e) from None
+        done.add(answer)
+    return done.ids
 
 
 async def wait_for(proto: Any, job_id: int) -> int:

@@ -118,8 +118,8 @@ class Transition:
         check_transition(self.old, self.new)
 
     def changes(self, now: float) -> dict[str, object]:
-        """The job's fields this change sets, by :class:`Job` field name (the ``jobs``
-        table's columns have the same names): what the store writes and what the
+        """The job's fields this change sets, by :class:`Job` field name (their columns in
+        ``tm/core/jobfields.py``): what the store writes and what the
         dispatcher applies to the job in memory, from this one function. ``now`` is used
         when ``at`` is None."""
         at = now if self.at is None else self.at

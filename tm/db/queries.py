@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
-from typing import Any
+import typing
+from collections.abc import Callable, Iterable, Sequence
+from operator import attrgetter
+from typing import Any, cast
 
+from tm.core import jobfields
 from tm.core.model import (
     ACTIVE_STATES,
     HistoryEntry,
@@ -38,96 +41,69 @@ from tm.db.dialect import (  # noqa: F401 - the names callers know from here
 from tm.db.errors import StoreRefused
 
 # --- jobs -------------------------------------------------------------------
+# The column lists and the row conversions come from the one declaration of a job's fields
+# (tm/core/jobfields.py); test_jobfields.py checks it against the schema.
 
-JOB_COLUMNS = (
-    "id",
-    "uuid",
-    "user_name",
-    "command",
-    "shell",
-    "cwd",
-    "umask",
-    "env_id",
-    "slots",
-    "priority",
-    "group_name",
-    "info_text",
-    "stdout",
-    "stderr",
-    "logfile",
-    "excluded_hosts",
-    "estimated_time",
-    "estimated_memory",
-    "state",
-    "attempt",
-    "host",
-    "pid",
-    "exit_code",
-    "`signal`",
-    "reason",
-    "suspended",
-    "submitted_at",
-    "state_since",
-    "started_at",
-    "ended_at",
-)
+
+def _json_hosts(value: tuple[str, ...]) -> str:
+    return json.dumps(list(value))
+
+
+def _hosts(text: str) -> tuple[str, ...]:
+    return tuple(json.loads(text))
+
+
+def _state_value(state: JobState) -> str:
+    return state.value
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _sql_converters(f: jobfields.Field) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
+    """How a value of ``f`` is written to its column, and read from it (None stays None)."""
+    base = f.base
+    if typing.get_origin(base) is tuple:
+        return _json_hosts, _hosts
+    if base is JobState:
+        return _state_value, JobState
+    if base is bool:
+        return int, bool
+    if base in (int, float):
+        return _same, cast(Callable[[Any], Any], base)
+    return _same, _same
+
+
+JOB_COLUMNS = tuple(f.sql_name for f in jobfields.FIELDS)
 _SELECT_JOBS = "SELECT " + ", ".join(JOB_COLUMNS) + " FROM jobs"
-
-
-def _opt_float(value: Any) -> float | None:
-    return None if value is None else float(value)
-
-
-def _excluded(text: str) -> tuple[str, ...]:
-    return () if text == "[]" else tuple(json.loads(text))
-
-
-def _opt_int(value: Any) -> int | None:
-    return None if value is None else int(value)
-
-
-#: JOB_COLUMNS as the keys of a row (unquoted).
-_JOB_FIELDS = tuple(c.strip("`") for c in JOB_COLUMNS)
+#: Every column but ``id`` (the database makes it).
+_INSERTED = tuple(f for f in jobfields.FIELDS if f.name != "id")
+_INSERT_JOB_COLUMNS = tuple(f.sql_name for f in _INSERTED)
+_READERS = tuple((f.name, f.in_spec, _sql_converters(f)[1]) for f in jobfields.FIELDS)
+_WRITERS = tuple(
+    (attrgetter(f"spec.{f.name}" if f.in_spec else f.name), _sql_converters(f)[0])
+    for f in _INSERTED
+)
+_USER, _GROUP, _INFO = (jobfields.column(name) for name in ("user", "group", "info"))
 
 
 def job_from_row(row: Sequence[Any]) -> Job:
-    r = dict(zip(_JOB_FIELDS, row, strict=True))
-    spec = JobSpec(
-        uuid=r["uuid"],
-        command=r["command"],
-        shell=r["shell"],
-        slots=int(r["slots"]),
-        priority=int(r["priority"]),
-        group=r["group_name"],
-        info=r["info_text"],
-        stdout=r["stdout"],
-        stderr=r["stderr"],
-        logfile=r["logfile"],
-        excluded_hosts=_excluded(r["excluded_hosts"]),
-        estimated_time=_opt_float(r["estimated_time"]),
-        estimated_memory=_opt_float(r["estimated_memory"]),
-    )
-    return Job(
-        id=int(r["id"]),
-        uuid=r["uuid"],
-        user=r["user_name"],
-        spec=spec,
-        state=JobState(r["state"]),
-        attempt=int(r["attempt"]),
-        submitted_at=float(r["submitted_at"]),
-        host=r["host"],
-        pid=_opt_int(r["pid"]),
-        exit_code=_opt_int(r["exit_code"]),
-        signal=_opt_int(r["signal"]),
-        reason=r["reason"],
-        started_at=_opt_float(r["started_at"]),
-        ended_at=_opt_float(r["ended_at"]),
-        state_since=_opt_float(r["state_since"]),
-        suspended=bool(r["suspended"]),
-        cwd=r["cwd"],
-        umask=int(r["umask"]),
-        env_id=_opt_int(r["env_id"]),
-    )
+    """A job from a row of ``_SELECT_JOBS``."""
+    spec: dict[str, Any] = {}
+    job: dict[str, Any] = {}
+    for (name, in_spec, convert), value in zip(_READERS, row, strict=True):
+        (spec if in_spec else job)[name] = None if value is None else convert(value)
+    return Job(uuid=spec["uuid"], spec=JobSpec(**spec), **job)
+
+
+def _job_row(job: Job) -> tuple[Any, ...]:
+    """The values of ``_INSERT_JOB_COLUMNS`` for ``job``."""
+    values = []
+    for get, convert in _WRITERS:
+        value = get(job)
+        values.append(None if value is None else convert(value))
+    return tuple(values)
 
 
 def environment_sha256(env: dict[str, str]) -> str:
@@ -159,39 +135,12 @@ def ids_by_uuid(txn: Any, d: Dialect, uuids: Sequence[str]) -> dict[str, tuple[i
     found: dict[str, tuple[int, str]] = {}
     for chunk in _chunks(list(uuids)):
         txn.execute(
-            d.q(f"SELECT uuid, id, user_name FROM jobs WHERE uuid IN ({_marks(len(chunk))})"),
+            d.q(f"SELECT uuid, id, {_USER} FROM jobs WHERE uuid IN ({_marks(len(chunk))})"),
             tuple(chunk),
         )
         for uuid, job_id, user in txn.fetchall():
             found[uuid] = (int(job_id), user)
     return found
-
-
-_INSERT_JOB_COLUMNS = (
-    "uuid",
-    "user_name",
-    "command",
-    "shell",
-    "cwd",
-    "umask",
-    "env_id",
-    "slots",
-    "priority",
-    "group_name",
-    "info_text",
-    "stdout",
-    "stderr",
-    "logfile",
-    "excluded_hosts",
-    "estimated_time",
-    "estimated_memory",
-    "state",
-    "attempt",
-    "reason",
-    "suspended",
-    "submitted_at",
-    "state_since",
-)
 
 
 def insert_jobs(
@@ -203,83 +152,54 @@ def insert_jobs(
     now: float,
 ) -> tuple[list[int], list[Job]]:
     """Insert the jobs idempotently by uuid: their ids in the order of ``specs``, and the
-    jobs this transaction created as their rows hold them (built from the values written,
-    not read back). A uuid that exists already (a resent chunk) keeps its job, which must
-    belong to ``user``, and is not among the created."""
+    jobs this transaction created, as their rows hold them (the values written, not read
+    back). A uuid that exists already (a resent chunk) keeps its job, which must belong to
+    ``user``, and is not among the created."""
     if not specs:
         return [], []
     env_id = store_environment(txn, d, dict(environment.env))
     insert = d.insert_ignore("jobs", _INSERT_JOB_COLUMNS, "uuid")
     ids: list[int | None] = []
     created: list[Job] = []
-    resent: list[str] = []
-    waiting = JobState.WAITING.value
-    cwd, umask = environment.cwd, environment.umask
     for spec in specs:
-        excluded = json.dumps(list(spec.excluded_hosts)) if spec.excluded_hosts else "[]"
-        values = (
-            spec.uuid,
-            user,
-            spec.command,
-            spec.shell,
-            cwd,
-            umask,
-            env_id,
-            spec.slots,
-            spec.priority,
-            spec.group,
-            spec.info,
-            spec.stdout,
-            spec.stderr,
-            spec.logfile,
-            excluded,
-            spec.estimated_time,
-            spec.estimated_memory,
-            waiting,
-            1,
-            "",
-            0,
-            now,
-            now,
+        job = Job(
+            id=0,
+            uuid=spec.uuid,
+            user=user,
+            spec=spec,
+            state=JobState.WAITING,
+            attempt=1,
+            submitted_at=now,
+            state_since=now,
+            cwd=environment.cwd,
+            umask=environment.umask,
+            env_id=env_id,
         )
-        txn.execute(insert, values)
+        txn.execute(insert, _job_row(job))
         if txn.rowcount == 1:
-            job_id = int(txn.lastrowid)
-            ids.append(job_id)
-            row = dict(zip(_INSERT_JOB_COLUMNS, values, strict=True))
-            row.update(_NEW_JOB_COLUMNS, id=job_id)
-            created.append(job_from_row([row[c] for c in _JOB_FIELDS]))
-        else:
-            ids.append(None)
-            resent.append(spec.uuid)
-    if resent:
-        found = ids_by_uuid(txn, d, resent)
-        for i, spec in enumerate(specs):
-            if ids[i] is None:
-                job_id, owner = found[spec.uuid]
-                if owner != user:
-                    raise StoreRefused(
-                        f"job uuid {spec.uuid} is already used by another user's job; "
-                        "generate a fresh uuid for each job"
-                    )
-                ids[i] = job_id
+            job.id = int(txn.lastrowid)
+            created.append(job)
+        ids.append(job.id or None)
+    resent = [spec.uuid for spec, job_id in zip(specs, ids, strict=True) if job_id is None]
+    found = ids_by_uuid(txn, d, resent) if resent else {}
+    for i, spec in enumerate(specs):
+        if ids[i] is None:
+            job_id, owner = found[spec.uuid]
+            if owner != user:
+                raise StoreRefused(
+                    f"job uuid {spec.uuid} is already used by another user's job; "
+                    "generate a fresh uuid for each job"
+                )
+            ids[i] = job_id
     if created:
         txn.executemany(
             d.q(
                 "INSERT INTO job_history (job_id, attempt, state, at, host, reason) "
                 "VALUES (?, ?, ?, ?, ?, ?)"
             ),
-            [(job.id, 1, waiting, now, None, "submitted") for job in created],
+            [(job.id, 1, JobState.WAITING.value, now, None, "submitted") for job in created],
         )
     return [i for i in ids if i is not None], created
-
-
-#: The columns of a new job that the INSERT leaves to their defaults.
-_NEW_JOB_COLUMNS = dict.fromkeys(("host", "pid", "exit_code", "signal", "started_at", "ended_at"))
-
-
-#: Job fields whose column name needs quoting (a reserved word in MySQL).
-_COLUMN = {"signal": "`signal`"}
 
 
 def apply_transitions(
@@ -295,7 +215,7 @@ def apply_transitions(
         at = now if t.at is None else t.at
         # The same changes the dispatcher applied to the job in memory (Transition.changes).
         changes = t.changes(now)
-        sets = [f"{_COLUMN.get(name, name)} = ?" for name in changes]
+        sets = [f"{jobfields.column(name)} = ?" for name in changes]
         params: list[Any] = [
             value.value if isinstance(value, JobState) else value for value in changes.values()
         ]
@@ -369,10 +289,10 @@ def _job_filters(
         where.append(f"state IN ({_marks(len(states))})")
         params.extend(s.value for s in states)
     if user is not None:
-        where.append("user_name = ?")
+        where.append(f"{_USER} = ?")
         params.append(user)
     if group is not None:
-        where.append("group_name = ?")
+        where.append(f"{_GROUP} = ?")
         params.append(group)
     return where, params
 
@@ -394,8 +314,8 @@ def list_jobs(
     if text:
         pattern = "%" + escape_like(text.lower()) + "%"
         where.append(
-            "(LOWER(command) LIKE ? ESCAPE '!' OR LOWER(info_text) LIKE ? ESCAPE '!' "
-            "OR LOWER(group_name) LIKE ? ESCAPE '!')"
+            f"(LOWER(command) LIKE ? ESCAPE '!' OR LOWER({_INFO}) LIKE ? ESCAPE '!' "
+            f"OR LOWER({_GROUP}) LIKE ? ESCAPE '!')"
         )
         params.extend([pattern, pattern, pattern])
     params.append(limit)
@@ -422,7 +342,7 @@ def group_counts(
     where, params = _job_filters((), user, group)
     clause = f" WHERE {' AND '.join(where)}" if where else ""
     txn.execute(
-        d.q(f"SELECT group_name, state, COUNT(*) FROM jobs{clause} GROUP BY group_name, state"),
+        d.q(f"SELECT {_GROUP}, state, COUNT(*) FROM jobs{clause} GROUP BY {_GROUP}, state"),
         tuple(params),
     )
     result: dict[str, dict[str, int]] = {}

@@ -14,7 +14,7 @@ from tm.dispatcher.core import (
     DispatcherCore,
 )
 from tm.dispatcher.ports import PeerSession
-from tm.protocol import commands
+from tm.protocol import commands, records
 
 
 class ExecutorLinks(DispatcherCore):
@@ -249,20 +249,7 @@ class ExecutorLinks(DispatcherCore):
         attempt = job.attempt
         env = await self._environment(job.env_id)
         try:
-            answer = await session.proto.call(
-                commands.RunJob,
-                job_id=job.id,
-                attempt=attempt,
-                command=job.spec.command,
-                shell=job.spec.shell,
-                cwd=job.cwd,
-                umask=job.umask,
-                env=env,
-                stdout=job.spec.stdout,
-                stderr=job.spec.stderr,
-                logfile=job.spec.logfile,
-                slots=job.spec.slots,
-            )
+            answer = await session.proto.call(commands.RunJob, **records.run_job_to_amp(job, env))
         except commands.JobStartFailed as e:
             if job.state is JobState.PENDING and job.attempt == attempt:
                 self._transition(job, JobState.FAILED, f"start failed: {e}")

@@ -60,6 +60,12 @@ class DispatcherProtocol(BoundedAMP):
         super().connectionLost(reason)
 
 
+VERSION_MISMATCH = (
+    "the dispatcher speaks protocol {ours}, you speak {theirs}: install the same TaskManager "
+    "version"
+)
+
+
 class Session(JobResponders, AdminResponders):
     """One connection's identity (proven by Hello and Authenticate) and its responders."""
 
@@ -67,11 +73,7 @@ class Session(JobResponders, AdminResponders):
     def hello(
         self, protocol_version: int, role: str, user: str, host: str, pid: int | None = None
     ) -> dict:
-        if protocol_version != commands.PROTOCOL_VERSION:
-            raise commands.ProtocolMismatch(
-                f"the dispatcher speaks protocol {commands.PROTOCOL_VERSION}, you speak "
-                f"{protocol_version}: install the same TaskManager version"
-            )
+        commands.check_protocol_version(protocol_version, VERSION_MISMATCH)
         if self.user is not None or self.challenge is not None:
             # A proven connection keeps the role and host it proved them for: a second Hello
             # would turn a client into an executor without proving anything again.

@@ -14,7 +14,9 @@ import datetime
 import os
 import socket
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from tm.core import jobfields
 
 DEFAULT_LOG_DIR = os.path.join(os.path.expanduser("~"), ".taskmanager", "logs")
 LOGFILE_SECTION_CAP = 10 * 1024 * 1024
@@ -37,6 +39,10 @@ class JobStartError(Exception):
 
 @dataclass(frozen=True)
 class RunRequest:
+    """A start order: ``job_id``, ``attempt``, ``env`` and the job's fields of
+    ``tm.core.jobfields.RUN`` (``test_jobfields.py`` checks the two agree); an output path
+    not given is None."""
+
     job_id: int
     attempt: int
     command: str
@@ -48,6 +54,21 @@ class RunRequest:
     stderr: str | None = None
     logfile: str | None = None
     slots: int = 1
+
+    @classmethod
+    def from_order(cls, job_id: int, attempt: int, order: dict[str, Any]) -> RunRequest:
+        """The request of a RunJob's arguments (``order``: all but ``job_id`` and ``attempt``)."""
+        env = order["env"]
+        if not isinstance(env, dict):
+            raise JobStartError("the environment is not a mapping of names to values")
+        values = {f.name: order[f.name] for f in jobfields.RUN_FIELDS}
+        for name in _PATHS:
+            values[name] = values[name] or None
+        return cls(job_id=job_id, attempt=attempt, env=dict(env), **values)
+
+
+#: The output paths of a start order: "" says "not given", the default place.
+_PATHS = ("stdout", "stderr", "logfile")
 
 
 @dataclass(frozen=True)

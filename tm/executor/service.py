@@ -79,34 +79,10 @@ class ExecutorLocator(amp.CommandLocator):
         self.executor = executor
 
     @commands.RunJob.responder
-    async def run_job(
-        self,
-        job_id: int,
-        attempt: int,
-        command: str,
-        shell: str,
-        cwd: str,
-        umask: int,
-        env: Any,
-        stdout: str,
-        stderr: str,
-        logfile: str,
-        slots: int,
-    ) -> dict:
+    async def run_job(self, job_id: int, attempt: int, **fields: Any) -> dict:
+        """The start order; ``fields``: ``env`` and the job's fields of ``jobfields.RUN``."""
         self.executor.heard_from_dispatcher()
-        return await self.executor.start_job(
-            job_id,
-            attempt,
-            command=command,
-            shell=shell,
-            cwd=cwd,
-            umask=umask,
-            env=env,
-            stdout=stdout,
-            stderr=stderr,
-            logfile=logfile,
-            slots=slots,
-        )
+        return await self.executor.start_job(job_id, attempt, **fields)
 
     @commands.SignalJob.responder
     def signal_job(self, job_id: int, attempt: int, action: str) -> dict:
@@ -267,22 +243,7 @@ class Executor(service.Service):
     async def _start(self, job_id: int, attempt: int, fields: dict[str, Any]) -> dict:
         key = (job_id, attempt)
         try:
-            env = fields["env"]
-            if not isinstance(env, dict):
-                raise JobStartError("the environment is not a mapping of names to values")
-            request = RunRequest(
-                job_id=job_id,
-                attempt=attempt,
-                command=fields["command"],
-                shell=fields["shell"],
-                cwd=fields["cwd"],
-                umask=fields["umask"],
-                env=dict(env),
-                stdout=fields["stdout"] or None,
-                stderr=fields["stderr"] or None,
-                logfile=fields["logfile"] or None,
-                slots=fields["slots"],
-            )
+            request = RunRequest.from_order(job_id, attempt, fields)
             pid = await self.runner.start(request, self.job_ended)
         except JobStartError as e:
             self.log.info(

@@ -100,6 +100,13 @@ class ServerError(TMError):
     request's fault); the server's log has one line about it."""
 
 
+def check_protocol_version(theirs: int, mismatch: str) -> None:
+    """Refuse a peer that speaks another protocol version (in Hello); ``mismatch`` is the
+    refusal's text, with ``{ours}`` and ``{theirs}`` standing for the two versions."""
+    if theirs != PROTOCOL_VERSION:
+        raise ProtocolMismatch(mismatch.format(ours=PROTOCOL_VERSION, theirs=theirs))
+
+
 COMMON_ERRORS: dict[type[Exception], bytes] = {
     NotAuthenticated: b"NOT_AUTHENTICATED",
     AuthenticationFailed: b"AUTHENTICATION_FAILED",

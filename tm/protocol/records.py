@@ -8,12 +8,14 @@ travel as :class:`amp.AmpList` values, which must stay below
 from __future__ import annotations
 
 import json
+import typing
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from twisted.protocols import amp
 
-from tm.core.model import HistoryEntry, Host, Job, JobEnvironment, JobSpec, JobState
+from tm.core import jobfields
+from tm.core.model import HistoryEntry, Host, Job, JobEnvironment, JobState
 from tm.protocol.limits import (  # noqa: F401 - re-exported: the limits live there
     LISTING_COMMAND_CHARS,
     MAX_COMMAND_BYTES,
@@ -89,55 +91,28 @@ class JSON(amp.Argument):
         return json.loads(inString.decode("utf-8"))
 
 
-JOB_SPEC_FIELDS: list[tuple[bytes, amp.Argument]] = [
-    (b"uuid", amp.Unicode()),
-    (b"command", amp.Unicode()),
-    (b"shell", amp.Unicode()),
-    (b"slots", Int64()),
-    (b"priority", Int64()),
-    (b"group", amp.Unicode()),
-    (b"info", amp.Unicode()),
-    (b"stdout", amp.Unicode()),
-    (b"stderr", amp.Unicode()),
-    (b"logfile", amp.Unicode()),
-    (b"excluded_hosts", amp.ListOf(amp.Unicode())),
-    (b"estimated_time", Float64(optional=True)),
-    (b"estimated_memory", Float64(optional=True)),
-]
+def amp_argument(f: jobfields.Field) -> amp.Argument:
+    """The AMP argument that carries a job field (as :func:`jobfields.to_plain` makes it)."""
+    base = f.base
+    if base is int:
+        return Int64(optional=f.optional)
+    if base is float:
+        return Float64(optional=f.optional)
+    if base is bool:
+        return amp.Boolean()
+    if typing.get_origin(base) is tuple:
+        return amp.ListOf(amp.Unicode())
+    return amp.Unicode()  # text, a state; no host travels as ""
 
-JOB_SUMMARY_FIELDS: list[tuple[bytes, amp.Argument]] = [
-    (b"id", Int64()),
-    (b"user", amp.Unicode()),
-    (b"state", amp.Unicode()),
-    (b"attempt", Int64()),
-    (b"slots", Int64()),
-    (b"priority", Int64()),
-    (b"host", amp.Unicode()),
-    (b"group", amp.Unicode()),
-    (b"info", amp.Unicode()),
-    (b"command", amp.Unicode()),
-    (b"submitted_at", Float64()),
-    (b"state_since", Float64()),
-    (b"exit_code", Int64(optional=True)),
-    (b"signal", Int64(optional=True)),
-    (b"reason", amp.Unicode()),
-    (b"suspended", amp.Boolean()),
-]
 
-JOB_DETAIL_FIELDS: list[tuple[bytes, amp.Argument]] = JOB_SUMMARY_FIELDS + [
-    (b"uuid", amp.Unicode()),
-    (b"shell", amp.Unicode()),
-    (b"cwd", amp.Unicode()),
-    (b"stdout", amp.Unicode()),
-    (b"stderr", amp.Unicode()),
-    (b"logfile", amp.Unicode()),
-    (b"excluded_hosts", amp.ListOf(amp.Unicode())),
-    (b"estimated_time", Float64(optional=True)),
-    (b"estimated_memory", Float64(optional=True)),
-    (b"pid", Int64(optional=True)),
-    (b"started_at", Float64(optional=True)),
-    (b"ended_at", Float64(optional=True)),
-]
+def amp_fields(fields: Iterable[jobfields.Field]) -> list[tuple[bytes, amp.Argument]]:
+    """The AMP argument list of some of a job's fields."""
+    return [(f.name.encode("ascii"), amp_argument(f)) for f in fields]
+
+
+JOB_SPEC_FIELDS = amp_fields(jobfields.SPEC_FIELDS)
+JOB_SUMMARY_FIELDS = amp_fields(jobfields.LISTED_FIELDS)
+JOB_DETAIL_FIELDS = amp_fields(jobfields.DETAIL_FIELDS)
 
 HISTORY_FIELDS: list[tuple[bytes, amp.Argument]] = [
     (b"at", Float64()),
@@ -182,37 +157,21 @@ STATE_COUNT_FIELDS: list[tuple[bytes, amp.Argument]] = [
 RUN_JOB_ARGUMENTS: list[tuple[bytes, amp.Argument]] = [
     (b"job_id", Int64()),
     (b"attempt", Int64()),
-    (b"command", amp.Unicode()),
-    (b"shell", amp.Unicode()),
-    (b"cwd", amp.Unicode()),
-    (b"umask", Int64()),
     (b"env", JSON()),
-    (b"stdout", amp.Unicode()),
-    (b"stderr", amp.Unicode()),
-    (b"logfile", amp.Unicode()),
-    (b"slots", Int64()),
+    *amp_fields(jobfields.RUN_FIELDS),
 ]
+
+
+def run_job_to_amp(job: Job, env: dict[str, str]) -> dict[str, Any]:
+    """The arguments of RunJob for the job's current attempt."""
+    run = {f.name: f.get(job) for f in jobfields.RUN_FIELDS}
+    return {"job_id": job.id, "attempt": job.attempt, "env": env, **run}
 
 
 spec_to_amp = spec_to_row  # one row shape for both paths: tm/protocol/limits.py
 
 
-def spec_from_amp(d: dict[str, Any]) -> JobSpec:
-    return JobSpec(
-        uuid=d["uuid"],
-        command=d["command"],
-        shell=d["shell"],
-        slots=d["slots"],
-        priority=d["priority"],
-        group=d["group"],
-        info=d["info"],
-        stdout=d["stdout"],
-        stderr=d["stderr"],
-        logfile=d["logfile"],
-        excluded_hosts=tuple(d["excluded_hosts"]),
-        estimated_time=d.get("estimated_time"),
-        estimated_memory=d.get("estimated_memory"),
-    )
+spec_from_amp = jobfields.spec_from_plain
 
 
 def environment_to_amp(environment: JobEnvironment) -> dict[str, Any]:
@@ -232,49 +191,33 @@ def _shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+_listed_row = jobfields.plain_rows(jobfields.LISTED_FIELDS)
+_detail_row = jobfields.plain_rows(jobfields.DETAIL_FIELDS)
+
+
+def _job_row(job: Job, make: Callable[[Job], dict[str, Any]]) -> dict[str, Any]:
+    row = make(job)
+    if job.state_since is None:  # not stored yet
+        row["state_since"] = job.submitted_at
+    return row
+
+
 def job_summary_to_amp(job: Job) -> dict[str, Any]:
-    return {
-        "id": job.id,
-        "user": job.user,
-        "state": job.state.value,
-        "attempt": job.attempt,
-        "slots": job.spec.slots,
-        "priority": job.spec.priority,
-        "host": job.host or "",
-        "group": _shorten(job.spec.group, MAX_GROUP_CHARS),
-        "info": _shorten(job.spec.info, LISTING_COMMAND_CHARS),
-        "command": _shorten(job.spec.command, LISTING_COMMAND_CHARS),
-        "submitted_at": job.submitted_at,
-        "state_since": job.state_since if job.state_since is not None else job.submitted_at,
-        "exit_code": job.exit_code,
-        "signal": job.signal,
-        "reason": _shorten(job.reason, 200),
-        "suspended": job.suspended,
-    }
+    """A row of ListJobs: its long texts cut for a listing."""
+    row = _job_row(job, _listed_row)
+    row["group"] = _shorten(job.spec.group, MAX_GROUP_CHARS)
+    row["info"] = _shorten(job.spec.info, LISTING_COMMAND_CHARS)
+    row["command"] = _shorten(job.spec.command, LISTING_COMMAND_CHARS)
+    row["reason"] = _shorten(job.reason, 200)
+    return row
 
 
 def job_detail_to_amp(job: Job) -> dict[str, Any]:
-    d = job_summary_to_amp(job)
-    d.update(
-        {
-            "info": job.spec.info,
-            "command": job.spec.command,
-            "reason": job.reason,
-            "uuid": job.uuid,
-            "shell": job.spec.shell,
-            "cwd": job.cwd,
-            "stdout": job.spec.stdout,
-            "stderr": job.spec.stderr,
-            "logfile": job.spec.logfile,
-            "excluded_hosts": list(job.spec.excluded_hosts),
-            "estimated_time": job.spec.estimated_time,
-            "estimated_memory": job.spec.estimated_memory,
-            "pid": job.pid,
-            "started_at": job.started_at,
-            "ended_at": job.ended_at,
-        }
-    )
-    return d
+    """GetJob's row: every field as it is but the group, cut as in a listing (see
+    :func:`fit_job_detail`)."""
+    row = _job_row(job, _detail_row)
+    row["group"] = _shorten(job.spec.group, MAX_GROUP_CHARS)
+    return row
 
 
 def history_to_amp(entry: HistoryEntry) -> dict[str, Any]:

@@ -49,6 +49,9 @@ FORWARDED: tuple[type[amp.Command], ...] = (
     commands.ListExecutors,
     commands.ControlExecutors,
 )
+VERSION_MISMATCH = (
+    "this TMS speaks protocol {ours}, the client {theirs}: restart it with `hConnect shutdown`"
+)
 #: A forwarded WaitJob may legitimately take long.
 FORWARD_TIMEOUT = 330.0
 #: How long a submission is sent again (with its client-made UUIDs, so at most one copy is
@@ -173,11 +176,7 @@ class ClientSession(amp.CommandLocator):
     def hello(
         self, protocol_version: int, role: str, user: str, host: str, pid: int | None = None
     ) -> dict:
-        if protocol_version != commands.PROTOCOL_VERSION:
-            raise commands.ProtocolMismatch(
-                f"this TMS speaks protocol {commands.PROTOCOL_VERSION}, the client "
-                f"{protocol_version}: restart it with `hConnect shutdown`"
-            )
+        commands.check_protocol_version(protocol_version, VERSION_MISMATCH)
         return {
             "protocol_version": commands.PROTOCOL_VERSION,
             "server": "tmserver",
