@@ -146,3 +146,14 @@ def test_keys_are_written_sorted_and_may_arrive_in_any_order() -> None:
     assert codec.encode_row({"b": "x"}) == b"\x00\x01b\x00\x01x\x00\x00"
     unsorted = b"\x00\x01b\x00\x01x\x00\x01a\x00\x017\x00\x00"
     assert codec.fromStringProto(unsorted, None) == [{"b": "x", "a": 7}]
+
+
+def test_a_value_decoded_for_the_argument_check_is_handed_to_the_responder_once() -> None:
+    codec = RowList([(b"a", amp.Unicode())])
+    wire = codec.toStringProto([{"a": "x"}], None)
+    checked = codec.fromStringProto(wire, None)  # tm.protocol.base.argument_problem
+    served = codec.fromStringProto(wire, None)  # AMP's dispatch: the same bytes object
+    assert served is checked and served == [{"a": "x"}]
+    again = codec.fromStringProto(wire, None)
+    assert again == served and again is not served
+    assert codec.fromStringProto(b"", None) is not codec.fromStringProto(b"", None)

@@ -148,7 +148,8 @@ class RowList(amp.AmpList):
             return last[1]
         decode = self.decode_box
         rows = [decode(box) for box in parse_boxes(inString)]
-        self._last = (inString, rows)
+        # (b"" is one shared object: an empty list is never handed out twice.)
+        self._last = (inString, rows) if rows else None
         return rows
 
 
