@@ -139,29 +139,129 @@ def write_secret(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def read_secret(path: Path) -> bytes:
-    """Read a secret file, refusing one that others could read or replace."""
+#: Names the account that runs the dispatcher, for clients of a dispatcher run by an
+#: unprivileged account: a file it publishes (dispatcher.json) is trusted when that account,
+#: root or the reading user owns it. A user name or a uid.
+ACCOUNT_VARIABLE = "TM_DISPATCHER_ACCOUNT"
+
+
+def dispatcher_account(value: str | None = None) -> int | None:
+    """The uid of the dispatcher's account: ``value`` (a name or uid), else
+    ``$TM_DISPATCHER_ACCOUNT``; None when neither names one."""
+    if value is None:
+        value = os.environ.get(ACCOUNT_VARIABLE, "")
+    value = value.strip()
+    if not value:
+        return None
+    if value.isdigit():
+        return int(value)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        return pwd.getpwnam(value).pw_uid
+    except KeyError:
+        raise SecretFileError(
+            f"{ACCOUNT_VARIABLE}={value} names no account on this host: "
+            "set it to the account that runs the dispatcher"
+        ) from None
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _account_name(uid: int) -> str:
+    name = _user_name(uid)
+    return f"{name} (uid {uid})" if name != str(uid) else f"uid {uid}"
+
+
+def file_trust_problem(
+    path: Path | str, st: os.stat_result, secret: bool = False, account: int | None = None
+) -> str | None:
+    """Why a file with status ``st`` cannot be trusted, with the fix; None when it can.
+
+    A file that tells a client whom to trust (``dispatcher.json``, a certificate) must be
+    owned by root, the reading user, or the dispatcher's ``account``, and be writable by
+    none but its owner: whoever can write it can send the client to a server of their own.
+    A ``secret`` (a key, tms.json) must be the reading user's own and readable by no one
+    else.
+    """
+    me = os.getuid()
+    if not stat.S_ISREG(st.st_mode):
+        return f"{path} is not a regular file: replace it with the file itself"
+    mode = stat.S_IMODE(st.st_mode)
+    if secret:
+        if st.st_uid != me:
+            return (
+                f"{path} is owned by {_account_name(st.st_uid)}, not by you: a key must be "
+                f"yours alone; remove it (it is made again) or run as root: "
+                f"chown {_user_name(me)} {path}"
+            )
+        if mode & 0o077:
+            return (
+                f"{path} is readable or writable by others (mode {mode:o}); run: chmod 600 {path}"
+            )
+        return None
+    trusted = {0, me} | ({account} if account is not None else set())
+    if st.st_uid not in trusted:
+        owner = _account_name(st.st_uid)
+        name = _user_name(st.st_uid)
+        if account is None:
+            return (
+                f"{path} is owned by {owner}, not by root or you, and whoever writes it chooses "
+                f"the server you trust: if {name} runs the dispatcher, set "
+                f"{ACCOUNT_VARIABLE}={name}; otherwise have the dispatcher's account own it "
+                f"(as root: chown ACCOUNT {path})"
+            )
+        ours = _user_name(account)
+        return (
+            f"{path} is owned by {owner}, not by root, you or the dispatcher's account "
+            f"{ours}, and whoever writes it chooses the server you trust: do not use it; "
+            f"if it is genuine, have {ours} own it (as root: chown {ours} {path})"
+        )
+    if mode & 0o022:
+        return (
+            f"{path} is writable by group or others (mode {mode:o}): whoever can write it "
+            f"chooses the server you trust; its owner should run: chmod go-w {path}"
+        )
+    return None
+
+
+def read_trusted(path: Path, secret: bool = False, account: int | None = None) -> bytes:
+    """Read ``path`` if :func:`file_trust_problem` finds nothing wrong with it.
+
+    Checked on the open descriptor (no check-then-open race). A secret is opened without
+    following a symbolic link; a public file may be a link (``/etc/taskmanager`` links to
+    the dispatcher's copy) and the file it leads to is checked. Raises
+    :class:`SecretFileError` with one line: the file, what is wrong, the fix.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | (os.O_NOFOLLOW if secret else 0)
+    try:
+        fd = os.open(path, flags)
     except FileNotFoundError:
         raise SecretFileError(f"{path} does not exist") from None
     except OSError as e:
+        if secret and os.path.islink(path):
+            raise SecretFileError(
+                f"{path} is a symbolic link: a key must be a file of yours; remove the link"
+            ) from None
         raise SecretFileError(f"cannot open {path}: {e.strerror}") from None
     try:
-        st = os.fstat(fd)
-        if st.st_uid != os.getuid():
-            raise SecretFileError(f"{path} is owned by uid {st.st_uid}, not by you")
-        if st.st_mode & 0o077:
-            raise SecretFileError(
-                f"{path} is readable or writable by others (mode {st.st_mode & 0o777:o}); "
-                f"run: chmod 600 {path}"
-            )
+        problem = file_trust_problem(path, os.fstat(fd), secret, account)
+        if problem is not None:
+            raise SecretFileError(problem)
         chunks = []
         while chunk := os.read(fd, 65536):
             chunks.append(chunk)
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def read_secret(path: Path) -> bytes:
+    """Read a secret file, refusing one that others could read or replace."""
+    return read_trusted(path, secret=True)
 
 
 def make_self_signed(name: str) -> tuple[bytes, bytes]:
@@ -201,7 +301,7 @@ def ensure_key_pair(key_path: Path, cert_path: Path, name: str) -> tuple[bytes, 
         write_secret(key_path, key_pem)
         cert_path.write_bytes(cert_pem)
         os.chmod(cert_path, 0o644)
-    return read_secret(key_path), cert_path.read_bytes()
+    return read_secret(key_path), read_trusted(cert_path)
 
 
 def server_tls_options(key_pem: bytes, cert_pem: bytes):  # -> CertificateOptions

@@ -9,6 +9,12 @@ certificate and its challenge directory from one published file,
    which is all a single-user installation needs);
 3. ``/etc/taskmanager/dispatcher.json`` (a multi-user installation: the admin
    copies or links ``var/dispatcher.json`` there).
+
+Whoever can write that file chooses the server a client trusts (and answers the file
+challenge for): a client reads it only when root, the client's own user or the dispatcher's
+account owns it and no one else may write it (:func:`tm.auth.read_trusted`). The dispatcher's
+account is the one named by ``$TM_DISPATCHER_ACCOUNT`` (user name or uid; a TMS passes it on
+to the executors it starts, whose environment ssh does not carry).
 """
 
 from __future__ import annotations
@@ -44,6 +50,8 @@ class DispatcherInfo:
     certificate: bytes
     challenge_dir: str
     path: str
+    #: The dispatcher's account the file was trusted for (a user name or uid), if any.
+    account: str | None = None
 
     @property
     def address(self) -> str:
@@ -59,11 +67,13 @@ def candidate_paths(explicit: str | None = None) -> list[Path]:
     return [user_dir() / "dispatcher.json", SYSTEM_INFO]
 
 
-def find_dispatcher(explicit: str | None = None) -> DispatcherInfo:
+def find_dispatcher(explicit: str | None = None, account: str | None = None) -> DispatcherInfo:
+    """The dispatcher described by the first file of :func:`candidate_paths` that exists;
+    ``account`` (default ``$TM_DISPATCHER_ACCOUNT``) names the dispatcher's account."""
     paths = candidate_paths(explicit)
     for path in paths:
         if path.exists():
-            return load_info(path)
+            return load_info(path, account)
     looked = ", ".join(str(p) for p in paths)
     raise DispatcherNotFound(
         f"no dispatcher found: looked for {looked}; start one with `twistd tmdispatcher` "
@@ -71,22 +81,24 @@ def find_dispatcher(explicit: str | None = None) -> DispatcherInfo:
     )
 
 
-def load_info(path: Path) -> DispatcherInfo:
+def load_info(path: Path, account: str | None = None) -> DispatcherInfo:
+    if account is None:
+        account = os.environ.get(auth.ACCOUNT_VARIABLE, "").strip() or None
     try:
-        st = path.stat()
-        if st.st_mode & 0o022:
-            raise DispatcherNotFound(
-                f"{path} is writable by group or others; it cannot be trusted (chmod 644 {path})"
-            )
-        data = json.loads(path.read_text())
+        text = auth.read_trusted(path, account=auth.dispatcher_account(account or ""))
+    except auth.SecretFileError as e:
+        raise DispatcherNotFound(str(e)) from None
+    try:
+        data = json.loads(text)
         info = DispatcherInfo(
             host=str(data["host"]),
             port=int(data["port"]),
             certificate=str(data["certificate"]).encode("ascii"),
             challenge_dir=str(data["challenge_dir"]),
             path=str(path),
+            account=account,
         )
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         what = f"no {e} field" if isinstance(e, KeyError) else str(e)
         raise DispatcherNotFound(
             f"cannot read dispatcher information from {path}: {what}; "

@@ -568,6 +568,9 @@ class Cluster:
             "PATH": f"{self.venv / 'bin'}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
             "LANG": "C.UTF-8",
             "TM_DISPATCHER": str(self.dispatcher_json),
+            # The admin account runs the dispatcher and owns dispatcher.json: clients trust
+            # that file only when they know it is the dispatcher's account (issue 10, point 6).
+            "TM_DISPATCHER_ACCOUNT": self.users["admin"].name,
         }
 
     def run_as(

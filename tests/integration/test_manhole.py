@@ -125,6 +125,9 @@ def test_the_manhole_answers_from_the_live_dispatcher_per_connection(
         assert second.ask("len(jobs('waiting'))") == "3"
         assert first.ask("marker") == "'only here'"
         assert "manhole: connection from uid" in inst.dispatcher_log.read_text()
+        # Each session is an admin action: it is in the audit log, next to the log file.
+        audit = (inst.root / "audit.log").read_text()
+        assert audit.count(f'user="uid {os.geteuid()}" from=manhole role=- action="manhole') == 2
     finally:
         for client in (first, second):
             if client is not None:

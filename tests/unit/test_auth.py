@@ -108,3 +108,74 @@ def test_key_pair_is_created_once(tmp_path: Path) -> None:
     assert (tmp_path / "k.pem").stat().st_mode & 0o777 == 0o600
     assert auth.server_tls_options(key1, cert1) is not None
     assert auth.client_tls_options(cert1, auth.DISPATCHER_TLS_NAME) is not None
+
+
+# --- files that tell a client whom to trust (issue 10, point 6) ---------------------------
+
+
+def test_a_published_file_of_ones_own_is_read_and_a_writable_one_refused(tmp_path: Path) -> None:
+    path = tmp_path / "dispatcher.json"
+    path.write_text("{}")
+    os.chmod(path, 0o644)
+    assert auth.read_trusted(path) == b"{}"
+    for mode in (0o664, 0o646):
+        os.chmod(path, mode)
+        with pytest.raises(auth.SecretFileError) as caught:
+            auth.read_trusted(path)
+        text = str(caught.value)
+        assert text.startswith(f"{path} is writable by group or others (mode {mode:o})")
+        assert f"chmod go-w {path}" in text and "\n" not in text
+
+
+def test_a_published_file_may_be_a_link_to_a_trusted_file_a_key_may_not(tmp_path: Path) -> None:
+    target = tmp_path / "var-dispatcher.json"
+    target.write_text("{}")
+    os.chmod(target, 0o644)
+    link = tmp_path / "dispatcher.json"
+    link.symlink_to(target)
+    assert auth.read_trusted(link) == b"{}"
+    key = tmp_path / "key"
+    auth.write_secret(key, b"k")
+    key_link = tmp_path / "key-link"
+    key_link.symlink_to(key)
+    with pytest.raises(auth.SecretFileError, match="is a symbolic link"):
+        auth.read_secret(key_link)
+
+
+def test_a_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "dispatcher.json"
+    os.mkfifo(fifo, 0o644)
+    with pytest.raises(auth.SecretFileError, match="not a regular file"):
+        auth.read_trusted(fifo)
+
+
+def test_the_owner_rule_names_the_owner_and_the_fix() -> None:
+    me = os.getuid()
+    stranger = 4_000_321  # no account: shown as a uid
+    st = os.stat_result((0o100644, 0, 0, 1, stranger, 0, 2, 0, 0, 0))
+    problem = auth.file_trust_problem("/shared/dispatcher.json", st)
+    assert problem is not None
+    assert problem.startswith(
+        f"/shared/dispatcher.json is owned by uid {stranger}, not by root or you"
+    )
+    assert f"{auth.ACCOUNT_VARIABLE}={stranger}" in problem
+    assert "chown ACCOUNT /shared/dispatcher.json" in problem
+    # Named as the dispatcher's account, the same owner is trusted; another stays refused.
+    assert auth.file_trust_problem("/shared/dispatcher.json", st, account=stranger) is None
+    other = auth.file_trust_problem("/shared/dispatcher.json", st, account=me + 1)
+    assert other is not None and "do not use it" in other
+    for owner in {0, me}:
+        mine = os.stat_result((0o100644, 0, 0, 1, owner, 0, 2, 0, 0, 0))
+        assert auth.file_trust_problem("/x", mine) is None
+    # A secret must be one's own, whoever else is trusted.
+    assert auth.file_trust_problem("/k", st, secret=True, account=stranger) is not None
+
+
+def test_the_dispatcher_account_is_a_name_or_a_uid(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(auth.ACCOUNT_VARIABLE, raising=False)
+    assert auth.dispatcher_account() is None
+    monkeypatch.setenv(auth.ACCOUNT_VARIABLE, ME)
+    assert auth.dispatcher_account() == os.getuid()
+    assert auth.dispatcher_account("1234") == 1234
+    with pytest.raises(auth.SecretFileError, match="names no account"):
+        auth.dispatcher_account("no-such-user-here")

@@ -30,7 +30,7 @@ def test_executor_argv_default_and_with_a_tmmenial_command(tmp_path, monkeypatch
     from tm.userserver.service import UserServer
 
     monkeypatch.setenv("HOME", str(tmp_path))
-    server = SimpleNamespace(info=SimpleNamespace(path="/shared/var/dispatcher.json"))
+    server = SimpleNamespace(info=SimpleNamespace(path="/shared/var/dispatcher.json", account=None))
     default = UserServer.executor_argv(server, "node1")  # type: ignore[arg-type]
     tail = [
         "--pidfile",
@@ -46,6 +46,10 @@ def test_executor_argv_default_and_with_a_tmmenial_command(tmp_path, monkeypatch
     assert default[:2] == [sys.executable, "-c"] and default[3:] == tail
     custom = UserServer.executor_argv(server, "node1", "env TZ=UTC '/opt/tm 2/bin/twistd'")  # type: ignore[arg-type]
     assert custom == ["env", "TZ=UTC", "/opt/tm 2/bin/twistd", *tail]
+    # The dispatcher's account the TMS trusted dispatcher.json for travels on (ssh drops env).
+    server.info.account = "tmadmin"
+    named = UserServer.executor_argv(server, "node1")  # type: ignore[arg-type]
+    assert named[3:] == [*tail, "--dispatcher-account", "tmadmin"]
 
 
 def test_a_forwarded_request_whose_link_drops_is_answered_with_a_declared_error() -> None:

@@ -20,23 +20,27 @@ class AdminResponders(SessionBase):
 
     @commands.SetClusterActive.responder
     async def set_cluster_active(self, active: bool) -> dict:
-        self._require_admin()
-        await self.dispatcher.set_cluster_active(active)
+        with self._audited("activatecluster" if active else "deactivatecluster", "cluster"):
+            self._require_admin()
+            await self.dispatcher.set_cluster_active(active)
         return {}
 
     @commands.ReloadConfig.responder
     async def reload_config(self) -> dict:
-        self._require_admin()
-        try:
-            summary = await self.dispatcher.reload_config()
-        except config.ConfigError as e:
-            raise commands.InvalidRequest(f"reload refused, nothing changed: {e}") from None
+        with self._audited("reload", "configuration"):
+            self._require_admin()
+            try:
+                summary = await self.dispatcher.reload_config()
+            except config.ConfigError as e:
+                raise commands.InvalidRequest(f"reload refused, nothing changed: {e}") from None
         return {"summary": summary}
 
     @commands.SetHostActive.responder
     async def set_host_active(self, host: str, active: bool) -> dict:
-        self._require_admin()
-        return {"host": await self.dispatcher.set_host_active(host, active)}
+        with self._audited("activatehost" if active else "deactivatehost", host):
+            self._require_admin()
+            name = await self.dispatcher.set_host_active(host, active)
+        return {"host": name}
 
     @commands.ListUsers.responder
     def list_users(self, user: str | None = None) -> dict:
@@ -72,8 +76,9 @@ class AdminResponders(SessionBase):
 
     @commands.SetUserEnabled.responder
     async def set_user_enabled(self, user: str, enabled: bool) -> dict:
-        self._require_admin()
-        await self.dispatcher.set_user_enabled(user, enabled)
+        with self._audited("enableuser" if enabled else "disableuser", user):
+            self._require_admin()
+            await self.dispatcher.set_user_enabled(user, enabled)
         return {}
 
     @commands.ListExecutors.responder
@@ -144,6 +149,10 @@ class AdminResponders(SessionBase):
 
     @commands.AdminJobs.responder
     async def admin_jobs(self, action: str, user: str | None = None) -> dict:
+        with self._audited(action, user or "all jobs"):
+            return await self._admin_jobs(action, user)
+
+    async def _admin_jobs(self, action: str, user: str | None) -> dict:
         self._require_admin()
         d = self.dispatcher
         if action in ("rmjobs", "rmwjobs"):

@@ -310,9 +310,16 @@ class CheckedTelnetTransport(TelnetTransport):
                 "may use this manhole\r\n".encode()
             )
             self.transport.loseConnection()
+            self._audit(who, pid, f"refused: only uid {own} may connect")
             return
         self.log.info("manhole: connection from uid {uid} (pid {pid})", uid=uid, pid=pid)
+        self._audit(f"uid {uid}", pid, "done")
         super().connectionMade()
+
+    def _audit(self, who: str, pid: int | None, outcome: str) -> None:
+        self.factory.dispatcher.audit.record(
+            who, "manhole", None, "manhole session", f"pid {pid}", outcome
+        )
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         if not self.refused:

@@ -7,8 +7,10 @@ one method of the dispatcher; the dispatcher's state is changed only by its meth
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +22,7 @@ from tm import auth
 from tm.core.model import ACTIVE_STATES, Job, JobState
 from tm.core.patterns import PatternError, compile_user_pattern
 from tm.dispatcher.storeerrors import map_store_failure
+from tm.loginlimit import LoginAttempts
 from tm.protocol import commands, records
 from tm.protocol.base import BoundedAMP
 
@@ -54,6 +57,11 @@ class SessionBase(amp.CommandLocator):
         self.challenge: auth.Challenge | None = None
         self.fenced = False
 
+    @functools.cached_property
+    def login(self) -> LoginAttempts:
+        """This connection's failed logins (it is closed after a few)."""
+        return LoginAttempts(self.dispatcher.logins, self.dispatcher.reactor, self.proto)
+
     def _wrapWithSerialization(  # noqa: N802 - AMP's API
         self,
         aCallable: Callable[..., Any],
@@ -83,6 +91,26 @@ class SessionBase(amp.CommandLocator):
     def _is_admin(self) -> bool:
         u = self.dispatcher.users.get(self.user or "")
         return bool(u and u.is_admin)
+
+    # --- the audit log ----------------------------------------------------------------
+
+    def _audit(self, action: str, target: str, outcome: str = "done") -> None:
+        """One line in the dispatcher's audit log about this connection's user."""
+        peer = str(getattr(self.proto, "peer_host", "?"))
+        self.dispatcher.audit.record(self.user, peer, self.role, action, target, outcome)
+
+    @contextlib.contextmanager
+    def _audited(self, action: str, target: str = "") -> Iterator[None]:
+        """Audit the admin action done in the ``with`` block, and how it ended."""
+        try:
+            yield
+        except (commands.NotAuthenticated, commands.PermissionDenied) as e:
+            self._audit(action, target, f"refused: {e}")
+            raise
+        except Exception as e:
+            self._audit(action, target, f"failed: {e or e.__class__.__name__}")
+            raise
+        self._audit(action, target)
 
     def _require_admin(self) -> str:
         user = self._require(commands.ROLE_CLIENT, commands.ROLE_TMS)
@@ -119,9 +147,9 @@ class SessionBase(amp.CommandLocator):
         if job is None:
             raise commands.UnknownJob(f"unknown job {job_id}")
         if not self._may_touch(job):
-            raise commands.PermissionDenied(
-                f"job {job_id} is not yours: you can only {verb} your own jobs"
-            )
+            refusal = f"job {job_id} is not yours: you can only {verb} your own jobs"
+            self._audit(verb, f"job {job_id} of {job.user}", f"refused: {refusal}")
+            raise commands.PermissionDenied(refusal)
         return job
 
 
@@ -369,6 +397,9 @@ class JobResponders(SessionBase):
                     targets.append(job)
         for job in targets:
             d.kill(job)
+        others = sorted((j.id, j.user) for j in targets if j.user != me)
+        if others:
+            self._audit("kill", ", ".join(f"job {i} of {u}" for i, u in others))
         ids = sorted(j.id for j in targets)
         listed = _fit_ids(ids)
         return {"killed": listed, "more": len(ids) - len(listed) or None}
@@ -381,6 +412,8 @@ class JobResponders(SessionBase):
         if job.state is not JobState.RUNNING:
             raise commands.InvalidRequest(f"job {job_id} is {job.state.value}, not running")
         await d.suspend(job, resume)
+        if job.user != self.user:
+            self._audit("resume" if resume else "suspend", f"job {job_id} of {job.user}")
         return {}
 
     @commands.GroupSummary.responder

@@ -31,6 +31,8 @@ from tm import config
 from tm.core import scheduler
 from tm.core.model import MAX_PRIORITY, MIN_PRIORITY, Job, JobEnvironment, JobSpec, JobState
 from tm.db.errors import StoreError
+from tm.dispatcher import challenges
+from tm.dispatcher.audit import AuditLog
 from tm.dispatcher.core import (  # noqa: F401 - the names tests and the tap import from here
     EXECUTOR_BACKOFF,
     EXECUTOR_START_TIMEOUT,
@@ -48,11 +50,21 @@ from tm.dispatcher.core import (  # noqa: F401 - the names tests and the tap imp
 )
 from tm.dispatcher.jobcontrol import JobControl
 from tm.dispatcher.links import ExecutorLinks
+from tm.loginlimit import LoginLimiter
 from tm.protocol import commands, records
 
 
 class Dispatcher(ExecutorLinks, JobControl, DispatcherCore, service.Service):
     log = Logger()
+
+    def __init__(self, reactor: Any, settings: Settings, store: Any) -> None:
+        super().__init__(reactor, settings, store)
+        #: Failed logins per address and claimed user (the sessions consult and feed it).
+        self.logins = LoginLimiter(reactor)
+        #: Challenges handed out and not checked yet (their files are removed when unused).
+        self.challenges = challenges.ChallengeBook()
+        #: One line per admin action; the tap moves it next to the dispatcher's log file.
+        self.audit = AuditLog(settings.var_dir / "audit.log", reactor)
 
     # --- start-up -----------------------------------------------------------------
 
@@ -94,6 +106,9 @@ class Dispatcher(ExecutorLinks, JobControl, DispatcherCore, service.Service):
         self.lease_check = LoopingCall(self._check_leases)
         self.lease_check.clock = self.reactor
         self.lease_check.start(max(0.5, self.settings.executor_lease / 4), now=False)
+        self.challenge_sweep = LoopingCall(self._sweep_challenges)
+        self.challenge_sweep.clock = self.reactor
+        self.challenge_sweep.start(challenges.SWEEP_INTERVAL, now=True)
         self.request_pass()
 
         if hasattr(signal, "SIGHUP"):
@@ -101,10 +116,37 @@ class Dispatcher(ExecutorLinks, JobControl, DispatcherCore, service.Service):
 
     def stopService(self) -> Any:  # noqa: N802
         super().stopService()
-        for timer in (getattr(self, "lease_check", None), getattr(self, "usage_saver", None)):
+        for timer in (
+            getattr(self, "lease_check", None),
+            getattr(self, "usage_saver", None),
+            getattr(self, "challenge_sweep", None),
+        ):
             if timer is not None and timer.running:
                 timer.stop()
         self.executor_table.stop()
+        self.audit.stop()
+
+    def _sweep_challenges(self) -> None:
+        """Remove what is left in the challenge directory (see tm.dispatcher.challenges)."""
+        if self.fs_pool is None:
+            return
+        from twisted.internet.threads import deferToThreadPool
+
+        d = deferToThreadPool(
+            self.reactor,
+            self.fs_pool,
+            challenges.sweep,
+            self.settings.var_dir / "challenge",
+            frozenset(self.challenges.live),
+        )
+
+        def swept(n: int) -> None:
+            if n:
+                self.log.info("removed {n} unused challenge file(s)", n=n)
+
+        d.addCallbacks(
+            swept, lambda f: self.log.warn("challenge sweep failed: {e}", e=f.getErrorMessage())
+        )
 
     async def save_usage(self) -> None:
         """Store the recorded fair-share usage, so that a restart does not forget it."""
@@ -123,10 +165,23 @@ class Dispatcher(ExecutorLinks, JobControl, DispatcherCore, service.Service):
 
     def _reload_from_signal(self) -> None:
         d = ensureDeferred(self.reload_config())
-        d.addCallbacks(
-            lambda summary: self.log.info("SIGHUP: {summary}", summary=summary),
-            lambda f: self.log.error("SIGHUP: {e}", e=f.getErrorMessage()),
-        )
+
+        def done(summary: str) -> None:
+            self.log.info("SIGHUP: {summary}", summary=summary)
+            self.audit.record(getpass.getuser(), "signal", None, "reload", "SIGHUP")
+
+        def failed(f: Any) -> None:
+            self.log.error("SIGHUP: {e}", e=f.getErrorMessage())
+            self.audit.record(
+                getpass.getuser(),
+                "signal",
+                None,
+                "reload",
+                "SIGHUP",
+                "failed: " + f.getErrorMessage(),
+            )
+
+        d.addCallbacks(done, failed)
 
     async def reload_config(self) -> str:
         """Re-read the cluster and users files; add, update and retire hosts and users.

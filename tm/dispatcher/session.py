@@ -2,6 +2,12 @@
 
 A connection's user is proven once (``Hello`` then ``Authenticate``, the
 file-system challenge) and never taken from a message field afterwards.
+
+A failed login (a refused challenge, a user not in etc/users) is logged with the peer and
+the claimed user (rate-limited, :class:`~tm.logs.ProblemLog`) and counted by the
+dispatcher's :class:`~tm.loginlimit.LoginLimiter`: the connection is closed after a few,
+and an address or claimed user with too many is refused at ``Hello`` for a while. A
+challenge handed out and never checked has its file removed when the connection ends.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
 from tm import auth
+from tm.dispatcher import challenges
 from tm.dispatcher.edge import AddressGuard, EdgeLimits
 from tm.protocol import commands
 from tm.protocol.base import BoundedAMP
@@ -82,7 +89,9 @@ class Session(JobResponders, AdminResponders):
             )
         if role not in ROLES:
             raise commands.InvalidRequest(f"unknown role {role!r}")
+        self.login.check(user, role)
         if user not in self.dispatcher.users:
+            self.login.failed(user, "not in etc/users", role, shared=False)
             raise commands.UserNotAllowed(
                 f"user {user} is not allowed to use TaskManager: ask the admin to add "
                 f"the user to {self.dispatcher.settings.config_dir / 'users'}"
@@ -92,6 +101,7 @@ class Session(JobResponders, AdminResponders):
                 raise commands.UnknownHost(f"host {host!r} is not in the cluster configuration")
         self.claimed_user, self.role, self.host, self.peer_pid = user, role, host, pid
         self.challenge = auth.new_challenge(self.dispatcher.settings.var_dir / "challenge")
+        self.dispatcher.challenges.issued(self.challenge.path)
         return {
             "protocol_version": commands.PROTOCOL_VERSION,
             "server": "tmdispatcher",
@@ -106,9 +116,15 @@ class Session(JobResponders, AdminResponders):
         challenge, self.challenge = self.challenge, None
         d = self.dispatcher
         assert d.fs_pool is not None, "the dispatcher runs without its file-system pool"
-        await deferToThreadPool(
-            d.reactor, d.fs_pool, auth.verify_challenge, challenge, self.claimed_user
-        )
+        try:
+            await deferToThreadPool(
+                d.reactor, d.fs_pool, auth.verify_challenge, challenge, self.claimed_user
+            )
+        except commands.AuthenticationFailed as e:
+            self.login.failed(self.claimed_user, str(e), self.role or "-")
+            raise
+        finally:
+            d.challenges.settled(challenge.path)
         self.proto.authenticated()  # the edge lifts its handshake deadline and box bound
         self.user = self.claimed_user
         self.authenticated_at = self.last_heard = self.dispatcher.reactor.seconds()
@@ -125,6 +141,12 @@ class Session(JobResponders, AdminResponders):
         return {"user": self.user, "roles": sorted(d.users[self.user].roles)}
 
     def closed(self) -> None:
+        challenge, self.challenge = self.challenge, None
+        if challenge is not None:  # handed out, never checked: its file must not stay
+            d = self.dispatcher
+            d.challenges.settled(challenge.path)
+            if d.fs_pool is not None:
+                deferToThreadPool(d.reactor, d.fs_pool, challenges.remove, challenge.path)
         if self.user is None:
             return
         if self.role == commands.ROLE_TMS:

@@ -18,7 +18,7 @@ from tm import auth, config
 from tm.core.model import User
 from tm.dispatcher import edge
 from tm.link import user_dir, write_info
-from tm.logs import with_bounded_log
+from tm.logs import twistd_log_path, with_bounded_log
 
 DEFAULT_PORT = 10101
 
@@ -260,6 +260,7 @@ class DispatcherRunner(service.MultiService):
 def make_dispatcher(options: Options) -> DispatcherRunner:
     from twisted.internet import reactor
 
+    from tm.dispatcher.audit import AuditLog
     from tm.dispatcher.service import Settings
     from tm.dispatcher.session import DispatcherProtocol
 
@@ -302,6 +303,10 @@ def make_dispatcher(options: Options) -> DispatcherRunner:
     tls = edge.guarded_factory(reactor, auth.server_tls_options(key_pem, cert_pem), factory, guard)
     listen = edge.EdgeListener(reactor, sock, tls)
     runner = DispatcherRunner(reactor, settings, listen, cert_pem)
+    # The audit log lies next to the dispatcher's log file (in var/ when it logs elsewhere).
+    log_path = twistd_log_path(getattr(options, "parent", None))
+    audit_dir = Path(log_path).resolve().parent if log_path else var_dir
+    runner.dispatcher.audit = AuditLog(audit_dir / "audit.log", reactor)
     if options["manhole"] is not None:
         from tm.dispatcher.manhole import ManholeService
 

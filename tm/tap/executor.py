@@ -17,6 +17,13 @@ class Options(usage.Options):
     longdesc = "Runs a user's TaskManager executor (TMMS); it connects out to the dispatcher."
     optParameters = [
         ["dispatcher", None, None, "The dispatcher's dispatcher.json."],
+        [
+            "dispatcher-account",
+            None,
+            None,
+            "The account that runs the dispatcher, trusted to own dispatcher.json "
+            "(default $TM_DISPATCHER_ACCOUNT).",
+        ],
         ["host", None, None, "This host's name in the cluster configuration (default: hostname)."],
         [
             "idle-timeout",
@@ -35,7 +42,7 @@ def makeService(options: Options) -> service.Service:  # noqa: N802
     from tm.executor.service import Executor
 
     try:
-        info = find_dispatcher(options["dispatcher"])
+        info = find_dispatcher(options["dispatcher"], options["dispatcher-account"])
     except DispatcherNotFound as e:
         raise usage.UsageError(str(e)) from None
     return with_bounded_log(

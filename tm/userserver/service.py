@@ -30,6 +30,7 @@ from twisted.protocols import amp
 from tm import auth, localsocket
 from tm.dispatcher_client import DispatcherLink
 from tm.link import DispatcherInfo, user_dir
+from tm.loginlimit import LoginAttempts, LoginLimiter
 from tm.protocol import commands
 from tm.protocol.base import BoundedAMP
 from tm.userserver import local
@@ -141,6 +142,9 @@ class ClientSession(amp.CommandLocator):
     def __init__(self, server: UserServer) -> None:
         self.server = server
         self.proven = False
+        self.claimed_user = ""
+        #: Failed key proofs of a TLS client (None on the uid-checked Unix socket).
+        self.login: LoginAttempts | None = None
 
     def locateResponder(self, name: bytes) -> Any:  # noqa: N802 - AMP's API
         for command in FORWARDED:
@@ -177,6 +181,7 @@ class ClientSession(amp.CommandLocator):
         self, protocol_version: int, role: str, user: str, host: str, pid: int | None = None
     ) -> dict:
         commands.check_protocol_version(protocol_version, VERSION_MISMATCH)
+        self.claimed_user = user
         return {
             "protocol_version": commands.PROTOCOL_VERSION,
             "server": "tmserver",
@@ -186,7 +191,11 @@ class ClientSession(amp.CommandLocator):
 
     @commands.ProveKey.responder
     def prove_key(self, key: str) -> dict:
+        if self.login is not None:
+            self.login.check(self.claimed_user)
         if not secrets.compare_digest(key.encode(), self.server.key.encode()):
+            if self.login is not None:
+                self.login.failed(self.claimed_user, "wrong TMS key")
             raise commands.AuthenticationFailed("wrong TMS key")
         self.proven = True
         return {"user": self.server.user}
@@ -270,6 +279,7 @@ class UserServer(service.Service):
         self.public_host = socket.gethostname()
         self.interface = interface
         self.key = secrets.token_urlsafe(32)
+        self.logins = LoginLimiter(reactor)
         self.port = 0
         self._certificate = b""
         self.started_at = 0.0
@@ -299,9 +309,7 @@ class UserServer(service.Service):
         key_pem, cert_pem = auth.ensure_key_pair(
             base / "tms" / "tms.key", base / "tms" / "tms.crt", auth.TMS_TLS_NAME
         )
-        factory = protocol.Factory.forProtocol(
-            lambda: BoundedAMP(locator=ClientSession(self), clock=self.reactor)
-        )
+        factory = protocol.Factory.forProtocol(self._client_protocol)
         endpoint = SSL4ServerEndpoint(
             self.reactor, 0, auth.server_tls_options(key_pem, cert_pem), interface=self.interface
         )
@@ -310,6 +318,12 @@ class UserServer(service.Service):
         d.addErrback(self._failed)
         self._local = local.listen(self.reactor, self, self.socket_path)
         self.link.start()
+
+    def _client_protocol(self) -> BoundedAMP:
+        session = ClientSession(self)
+        proto = BoundedAMP(locator=session, clock=self.reactor)
+        session.login = LoginAttempts(self.logins, self.reactor, proto)
+        return proto
 
     def _listening_on(self, port: Any, cert_pem: bytes) -> None:
         self._listening = port
@@ -398,6 +412,8 @@ class UserServer(service.Service):
             host,
             "--dispatcher",
             self.info.path,
+            # ssh does not carry $TM_DISPATCHER_ACCOUNT: name the account the file was trusted for.
+            *(["--dispatcher-account", self.info.account] if self.info.account else []),
         ]
 
     def start_executor(self, host: str, ssh_target: str, command: str) -> None:
