@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from tm import localsocket
+from tm import localsocket, trace
 from tm.cli.errors import CLIError, report
 from tm.core.model import JobSpec
 from tm.jobfile import JobFileError, compress_ids, parse_job_file
@@ -305,6 +305,7 @@ def submit_local(client: localsocket.LocalClient, specs: list[JobSpec]) -> list[
     warned: list[str] = []
     for start in range(0, len(specs), LOCAL_BATCH_JOBS):
         rows = [spec_to_json(s) for s in specs[start : start + LOCAL_BATCH_JOBS]]
+        trace.point("cli", "submit-sent", f"u:{rows[0]['uuid']}")
         try:
             answer = client.call(
                 "SubmitJobs",
@@ -321,6 +322,7 @@ def submit_local(client: localsocket.LocalClient, specs: list[JobSpec]) -> list[
                 raise
             raise partly_submitted(e, ids, len(specs)) from None
         ids.extend(answer["job_ids"])
+        trace.point("cli", "submit-answered", ids[-1])
         warn_once(answer, warned)
     return ids
 
@@ -355,6 +357,7 @@ def wait_local(client: localsocket.LocalClient, job_id: int) -> int:
     """Wait for the job's end: the TMS answers WaitJob when the dispatcher tells it the job
     ended (pushed, no polling here); after 60 s without an end, ask again."""
     while True:
+        trace.point("cli", "wait-sent", job_id)
         try:
             answer = client.call("WaitJob", reply_timeout=None, job_id=job_id, timeout=60.0)
         except localsocket.LinkLost as e:
@@ -364,6 +367,7 @@ def wait_local(client: localsocket.LocalClient, job_id: int) -> int:
             ) from None
         code = terminal_code(answer)
         if code is not None:
+            trace.point("cli", "wait-answered", job_id)
             return code
 
 
@@ -404,8 +408,11 @@ def run_local(
 
 def main_fast(argv: list[str]) -> int:
     """``hRunJob argv`` over this host's TMS socket; the Twisted path when that cannot serve."""
+    trace.point("cli", "main")
     args, jobs = prepare(argv)
+    trace.point("cli", "prepared")
     client = local_client(args.verbose)
+    trace.point("cli", "connected")
     lost = ""
     if client is not None:
         try:

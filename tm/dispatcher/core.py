@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from tm import trace
 from tm.core import scheduler
 from tm.core.fairshare import DEFAULT_HALF_LIFE, UsageLedger
 from tm.core.model import Host, Job, JobState, Transition, User
@@ -191,6 +192,7 @@ class DispatcherCore:
             self.start_failures.pop(job.id, None)  # its start order got through
         if new.terminal:
             self._forget(job.id)
+            trace.point("dispatcher", "ended", job.id)
             for d in self.waiters.pop(job.id, []):
                 d.callback(job)
         if new in (
@@ -309,6 +311,7 @@ class DispatcherCore:
 
     def request_pass(self) -> None:
         if not self._pass_scheduled:
+            trace.point("dispatcher", "pass-requested")
             self._pass_scheduled = True
             self.reactor.callLater(0, self._run_pass)
 
@@ -371,11 +374,13 @@ class DispatcherCore:
         )
 
     def _run_pass(self) -> None:
+        trace.point("dispatcher", "pass")
         self._pass_scheduled = False
         self.passes += 1
         decision = scheduler.schedule(self.scheduler_input())
         self.reservations = dict(decision.reservations)
         for job_id, host in decision.placements:
+            trace.point("dispatcher", "placed", job_id)
             job = self.jobs[job_id]
             d = self._transition(job, JobState.PENDING, f"placed on {host}", host=host)
             d.addCallback(self._placed, job, job.attempt)

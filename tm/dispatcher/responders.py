@@ -15,7 +15,7 @@ from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 from twisted.protocols import amp
 
-from tm import auth
+from tm import auth, trace
 from tm.core.model import Job, JobState
 from tm.core.patterns import PatternError, compile_user_pattern
 from tm.dispatcher.storeerrors import map_store_failure
@@ -28,6 +28,19 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 #: The longest interval between an executor's heartbeats (shorter with a short lease).
 HEARTBEAT_INTERVAL = 5.0
 MAX_PAGE = 200
+
+
+def traced_call(command: type[amp.Command], responder: Callable[..., Any], kw: Any) -> Any:
+    """``responder(**kw)`` with the trace's lines when it is called and answers."""
+    name = command.commandName.decode()
+    trace.point("dispatcher", f"{name}-received", trace.job_of(kw))
+
+    def answered(answer: Any) -> Any:
+        job = trace.job_of(answer)
+        trace.point("dispatcher", f"{name}-answered", trace.job_of(kw) if job == "-" else job)
+        return answer
+
+    return maybeDeferred(responder, **kw).addErrback(map_store_failure).addCallback(answered)
 
 
 class SessionBase(amp.CommandLocator):
@@ -56,6 +69,8 @@ class SessionBase(amp.CommandLocator):
         # The edge where the store's errors become AMP errors (tm.dispatcher.storeerrors):
         # each responder's failure is mapped before AMP matches it against the declared errors.
         def mapped(**kw: Any) -> Any:
+            if trace.ENABLED:
+                return traced_call(command, aCallable, kw)
             return maybeDeferred(aCallable, **kw).addErrback(map_store_failure)
 
         return super()._wrapWithSerialization(mapped, command)

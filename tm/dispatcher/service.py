@@ -27,7 +27,7 @@ from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from tm import config
+from tm import config, trace
 from tm.core import scheduler
 from tm.core.model import MAX_PRIORITY, MIN_PRIORITY, Job, JobEnvironment, JobSpec, JobState
 from tm.db.errors import StoreError
@@ -236,6 +236,7 @@ class Dispatcher(ExecutorLinks, JobControl, DispatcherCore, service.Service):
                 specs[index] = dataclasses.replace(spec, excluded_hosts=tuple(excluded))
         try:
             ids = await self.store.submit_jobs(user, environment, specs, self.reactor.seconds())
+            trace.point("dispatcher", "submit-committed", ids[-1] if ids else "-")
         except (commands.TMError, StoreError):
             raise  # a StoreError becomes its AMP error at the responder's edge
         except Exception as e:
