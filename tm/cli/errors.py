@@ -81,6 +81,26 @@ def report(prog: str, main: Callable[[], int]) -> int:
         return 1
 
 
+def leave(status: int) -> None:
+    """End the command with ``status`` at once: its output flushed, then ``os._exit``.
+
+    The interpreter's own teardown (every module imported, freed one by one) costs about
+    6 ms of CPU after the fast path's imports, as much as the command's whole exchange with
+    its TMS; nothing of the fast path needs it (no atexit handler, no file left open but
+    the standard streams, flushed here)."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        status = reader_gone()
+    except OSError:
+        status = status or 1
+    try:
+        sys.stderr.flush()
+    except OSError:
+        pass
+    os._exit(status)
+
+
 def reader_gone() -> int:
     """The reader of our output went away (hConnect lswjobs | head): stop quietly, as cat does;
     the exit status of a process killed by SIGPIPE."""

@@ -154,7 +154,9 @@ class LocalClientProtocol(basic.Int32StringReceiver):
         command = None
         if trace.ENABLED and isinstance(request, dict):
             trace.point(
-                "tms", f"client-{request.get('command')}-received", trace.job_of(request.get("arguments"))
+                "tms",
+                f"client-{request.get('command')}-received",
+                trace.job_of(request.get("arguments")),
             )
         try:
             if not isinstance(request, dict) or not isinstance(request.get("command"), str):
