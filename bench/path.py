@@ -160,6 +160,37 @@ def breakdown(runs: list[list[tuple[int, str]]]) -> list[tuple[str, float, float
     return table
 
 
+#: Issue 13, point 4: (name, from step, to step) inside the system, without the CLI's start.
+SPANS = (
+    (
+        "submit -> running (the CLI sent it -> the executor has the job's shepherd)",
+        "cli submit-sent",
+        "executor forked",
+    ),
+    (
+        "end -> --wait returned (the executor reaped the job -> the CLI has the answer)",
+        "executor reaped",
+        "cli wait-answered",
+    ),
+    ("the CLI's start (spawned -> its main runs)", "bench spawn", "cli main"),
+    ("the CLI's end (its answer -> the process has exited)", "cli wait-answered", "bench exited"),
+)
+
+
+def spans(runs: list[list[tuple[int, str]]]) -> list[tuple[str, float]]:
+    """The median of each of SPANS over the runs that have both its steps."""
+    out = []
+    for name, first, last in SPANS:
+        values = []
+        for run in runs:
+            seen = {step: ns for ns, step in reversed(run)}  # the first of each name
+            if first in seen and last in seen:
+                values.append((seen[last] - seen[first]) / 1e6)
+        if values:
+            out.append((name, statistics.median(values)))
+    return out
+
+
 def print_breakdown(table: list[tuple[str, float, float, str]], runs: int) -> None:
     print(f"\none job's path, {runs} runs of `hRunJob -q --wait CMD`, medians in ms")
     print(f"{'step':<44}{'since spawn':>12}{'since prev':>12}  where")
@@ -239,6 +270,9 @@ def main() -> None:
             if args.keep:
                 shutil.copy(trace_file, args.keep)
             print_breakdown(breakdown(runs), len(runs))
+            print("\nspans, medians in ms")
+            for name, ms in spans(runs):
+                print(f"  {name:<84}{ms:>8.2f}")
             if args.cli_runs:
                 figures = cli_figures(bench, args.cli_runs)
                 print(f"\nwhole processes, TMS running, medians of {args.cli_runs} runs (ms)")
