@@ -190,11 +190,11 @@ class DispatcherCore:
         t = self.jobs.transition(job, new, reason, at, **kw)
         if new is JobState.RUNNING:
             self.start_failures.pop(job.id, None)  # its start order got through
+        waiters: list[Deferred] = []
         if new.terminal:
             self._forget(job.id)
             trace.point("dispatcher", "ended", job.id)
-            for d in self.waiters.pop(job.id, []):
-                d.callback(job)
+            waiters = self.waiters.pop(job.id, [])
         if new in (
             JobState.WAITING,
             JobState.FINISHED,
@@ -204,8 +204,27 @@ class DispatcherCore:
         ):
             self.request_pass()
         d = self.writer.write(t)
+        if waiters:
+            # Told once the end is committed: what they hear is what the database says from
+            # then on (``lajob`` right after ``hRunJob --wait`` shows it). An end that cannot
+            # be written is reported again by its executor: they wait again, for that one.
+            d.addErrback(self._wait_again, job.id, waiters)
         d.addErrback(self._write_failed, job, t)
+        if waiters:
+            d.addCallback(self._end_recorded, job, waiters)
         return d
+
+    def _wait_again(self, failure: Failure, job_id: int, waiters: list[Deferred]) -> Failure:
+        self.waiters.setdefault(job_id, []).extend(waiters)
+        return failure
+
+    @staticmethod
+    def _end_recorded(written: Any, job: Job, waiters: list[Deferred]) -> Any:
+        if not isinstance(written, NotWritten):
+            for w in waiters:
+                if not w.called:
+                    w.callback(job)
+        return written
 
     def _forget(self, job_id: int) -> None:
         """Drop a job that ended (or was removed) from the working set."""
