@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -73,20 +74,26 @@ class Bench:
         self.inst.start_dispatcher()
         self.hrunjob = script("hRunJob")
         self.hconnect = script("hConnect")
+        self.cpu = 0.0
 
     def run(self, *argv: str, trace: bool = True) -> float:
-        """Run ``argv`` as the user would, in the installation's environment; seconds taken."""
+        """Run ``argv`` as the user would, in the installation's environment; seconds taken
+        (and in ``self.cpu``, the CPU seconds the process used: a figure that other work on
+        the machine disturbs less than the wall clock's)."""
         from tm import trace as tm_trace
 
         env = self.inst.env
         if not trace:
             env.pop("TM_TRACE", None)
         tm_trace.point("bench", "spawn")
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.monotonic()
         result = subprocess.run(
             list(argv), env=env, cwd=self.inst.work, capture_output=True, text=True, timeout=120
         )
         took = time.monotonic() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
         tm_trace.point("bench", "exited")
         if result.returncode != 0:
             raise SystemExit(f"{argv} failed ({result.returncode}): {result.stderr}")
@@ -204,7 +211,7 @@ def print_breakdown(table: list[tuple[str, float, float, str]], runs: int) -> No
         print(f"  {where:<30}{total:>8.2f}")
 
 
-def cli_figures(bench: Bench, runs: int) -> dict[str, float]:
+def cli_figures(bench: Bench, runs: int) -> dict[str, tuple[float, float]]:
     python = sys.executable
     marker = bench.inst.work / "cli-marker"
     commands = {
@@ -219,18 +226,24 @@ def cli_figures(bench: Bench, runs: int) -> dict[str, float]:
     for _ in range(3):
         bench.run(bench.hrunjob, "-q", "true", trace=False)  # waiting jobs for lswjobs
     times: dict[str, list[float]] = {name: [] for name in commands}
+    cpu: dict[str, list[float]] = {name: [] for name in commands}
     try:
         for _ in range(runs):
             for name, argv in commands.items():
                 if name.startswith("hRunJob -q --wait"):
                     bench.run(bench.hconnect, "-T", "activatecluster", trace=False)
                     times[name].append(bench.run(*argv, trace=False))
+                    cpu[name].append(bench.cpu)
                     bench.run(bench.hconnect, "-T", "deactivatecluster", trace=False)
                 else:
                     times[name].append(bench.run(*argv, trace=False))
+                    cpu[name].append(bench.cpu)
     finally:
         bench.run(bench.hconnect, "-T", "activatecluster", trace=False)
-    return {name: statistics.median(v) * 1000 for name, v in times.items()}
+    return {
+        name: (statistics.median(times[name]) * 1000, statistics.median(cpu[name]) * 1000)
+        for name in commands
+    }
 
 
 def compile_checkout() -> None:
@@ -276,8 +289,9 @@ def main() -> None:
             if args.cli_runs:
                 figures = cli_figures(bench, args.cli_runs)
                 print(f"\nwhole processes, TMS running, medians of {args.cli_runs} runs (ms)")
-                for name, ms in figures.items():
-                    print(f"  {name:<32}{ms:>8.1f}")
+                print(f"  {'':<32}{'wall':>8}{'CPU':>8}")
+                for name, (ms, cpu_ms) in figures.items():
+                    print(f"  {name:<32}{ms:>8.1f}{cpu_ms:>8.1f}")
         finally:
             bench.close()
     print(f"\nload average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

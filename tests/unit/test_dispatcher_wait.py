@@ -94,6 +94,7 @@ def test_a_wait_that_times_out_first_is_left_alone_by_the_commit(tmp_path: Path)
     d.job_finished("alice", "h1", 1, 1, 0, None, False, "")
     clock.advance(0)
     clock.advance(5)  # the wait's time is up before the commit: the database's state
-    assert waited.called and waited.result.state is JobState.RUNNING
+    result: Any = waited.result if waited.called else None
+    assert result is not None and result.state is JobState.RUNNING
     store.commit_held()  # no second answer to a wait already answered
     assert store.jobs[1].state is JobState.FINISHED
