@@ -6,8 +6,12 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from tm.cli.errors import report
 from tm.cli.hrunjob import new_uuid
 
 REPO = Path(__file__).resolve().parents[2]
@@ -76,3 +80,18 @@ def test_leaving_when_the_reader_has_gone_ends_quietly_as_cat_does() -> None:
         os.close(write_end)
     assert writer.returncode == 141
     assert writer.stderr == b""
+
+
+def test_every_way_out_of_a_command_leaves_through_report_with_its_status(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def exits(code: object) -> Callable[[], int]:
+        def main() -> int:
+            raise SystemExit(code)
+
+        return main
+
+    assert report("hRunJob", exits(None)) == 0  # argparse after --help
+    assert report("hRunJob", exits(3)) == 3  # the Twisted path's task.react
+    assert report("hRunJob", exits("no way")) == 1
+    assert capsys.readouterr().err == "no way\n"

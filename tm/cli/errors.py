@@ -56,6 +56,11 @@ def report(prog: str, main: Callable[[], int]) -> int:
 
     try:
         return main()
+    except SystemExit as e:  # argparse after --help, the Twisted path's task.react
+        if e.code is None or isinstance(e.code, int):
+            return e.code or 0
+        print(e.code, file=sys.stderr)
+        return 1
     except CLIError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return e.status
