@@ -184,6 +184,42 @@ SPANS = (
 )
 
 
+#: The path in segments, each ending at a step (old names of a step after "|"), for a table
+#: that stays comparable when steps are added: (segment, its last step).
+SEGMENTS = (
+    ("spawn -> main() runs (interpreter, imports)", "cli main"),
+    ("parse, build the job, connect, send", "cli submit-sent"),
+    ("cli -> TMS -> dispatcher (socket, JSON -> AMP, TLS)", "dispatcher SubmitJobs-received"),
+    ("the submission committed", "dispatcher submit-committed"),
+    ("read back, pass, placed, the placement committed", "dispatcher written-pending"),
+    ("RunJob to the executor", "executor start|executor RunJob-received"),
+    ("the output files opened (thread pool)", "executor files-opened"),
+    ("zygote: request, fork, answer", "executor forked"),
+    ("the job runs; its end reaped", "executor reaped"),
+    ("the end reported to the dispatcher", "dispatcher JobFinished-received"),
+    ("the end committed; WaitJob answered; -> TMS -> CLI", "cli wait-answered"),
+    ("the CLI exits", "bench exited"),
+)
+
+
+def segments(runs: list[list[tuple[int, str]]]) -> list[tuple[str, float]]:
+    """The median of each of SEGMENTS: from the end of the one before to its own."""
+    out = []
+    previous = ["bench spawn"]
+    for name, last in SEGMENTS:
+        names = last.split("|")
+        values = []
+        for run in runs:
+            seen = {step: ns for ns, step in reversed(run)}
+            start = next((seen[n] for n in previous if n in seen), None)
+            end = next((seen[n] for n in names if n in seen), None)
+            if start is not None and end is not None:
+                values.append((end - start) / 1e6)
+        out.append((name, statistics.median(values) if values else float("nan")))
+        previous = names
+    return out
+
+
 def spans(runs: list[list[tuple[int, str]]]) -> list[tuple[str, float, float]]:
     """The median and the tenth percentile (what a machine free of other work gives, when
     it is not) of each of SPANS over the runs that have both its steps."""
@@ -285,6 +321,9 @@ def main() -> None:
             if args.keep:
                 shutil.copy(trace_file, args.keep)
             print_breakdown(breakdown(runs), len(runs))
+            print("\nsegments, medians in ms")
+            for name, ms in segments(runs):
+                print(f"  {name:<60}{ms:>8.2f}")
             print(f"\nspans in ms{'median':>83}{'p10':>8}")
             for name, ms, p10 in spans(runs):
                 print(f"  {name:<84}{ms:>8.2f}{p10:>8.2f}")
