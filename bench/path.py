@@ -85,7 +85,8 @@ class Bench:
         env = self.inst.env
         if not trace:
             env.pop("TM_TRACE", None)
-        tm_trace.point("bench", "spawn")
+        if trace:
+            tm_trace.point("bench", "spawn")
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.monotonic()
         result = subprocess.run(
@@ -94,7 +95,8 @@ class Bench:
         took = time.monotonic() - t0
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         self.cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-        tm_trace.point("bench", "exited")
+        if trace:
+            tm_trace.point("bench", "exited")
         if result.returncode != 0:
             raise SystemExit(f"{argv} failed ({result.returncode}): {result.stderr}")
         return took
@@ -202,8 +204,9 @@ SEGMENTS = (
 )
 
 
-def segments(runs: list[list[tuple[int, str]]]) -> list[tuple[str, float]]:
-    """The median of each of SEGMENTS: from the end of the one before to its own."""
+def segments(runs: list[list[tuple[int, str]]]) -> list[tuple[str, float, float]]:
+    """The median and tenth percentile of each of SEGMENTS: from the end of the one before
+    to its own."""
     out = []
     previous = ["bench spawn"]
     for name, last in SEGMENTS:
@@ -215,7 +218,15 @@ def segments(runs: list[list[tuple[int, str]]]) -> list[tuple[str, float]]:
             end = next((seen[n] for n in names if n in seen), None)
             if start is not None and end is not None:
                 values.append((end - start) / 1e6)
-        out.append((name, statistics.median(values) if values else float("nan")))
+        values.sort()
+        nan = float("nan")
+        out.append(
+            (
+                name,
+                statistics.median(values) if values else nan,
+                values[len(values) // 10] if values else nan,
+            )
+        )
         previous = names
     return out
 
@@ -321,9 +332,9 @@ def main() -> None:
             if args.keep:
                 shutil.copy(trace_file, args.keep)
             print_breakdown(breakdown(runs), len(runs))
-            print("\nsegments, medians in ms")
-            for name, ms in segments(runs):
-                print(f"  {name:<60}{ms:>8.2f}")
+            print(f"\nsegments in ms{'median':>55}{'p10':>8}")
+            for name, ms, p10 in segments(runs):
+                print(f"  {name:<60}{ms:>8.2f}{p10:>8.2f}")
             print(f"\nspans in ms{'median':>83}{'p10':>8}")
             for name, ms, p10 in spans(runs):
                 print(f"  {name:<84}{ms:>8.2f}{p10:>8.2f}")
