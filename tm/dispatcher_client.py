@@ -28,6 +28,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from twisted.python.failure import Failure
 
+from tm import trace
 from tm.link import DispatcherInfo, dispatcher_endpoint, log_in
 from tm.protocol import commands
 from tm.protocol.base import BoundedAMP
@@ -293,4 +294,16 @@ class DispatcherLink:
                 f"no link to the dispatcher at {self.info.address}"
                 + (f" ({self.last_error})" if self.last_error else "")
             )
+        if trace.ENABLED:
+            return await self._traced(proto, command, kw)
         return await proto.call(command, **kw)
+
+    async def _traced(self, proto: BoundedAMP, command: Any, kw: dict[str, Any]) -> Any:
+        """A call with the trace's lines when it is sent and answered (see :mod:`tm.trace`)."""
+        process = {commands.ROLE_TMS: "tms", commands.ROLE_TMMS: "executor"}.get(self.role, "?")
+        name, job = command.commandName.decode(), trace.job_of(kw)
+        trace.point(process, f"{name}-sent", job)
+        answer = await proto.call(command, **kw)
+        answered = trace.job_of(answer)
+        trace.point(process, f"{name}-answered", job if answered == "-" else answered)
+        return answer

@@ -31,12 +31,16 @@ from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
 from twisted.internet.ssl import Certificate
 from twisted.internet.threads import deferToThread
 
-from tm import auth
-from tm.localsocket import user_dir  # noqa: F401 - where every part finds it
+from tm import auth, localsocket
 from tm.protocol import commands
 from tm.protocol.base import BoundedAMP
 
 SYSTEM_INFO = Path("/etc/taskmanager/dispatcher.json")
+
+
+def user_dir() -> Path:
+    """``~/.taskmanager``: the user's TaskManager state (0700); where every part finds it."""
+    return Path(localsocket.user_dir())
 
 
 class DispatcherNotFound(Exception):

@@ -25,7 +25,6 @@ import json
 import os
 import socket
 import struct
-from pathlib import Path
 from typing import Any
 
 #: The largest frame either side accepts (a submission of many jobs is sent in parts).
@@ -36,16 +35,17 @@ _LENGTH = struct.Struct("!I")
 _CREDENTIALS = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
-def user_dir() -> Path:
-    """``~/.taskmanager``: the user's TaskManager state (0700)."""
-    return Path(os.path.expanduser("~")) / ".taskmanager"
+def user_dir() -> str:
+    """``~/.taskmanager``: the user's TaskManager state (0700). A string, not a Path:
+    pathlib alone would add milliseconds to the start of every command."""
+    return os.path.join(os.path.expanduser("~"), ".taskmanager")
 
 
-def socket_path(host: str | None = None) -> Path:
+def socket_path(host: str | None = None) -> str:
     """The TMS's socket for this host. Named by the host: in a home shared between hosts,
     a socket works only on the host of the TMS that made it, and each host's TMS keeps its
     own."""
-    return user_dir() / f"tms.{host or socket.gethostname()}.sock"
+    return os.path.join(user_dir(), f"tms.{host or socket.gethostname()}.sock")
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
@@ -86,13 +86,15 @@ class LocalClient:
         self._buffer = b""
 
     @classmethod
-    def connect(cls, path: Path | None = None, timeout: float = 5.0) -> LocalClient:
+    def connect(
+        cls, path: str | os.PathLike[str] | None = None, timeout: float = 5.0
+    ) -> LocalClient:
         """Connect to this host's TMS, or raise :class:`Unavailable` saying why not."""
         path = path or socket_path()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:
-            sock.connect(str(path))
+            sock.connect(os.fspath(path))
             _, uid, _ = peer_credentials(sock)
         except OSError as e:
             sock.close()

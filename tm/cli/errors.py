@@ -56,6 +56,11 @@ def report(prog: str, main: Callable[[], int]) -> int:
 
     try:
         return main()
+    except SystemExit as e:  # argparse after --help, the Twisted path's task.react
+        if e.code is None or isinstance(e.code, int):
+            return e.code or 0
+        print(e.code, file=sys.stderr)
+        return 1
     except CLIError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return e.status
@@ -79,6 +84,26 @@ def report(prog: str, main: Callable[[], int]) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def leave(status: int) -> None:
+    """End the command with ``status`` at once: its output flushed, then ``os._exit``.
+
+    The interpreter's own teardown (every module imported, freed one by one) costs about
+    6 ms of CPU after the fast path's imports, as much as the command's whole exchange with
+    its TMS; nothing of the fast path needs it (no atexit handler, no file left open but
+    the standard streams, flushed here)."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        status = reader_gone()
+    except OSError:
+        status = status or 1
+    try:
+        sys.stderr.flush()
+    except OSError:
+        pass
+    os._exit(status)
 
 
 def reader_gone() -> int:

@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from tm import localsocket, textcommands
-from tm.cli.errors import CLIError, blocking_call, report, run_now
+from tm.cli.errors import CLIError, blocking_call, leave, report, run_now
 
 PROG = "hConnect"
 
@@ -92,4 +92,4 @@ def main_fast(argv: list[str]) -> int:
 
 
 def main() -> None:
-    sys.exit(report(PROG, lambda: main_fast(sys.argv[1:])))
+    leave(report(PROG, lambda: main_fast(sys.argv[1:])))

@@ -14,156 +14,35 @@ import math
 import os
 import shutil
 import sys
-import uuid
-from collections.abc import Callable
 from typing import Any
 
-from tm import localsocket
-from tm.cli.errors import CLIError, report
+from tm import localsocket, trace
+from tm.cli.errors import CLIError, leave, report
+from tm.cli.hrunjob_options import (  # noqa: F401  (re-exported)
+    ESTIMATES,
+    MAX_ESTIMATED_MEMORY,
+    MAX_ESTIMATED_TIME,
+    MAX_SLOTS,
+    PROG,
+    Prepared,
+    amount,
+    build_parser,
+    whole_number,
+)
 from tm.core import jobfields
 from tm.core.model import JobSpec
 from tm.jobfile import JobFileError, compress_ids, parse_job_file
 from tm.protocol import limits as records  # the limits alone: no Twisted
 
-PROG = "hRunJob"
-#: The dispatcher's limits (tm/protocol/records.py); the client checks them before sending so
-#: that a bad value gets one line saying what to change, not a refusal after a round trip.
-MAX_SLOTS: int = getattr(records, "MAX_SLOTS", 100_000)
-MAX_ESTIMATED_TIME: float = getattr(records, "MAX_ESTIMATED_TIME", 10 * 365 * 86_400.0)
-MAX_ESTIMATED_MEMORY: float = getattr(records, "MAX_ESTIMATED_MEMORY", 1e12)
 
-
-def whole_number(low: int, high: int) -> Callable[[str], int]:
-    """An argparse type: a whole number in ``low..high``, refused in one line otherwise."""
-
-    def convert(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"must be a whole number from {low} to {high}, not {text!r}"
-            ) from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, not {text}")
-        return value
-
-    return convert
-
-
-def amount(high: float, unit: str) -> Callable[[str], float]:
-    """An argparse type: a finite number in ``0..high``."""
-
-    def convert(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value) or not 0 <= value <= high:
-            raise argparse.ArgumentTypeError(
-                f"must be a number from 0 to {high:.0f} {unit}, not {text!r}"
-            )
-        return value
-
-    return convert
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # one clear line, no traceback
-        raise CLIError(f"{message} (see {PROG} -h)", status=2)
-
-
-#: The parsed command line and the jobs it describes (line number, spec); none for ``-s``.
-Prepared = tuple[argparse.Namespace, list[tuple[int, JobSpec]]]
-
-
-# The options' destinations are the job's field names (tm/core/jobfields.py); the options,
-# and the metavars in the help, are the seed's.
-#: Text options: option, long option, field, help.
-TEXTS = (
-    ("-g", "--group", "group", "group label"),
-    ("-i", "--info-text", "info", "free-text description"),
-    ("-o", "--stdout_file", "stdout", "file for the job's stdout"),
-    ("-O", "--stderr_file", "stderr", "file for the job's stderr"),
-    ("-l", "--logfile", "logfile", "log file written when the job ends"),
-)
-#: The estimates a job may carry: option, long option, field, largest value, unit, help.
-ESTIMATES = (
-    ("-t", "--estimatedTime", "estimated_time", MAX_ESTIMATED_TIME, "s", "estimated run time (s)"),
-    (
-        "-m",
-        "--estimatedMemory",
-        "estimated_memory",
-        MAX_ESTIMATED_MEMORY,
-        "MB",
-        "estimated memory (MB)",
-    ),
-)
-
-
-def _metavar(long_option: str) -> str:
-    """The metavar argparse would show had the option its own destination."""
-    return long_option[2:].replace("-", "_").upper()
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Submit a job to TaskManager.")
-    p.add_argument(
-        "-c",
-        "--slots",
-        type=whole_number(1, MAX_SLOTS),
-        default=1,
-        help="slots (cores) on one host (default 1)",
-    )
-    p.add_argument(
-        "-p",
-        "--priority",
-        type=whole_number(0, 127),
-        default=0,
-        help="0..127, higher first (default 0)",
-    )
-    p.add_argument(
-        "-E",
-        "--excludeHosts",
-        dest="excluded_hosts",
-        metavar=_metavar("--excludeHosts"),
-        default="",
-        help="never run on these hosts: h1,h2",
-    )
-    p.add_argument(
-        "-f",
-        "--jobsFile",
-        default=None,
-        help="submit one job per line of FILE (field::value tokens separated by tabs; "
-        "'-' reads standard input)",
-    )
-    for option, long_option, name, what in TEXTS:
-        p.add_argument(
-            option, long_option, dest=name, metavar=_metavar(long_option), default="", help=what
-        )
-    p.add_argument(
-        "-S", "--shell", default=None, help="shell that runs the command (default $SHELL)"
-    )
-    for option, long_option, name, high, unit, what in ESTIMATES:
-        p.add_argument(
-            option,
-            long_option,
-            dest=name,
-            metavar=_metavar(long_option),
-            type=amount(high, unit),
-            default=None,
-            help=what,
-        )
-    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
-    p.add_argument("-s", "--status", action="store_true", help="show the TMS and dispatcher status")
-    p.add_argument(
-        "-v", "--verbose", action="store_true", help="say how the TMS is found or started"
-    )
-    p.add_argument(
-        "--wait", action="store_true", help="wait for the job's end and exit with its code"
-    )
-    p.add_argument("--dispatcher", default=None, help="the dispatcher's dispatcher.json")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="the command to run")
-    return p
+def new_uuid() -> str:
+    """A random (version 4) UUID as text, as ``str(uuid.uuid4())`` makes it: without the
+    uuid module, whose import (it imports ``platform``) costs a command's start 2 ms."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # the RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def resolve_shell(name: str | None) -> str:
@@ -207,7 +86,7 @@ def spec_from_options(options: dict[str, Any], shells: dict[Any, str] | None = N
     values = {f.name: options[f.name] for f in jobfields.SPEC_FIELDS if f.name != "uuid"}
     values["shell"] = resolve_shell(options["shell"]) if shells is None else _shell(options, shells)
     values["excluded_hosts"] = _excluded(options["excluded_hosts"])
-    spec = JobSpec(uuid=str(uuid.uuid4()), **values)
+    spec = JobSpec(uuid=new_uuid(), **values)
     problem = records.spec_problem(spec)  # the dispatcher's own check, without a round trip
     if problem:
         raise CLIError(problem, status=2)
@@ -339,6 +218,7 @@ def submit_local(client: localsocket.LocalClient, specs: list[JobSpec]) -> list[
     done = Acknowledged(len(specs))
     for start in range(0, len(specs), LOCAL_BATCH_JOBS):
         rows = [spec_to_json(s) for s in specs[start : start + LOCAL_BATCH_JOBS]]
+        trace.point("cli", "submit-sent", f"u:{rows[0]['uuid']}")
         try:
             answer = client.call(
                 "SubmitJobs",
@@ -353,6 +233,8 @@ def submit_local(client: localsocket.LocalClient, specs: list[JobSpec]) -> list[
         except localsocket.RemoteError as e:
             raise done.failure(e) from None
         done.add(answer)
+        if done.ids:
+            trace.point("cli", "submit-answered", done.ids[-1])
     return done.ids
 
 
@@ -404,6 +286,7 @@ def wait_local(client: localsocket.LocalClient, job_id: int) -> int:
     """Wait for the job's end: the TMS answers WaitJob when the dispatcher tells it the job
     ended (pushed, no polling here); after 60 s without an end, ask again."""
     while True:
+        trace.point("cli", "wait-sent", job_id)
         try:
             answer = client.call("WaitJob", reply_timeout=None, job_id=job_id, timeout=60.0)
         except localsocket.LinkLost as e:
@@ -413,6 +296,7 @@ def wait_local(client: localsocket.LocalClient, job_id: int) -> int:
             ) from None
         code = terminal_code(answer)
         if code is not None:
+            trace.point("cli", "wait-answered", job_id)
             return code
 
 
@@ -453,8 +337,11 @@ def run_local(
 
 def main_fast(argv: list[str]) -> int:
     """``hRunJob argv`` over this host's TMS socket; the Twisted path when that cannot serve."""
+    trace.point("cli", "main")
     args, jobs = prepare(argv)
+    trace.point("cli", "prepared")
     client = local_client(args.verbose)
+    trace.point("cli", "connected")
     lost = ""
     if client is not None:
         try:
@@ -472,7 +359,9 @@ def main_fast(argv: list[str]) -> int:
 
 
 def main() -> None:
-    sys.exit(report(PROG, lambda: main_fast(sys.argv[1:])))
+    status = report(PROG, lambda: main_fast(sys.argv[1:]))
+    trace.point("cli", "exit")
+    leave(status)
 
 
 def __getattr__(name: str) -> Any:

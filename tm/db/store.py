@@ -114,6 +114,11 @@ def _strip_password(url: str) -> str:
 def _sqlite_open(conn: Any) -> None:
     cur = conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
+    # FULL, not NORMAL: with NORMAL a commit survives the dispatcher's crash but not the
+    # host's (power, kernel), and what is acknowledged (a submission, an end the executor
+    # then forgets) or what keeps a job from running twice (``running``) must survive both.
+    # Its cost is one fsync of the WAL per commit (0.27 ms here, against 0.02 ms).
+    cur.execute("PRAGMA synchronous=FULL")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
 

@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from tm import trace
 from tm.core import scheduler
 from tm.core.fairshare import DEFAULT_HALF_LIFE, UsageLedger
 from tm.core.model import Host, Job, JobState, Transition, User
@@ -189,10 +190,11 @@ class DispatcherCore:
         t = self.jobs.transition(job, new, reason, at, **kw)
         if new is JobState.RUNNING:
             self.start_failures.pop(job.id, None)  # its start order got through
+        waiters: list[Deferred] = []
         if new.terminal:
             self._forget(job.id)
-            for d in self.waiters.pop(job.id, []):
-                d.callback(job)
+            trace.point("dispatcher", "ended", job.id)
+            waiters = self.waiters.pop(job.id, [])
         if new in (
             JobState.WAITING,
             JobState.FINISHED,
@@ -202,8 +204,27 @@ class DispatcherCore:
         ):
             self.request_pass()
         d = self.writer.write(t)
+        if waiters:
+            # Told once the end is committed: what they hear is what the database says from
+            # then on (``lajob`` right after ``hRunJob --wait`` shows it). An end that cannot
+            # be written is reported again by its executor: they wait again, for that one.
+            d.addErrback(self._wait_again, job.id, waiters)
         d.addErrback(self._write_failed, job, t)
+        if waiters:
+            d.addCallback(self._end_recorded, job, waiters)
         return d
+
+    def _wait_again(self, failure: Failure, job_id: int, waiters: list[Deferred]) -> Failure:
+        self.waiters.setdefault(job_id, []).extend(waiters)
+        return failure
+
+    @staticmethod
+    def _end_recorded(written: Any, job: Job, waiters: list[Deferred]) -> Any:
+        if not isinstance(written, NotWritten):
+            for w in waiters:
+                if not w.called:
+                    w.callback(job)
+        return written
 
     def _forget(self, job_id: int) -> None:
         """Drop a job that ended (or was removed) from the working set."""
@@ -309,6 +330,7 @@ class DispatcherCore:
 
     def request_pass(self) -> None:
         if not self._pass_scheduled:
+            trace.point("dispatcher", "pass-requested")
             self._pass_scheduled = True
             self.reactor.callLater(0, self._run_pass)
 
@@ -371,11 +393,13 @@ class DispatcherCore:
         )
 
     def _run_pass(self) -> None:
+        trace.point("dispatcher", "pass")
         self._pass_scheduled = False
         self.passes += 1
         decision = scheduler.schedule(self.scheduler_input())
         self.reservations = dict(decision.reservations)
         for job_id, host in decision.placements:
+            trace.point("dispatcher", "placed", job_id)
             job = self.jobs[job_id]
             d = self._transition(job, JobState.PENDING, f"placed on {host}", host=host)
             d.addCallback(self._placed, job, job.attempt)

@@ -8,6 +8,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred, fail
 
+from tm import trace
 from tm.core.model import Job, JobState, ending_state
 from tm.dispatcher.core import DispatcherCore, Killing, NotWritten, _fire_unless_called
 from tm.dispatcher.ports import PeerSession
@@ -86,6 +87,7 @@ class JobControl(DispatcherCore):
         return d
 
     def _end_written(self, result: Any, key: tuple[int, int]) -> None:
+        trace.point("dispatcher", "end-committed", key[0])
         waiting = self._unwritten_ends.pop(key, [])
         if isinstance(result, NotWritten):
             # Not acknowledged: the executor keeps the end and reports it again.

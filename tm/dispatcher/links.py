@@ -6,6 +6,7 @@ from __future__ import annotations
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
 
+from tm import trace
 from tm.core.model import Host, Job, JobState
 from tm.dispatcher.core import (
     EXECUTOR_BACKOFF,
@@ -248,6 +249,7 @@ class ExecutorLinks(DispatcherCore):
     async def _send_run(self, job: Job, session: PeerSession) -> None:
         attempt = job.attempt
         env = await self._environment(job.env_id)
+        trace.point("dispatcher", "RunJob-sent", job.id)
         try:
             answer = await session.proto.call(commands.RunJob, **records.run_job_to_amp(job, env))
         except commands.JobStartFailed as e:
@@ -258,6 +260,7 @@ class ExecutorLinks(DispatcherCore):
             if job.state is JobState.PENDING and job.attempt == attempt:
                 self._start_not_delivered(job, " ".join((str(e) or type(e).__name__).split()))
             return
+        trace.point("dispatcher", "RunJob-answered", job.id)
         if job.state is JobState.PENDING and job.attempt == attempt:
             self._transition(
                 job, JobState.RUNNING, f"running on {job.host}", pid=answer["pid"], host=job.host

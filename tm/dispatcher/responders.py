@@ -18,7 +18,7 @@ from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 from twisted.protocols import amp
 
-from tm import auth
+from tm import auth, trace
 from tm.core.model import ACTIVE_STATES, Job, JobState
 from tm.core.patterns import PatternError, compile_user_pattern
 from tm.dispatcher.storeerrors import map_store_failure
@@ -37,6 +37,19 @@ MAX_PAGE = 1000
 #: Rows read from the database for one page (those that do not fit the value are read
 #: again for the next page): a little more than a value holds of short jobs.
 SQL_PAGE = 300
+
+
+def traced_call(command: type[amp.Command], responder: Callable[..., Any], kw: Any) -> Any:
+    """``responder(**kw)`` with the trace's lines when it is called and answers."""
+    name = command.commandName.decode()
+    trace.point("dispatcher", f"{name}-received", trace.job_of(kw))
+
+    def answered(answer: Any) -> Any:
+        job = trace.job_of(answer)
+        trace.point("dispatcher", f"{name}-answered", trace.job_of(kw) if job == "-" else job)
+        return answer
+
+    return maybeDeferred(responder, **kw).addErrback(map_store_failure).addCallback(answered)
 
 
 class SessionBase(amp.CommandLocator):
@@ -70,6 +83,8 @@ class SessionBase(amp.CommandLocator):
         # The edge where the store's errors become AMP errors (tm.dispatcher.storeerrors):
         # each responder's failure is mapped before AMP matches it against the declared errors.
         def mapped(**kw: Any) -> Any:
+            if trace.ENABLED:
+                return traced_call(command, aCallable, kw)
             return maybeDeferred(aCallable, **kw).addErrback(map_store_failure)
 
         return super()._wrapWithSerialization(mapped, command)

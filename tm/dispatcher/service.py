@@ -27,7 +27,7 @@ from twisted.internet.defer import ensureDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from tm import config
+from tm import config, trace
 from tm.core import scheduler
 from tm.core.model import MAX_PRIORITY, MIN_PRIORITY, Job, JobEnvironment, JobSpec, JobState
 from tm.db.errors import StoreError
@@ -293,6 +293,7 @@ class Dispatcher(ExecutorLinks, JobControl, DispatcherCore, service.Service):
             ids, created = await self.store.insert_jobs(
                 user, environment, specs, self.reactor.seconds()
             )
+            trace.point("dispatcher", "submit-committed", ids[-1] if ids else "-")
         except (commands.TMError, StoreError):
             raise  # a StoreError becomes its AMP error at the responder's edge
         except Exception as e:

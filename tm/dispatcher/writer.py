@@ -26,6 +26,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from tm import trace
 from tm.core.model import Transition
 from tm.db.errors import StoreUnavailable
 
@@ -62,6 +63,8 @@ class TransitionWriter:
     def write(self, transition: Transition) -> Deferred:
         """Queue one compare-and-set; fires with True when it was applied and committed."""
         d: Deferred = Deferred()
+        if trace.ENABLED:
+            trace.point("dispatcher", f"write-{transition.new.value}", transition.job_id)
         self._queue.append(_Queued(transition, d))
         self._schedule()
         return d
@@ -98,6 +101,9 @@ class TransitionWriter:
 
     async def _write(self, batch: list[_Queued]) -> None:
         delay = 0.0
+        if trace.ENABLED:
+            for q in batch:
+                trace.point("dispatcher", f"writing-{q.transition.new.value}", q.transition.job_id)
         try:
             # seconds() takes no argument: mypy takes it for a method without self (see above)
             results = await self.apply_batch(
@@ -145,6 +151,9 @@ class TransitionWriter:
                 self._singles = max(0, self._singles - len(batch))
             self.batches += 1
             for queued, ok in zip(batch, results, strict=True):
+                if trace.ENABLED:
+                    t = queued.transition
+                    trace.point("dispatcher", f"written-{t.new.value}", t.job_id)
                 queued.deferred.callback(ok)
         self._writing = False
         if self._queue:

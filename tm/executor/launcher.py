@@ -44,6 +44,8 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
+from tm import trace
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHIM_PATH = os.path.join(HERE, "shim.py")
 ZYGOTE_PATH = os.path.join(HERE, "zygote.py")
@@ -391,6 +393,7 @@ class ZygoteLauncher:
         started: Started,
         exited: Exited,
     ) -> defer.Deferred[int]:
+        trace.point("executor", "zygote-sent", env.get("TM_JOB_ID", "-"))
         self._next_id += 1
         body = encode_request(self._next_id, args, env)
         request = _Request(

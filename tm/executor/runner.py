@@ -43,6 +43,7 @@ from twisted.internet.base import DelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from tm import trace
 from tm.executor.lastresort import LAST_RESORT_ROUNDS as LAST_RESORT_ROUNDS
 from tm.executor.lastresort import kill_trees
 from tm.executor.lastresort import shepherd_ready as shepherd_ready
@@ -181,6 +182,7 @@ class JobRunner(JobSignals):
         been given to ``on_end``. Otherwise ``on_end`` gets the end once the job has ended (and
         its log file, if any, has been written).
         """
+        trace.point("executor", "start", request.job_id)
         key = (request.job_id, request.attempt)
         if key in self._jobs:
             return defer.fail(
@@ -239,6 +241,7 @@ class JobRunner(JobSignals):
                 ),
             )
             return 0
+        trace.point("executor", "files-opened", request.job_id)
         job.stdout_path = outputs.stdout_path
         job.stderr_path = outputs.stderr_path
         job.started_at = self._clock.seconds()
@@ -293,6 +296,7 @@ class JobRunner(JobSignals):
 
     def _shepherdStarted(self, job: _RunningJob, pid: int) -> None:
         """The shepherd's pid is known: anything asked meanwhile is sent now."""
+        trace.point("executor", "forked", job.request.job_id)
         job.pid = pid
         job.launching = False
         job.spawned = True
@@ -328,6 +332,7 @@ class JobRunner(JobSignals):
     # -- ending -----------------------------------------------------------------------------
 
     def _jobExited(self, job: _RunningJob, outcome: ShepherdEnd) -> None:
+        trace.point("executor", "reaped", job.request.job_id)
         job.ended = True
         request = job.request
         exit_code, sig = outcome.exit_code, outcome.signal

@@ -78,6 +78,24 @@ def argument_problem(command: type[amp.Command], box: amp.AmpBox, proto: Any) ->
     return None
 
 
+def no_delay(transport: Any) -> None:
+    """Turn Nagle's algorithm off on a TCP connection (through TLS too: the TLS wrapper
+    passes the call to the TCP transport below it).
+
+    AMP is request and answer: with Nagle on, a small box written while the previous one is
+    not yet acknowledged waits for that acknowledgement, which the peer delays by up to
+    40 ms when it has nothing to send back (measured: every job's end report waited for
+    it). Twisted already gathers the writes of one reactor turn into one ``send``.
+    """
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is None:
+        return  # not TCP (a Unix socket, a test's memory transport)
+    try:
+        set_no_delay(True)
+    except (OSError, AttributeError):
+        pass  # not a TCP socket after all, or already closed
+
+
 @implementer(IPushProducer)
 class BoundedAMP(amp.AMP):
     log = Logger()
@@ -137,6 +155,7 @@ class BoundedAMP(amp.AMP):
             )
         if self.clock is not None and self.drain_timeout is not None:
             self._watch_output(transport)
+        no_delay(transport)
         amp.BinaryBoxProtocol.makeConnection(self, transport)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:  # noqa: N802

@@ -25,7 +25,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 from twisted.protocols import amp, basic
 
-from tm import localsocket
+from tm import localsocket, trace
 from tm.protocol import commands, records
 from tm.protocol.base import MAX_IN_FLIGHT, one_line
 
@@ -162,6 +162,12 @@ class LocalClientProtocol(basic.Int32StringReceiver):
 
     async def _answer(self, request_id: Any, request: Any) -> None:
         command = None
+        if trace.ENABLED and isinstance(request, dict):
+            trace.point(
+                "tms",
+                f"client-{request.get('command')}-received",
+                trace.job_of(request.get("arguments")),
+            )
         try:
             if not isinstance(request, dict) or not isinstance(request.get("command"), str):
                 raise commands.InvalidRequest("a request names a command")
@@ -183,6 +189,11 @@ class LocalClientProtocol(basic.Int32StringReceiver):
         finally:
             self.in_flight -= 1
         self._send(message)
+        if trace.ENABLED and command is not None:
+            job = trace.job_of(message.get("answer")) if "answer" in message else "-"
+            if job == "-":
+                job = trace.job_of(request.get("arguments"))
+            trace.point("tms", f"client-{command.commandName.decode()}-answered", job)
 
     async def _serve(self, command: type[amp.Command], arguments: Any) -> dict[str, Any]:
         session = self.session

@@ -297,7 +297,7 @@ class UserServer(service.Service):
         self.addresses: list[str] = []
         self._listening: Any = None
         #: The Unix socket where clients on this host reach this TMS without TLS.
-        self.socket_path = localsocket.socket_path(self.public_host)
+        self.socket_path = Path(localsocket.socket_path(self.public_host))
         self._local: Any = None
 
     def startService(self) -> None:  # noqa: N802

@@ -1,0 +1,155 @@
+"""``hRunJob``'s options: the parser, and the limits it checks before anything is sent.
+
+Split from :mod:`tm.cli.hrunjob` (the everyday path imports it too: no Twisted here).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from typing import Any
+
+from tm.cli.errors import CLIError
+from tm.core.model import JobSpec
+from tm.protocol import limits as records  # the limits alone: no Twisted
+
+PROG = "hRunJob"
+#: The dispatcher's limits (tm/protocol/records.py); the client checks them before sending so
+#: that a bad value gets one line saying what to change, not a refusal after a round trip.
+MAX_SLOTS: int = getattr(records, "MAX_SLOTS", 100_000)
+MAX_ESTIMATED_TIME: float = getattr(records, "MAX_ESTIMATED_TIME", 10 * 365 * 86_400.0)
+MAX_ESTIMATED_MEMORY: float = getattr(records, "MAX_ESTIMATED_MEMORY", 1e12)
+
+
+def whole_number(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number in ``low..high``, refused in one line otherwise."""
+
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"must be a whole number from {low} to {high}, not {text!r}"
+            ) from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be from {low} to {high}, not {text}")
+        return value
+
+    return convert
+
+
+def amount(high: float, unit: str) -> Callable[[str], float]:
+    """An argparse type: a finite number in ``0..high``."""
+
+    def convert(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or not 0 <= value <= high:
+            raise argparse.ArgumentTypeError(
+                f"must be a number from 0 to {high:.0f} {unit}, not {text!r}"
+            )
+        return value
+
+    return convert
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one clear line, no traceback
+        raise CLIError(f"{message} (see {PROG} -h)", status=2)
+
+
+#: The parsed command line and the jobs it describes (line number, spec); none for ``-s``.
+Prepared = tuple[argparse.Namespace, list[tuple[int, JobSpec]]]
+
+
+# The options' destinations are the job's field names (tm/core/jobfields.py); the options,
+# and the metavars in the help, are the seed's.
+#: Text options: option, long option, field, help.
+TEXTS = (
+    ("-g", "--group", "group", "group label"),
+    ("-i", "--info-text", "info", "free-text description"),
+    ("-o", "--stdout_file", "stdout", "file for the job's stdout"),
+    ("-O", "--stderr_file", "stderr", "file for the job's stderr"),
+    ("-l", "--logfile", "logfile", "log file written when the job ends"),
+)
+#: The estimates a job may carry: option, long option, field, largest value, unit, help.
+ESTIMATES = (
+    ("-t", "--estimatedTime", "estimated_time", MAX_ESTIMATED_TIME, "s", "estimated run time (s)"),
+    (
+        "-m",
+        "--estimatedMemory",
+        "estimated_memory",
+        MAX_ESTIMATED_MEMORY,
+        "MB",
+        "estimated memory (MB)",
+    ),
+)
+
+
+def _metavar(long_option: str) -> str:
+    """The metavar argparse would show had the option its own destination."""
+    return long_option[2:].replace("-", "_").upper()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Submit a job to TaskManager.")
+    p.add_argument(
+        "-c",
+        "--slots",
+        type=whole_number(1, MAX_SLOTS),
+        default=1,
+        help="slots (cores) on one host (default 1)",
+    )
+    p.add_argument(
+        "-p",
+        "--priority",
+        type=whole_number(0, 127),
+        default=0,
+        help="0..127, higher first (default 0)",
+    )
+    p.add_argument(
+        "-E",
+        "--excludeHosts",
+        dest="excluded_hosts",
+        metavar=_metavar("--excludeHosts"),
+        default="",
+        help="never run on these hosts: h1,h2",
+    )
+    p.add_argument(
+        "-f",
+        "--jobsFile",
+        default=None,
+        help="submit one job per line of FILE (field::value tokens separated by tabs; "
+        "'-' reads standard input)",
+    )
+    for option, long_option, name, what in TEXTS:
+        p.add_argument(
+            option, long_option, dest=name, metavar=_metavar(long_option), default="", help=what
+        )
+    p.add_argument(
+        "-S", "--shell", default=None, help="shell that runs the command (default $SHELL)"
+    )
+    for option, long_option, name, high, unit, what in ESTIMATES:
+        p.add_argument(
+            option,
+            long_option,
+            dest=name,
+            metavar=_metavar(long_option),
+            type=amount(high, unit),
+            default=None,
+            help=what,
+        )
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    p.add_argument("-s", "--status", action="store_true", help="show the TMS and dispatcher status")
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="say how the TMS is found or started"
+    )
+    p.add_argument(
+        "--wait", action="store_true", help="wait for the job's end and exit with its code"
+    )
+    p.add_argument("--dispatcher", default=None, help="the dispatcher's dispatcher.json")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="the command to run")
+    return p

@@ -1,0 +1,73 @@
+"""An opt-in trace of one job's path through every process, to the microsecond.
+
+``TM_TRACE=FILE`` in a process's environment when it starts (the CLI, the TMS, the
+dispatcher, the executor; the TMS and the executor inherit it from whoever starts them)
+makes :func:`point` append one line per step of a job's path to FILE::
+
+    MONOTONIC_NS PROCESS PID STAGE JOB
+
+``MONOTONIC_NS`` is ``time.monotonic_ns()``: the system-wide ``CLOCK_MONOTONIC``, so lines
+of different processes on one host compare. ``JOB`` names the job: its id once it has one,
+``u:UUID`` before (the submission's stages), ``-`` for none. Each line is written with one
+``write`` on a descriptor opened with ``O_APPEND``, so lines of concurrent processes never
+interleave. ``bench/path.py`` reads the file and prints where the time goes.
+
+Without ``TM_TRACE`` a call costs one test of a module-level bool: :func:`point` returns at
+once. Standard library only (the CLI's fast path imports it).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+#: Whether this process traces (read once, at import).
+ENABLED = bool(os.environ.get("TM_TRACE"))
+_fd = -1
+
+
+def _open() -> int:
+    global _fd
+    if _fd < 0:
+        _fd = os.open(
+            os.environ["TM_TRACE"], os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
+        )
+    return _fd
+
+
+def point(process: str, stage: str, job: object = "-") -> None:
+    """Record that ``process`` reached ``stage`` of ``job``'s path, now (when tracing)."""
+    if not ENABLED:
+        return
+    line = f"{time.monotonic_ns()} {process} {os.getpid()} {stage} {job}\n"
+    try:
+        os.write(_open(), line.encode("utf-8", "replace"))
+    except OSError:
+        pass  # a trace must never disturb what it watches
+
+
+def parse_line(line: str) -> tuple[int, str, int, str, str] | None:
+    """One line of a trace file as (ns, process, pid, stage, job); None if malformed."""
+    parts = line.split()
+    if len(parts) != 5:
+        return None
+    try:
+        return int(parts[0]), parts[1], int(parts[2]), parts[3], parts[4]
+    except ValueError:
+        return None
+
+
+def job_of(message: object) -> object:
+    """The job a request's arguments or an answer name, for a trace line: ``job_id``, the
+    last of ``job_ids``, or ``u:UUID`` of the first job of a submission; ``-`` for none."""
+    if not isinstance(message, dict):
+        return "-"
+    if message.get("job_id") is not None:
+        return message["job_id"]
+    ids = message.get("job_ids")
+    if isinstance(ids, list) and ids:
+        return ids[-1]
+    jobs = message.get("jobs")
+    if isinstance(jobs, list) and jobs and isinstance(jobs[0], dict):
+        return f"u:{jobs[0].get('uuid')}"
+    return "-"
