@@ -170,13 +170,21 @@ class Installation:
         for pid in self.daemon_pids():
             _end(pid)
         # An executor the TMS was starting when it stopped is not in a pid file yet: its
-        # command line names the pid file it is about to write.
-        for pid in processes_mentioning(str(self.home / ".taskmanager") + "/tmmenial."):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except OSError:
-                pass
-            _end(pid)
+        # command line names the pid file it is about to write. twistd daemonizes by forking
+        # twice, so ending the process seen may leave its child, which writes the pid file
+        # afterwards: look again until a look finds nothing (a few rounds at most).
+        for _ in range(5):
+            pids = set(processes_mentioning(str(self.home / ".taskmanager") + "/tmmenial."))
+            pids.update(p for p in self.daemon_pids() if alive(p))
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except OSError:
+                    pass
+            for pid in pids:
+                _end(pid)
 
 
 def _end(pid: int) -> None:
