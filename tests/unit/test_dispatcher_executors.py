@@ -67,7 +67,10 @@ def test_the_timer_of_an_earlier_start_does_not_fail_a_later_one(dispatcher: Any
     d, clock = dispatcher
     tms = FakeSession()
     start(d, clock, tms)
-    assert tms.proto.calls == [("StartExecutor", {"host": "h1", "ssh_target": "", "command": ""})]
+    token = d.executor_table.tokens[("alice", "h1")]  # the start's one-time token goes along
+    assert tms.proto.calls == [
+        ("StartExecutor", {"host": "h1", "ssh_target": "", "command": "", "token": token})
+    ]
     clock.advance(1)
     first = FakeSession()
     d.executor_connected("alice", "h1", first)

@@ -33,7 +33,7 @@ from tm.link import DispatcherInfo, user_dir
 from tm.loginlimit import LoginAttempts, LoginLimiter
 from tm.protocol import commands
 from tm.protocol.base import BoundedAMP
-from tm.userserver import local
+from tm.userserver import local, startcommands
 
 #: Requests a client may send that the TMS passes to the dispatcher as they are;
 #: the dispatcher scopes them to this TMS's proven user.
@@ -232,8 +232,10 @@ class DispatcherSide(amp.CommandLocator):
         self.server = server
 
     @commands.StartExecutor.responder
-    def start_executor(self, host: str, ssh_target: str, command: str) -> dict:
-        self.server.start_executor(host, ssh_target, command)
+    def start_executor(
+        self, host: str, ssh_target: str, command: str, token: str | None = None
+    ) -> dict:
+        self.server.start_executor(host, ssh_target, command, token)
         return {}
 
     @commands.Ping.responder
@@ -387,7 +389,7 @@ class UserServer(service.Service):
 
     # --- executors ---------------------------------------------------------------------
 
-    def executor_argv(self, host: str, twistd: str = "") -> list[str]:
+    def executor_argv(self, host: str, twistd: str = "", token: bool = False) -> list[str]:
         """The command that starts this user's TMMS for ``host``.
 
         ``twistd`` is the host's ``tmmenial_command`` from the cluster file: the twistd to run
@@ -408,6 +410,7 @@ class UserServer(service.Service):
             "--logfile",
             str(logs / f"tmmenial.{host}.log"),
             "tmmenial",
+            *(["--token-from-stdin"] if token else []),
             "--host",
             host,
             "--dispatcher",
@@ -416,13 +419,16 @@ class UserServer(service.Service):
             *(["--dispatcher-account", self.info.account] if self.info.account else []),
         ]
 
-    def start_executor(self, host: str, ssh_target: str, command: str) -> None:
+    def start_executor(
+        self, host: str, ssh_target: str, command: str, token: str | None = None
+    ) -> None:
         (user_dir() / "logs").mkdir(mode=0o700, exist_ok=True)
-        try:
-            local = self.executor_argv(host, command)
-        except ValueError as e:  # unbalanced quotes in tmmenial_command
-            ensureDeferred(self._report_failure(host, f"bad tmmenial_command {command!r}: {e}"))
+        # The dispatcher names the command; this user's configuration decides whether it runs.
+        refusal = startcommands.start_command_refusal(command)
+        if refusal is not None:
+            ensureDeferred(self._report_failure(host, refusal))
             return
+        local = self.executor_argv(host, command, token=bool(token))
         if ssh_target:
             remote = " ".join(shlex.quote(a) for a in local)
             argv = [
@@ -437,9 +443,9 @@ class UserServer(service.Service):
             ]
         else:
             argv = local
-        ensureDeferred(self._launch(host, argv))
+        ensureDeferred(self._launch(host, argv, token))
 
-    async def _launch(self, host: str, argv: list[str]) -> None:
+    async def _launch(self, host: str, argv: list[str], token: str | None = None) -> None:
         self.log.info("starting an executor on {host}: {argv}", host=host, argv=" ".join(argv))
         proto = _LauncherProtocol()
         try:
@@ -450,6 +456,9 @@ class UserServer(service.Service):
             await self._report_failure(host, f"cannot run {argv[0]}: {e.strerror}")
             return
         assert proto.transport is not None  # spawnProcess connected it
+        if token:
+            # The executor's proof that this TMS started it (through ssh's stdin too).
+            proto.transport.write(token.encode("ascii") + b"\n")  # type: ignore[attr-defined]
         proto.transport.closeStdin()  # type: ignore[misc]
         code = await proto.done
         if code != 0:
