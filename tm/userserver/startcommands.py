@@ -12,9 +12,14 @@ command only when a configuration the user trusts lists it: ``~/.taskmanager/tmm
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import stat
 from pathlib import Path
+from typing import Any
+
+from twisted.internet import protocol
+from twisted.internet.defer import Deferred
 
 from tm.link import user_dir
 
@@ -82,3 +87,31 @@ def start_command_refusal(command: str) -> str | None:
         f"your installation allows{why}: if you trust it, add it as a line to "
         f"{user_commands_path()}"
     )
+
+
+def start_failure_reason(output: bytes, code: int | None) -> str:
+    """One line that says why an executor start failed, from what the command printed."""
+    text = output.decode("utf-8", "replace")
+    running = re.search(r"Another twistd server is running, PID (\d+)", text)
+    if running:
+        return (
+            f"an executor of yours is already running there (pid {running.group(1)}) but "
+            "is not connected; it reconnects by itself, or stop it"
+        )
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return (lines[-1] if lines else f"the start command exited with {code}")[:500]
+
+
+class LauncherProtocol(protocol.ProcessProtocol):
+    """Collects what a starting TMMS (or ssh) says, and how it ends."""
+
+    def __init__(self) -> None:
+        self.output = b""
+        self.done: Deferred = Deferred()
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:  # noqa: N802
+        if len(self.output) < 8192:
+            self.output += data
+
+    def processEnded(self, reason: Any) -> None:  # noqa: N802
+        self.done.callback(getattr(reason.value, "exitCode", None))
