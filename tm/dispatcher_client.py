@@ -29,7 +29,7 @@ from twisted.logger import ILogObserver, Logger, globalLogPublisher
 from twisted.python.failure import Failure
 
 from tm import trace
-from tm.link import DispatcherInfo, dispatcher_endpoint, log_in
+from tm.link import DispatcherInfo, dispatcher_endpoint, prove
 from tm.protocol import commands
 from tm.protocol.base import BoundedAMP
 
@@ -133,6 +133,8 @@ class DispatcherLink:
         self.refused_max_delay = refused_max_delay
         self.proto: BoundedAMP | None = None
         self.user = ""
+        #: An executor's start token, then the ticket its first login was answered with.
+        self.credential: str | None = None
         self.last_error = ""
         self.running = False
         #: The refusal of the last login, until a login succeeds.
@@ -187,8 +189,14 @@ class DispatcherLink:
 
     async def _log_in(self, proto: BoundedAMP) -> None:
         try:
-            self.user, _ = await log_in(
-                self.reactor, proto, self.info, self.role, self.host, HANDSHAKE_TIMEOUT
+            proven = await prove(
+                self.reactor,
+                proto,
+                self.info,
+                self.role,
+                self.host,
+                HANDSHAKE_TIMEOUT,
+                self.credential,
             )
         except FATAL as e:
             self._refused(e)
@@ -196,6 +204,9 @@ class DispatcherLink:
         except Exception as e:
             self._unreachable(_describe(Failure(e)))
             raise
+        self.user = proven["user"]
+        if proven.get("ticket"):
+            self.credential = proven["ticket"]  # an executor's next logins show it
         self.fatal = None
         self.last_error = ""
         self._logged_reason = ""

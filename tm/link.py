@@ -161,6 +161,20 @@ async def log_in(
 
     Closes the link when any step fails (the error is raised as it came).
     """
+    proven = await prove(reactor, proto, info, role, host, timeout)
+    return proven["user"], proven["roles"]
+
+
+async def prove(
+    reactor: Any,
+    proto: Any,
+    info: DispatcherInfo,
+    role: str,
+    host: str | None = None,
+    timeout: float = 10.0,
+    token: str | None = None,
+) -> dict[str, Any]:
+    """As :func:`log_in`, with an executor's start token or ticket; Authenticate's answer."""
     try:
         hello = await proto.call(
             commands.Hello,
@@ -170,6 +184,7 @@ async def log_in(
             user=getpass.getuser(),
             host=host or socket.gethostname(),
             pid=os.getpid(),
+            **({"token": token} if token else {}),
         )
         # Creating the file may block on NFS: keep it off the reactor thread.
         answering = deferToThread(
@@ -181,7 +196,7 @@ async def log_in(
         if proto.transport is not None:  # None once the connection is lost
             proto.transport.loseConnection()
         raise
-    return proven["user"], proven["roles"]
+    return dict(proven)
 
 
 async def connect_dispatcher(

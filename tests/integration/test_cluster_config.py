@@ -200,6 +200,10 @@ def test_a_host_s_tmmenial_command_starts_its_executors(tmp_path: Path) -> None:
     )
     wrapper.chmod(0o755)
     (inst.etc / "cluster.tab").write_text(f"hW\thW\t1\t1\t\tFalse\t0\tTrue\t\t{wrapper}\n")
+    # The user's TMS runs a named start command only when the user's configuration lists it
+    # (issue 10 point 2; tests/integration/test_trust.py shows one that is not listed).
+    (inst.home / ".taskmanager").mkdir(mode=0o700)
+    (inst.home / ".taskmanager" / "tmmenial_commands").write_text(f"# mine\n{wrapper}\n")
     try:
         inst.start_dispatcher()
         result = inst.run("hRunJob", "--wait", "echo ran > out.txt", check=True)

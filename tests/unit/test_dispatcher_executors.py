@@ -67,7 +67,10 @@ def test_the_timer_of_an_earlier_start_does_not_fail_a_later_one(dispatcher: Any
     d, clock = dispatcher
     tms = FakeSession()
     start(d, clock, tms)
-    assert tms.proto.calls == [("StartExecutor", {"host": "h1", "ssh_target": "", "command": ""})]
+    token = d.executor_table.tokens[("alice", "h1")]  # the start's one-time token goes along
+    assert tms.proto.calls == [
+        ("StartExecutor", {"host": "h1", "ssh_target": "", "command": "", "token": token})
+    ]
     clock.advance(1)
     first = FakeSession()
     d.executor_connected("alice", "h1", first)
@@ -104,3 +107,17 @@ def test_an_executor_back_within_the_lease_keeps_its_jobs_absent_past_it_loses_t
     assert ("alice", "h1") not in d.absent
     clock.advance(5)  # the old lease timer fires: it must not touch the reconnected executor
     assert ("alice", "h1") in d.executors
+
+
+def test_a_start_token_is_good_once_and_only_for_its_start(dispatcher: Any) -> None:
+    d, clock = dispatcher
+    table = d.executor_table
+    token = table.start("alice", "h1")
+    assert not table.take_token("alice", "h2", token)  # another host
+    assert not table.take_token("bob", "h1", token)  # another user
+    assert not table.take_token("alice", "h1", "forged")
+    assert table.take_token("alice", "h1", token)
+    assert not table.take_token("alice", "h1", token)  # spent
+    again = table.start("alice", "h1")
+    table.start_failed("alice", "h1", 1.0, 2.0)  # a failed start forgets its token
+    assert not table.take_token("alice", "h1", again)

@@ -161,3 +161,35 @@ def test_someone_elses_job_is_not_killed(world: Any) -> None:
     with pytest.raises(commands.PermissionDenied, match="not yours"):
         Peer(d, clock).call(commands.KillJobs, job_ids=[1], all=False)
     assert d.jobs[1].state is JobState.WAITING
+
+
+# --- who sees what (issue 10 point 4; the real stack: tests/integration/test_isolation.py) ----
+
+
+def test_a_user_sees_only_their_own_jobs_users_and_sessions_an_admin_at_the_dispatcher_all(
+    world: Any,
+) -> None:
+    d, clock, store = world
+    add_job(d, store, 1, user="root", command="echo secret")
+    alice = Peer(d, clock)
+    for command, kw in (
+        (commands.GetJob, {"job_id": 1}),
+        (commands.WaitJob, {"job_id": 1, "timeout": 0.0}),
+    ):
+        with pytest.raises(commands.UnknownJob, match="unknown job 1"):
+            alice.call(command, **kw)
+    listed = alice.call(commands.ListJobs, states=[], scope="all", after_id=0, limit=10)
+    assert listed["jobs"] == []
+    assert [u["name"] for u in alice.call(commands.ListUsers)["users"]] == ["alice"]
+    with pytest.raises(commands.PermissionDenied, match="only an admin"):
+        alice.call(commands.ListUsers, user="root")
+    d.tms_sessions["root"] = object()
+    assert not any("root" in line for line in alice.call(commands.ListSessions)["lines"])
+
+    admin = Peer(d, clock, user="root")
+    assert admin.call(commands.GetJob, job_id=1)["job"][0]["command"] == "echo secret"
+    assert {u["name"] for u in admin.call(commands.ListUsers)["users"]} == {"alice", "root"}
+    # Through a TMS even an admin sees only their own (SEED behaviour 15).
+    add_job(d, store, 2, user="alice")
+    with pytest.raises(commands.UnknownJob):
+        Peer(d, clock, user="root", role=commands.ROLE_TMS).call(commands.GetJob, job_id=2)

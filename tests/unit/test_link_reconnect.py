@@ -53,15 +53,21 @@ def logins(monkeypatch: pytest.MonkeyPatch) -> list[Exception | None]:
     """What each login answers: None for success, else the refusal (the last one repeats)."""
     answers: list[Exception | None] = [None]
 
-    async def fake_log_in(
-        reactor: Any, proto: Any, info: Any, role: str, host: Any, timeout: float
-    ) -> tuple[str, list[str]]:
+    async def fake_prove(
+        reactor: Any,
+        proto: Any,
+        info: Any,
+        role: str,
+        host: Any,
+        timeout: float,
+        token: str | None = None,
+    ) -> dict[str, Any]:
         answer = answers[0] if len(answers) == 1 else answers.pop(0)
         if answer is not None:
             raise answer
-        return "alice", []
+        return {"user": "alice", "roles": []}
 
-    monkeypatch.setattr(dc, "log_in", fake_log_in)
+    monkeypatch.setattr(dc, "prove", fake_prove)
     return answers
 
 

@@ -80,3 +80,28 @@ def test_a_forwarded_request_whose_link_drops_is_answered_with_a_declared_error(
     assert str(error) == (
         "no answer from the dispatcher at d:1: the link dropped before the answer came"
     )
+
+
+def test_a_start_command_runs_only_when_the_users_configuration_lists_it(
+    tmp_path, monkeypatch
+) -> None:
+    import os
+
+    from tm.userserver import startcommands
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(startcommands, "SYSTEM_COMMANDS", tmp_path / "none")
+    forged = "/bin/sh -c 'id > pwn.txt; exit 1' x"
+    assert startcommands.start_command_refusal("") is None  # the TMS's own twistd
+    refusal = startcommands.start_command_refusal(forged)
+    assert refusal is not None and "is not one your installation allows" in refusal
+    assert f"{tmp_path}/.taskmanager/tmmenial_commands" in refusal
+    listed = tmp_path / ".taskmanager" / "tmmenial_commands"
+    listed.parent.mkdir(mode=0o700)
+    listed.write_text("# trusted\n/opt/tm/bin/twistd  --nodaemon\n")
+    os.chmod(listed, 0o644)
+    assert startcommands.start_command_refusal("/opt/tm/bin/twistd '--nodaemon'") is None
+    assert startcommands.start_command_refusal(forged) is not None
+    os.chmod(listed, 0o666)  # others may write it: not trusted
+    refusal = startcommands.start_command_refusal("/opt/tm/bin/twistd --nodaemon")
+    assert refusal is not None and "writable by group or others" in refusal

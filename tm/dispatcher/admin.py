@@ -44,8 +44,14 @@ class AdminResponders(SessionBase):
 
     @commands.ListUsers.responder
     def list_users(self, user: str | None = None) -> dict:
-        self._require()
+        me = self._require()
         d = self.dispatcher
+        if user is not None and not self._may_see_user(user):
+            raise commands.PermissionDenied(
+                f"only an admin sees other users: ask for your own (lsusers:{me})"
+            )
+        if not self._sees_all():
+            user = me  # a user's counts and usage are theirs (issue 10 point 4)
         usage = d.usage(d.reactor.seconds())
         rows = []
         for u in d.users.values():
@@ -141,9 +147,10 @@ class AdminResponders(SessionBase):
     def list_sessions(self) -> dict:
         self._require()
         d = self.dispatcher
-        lines = [f"tms {u}" for u in sorted(d.tms_sessions)]
-        lines += [f"tmms {u}@{h}" for (u, h) in sorted(d.executors)]
-        lines += [f"executor starting: {u}@{h}" for (u, h) in sorted(d.starting)]
+        see = self._may_see_user
+        lines = [f"tms {u}" for u in sorted(d.tms_sessions) if see(u)]
+        lines += [f"tmms {u}@{h}" for (u, h) in sorted(d.executors) if see(u)]
+        lines += [f"executor starting: {u}@{h}" for (u, h) in sorted(d.starting) if see(u)]
         lines.append(f"scheduling passes: {d.passes}, group commits: {d.writer.batches}")
         return {"lines": records.fit_lines(lines[:-1], records.MAX_VALUE_BYTES - 200) + lines[-1:]}
 

@@ -3,7 +3,9 @@
 Per ``(user, host)`` an executor is
 
 - *absent*: none, nothing pending;
-- *starting*: the user's TMS was asked to start one (since when: the start's token);
+- *starting*: the user's TMS was asked to start one (since when), with a one-time start
+  token the new executor must present: the TMS vouches for the executors it started
+  (issue 10 point 5);
 - *connected*: its session;
 - *away*: its connection went, its jobs are kept for one lease (since when); back within
   the lease, its heartbeat tells what still runs; past it, its jobs are lost;
@@ -18,6 +20,7 @@ lease or a start runs out. No other I/O.
 from __future__ import annotations
 
 import enum
+import secrets
 from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -77,6 +80,7 @@ class ExecutorTable(Generic[S]):
         self.on_backoff_over = on_backoff_over
         self.sessions: dict[Key, S] = {}  # connected
         self.starting: dict[Key, float] = {}  # start asked at
+        self.tokens: dict[Key, str] = {}  # the one-time token of the start under way
         self.away: dict[Key, float] = {}  # gone since, its jobs kept for a lease
         self.backoff: dict[Key, float] = {}  # not started again before
         self.failures: dict[Key, int] = {}  # failed starts in a row
@@ -110,7 +114,7 @@ class ExecutorTable(Generic[S]):
         key = (user, host)
         old = self.sessions.get(key)
         self.sessions[key] = session
-        for table in (self.starting, self.away, self.backoff, self.failures):
+        for table in (self.starting, self.tokens, self.away, self.backoff, self.failures):
             table.pop(key, None)
         for kind in ("start", "lease"):
             self._cancel(kind, key)
@@ -134,9 +138,21 @@ class ExecutorTable(Generic[S]):
         self.away[key] = self.clock.seconds()
         self._after("lease", key, self.lease, self._lease_over, key)
 
-    def start(self, user: str, host: str) -> None:
-        """A start is asked of the user's TMS."""
+    def start(self, user: str, host: str) -> str:
+        """A start is asked of the user's TMS: the one-time token its executor must show."""
         self.starting[(user, host)] = self.clock.seconds()
+        token = self.tokens[(user, host)] = secrets.token_urlsafe(24)
+        return token
+
+    def take_token(self, user: str, host: str, token: str) -> bool:
+        """Whether ``token`` is the token of the start under way for ``(user, host)``; a
+        token is good once."""
+        key = (user, host)
+        expected = self.tokens.get(key)
+        if expected is None or not secrets.compare_digest(expected.encode(), token.encode()):
+            return False
+        del self.tokens[key]
+        return True
 
     def start_asked(self, user: str, host: str, timeout: float) -> None:
         """The TMS took the start: it fails unless an executor connects within ``timeout``."""
@@ -149,6 +165,7 @@ class ExecutorTable(Generic[S]):
         ``top``; the pause."""
         key = (user, host)
         self.starting.pop(key, None)
+        self.tokens.pop(key, None)
         self._cancel("start", key)
         failures = self.failures[key] = self.failures.get(key, 0) + 1
         pause = min(top, first * 2 ** (failures - 1))

@@ -228,13 +228,14 @@ class ExecutorLinks(DispatcherCore):
 
         ``starting`` marks the start (set before the first await, so at once) and its time is
         the start's token: the timer of an earlier start cannot fail a later one."""
-        self.executor_table.start(user, host.name)
+        token = self.executor_table.start(user, host.name)
         try:
             await tms.proto.call(
                 commands.StartExecutor,
                 host=host.name,
                 ssh_target=host.ssh_target,
                 command=host.tmmenial_command,
+                token=token,
             )
         except Exception as e:
             self.executor_start_failed(user, host.name, f"the TMS did not answer: {e}")

@@ -68,6 +68,7 @@ class SessionBase(amp.CommandLocator):
         self.authenticated_at: float | None = None
         self.last_heard = 0.0
         self.challenge: auth.Challenge | None = None
+        self.executor_token: str | None = None  # what an executor showed in Hello
         self.fenced = False
 
     @functools.cached_property
@@ -146,14 +147,26 @@ class SessionBase(amp.CommandLocator):
         assert self.proto.transport is not None  # as in drop(): still in the executor table
         self.proto.transport.loseConnection()  # type: ignore[misc]
 
+    # --- who sees what (issue 10 point 4, SEED behaviour 15) ------------------------------
+    # The one place that decides: a user sees and changes only their own jobs, executors,
+    # sessions and usage; an admin talking to the dispatcher directly sees and changes
+    # everyone's. Through a TMS even an admin sees only their own.
+
+    def _sees_all(self) -> bool:
+        """Whether this connection may see (and act on) other users' jobs and usage."""
+        return self.role == commands.ROLE_CLIENT and self._is_admin()
+
+    def _may_see_user(self, user: str) -> bool:
+        return user == self.user or self._sees_all()
+
     def _scope_user(self, scope: str, user: str | None) -> str | None:
         me = self._require(commands.ROLE_TMS, commands.ROLE_CLIENT)
-        if self.role == commands.ROLE_TMS or scope == "mine" or not self._is_admin():
+        if scope == "mine" or not self._sees_all():
             return me  # only an admin, talking to the dispatcher, sees other users' jobs
         return user
 
     def _may_touch(self, job: Any) -> bool:
-        return job.user == self.user or (self.role == commands.ROLE_CLIENT and self._is_admin())
+        return self._may_see_user(job.user)
 
     async def _own_job(self, job_id: int, verb: str) -> Job:
         """A job the caller may change (theirs, or any for an admin at the dispatcher)."""
@@ -238,8 +251,17 @@ class JobResponders(SessionBase):
         me = self._require(commands.ROLE_TMS, commands.ROLE_CLIENT)
         d = self.dispatcher
         job = d.jobs.get(job_id) or await d.store.get_job(job_id)
-        # Through a TMS a user sees only their own jobs; through the dispatcher, everyone's.
-        if job is None or (self.role == commands.ROLE_TMS and job.user != me):
+        # Another user's job is unknown to a non-admin: its command, directory, outputs and
+        # history are not theirs to read (nor whether it exists).
+        if job is None:
+            raise commands.UnknownJob(f"unknown job {job_id}")
+        if not self._may_see_user(job.user):
+            self.log.info(
+                "{me} ({role}) asked for job {id}, not theirs: answered unknown",
+                me=me,
+                role=self.role,
+                id=job_id,
+            )
             raise commands.UnknownJob(f"unknown job {job_id}")
         return job
 

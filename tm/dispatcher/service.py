@@ -50,6 +50,7 @@ from tm.dispatcher.core import (  # noqa: F401 - the names tests and the tap imp
 )
 from tm.dispatcher.jobcontrol import JobControl
 from tm.dispatcher.links import ExecutorLinks
+from tm.dispatcher.tickets import ExecutorTickets
 from tm.loginlimit import LoginLimiter
 from tm.protocol import commands, records
 
@@ -65,11 +66,14 @@ class Dispatcher(ExecutorLinks, JobControl, DispatcherCore, service.Service):
         self.challenges = challenges.ChallengeBook()
         #: One line per admin action; the tap moves it next to the dispatcher's log file.
         self.audit = AuditLog(settings.var_dir / "audit.log", reactor)
+        #: What an executor shows when it logs in again (see tm.dispatcher.tickets).
+        self.tickets = ExecutorTickets(settings.var_dir / "executor-tickets.key")
 
     # --- start-up -----------------------------------------------------------------
 
     async def start(self) -> None:
         await self.store.upgrade()
+        self.tickets.load()
         self.started_at = self.reactor.seconds()
         await self.store.sync_users(list(self.users.values()))
         for name, enabled in (await self.store.load_users()).items():

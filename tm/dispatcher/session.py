@@ -78,7 +78,13 @@ class Session(JobResponders, AdminResponders):
 
     @commands.Hello.responder
     def hello(
-        self, protocol_version: int, role: str, user: str, host: str, pid: int | None = None
+        self,
+        protocol_version: int,
+        role: str,
+        user: str,
+        host: str,
+        pid: int | None = None,
+        token: str | None = None,
     ) -> dict:
         commands.check_protocol_version(protocol_version, VERSION_MISMATCH)
         if self.user is not None or self.challenge is not None:
@@ -100,6 +106,7 @@ class Session(JobResponders, AdminResponders):
             if host not in self.dispatcher.hosts:
                 raise commands.UnknownHost(f"host {host!r} is not in the cluster configuration")
         self.claimed_user, self.role, self.host, self.peer_pid = user, role, host, pid
+        self.executor_token = token
         self.challenge = auth.new_challenge(self.dispatcher.settings.var_dir / "challenge")
         self.dispatcher.challenges.issued(self.challenge.path)
         return {
@@ -125,6 +132,9 @@ class Session(JobResponders, AdminResponders):
             raise
         finally:
             d.challenges.settled(challenge.path)
+        ticket = None
+        if self.role == commands.ROLE_TMMS:
+            ticket = self._admit_executor(self.claimed_user, self.host or "")
         self.proto.authenticated()  # the edge lifts its handshake deadline and box bound
         self.user = self.claimed_user
         self.authenticated_at = self.last_heard = self.dispatcher.reactor.seconds()
@@ -138,7 +148,49 @@ class Session(JobResponders, AdminResponders):
             d.tms_connected(self.user, self)
         elif self.role == commands.ROLE_TMMS:
             d.executor_connected(self.user, self.host or "", self)
-        return {"user": self.user, "roles": sorted(d.users[self.user].roles)}
+        answer = {"user": self.user, "roles": sorted(d.users[self.user].roles)}
+        if ticket is not None:
+            answer["ticket"] = ticket
+        return answer
+
+    def _admit_executor(self, user: str, host: str) -> str:
+        """An executor proves its host (issue 10 point 5): it shows the one-time token its
+        user's TMS was given for this start, or the ticket of an earlier login; and it does
+        not displace a live executor of the same user and host. The ticket it keeps."""
+        d = self.dispatcher
+        token, self.executor_token = self.executor_token, None
+        if not token or not (
+            d.executor_table.take_token(user, host, token) or d.tickets.valid(user, host, token)
+        ):
+            reason = (
+                f"an executor of {user} for {host} must be started by {user}'s TMS when the "
+                "dispatcher asks for one (no valid start token or ticket)"
+            )
+            self.login.failed(user, reason, commands.ROLE_TMMS, shared=False)
+            raise commands.AuthenticationFailed(reason)
+        live = d.executors.get((user, host))
+        now = d.reactor.seconds()
+        if live is not None and now - live.last_heard <= self._live_window():
+            self.log.warn(
+                "refused a second executor of {user} on {host} (pid {pid}): pid {live} is live",
+                user=user,
+                host=host,
+                pid=self.peer_pid,
+                live=live.peer_pid,
+            )
+            # Not fatal to the caller: its own earlier, half-open connection may be the
+            # "live" one, which goes once silent for the window; it then gets in.
+            raise commands.TooBusy(
+                f"an executor of {user} on {host} is already connected (pid {live.peer_pid}) "
+                "and alive: a second one does not replace it"
+            )
+        return d.tickets.ticket(user, host)
+
+    def _live_window(self) -> float:
+        """How recently an executor must have been heard to count as live: three of its
+        heartbeat intervals."""
+        lease = self.dispatcher.settings.executor_lease
+        return 3 * min(HEARTBEAT_INTERVAL, lease / 6)
 
     def closed(self) -> None:
         challenge, self.challenge = self.challenge, None

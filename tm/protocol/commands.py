@@ -142,6 +142,9 @@ class Hello(_Command):
         (b"user", amp.Unicode()),
         (b"host", amp.Unicode()),
         (b"pid", Int64(optional=True)),  # the caller's process, shown by lstmms/lsthreads
+        # An executor's proof that its user's TMS started it for this host: the one-time
+        # start token (StartExecutor), or the ticket of an earlier login (Authenticate).
+        (b"token", amp.Unicode(optional=True)),
     ]
     response = [
         (b"protocol_version", Int64()),
@@ -156,7 +159,12 @@ class Authenticate(_Command):
 
     commandName = b"Authenticate"
     arguments = []
-    response = [(b"user", amp.Unicode()), (b"roles", amp.ListOf(amp.Unicode()))]
+    response = [
+        (b"user", amp.Unicode()),
+        (b"roles", amp.ListOf(amp.Unicode())),
+        # To an executor: what it shows (as Hello's token) when it logs in again.
+        (b"ticket", amp.Unicode(optional=True)),
+    ]
 
 
 class ProveKey(_Command):
@@ -407,6 +415,8 @@ class StartExecutor(_Command):
         (b"host", amp.Unicode()),
         (b"ssh_target", amp.Unicode()),
         (b"command", amp.Unicode()),
+        # The one-time token the started executor shows at its login (given on its stdin).
+        (b"token", amp.Unicode(optional=True)),
     ]
     response = []
 

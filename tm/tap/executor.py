@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 
 from twisted.application import service
 from twisted.python import usage
@@ -15,6 +16,14 @@ from tm.logs import with_bounded_log
 class Options(usage.Options):
     synopsis = "[options]"
     longdesc = "Runs a user's TaskManager executor (TMMS); it connects out to the dispatcher."
+    optFlags = [
+        [
+            "token-from-stdin",
+            None,
+            "Read the one-time start token from the first line of stdin (the TMS writes it "
+            "there): the dispatcher admits an executor only with it (issue 10 point 5).",
+        ],
+    ]
     optParameters = [
         ["dispatcher", None, None, "The dispatcher's dispatcher.json."],
         [
@@ -45,13 +54,15 @@ def makeService(options: Options) -> service.Service:  # noqa: N802
         info = find_dispatcher(options["dispatcher"], options["dispatcher-account"])
     except DispatcherNotFound as e:
         raise usage.UsageError(str(e)) from None
-    return with_bounded_log(
-        Executor(
-            reactor,
-            info,
-            host=options["host"] or socket.gethostname(),
-            idle_timeout=options["idle-timeout"],
-            log_dir=options["log-dir"] or str(user_dir() / "logs"),
-        ),
-        options,
+    executor = Executor(
+        reactor,
+        info,
+        host=options["host"] or socket.gethostname(),
+        idle_timeout=options["idle-timeout"],
+        log_dir=options["log-dir"] or str(user_dir() / "logs"),
     )
+    if options["token-from-stdin"]:
+        # Read before twistd daemonizes (and closes stdin); never on the command line,
+        # where every user of the host could read it.
+        executor.link.credential = sys.stdin.readline().strip() or None
+    return with_bounded_log(executor, options)

@@ -20,7 +20,12 @@ class Options(usage.Options):
             "The dispatcher's dispatcher.json (default: $TM_DISPATCHER, "
             "~/.taskmanager/dispatcher.json, /etc/taskmanager/dispatcher.json).",
         ],
-        ["interface", None, "", "Address to listen on (default: all)."],
+        [
+            "interface",
+            None,
+            "",
+            "Address to listen on (default: loopback, and the address the dispatcher is reached from).",
+        ],
     ]
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import getpass
 import os
-import re
 import secrets
 import shlex
 import socket
@@ -20,9 +19,9 @@ from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer, protocol
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import ensureDeferred
 from twisted.internet.endpoints import SSL4ServerEndpoint
-from twisted.internet.error import ConnectError, ConnectionClosed
+from twisted.internet.error import CannotListenError, ConnectError, ConnectionClosed
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.protocols import amp
@@ -33,7 +32,8 @@ from tm.link import DispatcherInfo, user_dir
 from tm.loginlimit import LoginAttempts, LoginLimiter
 from tm.protocol import commands
 from tm.protocol.base import BoundedAMP
-from tm.userserver import local
+from tm.userserver import local, startcommands
+from tm.userserver.startcommands import LauncherProtocol, start_failure_reason  # noqa: F401
 
 #: Requests a client may send that the TMS passes to the dispatcher as they are;
 #: the dispatcher scopes them to this TMS's proven user.
@@ -132,6 +132,10 @@ async def submit_until_acknowledged(
         pause = min(2 * pause, 1.0)
 
 
+def _loopback(address: str) -> bool:
+    return address.startswith("127.") or address in ("::1", "localhost")
+
+
 def tms_info_path() -> Path:
     return user_dir() / "tms.json"
 
@@ -178,7 +182,13 @@ class ClientSession(amp.CommandLocator):
 
     @commands.Hello.responder
     def hello(
-        self, protocol_version: int, role: str, user: str, host: str, pid: int | None = None
+        self,
+        protocol_version: int,
+        role: str,
+        user: str,
+        host: str,
+        pid: int | None = None,
+        token: str | None = None,
     ) -> dict:
         commands.check_protocol_version(protocol_version, VERSION_MISMATCH)
         self.claimed_user = user
@@ -232,41 +242,15 @@ class DispatcherSide(amp.CommandLocator):
         self.server = server
 
     @commands.StartExecutor.responder
-    def start_executor(self, host: str, ssh_target: str, command: str) -> dict:
-        self.server.start_executor(host, ssh_target, command)
+    def start_executor(
+        self, host: str, ssh_target: str, command: str, token: str | None = None
+    ) -> dict:
+        self.server.start_executor(host, ssh_target, command, token)
         return {}
 
     @commands.Ping.responder
     def ping(self) -> dict:
         return {"server": "tmserver", "time": self.server.reactor.seconds()}
-
-
-def start_failure_reason(output: bytes, code: int | None) -> str:
-    """One line that says why an executor start failed, from what the command printed."""
-    text = output.decode("utf-8", "replace")
-    running = re.search(r"Another twistd server is running, PID (\d+)", text)
-    if running:
-        return (
-            f"an executor of yours is already running there (pid {running.group(1)}) but "
-            "is not connected; it reconnects by itself, or stop it"
-        )
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return (lines[-1] if lines else f"the start command exited with {code}")[:500]
-
-
-class _LauncherProtocol(protocol.ProcessProtocol):
-    """Collects what a starting TMMS (or ssh) says, and how it ends."""
-
-    def __init__(self) -> None:
-        self.output = b""
-        self.done: Deferred = Deferred()
-
-    def childDataReceived(self, fd: int, data: bytes) -> None:  # noqa: N802
-        if len(self.output) < 8192:
-            self.output += data
-
-    def processEnded(self, reason: Any) -> None:  # noqa: N802
-        self.done.callback(getattr(reason.value, "exitCode", None))
 
 
 class UserServer(service.Service):
@@ -296,6 +280,9 @@ class UserServer(service.Service):
         #: reach it there too, which its host name may not tell them (published in tms.json).
         self.addresses: list[str] = []
         self._listening: Any = None
+        self._extra: dict[str, Any] = {}  # address -> its listening port
+        self._tls: Any = None
+        self._factory: Any = None
         #: The Unix socket where clients on this host reach this TMS without TLS.
         self.socket_path = Path(localsocket.socket_path(self.public_host))
         self._local: Any = None
@@ -310,8 +297,12 @@ class UserServer(service.Service):
             base / "tms" / "tms.key", base / "tms" / "tms.crt", auth.TMS_TLS_NAME
         )
         factory = protocol.Factory.forProtocol(self._client_protocol)
+        self._tls = auth.server_tls_options(key_pem, cert_pem)
+        self._factory = factory
+        # Loopback first (issue 10 point 8); the address this TMS reaches the dispatcher from
+        # is added when the link is up (_dispatcher_connected), on the same port.
         endpoint = SSL4ServerEndpoint(
-            self.reactor, 0, auth.server_tls_options(key_pem, cert_pem), interface=self.interface
+            self.reactor, 0, self._tls, interface=self.interface or "127.0.0.1"
         )
         d = endpoint.listen(factory)
         d.addCallback(self._listening_on, cert_pem)
@@ -328,6 +319,9 @@ class UserServer(service.Service):
     def _listening_on(self, port: Any, cert_pem: bytes) -> None:
         self._listening = port
         self.port = port.getHost().port
+        for address in list(self.addresses):  # the link came up first
+            if not self._listen_also(address):
+                self.addresses.remove(address)
         self._certificate = cert_pem
         self._publish()
         self.log.info("tmserver of {user} ready on port {port}", user=self.user, port=self.port)
@@ -350,10 +344,33 @@ class UserServer(service.Service):
 
     def _dispatcher_connected(self, proto: Any) -> None:
         address = proto.transport.getHost().host
-        if address and address not in self.addresses and not address.startswith("127."):
+        if address and address not in self.addresses and not _loopback(address):
+            if self._listening is not None and not self._listen_also(address):
+                return
             self.addresses.append(address)
             if self._listening is not None and self._owns_info():
                 self._publish()
+
+    def _listen_also(self, address: str) -> bool:
+        """Listen on ``address`` too (the port of the loopback listener): the user's other
+        hosts reach this TMS where the dispatcher does. Whether it now listens there."""
+        if self.interface or address in self._extra:
+            return not self.interface
+        try:
+            self._extra[address] = self.reactor.listenSSL(
+                self.port, self._factory, self._tls, interface=address
+            )
+        except CannotListenError as e:
+            self.log.warn(
+                "cannot listen on {address} port {port} as well: {e}; clients on other "
+                "hosts may not reach this TMS",
+                address=address,
+                port=self.port,
+                e=str(e.socketError or e),
+            )
+            return False
+        self.log.info("tmserver also listening on {address}", address=address)
+        return True
 
     def _owns_info(self) -> bool:
         import json
@@ -381,13 +398,16 @@ class UserServer(service.Service):
         local_port, self._local = self._local, None
         if local_port is not None:
             local_port.stopListening()  # removes the socket file
+        for extra in self._extra.values():
+            extra.stopListening()
+        self._extra.clear()
         if self._listening is not None:
             return self._listening.stopListening()
         return None
 
     # --- executors ---------------------------------------------------------------------
 
-    def executor_argv(self, host: str, twistd: str = "") -> list[str]:
+    def executor_argv(self, host: str, twistd: str = "", token: bool = False) -> list[str]:
         """The command that starts this user's TMMS for ``host``.
 
         ``twistd`` is the host's ``tmmenial_command`` from the cluster file: the twistd to run
@@ -408,6 +428,7 @@ class UserServer(service.Service):
             "--logfile",
             str(logs / f"tmmenial.{host}.log"),
             "tmmenial",
+            *(["--token-from-stdin"] if token else []),
             "--host",
             host,
             "--dispatcher",
@@ -416,13 +437,16 @@ class UserServer(service.Service):
             *(["--dispatcher-account", self.info.account] if self.info.account else []),
         ]
 
-    def start_executor(self, host: str, ssh_target: str, command: str) -> None:
+    def start_executor(
+        self, host: str, ssh_target: str, command: str, token: str | None = None
+    ) -> None:
         (user_dir() / "logs").mkdir(mode=0o700, exist_ok=True)
-        try:
-            local = self.executor_argv(host, command)
-        except ValueError as e:  # unbalanced quotes in tmmenial_command
-            ensureDeferred(self._report_failure(host, f"bad tmmenial_command {command!r}: {e}"))
+        # The dispatcher names the command; this user's configuration decides whether it runs.
+        refusal = startcommands.start_command_refusal(command)
+        if refusal is not None:
+            ensureDeferred(self._report_failure(host, refusal))
             return
+        local = self.executor_argv(host, command, token=bool(token))
         if ssh_target:
             remote = " ".join(shlex.quote(a) for a in local)
             argv = [
@@ -437,11 +461,11 @@ class UserServer(service.Service):
             ]
         else:
             argv = local
-        ensureDeferred(self._launch(host, argv))
+        ensureDeferred(self._launch(host, argv, token))
 
-    async def _launch(self, host: str, argv: list[str]) -> None:
+    async def _launch(self, host: str, argv: list[str], token: str | None = None) -> None:
         self.log.info("starting an executor on {host}: {argv}", host=host, argv=" ".join(argv))
-        proto = _LauncherProtocol()
+        proto = LauncherProtocol()
         try:
             self.reactor.spawnProcess(
                 proto, argv[0], argv, env=dict(os.environ), childFDs={0: "w", 1: "r", 2: "r"}
@@ -450,6 +474,9 @@ class UserServer(service.Service):
             await self._report_failure(host, f"cannot run {argv[0]}: {e.strerror}")
             return
         assert proto.transport is not None  # spawnProcess connected it
+        if token:
+            # The executor's proof that this TMS started it (through ssh's stdin too).
+            proto.transport.write(token.encode("ascii") + b"\n")  # type: ignore[call-arg,misc]
         proto.transport.closeStdin()  # type: ignore[misc]
         code = await proto.done
         if code != 0:
