@@ -96,12 +96,6 @@ class Settings:
     executor_lease: float = 300.0
 
 
-def _fire_unless_called(d: Deferred) -> None:
-    """A wait's deadline: fire ``d`` with None unless it has fired already."""
-    if not d.called:
-        d.callback(None)
-
-
 class DispatcherCore:
     """The state, the transitions and the scheduling pass; the parts of
     :class:`~tm.dispatcher.service.Dispatcher` that the others build on."""

@@ -10,7 +10,7 @@ from twisted.internet.defer import Deferred, ensureDeferred, fail
 
 from tm import trace
 from tm.core.model import Job, JobState, ending_state
-from tm.dispatcher.core import DispatcherCore, Killing, NotWritten, _fire_unless_called
+from tm.dispatcher.core import DispatcherCore, Killing, NotWritten
 from tm.dispatcher.ports import PeerSession
 from tm.protocol import commands
 
@@ -282,10 +282,9 @@ class JobControl(DispatcherCore):
             return await self.store.get_job(job_id)
         d: Deferred = Deferred()
         self.waiters.setdefault(job_id, []).append(d)
-        call = self.reactor.callLater(timeout, _fire_unless_called, d)
+        # At the deadline the wait answers None (the job as it stands), not an error.
+        d.addTimeout(timeout, self.reactor, onTimeoutCancel=lambda _result, _timeout: None)
         result = await d
-        if call.active():
-            call.cancel()
         if result is None:
             lst = self.waiters.get(job_id, [])
             if d in lst:

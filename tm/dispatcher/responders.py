@@ -165,7 +165,7 @@ class SessionBase(amp.CommandLocator):
             return me  # only an admin, talking to the dispatcher, sees other users' jobs
         return user
 
-    def _may_touch(self, job: Any) -> bool:
+    def _may_touch(self, job: Job) -> bool:
         return self._may_see_user(job.user)
 
     async def _own_job(self, job_id: int, verb: str) -> Job:
@@ -247,7 +247,7 @@ class JobResponders(SessionBase):
         more = n < len(jobs)
         return {"jobs": rows, "next_after_id": rows[-1]["id"] if more and rows else None}
 
-    async def _visible_job(self, job_id: int) -> Any:
+    async def _visible_job(self, job_id: int) -> Job:
         me = self._require(commands.ROLE_TMS, commands.ROLE_CLIENT)
         d = self.dispatcher
         job = d.jobs.get(job_id) or await d.store.get_job(job_id)

@@ -50,6 +50,7 @@ from tm.dispatcher.core import (  # noqa: F401 - the names tests and the tap imp
 )
 from tm.dispatcher.jobcontrol import JobControl
 from tm.dispatcher.links import ExecutorLinks
+from tm.dispatcher.ports import DispatcherStore
 from tm.dispatcher.tickets import ExecutorTickets
 from tm.loginlimit import LoginLimiter
 from tm.protocol import commands, records
@@ -58,7 +59,7 @@ from tm.protocol import commands, records
 class Dispatcher(ExecutorLinks, JobControl, DispatcherCore, service.Service):
     log = Logger()
 
-    def __init__(self, reactor: Any, settings: Settings, store: Any) -> None:
+    def __init__(self, reactor: Any, settings: Settings, store: DispatcherStore) -> None:
         super().__init__(reactor, settings, store)
         #: Failed logins per address and claimed user (the sessions consult and feed it).
         self.logins = LoginLimiter(reactor)
