@@ -203,7 +203,7 @@ def spec_from_options(options: dict[str, Any]) -> JobSpec:
             raise CLIError(
                 f"{option} must be a number from 0 to {high:.0f} {unit}, not {value}", status=2
             )
-    values = {f.name: options[f.name] for f in jobfields.SPEC_FIELDS if f.name != "uuid"}
+    values = {f.name: options[f.name] for f in jobfields.GIVEN_FIELDS}
     values["shell"] = resolve_shell(options["shell"])
     values["excluded_hosts"] = _excluded(options["excluded_hosts"])
     spec = JobSpec(uuid=str(uuid.uuid4()), **values)
