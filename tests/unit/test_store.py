@@ -108,8 +108,9 @@ async def test_a_sealed_environment_is_stored_as_sealed_and_once(store: Store) -
     first = await store.submit_jobs("alice", sealed, [spec(1, signature="1.k.s")], now=100.0)
     again = await store.submit_jobs("alice", sealed, [spec(2, signed_at=99.0)], now=100.0)
     jobs = await store.get_jobs(first + again)
-    assert jobs[0].env_id == jobs[1].env_id is not None
-    assert await store.get_environment(jobs[0].env_id) == "1.0123456789abcdef.c2VhbGVk"
+    env_id = jobs[0].env_id
+    assert env_id is not None and jobs[1].env_id == env_id
+    assert await store.get_environment(env_id) == "1.0123456789abcdef.c2VhbGVk"
     assert jobs[0].spec.signature == "1.k.s" and jobs[1].spec.signed_at == 99.0
 
 
