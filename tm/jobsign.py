@@ -218,17 +218,36 @@ def _split(text: str, what: str) -> tuple[str, str, str]:
     return parts[0], parts[1], parts[2]
 
 
+#: Each job field of the message: its name's part, whether it is an integer, its name.
+_JOB_PARTS = tuple(
+    (struct.pack(">I", len(f.name)) + f.name.encode("ascii"), f.base is int, f.name)
+    for f in JOB_FIELDS
+)
+
+
 @dataclass
 class SubmissionSigner:
     key_id: str
     _start: Any  # an hmac object: the header and the submission's fields
 
     def sign(self, job: Mapping[str, Any]) -> str:
-        """The signature of one job (``job``: its fields of :data:`JOB_FIELDS` by name)."""
+        """The signature of one job (``job``: its fields of :data:`JOB_FIELDS` by name).
+
+        The same bytes as :func:`_part` of each field, built in one pass: this runs once per
+        job of a bulk submission."""
+        parts: list[bytes] = []
+        for name_part, is_int, name in _JOB_PARTS:
+            value = job[name]
+            text = str(int(value)) if is_int else "" if value is None else str(value)
+            data = text.encode("utf-8", "surrogatepass")
+            parts += (name_part, len(data).to_bytes(4, "big"), data)
         h = self._start.copy()
-        for f in JOB_FIELDS:
-            h.update(_part(f.name, _text(f, job[f.name])))
-        return f"{VERSION}.{self.key_id}.{_b64(h.digest())}"
+        h.update(b"".join(parts))
+        return f"{self._prefix}{base64.urlsafe_b64encode(h.digest())[:43].decode('ascii')}"
+
+    @property
+    def _prefix(self) -> str:
+        return f"{VERSION}.{self.key_id}."
 
 
 def load_key(path: Path | None = None) -> JobKey:
