@@ -6,9 +6,13 @@ more jobs (``true``) have ended and deactivates it again. Prints JSON per queue 
 
 - ``cpu_ms_per_job_started``: the dispatcher's CPU time (utime + stime from
   /proc/PID/stat) while those jobs started and ended, divided by their number;
-- ``rss_mb``: the dispatcher's resident memory with the queue waiting;
+- ``rss_mb``: the dispatcher's resident memory (VmRSS) with the queue waiting;
 - ``submit_seconds``: the time of the ``hRunJob -f`` of the whole file;
-- ``list_seconds``: the time of ``hConnect lswjobs`` listing every waiting job.
+- ``list_seconds``: the time of ``hConnect lswjobs`` listing every waiting job;
+- ``submit_cpu`` and ``list_cpu``: the CPU seconds the dispatcher, the TMS and the
+  command itself used meanwhile (on a machine shared with other work, the wall-clock
+  figures vary with its load; these much less);
+- ``load``: the machine's load average (1 min) before each measure.
 
 Figures, not assertions::
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import socket
 import sys
 import tempfile
@@ -44,6 +49,28 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def load() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(inst: Installation, pids: dict[str, int], *argv: str) -> tuple[float, dict, str]:
+    """Run one command; its wall-clock seconds, the CPU seconds of ``pids`` and of the
+    command meanwhile, and its output."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    own = children_cpu()
+    t0 = time.monotonic()
+    out = inst.run(*argv, check=True, timeout=1800).stdout
+    wall = time.monotonic() - t0
+    cpu = {name: round(cpu_seconds(pid) - before[name], 2) for name, pid in pids.items()}
+    cpu["cli"] = round(children_cpu() - own, 2)
+    return round(wall, 2), cpu, out
 
 
 def td(inst: Installation, line: str, timeout: float = 600) -> str:
@@ -71,14 +98,15 @@ def measure(inst: Installation, size: int, run: int) -> dict[str, Any]:
     # Each job appends a line to the marker file: its end is seen without asking the
     # dispatcher (whose work would count in the figure).
     jobfile.write_text(f"command::echo >> {marker}\n" * size)
-    t0 = time.monotonic()
-    inst.run("hRunJob", "-q", "-f", str(jobfile), check=True, timeout=1800)
-    submit = time.monotonic() - t0
+    inst.run("hConnect", "ping", check=True)  # the TMS runs before the clock starts
+    tms = [p for p in inst.daemon_pids() if "tmserver" in Path(f"/proc/{p}/cmdline").read_text()]
+    pids = {"dispatcher": pid, **({"tms": tms[0]} if tms else {})}
+    load_submit = load()
+    submit, submit_cpu, _ = timed(inst, pids, "hRunJob", "-q", "-f", str(jobfile))
     waiting = status(inst)["waiting jobs"]
     rss = rss_mb(pid)
-    t0 = time.monotonic()
-    listing = inst.run("hConnect", "lswjobs", check=True, timeout=1800).stdout
-    listed = time.monotonic() - t0
+    load_list = load()
+    listed, list_cpu, listing = timed(inst, pids, "hConnect", "lswjobs")
     cpu0 = cpu_seconds(pid)
     td(inst, "activatecluster")
     wait_until(lambda: lines(marker) >= run, 1800, f"{run} jobs to end", interval=0.05)
@@ -96,8 +124,12 @@ def measure(inst: Installation, size: int, run: int) -> dict[str, Any]:
         "jobs_started": started,
         "cpu_ms_per_job_started": round(1000 * (cpu1 - cpu0) / max(1, started), 3),
         "rss_mb": round(rss, 1),
-        "submit_seconds": round(submit, 2),
-        "list_seconds": round(listed, 2),
+        "submit_seconds": submit,
+        "submit_cpu": submit_cpu,
+        "load_at_submit": load_submit,
+        "list_seconds": listed,
+        "list_cpu": list_cpu,
+        "load_at_list": load_list,
         "listed_lines": listing.count("\n"),
     }
 

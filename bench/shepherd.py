@@ -12,9 +12,10 @@ shepherds, shells, printf). Figures, not assertions.
     python bench/shepherd.py [--jobs 500] [--concurrency 64] [--launcher spawn,zygote]
                              [--repeat 3] [--floor]
 
-``--launcher``: ``zygote`` (the executor's default: shepherds forked by one helper process) or
-``spawn`` (a fresh ``python -I -S shim.py`` per job, as before), or both, comma-separated, run
-alternately. ``--floor`` also measures the
+``--launcher``: ``zygote`` (the executor's default: shepherds forked by one helper process,
+compiled where ``tm/executor/_shepherd.c`` is built), ``zygote-native`` or ``zygote-python``
+(either implementation of it), or ``spawn`` (a fresh ``python -I -S shim.py`` per job, as
+before); several, comma-separated, run alternately. ``--floor`` also measures the
 machine's floor, a bare fork+exec+wait of the same printf per job, CONCURRENCY at once.
 """
 
@@ -32,7 +33,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# Not bench/ itself on the path: bench/queue.py would hide the standard library's queue.
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+
+LAUNCHERS = ("zygote", "zygote-native", "zygote-python", "spawn")
 
 
 def cpu_seconds(who: int | None = None) -> float:
@@ -159,7 +164,7 @@ def main() -> None:
     parser.add_argument(
         "--launcher",
         default="zygote",
-        help="zygote, spawn, or both comma-separated (run alternately)",
+        help="zygote, zygote-native, zygote-python, spawn; comma-separated (run alternately)",
     )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--floor", action="store_true")
@@ -169,8 +174,8 @@ def main() -> None:
         if args.one:
             print(json.dumps(run_jobs(args.jobs, args.concurrency, args.launcher, Path(tmp))))
             return
-        if any(name not in ("zygote", "spawn") for name in args.launcher.split(",")):
-            parser.error("--launcher: zygote, spawn, or both comma-separated")
+        if any(name not in LAUNCHERS for name in args.launcher.split(",")):
+            parser.error("--launcher: " + ", ".join(LAUNCHERS) + ", comma-separated")
         launchers = args.launcher.split(",")
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in launchers}
         for _ in range(args.repeat):

@@ -8,9 +8,12 @@ from collections.abc import Iterator
 import pytest
 
 from tests.helpers.leaks import ReactorSnapshot
+from tests.helpers.native import build_in_tree
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # The compiled zygote and shepherd, built next to the sources as pip would install it.
+    build_in_tree()
     # CI sets TM_REQUIRE_MYSQL: there the MariaDB tests must run, never skip silently.
     if os.environ.get("TM_REQUIRE_MYSQL") and not os.environ.get("TM_TEST_MYSQL_URL"):
         raise pytest.UsageError("TM_REQUIRE_MYSQL is set but TM_TEST_MYSQL_URL is not")

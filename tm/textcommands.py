@@ -54,7 +54,7 @@ __all__ = [
 Call = Callable[..., Awaitable[dict[str, Any]]]
 
 TARGETS = ("tms", "dispatcher")
-PAGE_LIMIT = 100
+PAGE_LIMIT = 1000  # the dispatcher ends a page sooner where one AMP value is full
 LIST_STATES: dict[str, tuple[list[str], str]] = {
     "lswjobs": (["waiting"], "no waiting jobs"),
     "lspjobs": (["pending"], "no pending jobs"),

@@ -47,7 +47,7 @@ REGISTRY = Path("/run/tmc-cluster")
 SYSTEM_PYTHON = "/usr/bin/python3"
 SSHD = "/usr/sbin/sshd"
 #: Source parts of the installation; the digest over them names the cached venv.
-SOURCE_PARTS = ("pyproject.toml", "README.md", "tm", "twisted/plugins")
+SOURCE_PARTS = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "tm", "twisted/plugins")
 HOST_NAMES = ("h1", "h2", "h3")
 #: Short, so that a host cut off the network loses its jobs within a test's patience: its
 #: executors stop them after half of it, the dispatcher requeues them after it.
@@ -125,7 +125,7 @@ def _source_files(repo: Path) -> list[Path]:
                 for f in p.rglob("*")
                 if f.is_file()
                 and "__pycache__" not in f.parts
-                and f.suffix not in (".pyc", ".pyo")
+                and f.suffix not in (".pyc", ".pyo", ".so")  # the extension is built anew
                 and f.name != "dropin.cache"
             ]
     return sorted(files)

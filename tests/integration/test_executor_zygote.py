@@ -16,6 +16,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor
 
+from tests.helpers.native import require_native
 from tests.helpers.processes import alive, wait_until
 from tests.integration.test_runner import (  # noqa: F401 - no_stray_processes is a fixture
     DEADLINE,
@@ -34,10 +35,13 @@ from tm.executor.runner import JobEnd, JobRunner, shepherd_ready
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def runner(tmp_path: Path) -> Iterator[JobRunner]:
+@pytest.fixture(params=["zygote-native", "zygote-python"])
+def runner(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[JobRunner]:
+    """A runner with the zygote of each implementation: compiled, and Python."""
+    if request.param == "zygote-native":
+        require_native()
     made = JobRunner(
-        reactor, reactor, log_dir=str(tmp_path / "logs"), kill_grace=0.5, launcher="zygote"
+        reactor, reactor, log_dir=str(tmp_path / "logs"), kill_grace=0.5, launcher=request.param
     )
     yield made
     pytest_twisted.blockon(made.kill_all().addTimeout(DEADLINE, reactor))
@@ -224,7 +228,7 @@ EXECUTOR = textwrap.dedent("""
     import sys
     from twisted.internet import reactor
     from tm.executor.runner import JobRunner, RunRequest
-    runner = JobRunner(reactor, reactor, log_dir=sys.argv[1] + "/logs", launcher="zygote")
+    runner = JobRunner(reactor, reactor, log_dir=sys.argv[1] + "/logs", launcher=sys.argv[2])
     command = "sleep 300 & echo $! > bg; sleep 300 & echo $! > bg2; echo $$ > shell; wait"
     def go():
         for job_id in (1, 2):
@@ -236,10 +240,13 @@ EXECUTOR = textwrap.dedent("""
 """)
 
 
-def test_the_jobs_die_with_the_executor(tmp_path: Path) -> None:
+@pytest.mark.parametrize("launcher", ["zygote-native", "zygote-python"])
+def test_the_jobs_die_with_the_executor(tmp_path: Path, launcher: str) -> None:
+    if launcher == "zygote-native":
+        require_native()
     for job_id in (1, 2):
         (tmp_path / str(job_id)).mkdir()
-    executor = subprocess.Popen([sys.executable, "-c", EXECUTOR, str(tmp_path)], cwd=ROOT)
+    executor = subprocess.Popen([sys.executable, "-c", EXECUTOR, str(tmp_path), launcher], cwd=ROOT)
     try:
 
         def started() -> list[int] | None:

@@ -1,6 +1,7 @@
 """Tests of the executor's JobRunner and its per-job shepherd with real processes.
 
-Every test runs with both launchers: shepherds forked by the executor's zygote, and a fresh
+Every test runs with each launcher: shepherds forked by the executor's zygote, compiled
+(``zygote-native``, tm/executor/_shepherd.c) and in Python (``zygote-python``), and a fresh
 interpreter per shepherd (``spawn``)."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer, reactor, task
 
+from tests.helpers.native import require_native
 from tests.helpers.processes import alive
 from tm.executor.runner import JobEnd, JobRunner, JobStartError, RunRequest, shepherd_ready
 
@@ -23,9 +25,11 @@ RUNNERS: list[JobRunner] = []
 LAUNCHER = ["zygote"]
 
 
-@pytest.fixture(autouse=True, params=["zygote", "spawn"])
+@pytest.fixture(autouse=True, params=["zygote-native", "zygote-python", "spawn"])
 def launcher(request: pytest.FixtureRequest) -> Iterator[str]:
     """The launcher of every runner the test makes; the runners' zygotes are ended after it."""
+    if request.param == "zygote-native":
+        require_native()
     LAUNCHER[0] = request.param
     yield request.param
     while RUNNERS:
@@ -215,6 +219,24 @@ async def test_job_sees_its_environment(tmp_path: Path) -> None:
     )
     await ended
     assert (tmp_path / "env.txt").read_text() == "99 4 mine\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_values_of_every_kind_reach_the_job_unchanged(tmp_path: Path) -> None:
+    # The zygote's request carries them as NUL-separated bytes: '=', newlines, non-ASCII text
+    # and bytes that are not UTF-8 (surrogate-escaped, as os.environ holds them) survive.
+    runner = make_runner(tmp_path)
+    (tmp_path / "d é").mkdir()
+    odd = {"EQ": "a=b=c", "NL": "one\ntwo", "TEXT": "été ✓", "RAW": os.fsdecode(b"\xff\xfe")}
+    command = 'printf \'%s|\' "$EQ" "$NL" "$TEXT" "$RAW"; printf \'%s\' "$0"'
+    _, ended = await start(
+        runner,
+        request(tmp_path / "d é", command, env=base_env() | odd, stdout=str(tmp_path / "o")),
+    )
+    end = await ended
+    assert end.exit_code == 0, (tmp_path / "o").read_bytes()
+    expected = b"a=b=c|one\ntwo|" + "été ✓".encode() + b"|\xff\xfe|/bin/sh"
+    assert (tmp_path / "o").read_bytes() == expected
 
 
 @pytest_twisted.ensureDeferred
@@ -569,6 +591,21 @@ async def test_missing_shell_is_exit_127_with_a_message(tmp_path: Path) -> None:
     end = await ended
     assert end.exit_code == 127
     assert "cannot execute shell" in (tmp_path / "e.txt").read_text()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_shell_named_without_a_path_is_found_on_the_jobs_path(tmp_path: Path) -> None:
+    runner = make_runner(tmp_path)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shell = bin_dir / "myshell"
+    shell.write_text('#!/bin/sh\necho "$@" > used\nexec /bin/sh "$@"\n')
+    shell.chmod(0o755)
+    env = {"PATH": f"{tmp_path / 'nowhere'}:{bin_dir}:/usr/bin:/bin", "LANG": "C"}
+    _, ended = await start(runner, request(tmp_path, "exit 4", shell="myshell", env=env))
+    end = await ended
+    assert end.exit_code == 4
+    assert (tmp_path / "used").read_text() == "-c exit 4\n"
 
 
 @pytest_twisted.ensureDeferred

@@ -66,7 +66,13 @@ class MemoryStore:
     def submit_jobs(
         self, user: str, environment: Any, specs: list[JobSpec], now: float
     ) -> Deferred:
+        return self.insert_jobs(user, environment, specs, now).addCallback(lambda r: r[0])
+
+    def insert_jobs(
+        self, user: str, environment: Any, specs: list[JobSpec], now: float
+    ) -> Deferred:
         ids = []
+        created = []
         by_uuid = {j.uuid: j.id for j in self.jobs.values()}
         for spec in specs:
             if spec.uuid in by_uuid:
@@ -85,7 +91,9 @@ class MemoryStore:
                 umask=environment.umask,
             )
             ids.append(job_id)
-        return succeed(ids)
+            by_uuid[spec.uuid] = job_id
+            created.append(copy.deepcopy(self.jobs[job_id]))
+        return succeed((ids, created))
 
     def get_jobs(self, job_ids: list[int]) -> Deferred:
         return succeed([copy.deepcopy(self.jobs[i]) for i in job_ids if i in self.jobs])

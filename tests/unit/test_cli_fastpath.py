@@ -95,7 +95,15 @@ def test_run_now_runs_a_coroutine_whose_awaits_are_ready() -> None:
     out = run_now(textcommands.parse("lswjobs", "tms").run(blocking_call(call)))
     assert out == "no waiting jobs"
     assert calls == [
-        ("ListJobs", {"states": ["waiting"], "scope": "mine", "after_id": 0, "limit": 100})
+        (
+            "ListJobs",
+            {
+                "states": ["waiting"],
+                "scope": "mine",
+                "after_id": 0,
+                "limit": textcommands.PAGE_LIMIT,
+            },
+        )
     ]
 
 
@@ -228,6 +236,60 @@ def test_requests_are_forwarded_and_errors_keep_their_code(monkeypatch: pytest.M
             "order": None,
         },
     )
+
+
+def test_the_next_page_of_a_listing_is_asked_for_while_the_client_reads_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pages = {0: ([1, 2], 2), 2: ([3, 4], 4), 4: ([5], None)}
+    failures: list[int] = []
+
+    def page(kw: dict) -> dict:
+        if kw["after_id"] in failures:
+            failures.remove(kw["after_id"])
+            raise commands.DispatcherUnavailable("no answer from the dispatcher")
+        ids, after = pages[kw["after_id"]]
+        return {"jobs": [{"id": i} for i in ids], "next_after_id": after}
+
+    link = FakeLink({commands.ListJobs: page, commands.Ping: {}})
+    peer = Peer(link, os.getuid(), monkeypatch)
+
+    def listing() -> list[int]:
+        seen, after = [], 0
+        while True:
+            peer.request("ListJobs", states=["waiting"], scope="mine", after_id=after, limit=2)
+            [answer] = peer.answers()
+            seen += [j["id"] for j in answer["answer"]["jobs"]]
+            after = answer["answer"]["next_after_id"]
+            if after is None:
+                return seen
+
+    assert listing() == [1, 2, 3, 4, 5]
+    # Each page was asked for once, the next one as soon as the one before was answered.
+    assert [kw["after_id"] for _, kw in link.calls] == [0, 2, 4]
+    # A page asked for ahead that failed is asked again when the client wants it.
+    failures.append(2)
+    link.calls.clear()
+    assert listing() == [1, 2, 3, 4, 5]
+    assert [kw["after_id"] for _, kw in link.calls] == [0, 2, 2, 4]
+    # A page asked ahead with other arguments, or before another request, is not used.
+    link.calls.clear()
+    peer.request("ListJobs", states=["waiting"], scope="mine", after_id=0, limit=2)
+    peer.answers()
+    peer.request("ListJobs", states=["running"], scope="mine", after_id=2, limit=2)
+    peer.answers()
+    assert [(kw["states"], kw["after_id"]) for _, kw in link.calls] == [
+        (["waiting"], 0),
+        (["waiting"], 2),
+        (["running"], 2),
+        (["running"], 4),
+    ]
+    link.calls.clear()
+    peer.request("Ping")
+    peer.answers()
+    peer.request("ListJobs", states=["running"], scope="mine", after_id=4, limit=2)
+    peer.answers()
+    assert [kw["after_id"] for _, kw in link.calls] == [4]
 
 
 @pytest.mark.parametrize(

@@ -82,7 +82,7 @@ def test_a_store_refusal_reaches_the_client_as_invalid_request(world: Any) -> No
     async def refuse(*args: Any) -> Any:
         raise StoreRefused(text)
 
-    store.submit_jobs = refuse
+    store.insert_jobs = refuse
     with pytest.raises(commands.InvalidRequest) as e:
         submit(d, clock)
     assert str(e.value) == text
@@ -95,7 +95,7 @@ def test_an_unavailable_store_reaches_the_client_as_database_unavailable(world: 
     async def away(*args: Any, **kw: Any) -> Any:
         raise StoreUnavailable(text)
 
-    store.submit_jobs = away
+    store.insert_jobs = away
     with pytest.raises(commands.DatabaseUnavailable) as e:
         submit(d, clock)
     assert str(e.value) == text

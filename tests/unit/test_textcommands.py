@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred
 from tm.cli.common import command_named
 from tm.protocol import commands
 from tm.textcommands import (
+    PAGE_LIMIT,
     SPECS,
     TextCommand,
     TextCommandError,
@@ -223,7 +224,10 @@ def test_listing_empty(name: str, states: list[str], empty: str, target: str, sc
     out, call = go(name, target, {commands.ListJobs: {"jobs": [], "next_after_id": None}})
     assert out == empty
     assert call.calls == [
-        (commands.ListJobs, {"states": states, "scope": scope, "after_id": 0, "limit": 100})
+        (
+            commands.ListJobs,
+            {"states": states, "scope": scope, "after_id": 0, "limit": PAGE_LIMIT},
+        )
     ]
 
 
@@ -283,7 +287,7 @@ def test_findjobs() -> None:
         "states": [],
         "scope": "mine",
         "after_id": 0,
-        "limit": 100,
+        "limit": PAGE_LIMIT,
         "text": "foo",
     }
     assert "echo 9" in out

@@ -70,7 +70,7 @@ STEPS: list[tuple[JobState, dict[str, Any]]] = [
 
 def test_a_transition_changes_memory_and_row_alike() -> None:
     txn = _database()
-    [job_id] = queries.submit_jobs(
+    [job_id], _ = queries.insert_jobs(
         txn,
         queries.SQLITE,
         "alice",
@@ -143,6 +143,17 @@ def _check(work: WorkingSet) -> None:
                     assert (j.user, j.spec.priority, j.spec.slots) == (u, p, slots)
                     assert frozenset(j.spec.excluded_hosts) == excluded
     assert set(work.waiting_users()) == {j.user for j in jobs if j.state is JobState.WAITING}
+    for user in {j.user for j in jobs} | {None}:
+        for states in ([JobState.WAITING], [JobState.PENDING, JobState.RUNNING], list(JobState)):
+            listed = [j.id for j in work.listing(states, user, after_id=-1)]
+            assert listed == sorted(
+                j.id for j in jobs if j.state in states and user in (None, j.user)
+            )
+            if len(listed) > 1:
+                after = listed[len(listed) // 2]
+                assert [j.id for j in work.listing(states, user, after)] == [
+                    i for i in listed if i > after
+                ]
 
 
 @settings(max_examples=150, deadline=None)
@@ -181,6 +192,83 @@ def test_indexes_follow_every_transition(moves: list[tuple[int, JobState, str]])
     for job_id in list(work)[:3]:
         work.discard(job_id)
     _check(work)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 30),
+            st.sampled_from([JobState.WAITING, JobState.WAITING, JobState.RUNNING]),
+            st.integers(0, 2),
+        ),
+        max_size=40,
+    ),
+    st.integers(0, 15),
+)
+def test_a_bulk_add_indexes_as_adding_one_by_one(
+    rows: list[tuple[int, JobState, int]], already: int
+) -> None:
+    def jobs() -> list[Job]:
+        return [
+            make_job(
+                i,
+                user=f"u{k}",
+                priority=k % 2,
+                slots=1 + i % 2,
+                state=state,
+                host="h1" if state is JobState.RUNNING else None,
+            )
+            for i, state, k in rows
+        ]
+
+    one_by_one, bulk = WorkingSet(), WorkingSet()
+    for job in jobs()[:already]:  # some known already: a resent chunk
+        one_by_one.add(job)
+    for job in jobs()[:already]:
+        bulk.add(job)
+    for job in jobs():
+        one_by_one.add(job)
+    bulk.add_many(jobs())
+    _check(bulk)
+    assert sorted(bulk) == sorted(one_by_one)
+    assert bulk.occupied == one_by_one.occupied
+    assert [v.id for v in bulk.waiting_views()] == [v.id for v in one_by_one.waiting_views()]
+    for user in {f"u{k}" for _, _, k in rows}:
+        assert bulk.counts(user) == one_by_one.counts(user)
+
+
+def test_the_jobs_a_submission_creates_are_their_rows() -> None:
+    txn = _database()
+    env = JobEnvironment(cwd="/w", umask=0o027, env={"A": "1"})
+    specs = [
+        JobSpec(uuid="u-1", command="true"),
+        JobSpec(
+            uuid="u-2",
+            command="x",
+            shell="/bin/bash",
+            slots=3,
+            priority=7,
+            group="g",
+            info="i",
+            stdout="o",
+            stderr="e",
+            logfile="l",
+            excluded_hosts=("h1", "h2"),
+            estimated_time=1.5,
+            estimated_memory=2.0,
+        ),
+    ]
+    ids, created = queries.insert_jobs(txn, queries.SQLITE, "alice", env, specs, 12.5)
+    assert [j.id for j in created] == ids
+    assert created == queries.get_jobs(txn, queries.SQLITE, ids)
+    # Sent again with one more: the same ids, only the new job created, history once each.
+    more = [*specs, JobSpec(uuid="u-3", command="y")]
+    again, created = queries.insert_jobs(txn, queries.SQLITE, "alice", env, more, 13.0)
+    assert again[:2] == ids and [j.uuid for j in created] == ["u-3"]
+    assert created == queries.get_jobs(txn, queries.SQLITE, again[2:])
+    for job_id in again:
+        assert len(queries.get_history(txn, queries.SQLITE, job_id, 10)) == 1
 
 
 # --- scheduling fed by the working set's queues ----------------------------------------------

@@ -186,11 +186,12 @@ def _excluded(value: str) -> tuple[str, ...]:
     return tuple(h.strip() for h in value.split(",") if h.strip())
 
 
-def spec_from_options(options: dict[str, Any]) -> JobSpec:
+def spec_from_options(options: dict[str, Any], shells: dict[Any, str] | None = None) -> JobSpec:
     """A JobSpec from option values (the parsed command line, or one job-file line over it),
     keyed by the job's field names.
 
-    Raises CLIError for values that no dispatcher would accept.
+    Raises CLIError for values that no dispatcher would accept. ``shells``: the shells
+    resolved already (a job file's lines mostly name the same one).
     """
     slots, priority = options["slots"], options["priority"]
     if not 1 <= slots <= MAX_SLOTS:
@@ -204,13 +205,21 @@ def spec_from_options(options: dict[str, Any]) -> JobSpec:
                 f"{option} must be a number from 0 to {high:.0f} {unit}, not {value}", status=2
             )
     values = {f.name: options[f.name] for f in jobfields.GIVEN_FIELDS}
-    values["shell"] = resolve_shell(options["shell"])
+    values["shell"] = resolve_shell(options["shell"]) if shells is None else _shell(options, shells)
     values["excluded_hosts"] = _excluded(options["excluded_hosts"])
     spec = JobSpec(uuid=str(uuid.uuid4()), **values)
     problem = records.spec_problem(spec)  # the dispatcher's own check, without a round trip
     if problem:
         raise CLIError(problem, status=2)
     return spec
+
+
+def _shell(options: dict[str, Any], shells: dict[Any, str]) -> str:
+    name = options["shell"]
+    path = shells.get(name)
+    if path is None:
+        path = shells[name] = resolve_shell(name)
+    return path
 
 
 def host_names(hosts: list[dict]) -> set[str]:
@@ -248,9 +257,10 @@ def read_job_file(args: argparse.Namespace) -> list[tuple[int, JobSpec]]:
     if not lines:
         raise CLIError(f"the job file {path} holds no job; nothing was submitted", status=2)
     out = []
+    shells: dict[Any, str] = {}
     for line in lines:
         try:
-            out.append((line.line_no, spec_from_options(line.options)))
+            out.append((line.line_no, spec_from_options(line.options, shells)))
         except CLIError as e:
             raise CLIError(f"{path}:{line.line_no}: {e}; nothing was submitted", status=2) from None
     return out

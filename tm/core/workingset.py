@@ -21,6 +21,7 @@ The indexes are kept up to date by each change instead of being recomputed:
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -52,6 +53,8 @@ class WorkingSet:
         self._placed: dict[tuple[str, str], dict[int, Job]] = {}
         self._by_state: dict[JobState, dict[int, Job]] = {s: {} for s in ACTIVE_STATES}
         self._counts: dict[str, dict[JobState, int]] = {}
+        #: (user, state) -> the ids of the user's jobs in that state, sorted (for listings)
+        self._ids: dict[tuple[str, JobState], SortedList] = {}
         self._waiting: dict[int, dict[str, dict[Shape, SortedList]]] = {}
         for job in jobs:
             self.add(job)
@@ -100,6 +103,41 @@ class WorkingSet:
             self._unindex(old)
         self._jobs[job.id] = job
         self._index(job)
+
+    def add_many(self, jobs: Iterable[Job]) -> None:
+        """Take in the jobs of a submission: as :meth:`add` each, with each waiting queue
+        updated once for all of its new jobs."""
+        waiting = self._by_state.setdefault(JobState.WAITING, {})
+        fresh: dict[tuple[int, str, Shape], list[int]] = {}
+        for job in jobs:
+            if job.state is not JobState.WAITING or job.host or job.id in self._jobs:
+                self._queue_all(fresh)
+                self.add(job)
+                continue
+            self._jobs[job.id] = job
+            waiting[job.id] = job
+            counts = self._counts.setdefault(job.user, {})
+            counts[JobState.WAITING] = counts.get(JobState.WAITING, 0) + 1
+            fresh.setdefault((job.spec.priority, job.user, shape_of(job)), []).append(job.id)
+        self._queue_all(fresh)
+
+    def _queue_all(self, fresh: dict[tuple[int, str, Shape], list[int]]) -> None:
+        by_user: dict[str, list[int]] = {}
+        for (priority, user, shape), ids in fresh.items():
+            shapes = self._waiting.setdefault(priority, {}).setdefault(user, {})
+            queue = shapes.get(shape)
+            if queue is None:
+                shapes[shape] = SortedList(ids)
+            else:
+                queue.update(ids)
+            by_user.setdefault(user, []).extend(ids)
+        for user, ids in by_user.items():
+            listed = self._ids.get((user, JobState.WAITING))
+            if listed is None:
+                self._ids[user, JobState.WAITING] = SortedList(ids)
+            else:
+                listed.update(ids)
+        fresh.clear()
 
     def discard(self, job_id: int) -> Job | None:
         """Drop a job (it ended or was removed); the job, or None if it was not here."""
@@ -153,6 +191,11 @@ class WorkingSet:
         self._by_state.setdefault(state, {})[job.id] = job
         counts = self._counts.setdefault(job.user, {})
         counts[state] = counts.get(state, 0) + 1
+        listed = self._ids.get((job.user, state))
+        if listed is None:
+            self._ids[job.user, state] = SortedList((job.id,))
+        else:
+            listed.add(job.id)
         if job.host:
             self._placed.setdefault((job.user, job.host), {})[job.id] = job
             if state.holds_slots:
@@ -172,6 +215,10 @@ class WorkingSet:
         self._by_state[state].pop(job.id, None)
         counts = self._counts[job.user]
         counts[state] -= 1
+        listed = self._ids[job.user, state]
+        listed.remove(job.id)
+        if not listed:
+            del self._ids[job.user, state]
         if not counts[state]:
             del counts[state]
             if not counts:
@@ -223,6 +270,23 @@ class WorkingSet:
     def counts(self, user: str) -> dict[JobState, int]:
         """How many of ``user``'s active jobs are in each state."""
         return dict(self._counts.get(user, {}))
+
+    def listing(
+        self, states: Iterable[JobState], user: str | None, after_id: int = 0
+    ) -> Iterator[Job]:
+        """The jobs in ``states`` (of ``user``, or everyone's) with id > ``after_id``, by id:
+        a page of a listing costs the jobs it holds, not the length of the queue."""
+        wanted = set(states)
+        lists = [
+            ids.irange(minimum=after_id, inclusive=(False, True))
+            for (owner, state), ids in self._ids.items()
+            if state in wanted and user in (None, owner)
+        ]
+        if not lists:
+            return iter(())
+        jobs = self._jobs
+        ordered = lists[0] if len(lists) == 1 else heapq.merge(*lists)
+        return (jobs[i] for i in ordered)
 
     def waiting_users(self) -> Iterable[str]:
         """The users with waiting jobs."""

@@ -153,24 +153,24 @@ def ids_by_uuid(txn: Any, d: Dialect, uuids: Sequence[str]) -> dict[str, tuple[i
     return found
 
 
-def submit_jobs(
+def insert_jobs(
     txn: Any,
     d: Dialect,
     user: str,
     environment: JobEnvironment,
     specs: Sequence[JobSpec],
     now: float,
-) -> list[int]:
-    """Insert the jobs idempotently by uuid; their ids in the order of ``specs``.
-
-    A uuid that already exists (a retried submission) keeps its job; it must
-    belong to ``user``.
-    """
+) -> tuple[list[int], list[Job]]:
+    """Insert the jobs idempotently by uuid: their ids in the order of ``specs``, and the
+    jobs this transaction created, as their rows hold them (the values written, not read
+    back). A uuid that exists already (a resent chunk) keeps its job, which must belong to
+    ``user``, and is not among the created."""
     if not specs:
-        return []
+        return [], []
     env_id = store_environment(txn, d, environment_text(environment))
     insert = d.insert_ignore("jobs", _INSERT_JOB_COLUMNS, "uuid")
-    new_uuids: list[str] = []
+    ids: list[int | None] = []
+    created: list[Job] = []
     for spec in specs:
         job = Job(
             id=0,
@@ -187,22 +187,29 @@ def submit_jobs(
         )
         txn.execute(insert, _job_row(job))
         if txn.rowcount == 1:
-            new_uuids.append(spec.uuid)
-    found = ids_by_uuid(txn, d, [spec.uuid for spec in specs])
-    for spec in specs:
-        owner = found[spec.uuid][1]
-        if owner != user:
-            raise StoreRefused(
-                f"job uuid {spec.uuid} is already used by another user's job; "
-                "generate a fresh uuid for each job"
-            )
-    history = d.q(
-        "INSERT INTO job_history (job_id, attempt, state, at, host, reason) "
-        "VALUES (?, ?, ?, ?, ?, ?)"
-    )
-    for uuid in new_uuids:
-        txn.execute(history, (found[uuid][0], 1, JobState.WAITING.value, now, None, "submitted"))
-    return [found[spec.uuid][0] for spec in specs]
+            job.id = int(txn.lastrowid)
+            created.append(job)
+        ids.append(job.id or None)
+    resent = [spec.uuid for spec, job_id in zip(specs, ids, strict=True) if job_id is None]
+    found = ids_by_uuid(txn, d, resent) if resent else {}
+    for i, spec in enumerate(specs):
+        if ids[i] is None:
+            job_id, owner = found[spec.uuid]
+            if owner != user:
+                raise StoreRefused(
+                    f"job uuid {spec.uuid} is already used by another user's job; "
+                    "generate a fresh uuid for each job"
+                )
+            ids[i] = job_id
+    if created:
+        txn.executemany(
+            d.q(
+                "INSERT INTO job_history (job_id, attempt, state, at, host, reason) "
+                "VALUES (?, ?, ?, ?, ?, ?)"
+            ),
+            [(job.id, 1, JobState.WAITING.value, now, None, "submitted") for job in created],
+        )
+    return [i for i in ids if i is not None], created
 
 
 def apply_transitions(

@@ -270,7 +270,14 @@ class Store:
     async def submit_jobs(
         self, user: str, environment: JobEnvironment, specs: list[JobSpec], now: float
     ) -> list[int]:
-        return await self._run(queries.submit_jobs, user, environment, specs, now)
+        """Store the jobs (idempotently by uuid); their ids in the order of ``specs``."""
+        return (await self.insert_jobs(user, environment, specs, now))[0]
+
+    async def insert_jobs(
+        self, user: str, environment: JobEnvironment, specs: list[JobSpec], now: float
+    ) -> tuple[list[int], list[Job]]:
+        """:meth:`submit_jobs`'s ids, and the jobs it created (see queries.insert_jobs)."""
+        return await self._run(queries.insert_jobs, user, environment, specs, now)
 
     async def apply_transitions(self, transitions: list[Transition], now: float) -> list[bool]:
         return await self._run(queries.apply_transitions, transitions, now)

@@ -48,6 +48,9 @@ class DispatcherStore(Protocol):
     def submit_jobs(
         self, user: str, environment: JobEnvironment, specs: list[JobSpec], now: float
     ) -> Coroutine[Any, Any, list[int]]: ...
+    def insert_jobs(
+        self, user: str, environment: JobEnvironment, specs: list[JobSpec], now: float
+    ) -> Coroutine[Any, Any, tuple[list[int], list[Job]]]: ...
     def apply_transitions(
         self, transitions: list[Transition], now: float
     ) -> Coroutine[Any, Any, list[bool]]: ...

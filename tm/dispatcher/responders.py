@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import hashlib
 from collections.abc import Callable, Iterator
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import maybeDeferred
@@ -19,7 +20,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 
 from tm import auth
-from tm.core.model import Job, JobState
+from tm.core.model import ACTIVE_STATES, Job, JobState
 from tm.core.patterns import PatternError, compile_user_pattern
 from tm.dispatcher.storeerrors import map_store_failure
 from tm.loginlimit import LoginAttempts
@@ -31,7 +32,12 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 #: The longest interval between an executor's heartbeats (shorter with a short lease).
 HEARTBEAT_INTERVAL = 5.0
-MAX_PAGE = 200
+#: Jobs in one page of a listing, at most; a page also ends where one AMP value is full
+#: (about 250 short jobs).
+MAX_PAGE = 1000
+#: Rows read from the database for one page (those that do not fit the value are read
+#: again for the next page): a little more than a value holds of short jobs.
+SQL_PAGE = 300
 
 
 class SessionBase(amp.CommandLocator):
@@ -208,16 +214,22 @@ class JobResponders(SessionBase):
             )
             more = n < len(page) or after_id + limit < len(ranked)
             return {"jobs": rows, "next_after_id": after_id + n if more and n else None}
-        jobs = await d.store.list_jobs(
-            wanted, user=owner, group=group, text=text, after_id=after_id, limit=limit + 1
+        if group is None and not text and ACTIVE_STATES.issuperset(wanted):
+            # Active jobs are all in the working set, as they are now: no database read.
+            jobs = list(islice(d.jobs.listing(wanted, owner, after_id), limit + 1))
+        else:
+            limit = min(limit, SQL_PAGE)
+            jobs = await d.store.list_jobs(
+                wanted, user=owner, group=group, text=text, after_id=after_id, limit=limit + 1
+            )
+            for i, job in enumerate(jobs):
+                live = d.jobs.get(job.id)
+                if live is not None:
+                    jobs[i] = live
+        rows, n = records.fit_to_value(
+            records.JOB_SUMMARY_FIELDS, jobs[:limit], records.job_summary_to_amp
         )
-        for i, job in enumerate(jobs):
-            live = d.jobs.get(job.id)
-            if live is not None:
-                jobs[i] = live
-        page = jobs[:limit]
-        rows, n = records.fit_to_value(records.JOB_SUMMARY_FIELDS, page, records.job_summary_to_amp)
-        more = n < len(page) or len(jobs) > limit
+        more = n < len(jobs)
         return {"jobs": rows, "next_after_id": rows[-1]["id"] if more and rows else None}
 
     async def _visible_job(self, job_id: int) -> Any:

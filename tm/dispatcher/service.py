@@ -290,16 +290,21 @@ class Dispatcher(ExecutorLinks, JobControl, DispatcherCore, service.Service):
             if tuple(excluded) != spec.excluded_hosts:
                 specs[index] = dataclasses.replace(spec, excluded_hosts=tuple(excluded))
         try:
-            ids = await self.store.submit_jobs(user, environment, specs, self.reactor.seconds())
+            ids, created = await self.store.insert_jobs(
+                user, environment, specs, self.reactor.seconds()
+            )
         except (commands.TMError, StoreError):
             raise  # a StoreError becomes its AMP error at the responder's edge
         except Exception as e:
             self.log.failure("submission of {n} jobs failed", n=len(specs))
             raise commands.DatabaseUnavailable(f"the submission was not stored: {e}") from None
-        new_ids = [i for i in ids if i not in self.jobs]
-        for job in await self.store.get_jobs(new_ids) if new_ids else []:
-            if job.state is JobState.WAITING:
-                self.jobs.add(job)
+        self.jobs.add_many(created)
+        if len(created) < len(ids):  # a resent chunk: what it stored before, if still waiting
+            known = {job.id for job in created}
+            unknown = [i for i in ids if i not in known and i not in self.jobs]
+            for job in await self.store.get_jobs(unknown) if unknown else []:
+                if job.state is JobState.WAITING:
+                    self.jobs.add(job)
         self.request_pass()
         return ids, warnings
 

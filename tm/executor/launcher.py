@@ -12,6 +12,11 @@ Two ways, one interface (:class:`Launcher`):
     new zygote, and each running job is reported lost (:attr:`ShepherdEnd.lost`): its shepherd,
     its parent gone, has been sent ``SIGTERM`` by the kernel; the runner kills what is left of
     its tree at once. The next start starts a new zygote.
+
+    The zygote and its shepherds are compiled (``tm/executor/_shepherd.c``, built by
+    ``pip install .``: no Python runs in a shepherd, a job costs the zygote a fork and the
+    shepherd a vfork) or, where the extension is not built, Python (:mod:`tm.executor.shim`);
+    :func:`zygote_implementation` chooses, the same protocol and contract either way.
 :class:`SpawnLauncher`
     A fresh ``python -I -S shim.py`` per job with ``spawnProcess`` (the executor's direct child).
     Tens of milliseconds of CPU per job; kept for tools and tests that pass a stand-in for
@@ -25,7 +30,7 @@ and the window one message long.
 
 from __future__ import annotations
 
-import json
+import importlib.util
 import os
 import socket
 import struct
@@ -45,6 +50,33 @@ ZYGOTE_PATH = os.path.join(HERE, "zygote.py")
 HEADER = struct.Struct(">I")
 #: A start under way when its zygote ends is tried again on a new one this many times.
 RELAUNCHES = 1
+
+
+def zygote_implementation(wanted: str = "auto") -> str:
+    """The zygote's implementation: ``native`` (the compiled ``tm.executor._shepherd``, when it
+    is built: ``pip install .`` builds it) or ``python`` (:mod:`tm.executor.zygote` and
+    :mod:`tm.executor.shim`); ``auto`` takes the compiled one when there is one. The one place
+    where the choice is made."""
+    if wanted == "auto":
+        return "native" if importlib.util.find_spec("tm.executor._shepherd") else "python"
+    if wanted not in ("native", "python"):
+        raise ValueError(f"unknown zygote implementation {wanted!r}")
+    return wanted
+
+
+def encode_request(job: int, args: ShepherdArgs, env: dict[str, str]) -> bytes:
+    """A request for the zygote (the format is in :mod:`tm.executor.zygote`): one join and
+    one encoding for the whole request, which carries the job's whole environment."""
+    names = "".join(env)
+    if "=" in names or not all(env):
+        raise ValueError("invalid name of an environment variable (empty, or with '=')")
+    fields = [str(job), repr(float(args.grace)), str(int(args.umask)), args.cwd, args.shell]
+    fields.append(args.command)
+    fields.extend(map("=".join, env.items()))
+    text = "\0".join(fields)
+    if text.count("\0") != len(fields) - 1:
+        raise ValueError("the job's command, directory, shell or environment holds a NUL byte")
+    return os.fsencode(text) + b"\0"
 
 
 @dataclass(frozen=True)
@@ -210,7 +242,7 @@ class _Zygote:
 
     log = Logger()
 
-    def __init__(self, reactor: Any, owner: ZygoteLauncher) -> None:
+    def __init__(self, reactor: Any, owner: ZygoteLauncher, implementation: str) -> None:
         self._owner = owner
         self.pending: dict[int, _Request] = {}  # sent, not yet answered
         self.running: dict[int, Exited] = {}  # started, end not yet reported
@@ -222,7 +254,7 @@ class _Zygote:
             self.process = reactor.spawnProcess(
                 _ZygoteProcess(self),
                 sys.executable,
-                [sys.executable, "-I", "-S", ZYGOTE_PATH, str(os.getpid())],
+                [sys.executable, "-I", "-S", ZYGOTE_PATH, str(os.getpid()), implementation],
                 env=dict(os.environ),
                 childFDs={0: null, 1: 1, 2: 2, 3: theirs.fileno()},
             )
@@ -232,7 +264,11 @@ class _Zygote:
             os.close(null)
             theirs.close()
             ours.close()  # adoptStreamConnection keeps a copy of its own
-        self.log.info("shepherd zygote started, pid {pid}", pid=self.process.pid)
+        self.log.info(
+            "shepherd zygote started ({implementation}), pid {pid}",
+            implementation=implementation,
+            pid=self.process.pid,
+        )
 
     def send(self, request: _Request) -> None:
         self.pending[request.id] = request
@@ -329,8 +365,10 @@ class _OneProtocol(protocol.Factory):
 class ZygoteLauncher:
     log = Logger()
 
-    def __init__(self, reactor: Any) -> None:
+    def __init__(self, reactor: Any, implementation: str = "auto") -> None:
+        """``implementation``: ``auto``, ``native`` or ``python`` (:func:`zygote_implementation`)."""
         self._reactor = reactor
+        self.implementation = zygote_implementation(implementation)
         self._zygote: _Zygote | None = None
         self._next_id = 0
         self._stopping = False
@@ -342,7 +380,7 @@ class ZygoteLauncher:
 
     def _current(self) -> _Zygote:
         if self._zygote is None or self._zygote.gone:
-            self._zygote = _Zygote(self._reactor, self)
+            self._zygote = _Zygote(self._reactor, self, self.implementation)
         return self._zygote
 
     def launch(
@@ -354,17 +392,7 @@ class ZygoteLauncher:
         exited: Exited,
     ) -> defer.Deferred[int]:
         self._next_id += 1
-        body = json.dumps(
-            {
-                "id": self._next_id,
-                "grace": float(args.grace),
-                "umask": int(args.umask),
-                "cwd": args.cwd,
-                "shell": args.shell,
-                "command": args.command,
-                "env": env,
-            }
-        ).encode("ascii")
+        body = encode_request(self._next_id, args, env)
         request = _Request(
             id=self._next_id,
             body=body,

@@ -136,7 +136,8 @@ class JobRunner(JobSignals):
         bounded thread pool of its own. By default the work runs at once on the caller's thread.
 
         ``launcher``: how shepherds start (see :mod:`tm.executor.launcher`): ``"zygote"``, forked
-        by one helper process (the executor's choice: a fork per job), ``"spawn"``, a fresh
+        by one helper process (the executor's choice: a fork per job; compiled where it is built,
+        ``"zygote-native"`` or ``"zygote-python"`` to choose), ``"spawn"``, a fresh
         interpreter per job through ``reactor.spawnProcess`` (the default, so that a stand-in
         for ``spawnProcess`` can play the processes), or a :class:`Launcher`.
         """
@@ -155,6 +156,8 @@ class JobRunner(JobSignals):
             self._launcher: Launcher = SpawnLauncher(reactor)
         elif launcher == "zygote":
             self._launcher = ZygoteLauncher(reactor)
+        elif launcher in ("zygote-native", "zygote-python"):
+            self._launcher = ZygoteLauncher(reactor, launcher.partition("-")[2])
         elif isinstance(launcher, str):
             raise ValueError(f"unknown launcher {launcher!r}")
         else:

@@ -1,5 +1,9 @@
 """Per-job shepherd: runs a job's shell and keeps the job's whole process tree under control.
 
+This docstring is the shepherd's contract. The executor's shepherds are normally the compiled
+twin of this module (``tm/executor/_shepherd_job.c``, forked by the compiled zygote of ``_shepherd.c``); this one runs
+where that is not built, under the Python zygote (:mod:`tm.executor.zygote`) or alone.
+
 Run as: python -I -S shim.py GRACE UMASK_OCTAL CWD SHELL COMMAND
 
 The runner starts every job through this file. The shepherd marks itself a child subreaper

@@ -1,7 +1,8 @@
 """The executor's zygote: one small process that forks a shepherd per job.
 
-Run as: python -I -S zygote.py EXECUTOR_PID, with fd 3 a connected Unix stream socket to the
-executor (:mod:`tm.executor.launcher` starts it and speaks to it).
+Run as: python -I -S zygote.py EXECUTOR_PID native|python, with fd 3 a connected Unix stream
+socket to the executor (:mod:`tm.executor.launcher` starts it, chooses the implementation and
+speaks to it).
 
 Starting a job's shepherd as a fresh interpreter costs tens of milliseconds of CPU; forking it
 from a process that has the shepherd's code loaded already costs a fork. The zygote is that
@@ -11,11 +12,18 @@ subreaper, own session, the tree killed, stopped and continued on its control si
 shell's exit status reproduced). The child never returns into the zygote's loop: it ends with
 ``os._exit``.
 
-Requests, executor -> zygote: a 4-byte big-endian length, then that many bytes of JSON
-``{"id", "grace", "umask", "cwd", "shell", "command", "env"}``. Each request comes with three
-file descriptors (the job's stdin, stdout, stderr) passed with ``SCM_RIGHTS``; descriptors and
-requests come in the same order, so the zygote keeps the descriptors received in a queue and
-gives each request the next three.
+Two implementations of the same protocol and the same shepherd: ``native``, the compiled
+extension ``_shepherd`` (``_shepherd.c``, the zygote's loop, and ``_shepherd_job.c``, the
+shepherds: no Python after the fork), and ``python``, this file and :mod:`shim` (the fallback
+where the extension is not built; :func:`tm.executor.launcher.zygote_implementation`
+chooses).
+
+Requests, executor -> zygote: a 4-byte big-endian length, then that many bytes: NUL-terminated
+fields ID, GRACE, UMASK (decimal), CWD, SHELL, COMMAND, then one ``KEY=VALUE`` per variable of
+the job's environment (none of them can hold a NUL: they become ``execve``'s arguments). Each
+request comes with three file descriptors (the job's stdin, stdout, stderr) passed with
+``SCM_RIGHTS``; descriptors and requests come in the same order, so the zygote keeps the
+descriptors received in a queue and gives each request the next three.
 
 Answers, zygote -> executor, one line each:
 
@@ -38,7 +46,7 @@ zygote exits (its shepherds, if any were left, go the same way).
 
 from __future__ import annotations
 
-import json
+import importlib
 import os
 import select
 import signal
@@ -46,7 +54,7 @@ import socket
 import struct
 import sys
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from tm.executor import shim
@@ -61,6 +69,26 @@ FDS_PER_JOB = 3
 MAX_FDS_PER_READ = 32
 HEADER = struct.Struct(">I")
 MAX_REQUEST = 64 * 1024 * 1024
+
+
+class Request(NamedTuple):
+    id: int
+    grace: float
+    umask: int
+    cwd: str
+    shell: str
+    command: str
+    env: dict[str, str]
+
+
+def parse_request(body: bytes) -> Request:
+    fields = [os.fsdecode(field) for field in body.split(b"\0")[:-1]]
+    env = {}
+    for entry in fields[6:]:
+        key, _, value = entry.partition("=")
+        env[key] = value
+    cwd, shell, command = fields[3:6]
+    return Request(int(fields[0]), float(fields[1]), int(fields[2]), cwd, shell, command, env)
 
 
 class Zygote:
@@ -127,11 +155,11 @@ class Zygote:
                 break
             body = self.buffer[HEADER.size : HEADER.size + size]
             self.buffer = self.buffer[HEADER.size + size :]
-            self.start(json.loads(body))
+            self.start(parse_request(body))
         return True
 
-    def start(self, request: dict) -> None:
-        job = request["id"]
+    def start(self, request: Request) -> None:
+        job = request.id
         if len(self.fds) < FDS_PER_JOB:
             self.tell(f"F {job} the executor's zygote did not receive the job's files")
             return
@@ -159,7 +187,7 @@ class Zygote:
         self.jobs[pid] = job
         self.tell(f"S {job} {pid}")
 
-    def become_shepherd(self, request: dict, files: list[int]) -> int:
+    def become_shepherd(self, request: Request, files: list[int]) -> int:
         """In the forked child: the zygote's state goes, the job's files become 0, 1, 2."""
         signal.set_wakeup_fd(-1)
         for sig in shim.CONTROL_SIGNALS:
@@ -169,18 +197,17 @@ class Zygote:
         # The socket, the wake-up pipe and the files of other requests received meanwhile: a
         # shepherd holding the socket would hide the zygote's death from the executor.
         os.closerange(3, 1 << 16)
-        umask = int(request["umask"])
-        if not 0 <= umask <= 0o777:
-            shim._say(f"invalid umask {umask!r}")
+        if not 0 <= request.umask <= 0o777:
+            shim._say(f"invalid umask {request.umask!r}")
             return 125
         return shim.shepherd(
-            float(request["grace"]),
-            umask,
-            str(request["cwd"]),
-            str(request["shell"]),
-            str(request["command"]),
+            request.grace,
+            request.umask,
+            request.cwd,
+            request.shell,
+            request.command,
             self.inherited,
-            env={str(k): str(v) for k, v in request["env"].items()},
+            env=request.env,
             parent=self.me,
         )
 
@@ -201,10 +228,17 @@ class Zygote:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2 or not argv[1].isdigit():
-        shim._say("usage: zygote.py EXECUTOR_PID (with fd 3 the executor's socket)")
+    if len(argv) != 3 or not argv[1].isdigit() or argv[2] not in ("native", "python"):
+        shim._say("usage: zygote.py EXECUTOR_PID native|python (with fd 3 the executor's socket)")
         return 125
     executor = int(argv[1])
+    native: Any = None
+    if argv[2] == "native":
+        try:
+            native = importlib.import_module("_shepherd")  # tm/executor/_shepherd.c
+        except ImportError as e:
+            shim._say(f"the compiled shepherd cannot be loaded: {e}")
+            return 125
     # The dispositions a job's shell gets back, as the shepherd would have found them.
     inherited: dict[int, object] = {sig: signal.getsignal(sig) for sig in shim.CONTROL_SIGNALS}
     shim._prctl(shim.PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -213,7 +247,11 @@ def main(argv: list[str]) -> int:
     sock = socket.socket(fileno=CONTROL_FD)
     sock.set_inheritable(False)
     try:
-        Zygote(sock, executor, inherited).serve()
+        if native is not None:
+            ignored = sum(1 << (sig - 1) for sig, d in inherited.items() if d == signal.SIG_IGN)
+            native.serve(sock.fileno(), ignored)
+        else:
+            Zygote(sock, executor, inherited).serve()
     except (BrokenPipeError, KeyboardInterrupt):
         pass  # the executor closed its end, or the terminal's ^C reached its whole group
     return 0

@@ -29,6 +29,7 @@ from tm.protocol.records import (
     Float64,
     Int64,
 )
+from tm.protocol.rowlist import rows_of
 
 #: Raised by both ends when they do not speak the same version.
 PROTOCOL_VERSION = 1
@@ -186,7 +187,7 @@ class SubmitJobs(_Command):
         (b"cwd", amp.Unicode()),
         (b"umask", Int64()),
         (b"env", JSON()),
-        (b"jobs", amp.AmpList(JOB_SPEC_FIELDS)),
+        (b"jobs", rows_of(JOB_SPEC_FIELDS)),
         # TMS -> dispatcher: the environment sealed with the user's key (``env`` is then {});
         # the jobs carry their signatures (tm/jobsign.py).
         (b"sealed_env", amp.Unicode(optional=True)),
@@ -217,7 +218,7 @@ class ListJobs(_Command):
         (b"order", amp.Unicode(optional=True)),  # "id" (default) or "schedule"
     ]
     response = [
-        (b"jobs", amp.AmpList(JOB_SUMMARY_FIELDS)),
+        (b"jobs", rows_of(JOB_SUMMARY_FIELDS)),
         (b"next_after_id", Int64(optional=True)),
     ]
 

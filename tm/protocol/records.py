@@ -36,6 +36,7 @@ from tm.protocol.limits import (  # noqa: F401 - re-exported: the limits live th
     spec_problem,
     spec_to_row,
 )
+from tm.protocol.rowlist import fit_rows, rows_of
 
 T = TypeVar("T")
 
@@ -52,19 +53,20 @@ class Int64(amp.Argument):
     """
 
     def fromString(self, inString: bytes) -> int:  # noqa: N802 - AMP's API
+        # bytes.isdigit() is true for ASCII digits only: the check needs no decoding.
+        digits = inString[1:] if inString[:1] == b"-" else inString
+        if digits.isdigit() and len(digits) <= 19:
+            value = int(inString)
+            if INT64_MIN <= value <= INT64_MAX:
+                return value
+            raise ValueError(f"integer out of the 64-bit range: {inString[:30].decode()}")
         text = inString.decode("ascii")  # UnicodeDecodeError for anything else: refused
-        digits = text[1:] if text[:1] == "-" else text
-        if not digits.isdigit() or not digits.isascii() or len(digits) > 19:
-            raise ValueError(f"not a 64-bit integer: {text[:30]!r}")
-        value = int(text)
-        if not INT64_MIN <= value <= INT64_MAX:
-            raise ValueError(f"integer out of the 64-bit range: {text[:30]}")
-        return value
+        raise ValueError(f"not a 64-bit integer: {text[:30]!r}")
 
     def toString(self, inObject: int) -> bytes:  # noqa: N802 - AMP's API
         if not INT64_MIN <= inObject <= INT64_MAX:
             raise ValueError(f"integer out of the 64-bit range: {inObject}")
-        return str(int(inObject)).encode("ascii")
+        return b"%d" % inObject
 
 
 class Float64(amp.Argument):
@@ -340,7 +342,7 @@ def _size_or_none(
 
 def encoded_size(fields: Sequence[tuple[bytes, amp.Argument]], rows: Iterable[dict]) -> int:
     """The size in bytes of ``rows`` encoded as one :class:`amp.AmpList` value."""
-    return len(amp.AmpList(list(fields)).toStringProto(list(rows), None))
+    return len(rows_of(fields).toStringProto(list(rows), None))
 
 
 def fit_to_value(
@@ -352,19 +354,7 @@ def fit_to_value(
     """Encode as many leading ``rows`` as fit in one AMP value.
 
     Returns the encoded dicts and how many of ``rows`` they cover.  Each row is
-    sized on its own (the AmpList encoding is a concatenation), so this is linear.
+    sized on its own (the AmpList encoding is a concatenation), so this is linear; the
+    rows keep their encoding, which the command's :class:`RowList` sends as is.
     """
-    codec = amp.AmpList(list(fields))
-    out: list[dict] = []
-    used = 0
-    for row in rows:
-        d = to_amp(row)
-        try:
-            size = len(codec.toStringProto([d], None))
-        except amp.TooLong:  # one of its values alone is too long: it can never be sent
-            break
-        if used + size > limit:
-            break
-        out.append(d)
-        used += size
-    return out, len(out)
+    return fit_rows(rows_of(fields), rows, to_amp, limit)

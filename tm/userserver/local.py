@@ -21,7 +21,7 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 from twisted.protocols import amp, basic
 
@@ -39,6 +39,14 @@ ANSWERED_HERE: tuple[type[amp.Command], ...] = (
     commands.ServerInfo,
     commands.Shutdown,
 )
+
+
+#: Seconds a page asked for ahead of a listing's client stays good to answer with.
+PREFETCH_FRESH = 10.0
+
+
+def _listing_key(kw: dict[str, Any]) -> tuple:
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in kw.items()))
 
 
 def served_commands() -> dict[str, type[amp.Command]]:
@@ -82,6 +90,8 @@ class LocalClientProtocol(basic.Int32StringReceiver):
         self.session: ClientSession | None = None
         self.in_flight = 0
         self.commands = served_commands()
+        #: The page after the last one answered, asked of the dispatcher already (see _list).
+        self.prefetched: tuple[tuple, float, Deferred] | None = None
 
     def connectionMade(self) -> None:  # noqa: N802 - Twisted's API
         from tm.userserver.service import ClientSession
@@ -180,6 +190,9 @@ class LocalClientProtocol(basic.Int32StringReceiver):
         if command is commands.SubmitJobs:
             return await self._submit(session, arguments)
         kw = decode_arguments(command, arguments)
+        if command is commands.ListJobs:
+            return await self._list(session, kw)
+        self.prefetched = None
         if command is commands.Ping:
             return session.ping()
         if command is commands.ServerInfo:
@@ -197,6 +210,34 @@ class LocalClientProtocol(basic.Int32StringReceiver):
         kw.pop("jobs")
         kw.pop("sealed_env", None)
         return await session.submit(kw, arguments["jobs"])
+
+    async def _list(self, session: ClientSession, kw: dict[str, Any]) -> dict[str, Any]:
+        """A page of a listing. A client reads a listing page after page: while it reads
+        this one, the dispatcher already makes the next one (asked for here), so that the
+        dispatcher, this TMS and the client work at the same time instead of in turn."""
+        forward = session._forwarder(commands.ListJobs)
+        key = _listing_key(kw)
+        now = self.server.reactor.seconds()
+        ahead, self.prefetched = self.prefetched, None
+        answer: dict[str, Any] | None = None
+        if ahead is not None and ahead[0] == key and now - ahead[1] <= PREFETCH_FRESH:
+            ok, result = await ahead[2]
+            answer = result if ok else None
+        if answer is None:  # not asked ahead, or that failed: ask now
+            answer = dict(await forward(**kw))
+        after = answer.get("next_after_id")
+        if after is not None and answer.get("jobs") and self.transport is not None:
+            ahead_kw = {**kw, "after_id": after}
+            pending = ensureDeferred(forward(**ahead_kw))
+            # (True, answer) or (False, failure): a page nobody asks for fails silently, and
+            # one that failed is asked again when the client asks for it.
+            pending.addCallbacks(lambda a: (True, dict(a)), lambda f: (False, f))
+            self.prefetched = (_listing_key(ahead_kw), now, pending)
+        return answer
+
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802 - Twisted's API
+        self.prefetched = None
+        super().connectionLost(reason)
 
     def _transport(self) -> Any:
         return self.transport
