@@ -94,6 +94,10 @@ def format_job_detail(response: dict[str, Any]) -> str:
     ]
     width = max(len(k) for k, _ in fields) + 1
     lines = [f"{(k + ':').ljust(width)} {v}" for k, v in fields]
+    env = response.get("env")
+    if env:  # only through the user's own TMS, which opens it (tm/jobsign.py)
+        lines.append("environment:")
+        lines.extend(f"  {name}={_one_line(env[name])}" for name in sorted(env))
     lines.append("history:")
     for h in response["history"]:
         parts = [
@@ -105,6 +109,10 @@ def format_job_detail(response: dict[str, Any]) -> str:
         ]
         lines.append("  " + "  ".join(parts).rstrip())
     return "\n".join(lines)
+
+
+def _one_line(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
 
 
 def group_block(group: str, counts: dict[str, int]) -> str:

@@ -21,6 +21,7 @@ What is parsed, and how (the formats of tm/textcommands.py and tm/cli/hrunjob.py
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import time
@@ -171,6 +172,8 @@ class JobInfo:
     fields: dict[str, str]
     history: list[HistoryEntry]
     text: str
+    #: The job's environment (shown through the user's own TMS only), by name.
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def __str__(self) -> str:
         return self.text
@@ -211,17 +214,21 @@ class JobInfo:
 def parse_job(text: str) -> JobInfo:
     fields: dict[str, str] = {}
     history: list[HistoryEntry] = []
-    in_history = False
+    env: dict[str, str] = {}
+    section = ""
     for line in text.splitlines():
-        if line == "history:":
-            in_history = True
-        elif in_history and line.strip():
+        if line in ("history:", "environment:"):
+            section = line[:-1]
+        elif section == "history" and line.strip():
             history.append(HistoryEntry.parse(line))
-        elif not in_history and ":" in line:
+        elif section == "environment" and line.startswith("  "):
+            name, _, value = line[2:].partition("=")
+            env[name] = value
+        elif not section and ":" in line:
             key, value = line.split(":", 1)
             fields[key.strip()] = value.strip()
     assert "state" in fields and "host" in fields, text
-    return JobInfo(fields, history, text)
+    return JobInfo(fields, history, text, env)
 
 
 def lajob(who: Runs, job_id: int, via_dispatcher: bool = False) -> JobInfo:

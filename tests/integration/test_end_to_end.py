@@ -231,11 +231,11 @@ def test_hadmindatabase_upgrade_and_show_without_secrets(tmp_path: Path) -> None
     inst = Installation(tmp_path)
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     first = inst.run("hAdminDatabase", "--database", url, "upgrade", check=True)
-    assert "schema version 1" in first.stdout
+    assert "applied migrations 1, 2; schema version 2" in first.stdout
     again = inst.run("hAdminDatabase", "--database", url, "upgrade", check=True)
     assert "up to date" in again.stdout
     shown = inst.run("hAdminDatabase", "--database", url, "show", check=True)
-    assert "schema version: 1" in shown.stdout
+    assert "schema version: 2" in shown.stdout
     bad = inst.run("hAdminDatabase", "--database", "mysql://u:hunter2@127.0.0.1:1/x", "show")
     assert bad.returncode != 0 and "hunter2" not in bad.stderr and "Traceback" not in bad.stderr
 

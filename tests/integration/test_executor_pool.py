@@ -17,12 +17,15 @@ import pytest_twisted
 from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred, ensureDeferred
 
-from tests.unit.executor_fakes import FakeLink
+from tests.unit.executor_fakes import FakeLink, signed_order
 from tm.auth import DISPATCHER_TLS_NAME, make_self_signed
 from tm.executor.service import Executor
+from tm.executor.verify import SpecChecker
+from tm.jobsign import JobKey
 from tm.link import DispatcherInfo
 
 DEADLINE = 10
+KEY = JobKey(b"k" * 32)
 
 
 async def wait_for(condition: Any, what: str) -> None:
@@ -46,6 +49,8 @@ def executor(tmp_path: Path) -> Iterator[tuple[Executor, FakeLink]]:
     executor = Executor(
         reactor, info, host="h1", idle_timeout=300.0, log_dir=str(tmp_path / "logs")
     )
+    # The user's key, as the TMS signs with it and the executor checks with it.
+    executor.checker = SpecChecker("alice", reactor, load=lambda: KEY)
     link = FakeLink()
     link.answer = lambda name, kw: {}
     executor.link = link  # type: ignore[assignment]
@@ -79,7 +84,8 @@ def start(executor: Executor, tmp_path: Path, job_id: int, command: str, **kw: s
         "slots": 1,
     }
     fields.update(kw)
-    return ensureDeferred(executor.start_job(job_id, 1, **fields))
+    order = signed_order(KEY, "alice", fields, reactor.seconds())
+    return ensureDeferred(executor.start_job(job_id, 1, **order))
 
 
 @pytest_twisted.ensureDeferred

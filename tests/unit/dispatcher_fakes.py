@@ -115,7 +115,7 @@ class MemoryStore:
         return succeed(None if job is None else copy.deepcopy(job))
 
     def get_environment(self, env_id: int) -> Deferred:
-        return succeed({})
+        return succeed("")
 
     def get_history(self, job_id: int, limit: int = 200) -> Deferred:
         return succeed([])

@@ -10,6 +10,8 @@ from typing import Any
 from twisted.internet import defer, error
 from twisted.python.failure import Failure
 
+from tm.jobsign import JobKey
+
 #: Above Linux's highest possible pid (PID_MAX_LIMIT, 2**22): signals to these find nobody.
 FAKE_PID_BASE = 5_000_000
 
@@ -121,3 +123,16 @@ class FakeLink:
 
     def stop(self) -> None:
         self.connected = False
+
+
+def signed_order(key: JobKey, user: str, fields: dict[str, Any], now: float) -> dict[str, Any]:
+    """A start order's fields as the dispatcher sends them for a job that ``user``'s TMS
+    submitted: its environment sealed, its spec signed (tm/jobsign.py)."""
+    order = dict(fields)
+    order.setdefault("uuid", "00000000-0000-0000-0000-000000000007")
+    order["user"] = user
+    order["env"] = key.seal(user, order["env"])
+    order["signed_at"] = float(int(now))
+    signer = key.submission(user, order["cwd"], order["umask"], order["env"], order["signed_at"])
+    order["signature"] = signer.sign(order)
+    return order

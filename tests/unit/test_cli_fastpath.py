@@ -23,8 +23,9 @@ from tm import localsocket, textcommands
 from tm.cli import hrunjob
 from tm.cli.common import command_named
 from tm.cli.errors import blocking_call, run_now
+from tm.jobsign import JobKey
 from tm.protocol import commands, records
-from tm.userserver import local
+from tm.userserver import local, signing
 
 REPO = Path(__file__).resolve().parents[2]
 FAST_PATH_MODULES = [
@@ -142,6 +143,10 @@ class FakeLink:
         return answer(kw) if callable(answer) else answer
 
 
+#: The user's job key (tm/jobsign.py).
+KEY = JobKey(b"k" * 32)
+
+
 class FakeServer:
     def __init__(self, link: FakeLink) -> None:
         self.link = link
@@ -151,6 +156,7 @@ class FakeServer:
         self.port = 1
         self.started_at = 0.0
         self.socket_path = Path("/nowhere/tms.sock")
+        self.signer = signing.Signer(KEY, "me", self.reactor)
 
         class info:
             address = "td:1"
@@ -331,6 +337,23 @@ def test_a_large_submission_is_sent_in_chunks_of_one_amp_value(
     ]
     for _, kw in link.calls:
         assert records.encoded_size(records.JOB_SPEC_FIELDS, kw["jobs"]) <= records.MAX_VALUE_BYTES
+        # Signed by the TMS, the environment sealed: what the dispatcher stores, the executor
+        # checks.
+        assert kw["env"] == {} and KEY.open("me", kw["sealed_env"]) == {"A": "b"}
+        for row in kw["jobs"]:
+            values = row | {"user": "me", "cwd": "/", "umask": 0o22}
+            assert (
+                KEY.check(
+                    values,
+                    row["signature"],
+                    row["signed_at"],
+                    kw["sealed_env"],
+                    user="me",
+                    now=row["signed_at"],
+                    max_age=60.0,
+                )
+                is None
+            )
 
 
 # --- the client's side, against a scripted server on a real socket ------------------------

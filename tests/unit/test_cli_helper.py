@@ -217,3 +217,15 @@ def test_the_cluster_s_runner_is_a_parameter() -> None:
     alice = cli.As(lambda *argv, **kw: run_as("alice", *argv, **kw), "alice")
     assert [r.job_id for r in cli.jobs(alice, "lsfjobs")] == [8]
     assert calls == [("alice", ("hConnect", "lsfjobs"), None, True)]
+
+
+def test_the_environment_of_one_s_own_job_is_read_as_printed() -> None:
+    history = [{"at": 1.0, "state": "waiting", "attempt": 1, "host": "", "reason": "submitted"}]
+    env = {"PATH": "/bin:/usr/bin", "TWO": "a\nb", "EMPTY": ""}
+    text = format_job_detail({"job": [job()], "history": history, "env": env})
+    info = cli.parse_job(text)
+    assert "environment:\n  EMPTY=\n  PATH=/bin:/usr/bin\n  TWO=a\\nb\nhistory:" in text
+    assert info.env == {"PATH": "/bin:/usr/bin", "TWO": "a\\nb", "EMPTY": ""}
+    assert info.fields["command"] == job()["command"] and len(info.history) == 1
+    # Without the key (hConnect -T), no environment is shown.
+    assert cli.parse_job(format_job_detail({"job": [job()], "history": history})).env == {}

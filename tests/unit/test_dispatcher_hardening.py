@@ -49,6 +49,10 @@ def encodes(command: type[amp.Command], answer: dict) -> None:
     box.serialize()
 
 
+#: An environment as the user's TMS seals it (opaque to the dispatcher).
+SEALED = "1.0123456789abcdef.c2VhbGVk"
+
+
 def spec_row(command: str = "true", **kw: Any) -> dict:
     row = {
         "uuid": "00000000-0000-0000-0000-000000000001",
@@ -64,6 +68,9 @@ def spec_row(command: str = "true", **kw: Any) -> dict:
         "excluded_hosts": [],
         "estimated_time": None,
         "estimated_memory": None,
+        # As the user's TMS signs it (the dispatcher only sees that it is signed).
+        "signature": "1.0123456789abcdef.sig",
+        "signed_at": 100.0,
     }
     row.update(kw)
     return row
@@ -232,7 +239,11 @@ def test_a_submission_over_a_limit_is_refused_in_one_line(
 ) -> None:
     d, _, _ = make_dispatcher(tmp_path)
     with pytest.raises(commands.InvalidRequest) as e:
-        result_of(client_session(d).submit_jobs(cwd="/tmp", umask=0o22, env={}, jobs=[row]))
+        result_of(
+            client_session(d).submit_jobs(
+                cwd="/tmp", umask=0o22, env={}, jobs=[row], sealed_env=SEALED
+            )
+        )
     assert words in str(e.value) and "\n" not in str(e.value)
 
 

@@ -3,6 +3,7 @@ dispatcher method each calls (the store kept in memory, time on a task.Clock).""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,8 @@ def test_a_submission_is_stored_and_queued(world: Any) -> None:
     answer = Peer(d, clock).call(
         commands.SubmitJobs,
         **records.environment_to_amp(JobEnvironment(cwd="/tmp")),
-        jobs=[records.spec_to_amp(spec)],
+        sealed_env="1.0123456789abcdef.c2VhbGVk",  # as the user's TMS seals it
+        jobs=[records.spec_to_amp(dataclasses.replace(spec, signature="1.0123456789abcdef.s"))],
     )
     [job_id] = answer["job_ids"]
     job = d.jobs[job_id]
@@ -86,7 +88,8 @@ def test_a_submission_naming_an_unknown_host_stores_nothing(world: Any) -> None:
         Peer(d, clock).call(
             commands.SubmitJobs,
             **records.environment_to_amp(JobEnvironment(cwd="/tmp")),
-            jobs=[records.spec_to_amp(spec)],
+            sealed_env="1.0123456789abcdef.c2VhbGVk",  # as the user's TMS seals it
+            jobs=[records.spec_to_amp(dataclasses.replace(spec, signature="1.0123456789abcdef.s"))],
         )
     assert not store.jobs and not d.jobs
 

@@ -13,7 +13,7 @@ from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.protocols import amp
 
 from tests.helpers.amp_pair import connected_pair
-from tests.unit.executor_fakes import FakeLink, FakeSpawner, ManualPool
+from tests.unit.executor_fakes import FakeLink, FakeSpawner, ManualPool, signed_order
 from tm.auth import DISPATCHER_TLS_NAME, make_self_signed
 from tm.executor import service as executor_service
 from tm.executor.launcher import ZygoteLauncher
@@ -24,6 +24,8 @@ from tm.executor.service import (
     Executor,
     ExecutorLocator,
 )
+from tm.executor.verify import SpecChecker
+from tm.jobsign import JobKey
 from tm.link import DispatcherInfo
 from tm.protocol import commands
 
@@ -37,6 +39,20 @@ DISPATCHER = DispatcherInfo(
 )
 
 
+#: A start order's fields (but job_id and attempt), before its user's TMS signs it.
+BASE_ORDER: dict[str, Any] = {
+    "command": "true",
+    "shell": "/bin/sh",
+    "cwd": "/",
+    "umask": 0o022,
+    "env": {"PATH": "/bin"},
+    "stdout": "",
+    "stderr": "",
+    "logfile": "",
+    "slots": 1,
+}
+
+
 class Setup:
     def __init__(self, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
@@ -45,6 +61,9 @@ class Setup:
         self.executor = Executor(
             self.reactor, DISPATCHER, host="h1", idle_timeout=300.0, log_dir=str(tmp_path / "logs")
         )
+        # The user's key, as the TMS signs with it and the executor checks with it.
+        self.key = JobKey(b"k" * 32)
+        self.executor.checker = SpecChecker("alice", self.reactor, load=lambda: self.key)
         self.link = FakeLink()
         self.executor.link = self.link  # type: ignore[assignment]
         self.spawner = FakeSpawner()
@@ -56,20 +75,13 @@ class Setup:
         self.dispatcher = amp.AMP()
         self.pump = connected_pair(server, self.dispatcher)
 
-    def run_job(self, job_id: int = 7, attempt: int = 1, **kw: Any) -> list[Any]:
-        """Send RunJob as the dispatcher does; the list gets its answer or its Failure."""
-        fields: dict[str, Any] = {
-            "command": "true",
-            "shell": "/bin/sh",
-            "cwd": str(self.tmp_path),
-            "umask": 0o022,
-            "env": {"PATH": "/bin"},
-            "stdout": "",
-            "stderr": "",
-            "logfile": "",
-            "slots": 1,
-        }
+    def run_job(self, job_id: int = 7, attempt: int = 1, sign: bool = True, **kw: Any) -> list[Any]:
+        """Send RunJob as the dispatcher does (the job signed by its user's TMS, unless not
+        ``sign``); the list gets its answer or its Failure."""
+        fields: dict[str, Any] = {**BASE_ORDER, "cwd": str(self.tmp_path)}
         fields.update(kw)
+        if sign:
+            fields = signed_order(self.key, "alice", fields, self.reactor.seconds())
         results: list[Any] = []
         self.dispatcher.callRemote(
             commands.RunJob, job_id=job_id, attempt=attempt, **fields
@@ -128,10 +140,12 @@ def test_a_nul_in_an_output_path_is_a_declared_start_failure(setup: Setup) -> No
     assert setup.linked
 
 
-def test_an_environment_that_is_not_a_mapping_is_a_declared_start_failure(setup: Setup) -> None:
-    results = setup.run_job(env=["A=1"])
+def test_an_environment_that_is_not_sealed_is_a_declared_start_failure(setup: Setup) -> None:
+    order = signed_order(setup.key, "alice", dict(BASE_ORDER), setup.reactor.seconds())
+    results = setup.run_job(sign=False, **(order | {"env": ["A=1"]}))
     setup.flush()
-    assert job_start_failed(results) == "the environment is not a mapping of names to values"
+    assert job_start_failed(results) == "signature mismatch: the job's environment is not sealed"
+    assert not setup.spawner.spawns
     assert setup.linked
 
 
@@ -418,4 +432,4 @@ def test_ensure_deferred_of_start_job_never_fails_with_an_undeclared_error(setup
             slots=1,
         )
     ).addBoth(results.append)
-    assert job_start_failed(results) == "the environment is not a mapping of names to values"
+    assert job_start_failed(results) == "signature mismatch: the job's environment is not sealed"

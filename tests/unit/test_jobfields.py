@@ -101,7 +101,8 @@ def test_a_transition_changes_only_declared_fields() -> None:
 
 
 def schema_columns(d: Dialect) -> list[tuple[str, str]]:
-    """(column, definition) of ``CREATE TABLE jobs`` as the schema creates it in ``d``."""
+    """(column, definition) of the ``jobs`` table as the migrations make it in ``d``: its
+    ``CREATE TABLE``, then each ``ALTER TABLE jobs ADD COLUMN`` of the later ones."""
     [create] = [s for s in d.render_schema(SCHEMA.read_text()) if s.startswith("CREATE TABLE jobs")]
     body = create[create.index("(") + 1 : create.rindex(")")]
     out = []
@@ -110,6 +111,12 @@ def schema_columns(d: Dialect) -> list[tuple[str, str]]:
         if line:
             name, _, definition = line.partition(" ")
             out.append((name, definition))
+    for migration in sorted(SCHEMA.parent.glob("[0-9][0-9][0-9][0-9]_*.sql"))[1:]:
+        for statement in d.render_schema(migration.read_text()):
+            added = statement.removeprefix("ALTER TABLE jobs ADD COLUMN ")
+            if added != statement:
+                name, _, definition = added.partition(" ")
+                out.append((name, definition))
     return out
 
 
@@ -170,7 +177,17 @@ def test_the_job_records_of_the_commands_are_the_declaration_s() -> None:
     assert names(sub_arguments(commands.ListJobs, "response", b"jobs")) == listed
     assert names(sub_arguments(commands.GetJob, "response", b"job")) == detail
     run = ["job_id", "attempt", "env", *(f.name for f in jobfields.RUN_FIELDS)]
-    assert names(commands.RunJob.arguments) == run
+    checked = [f.name for f in jobfields.CHECKED_FIELDS if f not in jobfields.RUN_FIELDS]
+    assert names(commands.RunJob.arguments) == run + checked
+
+
+def test_the_signature_covers_what_the_executor_runs_and_whose_it_is() -> None:
+    signed = {f.name for f in jobfields.SIGNED_FIELDS}
+    assert {f.name for f in jobfields.RUN_FIELDS} <= signed
+    assert signed - {f.name for f in jobfields.RUN_FIELDS} == {"uuid", "user"}
+    # The executor gets every signed field, the signature and its time with the start order.
+    assert signed <= {f.name for f in jobfields.RUN_FIELDS + jobfields.CHECKED_FIELDS}
+    assert {"signature", "signed_at"} <= {f.name for f in jobfields.CHECKED_FIELDS}
 
 
 def test_each_field_travels_as_its_type() -> None:
@@ -264,7 +281,9 @@ def test_the_executor_s_request_has_the_start_order_s_fields() -> None:
 
 
 def test_hrunjob_s_options_and_the_job_file_s_keys_are_the_field_names() -> None:
-    given = {f.name for f in jobfields.SPEC_FIELDS} - {"uuid"}  # made by hRunJob
+    # uuid made by hRunJob, signature and signed_at by the TMS
+    given = {f.name for f in jobfields.SPEC_FIELDS} - {"uuid", "signature", "signed_at"}
+    assert given == {f.name for f in jobfields.GIVEN_FIELDS}
     options = vars(hrunjob.build_parser().parse_args(["true"]))
     assert given <= set(options)
     assert set(FILE_FIELDS.values()) == given

@@ -21,7 +21,7 @@ class Locator(amp.CommandLocator):
         self.held: list = []
 
     @commands.SubmitJobs.responder
-    def submit(self, cwd, umask, env, jobs):
+    def submit(self, cwd, umask, env, jobs, sealed_env=None):
         self.submitted.append({"cwd": cwd, "umask": umask, "env": env, "jobs": jobs})
         return {"job_ids": list(range(1, len(jobs) + 1))}
 

@@ -31,6 +31,8 @@ spec_row = st.fixed_dictionaries(
         "excluded_hosts": st.lists(text, max_size=4),
         "estimated_time": st.none() | floats,
         "estimated_memory": st.none() | floats,
+        "signature": text,
+        "signed_at": floats,
     }
 )
 summary_row = st.fixed_dictionaries(

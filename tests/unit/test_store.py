@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import secrets
 from collections.abc import Iterator
@@ -83,9 +84,9 @@ def spec(n: int, **kw: object) -> JobSpec:
 
 @pytest_twisted.ensureDeferred
 async def test_upgrade_is_idempotent(store: Store) -> None:
-    assert await store.schema_version() == 1
+    assert await store.schema_version() == 2
     assert await store.upgrade() == []
-    assert await store.schema_version() == 1
+    assert await store.schema_version() == 2
     await store.check()
 
 
@@ -102,6 +103,18 @@ async def test_the_jobs_table_has_the_declared_columns(store: Store) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_sealed_environment_is_stored_as_sealed_and_once(store: Store) -> None:
+    sealed = dataclasses.replace(ENV, env={}, sealed="1.0123456789abcdef.c2VhbGVk")
+    first = await store.submit_jobs("alice", sealed, [spec(1, signature="1.k.s")], now=100.0)
+    again = await store.submit_jobs("alice", sealed, [spec(2, signed_at=99.0)], now=100.0)
+    jobs = await store.get_jobs(first + again)
+    env_id = jobs[0].env_id
+    assert env_id is not None and jobs[1].env_id == env_id
+    assert await store.get_environment(env_id) == "1.0123456789abcdef.c2VhbGVk"
+    assert jobs[0].spec.signature == "1.k.s" and jobs[1].spec.signed_at == 99.0
+
+
+@pytest_twisted.ensureDeferred
 async def test_submit_returns_increasing_ids_and_full_jobs(store: Store) -> None:
     specs = [spec(i, group="g", excluded_hosts=("h1", "h2"), estimated_time=1.5) for i in range(3)]
     ids = await store.submit_jobs("alice", ENV, specs, now=100.0)
@@ -113,7 +126,8 @@ async def test_submit_returns_increasing_ids_and_full_jobs(store: Store) -> None
     assert job.cwd == "/home/alice" and job.umask == 0o027
     assert job.submitted_at == 100.0 and job.state_since == 100.0
     assert job.env_id is not None
-    assert await store.get_environment(job.env_id) == {"PATH": "/bin", "LANG": "C"}
+    # Not through a TMS (no sealed environment): kept as JSON, and never run (tm/jobsign.py).
+    assert await store.get_environment(job.env_id) == '{"LANG":"C","PATH":"/bin"}'
     assert await store.get_job(ids[-1] + 1000) is None
     active = await store.load_active_jobs()
     assert [j.id for j in active] == ids

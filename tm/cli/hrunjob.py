@@ -83,7 +83,7 @@ def spec_from_options(options: dict[str, Any], shells: dict[Any, str] | None = N
             raise CLIError(
                 f"{option} must be a number from 0 to {high:.0f} {unit}, not {value}", status=2
             )
-    values = {f.name: options[f.name] for f in jobfields.SPEC_FIELDS if f.name != "uuid"}
+    values = {f.name: options[f.name] for f in jobfields.GIVEN_FIELDS}
     values["shell"] = resolve_shell(options["shell"]) if shells is None else _shell(options, shells)
     values["excluded_hosts"] = _excluded(options["excluded_hosts"])
     spec = JobSpec(uuid=new_uuid(), **values)

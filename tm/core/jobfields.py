@@ -43,6 +43,12 @@ LISTED = "listed"
 DETAIL = "detail"
 #: A start order (RunJob, the executor's RunRequest), besides ``job_id``, ``attempt`` and ``env``.
 RUN = "run"
+#: What the user's signature covers (with the sealed environment and the time of signing:
+#: tm/jobsign.py).
+SIGNED = "signed"
+#: A start order also carries these, for the executor to check the signature (not part of the
+#: RunRequest).
+CHECKED = "checked"
 
 
 @dataclass(frozen=True)
@@ -95,20 +101,20 @@ def _field(name: str, type_: Any, sql: str, *groups: str, column: str = "") -> F
 #: The ``jobs`` table's columns, in the schema's order.
 FIELDS: tuple[Field, ...] = (
     _field("id", int, "{AUTOINC_PK}", LISTED),
-    _field("uuid", str, "VARCHAR(36) NOT NULL UNIQUE", SPEC, DETAIL),
-    _field("user", str, "VARCHAR(100) NOT NULL", LISTED, column="user_name"),
-    _field("command", str, "TEXT NOT NULL", SPEC, LISTED, RUN),
-    _field("shell", str, "VARCHAR(255) NOT NULL", SPEC, DETAIL, RUN),
-    _field("cwd", str, "TEXT NOT NULL", DETAIL, RUN),
-    _field("umask", int, "INTEGER NOT NULL", RUN),
+    _field("uuid", str, "VARCHAR(36) NOT NULL UNIQUE", SPEC, DETAIL, SIGNED, CHECKED),
+    _field("user", str, "VARCHAR(100) NOT NULL", LISTED, SIGNED, CHECKED, column="user_name"),
+    _field("command", str, "TEXT NOT NULL", SPEC, LISTED, RUN, SIGNED),
+    _field("shell", str, "VARCHAR(255) NOT NULL", SPEC, DETAIL, RUN, SIGNED),
+    _field("cwd", str, "TEXT NOT NULL", DETAIL, RUN, SIGNED),
+    _field("umask", int, "INTEGER NOT NULL", RUN, SIGNED),
     _field("env_id", int | None, "BIGINT NULL"),
-    _field("slots", int, "INTEGER NOT NULL", SPEC, LISTED, RUN),
+    _field("slots", int, "INTEGER NOT NULL", SPEC, LISTED, RUN, SIGNED),
     _field("priority", int, "INTEGER NOT NULL", SPEC, LISTED),
     _field("group", str, "VARCHAR(255) NOT NULL", SPEC, LISTED, column="group_name"),
     _field("info", str, "TEXT NOT NULL", SPEC, LISTED, column="info_text"),
-    _field("stdout", str, "TEXT NOT NULL", SPEC, DETAIL, RUN),
-    _field("stderr", str, "TEXT NOT NULL", SPEC, DETAIL, RUN),
-    _field("logfile", str, "TEXT NOT NULL", SPEC, DETAIL, RUN),
+    _field("stdout", str, "TEXT NOT NULL", SPEC, DETAIL, RUN, SIGNED),
+    _field("stderr", str, "TEXT NOT NULL", SPEC, DETAIL, RUN, SIGNED),
+    _field("logfile", str, "TEXT NOT NULL", SPEC, DETAIL, RUN, SIGNED),
     _field("excluded_hosts", tuple[str, ...], "TEXT NOT NULL", SPEC, DETAIL),
     _field("estimated_time", float | None, "DOUBLE NULL", SPEC, DETAIL),
     _field("estimated_memory", float | None, "DOUBLE NULL", SPEC, DETAIL),
@@ -125,6 +131,9 @@ FIELDS: tuple[Field, ...] = (
     _field("state_since", float | None, "DOUBLE NOT NULL", LISTED),
     _field("started_at", float | None, "DOUBLE NULL", DETAIL),
     _field("ended_at", float | None, "DOUBLE NULL", DETAIL),
+    # Added by migration 0002 (tm/db/schema/0002_signed_jobs.sql): made by the user's TMS.
+    _field("signature", str, "VARCHAR(100) NOT NULL DEFAULT ''", SPEC, CHECKED),
+    _field("signed_at", float, "DOUBLE NOT NULL DEFAULT 0", SPEC, CHECKED),
 )
 
 BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
@@ -140,6 +149,11 @@ LISTED_FIELDS = group(LISTED)
 #: GetJob's row: the listed fields and the detail ones.
 DETAIL_FIELDS = LISTED_FIELDS + group(DETAIL)
 RUN_FIELDS = group(RUN)
+SIGNED_FIELDS = group(SIGNED)
+CHECKED_FIELDS = group(CHECKED)
+#: What a user gives for a job (hRunJob's options, a job file's keys): the spec but what the
+#: client (uuid) and the user's TMS (signature) make.
+GIVEN_FIELDS = tuple(f for f in SPEC_FIELDS if CHECKED not in f.groups)
 
 
 def column(name: str) -> str:

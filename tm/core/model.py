@@ -167,6 +167,10 @@ class JobSpec:
     excluded_hosts: tuple[str, ...] = ()
     estimated_time: float | None = None
     estimated_memory: float | None = None
+    #: Made by the user's TMS (tm/jobsign.py): the signature of what defines the job, and
+    #: when it was made (whole seconds).
+    signature: str = ""
+    signed_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -176,6 +180,8 @@ class JobEnvironment:
     cwd: str
     umask: int = 0o022
     env: dict[str, str] = field(default_factory=dict)
+    #: The environment sealed with the user's key (tm/jobsign.py); ``env`` is then empty.
+    sealed: str = ""
 
 
 @dataclass

@@ -107,27 +107,37 @@ def _job_row(job: Job) -> tuple[Any, ...]:
 
 
 def environment_sha256(env: dict[str, str]) -> str:
-    return hashlib.sha256(_env_json(env).encode("utf-8")).hexdigest()
+    return _text_sha256(_env_json(env))
+
+
+def _text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _env_json(env: dict[str, str]) -> str:
     return json.dumps(env, sort_keys=True, separators=(",", ":"))
 
 
-def store_environment(txn: Any, d: Dialect, env: dict[str, str]) -> int:
-    """The id of ``env`` in ``environments``, inserting it if it is new."""
-    digest = environment_sha256(env)
-    txn.execute(
-        d.insert_ignore("environments", ("sha256", "data"), "sha256"), (digest, _env_json(env))
-    )
+def environment_text(environment: JobEnvironment) -> str:
+    """What ``environments.data`` holds for a submission: its environment sealed with the
+    user's key (tm/jobsign.py); the JSON of a plain one only for a submission that was not
+    made through a TMS (tests), whose jobs no executor runs."""
+    return environment.sealed or _env_json(dict(environment.env))
+
+
+def store_environment(txn: Any, d: Dialect, text: str) -> int:
+    """The id of the environment ``text`` in ``environments``, inserting it if it is new."""
+    digest = _text_sha256(text)
+    txn.execute(d.insert_ignore("environments", ("sha256", "data"), "sha256"), (digest, text))
     txn.execute(d.q("SELECT id FROM environments WHERE sha256 = ?"), (digest,))
     return int(txn.fetchone()[0])
 
 
-def get_environment(txn: Any, d: Dialect, env_id: int) -> dict[str, str] | None:
+def get_environment(txn: Any, d: Dialect, env_id: int) -> str | None:
+    """The stored text of an environment: sealed, or (not through a TMS) JSON."""
     txn.execute(d.q("SELECT data FROM environments WHERE id = ?"), (env_id,))
     row = txn.fetchone()
-    return None if row is None else dict(json.loads(row[0]))
+    return None if row is None else str(row[0])
 
 
 def ids_by_uuid(txn: Any, d: Dialect, uuids: Sequence[str]) -> dict[str, tuple[int, str]]:
@@ -157,7 +167,7 @@ def insert_jobs(
     ``user``, and is not among the created."""
     if not specs:
         return [], []
-    env_id = store_environment(txn, d, dict(environment.env))
+    env_id = store_environment(txn, d, environment_text(environment))
     insert = d.insert_ignore("jobs", _INSERT_JOB_COLUMNS, "uuid")
     ids: list[int | None] = []
     created: list[Job] = []

@@ -299,9 +299,10 @@ class Store:
     async def get_history(self, job_id: int, limit: int = 200) -> list[HistoryEntry]:
         return await self._run(queries.get_history, job_id, limit)
 
-    async def get_environment(self, env_id: int) -> dict[str, str]:
+    async def get_environment(self, env_id: int) -> str:
+        """The stored text of an environment (sealed: tm/jobsign.py); "" when there is none."""
         env = await self._run(queries.get_environment, env_id)
-        return {} if env is None else env
+        return "" if env is None else env
 
     async def list_jobs(
         self,

@@ -136,7 +136,7 @@ class DispatcherCore:
         self.started_at = 0.0
         self._pass_scheduled = False
         self.passes = 0
-        self._environments: dict[int, dict[str, str]] = {}
+        self._environments: dict[int, Any] = {}  # env_id -> as RunJob carries it
         #: Bounded pool for file-system checks that may block on NFS; whoever runs the
         #: dispatcher (tm.tap.dispatcher) provides, starts and stops it.
         self.fs_pool: ThreadPool | None = None

@@ -3,6 +3,8 @@ heartbeats, and the start orders of placed jobs."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
 
@@ -267,13 +269,14 @@ class ExecutorLinks(DispatcherCore):
                 job, JobState.RUNNING, f"running on {job.host}", pid=answer["pid"], host=job.host
             )
 
-    async def _environment(self, env_id: int | None) -> dict[str, str]:
-        """Submission environments, cached: a bulk submission shares one."""
+    async def _environment(self, env_id: int | None) -> Any:
+        """Submission environments as RunJob carries them (sealed), cached: a bulk submission
+        shares one."""
         if env_id is None:
             return {}
         env = self._environments.get(env_id)
         if env is None:
-            env = await self.store.get_environment(env_id)
+            env = records.stored_environment(await self.store.get_environment(env_id))
             if len(self._environments) >= 256:
                 self._environments.pop(next(iter(self._environments)))
             self._environments[env_id] = env

@@ -8,6 +8,7 @@ one method of the dispatcher; the dispatcher's state is changed only by its meth
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 from collections.abc import Callable, Iterator
@@ -185,7 +186,9 @@ class JobResponders(SessionBase):
     # --- jobs -----------------------------------------------------------------------
 
     @commands.SubmitJobs.responder
-    async def submit_jobs(self, cwd: str, umask: int, env: Any, jobs: list[dict]) -> dict:
+    async def submit_jobs(
+        self, cwd: str, umask: int, env: Any, jobs: list[dict], sealed_env: str | None = None
+    ) -> dict:
         user = self._require(commands.ROLE_TMS, commands.ROLE_CLIENT)
         d = self.dispatcher
         try:
@@ -197,6 +200,16 @@ class JobResponders(SessionBase):
         problem = records.environment_problem(environment)
         if problem:
             raise commands.InvalidRequest(problem)
+        # Only the user's TMS holds the user's key: a job it did not sign, or a plain
+        # environment, would be stored only to be refused by the executor (tm/jobsign.py).
+        if not sealed_env or environment.env or not all(j.get("signature") for j in jobs):
+            raise commands.InvalidRequest(
+                "jobs must be signed with your key by your TMS: submit them with hRunJob "
+                "(hConnect -T cannot submit)"
+            )
+        if len(sealed_env) > records.MAX_SEALED_ENVIRONMENT_CHARS:
+            raise commands.InvalidRequest("the sealed environment is too large")
+        environment = dataclasses.replace(environment, sealed=sealed_env)
         specs = [records.spec_from_amp(j) for j in jobs]
         ids, warnings = await d.submit(user, environment, specs)
         return {"job_ids": ids, "warnings": warnings}
@@ -275,10 +288,16 @@ class JobResponders(SessionBase):
         newest = list(reversed(history[-100:]))
         rows, _ = records.fit_to_value(records.HISTORY_FIELDS, newest, records.history_to_amp)
         rows.reverse()
+        # The owner's TMS can open the environment; nobody else can (admins included).
+        sealed = None
+        if job.user == self.user and job.env_id is not None:
+            stored = await d.store.get_environment(job.env_id)
+            sealed = stored if stored and not stored.startswith("{") else None
         return {
             "job": [records.fit_job_detail(job)],
             "history": rows,
             "wait_reason": records.shorten(reason, 2_000),
+            "sealed_env": sealed,
         }
 
     @commands.WaitJob.responder

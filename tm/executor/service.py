@@ -25,6 +25,7 @@ its end is in hand: while its files are opened, and while its log file is writte
 
 from __future__ import annotations
 
+import getpass
 import os
 from collections import OrderedDict
 from collections.abc import Callable
@@ -40,8 +41,10 @@ from twisted.protocols import amp
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from tm import jobsign
 from tm.dispatcher_client import DispatcherLink
 from tm.executor.runner import JobEnd, JobRunner, JobStartError, RunRequest
+from tm.executor.verify import SpecChecker
 from tm.link import DispatcherInfo
 from tm.protocol import commands
 
@@ -137,9 +140,16 @@ class Executor(service.Service):
     log = Logger()
 
     def __init__(
-        self, reactor: Any, info: DispatcherInfo, host: str, idle_timeout: float, log_dir: str
+        self,
+        reactor: Any,
+        info: DispatcherInfo,
+        host: str,
+        idle_timeout: float,
+        log_dir: str,
+        job_max_age_days: float = jobsign.DEFAULT_MAX_AGE_DAYS,
     ) -> None:
         self.reactor = reactor
+        self.checker = SpecChecker(getpass.getuser(), reactor, job_max_age_days)
         self.host = host
         self.idle_timeout = idle_timeout
         self.fs_pool = ThreadPool(0, FS_THREADS, name="tm-executor-fs")
@@ -243,7 +253,8 @@ class Executor(service.Service):
     async def _start(self, job_id: int, attempt: int, fields: dict[str, Any]) -> dict:
         key = (job_id, attempt)
         try:
-            request = RunRequest.from_order(job_id, attempt, fields)
+            order = self.checker.order(job_id, attempt, fields)  # the user's signature
+            request = RunRequest.from_order(job_id, attempt, order)
             pid = await self.runner.start(request, self.job_ended)
         except JobStartError as e:
             self.log.info(

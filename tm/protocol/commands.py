@@ -196,6 +196,9 @@ class SubmitJobs(_Command):
         (b"umask", Int64()),
         (b"env", JSON()),
         (b"jobs", rows_of(JOB_SPEC_FIELDS)),
+        # TMS -> dispatcher: the environment sealed with the user's key (``env`` is then {});
+        # the jobs carry their signatures (tm/jobsign.py).
+        (b"sealed_env", amp.Unicode(optional=True)),
     ]
     response = [
         (b"job_ids", amp.ListOf(Int64())),
@@ -235,6 +238,10 @@ class GetJob(_Command):
         (b"job", amp.AmpList(JOB_DETAIL_FIELDS)),  # exactly one row
         (b"history", amp.AmpList(HISTORY_FIELDS)),
         (b"wait_reason", amp.Unicode()),
+        # Dispatcher -> the job's own user: its environment, sealed; the user's TMS opens it
+        # and answers its client with ``env``.
+        (b"sealed_env", amp.Unicode(optional=True)),
+        (b"env", JSON(optional=True)),
     ]
 
 

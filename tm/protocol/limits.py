@@ -33,6 +33,9 @@ MAX_EXCLUDED_HOSTS = 1_000
 MAX_HOST_NAME_CHARS = 255
 #: The submission environment, encoded as JSON (it travels as one AMP value).
 MAX_ENVIRONMENT_BYTES = 48_000
+#: The same sealed by the TMS (tm/jobsign.py: base64 of the encrypted JSON, 4/3 of its size):
+#: still one AMP value (65 535 bytes) and one MySQL TEXT.
+MAX_SEALED_ENVIRONMENT_CHARS = 65_000
 #: Slots of one job (``-c``).
 MAX_SLOTS = 100_000
 #: Estimated run time (``-t``, seconds: 10 years) and memory (``-m``, MB: 1 EB).

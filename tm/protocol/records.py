@@ -27,6 +27,7 @@ from tm.protocol.limits import (  # noqa: F401 - re-exported: the limits live th
     MAX_HOST_NAME_CHARS,
     MAX_INFO_BYTES,
     MAX_PATH_BYTES,
+    MAX_SEALED_ENVIRONMENT_CHARS,
     MAX_SHELL_CHARS,
     MAX_SLOTS,
     MAX_UUID_CHARS,
@@ -153,19 +154,34 @@ STATE_COUNT_FIELDS: list[tuple[bytes, amp.Argument]] = [
     (b"count", Int64()),
 ]
 
-#: The start order a TMMS receives: the job, its attempt, and where and how to run it.
+#: The start order a TMMS receives: the job, its attempt, and where and how to run it; then
+#: what the executor checks the user's signature with (``env`` is the sealed environment).
 RUN_JOB_ARGUMENTS: list[tuple[bytes, amp.Argument]] = [
     (b"job_id", Int64()),
     (b"attempt", Int64()),
     (b"env", JSON()),
     *amp_fields(jobfields.RUN_FIELDS),
+    *amp_fields(f for f in jobfields.CHECKED_FIELDS if f not in jobfields.RUN_FIELDS),
 ]
+_RUN_ORDER_FIELDS = jobfields.RUN_FIELDS + tuple(
+    f for f in jobfields.CHECKED_FIELDS if f not in jobfields.RUN_FIELDS
+)
 
 
-def run_job_to_amp(job: Job, env: dict[str, str]) -> dict[str, Any]:
-    """The arguments of RunJob for the job's current attempt."""
-    run = {f.name: f.get(job) for f in jobfields.RUN_FIELDS}
+def run_job_to_amp(job: Job, env: Any) -> dict[str, Any]:
+    """The arguments of RunJob for the job's current attempt; ``env`` as the store keeps it
+    (see :func:`stored_environment`)."""
+    run = {f.name: f.get(job) for f in _RUN_ORDER_FIELDS}
     return {"job_id": job.id, "attempt": job.attempt, "env": env, **run}
+
+
+def stored_environment(text: str) -> Any:
+    """An environment as the store keeps it, as RunJob carries it: the sealed text (a JSON
+    string), or the mapping of an unsealed one (not submitted through a TMS: refused by the
+    executor), {} for none."""
+    if not text:
+        return {}
+    return json.loads(text) if text.startswith("{") else text
 
 
 spec_to_amp = spec_to_row  # one row shape for both paths: tm/protocol/limits.py

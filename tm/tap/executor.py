@@ -9,6 +9,7 @@ import sys
 from twisted.application import service
 from twisted.python import usage
 
+from tm import jobsign
 from tm.link import DispatcherNotFound, find_dispatcher, user_dir
 from tm.logs import with_bounded_log
 
@@ -42,6 +43,14 @@ class Options(usage.Options):
             float,
         ],
         ["log-dir", None, None, "Default directory for job output (default ~/.taskmanager/logs)."],
+        [
+            "job-max-age",
+            None,
+            float(os.environ.get(jobsign.MAX_AGE_VARIABLE) or jobsign.DEFAULT_MAX_AGE_DAYS),
+            "Refuse a job signed more than this many days ago (default "
+            f"${jobsign.MAX_AGE_VARIABLE} or {jobsign.DEFAULT_MAX_AGE_DAYS:g}).",
+            float,
+        ],
     ]
 
 
@@ -60,6 +69,7 @@ def makeService(options: Options) -> service.Service:  # noqa: N802
         host=options["host"] or socket.gethostname(),
         idle_timeout=options["idle-timeout"],
         log_dir=options["log-dir"] or str(user_dir() / "logs"),
+        job_max_age_days=options["job-max-age"],
     )
     if options["token-from-stdin"]:
         # Read before twistd daemonizes (and closes stdin); never on the command line,

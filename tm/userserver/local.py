@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp, basic
 
 from tm import localsocket, trace
-from tm.protocol import commands, records
+from tm.protocol import commands
 from tm.protocol.base import MAX_IN_FLIGHT, one_line
 
 if TYPE_CHECKING:
@@ -213,40 +213,14 @@ class LocalClientProtocol(basic.Int32StringReceiver):
         return dict(await session._forwarder(command)(**kw))
 
     async def _submit(self, session: ClientSession, arguments: Any) -> dict[str, Any]:
-        """A submission of any size, sent in chunks that each fit one AMP value."""
+        """A submission of any size: signed and sent in chunks that each fit one AMP value
+        (:func:`tm.userserver.signing.submit`)."""
         if not isinstance(arguments, dict) or not isinstance(arguments.get("jobs"), list):
             raise commands.InvalidRequest("SubmitJobs needs a list of jobs")
-        jobs = arguments["jobs"]
         kw = decode_arguments(commands.SubmitJobs, {**arguments, "jobs": []})
-        forward = session._forwarder(commands.SubmitJobs)
-        ids: list[int] = []
-        warnings: list[str] = []
-        rest = jobs
-        while rest:
-            try:
-                rows, n = records.fit_to_value(records.JOB_SPEC_FIELDS, rest, dict)
-            except Exception as e:
-                raise commands.InvalidRequest(f"bad job: {one_line(e)}") from None
-            if n == 0:
-                raise commands.InvalidRequest(
-                    "a job's description is too large to send (shorten the command)"
-                )
-            try:
-                answer = await forward(**{**kw, "jobs": rows})
-            except commands.TMError as e:
-                if not ids:
-                    raise
-                raise type(e)(
-                    f"{e}; the first {len(ids)} job(s) of this part were submitted "
-                    f"as {ids[0]}..{ids[-1]}, the remaining {len(jobs) - len(ids)} "
-                    "were not"
-                ) from None
-            ids.extend(answer["job_ids"])
-            for warning in answer.get("warnings") or []:
-                if warning not in warnings:
-                    warnings.append(warning)
-            rest = rest[n:]
-        return {"job_ids": ids, "warnings": warnings}
+        kw.pop("jobs")
+        kw.pop("sealed_env", None)
+        return await session.submit(kw, arguments["jobs"])
 
     async def _list(self, session: ClientSession, kw: dict[str, Any]) -> dict[str, Any]:
         """A page of a listing. A client reads a listing page after page: while it reads

@@ -26,13 +26,13 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.protocols import amp
 
-from tm import auth, localsocket
+from tm import auth, jobsign, localsocket
 from tm.dispatcher_client import DispatcherLink
 from tm.link import DispatcherInfo, user_dir
 from tm.loginlimit import LoginAttempts, LoginLimiter
 from tm.protocol import commands
 from tm.protocol.base import BoundedAMP
-from tm.userserver import local, startcommands
+from tm.userserver import local, signing, startcommands
 from tm.userserver.startcommands import LauncherProtocol, start_failure_reason  # noqa: F401
 
 #: Requests a client may send that the TMS passes to the dispatcher as they are;
@@ -161,8 +161,12 @@ class ClientSession(amp.CommandLocator):
             self._require()
             link = self.server.link
             if command is commands.SubmitJobs:
-                return await submit_until_acknowledged(link, self.server.reactor, kw)
+                jobs = kw.pop("jobs")
+                kw.pop("sealed_env", None)
+                return await self.submit(kw, jobs)
             try:
+                if command is commands.GetJob:
+                    return self.server.signer.open_answer(await link.call(command, **kw))
                 if command is commands.WaitJob and link.connected:
                     return await link.call(command, reply_timeout=FORWARD_TIMEOUT, **kw)
                 return await link.call(command, **kw)
@@ -175,6 +179,16 @@ class ClientSession(amp.CommandLocator):
                 ) from None
 
         return forward
+
+    async def submit(self, kw: dict[str, Any], jobs: list[Any]) -> dict[str, Any]:
+        """Sign the jobs with the user's key and send them, in chunks (tm/userserver/signing)."""
+        self._require()
+        server = self.server
+
+        async def send(**chunk: Any) -> Any:
+            return await submit_until_acknowledged(server.link, server.reactor, chunk)
+
+        return await signing.submit(server.signer, kw, jobs, send)
 
     def _require(self) -> None:
         if not self.proven:
@@ -264,6 +278,8 @@ class UserServer(service.Service):
         self.interface = interface
         self.key = secrets.token_urlsafe(32)
         self.logins = LoginLimiter(reactor)
+        #: The user's key as it signs jobs and opens environments: made at start.
+        self.signer: signing.Signer
         self.port = 0
         self._certificate = b""
         self.started_at = 0.0
@@ -293,6 +309,12 @@ class UserServer(service.Service):
         base = user_dir()
         base.mkdir(mode=0o700, exist_ok=True)
         os.chmod(base, 0o700)
+        try:
+            self.signer = signing.Signer(jobsign.ensure_key(), self.user, self.reactor)
+        except jobsign.JobKeyError as e:
+            self.log.error("tmserver cannot sign jobs: {error}", error=str(e))
+            self.reactor.stop()
+            return
         key_pem, cert_pem = auth.ensure_key_pair(
             base / "tms" / "tms.key", base / "tms" / "tms.crt", auth.TMS_TLS_NAME
         )
