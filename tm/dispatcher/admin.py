@@ -12,7 +12,7 @@ from tm.protocol import commands, records
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     pass
-from tm.dispatcher.responders import SessionBase, _first, _fit_text
+from tm.dispatcher.sessionbase import SessionBase, _first, _fit_text
 
 
 class AdminResponders(SessionBase):

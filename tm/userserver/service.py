@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application import service
-from twisted.internet import defer, protocol
+from twisted.internet import protocol
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.endpoints import SSL4ServerEndpoint
-from twisted.internet.error import CannotListenError, ConnectError, ConnectionClosed
-from twisted.internet.task import deferLater
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.protocols import amp
 
@@ -34,6 +33,11 @@ from tm.protocol import commands
 from tm.protocol.base import BoundedAMP
 from tm.userserver import local, signing, startcommands
 from tm.userserver.startcommands import LauncherProtocol, start_failure_reason  # noqa: F401
+from tm.userserver.submission import (  # noqa: F401 - tests import them from here
+    CONNECTION_FAILURES,
+    _reason,
+    submit_until_acknowledged,
+)
 
 #: Requests a client may send that the TMS passes to the dispatcher as they are;
 #: the dispatcher scopes them to this TMS's proven user.
@@ -55,81 +59,6 @@ VERSION_MISMATCH = (
 )
 #: A forwarded WaitJob may legitimately take long.
 FORWARD_TIMEOUT = 330.0
-#: How long a submission is sent again (with its client-made UUIDs, so at most one copy is
-#: stored) while the dispatcher does not acknowledge it.
-SUBMIT_RETRY_SECONDS = 60.0
-#: How long one try waits for its answer (at least; longer when more of the budget is left).
-SUBMIT_REPLY_TIMEOUT = 15.0
-#: How often a submission refused with DatabaseUnavailable is tried again (1, 2, 4 s apart).
-SUBMIT_DATABASE_RETRIES = 3
-#: Failures that say nothing about whether the dispatcher stored a submission: the link
-#: dropped, or no answer came in time.
-CONNECTION_FAILURES: tuple[type[Exception], ...] = (
-    ConnectionClosed,
-    ConnectError,
-    defer.TimeoutError,
-    defer.CancelledError,
-    TimeoutError,
-    commands.DispatcherUnavailable,
-)
-
-
-def _reason(e: Exception) -> str:
-    if isinstance(e, ConnectionClosed):
-        return "the link dropped before the answer came"
-    if isinstance(e, defer.TimeoutError | defer.CancelledError | TimeoutError):
-        return "no answer in time"
-    return str(e) or e.__class__.__name__
-
-
-async def submit_until_acknowledged(
-    link: Any, reactor: Any, kw: dict[str, Any], budget: float = SUBMIT_RETRY_SECONDS
-) -> Any:
-    """Send SubmitJobs over ``link`` until the dispatcher answers it.
-
-    The jobs carry their UUIDs, which the store keeps unique, so a submission that was
-    stored but whose acknowledgement was lost is acknowledged again, with the same ids.
-    Connection failures are retried for ``budget`` s; a DatabaseUnavailable refusal a few
-    times with back-off; any other refusal is passed on at once.
-    """
-    deadline = reactor.seconds() + budget
-    database_refusals = 0
-    pause = 0.1
-    last_reason = ""
-    while True:
-        await link.ready(max(0.0, deadline - reactor.seconds()))
-        try:
-            if not link.connected and link.fatal is None:
-                raise commands.DispatcherUnavailable(link.last_error or "no link")
-            left = deadline - reactor.seconds()
-            return await link.call(
-                commands.SubmitJobs, reply_timeout=max(SUBMIT_REPLY_TIMEOUT, left), **kw
-            )
-        except commands.DatabaseUnavailable:
-            database_refusals += 1
-            if database_refusals > SUBMIT_DATABASE_RETRIES:
-                raise
-            wait = 2.0 ** (database_refusals - 1)
-            if reactor.seconds() + wait > deadline:
-                raise
-            await deferLater(reactor, wait, lambda: None)
-            continue
-        except CONNECTION_FAILURES as e:
-            reason = _reason(e)
-        if reactor.seconds() >= deadline:
-            raise commands.DispatcherUnavailable(
-                f"the dispatcher at {link.info.address} did not acknowledge the submission "
-                f"within {budget:.0f} s ({reason})"
-            )
-        if reason != last_reason:
-            UserServer.log.info(
-                "submission not acknowledged ({reason}); sending it again", reason=reason
-            )
-            last_reason = reason
-        # Never straight away: a link that is being lost fails its calls before it is
-        # known to be down, and must not be tried again in a loop that starves the reactor.
-        await deferLater(reactor, min(pause, max(0.0, deadline - reactor.seconds())), lambda: None)
-        pause = min(2 * pause, 1.0)
 
 
 def _loopback(address: str) -> bool:
