@@ -4,6 +4,8 @@ admin, who sees what), the audit, and the mapping of store errors at the edge.
 Split from :mod:`tm.dispatcher.responders`.
 """
 
+from __future__ import annotations
+
 import contextlib
 import functools
 from collections.abc import Callable, Iterator
