@@ -160,6 +160,35 @@ class Installation:
     def daemon_pids(self) -> list[int]:
         return daemon_pids(self.home)
 
+    def sql(self, statement: str, params: tuple = ()) -> list[tuple]:
+        """Run one statement (``?`` placeholders) on the installation's own database, SQLite or
+        MariaDB, as someone who can write it, committed; its rows."""
+        if self.database_url is None:
+            import sqlite3
+
+            conn = sqlite3.connect(self.var / "taskmanager.sqlite", timeout=10)
+            try:
+                rows = conn.execute(statement, params).fetchall()
+                conn.commit()
+                return rows
+            finally:
+                conn.close()
+        import pymysql
+
+        from tm.db.store import parse_url
+
+        url = parse_url(self.database_url)
+        kw: dict[str, Any] = {"host": url.host, "port": url.port, "user": url.user}
+        if url.password is not None:
+            kw["password"] = url.password
+        mysql = pymysql.connect(database=url.database, autocommit=True, **kw)
+        try:
+            with mysql.cursor() as cursor:
+                cursor.execute(statement.replace("?", "%s"), params)
+                return [tuple(row) for row in cursor.fetchall()]
+        finally:
+            mysql.close()
+
     def cleanup(self) -> None:
         for pid in self.daemon_pids():
             try:

@@ -18,7 +18,7 @@ from typing import NoReturn
 
 import pytest
 
-from tests.helpers.processes import UnixUser
+from tests.helpers.processes import Installation, UnixUser
 
 #: Programs a second Unix user needs: to make it, to remove it, to run things as it.
 USER_TOOLS = ("useradd", "userdel", "setpriv")
@@ -71,3 +71,23 @@ def second_user(prefix: str = "tm-users-") -> Iterator[UnixUser]:
             user.remove()
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def installation_shared_with(prefix: str, *users: UnixUser) -> Iterator[Installation]:
+    """An installation in a directory every user can reach, its dispatcher run by root (this
+    process, an admin), with ``users`` as plain users; their processes and the installation
+    are ended afterwards."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(root, 0o755)
+    inst = Installation(root)
+    try:
+        names = "".join(f"{user.name}\tuser\n" for user in users)
+        (inst.etc / "users").write_text(f"root\tuser,admin\n{names}")
+        inst.start_dispatcher()
+        yield inst
+    finally:
+        for user in users:
+            user.stop_processes()
+        inst.cleanup()
+        shutil.rmtree(root, ignore_errors=True)

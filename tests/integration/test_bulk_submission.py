@@ -4,7 +4,6 @@ creates nothing twice. Sizes a test can afford; the 100 000-job figures are benc
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,34 +19,10 @@ from tm.protocol.limits import spec_to_row
 JOBS = 5000
 
 
-def _query(inst: Installation, sql: str) -> list[tuple]:
-    if inst.database_url:
-        import pymysql
-
-        from tm.db.store import parse_url
-
-        url = parse_url(inst.database_url)
-        kw: dict = {"host": url.host, "port": url.port, "user": url.user, "database": url.database}
-        if url.password is not None:
-            kw["password"] = url.password
-        conn = pymysql.connect(**kw)
-        try:
-            with conn.cursor() as cursor:
-                cursor.execute(sql)
-                return [tuple(row) for row in cursor.fetchall()]
-        finally:
-            conn.close()
-    db = sqlite3.connect(f"file:{inst.var / 'taskmanager.sqlite'}?mode=ro", uri=True, timeout=10)
-    try:
-        return list(db.execute(sql))
-    finally:
-        db.close()
-
-
 def _stored(inst: Installation) -> tuple[list[int], dict[int, int]]:
     """The ids of every job in the database, and how many history rows each has."""
-    ids = [row[0] for row in _query(inst, "SELECT id FROM jobs ORDER BY id")]
-    history = dict(_query(inst, "SELECT job_id, COUNT(*) FROM job_history GROUP BY job_id"))
+    ids = [row[0] for row in inst.sql("SELECT id FROM jobs ORDER BY id")]
+    history = dict(inst.sql("SELECT job_id, COUNT(*) FROM job_history GROUP BY job_id"))
     return ids, {int(k): int(v) for k, v in history.items()}
 
 

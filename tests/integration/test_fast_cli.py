@@ -8,18 +8,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import socket
 import stat
 import struct
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.processes import Installation, UnixUser, alive, wait_until
-from tests.helpers.requirements import second_user
+from tests.helpers.requirements import installation_shared_with, second_user
 
 SUBMITTED = re.compile(r"Job \[(\d+)\] has been submitted to TaskDispatcher\.\n")
 VIA_SOCKET = "using the TMS on "
@@ -137,18 +135,11 @@ def refusal_frame(path: Path) -> dict:
 
 @pytest.fixture
 def shared_installation() -> Iterator[tuple[Installation, UnixUser]]:
-    with second_user("tm-fastcli-") as user:
-        root = Path(tempfile.mkdtemp(prefix="tm-fastcli-inst-"))
-        os.chmod(root, 0o755)
-        inst = Installation(root)
-        try:
-            (inst.etc / "users").write_text(f"root\tuser,admin\n{user.name}\tuser\n")
-            inst.start_dispatcher()
-            yield inst, user
-        finally:
-            user.stop_processes()
-            inst.cleanup()
-            shutil.rmtree(root, ignore_errors=True)
+    with (
+        second_user("tm-fastcli-") as user,
+        installation_shared_with("tm-fastcli-inst-", user) as inst,
+    ):
+        yield inst, user
 
 
 def test_the_socket_refuses_another_uid(shared_installation: tuple[Installation, UnixUser]) -> None:

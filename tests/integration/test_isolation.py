@@ -28,7 +28,7 @@ import pytest
 from tests.helpers import cli
 from tests.helpers.processes import Installation, UnixUser, alive, executor_pid, wait_until
 from tests.helpers.rawamp import RawClient
-from tests.helpers.requirements import second_user
+from tests.helpers.requirements import installation_shared_with, second_user
 from tm import auth
 from tm.dispatcher.tickets import ExecutorTickets
 
@@ -39,20 +39,8 @@ SECRET = "MY_API_TOKEN=s3cr3t-4lice"
 def shared() -> Iterator[tuple[Installation, UnixUser, UnixUser]]:
     """A dispatcher run by root (this process, an admin), with alice and bob, not admins."""
     with second_user("tm-see-a-") as alice, second_user("tm-see-b-") as bob:
-        root = Path(tempfile.mkdtemp(prefix="tm-see-inst-"))
-        os.chmod(root, 0o755)
-        inst = Installation(root)
-        try:
-            (inst.etc / "users").write_text(
-                f"root\tuser,admin\n{alice.name}\tuser\n{bob.name}\tuser\n"
-            )
-            inst.start_dispatcher()
+        with installation_shared_with("tm-see-inst-", alice, bob) as inst:
             yield inst, alice, bob
-        finally:
-            for user in (alice, bob):
-                user.stop_processes()
-            inst.cleanup()
-            shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ same signed spec: tests/integration/test_faults.py, the dead executor's job that
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
 from pathlib import Path
 
@@ -21,7 +20,6 @@ from tests.helpers.cli import lajob, submit, td, wait_state
 from tests.helpers.processes import InstallationWithEnv, wait_until
 from tests.helpers.rawamp import RawClient
 from tm.core.model import JobSpec
-from tm.db.store import parse_url
 from tm.protocol import records
 
 FORGED = "id > pwn.txt"
@@ -29,31 +27,6 @@ FORGED = "id > pwn.txt"
 
 def sqlite_path(inst: InstallationWithEnv) -> Path:
     return inst.var / "taskmanager.sqlite"
-
-
-def execute(inst: InstallationWithEnv, sql: str, params: tuple = ()) -> list[tuple]:
-    """Run one statement on the installation's database, as someone who can write it."""
-    if inst.database_url is None:
-        conn = sqlite3.connect(sqlite_path(inst))
-        try:
-            rows = conn.execute(sql, params).fetchall()
-            conn.commit()
-            return rows
-        finally:
-            conn.close()
-    import pymysql
-
-    parsed = parse_url(inst.database_url)
-    kw = {"host": parsed.host, "port": parsed.port, "user": parsed.user}
-    if parsed.password is not None:
-        kw["password"] = parsed.password
-    conn = pymysql.connect(database=parsed.database, autocommit=True, **kw)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql.replace("?", "%s"), params)
-            return list(cur.fetchall())
-    finally:
-        conn.close()
 
 
 def database_holds(inst: InstallationWithEnv, text: str) -> bool:
@@ -64,7 +37,7 @@ def database_holds(inst: InstallationWithEnv, text: str) -> bool:
         if any(text.encode() in p.read_bytes() for p in files):
             return True
     for table in ("jobs", "environments", "job_history", "settings"):
-        if any(text in str(row) for row in execute(inst, f"SELECT * FROM {table}")):
+        if any(text in str(row) for row in inst.sql(f"SELECT * FROM {table}")):
             return True
     return False
 
@@ -95,14 +68,14 @@ def test_a_command_changed_in_the_database_is_refused_and_the_environment_is_sea
     assert not database_holds(inst, secret)
     assert lajob(inst, target).env["MY_API_TOKEN"] == secret
     assert "MY_API_TOKEN" not in lajob(inst, target, via_dispatcher=True).text
-    [(signature, signed_at)] = execute(
-        inst, "SELECT signature, signed_at FROM jobs WHERE id = ?", (target,)
+    [(signature, signed_at)] = inst.sql(
+        "SELECT signature, signed_at FROM jobs WHERE id = ?", (target,)
     )
     assert signature.startswith("1.") and signed_at > 0
 
     # Point 1: whoever can write the database changes the waiting job's command.
     inst.stop_dispatcher()
-    execute(inst, "UPDATE jobs SET command = ? WHERE id = ?", (FORGED, target))
+    inst.sql("UPDATE jobs SET command = ? WHERE id = ?", (FORGED, target))
     inst.start_dispatcher()
     assert td(inst, "activatecluster") == "activated."
 
@@ -149,4 +122,4 @@ def test_a_client_of_the_dispatcher_cannot_submit_an_unsigned_job(
         client.close()
     assert answer.get(b"_error_code") == b"INVALID_REQUEST", answer
     assert b"must be signed" in answer[b"_error_description"]
-    assert execute(inst, "SELECT COUNT(*) FROM jobs") == [(0,)]
+    assert inst.sql("SELECT COUNT(*) FROM jobs") == [(0,)]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 import re
-import sqlite3
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -28,30 +27,9 @@ SEED = 20261130
 SUBMISSION_BYTES = 1500
 
 
-def _jobs(inst: Installation) -> list[tuple[int, str, str, str, int]]:
+def _jobs(inst: Installation) -> list[tuple]:
     """(id, uuid, command, state, attempt) of every job, read from the database itself."""
-    query = "SELECT id, uuid, command, state, attempt FROM jobs ORDER BY id"
-    if inst.database_url:
-        import pymysql
-
-        from tm.db.store import parse_url
-
-        url = parse_url(inst.database_url)
-        kw: dict = {"host": url.host, "port": url.port, "user": url.user, "database": url.database}
-        if url.password is not None:
-            kw["password"] = url.password
-        conn = pymysql.connect(**kw)
-        try:
-            with conn.cursor() as cursor:
-                cursor.execute(query)
-                return [tuple(row) for row in cursor.fetchall()]
-        finally:
-            conn.close()
-    db = sqlite3.connect(f"file:{inst.var / 'taskmanager.sqlite'}?mode=ro", uri=True, timeout=10)
-    try:
-        return list(db.execute(query))
-    finally:
-        db.close()
+    return inst.sql("SELECT id, uuid, command, state, attempt FROM jobs ORDER BY id")
 
 
 @pytest.fixture(params=["sqlite", "mariadb"])

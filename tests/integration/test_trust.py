@@ -19,7 +19,6 @@ import os
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +28,7 @@ import pytest
 from tests.helpers import cli
 from tests.helpers.processes import TWISTD, Installation, UnixUser, wait_until
 from tests.helpers.rawamp import Closed, RawClient
-from tests.helpers.requirements import second_user
+from tests.helpers.requirements import installation_shared_with, second_user
 from tm import auth
 
 NOBODY = 65534  # an account that is neither root, the test user nor the dispatcher's
@@ -38,18 +37,8 @@ NOBODY = 65534  # an account that is neither root, the test user nor the dispatc
 @pytest.fixture(scope="module")
 def shared() -> Iterator[tuple[Installation, UnixUser]]:
     """A dispatcher run by root (this process), with a second, non-admin user."""
-    with second_user("tm-trust-") as user:
-        root = Path(tempfile.mkdtemp(prefix="tm-trust-inst-"))
-        os.chmod(root, 0o755)
-        inst = Installation(root)
-        try:
-            (inst.etc / "users").write_text(f"root\tuser,admin\n{user.name}\tuser\n")
-            inst.start_dispatcher()
-            yield inst, user
-        finally:
-            user.stop_processes()
-            inst.cleanup()
-            shutil.rmtree(root, ignore_errors=True)
+    with second_user("tm-trust-") as user, installation_shared_with("tm-trust-inst-", user) as inst:
+        yield inst, user
 
 
 @pytest.fixture
