@@ -53,6 +53,7 @@ FORWARDED: tuple[type[amp.Command], ...] = (
     commands.SuspendJob,
     commands.ListExecutors,
     commands.ControlExecutors,
+    commands.DashboardLink,
 )
 VERSION_MISMATCH = (
     "this TMS speaks protocol {ours}, the client {theirs}: restart it with `hConnect shutdown`"
