@@ -492,6 +492,3 @@ class Heartbeat(_Command):
         (b"lease", Float64(optional=True)),
         (b"interval", Float64(optional=True)),  # how often to send heartbeats
     ]
-
-# The dashboard's command lives in its own module; named here so that it is found with the rest.
-from tm.protocol.webcommands import DashboardLink, DashboardOff  # noqa: E402, F401
