@@ -128,6 +128,13 @@ class Options(usage.Options):
             "The dashboard's address as browsers reach it, for the links of `hConnect "
             "dashboard` (default: from the --http endpoint and the public host).",
         ],
+        [
+            "dashboard-link-lifetime",
+            None,
+            600.0,
+            "Seconds a link of `hConnect dashboard` stays valid (it works once; default 600).",
+            float,
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -167,6 +174,8 @@ class Options(usage.Options):
                 self["manhole"] = check_socket_path(self["manhole"])
             except ManholePathError as e:
                 raise usage.UsageError(str(e)) from None
+        if not self["dashboard-link-lifetime"] > 0:
+            raise usage.UsageError("--dashboard-link-lifetime must be a positive number of seconds")
         if self["metrics"] is not None and self["http"] is None:
             raise usage.UsageError("--metrics needs --http (the dashboard's endpoint)")
         try:
@@ -341,6 +350,7 @@ def make_dispatcher(options: Options) -> DispatcherRunner:
                 options["metrics"],
                 options["http-url"],
                 var_dir,
+                link_lifetime=options["dashboard-link-lifetime"],
             ).setServiceParent(runner)
         except CannotServe as e:
             raise SystemExit(f"tmdispatcher: {e}") from None

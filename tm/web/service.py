@@ -26,7 +26,7 @@ from tm.web import views
 from tm.web.feed import DashboardFeed
 from tm.web.metrics import DispatcherMetrics
 from tm.web.resources import COOKIE, Message, Metrics, Root, static_file, to_json
-from tm.web.tokens import SessionBook, TokenBook, Viewer
+from tm.web.tokens import TOKEN_LIFETIME, SessionBook, TokenBook, Viewer
 
 #: Open event streams, at most (each costs a state view per update).
 MAX_STREAMS = 64
@@ -209,10 +209,12 @@ class WebService(service.Service):
         metrics: str | None,
         public_url: str | None,
         var_dir: Path,
+        link_lifetime: float = TOKEN_LIFETIME,
     ) -> None:
         self.reactor = reactor
         self.http = http
         self.app = WebApp(dispatcher, reactor, secure=http.split(":", 1)[0] in ("ssl", "tls"))
+        self.app.tokens.lifetime = link_lifetime
         self.app.attach()
         self.ports = [_listen_now(reactor, http, self.app.site(metrics=metrics is None))]
         if public_url:
