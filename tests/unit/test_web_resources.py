@@ -235,3 +235,28 @@ def test_an_unexpected_error_is_one_sentence(web: Any) -> None:
     clock.advance(0)
     assert request.responseCode == 500
     assert b"could not answer" in request.body and b"fire" not in request.body
+
+
+class _Port:
+    def __init__(self, address: Any) -> None:
+        self.address = address
+
+    def getHost(self) -> Any:  # noqa: N802
+        return self.address
+
+
+def test_the_links_address_comes_from_the_bound_endpoint() -> None:
+    from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
+
+    from tm.web.service import CannotServe, base_url
+
+    def url(description: str, address: Any) -> str:
+        return base_url(description, _Port(address), "td.example")
+
+    assert url("tcp:0:interface=127.0.0.1", IPv4Address("TCP", "127.0.0.1", 4321)) == (
+        "http://127.0.0.1:4321"
+    )
+    assert url("tcp:8080", IPv4Address("TCP", "0.0.0.0", 8080)) == "http://td.example:8080"
+    assert url("ssl:8443:privateKey=k", IPv6Address("TCP", "::1", 8443)) == "https://[::1]:8443"
+    with pytest.raises(CannotServe, match="--http-url"):
+        url("unix:/tmp/web.sock", UNIXAddress(b"/tmp/web.sock"))

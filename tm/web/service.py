@@ -190,6 +190,10 @@ def _listen_now(reactor: Any, description: str, site: Site) -> Any:
 def base_url(description: str, port: Any, public_host: str) -> str:
     scheme = "https" if description.split(":", 1)[0] in ("ssl", "tls") else "http"
     address = port.getHost()
+    if not hasattr(address, "port"):
+        raise CannotServe(
+            f"{description!r} has no TCP port: give the address browsers reach with --http-url"
+        )
     host = getattr(address, "host", "")
     if host in ("", "0.0.0.0", "::"):
         host = public_host
@@ -221,10 +225,13 @@ class WebService(service.Service):
             self.app.base_url = public_url.rstrip("/")
         else:
             self.app.base_url = base_url(http, self.ports[0], dispatcher.settings.public_host)
-        info: dict[str, Any] = {"url": self.app.base_url, "port": self.ports[0].getHost().port}
+        info: dict[str, Any] = {
+            "url": self.app.base_url,
+            "port": getattr(self.ports[0].getHost(), "port", None),
+        }
         if metrics is not None:
             self.ports.append(_listen_now(reactor, metrics, self.app.metrics_site()))
-            info["metrics_port"] = self.ports[1].getHost().port
+            info["metrics_port"] = getattr(self.ports[1].getHost(), "port", None)
         path = var_dir / "http.json"
         path.write_text(json.dumps(info) + "\n")
         os.chmod(path, 0o644)
