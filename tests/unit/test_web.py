@@ -265,3 +265,15 @@ def test_the_responder_issues_a_link_for_the_proven_user(world: Any) -> None:
     assert app.tokens.redeem(token) == ALICE
     admin = client_session(d, "root").dashboard_link()["url"].rsplit("=", 1)[1]
     assert app.tokens.redeem(admin) == ROOT
+
+
+def test_the_newest_jobs_are_listed_first(world: Any) -> None:
+    d, clock, store = world
+    for i in range(1, 11):
+        add_job(d, store, i, user="alice" if i % 2 else "root")
+    d._transition(d.jobs[10], JobState.PENDING, "placed", host="h1")
+    waiting = [JobState.WAITING]
+    assert [j.id for j in d.jobs.newest(waiting, None, 3)] == [9, 8, 7]
+    assert [j.id for j in d.jobs.newest(waiting, "alice", 3)] == [9, 7, 5]
+    assert [j.id for j in d.jobs.newest([JobState.PENDING, JobState.WAITING], None, 2)] == [10, 9]
+    assert d.jobs.newest([JobState.RUNNING], None, 3) == []

@@ -9,7 +9,6 @@ users' queues appear to a user as one "others" row, without their names.
 from __future__ import annotations
 
 import os
-from collections import deque
 from typing import Any
 
 from tm.core.model import ACTIVE_STATES, TERMINAL_STATES, Job
@@ -92,7 +91,7 @@ def queue_view(d: Any, viewer: Viewer) -> list[dict[str, Any]]:
 
 def jobs_view(d: Any, feed: DashboardFeed, viewer: Viewer) -> list[dict[str, Any]]:
     owner = None if viewer.sees_all else viewer.user
-    active = deque(d.jobs.listing(ACTIVE_STATES, owner), maxlen=MAX_ACTIVE_ROWS)
+    active = d.jobs.newest(ACTIVE_STATES, owner, MAX_ACTIVE_ROWS)
     ended: list[Job] = []
     for job in reversed(feed.recent):
         if may_see(viewer, job.user):
