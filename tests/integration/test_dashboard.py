@@ -105,6 +105,8 @@ def wait_for(driver: Any, css: str, timeout: float = 30) -> Any:
 
 def keep_screenshot(driver: Any, name: str) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    height = driver.execute_script("return document.documentElement.scrollHeight;")
+    driver.set_window_size(1400, max(1200, int(height) + 40))  # the whole page
     path = ARTIFACTS / name
     assert driver.save_screenshot(str(path))
     print(f"screenshot: {path}")
@@ -127,7 +129,7 @@ def test_the_dashboard_shows_a_new_job_live_without_reload(
     inst = web_installation
     from selenium.webdriver.common.by import By
 
-    first = cli.submit(inst, "-g", "sweep", "sh", "-c", "echo '<b>not bold</b>'; sleep 30")
+    first = cli.submit(inst, "-g", "sweep", "echo '<b>not bold</b>'; echo tail-marker; sleep 60")
     link = cli.tms(inst, "dashboard").strip()
     assert link.startswith(dashboard_url(inst) + "/login?token=")
     chromium.get(link)
@@ -155,6 +157,17 @@ def test_the_dashboard_shows_a_new_job_live_without_reload(
     output = chromium.find_element(By.ID, "output").text
     assert f"output on host {cli.lajob(inst, second).host}" in output
     assert f".taskmanager/logs/{second}.out" in output
+    # The running job's output, read by its executor, shown as text.
+    cli.wait_state(inst, first, "running")
+    chromium.find_element(By.CSS_SELECTOR, f'tr[data-job-id="{first}"]').click()
+    wait_for(chromium, "#output-tail:not([hidden])")
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(chromium, 30).until(
+        lambda d: "tail-marker" in d.find_element(By.ID, "output-tail").text
+    )
+    assert "<b>not bold</b>" in chromium.find_element(By.ID, "output-tail").text
+    assert chromium.find_elements(By.CSS_SELECTOR, "#output-tail b") == []
     keep_screenshot(chromium, "dashboard.png")
     cli.tms(inst, f"killjob:{first}")
 

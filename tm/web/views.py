@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from tm.core.model import ACTIVE_STATES, TERMINAL_STATES, Job
+from tm.core.model import ACTIVE_STATES, TERMINAL_STATES, Job, JobState
+from tm.protocol.base import one_line
+from tm.protocol.webcommands import MAX_TAIL_BYTES, OutputTail
 from tm.web.feed import DashboardFeed
 from tm.web.tokens import Viewer
 
@@ -21,6 +23,8 @@ MAX_ENDED_ROWS = 100
 MAX_GROUPS = 50
 COMMAND_CHARS = 500
 OTHERS = "(other users)"
+#: Seconds the executor has to send a job's output tail.
+TAIL_TIMEOUT = 5.0
 
 
 def _short(text: str, limit: int) -> str:
@@ -172,5 +176,36 @@ async def job_view(d: Any, viewer: Viewer, job_id: int) -> dict[str, Any] | None
         "host": job.host,
         "stdout": output_place(job, "out"),
         "stderr": output_place(job, "err"),
+        # Only to the job's owner: an admin sees where the output is, not what it says.
+        "tail": await output_tail(d, job) if viewer.user == job.user else None,
     }
     return row
+
+
+async def output_tail(d: Any, job: Job) -> dict[str, Any] | None:
+    """The end of a running job's stdout and stderr, read by its executor (the dispatcher
+    reads no user's files); None when the job is not running on a connected executor."""
+    if job.state is not JobState.RUNNING or not job.host:
+        return None
+    session = d.executors.get((job.user, job.host))
+    if session is None:
+        return None
+    tail: dict[str, Any] = {}
+    for stream in ("out", "err"):
+        try:
+            answer = await session.proto.call(
+                OutputTail,
+                reply_timeout=TAIL_TIMEOUT,
+                job_id=job.id,
+                attempt=job.attempt,
+                stream=stream,
+                limit=MAX_TAIL_BYTES,
+            )
+        except Exception as e:  # an old executor, a slow file system, a dropped link
+            reason = one_line(e) or type(e).__name__
+            return {"error": f"the executor on {job.host} did not send the output: {reason}"}
+        if not answer["found"]:
+            return None
+        tail[stream] = answer["data"]
+        tail[stream + "_size"] = answer["size"]
+    return tail

@@ -172,13 +172,33 @@ function render(state) {
   renderThroughput(state.charts.minutes);
   renderWaiting(state.charts.minutes);
   document.body.setAttribute("data-updated", String(state.now));
+  const open = state.jobs.find((j) => j.id === detailId);
+  if (open && !document.getElementById("detail").hidden &&
+      (open.state !== detailState || (open.state === "running" && Date.now() - detailAt > 2000))) {
+    showJob(detailId);
+  }
 }
 
 function field(dl, name, value) {
   dl.append(el("dt", {}, name), el("dd", {}, value === null || value === undefined ? "" : value));
 }
 
+// The job whose details are open, and when they were last fetched (they follow its output
+// while it runs, at most every two seconds).
+let detailId = null;
+let detailAt = 0;
+let detailState = null;
+
+function showTail(id, text, title) {
+  const pre = document.getElementById(id);
+  pre.hidden = text === null;
+  pre.textContent = text === null ? "" : text;
+  if (title) document.getElementById(title).hidden = !text;
+}
+
 async function showJob(id) {
+  detailId = id;
+  detailAt = Date.now();
   const answer = await fetch("/api/job?id=" + encodeURIComponent(id), { credentials: "same-origin" });
   const box = document.getElementById("detail");
   box.hidden = false;
@@ -192,6 +212,7 @@ async function showJob(id) {
     return;
   }
   const j = await answer.json();
+  detailState = j.state;
   title.textContent = "Job " + j.id;
   field(dl, "state", j.state + (j.suspended ? " (suspended)" : ""));
   field(dl, "user", j.user);
@@ -215,9 +236,13 @@ async function showJob(id) {
     return tr;
   }));
   const o = j.output;
-  document.getElementById("output").textContent = o.host
+  const where = o.host
     ? "output on host " + o.host + ": " + o.stdout + " (stderr: " + o.stderr + ")"
     : "not started yet; its output will go to " + o.stdout + " (stderr: " + o.stderr + ") on the host it runs on";
+  const t = o.tail;
+  document.getElementById("output").textContent = t && t.error ? where + " — " + t.error : where;
+  showTail("output-tail", t && !t.error ? t.out : null);
+  showTail("error-tail", t && !t.error ? t.err : null, "error-tail-title");
 }
 
 function connect() {
@@ -240,5 +265,6 @@ function connect() {
 
 document.getElementById("detail-close").addEventListener("click", () => {
   document.getElementById("detail").hidden = true;
+  detailId = null;
 });
 connect();
