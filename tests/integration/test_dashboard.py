@@ -10,6 +10,7 @@ import getpass
 import http.cookiejar
 import json
 import os
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -193,6 +194,23 @@ def test_a_used_garbled_or_expired_link_gets_a_403_page(tmp_path: Path, chromium
         assert text.startswith("This dashboard link has expired, was used already, or is not")
         assert "<" not in text and chromium.find_elements(By.CSS_SELECTOR, "#jobs") == []
     finally:
+        inst.cleanup()
+
+
+def test_an_address_in_use_stops_the_start_with_one_line(tmp_path: Path) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    inst = Installation(tmp_path)
+    try:
+        process = inst.start_dispatcher("--http", f"tcp:{port}:interface=127.0.0.1", wait=False)
+        out = process.communicate(timeout=60)[0].decode()
+        assert process.returncode != 0, out
+        assert f"tmdispatcher: cannot listen on 'tcp:{port}:interface=127.0.0.1'" in out
+        assert "Traceback" not in out
+    finally:
+        taken.close()
         inst.cleanup()
 
 
