@@ -1,7 +1,10 @@
-"""The AMP command of the web dashboard: a short-lived link for the proven user.
+"""The AMP commands of the web dashboard: a short-lived link for the proven user
+(``DashboardLink``: client or TMS -> dispatcher) and a running job's output tail
+(``OutputTail``: dispatcher -> executor).
 
-Kept apart from :mod:`tm.protocol.commands` (which re-exports it, so that it is found by
-name with the others); see docs/dashboard.md.
+Kept apart from :mod:`tm.protocol.commands` (near its size limit);
+:func:`tm.cli.common.command_named` finds ``DashboardLink`` by name as it finds the others.
+See docs/dashboard.md.
 """
 
 from __future__ import annotations
