@@ -282,6 +282,7 @@ def test_a_users_link_shows_only_their_jobs_and_an_admins_all(
     wait_for(chromium, f'tr[data-job-id="{bobs}"]')
     assert chromium.find_elements(By.CSS_SELECTOR, f'tr[data-job-id="{alices}"]') == []
     assert "alices-secret" not in chromium.page_source
+    keep_screenshot(chromium, "dashboard-plain-user.png")
 
     # The admin (root runs this dispatcher) sees both, through the TMS as through -T.
     for line in (cli.tms(inst, "dashboard"), cli.td(inst, "dashboard")):
