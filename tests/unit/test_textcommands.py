@@ -105,14 +105,14 @@ TMS_COMMANDS = [
     "ping", "help", "lswjobs", "lspjobs", "lsrjobs", "lsfjobs", "lajob", "lagroup", "lagroups",
     "hasgroupfinished", "findjobs", "killjob", "killjobs", "killmatchingjobs", "killalljobs",
     "suspendjob", "resumejob", "gettdstatus", "printserverinfo", "lstmms", "invokealltmms",
-    "shutdownalltmms", "shutdown",
+    "shutdownalltmms", "shutdown", "dashboard",
 ]  # fmt: skip
 TD_COMMANDS = [
     "ping", "help", "fullhelp", "status", "gettdstatus", "lscluster", "activatecluster",
     "deactivatecluster", "activatehost", "deactivatehost", "lsusers", "lsuser", "enableuser",
     "disableuser", "lswjobs", "lspjobs", "lsrjobs", "lsfjobs", "lajob", "findjobs", "lsnextjobs",
     "rmjobs", "rmwjobs", "setallpjobsaswaiting", "setallrjobsaswaiting", "setallpjobsasfinished",
-    "setallrjobsasfinished", "checkslots", "updateload", "lsthreads", "reload",
+    "setallrjobsasfinished", "checkslots", "updateload", "lsthreads", "reload", "dashboard",
 ]  # fmt: skip
 
 
