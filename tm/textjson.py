@@ -124,7 +124,7 @@ def host(row: dict[str, Any]) -> dict[str, Any]:
 
 def server_info(info: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
     """``printserverinfo`` / ``hRunJob -s``: the TMS and the status."""
-    return {"tms": with_times(dict(info)), "status": status(answer)}
+    return {"schema": SCHEMA_VERSION, "tms": with_times(dict(info)), "status": status(answer)}
 
 
 def help_doc(target: str) -> dict[str, Any]:
