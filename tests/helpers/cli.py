@@ -156,8 +156,22 @@ def json_of(who: Runs, *argv: str) -> dict[str, Any]:
     assert result.returncode == 0, f"{_name(who)}: hConnect --json {argv}: {result.stderr}"
     assert result.stdout.count("\n") == 1 and result.stdout.endswith("\n"), result.stdout
     doc = json.loads(result.stdout)
-    assert isinstance(doc, dict), result.stdout
+    assert isinstance(doc, dict) and doc.get("schema") == 1, result.stdout
+    assert_json_keys(doc)
     return doc
+
+
+def assert_json_keys(value: Any, where: str = "") -> None:
+    """Every key of every object of a ``--json`` document is a name without spaces (but a
+    job's environment's, which are the variables' names)."""
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            assert isinstance(key, str) and key and " " not in key, f"{where}{key!r}"
+            if key != "env":
+                assert_json_keys(inner, f"{where}{key}.")
+    elif isinstance(value, list):
+        for inner in value:
+            assert_json_keys(inner, where)
 
 
 class HistoryEntry(str):
