@@ -13,6 +13,7 @@ path: no Twisted, no TMS started, nothing printed when none runs). Load it with
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 SHELLS = ("bash", "zsh")
@@ -42,7 +43,7 @@ def early(prog: str, args: argparse.Namespace) -> int | None:
         print(script(args.completion))
         return 0
     if getattr(args, "complete_ids", False):
-        print("\n".join(str(i) for i in job_ids()))
+        sys.stdout.write("".join(f"{i}\n" for i in job_ids()))
         return 0
     return None
 
