@@ -19,11 +19,12 @@ from tm.core.model import User
 from tm.dispatcher import edge
 from tm.link import user_dir, write_info
 from tm.logs import twistd_log_path, with_bounded_log
+from tm.tap.versionopt import VersionOption
 
 DEFAULT_PORT = 10101
 
 
-class Options(usage.Options):
+class Options(VersionOption, usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Runs the TaskManager dispatcher: the queue, the slot accounting and the "
