@@ -43,8 +43,11 @@ TMS_UNUSABLE: tuple[type[Exception], ...] = (
 
 
 def command_named(name: str) -> type[amp.Command]:
-    """The command of :mod:`tm.protocol.commands` whose ``commandName`` is ``name``."""
-    for value in vars(commands).values():
+    """The command of :mod:`tm.protocol.commands` (or :mod:`tm.protocol.jobends`) whose
+    ``commandName`` is ``name``."""
+    from tm.protocol import jobends
+
+    for value in (*vars(commands).values(), *vars(jobends).values()):
         if (
             isinstance(value, type)
             and issubclass(value, amp.Command)
