@@ -292,7 +292,7 @@ class DispatcherCore:
         if self._killed_attempt_gone(job, reason):
             return
         self._transition(job, JobState.LOST, reason)
-        self._fail_or_retry(job, Cause.LOST, reason)
+        self._fail_or_retry(job, Cause.LOST, "lost: " + reason)
 
     def _fail_or_retry(self, job: Job, failure: Cause, reason: str, **kw: Any) -> Deferred:
         """End ``job``'s attempt failed, or requeue it for another attempt where its retries
@@ -313,7 +313,7 @@ class DispatcherCore:
         return self._transition(
             job,
             JobState.WAITING,
-            ("requeued after: " if failure is Cause.LOST else "") + decision.reason,
+            decision.reason,
             new_attempt=job.attempt + 1,
             clear_host=True,
         )

@@ -43,8 +43,10 @@ from tm.protocol import jobends
 
 #: Callbacks running at once; more wait their turn.
 MAX_RUNNING = 4
-#: Seconds a callback may run before it is stopped (TERM, then KILL after KILL_GRACE).
+#: Seconds a callback may run before it is stopped (TERM, then KILL after KILL_GRACE); the
+#: TMS's environment may set another in $TM_ON_END_TIMEOUT.
 CALLBACK_TIMEOUT = 300.0
+TIMEOUT_VARIABLE = "TM_ON_END_TIMEOUT"
 KILL_GRACE = 5.0
 #: Output of a callback kept for the log line of its failure.
 OUTPUT_KEPT = 2000
@@ -87,6 +89,15 @@ def environment(job: dict[str, Any], base: dict[str, str]) -> dict[str, str]:
     }
 
 
+def configured_timeout() -> float:
+    """$TM_ON_END_TIMEOUT if it is a positive number of seconds, else CALLBACK_TIMEOUT."""
+    try:
+        value = float(os.environ.get(TIMEOUT_VARIABLE, ""))
+    except ValueError:
+        return CALLBACK_TIMEOUT
+    return value if 0 < value < 86_400 else CALLBACK_TIMEOUT
+
+
 class Callbacks:
     """The TMS's callbacks: records made at submission, runs when jobs end."""
 
@@ -97,13 +108,13 @@ class Callbacks:
         reactor: Any,
         link: Any,
         directory: Path | None = None,
-        timeout: float = CALLBACK_TIMEOUT,
+        timeout: float | None = None,
         max_running: int = MAX_RUNNING,
     ) -> None:
         self.reactor = reactor
         self.link = link
         self.directory = directory
-        self.timeout = timeout
+        self.timeout = configured_timeout() if timeout is None else timeout
         self.max_running = max_running
         self.queue: deque[dict[str, Any]] = deque()
         self.running = 0
