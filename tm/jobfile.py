@@ -38,6 +38,10 @@ FIELDS: dict[str, str] = {
     "estimatedTime": "estimated_time",
     "estimatedMemory": "estimated_memory",
     "excludedHosts": "excluded_hosts",
+    # Added with migration 0005 (issue 11 points 3 and 7).
+    "retries": "retries",
+    "retryOnExit": "retry_on_exit",
+    "onEnd": "on_end",
 }
 ALIASES: dict[str, str] = {
     "excludeHosts": "excludedHosts",
@@ -45,6 +49,8 @@ ALIASES: dict[str, str] = {
     "info_text": "infoText",
     "stdout_file": "stdout",
     "stderr_file": "stderr",
+    "retry_on_exit": "retryOnExit",
+    "on_end": "onEnd",
 }
 
 

@@ -96,6 +96,7 @@ class _Spec:
             "user": f"{self.name}:USER",
             "count": f"{self.name}:N",
             "group": f"{self.name}:GROUP",
+            "resubmit": f"{self.name}:ID|group:GROUP[:failed]",
         }[self.arg]
 
 
@@ -150,6 +151,7 @@ _SPECS: list[_Spec] = [
     _Spec("shutdownalltmms", _TMS, "", "stop all your executors"),
     _Spec("shutdown", _TMS, "", "stop your TaskManagerServer"),
     _Spec("dashboard", _BOTH, "", "a link to the web dashboard (one use, valid 10 minutes)"),
+    _Spec("resubmit", _TMS, "resubmit", "submit copies of ended jobs (':failed': unsuccessful)"),
 ]
 SPECS: dict[str, _Spec] = {s.name: s for s in _SPECS}
 
@@ -213,6 +215,7 @@ def parse(line: str, target: str) -> TextCommand:
             "user": "a user name",
             "count": "a number",
             "group": "a group name",
+            "resubmit": "a job id or group:GROUP",
         }[spec.arg]
         raise TextCommandError(f"{name} needs {what}: usage: {spec.usage}")
     args: tuple[Any, ...]
@@ -222,6 +225,8 @@ def parse(line: str, target: str) -> TextCommand:
         args = tuple(_int(p, spec) for p in rest.split(":"))
     elif spec.arg == "count":
         args = (_int(rest, spec, "number"),)
+    elif spec.arg == "resubmit":
+        args = _resubmit_args(rest, spec)
     elif spec.arg == "regex":
         try:
             re.compile(rest)
@@ -233,6 +238,28 @@ def parse(line: str, target: str) -> TextCommand:
     else:  # text, host, user, group: the rest of the line, colons included
         args = (rest,)
     return TextCommand(name, args, target)
+
+
+def _resubmit_args(rest: str, spec: _Spec) -> tuple[Any, ...]:
+    """``ID`` -> (ID,); ``group:G`` -> (None, G, False); ``group:G:failed`` -> (None, G, True)."""
+    if not rest.startswith("group:"):
+        return (_int(rest, spec),)
+    group = rest.removeprefix("group:")
+    failed = group.endswith(":failed")
+    group = group.removesuffix(":failed") if failed else group
+    if not group:
+        raise TextCommandError(f"{spec.name} needs a group name: usage: {spec.usage}")
+    return (None, group, failed)
+
+
+def resubmitted_text(answer: dict[str, Any], args: tuple[Any, ...]) -> str:
+    """What ``resubmit`` prints: each old job and its copy."""
+    pairs = list(zip(answer["old_ids"], answer["job_ids"], strict=False))
+    lines = [f"job {old} resubmitted as job {new}" for old, new in pairs]
+    if len(args) > 1:
+        lines.insert(0, f"{len(pairs)} job(s) of group {args[1]} resubmitted")
+    lines += [f"warning: {w}" for w in answer.get("warnings") or []]
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -365,6 +392,12 @@ class TextCommand:
             action = "invoke" if n == "invokealltmms" else "shutdown"
             hosts = (await call("ControlExecutors", action=action))["hosts"]
             return "\n".join(hosts) if hosts else "no host"
+        if n == "resubmit":
+            if len(a) == 1:
+                r = await call("ResubmitJobs", job_id=a[0])
+            else:
+                r = await call("ResubmitJobs", group=a[1], failed_only=a[2])
+            return resubmitted_text(r, a)
         if n == "shutdown":
             await call("Shutdown")
             return "terminating TMS ..."

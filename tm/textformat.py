@@ -103,6 +103,10 @@ def format_job_detail(response: dict[str, Any]) -> str:
         ("signal", opt(job.get("signal"))),
         ("reason", job["reason"]),
     ]
+    if job.get("retries") is not None:  # issue 11 point 3 (tm/core/retry.py)
+        fields.append(("retries", f"{job['retries']} (on exit: {job.get('retry_on_exit') or '-'})"))
+    if job.get("on_end"):
+        fields.append(("on end", job["on_end"]))
     width = max(len(k) for k, _ in fields) + 1
     lines = [f"{(k + ':').ljust(width)} {v}" for k, v in fields]
     env = response.get("env")

@@ -25,7 +25,7 @@ from tm.cli.common import command_named
 from tm.cli.errors import blocking_call, run_now
 from tm.jobsign import JobKey
 from tm.protocol import commands, records
-from tm.userserver import local, signing
+from tm.userserver import callbacks, local, signing
 
 REPO = Path(__file__).resolve().parents[2]
 FAST_PATH_MODULES = [
@@ -201,6 +201,7 @@ class FakeServer:
         self.started_at = 0.0
         self.socket_path = Path("/nowhere/tms.sock")
         self.signer = signing.Signer(KEY, "me", self.reactor)
+        self.callbacks = callbacks.Callbacks(self.reactor, link, Path("/nowhere/on-end"))
 
         class info:
             address = "td:1"

@@ -71,6 +71,9 @@ def spec_row(command: str = "true", **kw: Any) -> dict:
         # As the user's TMS signs it (the dispatcher only sees that it is signed).
         "signature": "1.0123456789abcdef.sig",
         "signed_at": 100.0,
+        "retries": None,
+        "retry_on_exit": "",
+        "on_end": "",
     }
     row.update(kw)
     return row

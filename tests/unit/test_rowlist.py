@@ -33,6 +33,9 @@ spec_row = st.fixed_dictionaries(
         "estimated_memory": st.none() | floats,
         "signature": text,
         "signed_at": floats,
+        "retries": st.none() | int64,
+        "retry_on_exit": text,
+        "on_end": text,
     }
 )
 summary_row = st.fixed_dictionaries(

@@ -105,7 +105,7 @@ TMS_COMMANDS = [
     "ping", "help", "lswjobs", "lspjobs", "lsrjobs", "lsfjobs", "lajob", "lagroup", "lagroups",
     "hasgroupfinished", "findjobs", "killjob", "killjobs", "killmatchingjobs", "killalljobs",
     "suspendjob", "resumejob", "gettdstatus", "printserverinfo", "lstmms", "invokealltmms",
-    "shutdownalltmms", "shutdown", "dashboard",
+    "shutdownalltmms", "shutdown", "dashboard", "resubmit",
 ]  # fmt: skip
 TD_COMMANDS = [
     "ping", "help", "fullhelp", "status", "gettdstatus", "lscluster", "activatecluster",

@@ -43,9 +43,11 @@ TMS_UNUSABLE: tuple[type[Exception], ...] = (
 
 
 def command_named(name: str) -> type[amp.Command]:
-    """The command of :mod:`tm.protocol.commands` (or :mod:`tm.protocol.webcommands`) whose
-    ``commandName`` is ``name``."""
-    for value in [*vars(commands).values(), webcommands.DashboardLink]:
+    """The command of :mod:`tm.protocol.commands` (or :mod:`tm.protocol.jobends`,
+    :mod:`tm.protocol.webcommands`) whose ``commandName`` is ``name``."""
+    from tm.protocol import jobends
+
+    for value in (*vars(commands).values(), *vars(jobends).values(), webcommands.DashboardLink):
         if (
             isinstance(value, type)
             and issubclass(value, amp.Command)

@@ -38,6 +38,7 @@ from tm.cli.hrunjob_output import (  # noqa: F401  (re-exported)
 )
 from tm.core import jobfields
 from tm.core.model import JobSpec
+from tm.core.retry import normalize_exit_codes
 from tm.jobfile import JobFileError, compress_ids, parse_job_file
 from tm.protocol import limits as records  # the limits alone: no Twisted
 
@@ -93,6 +94,10 @@ def spec_from_options(options: dict[str, Any], shells: dict[Any, str] | None = N
     values = {f.name: options[f.name] for f in jobfields.GIVEN_FIELDS}
     values["shell"] = resolve_shell(options["shell"]) if shells is None else _shell(options, shells)
     values["excluded_hosts"] = _excluded(options["excluded_hosts"])
+    try:
+        values["retry_on_exit"] = normalize_exit_codes(options["retry_on_exit"])
+    except ValueError as e:
+        raise CLIError(str(e), status=2) from None
     spec = JobSpec(uuid=new_uuid(), **values)
     problem = records.spec_problem(spec)  # the dispatcher's own check, without a round trip
     if problem:

@@ -15,6 +15,7 @@ from tm import VERSION_LINE
 from tm.cli import completion
 from tm.cli.errors import CLIError
 from tm.core.model import JobSpec
+from tm.core.retry import MAX_RETRIES
 from tm.protocol import limits as records  # the limits alone: no Twisted
 
 PROG = "hRunJob"
@@ -145,6 +146,27 @@ def build_parser() -> argparse.ArgumentParser:
             default=None,
             help=what,
         )
+    p.add_argument(
+        "--retries",
+        type=whole_number(0, MAX_RETRIES),
+        default=None,
+        help="requeue the job up to N times when it is lost, its start fails, or it exits "
+        "with a code of --retry-on-exit (default: lost jobs as the dispatcher says, else 0)",
+    )
+    p.add_argument(
+        "--retry-on-exit",
+        default="",
+        metavar="CODES",
+        help="exit codes that are retried too: 3,5-7 (needs --retries)",
+    )
+    p.add_argument(
+        "--on-end",
+        default="",
+        metavar="CMD",
+        help="your TMS runs CMD (sh -c, in the job's directory) when the job has ended; "
+        "TM_JOB_ID, TM_JOB_GROUP, TM_JOB_STATE, TM_JOB_EXIT_CODE, TM_JOB_SIGNAL and "
+        "TM_JOB_RUN_TIME say how",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     p.add_argument("-s", "--status", action="store_true", help="show the TMS and dispatcher status")
     p.add_argument(

@@ -106,7 +106,7 @@ FIELDS: tuple[Field, ...] = (
     _field("command", str, "TEXT NOT NULL", SPEC, LISTED, RUN, SIGNED),
     _field("shell", str, "VARCHAR(255) NOT NULL", SPEC, DETAIL, RUN, SIGNED),
     _field("cwd", str, "TEXT NOT NULL", DETAIL, RUN, SIGNED),
-    _field("umask", int, "INTEGER NOT NULL", RUN, SIGNED),
+    _field("umask", int, "INTEGER NOT NULL", DETAIL, RUN, SIGNED),
     _field("env_id", int | None, "BIGINT NULL"),
     _field("slots", int, "INTEGER NOT NULL", SPEC, LISTED, RUN, SIGNED),
     _field("priority", int, "INTEGER NOT NULL", SPEC, LISTED),
@@ -132,8 +132,14 @@ FIELDS: tuple[Field, ...] = (
     _field("started_at", float | None, "DOUBLE NULL", DETAIL),
     _field("ended_at", float | None, "DOUBLE NULL", DETAIL),
     # Added by migration 0002 (tm/db/schema/0002_signed_jobs.sql): made by the user's TMS.
-    _field("signature", str, "VARCHAR(100) NOT NULL DEFAULT ''", SPEC, CHECKED),
-    _field("signed_at", float, "DOUBLE NOT NULL DEFAULT 0", SPEC, CHECKED),
+    _field("signature", str, "VARCHAR(100) NOT NULL DEFAULT ''", SPEC, DETAIL, CHECKED),
+    _field("signed_at", float, "DOUBLE NOT NULL DEFAULT 0", SPEC, DETAIL, CHECKED),
+    # Added by migration 0005 (tm/db/schema/0005_retries_callbacks.sql): retries
+    # (tm/core/retry.py) and the on-end callback its user's TMS runs (tm/userserver/callbacks.py).
+    _field("retries", int | None, "INTEGER NULL", SPEC, DETAIL),
+    _field("retry_on_exit", str, "VARCHAR(255) NOT NULL DEFAULT ''", SPEC, DETAIL),
+    _field("on_end", str, "TEXT NOT NULL DEFAULT ''", SPEC, DETAIL),
+    _field("on_end_done", bool, "SMALLINT NOT NULL DEFAULT 0"),
 )
 
 BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}

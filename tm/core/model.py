@@ -171,6 +171,12 @@ class JobSpec:
     #: when it was made (whole seconds).
     signature: str = ""
     signed_at: float = 0.0
+    #: Retries (issue 11 point 3, tm/core/retry.py): more attempts after a lost attempt, a
+    #: failed start or an exit code of ``retry_on_exit`` ("3,5-7"); None: the dispatcher's
+    #: default. ``on_end``: the command the user's TMS runs when the job has ended.
+    retries: int | None = None
+    retry_on_exit: str = ""
+    on_end: str = ""
 
 
 @dataclass(frozen=True)
@@ -207,6 +213,8 @@ class Job:
     cwd: str = ""
     umask: int = 0o022
     env_id: int | None = None
+    #: Its ``on_end`` callback ran (or never will): tm/userserver/callbacks.py.
+    on_end_done: bool = False
 
 
 @dataclass(frozen=True)

@@ -366,6 +366,34 @@ def set_suspended(txn: Any, d: Dialect, job_id: int, suspended: bool) -> bool:
     return txn.rowcount == 1
 
 
+def pending_callbacks(txn: Any, d: Dialect, user: str, after_id: int, limit: int) -> list[Job]:
+    """``user``'s ended jobs with id > ``after_id`` whose on-end callback has not run, by id."""
+    states = sorted(s.value for s in JobState if s.terminal)
+    txn.execute(
+        d.q(
+            f"{_SELECT_JOBS} WHERE {_USER} = ? AND state IN ({_marks(len(states))}) "
+            "AND on_end <> '' AND on_end_done = 0 AND id > ? ORDER BY id LIMIT ?"
+        ),
+        (user, *states, after_id, limit),
+    )
+    return [job_from_row(row) for row in txn.fetchall()]
+
+
+def set_callbacks_ran(txn: Any, d: Dialect, user: str, job_ids: Sequence[int]) -> int:
+    """Mark the on-end callbacks of ``user``'s jobs ``job_ids`` as run; how many were marked."""
+    marked = 0
+    for chunk in _chunks(list(job_ids)):
+        txn.execute(
+            d.q(
+                f"UPDATE jobs SET on_end_done = 1 WHERE {_USER} = ? "
+                f"AND id IN ({_marks(len(chunk))})"
+            ),
+            (user, *chunk),
+        )
+        marked += max(0, txn.rowcount)
+    return marked
+
+
 def delete_jobs(txn: Any, d: Dialect, job_ids: Sequence[int]) -> int:
     deleted = 0
     for chunk in _chunks(list(job_ids)):

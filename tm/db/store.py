@@ -326,6 +326,12 @@ class Store:
     async def set_suspended(self, job_id: int, suspended: bool) -> None:
         await self._run(queries.set_suspended, job_id, suspended)
 
+    async def pending_callbacks(self, user: str, after_id: int, limit: int) -> list[Job]:
+        return await self._run(queries.pending_callbacks, user, after_id, limit)
+
+    async def set_callbacks_ran(self, user: str, job_ids: Sequence[int]) -> int:
+        return await self._run(queries.set_callbacks_ran, user, list(job_ids))
+
     async def delete_jobs(self, job_ids: Sequence[int]) -> int:
         return await self._run(queries.delete_jobs, list(job_ids))
 

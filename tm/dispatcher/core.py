@@ -27,7 +27,9 @@ from tm import trace
 from tm.core import scheduler
 from tm.core.fairshare import DEFAULT_HALF_LIFE, UsageLedger
 from tm.core.model import Host, Job, JobState, Transition, User
+from tm.core.retry import DEFAULT_LOST_RETRIES, Cause, decide
 from tm.core.workingset import WorkingSet
+from tm.dispatcher import callbacks
 from tm.dispatcher.executors import ExecutorTable
 from tm.dispatcher.ports import DispatcherStore, PeerSession
 from tm.dispatcher.writer import TransitionWriter
@@ -95,6 +97,8 @@ class Settings:
     #: An executor silent this long is dropped; jobs on a dropped executor are lost (and
     #: requeued) only if it has not come back this long after.
     executor_lease: float = 300.0
+    #: Retries of a lost job submitted without --retries (tm/core/retry.py).
+    lost_retries: int = DEFAULT_LOST_RETRIES
 
 
 class DispatcherCore:
@@ -212,6 +216,8 @@ class DispatcherCore:
         d.addErrback(self._write_failed, job, t)
         if waiters:
             d.addCallback(self._end_recorded, job, waiters)
+        if new.terminal and job.spec.on_end:
+            d.addCallback(callbacks.tell_end, self, job)  # its user's TMS runs its on_end
         return d
 
     def _wait_again(self, failure: Failure, job_id: int, waiters: list[Deferred]) -> Failure:
@@ -292,10 +298,28 @@ class DispatcherCore:
         if self._killed_attempt_gone(job, reason):
             return
         self._transition(job, JobState.LOST, reason)
-        self._transition(
+        self._fail_or_retry(job, Cause.LOST, "lost: " + reason)
+
+    def _fail_or_retry(self, job: Job, failure: Cause, reason: str, **kw: Any) -> Deferred:
+        """End ``job``'s attempt failed, or requeue it for another attempt where its retries
+        allow (tm/core/retry.py); ``kw`` as for :meth:`_transition` of the ending."""
+        spec = job.spec
+        decision = decide(
+            failure,
+            job.attempt,
+            reason,
+            spec.retries,
+            spec.retry_on_exit,
+            kw.get("exit_code"),
+            self.settings.lost_retries,
+        )
+        if not decision.retry:
+            return self._transition(job, JobState.FAILED, decision.reason, **kw)
+        self.start_failures.pop(job.id, None)
+        return self._transition(
             job,
             JobState.WAITING,
-            "requeued after: " + reason,
+            decision.reason,
             new_attempt=job.attempt + 1,
             clear_host=True,
         )
@@ -308,10 +332,10 @@ class DispatcherCore:
         failures = self.start_failures.get(job.id, (0, 0.0))[0] + 1
         if failures >= MAX_START_TRIES and job.state is JobState.PENDING:
             self.start_failures.pop(job.id, None)
-            self._transition(
+            self._fail_or_retry(
                 job,
-                JobState.FAILED,
-                f"start failed {failures} times in a row, not tried again; the last time: {reason}",
+                Cause.START,
+                f"start failed {failures} times in a row; the last time: {reason}",
             )
             return
         pause = min(MAX_START_RETRY_DELAY, START_RETRY_DELAY * 2 ** (failures - 1))

@@ -10,6 +10,7 @@ from twisted.internet.defer import Deferred, ensureDeferred, fail
 
 from tm import trace
 from tm.core.model import Job, JobState, ending_state
+from tm.core.retry import Cause, final_reason
 from tm.dispatcher.core import DispatcherCore, Killing, NotWritten
 from tm.dispatcher.ports import PeerSession
 from tm.protocol import commands
@@ -74,9 +75,11 @@ class JobControl(DispatcherCore):
             new = ending_state(exit_code, signal, killed)
             if not reason:
                 reason = (f"exit code {exit_code}") if signal is None else (f"signal {signal}")
-            written = self._transition(
-                job, new, reason, exit_code=exit_code, signal=signal, host=host, at=at
-            )
+            end = {"exit_code": exit_code, "signal": signal, "host": host, "at": at}
+            if new is JobState.FAILED:
+                written = self._fail_or_retry(job, Cause.EXIT, reason, **end)
+            else:
+                written = self._transition(job, new, final_reason(reason, job.attempt), **end)
         self._unwritten_ends[key] = []
         written.addBoth(self._end_written, key)
         return self._wait_written(key)

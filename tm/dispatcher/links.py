@@ -10,6 +10,7 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 
 from tm import trace
 from tm.core.model import Host, Job, JobState
+from tm.core.retry import Cause
 from tm.dispatcher.core import (
     EXECUTOR_BACKOFF,
     EXECUTOR_START_TIMEOUT,
@@ -257,7 +258,7 @@ class ExecutorLinks(DispatcherCore):
             answer = await session.proto.call(commands.RunJob, **records.run_job_to_amp(job, env))
         except commands.JobStartFailed as e:
             if job.state is JobState.PENDING and job.attempt == attempt:
-                self._transition(job, JobState.FAILED, f"start failed: {e}")
+                self._fail_or_retry(job, Cause.START, f"start failed: {e}")
             return
         except Exception as e:
             if job.state is JobState.PENDING and job.attempt == attempt:

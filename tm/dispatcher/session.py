@@ -28,6 +28,7 @@ from tm.protocol.base import BoundedAMP
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from tm.dispatcher.service import Dispatcher
 from tm.dispatcher.admin import AdminResponders
+from tm.dispatcher.callbacks import CallbackResponders
 from tm.dispatcher.responders import HEARTBEAT_INTERVAL, MAX_PAGE, JobResponders  # noqa: F401
 from tm.web.responders import WebResponders
 
@@ -74,7 +75,7 @@ VERSION_MISMATCH = (
 )
 
 
-class Session(JobResponders, AdminResponders, WebResponders):
+class Session(JobResponders, AdminResponders, WebResponders, CallbackResponders):
     """One connection's identity (proven by Hello and Authenticate) and its responders."""
 
     @commands.Hello.responder

@@ -73,6 +73,14 @@ class Options(VersionOption, usage.Options):
             float,
         ],
         [
+            "lost-retries",
+            None,
+            1,
+            "How many times a lost job (its executor vanished) submitted without --retries is "
+            "requeued before it ends failed (default 1).",
+            int,
+        ],
+        [
             "handshake-timeout",
             None,
             10.0,
@@ -145,6 +153,8 @@ class Options(VersionOption, usage.Options):
             raise usage.UsageError("--executor-lease must be at least 1 second")
         if not self["fairshare-half-life"] > 0:
             raise usage.UsageError("--fairshare-half-life must be a positive number of seconds")
+        if not 0 <= self["lost-retries"] <= 100:
+            raise usage.UsageError("--lost-retries must be between 0 and 100")
         for name in ("handshake-timeout", "drain-timeout"):
             if not self[name] > 0:
                 raise usage.UsageError(f"--{name} must be a positive number of seconds")
@@ -316,6 +326,7 @@ def make_dispatcher(options: Options) -> DispatcherRunner:
         cluster_config=options["cluster-config"],
         fairshare_half_life=options["fairshare-half-life"],
         executor_lease=options["executor-lease"],
+        lost_retries=options["lost-retries"],
     )
     limits = edge.EdgeLimits(
         handshake_timeout=options["handshake-timeout"],

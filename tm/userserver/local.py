@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from twisted.protocols import amp, basic
 
 from tm import localsocket, trace
-from tm.protocol import commands
+from tm.protocol import commands, jobends
 from tm.protocol.base import MAX_IN_FLIGHT, one_line
 
 if TYPE_CHECKING:
@@ -38,6 +38,7 @@ ANSWERED_HERE: tuple[type[amp.Command], ...] = (
     commands.Ping,
     commands.ServerInfo,
     commands.Shutdown,
+    jobends.ResubmitJobs,
 )
 
 
@@ -210,6 +211,8 @@ class LocalClientProtocol(basic.Int32StringReceiver):
             return session.server_info()
         if command is commands.Shutdown:
             return session.shutdown()
+        if command is jobends.ResubmitJobs:
+            return await session.resubmit(**kw)
         return dict(await session._forwarder(command)(**kw))
 
     async def _submit(self, session: ClientSession, arguments: Any) -> dict[str, Any]:

@@ -29,9 +29,9 @@ from tm import auth, jobsign, localsocket
 from tm.dispatcher_client import DispatcherLink
 from tm.link import DispatcherInfo, user_dir
 from tm.loginlimit import LoginAttempts, LoginLimiter
-from tm.protocol import commands, webcommands
+from tm.protocol import commands, jobends, webcommands
 from tm.protocol.base import BoundedAMP
-from tm.userserver import local, signing, startcommands
+from tm.userserver import callbacks, local, resubmit, signing, startcommands
 from tm.userserver.startcommands import LauncherProtocol, start_failure_reason  # noqa: F401
 from tm.userserver.submission import (  # noqa: F401 - tests import them from here
     CONNECTION_FAILURES,
@@ -118,7 +118,32 @@ class ClientSession(amp.CommandLocator):
         async def send(**chunk: Any) -> Any:
             return await submit_until_acknowledged(server.link, server.reactor, chunk)
 
+        server.callbacks.record(jobs, kw.get("cwd", ""))
         return await signing.submit(server.signer, kw, jobs, send)
+
+    @jobends.ResubmitJobs.responder
+    async def resubmit(
+        self, job_id: int | None = None, group: str | None = None, failed_only: bool = False
+    ) -> dict[str, Any]:
+        """Copies of ended jobs, re-signed here (tm/userserver/resubmit.py)."""
+        self._require()
+        link = self.server.link
+        try:
+            return await resubmit.resubmit(
+                self.server.signer,
+                link.call,
+                self.submit,
+                self.server.reactor.seconds(),
+                job_id,
+                group,
+                bool(failed_only),
+            )
+        except CONNECTION_FAILURES as e:
+            if isinstance(e, commands.TMError):
+                raise
+            raise commands.DispatcherUnavailable(
+                f"no answer from the dispatcher at {link.info.address}: {_reason(e)}"
+            ) from None
 
     def _require(self) -> None:
         if not self.proven:
@@ -196,6 +221,11 @@ class DispatcherSide(amp.CommandLocator):
     def ping(self) -> dict:
         return {"server": "tmserver", "time": self.server.reactor.seconds()}
 
+    @jobends.JobEnded.responder
+    def job_ended(self, jobs: Any) -> dict:
+        self.server.callbacks.job_ended(jobs if isinstance(jobs, list) else [])
+        return {}
+
 
 class UserServer(service.Service):
     log = Logger()
@@ -222,6 +252,8 @@ class UserServer(service.Service):
             on_connected=self._dispatcher_connected,
             on_fatal=lambda e: None,
         )
+        #: On-end callbacks of the user's jobs (tm/userserver/callbacks.py).
+        self.callbacks = callbacks.Callbacks(reactor, self.link)
         #: The local addresses this TMS reached the dispatcher from: other cluster hosts can
         #: reach it there too, which its host name may not tell them (published in tms.json).
         self.addresses: list[str] = []
@@ -295,6 +327,8 @@ class UserServer(service.Service):
         auth.write_secret(tms_info_path(), json.dumps(data, indent=2).encode())
 
     def _dispatcher_connected(self, proto: Any) -> None:
+        # Callbacks of jobs that ended while no TMS was linked run now.
+        ensureDeferred(self.callbacks.catch_up())
         address = proto.transport.getHost().host
         if address and address not in self.addresses and not _loopback(address):
             if self._listening is not None and not self._listen_also(address):
