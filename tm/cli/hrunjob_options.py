@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tm.cli.errors import CLIError
+from tm.core.jobtime import TimeLimitError, parse_time_limit
 from tm.core.model import JobSpec
 from tm.protocol import limits as records  # the limits alone: no Twisted
 
@@ -54,6 +55,14 @@ def amount(high: float, unit: str) -> Callable[[str], float]:
         return value
 
     return convert
+
+
+def time_limit(text: str) -> float:
+    """An argparse type: a time limit (tm/core/jobtime.py), refused in one line otherwise."""
+    try:
+        return parse_time_limit(text)
+    except TimeLimitError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -142,6 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
             default=None,
             help=what,
         )
+    p.add_argument(
+        "--time-limit",
+        dest="time_limit",
+        type=time_limit,
+        default=None,
+        help="stop the job when it has run this long on its host (90, 90s, 15m, 2h, "
+        "1-12:00:00); it then ends 'timeout'",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     p.add_argument("-s", "--status", action="store_true", help="show the TMS and dispatcher status")
     p.add_argument(
