@@ -37,7 +37,7 @@ BULK_SUBMITTED = re.compile(
     r"(\d+) job\(s\) \[([\d,-]+)\] have been submitted to TaskDispatcher\.\n"
 )
 #: The states a job no longer leaves.
-ENDED = ("finished", "failed", "killed")
+ENDED = ("finished", "failed", "killed", "timeout")
 #: Every state a listing row or lajob can show.
 STATES = ("waiting", "pending", "running", *ENDED, "lost")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -55,7 +56,7 @@ _OLD_JOB = (
 )
 
 
-def _old_database(txn, d) -> None:  # type: ignore[no-untyped-def]
+def _old_database(txn: Any, d: Any) -> None:
     queries.applied_versions(txn, d)
     for version, path in Store.migrations():
         if version < 3:
