@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tm.core import jobfields
+from tm.core.jobtime import TimeLimitError, parse_time_limit
 
 #: File field name (the seed's spelling, as users write it) -> the job's field
 #: (tm/core/jobfields.py), which is also the key of the matching hRunJob option;
@@ -38,6 +39,7 @@ FIELDS: dict[str, str] = {
     "estimatedTime": "estimated_time",
     "estimatedMemory": "estimated_memory",
     "excludedHosts": "excluded_hosts",
+    "timeLimit": "time_limit",
     # Added with migration 0005 (issue 11 points 3 and 7).
     "retries": "retries",
     "retryOnExit": "retry_on_exit",
@@ -49,6 +51,7 @@ ALIASES: dict[str, str] = {
     "info_text": "infoText",
     "stdout_file": "stdout",
     "stderr_file": "stderr",
+    "time_limit": "timeLimit",
     "retry_on_exit": "retryOnExit",
     "on_end": "onEnd",
 }
@@ -111,6 +114,11 @@ def parse_job_file(text: str, path: str, defaults: dict[str, Any]) -> list[JobLi
 def _convert(name: str, value: str, path: str, line_no: int) -> Any:
     """The value of the file's field ``name``, of its job field's type."""
     kind = jobfields.BY_NAME[FIELDS[name]].base
+    if name == "timeLimit":
+        try:
+            return parse_time_limit(value)
+        except TimeLimitError as e:
+            raise JobFileError(path, line_no, str(e)) from None
     if kind is int:
         try:
             return int(value.strip())

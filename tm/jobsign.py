@@ -59,6 +59,9 @@ _SEAL_AAD = b"taskmanager environment\x00"
 #: The signed fields, in the message's order: the submission's, then each job's.
 SUBMISSION_FIELDS = tuple(f for f in jobfields.SIGNED_FIELDS if not f.in_spec)
 JOB_FIELDS = tuple(f for f in jobfields.SIGNED_FIELDS if f.in_spec)
+#: Signed fields added after the first signed jobs were stored: in the message only when set,
+#: so that the signature of a job stored before (which has none of them) still verifies.
+WHEN_SET = frozenset({"time_limit"})
 
 
 class JobKeyError(Exception):
@@ -218,9 +221,15 @@ def _split(text: str, what: str) -> tuple[str, str, str]:
     return parts[0], parts[1], parts[2]
 
 
-#: Each job field of the message: its name's part, whether it is an integer, its name.
+#: Each job field of the message: its name's part, whether it is an integer, its name, and
+#: whether it is left out when None (:data:`WHEN_SET`).
 _JOB_PARTS = tuple(
-    (struct.pack(">I", len(f.name)) + f.name.encode("ascii"), f.base is int, f.name)
+    (
+        struct.pack(">I", len(f.name)) + f.name.encode("ascii"),
+        f.base is int,
+        f.name,
+        f.name in WHEN_SET,
+    )
     for f in JOB_FIELDS
 )
 
@@ -236,9 +245,14 @@ class SubmissionSigner:
         The same bytes as :func:`_part` of each field, built in one pass: this runs once per
         job of a bulk submission."""
         parts: list[bytes] = []
-        for name_part, is_int, name in _JOB_PARTS:
-            value = job[name]
-            text = str(int(value)) if is_int else "" if value is None else str(value)
+        for name_part, is_int, name, when_set in _JOB_PARTS:
+            value: Any = job.get(name) if when_set else job[name]
+            if when_set and value is None:
+                continue
+            if when_set:  # a number (time_limit): the same text from an int or a float
+                text = repr(float(value))
+            else:
+                text = str(int(value)) if is_int else "" if value is None else str(value)
             data = text.encode("utf-8", "surrogatepass")
             parts += (name_part, len(data).to_bytes(4, "big"), data)
         h = self._start.copy()

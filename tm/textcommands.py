@@ -329,7 +329,7 @@ class TextCommand:
             if not counts:
                 return "group is unknown"
             if n == "lagroup":
-                return group_block(a[0], counts)
+                return group_block(a[0], counts, (r.get("usage") or {}).get(a[0]))
             unfinished = sum(c for s, c in counts.items() if s not in TERMINAL_STATES)
             return "no" if unfinished else "yes"
         if n == "lagroups":

@@ -11,8 +11,10 @@ import json
 import time
 from typing import Any
 
-ENDED_STATES = ["finished", "failed", "killed"]
-TERMINAL_STATES = ("finished", "failed", "killed", "lost")
+from tm.core.jobtime import format_duration, format_limit, format_memory, format_usage
+
+ENDED_STATES = ["finished", "failed", "killed", "timeout"]
+TERMINAL_STATES = ("finished", "failed", "killed", "lost", "timeout")
 
 
 def format_time(t: float | None) -> str:
@@ -44,7 +46,15 @@ def _job_where(job: dict[str, Any]) -> str:
     code = job.get("exit_code")
     sig = job.get("signal")
     end = f"exit {code}" if code is not None else (f"signal {sig}" if sig is not None else "exit -")
-    return f"{state} {format_time(job['state_since'])} {end}"
+    used = _usage(job)
+    return f"{state} {format_time(job['state_since'])} {end}" + (f" ({used})" if used else "")
+
+
+def _usage(job: dict[str, Any]) -> str:
+    """An ended job's resource use, as ``seff`` shows it ("" when it was not measured)."""
+    return format_usage(
+        job.get("cpu_time"), job.get("max_rss_kib"), job.get("run_time"), job.get("slots") or 1
+    )
 
 
 #: The header line of a job listing (the user column only in the dispatcher's listings).
@@ -96,12 +106,14 @@ def format_job_detail(response: dict[str, Any]) -> str:
         ("logfile", job["logfile"]),
         ("estimated time", opt(job.get("estimated_time"))),
         ("estimated memory", opt(job.get("estimated_memory"))),
+        ("time limit", "n.a." if not job.get("time_limit") else format_limit(job["time_limit"])),
         ("excluded hosts", json.dumps(list(job["excluded_hosts"]))),
         ("host", opt(job["host"])),
         ("pid", opt(job.get("pid"))),
         ("exit code", opt(job.get("exit_code"))),
         ("signal", opt(job.get("signal"))),
         ("reason", job["reason"]),
+        ("resource use", _usage(job) or "n.a."),
     ]
     if job.get("retries") is not None:  # issue 11 point 3 (tm/core/retry.py)
         fields.append(("retries", f"{job['retries']} (on exit: {job.get('retry_on_exit') or '-'})"))
@@ -130,7 +142,7 @@ def _one_line(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace("\r", "\\r")
 
 
-def group_block(group: str, counts: dict[str, int]) -> str:
+def group_block(group: str, counts: dict[str, int], used: dict[str, Any] | None = None) -> str:
     total = sum(counts.values())
     ended = sum(counts.get(s, 0) for s in TERMINAL_STATES)
     progress = ended / total * 100 if total else 0.0
@@ -140,7 +152,25 @@ def group_block(group: str, counts: dict[str, int]) -> str:
     lines += [f"  {s}: {counts.get(s, 0)}" for s in states]
     lines.append(f"  total: {total}")
     lines.append(f"  progress: {progress:.2f}%")
+    if used and used.get("jobs"):  # the ended jobs whose use was measured (issue 11)
+        lines.append(f"  resource use of {used['jobs']} ended job(s): " + _group_usage(used))
     return "\n".join(lines)
+
+
+def _group_usage(used: dict[str, Any]) -> str:
+    """Their CPU time summed, its efficiency over their slot-time, their largest peak memory,
+    and their run time summed."""
+    parts = []
+    cpu, slot_time = used.get("cpu_time"), used.get("slot_time")
+    if cpu is not None:
+        parts.append(f"cpu {format_duration(cpu)}")
+        if slot_time:
+            parts.append(f"efficiency {cpu / slot_time * 100:.0f} %")
+    if used.get("max_rss_kib") is not None:
+        parts.append(f"largest peak memory {format_memory(used['max_rss_kib'])}")
+    if used.get("run_time") is not None:
+        parts.append(f"total run time {format_duration(used['run_time'])}")
+    return ", ".join(parts)
 
 
 def _counts(rows: list[dict[str, Any]]) -> dict[str, int]:

@@ -45,7 +45,7 @@ BULK_SUBMITTED = re.compile(
 LISTING_HEADER = ("#", "ID")
 HOSTS_HEADER = ("#", "HOST")
 #: The states a job no longer leaves.
-ENDED = ("finished", "failed", "killed")
+ENDED = ("finished", "failed", "killed", "timeout")
 #: Every state a listing row or lajob can show.
 STATES = ("waiting", "pending", "running", *ENDED, "lost")
 

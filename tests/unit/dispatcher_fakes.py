@@ -143,6 +143,16 @@ class MemoryStore:
                 states[j.state.value] = states.get(j.state.value, 0) + 1
         return succeed(out)
 
+    def group_usage(self, user: str | None = None, group: str | None = None) -> Deferred:
+        out: dict[str, dict[str, float | int]] = {}
+        for j in self.jobs.values():
+            if (user is None or j.user == user) and (group is None or j.spec.group == group):
+                if j.cpu_time is not None:
+                    used = out.setdefault(j.spec.group, {"jobs": 0, "cpu_time": 0.0})
+                    used["jobs"] += 1
+                    used["cpu_time"] += j.cpu_time
+        return succeed(out)
+
 
 class FakeProto:
     """An executor's (or TMS's) end of the link: ``answer`` decides each call's outcome."""

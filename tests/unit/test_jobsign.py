@@ -64,7 +64,31 @@ def test_a_job_as_signed_passes() -> None:
 
 def test_the_signature_covers_the_declared_fields() -> None:
     names = {f.name for f in jobsign.SUBMISSION_FIELDS + jobsign.JOB_FIELDS}
-    assert names == {f.name for f in jobfields.SIGNED_FIELDS} == set(JOB)
+    assert names == {f.name for f in jobfields.SIGNED_FIELDS} == set(JOB) | jobsign.WHEN_SET
+
+
+#: JOB's signature as it was made before the time limit was signed (pinned from that code):
+#: a job stored then (no time limit) still verifies.
+BEFORE_TIME_LIMITS = "1.8f0ae0f0cff49b7d.WuhZSxN-JPZTtVNteQ2whlwU2FbLoFI7oriO-PRncOk"
+
+
+def test_a_job_without_a_time_limit_is_signed_as_before() -> None:
+    signer = KEY.submission("alice", JOB["cwd"], JOB["umask"], "1.x.sealed", NOW)
+    assert signer.sign(JOB) == BEFORE_TIME_LIMITS
+    assert signer.sign(JOB | {"time_limit": None}) == BEFORE_TIME_LIMITS
+    # The order carries time_limit None (RunJob's optional argument): still that job.
+    order = signed()
+    assert check(order | {"time_limit": None}) is None
+
+
+def test_a_time_limit_is_signed() -> None:
+    order = signed(job=JOB | {"time_limit": 90})
+    assert check(order) is None
+    assert check(order | {"time_limit": 90.0}) is None  # as RunJob's float carries it
+    mismatch = "signature mismatch: the job's spec is not the one you signed"
+    assert check(order | {"time_limit": 900.0}) == mismatch
+    assert check(order | {"time_limit": None}) == mismatch  # the limit taken away
+    assert check(signed() | {"time_limit": 5.0}) == mismatch  # a limit put on
 
 
 @pytest.mark.parametrize("name", sorted(set(JOB) - {"user"}))

@@ -216,7 +216,7 @@ def test_ping(target: str) -> None:
         ("lswjobs", ["waiting"], "no waiting jobs"),
         ("lspjobs", ["pending"], "no pending jobs"),
         ("lsrjobs", ["running"], "no running jobs"),
-        ("lsfjobs", ["finished", "failed", "killed"], "no finished jobs"),
+        ("lsfjobs", ["finished", "failed", "killed", "timeout"], "no finished jobs"),
     ],
 )
 @pytest.mark.parametrize("target,scope", [("tms", "mine"), ("dispatcher", "all")])

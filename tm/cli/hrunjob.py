@@ -171,7 +171,7 @@ def prepare(argv: list[str]) -> Prepared:
     return args, [(0, spec_from_options(vars(args) | {"command": command}))]
 
 
-TERMINAL_STATES = ("finished", "failed", "killed", "lost")
+TERMINAL_STATES = ("finished", "failed", "killed", "lost", "timeout")
 
 
 def terminal_code(answer: dict[str, Any]) -> int | None:

@@ -14,6 +14,7 @@ from typing import Any
 from tm import VERSION_LINE
 from tm.cli import completion
 from tm.cli.errors import CLIError
+from tm.core.jobtime import TimeLimitError, parse_time_limit
 from tm.core.model import JobSpec
 from tm.core.retry import MAX_RETRIES
 from tm.protocol import limits as records  # the limits alone: no Twisted
@@ -58,6 +59,14 @@ def amount(high: float, unit: str) -> Callable[[str], float]:
         return value
 
     return convert
+
+
+def time_limit(text: str) -> float:
+    """An argparse type: a time limit (tm/core/jobtime.py), refused in one line otherwise."""
+    try:
+        return parse_time_limit(text)
+    except TimeLimitError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -146,6 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
             default=None,
             help=what,
         )
+    p.add_argument(
+        "--time-limit",
+        dest="time_limit",
+        type=time_limit,
+        default=None,
+        help="stop the job when it has run this long on its host (90, 90s, 15m, 2h, "
+        "1-12:00:00); it then ends 'timeout'",
+    )
     p.add_argument(
         "--retries",
         type=whole_number(0, MAX_RETRIES),

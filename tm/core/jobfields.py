@@ -134,6 +134,12 @@ FIELDS: tuple[Field, ...] = (
     # Added by migration 0002 (tm/db/schema/0002_signed_jobs.sql): made by the user's TMS.
     _field("signature", str, "VARCHAR(100) NOT NULL DEFAULT ''", SPEC, DETAIL, CHECKED),
     _field("signed_at", float, "DOUBLE NOT NULL DEFAULT 0", SPEC, DETAIL, CHECKED),
+    # Added by migration 0004 (tm/db/schema/0004_job_limits.sql): the time limit the executor
+    # enforces (signed only when set: tm/jobsign.py), and the last end's resource use.
+    _field("time_limit", float | None, "DOUBLE NULL", SPEC, DETAIL, RUN, SIGNED),
+    _field("cpu_time", float | None, "DOUBLE NULL", LISTED),
+    _field("max_rss_kib", int | None, "BIGINT NULL", LISTED),
+    _field("run_time", float | None, "DOUBLE NULL", LISTED),
     # Added by migration 0005 (tm/db/schema/0005_retries_callbacks.sql): retries
     # (tm/core/retry.py) and the on-end callback its user's TMS runs (tm/userserver/callbacks.py).
     _field("retries", int | None, "INTEGER NULL", SPEC, DETAIL),

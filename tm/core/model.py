@@ -20,6 +20,7 @@ class JobState(enum.StrEnum):
     FAILED = "failed"
     KILLED = "killed"
     LOST = "lost"
+    TIMEOUT = "timeout"  # stopped at its time limit (issue 11 point 2)
 
     def __str__(self) -> str:
         return self.value
@@ -35,6 +36,7 @@ class JobState(enum.StrEnum):
 
 
 TERMINAL_STATES = frozenset({JobState.FINISHED, JobState.FAILED, JobState.KILLED})
+TERMINAL_STATES |= {JobState.TIMEOUT}
 ACTIVE_STATES = frozenset({JobState.WAITING, JobState.PENDING, JobState.RUNNING, JobState.LOST})
 
 #: old state -> states it may move to.  ``lost`` is left again only by a requeue
@@ -50,15 +52,18 @@ ALLOWED_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
             JobState.FAILED,
             JobState.KILLED,
             JobState.LOST,
+            JobState.TIMEOUT,
         }
     ),
     JobState.RUNNING: frozenset(
         {JobState.WAITING, JobState.FINISHED, JobState.FAILED, JobState.KILLED, JobState.LOST}
+        | {JobState.TIMEOUT}
     ),
     JobState.LOST: frozenset({JobState.WAITING, JobState.FAILED}),
     JobState.FINISHED: frozenset(),
     JobState.FAILED: frozenset(),
     JobState.KILLED: frozenset(),
+    JobState.TIMEOUT: frozenset(),
 }
 
 
@@ -76,12 +81,17 @@ def is_allowed(old: JobState, new: JobState) -> bool:
     return new in ALLOWED_TRANSITIONS[old]
 
 
-def ending_state(exit_code: int | None, signal: int | None, killed: bool = False) -> JobState:
+def ending_state(
+    exit_code: int | None, signal: int | None, killed: bool = False, timed_out: bool = False
+) -> JobState:
     """The state a job ends in, from how its process ended.
 
-    ``finished`` means exit code 0; a job ended by our own kill is ``killed``;
-    every other ending (non-zero exit, a signal we did not send) is ``failed``.
+    ``finished`` means exit code 0; a job ended by our own kill is ``killed``, by its
+    executor at its time limit ``timeout``; every other ending (non-zero exit, a signal we
+    did not send) is ``failed``.
     """
+    if timed_out:
+        return JobState.TIMEOUT
     if killed:
         return JobState.KILLED
     if signal is None and exit_code == 0:
@@ -113,6 +123,11 @@ class Transition:
     #: When it happened, if not when it is written: an end the executor reports late
     #: (e.g. after a dispatcher outage) carries the executor's own end time.
     at: float | None = None
+    #: An end's resource use (issue 11 point 6), written with the end: CPU seconds (user +
+    #: system) and largest resident set (KiB) of the job's tree, and its run time on its host.
+    cpu_time: float | None = None
+    max_rss_kib: int | None = None
+    run_time: float | None = None
 
     def __post_init__(self) -> None:
         check_transition(self.old, self.new)
@@ -130,6 +145,9 @@ class Transition:
             out["ended_at"] = at
             out["exit_code"] = self.exit_code
             out["signal"] = self.signal
+            out["cpu_time"] = self.cpu_time
+            out["max_rss_kib"] = self.max_rss_kib
+            out["run_time"] = self.run_time
         if self.new_attempt is not None:
             out["attempt"] = self.new_attempt
         if self.clear_host:
@@ -171,6 +189,8 @@ class JobSpec:
     #: when it was made (whole seconds).
     signature: str = ""
     signed_at: float = 0.0
+    #: Seconds the job may run on its host before its executor stops it (issue 11 point 2).
+    time_limit: float | None = None
     #: Retries (issue 11 point 3, tm/core/retry.py): more attempts after a lost attempt, a
     #: failed start or an exit code of ``retry_on_exit`` ("3,5-7"); None: the dispatcher's
     #: default. ``on_end``: the command the user's TMS runs when the job has ended.
@@ -213,6 +233,10 @@ class Job:
     cwd: str = ""
     umask: int = 0o022
     env_id: int | None = None
+    #: The last end's resource use (see Transition): CPU s, peak memory KiB, run time s.
+    cpu_time: float | None = None
+    max_rss_kib: int | None = None
+    run_time: float | None = None
     #: Its ``on_end`` callback ran (or never will): tm/userserver/callbacks.py.
     on_end_done: bool = False
 

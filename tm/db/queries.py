@@ -361,6 +361,33 @@ def group_counts(
     return result
 
 
+def group_usage(
+    txn: Any, d: Dialect, user: str | None, group: str | None
+) -> dict[str, dict[str, float | int]]:
+    """group name -> the resource use of its ended jobs that have one (migration 0004): how
+    many, their CPU seconds and run time summed, their slot-time (run time x slots) summed and
+    their largest peak memory (KiB)."""
+    where, params = _job_filters((), user, group)
+    where = [*where, "cpu_time IS NOT NULL"]
+    txn.execute(
+        d.q(
+            f"SELECT {_GROUP}, COUNT(*), SUM(cpu_time), SUM(run_time), SUM(run_time * slots), "
+            f"MAX(max_rss_kib) FROM jobs WHERE {' AND '.join(where)} GROUP BY {_GROUP}"
+        ),
+        tuple(params),
+    )
+    result: dict[str, dict[str, float | int]] = {}
+    for group_name, n, cpu, run, slot_time, rss in txn.fetchall():
+        used: dict[str, float | int] = {"jobs": int(n), "cpu_time": float(cpu or 0.0)}
+        if run is not None:
+            used["run_time"] = float(run)
+            used["slot_time"] = float(slot_time or 0.0)
+        if rss is not None:
+            used["max_rss_kib"] = int(rss)
+        result[group_name] = used
+    return result
+
+
 def set_suspended(txn: Any, d: Dialect, job_id: int, suspended: bool) -> bool:
     txn.execute(d.q("UPDATE jobs SET suspended = ? WHERE id = ?"), (int(suspended), job_id))
     return txn.rowcount == 1

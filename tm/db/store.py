@@ -323,6 +323,11 @@ class Store:
     ) -> dict[str, dict[str, int]]:
         return await self._run(queries.group_counts, user, group)
 
+    async def group_usage(
+        self, user: str | None = None, group: str | None = None
+    ) -> dict[str, dict[str, float | int]]:
+        return await self._run(queries.group_usage, user, group)
+
     async def set_suspended(self, job_id: int, suspended: bool) -> None:
         await self._run(queries.set_suspended, job_id, suspended)
 

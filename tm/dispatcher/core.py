@@ -205,6 +205,7 @@ class DispatcherCore:
             JobState.FAILED,
             JobState.KILLED,
             JobState.LOST,
+            JobState.TIMEOUT,
         ):
             self.request_pass()
         d = self.writer.write(t)

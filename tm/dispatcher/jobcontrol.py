@@ -31,6 +31,8 @@ class JobControl(DispatcherCore):
         reason: str,
         lost: bool = False,
         ended_at: float | None = None,
+        timed_out: bool = False,
+        usage: dict[str, Any] | None = None,
     ) -> Deferred | None:
         """Record an attempt's end. The Deferred fires once the end is committed: the executor
         forgets the end only then, so an end is never lost to a database outage or a dispatcher
@@ -40,7 +42,8 @@ class JobControl(DispatcherCore):
 
         ``ended_at`` is the executor's own time of the end (an end reported after an outage
         ended before its report): recorded as the end's time, but never before the job's
-        start nor after now."""
+        start nor after now. ``timed_out``: stopped by its executor at its time limit;
+        ``usage``: the end's ``cpu_time``, ``max_rss_kib`` and ``run_time``, written with it."""
         key = (job_id, attempt)
         if key in self._unwritten_ends:
             return self._wait_written(key)
@@ -72,10 +75,11 @@ class JobControl(DispatcherCore):
         if job.id in self.killing:
             written = self._killed_attempt_ended(job, at)
         else:
-            new = ending_state(exit_code, signal, killed)
+            new = ending_state(exit_code, signal, killed, timed_out)
             if not reason:
                 reason = (f"exit code {exit_code}") if signal is None else (f"signal {signal}")
             end = {"exit_code": exit_code, "signal": signal, "host": host, "at": at}
+            end.update(usage or {})
             if new is JobState.FAILED:
                 written = self._fail_or_retry(job, Cause.EXIT, reason, **end)
             else:

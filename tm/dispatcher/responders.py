@@ -12,6 +12,7 @@ import hashlib
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
+from tm.core.jobtime import ended_usage
 from tm.core.model import ACTIVE_STATES, Job, JobState
 from tm.core.patterns import PatternError, compile_user_pattern
 from tm.dispatcher.sessionbase import SessionBase, _first, _fit_ids, _fit_text  # noqa: F401
@@ -217,7 +218,10 @@ class JobResponders(SessionBase):
         ended_at: float,
         reason: str,
         lost: bool | None = None,
+        timed_out: bool | None = None,
+        **usage: Any,
     ) -> dict:
+        """``usage``: the end's ``cpu_time``, ``max_rss_kib`` and ``run_time`` (optional)."""
         user = self._require(commands.ROLE_TMMS)
         self.last_heard = self.dispatcher.reactor.seconds()
         written = self.dispatcher.job_finished(
@@ -231,6 +235,8 @@ class JobResponders(SessionBase):
             reason,
             lost=bool(lost),
             ended_at=ended_at,
+            timed_out=bool(timed_out),
+            usage=ended_usage(usage),
         )
         if written is not None:
             await written  # answered once committed: until then the executor keeps the end
@@ -328,16 +334,21 @@ class JobResponders(SessionBase):
                 f"a group name has at most {records.MAX_GROUP_CHARS} characters"
             )
         counts = await self.dispatcher.store.group_counts(owner, group)
+        used = await self.dispatcher.store.group_usage(owner, group)
         groups: dict[str, dict[str, int]] = {}
+        usage: dict[str, dict[str, float | int]] = {}
         for name, states in counts.items():
+            shown = name
             # Names stored before the limit may be long: cut, kept apart by a digest.
             if len(name) > records.MAX_GROUP_CHARS:
                 digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-                name = f"{name[:200]}...[{digest}]"
-            groups[name] = states
-        if records.json_size(groups) > records.MAX_VALUE_BYTES:
+                shown = f"{name[:200]}...[{digest}]"
+            groups[shown] = states
+            if name in used:
+                usage[shown] = used[name]
+        if records.json_size(groups) + records.json_size(usage) > records.MAX_VALUE_BYTES:
             raise commands.InvalidRequest(
                 f"{len(groups)} groups do not fit in one answer: ask for one group "
                 "(lagroups:GROUP) or list jobs with lsjobs"
             )
-        return {"groups": groups}
+        return {"groups": groups, "usage": usage}

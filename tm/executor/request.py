@@ -54,6 +54,8 @@ class RunRequest:
     stderr: str | None = None
     logfile: str | None = None
     slots: int = 1
+    #: Seconds from the start after which the runner stops the job (it ends ``timed_out``).
+    time_limit: float | None = None
 
     @classmethod
     def from_order(cls, job_id: int, attempt: int, order: dict[str, Any]) -> RunRequest:
@@ -89,6 +91,8 @@ class JobEnd:
     cpu_user: float | None = None
     cpu_system: float | None = None
     max_rss_kib: int | None = None
+    #: Stopped by the runner at the request's time limit.
+    timed_out: bool = False
 
 
 @dataclass

@@ -44,6 +44,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from tm import trace
+from tm.core.jobtime import format_duration, format_limit
 from tm.executor.lastresort import LAST_RESORT_ROUNDS as LAST_RESORT_ROUNDS
 from tm.executor.lastresort import kill_trees
 from tm.executor.lastresort import shepherd_ready as shepherd_ready
@@ -81,6 +82,11 @@ T = TypeVar("T")
 Blocking = Callable[..., "defer.Deferred[Any]"]
 
 
+def timeout_reason(limit: float, run_time: float) -> str:
+    """The reason of an end at the time limit: the limit, and how long the job ran."""
+    return f"time limit of {format_limit(limit)} reached: stopped after {format_duration(run_time)}"
+
+
 def run_inline(f: Callable[..., T], *args: Any) -> defer.Deferred[T]:
     """A ``blocking`` that runs the work at once, on the caller's thread (tests, simple tools)."""
     return defer.maybeDeferred(f, *args)
@@ -110,6 +116,9 @@ class _RunningJob:
     # Stopped by the runner itself because it could not yet take SIGUSR1 (see suspend).
     shepherd_stopped: bool = False
     kill_timer: DelayedCall | None = None
+    # The request's time limit: the timer, and whether it stopped the job.
+    limit_timer: DelayedCall | None = None
+    timed_out: bool = False
     ended: bool = False
     waiters: list[defer.Deferred[None]] = field(default_factory=list)
 
@@ -245,6 +254,10 @@ class JobRunner(JobSignals):
         job.stdout_path = outputs.stdout_path
         job.stderr_path = outputs.stderr_path
         job.started_at = self._clock.seconds()
+        if request.time_limit is not None:
+            job.limit_timer = self._clock.callLater(
+                max(0.0, request.time_limit), self._timeLimitReached, job
+            )
         env = dict(request.env)
         env["TM_JOB_ID"] = str(request.job_id)
         env["TM_ATTEMPT"] = str(request.attempt)
@@ -325,9 +338,31 @@ class JobRunner(JobSignals):
         if job.kill_timer is not None and job.kill_timer.active():
             job.kill_timer.cancel()
         job.kill_timer = None
+        self._stopLimit(job)
         waiters, job.waiters = job.waiters, []
         for d in waiters:
             d.callback(None)
+
+    def _timeLimitReached(self, job: _RunningJob) -> None:
+        """The job has run as long as its request allows: its whole tree is stopped (TERM,
+        then KILL after the grace, by its shepherd) and it ends ``timed_out``."""
+        job.limit_timer = None
+        if job.ended or job.killed:
+            return
+        job.timed_out = True
+        self.log.info(
+            "job {job_id}.{attempt} reached its time limit of {limit} s: stopping it",
+            job_id=job.request.job_id,
+            attempt=job.request.attempt,
+            limit=job.request.time_limit,
+        )
+        self.kill(job.request.job_id, job.request.attempt)
+
+    @staticmethod
+    def _stopLimit(job: _RunningJob) -> None:
+        if job.limit_timer is not None and job.limit_timer.active():
+            job.limit_timer.cancel()
+        job.limit_timer = None
 
     # -- ending -----------------------------------------------------------------------------
 
@@ -359,8 +394,12 @@ class JobRunner(JobSignals):
         if job.kill_timer is not None and job.kill_timer.active():
             job.kill_timer.cancel()
         job.kill_timer = None
+        self._stopLimit(job)
+        ended_at = self._clock.seconds()
         if outcome.lost is not None:
             text = f"lost: {outcome.lost}"
+        elif job.timed_out:
+            text = timeout_reason(request.time_limit or 0.0, ended_at - job.started_at)
         elif job.killed:
             text = "killed on request"
         elif sig is not None:
@@ -376,9 +415,10 @@ class JobRunner(JobSignals):
             signal=sig,
             killed=job.killed,
             started_at=job.started_at,
-            ended_at=self._clock.seconds(),
+            ended_at=ended_at,
             reason=text,
             lost=outcome.lost is not None,
+            timed_out=job.timed_out and outcome.lost is None,
             cpu_user=outcome.cpu_user,
             cpu_system=outcome.cpu_system,
             max_rss_kib=outcome.max_rss_kib,

@@ -45,6 +45,7 @@ from tm import jobsign
 from tm.dispatcher_client import DispatcherLink
 from tm.executor.outputtail import OutputTailResponder
 from tm.executor.runner import JobEnd, JobRunner, JobStartError, RunRequest
+from tm.executor.usage import end_usage
 from tm.executor.verify import SpecChecker
 from tm.link import DispatcherInfo
 from tm.protocol import commands
@@ -148,6 +149,8 @@ class Executor(service.Service):
         idle_timeout: float,
         log_dir: str,
         job_max_age_days: float = jobsign.DEFAULT_MAX_AGE_DAYS,
+        kill_grace: float = 10.0,
+        shepherd: str = "auto",
     ) -> None:
         self.reactor = reactor
         self.checker = SpecChecker(getpass.getuser(), reactor, job_max_age_days)
@@ -157,7 +160,12 @@ class Executor(service.Service):
         # Shepherds are forked by one zygote process: a job's start costs a fork, not an
         # interpreter (see tm.executor.launcher).
         self.runner = JobRunner(
-            reactor, reactor, log_dir=log_dir, blocking=self._in_pool, launcher="zygote"
+            reactor,
+            reactor,
+            log_dir=log_dir,
+            kill_grace=kill_grace,
+            blocking=self._in_pool,
+            launcher="zygote" if shepherd == "auto" else f"zygote-{shepherd}",
         )
         self.unreported: list[JobEnd] = []
         #: Attempts started and not yet reported ended: (job_id, attempt) -> (pid, started_at).
@@ -389,6 +397,7 @@ class Executor(service.Service):
                 ended_at=end.ended_at,
                 reason=reason,
                 lost=lost,
+                **end_usage(end, lost),
             )
         except Exception as e:
             failures = self._report_retry.get(key, (0, 0.0))[0] + 1

@@ -265,6 +265,7 @@ class GroupSummary(_Command):
     arguments = [(b"group", amp.Unicode(optional=True)), (b"scope", amp.Unicode())]
     response = [
         (b"groups", JSON()),  # {group: {state: count}}
+        (b"usage", JSON(optional=True)),  # {group: its ended jobs' use}: queries.group_usage
     ]
 
 
@@ -473,6 +474,10 @@ class JobFinished(_Command):
         # The executor stopped it because it lost contact with the dispatcher for longer than
         # its lease: not the job's doing, so it is requeued.
         (b"lost", amp.Boolean(optional=True)),
+        (b"timed_out", amp.Boolean(optional=True)),  # stopped at its time limit
+        (b"cpu_time", Float64(optional=True)),  # its tree's, as its shepherd reaped it
+        (b"max_rss_kib", Int64(optional=True)),
+        (b"run_time", Float64(optional=True)),
     ]
     response = []
 

@@ -41,6 +41,7 @@ MAX_SLOTS = 100_000
 #: Estimated run time (``-t``, seconds: 10 years) and memory (``-m``, MB: 1 EB).
 MAX_ESTIMATED_TIME = 10 * 365 * 86_400.0
 MAX_ESTIMATED_MEMORY = 1e12
+MAX_TIME_LIMIT = MAX_ESTIMATED_TIME  # tm/core/jobtime.py's
 #: Listings carry at most this much of a command.
 LISTING_COMMAND_CHARS = 120
 
@@ -101,6 +102,11 @@ def spec_problem(spec: JobSpec, min_priority: int = 0, max_priority: int = 127) 
             continue
         if not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= top:
             return f"the {label} must be between 0 and {top:.0f} {unit}, not {value!r}"
+    limit = spec.time_limit
+    if limit is not None and not (
+        isinstance(limit, (int, float)) and math.isfinite(limit) and 0 < limit <= MAX_TIME_LIMIT
+    ):
+        return f"the time limit must be more than 0 and at most {MAX_TIME_LIMIT:.0f} s"
     return retry.spec_problem(spec.retries, spec.retry_on_exit, spec.on_end)
 
 

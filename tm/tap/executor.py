@@ -52,7 +52,30 @@ class Options(VersionOption, usage.Options):
             f"${jobsign.MAX_AGE_VARIABLE} or {jobsign.DEFAULT_MAX_AGE_DAYS:g}).",
             float,
         ],
+        [
+            "kill-grace",
+            None,
+            float(os.environ.get("TM_EXECUTOR_KILL_GRACE") or 10.0),
+            "Seconds a job that is killed or reaches its time limit gets between TERM and KILL "
+            "(default $TM_EXECUTOR_KILL_GRACE or 10).",
+            float,
+        ],
+        [
+            "shepherd",
+            None,
+            os.environ.get("TM_EXECUTOR_SHEPHERD") or "auto",
+            "The jobs' shepherds: native (compiled), python, or auto: the compiled one where "
+            "it is built (default $TM_EXECUTOR_SHEPHERD or auto).",
+        ],
     ]
+
+    def postOptions(self) -> None:  # noqa: N802 - Twisted's API
+        if self["shepherd"] not in ("auto", "native", "python"):
+            raise usage.UsageError(
+                f"--shepherd must be auto, native or python, not {self['shepherd']!r}"
+            )
+        if not 0 < self["kill-grace"] <= 3600:
+            raise usage.UsageError("--kill-grace must be more than 0 and at most 3600 seconds")
 
 
 def makeService(options: Options) -> service.Service:  # noqa: N802
@@ -71,6 +94,8 @@ def makeService(options: Options) -> service.Service:  # noqa: N802
         idle_timeout=options["idle-timeout"],
         log_dir=options["log-dir"] or str(user_dir() / "logs"),
         job_max_age_days=options["job-max-age"],
+        kill_grace=options["kill-grace"],
+        shepherd=options["shepherd"],
     )
     if options["token-from-stdin"]:
         # Read before twistd daemonizes (and closes stdin); never on the command line,
