@@ -218,9 +218,11 @@ def _split(text: str, what: str) -> tuple[str, str, str]:
     return parts[0], parts[1], parts[2]
 
 
-#: Each job field of the message: its name's part, whether it is an integer, its name.
+#: Each job field of the message: its name's part, whether it is an integer, its name, whether
+#: it is left out when None (an optional field: the jobs signed before it existed keep their
+#: signatures; the parts are named, so leaving one out is unambiguous).
 _JOB_PARTS = tuple(
-    (struct.pack(">I", len(f.name)) + f.name.encode("ascii"), f.base is int, f.name)
+    (struct.pack(">I", len(f.name)) + f.name.encode("ascii"), f.base is int, f.name, f.optional)
     for f in JOB_FIELDS
 )
 
@@ -236,8 +238,10 @@ class SubmissionSigner:
         The same bytes as :func:`_part` of each field, built in one pass: this runs once per
         job of a bulk submission."""
         parts: list[bytes] = []
-        for name_part, is_int, name in _JOB_PARTS:
-            value = job[name]
+        for name_part, is_int, name, optional in _JOB_PARTS:
+            value: Any = job.get(name) if optional else job[name]
+            if value is None and optional:
+                continue
             text = str(int(value)) if is_int else "" if value is None else str(value)
             data = text.encode("utf-8", "surrogatepass")
             parts += (name_part, len(data).to_bytes(4, "big"), data)

@@ -33,6 +33,9 @@ spec_row = st.fixed_dictionaries(
         "estimated_memory": st.none() | floats,
         "signature": text,
         "signed_at": floats,
+        "array_id": text,
+        "array_index": st.none() | int64,
+        "array_cap": st.none() | int64,
     }
 )
 summary_row = st.fixed_dictionaries(

@@ -84,9 +84,10 @@ def spec(n: int, **kw: object) -> JobSpec:
 
 @pytest_twisted.ensureDeferred
 async def test_upgrade_is_idempotent(store: Store) -> None:
-    assert await store.schema_version() == 2
+    latest = Store.migrations()[-1][0]  # the newest migration file's number
+    assert await store.schema_version() == latest
     assert await store.upgrade() == []
-    assert await store.schema_version() == 2
+    assert await store.schema_version() == latest
     await store.check()
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from tm import localsocket, trace
 from tm.cli.errors import CLIError, leave, report
+from tm.cli.hrunjob_array import array_jobs, submitted
 from tm.cli.hrunjob_options import (  # noqa: F401  (re-exported)
     ESTIMATES,
     MAX_ESTIMATED_MEMORY,
@@ -150,11 +151,13 @@ def prepare(argv: list[str]) -> Prepared:
     args = build_parser().parse_args(argv)
     if args.status:
         return args, []
-    if args.jobsFile is not None:
+    if args.jobsFile is not None and args.array is None:
         return args, read_job_file(args)
     command = " ".join(args.command).strip()
     if not command:
         raise CLIError('no command given: hRunJob "COMMAND" (see hRunJob -h)', status=2)
+    if args.array is not None:
+        return args, array_jobs(args, command, new_uuid, spec_from_options)
     return args, [(0, spec_from_options(vars(args) | {"command": command}))]
 
 
@@ -321,7 +324,9 @@ def run_local(
         check_job_file_hosts(args.jobsFile, jobs, names)
     ids = submit_local(client, [spec for _, spec in jobs])
     if not args.quiet:
-        if args.jobsFile is None:
+        if args.array is not None:
+            print(submitted(args, ids))
+        elif args.jobsFile is None:
             print(f"Job [{ids[0]}] has been submitted to TaskDispatcher.")
         else:
             print(f"{len(ids)} job(s) [{compress_ids(ids)}] have been submitted to TaskDispatcher.")

@@ -15,6 +15,7 @@ from twisted.internet import defer
 from twisted.internet.error import ConnectError, ConnectionClosed
 from twisted.internet.task import deferLater
 
+from tm.cli import hrunjob_array
 from tm.cli.common import CLIError, connect_tms, run_main
 from tm.cli.hrunjob import (
     PROG,
@@ -172,6 +173,8 @@ async def main_async(
         return 0
     if args.jobsFile is not None:
         return await submit_job_file(reactor, args, jobs, lost)
+    if args.array is not None:
+        return await submit_array(reactor, args, jobs, lost)
     spec = jobs[0][1]
     submitter = await _submitter(reactor, args, lost)
     ids = await submit(submitter, [spec])
@@ -198,6 +201,21 @@ async def submit_job_file(
             code = code or end
         return code
     return 0
+
+
+async def submit_array(
+    reactor: Any, args: argparse.Namespace, jobs: list[tuple[int, JobSpec]], lost: str = ""
+) -> int:
+    """``hRunJob --array``: its jobs in one submission, and one line naming them."""
+    submitter = await _submitter(reactor, args, lost)
+    ids = await submit(submitter, [spec for _, spec in jobs])
+    if not args.quiet:
+        print(hrunjob_array.submitted(args, ids))
+    code = 0
+    for job_id in ids if args.wait else ():
+        end = await wait_for(await submitter.ready(), job_id)
+        code = code or end
+    return code
 
 
 async def _submitter(reactor: Any, args: argparse.Namespace, lost: str = "") -> Submitter:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from tm.cli.errors import CLIError
+from tm.cli.hrunjob_array import array_option
 from tm.core.model import JobSpec
 from tm.protocol import limits as records  # the limits alone: no Twisted
 
@@ -151,5 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait", action="store_true", help="wait for the job's end and exit with its code"
     )
     p.add_argument("--dispatcher", default=None, help="the dispatcher's dispatcher.json")
+    p.add_argument(
+        "--array",
+        type=array_option,
+        default=None,
+        metavar="0-999[:STEP][%%MAX]",
+        help="submit the command once per index (also a list: 1,3,5-9), as one group; "
+        "{idx} in the command and -o/-O/-l/-i becomes the index, and TM_ARRAY_INDEX is set; "
+        "%%MAX: at most MAX of them pending or running at once",
+    )
     p.add_argument("command", nargs=argparse.REMAINDER, help="the command to run")
     return p

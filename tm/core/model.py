@@ -171,6 +171,11 @@ class JobSpec:
     #: when it was made (whole seconds).
     signature: str = ""
     signed_at: float = 0.0
+    #: A job of an array (hRunJob --array, tm/core/arrays.py): the array's id, the job's
+    #: index in it, and how many of the array may be pending or running at once.
+    array_id: str = ""
+    array_index: int | None = None
+    array_cap: int | None = None
 
 
 @dataclass(frozen=True)

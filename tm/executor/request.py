@@ -54,6 +54,7 @@ class RunRequest:
     stderr: str | None = None
     logfile: str | None = None
     slots: int = 1
+    array_index: int | None = None  # a job of an array: its signed index (TM_ARRAY_INDEX)
 
     @classmethod
     def from_order(cls, job_id: int, attempt: int, order: dict[str, Any]) -> RunRequest:

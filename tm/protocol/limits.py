@@ -11,6 +11,7 @@ import json
 import math
 
 from tm.core import jobfields
+from tm.core.arrays import array_problem
 from tm.core.model import JobEnvironment, JobSpec
 
 #: AMP refuses values of 65 535 bytes or more; keep headroom for the encoding.
@@ -101,7 +102,7 @@ def spec_problem(spec: JobSpec, min_priority: int = 0, max_priority: int = 127) 
             continue
         if not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= top:
             return f"the {label} must be between 0 and {top:.0f} {unit}, not {value!r}"
-    return None
+    return array_problem(spec)
 
 
 def environment_problem(environment: JobEnvironment) -> str | None:
