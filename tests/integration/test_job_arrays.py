@@ -86,7 +86,7 @@ def test_a_capped_array_never_runs_more_than_its_cap(inst: InstallationWithEnv) 
         # and say why.
         expected = min(2, len(ids) - len(released))
         wait_until(
-            lambda: (
+            lambda expected=expected: (
                 len(marks(inst.work, "run")) == expected
                 and len(marks(inst.work, "seen") - released) == expected
             ),
