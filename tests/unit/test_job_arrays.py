@@ -3,6 +3,8 @@ index, and the cap as the pure scheduler and the working set keep it."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from tm import jobsign
@@ -129,7 +131,7 @@ def test_the_dispatcher_refuses_broken_array_fields() -> None:
 # --- the signed index ----------------------------------------------------------------------------
 
 KEY = jobsign.JobKey(b"k" * 32)
-JOB = {
+JOB: dict[str, Any] = {
     "uuid": "00000000-0000-0000-0000-000000000001",
     "user": "alice",
     "command": "echo 4",

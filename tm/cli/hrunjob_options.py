@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--array",
         type=array_option,
         default=None,
-        metavar="0-999[:STEP][%%MAX]",
+        metavar="0-999[:STEP][%MAX]",
         help="submit the command once per index (also a list: 1,3,5-9), as one group; "
         "{idx} in the command and -o/-O/-l/-i becomes the index, and TM_ARRAY_INDEX is set; "
         "%%MAX: at most MAX of them pending or running at once",
