@@ -149,6 +149,7 @@ _SPECS: list[_Spec] = [
     _Spec("invokealltmms", _TMS, "", "start an executor on every active host"),
     _Spec("shutdownalltmms", _TMS, "", "stop all your executors"),
     _Spec("shutdown", _TMS, "", "stop your TaskManagerServer"),
+    _Spec("dashboard", _BOTH, "", "a link to the web dashboard (one use, valid 10 minutes)"),
 ]
 SPECS: dict[str, _Spec] = {s.name: s for s in _SPECS}
 
@@ -367,4 +368,6 @@ class TextCommand:
         if n == "shutdown":
             await call("Shutdown")
             return "terminating TMS ..."
+        if n == "dashboard":
+            return str((await call("DashboardLink"))["url"])  # the link alone: `xdg-open $(...)`
         raise TextCommandError(f"unknown command {n!r}: try 'help'")  # pragma: no cover

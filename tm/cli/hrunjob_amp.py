@@ -15,7 +15,6 @@ from twisted.internet import defer
 from twisted.internet.error import ConnectError, ConnectionClosed
 from twisted.internet.task import deferLater
 
-from tm.cli import hrunjob_array
 from tm.cli.common import CLIError, connect_tms, run_main
 from tm.cli.hrunjob import (
     PROG,
@@ -25,11 +24,12 @@ from tm.cli.hrunjob import (
     current_umask,
     host_names,
     prepare,
+    server_info_text,
     submission_environment,
+    submitted_text,
     terminal_code,
 )
 from tm.core.model import JobSpec
-from tm.jobfile import compress_ids
 from tm.protocol import commands, records
 
 
@@ -164,12 +164,10 @@ async def main_async(
     says why the fast path's TMS was lost after it had sent them (none: it sent nothing)."""
     args, jobs = prepared if prepared is not None else prepare(argv)
     if args.status:
-        from tm.textcommands import format_server_info
-
         proto = await connect_tms(reactor, args.dispatcher, args.verbose)
         info = await proto.call(commands.ServerInfo)
         status = await proto.call(commands.GetStatus)
-        print(format_server_info(info, status))
+        print(server_info_text(args, info, status))
         return 0
     if args.jobsFile is not None:
         return await submit_job_file(reactor, args, jobs, lost)
@@ -178,8 +176,7 @@ async def main_async(
     spec = jobs[0][1]
     submitter = await _submitter(reactor, args, lost)
     ids = await submit(submitter, [spec])
-    if not args.quiet:
-        print(f"Job [{ids[0]}] has been submitted to TaskDispatcher.")
+    _print_submitted(args, jobs, ids)
     if args.wait:
         return await wait_for(await submitter.ready(), ids[0])
     return 0
@@ -192,8 +189,7 @@ async def submit_job_file(
     names = host_names((await (await submitter.ready()).call(commands.ListHosts))["hosts"])
     check_job_file_hosts(args.jobsFile, jobs, names)
     ids = await submit(submitter, [spec for _, spec in jobs])
-    if not args.quiet:
-        print(f"{len(ids)} job(s) [{compress_ids(ids)}] have been submitted to TaskDispatcher.")
+    _print_submitted(args, jobs, ids)
     if args.wait:
         code = 0
         for job_id in ids:
@@ -209,13 +205,20 @@ async def submit_array(
     """``hRunJob --array``: its jobs in one submission, and one line naming them."""
     submitter = await _submitter(reactor, args, lost)
     ids = await submit(submitter, [spec for _, spec in jobs])
-    if not args.quiet:
-        print(hrunjob_array.submitted(args, ids))
+    _print_submitted(args, jobs, ids)
     code = 0
     for job_id in ids if args.wait else ():
         end = await wait_for(await submitter.ready(), job_id)
         code = code or end
     return code
+
+
+def _print_submitted(
+    args: argparse.Namespace, jobs: list[tuple[int, JobSpec]], ids: list[int]
+) -> None:
+    text = submitted_text(args, jobs, ids)
+    if text is not None:
+        print(text)
 
 
 async def _submitter(reactor: Any, args: argparse.Namespace, lost: str = "") -> Submitter:

@@ -427,6 +427,11 @@ class JobRunner(JobSignals):
             self.log.failure("on_end of job {job_id} failed", job_id=job.request.job_id)
         self._forget(job)
 
+    def output_paths(self, job_id: int, attempt: int) -> tuple[str, str] | None:
+        """Where the attempt's stdout and stderr go, while the runner has it."""
+        job = self._jobs.get((job_id, attempt))
+        return None if job is None or not job.stdout_path else (job.stdout_path, job.stderr_path)
+
     def running(self) -> list[tuple[int, int]]:
         """Every job from its start order until its end is handed over (starting, running,
         or ended with its log file being written)."""
