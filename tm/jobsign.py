@@ -59,9 +59,11 @@ _SEAL_AAD = b"taskmanager environment\x00"
 #: The signed fields, in the message's order: the submission's, then each job's.
 SUBMISSION_FIELDS = tuple(f for f in jobfields.SIGNED_FIELDS if not f.in_spec)
 JOB_FIELDS = tuple(f for f in jobfields.SIGNED_FIELDS if f.in_spec)
-#: Signed fields added after the first signed jobs were stored: in the message only when set,
-#: so that the signature of a job stored before (which has none of them) still verifies.
-WHEN_SET = frozenset({"time_limit"})
+#: Signed fields added after the first signed jobs were stored (the optional ones: the time
+#: limit, an array job's index): in the message only when set, so that the signature of a job
+#: stored before (which has none of them) still verifies; the parts are named, so leaving one
+#: out is unambiguous.
+WHEN_SET = frozenset(f.name for f in jobfields.SIGNED_FIELDS if f.optional)
 
 
 class JobKeyError(Exception):
@@ -249,7 +251,7 @@ class SubmissionSigner:
             value: Any = job.get(name) if when_set else job[name]
             if when_set and value is None:
                 continue
-            if when_set:  # a number (time_limit): the same text from an int or a float
+            if when_set and not is_int:  # time_limit: the same text from an int or a float
                 text = repr(float(value))
             else:
                 text = str(int(value)) if is_int else "" if value is None else str(value)

@@ -119,6 +119,12 @@ def format_job_detail(response: dict[str, Any]) -> str:
         fields.append(("retries", f"{job['retries']} (on exit: {job.get('retry_on_exit') or '-'})"))
     if job.get("on_end"):
         fields.append(("on end", job["on_end"]))
+    if job.get("array_index") is not None:  # a job of an array (tm/core/arrays.py)
+        cap = job.get("array_cap")
+        fields.insert(6, ("array index", str(job["array_index"])))
+        fields.insert(
+            7, ("array", f"{job['array_id']} (at most {cap} at once)" if cap else job["array_id"])
+        )
     width = max(len(k) for k, _ in fields) + 1
     lines = [f"{(k + ':').ljust(width)} {v}" for k, v in fields]
     env = response.get("env")

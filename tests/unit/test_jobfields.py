@@ -281,8 +281,9 @@ def test_the_executor_s_request_has_the_start_order_s_fields() -> None:
 
 
 def test_hrunjob_s_options_and_the_job_file_s_keys_are_the_field_names() -> None:
-    # uuid made by hRunJob, signature and signed_at by the TMS
-    given = {f.name for f in jobfields.SPEC_FIELDS} - {"uuid", "signature", "signed_at"}
+    # uuid made by hRunJob, signature and signed_at by the TMS, the array's by hRunJob --array
+    made = {"uuid", "signature", "signed_at", "array_id", "array_index", "array_cap"}
+    given = {f.name for f in jobfields.SPEC_FIELDS} - made
     assert given == {f.name for f in jobfields.GIVEN_FIELDS}
     options = vars(hrunjob.build_parser().parse_args(["true"]))
     assert given <= set(options)

@@ -36,6 +36,9 @@ spec_row = st.fixed_dictionaries(
         "retries": st.none() | int64,
         "retry_on_exit": text,
         "on_end": text,
+        "array_id": text,
+        "array_index": st.none() | int64,
+        "array_cap": st.none() | int64,
     }
 )
 summary_row = st.fixed_dictionaries(

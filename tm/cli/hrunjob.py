@@ -19,6 +19,7 @@ from typing import Any
 from tm import localsocket, trace
 from tm.cli import completion
 from tm.cli.errors import CLIError, leave, report
+from tm.cli.hrunjob_array import array_jobs
 from tm.cli.hrunjob_options import (  # noqa: F401  (re-exported)
     ESTIMATES,
     MAX_ESTIMATED_MEMORY,
@@ -163,11 +164,13 @@ def prepare(argv: list[str]) -> Prepared:
     check_output_options(args)
     if args.status or args.completion:
         return args, []
-    if args.jobsFile is not None:
+    if args.jobsFile is not None and args.array is None:
         return args, read_job_file(args)
     command = " ".join(args.command).strip()
     if not command:
         raise CLIError('no command given: hRunJob "COMMAND" (see hRunJob -h)', status=2)
+    if args.array is not None:
+        return args, array_jobs(args, command, new_uuid, spec_from_options)
     return args, [(0, spec_from_options(vars(args) | {"command": command}))]
 
 

@@ -171,6 +171,8 @@ async def main_async(
         return 0
     if args.jobsFile is not None:
         return await submit_job_file(reactor, args, jobs, lost)
+    if args.array is not None:
+        return await submit_array(reactor, args, jobs, lost)
     spec = jobs[0][1]
     submitter = await _submitter(reactor, args, lost)
     ids = await submit(submitter, [spec])
@@ -195,6 +197,20 @@ async def submit_job_file(
             code = code or end
         return code
     return 0
+
+
+async def submit_array(
+    reactor: Any, args: argparse.Namespace, jobs: list[tuple[int, JobSpec]], lost: str = ""
+) -> int:
+    """``hRunJob --array``: its jobs in one submission, and one line naming them."""
+    submitter = await _submitter(reactor, args, lost)
+    ids = await submit(submitter, [spec for _, spec in jobs])
+    _print_submitted(args, jobs, ids)
+    code = 0
+    for job_id in ids if args.wait else ():
+        end = await wait_for(await submitter.ready(), job_id)
+        code = code or end
+    return code
 
 
 def _print_submitted(

@@ -14,6 +14,7 @@ from typing import Any
 from tm import VERSION_LINE
 from tm.cli import completion
 from tm.cli.errors import CLIError
+from tm.cli.hrunjob_array import array_option
 from tm.core.jobtime import TimeLimitError, parse_time_limit
 from tm.core.model import JobSpec
 from tm.core.retry import MAX_RETRIES
@@ -193,6 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait", action="store_true", help="wait for the job's end and exit with its code"
     )
     p.add_argument("--dispatcher", default=None, help="the dispatcher's dispatcher.json")
+    p.add_argument(
+        "--array",
+        type=array_option,
+        default=None,
+        metavar="0-999[:STEP][%MAX]",
+        help="submit the command once per index (also a list: 1,3,5-9), as one group; "
+        "{idx} in the command and -o/-O/-l/-i becomes the index, and TM_ARRAY_INDEX is set; "
+        "%%MAX: at most MAX of them pending or running at once",
+    )
     p.add_argument("--json", action="store_true", help="print the ids made as JSON (docs/json.md)")
     p.add_argument("--parsable", action="store_true", help="print the ids made, one a line")
     completion.add_options(p)

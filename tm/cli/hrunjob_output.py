@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from tm.cli.errors import CLIError
+from tm.cli.hrunjob_array import submitted as array_submitted
 from tm.core import jobfields
 from tm.core.model import JobSpec
 from tm.jobfile import compress_ids
@@ -35,6 +36,8 @@ def submitted_text(
         return "\n".join(str(i) for i in ids)
     if args.quiet:
         return None
+    if args.array is not None:  # hRunJob --array: the ids and the group
+        return array_submitted(args, ids)
     if args.jobsFile is None:
         return f"Job [{ids[0]}] has been submitted to TaskDispatcher."
     return f"{len(ids)} job(s) [{compress_ids(ids)}] have been submitted to TaskDispatcher."

@@ -46,6 +46,9 @@ RUN = "run"
 #: What the user's signature covers (with the sealed environment and the time of signing:
 #: tm/jobsign.py).
 SIGNED = "signed"
+#: Made by hRunJob for the jobs of an array (``--array``): part of the spec, but neither an
+#: option of their own nor a job file's key (tm/core/arrays.py).
+MADE = "made"
 #: A start order also carries these, for the executor to check the signature (not part of the
 #: RunRequest).
 CHECKED = "checked"
@@ -146,6 +149,11 @@ FIELDS: tuple[Field, ...] = (
     _field("retry_on_exit", str, "VARCHAR(255) NOT NULL DEFAULT ''", SPEC, DETAIL),
     _field("on_end", str, "TEXT NOT NULL DEFAULT ''", SPEC, DETAIL),
     _field("on_end_done", bool, "SMALLINT NOT NULL DEFAULT 0"),
+    # Added by migration 0006 (tm/db/schema/0006_job_arrays.sql): job arrays (tm/core/arrays.py).
+    # The index is signed and given to the job as TM_ARRAY_INDEX.
+    _field("array_id", str, "VARCHAR(36) NOT NULL DEFAULT ''", SPEC, DETAIL, MADE),
+    _field("array_index", int | None, "INTEGER NULL", SPEC, DETAIL, RUN, SIGNED, MADE),
+    _field("array_cap", int | None, "INTEGER NULL", SPEC, DETAIL, MADE),
 )
 
 BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
@@ -165,7 +173,7 @@ SIGNED_FIELDS = group(SIGNED)
 CHECKED_FIELDS = group(CHECKED)
 #: What a user gives for a job (hRunJob's options, a job file's keys): the spec but what the
 #: client (uuid) and the user's TMS (signature) make.
-GIVEN_FIELDS = tuple(f for f in SPEC_FIELDS if CHECKED not in f.groups)
+GIVEN_FIELDS = tuple(f for f in SPEC_FIELDS if not {CHECKED, MADE} & f.groups)
 
 
 def column(name: str) -> str:
@@ -243,9 +251,15 @@ _SPEC_READERS = tuple((f.name, f.optional, _plain_converters(f)[1]) for f in SPE
 
 
 def spec_from_plain(row: dict[str, Any]) -> JobSpec:
-    """A JobSpec from one row of SubmitJobs (an optional field may be absent)."""
+    """A JobSpec from one row of SubmitJobs (an optional field, or one of an array, may be
+    absent)."""
     values: dict[str, Any] = {}
     for name, optional, convert in _SPEC_READERS:
+        if name in _MADE_NAMES and name not in row:
+            continue  # a job of no array, from a client that does not know arrays
         value = row.get(name) if optional else row[name]
         values[name] = value if convert is None or value is None else convert(value)
     return JobSpec(**values)
+
+
+_MADE_NAMES = frozenset(f.name for f in FIELDS if MADE in f.groups)

@@ -197,6 +197,11 @@ class JobSpec:
     retries: int | None = None
     retry_on_exit: str = ""
     on_end: str = ""
+    #: A job of an array (hRunJob --array, tm/core/arrays.py): the array's id, the job's
+    #: index in it, and how many of the array may be pending or running at once.
+    array_id: str = ""
+    array_index: int | None = None
+    array_cap: int | None = None
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,8 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from tm.core.arrays import ArrayCaps, CapGate
+
 #: Seconds of usage charged per slot placed in this pass, for fair share.
 PLACEMENT_CHARGE = 3600.0
 
@@ -139,6 +141,7 @@ class SchedulerInput:
     #: The waiting jobs by priority, user and shape; built from ``jobs`` when None.
     queues: WaitingQueues | None = None
     held: frozenset[int] = frozenset()  # waiting jobs not to be placed in this pass
+    arrays: ArrayCaps | None = None  # the caps of job arrays (tm/core/arrays.py)
 
     def waiting_queues(self) -> WaitingQueues:
         return self.queues if self.queues is not None else ListQueues(self.jobs)
@@ -368,6 +371,7 @@ def schedule(inp: SchedulerInput) -> Decision:
         )
 
     max_open = [open_max()]
+    gate = CapGate(inp.arrays)
 
     def fits(h: HostView, job: JobView) -> bool:
         n = h.name
@@ -382,6 +386,8 @@ def schedule(inp: SchedulerInput) -> Decision:
         own = decision.reservations.get(job.id)
         if open_slots[0] <= 0:
             return STOP
+        if gate.full(job.id):
+            return NOT_PLACED  # its array is at its cap: only its array's queue waits
         if (
             own is None
             and job.slots > max_open[0]
@@ -410,6 +416,7 @@ def schedule(inp: SchedulerInput) -> Decision:
                 added[best] += job.slots
                 open_slots[0] -= job.slots
                 decision.placements.append((job.id, best))
+                gate.placed(job.id)
                 failed.clear()
                 if own is not None:
                     # Started (on its host or elsewhere): the reservation ends.

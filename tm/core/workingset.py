@@ -27,6 +27,7 @@ from typing import Any
 
 from sortedcontainers import SortedList
 
+from tm.core.arrays import ArrayIndex, queue_key, queue_shape
 from tm.core.model import ACTIVE_STATES, Job, JobState, Transition
 from tm.core.scheduler import JobView, Shape
 
@@ -35,6 +36,11 @@ _NO_JOBS: dict[int, Job] = {}
 
 def shape_of(job: Job) -> Shape:
     return (job.spec.slots, frozenset(job.spec.excluded_hosts))
+
+
+def _key(job: Job) -> Any:
+    """The key of the job's waiting queue: its shape, or its capped array's own queue."""
+    return queue_key(job, shape_of(job))
 
 
 class WorkingSet:
@@ -55,7 +61,9 @@ class WorkingSet:
         self._counts: dict[str, dict[JobState, int]] = {}
         #: (user, state) -> the ids of the user's jobs in that state, sorted (for listings)
         self._ids: dict[tuple[str, JobState], SortedList] = {}
-        self._waiting: dict[int, dict[str, dict[Shape, SortedList]]] = {}
+        self._waiting: dict[int, dict[str, dict[Any, SortedList]]] = {}
+        #: the caps of job arrays (tm/core/arrays.py); a capped array waits in its own queues
+        self.arrays = ArrayIndex()
         for job in jobs:
             self.add(job)
 
@@ -108,7 +116,7 @@ class WorkingSet:
         """Take in the jobs of a submission: as :meth:`add` each, with each waiting queue
         updated once for all of its new jobs."""
         waiting = self._by_state.setdefault(JobState.WAITING, {})
-        fresh: dict[tuple[int, str, Shape], list[int]] = {}
+        fresh: dict[tuple[int, str, Any], list[int]] = {}
         for job in jobs:
             if job.state is not JobState.WAITING or job.host or job.id in self._jobs:
                 self._queue_all(fresh)
@@ -118,10 +126,11 @@ class WorkingSet:
             waiting[job.id] = job
             counts = self._counts.setdefault(job.user, {})
             counts[JobState.WAITING] = counts.get(JobState.WAITING, 0) + 1
-            fresh.setdefault((job.spec.priority, job.user, shape_of(job)), []).append(job.id)
+            fresh.setdefault((job.spec.priority, job.user, _key(job)), []).append(job.id)
+            self.arrays.add(job)
         self._queue_all(fresh)
 
-    def _queue_all(self, fresh: dict[tuple[int, str, Shape], list[int]]) -> None:
+    def _queue_all(self, fresh: dict[tuple[int, str, Any], list[int]]) -> None:
         by_user: dict[str, list[int]] = {}
         for (priority, user, shape), ids in fresh.items():
             shapes = self._waiting.setdefault(priority, {}).setdefault(user, {})
@@ -200,14 +209,15 @@ class WorkingSet:
             self._placed.setdefault((job.user, job.host), {})[job.id] = job
             if state.holds_slots:
                 self.occupied[job.host] = self.occupied.get(job.host, 0) + job.spec.slots
+        self.arrays.add(job)
         if state is JobState.WAITING:
             queue = (
                 self._waiting.setdefault(job.spec.priority, {})
                 .setdefault(job.user, {})
-                .setdefault(shape_of(job), None)
+                .setdefault(_key(job), None)
             )
             if queue is None:
-                queue = self._waiting[job.spec.priority][job.user][shape_of(job)] = SortedList()
+                queue = self._waiting[job.spec.priority][job.user][_key(job)] = SortedList()
             queue.add(job.id)
 
     def _unindex(self, job: Job) -> None:
@@ -235,10 +245,11 @@ class WorkingSet:
                     self.occupied[job.host] = left
                 else:
                     del self.occupied[job.host]
+        self.arrays.remove(job)
         if state is JobState.WAITING:
             by_user = self._waiting[job.spec.priority]
             shapes = by_user[job.user]
-            shape = shape_of(job)
+            shape = _key(job)
             queue = shapes[shape]
             queue.remove(job.id)
             if not queue:
@@ -304,7 +315,10 @@ class WorkingSet:
         return self._waiting.get(priority, {}).keys()
 
     def shapes(self, priority: int, user: str) -> Iterable[tuple[Shape, Sequence[int]]]:
-        return self._waiting.get(priority, {}).get(user, {}).items()
+        queues = self._waiting.get(priority, {}).get(user, {})
+        if not self.arrays.members:  # no capped array waits: every key is a shape
+            return queues.items()
+        return [(queue_shape(key), ids) for key, ids in queues.items()]
 
     def view(self, job_id: int) -> JobView | None:
         """The scheduler's view of a waiting job; None if it is not waiting."""

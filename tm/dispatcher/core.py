@@ -404,6 +404,7 @@ class DispatcherCore:
             ),
             blocked=frozenset(blocked),
             reservations=dict(self.reservations),
+            arrays=self.jobs.arrays.caps(),
         )
 
     def usage(self, now: float) -> dict[str, float]:

@@ -351,6 +351,9 @@ class Dispatcher(ExecutorLinks, JobControl, DispatcherCore, service.Service):
     def wait_reason(self, job: Job) -> str:
         """Why ``job`` waits (or why its start is retried later); "" otherwise."""
         if job.state is JobState.WAITING:
+            capped = self.jobs.arrays.at_cap(job)
+            if capped:
+                return capped
             inp = self.scheduler_input(listing=True)
             view = next((j for j in inp.jobs if j.id == job.id), None)
             return "" if view is None else scheduler.explain_wait(view, inp)

@@ -56,6 +56,7 @@ class RunRequest:
     slots: int = 1
     #: Seconds from the start after which the runner stops the job (it ends ``timed_out``).
     time_limit: float | None = None
+    array_index: int | None = None  # a job of an array: its signed index (TM_ARRAY_INDEX)
 
     @classmethod
     def from_order(cls, job_id: int, attempt: int, order: dict[str, Any]) -> RunRequest:

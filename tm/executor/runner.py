@@ -261,6 +261,8 @@ class JobRunner(JobSignals):
         env = dict(request.env)
         env["TM_JOB_ID"] = str(request.job_id)
         env["TM_ATTEMPT"] = str(request.attempt)
+        if request.array_index is not None:  # signed: tm/core/arrays.py
+            env["TM_ARRAY_INDEX"] = str(request.array_index)
         args = ShepherdArgs(
             grace=float(self._kill_grace),
             umask=request.umask,

@@ -11,6 +11,7 @@ import json
 import math
 
 from tm.core import jobfields, retry
+from tm.core.arrays import array_problem
 from tm.core.model import JobEnvironment, JobSpec
 
 #: AMP refuses values of 65 535 bytes or more; keep headroom for the encoding.
@@ -107,7 +108,7 @@ def spec_problem(spec: JobSpec, min_priority: int = 0, max_priority: int = 127) 
         isinstance(limit, (int, float)) and math.isfinite(limit) and 0 < limit <= MAX_TIME_LIMIT
     ):
         return f"the time limit must be more than 0 and at most {MAX_TIME_LIMIT:.0f} s"
-    return retry.spec_problem(spec.retries, spec.retry_on_exit, spec.on_end)
+    return retry.spec_problem(spec.retries, spec.retry_on_exit, spec.on_end) or array_problem(spec)
 
 
 def environment_problem(environment: JobEnvironment) -> str | None:
