@@ -29,6 +29,7 @@ from tm.core.model import Host, Job, JobState, Transition, User
 from tm.core.workingset import WorkingSet
 from tm.dispatcher.executors import ExecutorTable
 from tm.dispatcher.ports import DispatcherStore, PeerSession
+from tm.dispatcher.watching import Watchers
 from tm.dispatcher.writer import TransitionWriter
 
 #: How long a placed job may wait for its user's executor to appear.
@@ -133,6 +134,8 @@ class DispatcherCore:
         self.reservations: dict[int, str] = {}
         self.ledger = UsageLedger(settings.fairshare_half_life)
         self.waiters: dict[int, list[Deferred]] = {}
+        #: Waits for many jobs (WaitJobs), woken by the changes of their jobs once committed.
+        self.watchers = Watchers(reactor)
         self.started_at = 0.0
         self._pass_scheduled = False
         self.passes = 0
@@ -206,6 +209,8 @@ class DispatcherCore:
         d.addErrback(self._write_failed, job, t)
         if waiters:
             d.addCallback(self._end_recorded, job, waiters)
+        if self.watchers:
+            d.addCallback(self.watchers.committed, job)
         return d
 
     def _wait_again(self, failure: Failure, job_id: int, waiters: list[Deferred]) -> Failure:

@@ -492,3 +492,6 @@ class Heartbeat(_Command):
         (b"lease", Float64(optional=True)),
         (b"interval", Float64(optional=True)),  # how often to send heartbeats
     ]
+
+
+from tm.protocol.watching import ReadOutput, WaitJobs  # noqa: E402,F401  (the same vocabulary)
