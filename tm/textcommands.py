@@ -77,6 +77,10 @@ class TextCommandError(ValueError):
     """A text command that cannot be understood; the message says why and how to write it."""
 
 
+class UnknownGroup(TextCommandError):
+    """A command about a group that does not exist (hConnect exits non-zero)."""
+
+
 @dataclass(frozen=True)
 class _Spec:
     name: str
@@ -96,6 +100,8 @@ class _Spec:
             "user": f"{self.name}:USER",
             "count": f"{self.name}:N",
             "group": f"{self.name}:GROUP",
+            "jobs": f"{self.name}:ID[:ID...]|A-B|group:GROUP",
+            "output": f"{self.name}:ID[:err]",
         }[self.arg]
 
 
@@ -149,6 +155,10 @@ _SPECS: list[_Spec] = [
     _Spec("invokealltmms", _TMS, "", "start an executor on every active host"),
     _Spec("shutdownalltmms", _TMS, "", "stop all your executors"),
     _Spec("shutdown", _TMS, "", "stop your TaskManagerServer"),
+    # Run by hConnect itself (tm/cli/jobwatch.py): they stream, and their exit status says more.
+    _Spec("wait", _TMS, "jobs", "wait until the jobs end; exit 0 if all finished"),
+    _Spec("cat", _TMS, "output", "print a job's stdout (cat:ID:err: its stderr)"),
+    _Spec("follow", _TMS, "output", "print a job's output as it is written, until it ends"),
 ]
 SPECS: dict[str, _Spec] = {s.name: s for s in _SPECS}
 
@@ -212,6 +222,8 @@ def parse(line: str, target: str) -> TextCommand:
             "user": "a user name",
             "count": "a number",
             "group": "a group name",
+            "jobs": "job ids, a range A-B or group:GROUP",
+            "output": "a job id",
         }[spec.arg]
         raise TextCommandError(f"{name} needs {what}: usage: {spec.usage}")
     args: tuple[Any, ...]
@@ -298,6 +310,8 @@ class TextCommand:
         if n in ("lagroup", "hasgroupfinished"):
             r = await call("GroupSummary", group=a[0], scope=self.scope)
             counts = r["groups"].get(a[0])
+            if not counts and n == "hasgroupfinished":
+                raise UnknownGroup(f"group {a[0]!r} is unknown: see lagroups")
             if not counts:
                 return "group is unknown"
             if n == "lagroup":

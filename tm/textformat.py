@@ -11,6 +11,8 @@ import json
 import time
 from typing import Any
 
+from tm.joboutput import run_time, shown_outputs
+
 ENDED_STATES = ["finished", "failed", "killed"]
 TERMINAL_STATES = ("finished", "failed", "killed", "lost")
 
@@ -80,8 +82,8 @@ def format_job_detail(response: dict[str, Any]) -> str:
         ("priority", str(job["priority"])),
         ("shell", job["shell"]),
         ("cwd", job["cwd"]),
-        ("stdout", job["stdout"]),
-        ("stderr", job["stderr"]),
+        ("stdout", shown_outputs(job)[0]),
+        ("stderr", shown_outputs(job)[1]),
         ("logfile", job["logfile"]),
         ("estimated time", opt(job.get("estimated_time"))),
         ("estimated memory", opt(job.get("estimated_memory"))),
@@ -91,6 +93,9 @@ def format_job_detail(response: dict[str, Any]) -> str:
         ("exit code", opt(job.get("exit_code"))),
         ("signal", opt(job.get("signal"))),
         ("reason", job["reason"]),
+        ("started", format_time(job.get("started_at"))),
+        ("ended", format_time(job.get("ended_at"))),
+        ("run time", run_time(job, time.time())),
     ]
     width = max(len(k) for k, _ in fields) + 1
     lines = [f"{(k + ':').ljust(width)} {v}" for k, v in fields]
