@@ -338,8 +338,8 @@ async def follow_output(
         if job["state"] not in ACTIVE:
             break
         # Answered at the job's end (pushed by the dispatcher), else after ``interval``.
-        end = await call("WaitJob", job_id=job_id, timeout=interval)
         interval = FOLLOW_INTERVAL[0] if grew else min(FOLLOW_INTERVAL[1], interval * 1.5)
+        end = await call("WaitJob", job_id=job_id, timeout=interval)
         if end["state"] not in ACTIVE or reader is None:
             # Ended (the rest is read next), or perhaps placed since (its host known now).
             job = (await call("GetJob", job_id=job_id))["job"][0]
