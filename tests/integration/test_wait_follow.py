@@ -9,6 +9,7 @@ import os
 import re
 import select
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -320,3 +321,54 @@ def test_a_job_file_wait_in_a_pipe_prints_lines_and_the_failing_code(
     assert lines[0].startswith("3 job(s) [") and PROGRESS_LINE.match(lines[-1])
     assert "1 failed of 3" in lines[-1]
     assert f"job {first + 1} failed (exit code 4)" in result.stderr
+
+
+def test_wait_cat_and_follow_over_tls_from_a_host_without_the_tms(
+    installation: Installation,
+) -> None:
+    """A client on another host sharing the home reaches the TMS over TLS (tm/cli/common.py):
+    the same commands, the same answers."""
+    fast_path(installation)
+    job = submit(installation, gated("go", "echo done; exit 5"))
+    wait_state(installation, job, "running")
+    path = installation.home / ".taskmanager" / f"tms.{socket.gethostname()}.sock"
+    aside = path.with_name("aside.sock")
+    path.rename(aside)
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(path))  # nobody listens: the client goes over TLS
+    dead.close()
+    try:
+        waiter = popen(
+            installation,
+            "hConnect",
+            "-v",
+            f"wait:{job}",
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        follower = popen(installation, "hConnect", f"follow:{job}", stdout=subprocess.PIPE)
+        assert waiter.stdout is not None
+        Lines(waiter.stdout.fileno()).until(r"0 done, 1 running")
+        stopped = popen(
+            installation, "hConnect", f"wait:{job}", stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        assert stopped.stdout is not None
+        Lines(stopped.stdout.fileno()).until(r"0 done, 1 running")
+        stopped.send_signal(signal.SIGINT)
+        assert stopped.communicate(timeout=30)[1].decode().strip() == (
+            "hConnect: stopped waiting; the jobs keep running (see hConnect lsrjobs)"
+        )
+        assert stopped.returncode == 130 and lajob(installation, job).state == "running"
+        (installation.work / "go").touch()
+        _, err = waiter.communicate(timeout=60)
+        assert waiter.returncode == 5 and "trying TLS" in err
+        assert f"job {job} failed (exit code 5)" in err
+        assert follower.communicate(timeout=60)[0] == b"done\n" and follower.returncode == 0
+        cat = installation.run("hConnect", "-v", f"cat:{job}", check=True)
+        assert cat.stdout == "done\n" and "trying TLS" in cat.stderr
+        unknown = installation.run("hConnect", "hasgroupfinished:nosuchgroup")
+        assert unknown.returncode == 1 and "is unknown" in unknown.stderr
+    finally:
+        path.unlink()
+        aside.rename(path)
