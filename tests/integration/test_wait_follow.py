@@ -312,15 +312,17 @@ def test_output_outside_the_home_of_a_job_on_another_host_is_read_through_its_ex
 def test_a_job_file_wait_in_a_pipe_prints_lines_and_the_failing_code(
     installation: Installation,
 ) -> None:
-    fast_path(installation)
     (installation.work / "jobs.txt").write_text(job_file(["true", "exit 4", "true"]))
-    result = installation.run("hRunJob", "-f", "jobs.txt", "--wait")
-    assert result.returncode == 4, result.stderr
-    lines = result.stdout.splitlines()
-    first = int(re.findall(r"\[(\d+)", lines[0])[0])
-    assert lines[0].startswith("3 job(s) [") and PROGRESS_LINE.match(lines[-1])
-    assert "1 failed of 3" in lines[-1]
-    assert f"job {first + 1} failed (exit code 4)" in result.stderr
+    # The first command starts the TMS and goes over TLS; the second takes the socket.
+    for way in ("tls", "socket"):
+        result = installation.run("hRunJob", "-v", "-f", "jobs.txt", "--wait")
+        assert result.returncode == 4, result.stderr
+        assert ("using the TMS on" in result.stderr) == (way == "socket")
+        lines = result.stdout.splitlines()
+        first = int(re.findall(r"\[(\d+)", lines[0])[0])
+        assert lines[0].startswith("3 job(s) [") and PROGRESS_LINE.match(lines[-1])
+        assert "1 failed of 3" in lines[-1]
+        assert f"job {first + 1} failed (exit code 4)" in result.stderr
 
 
 def test_wait_cat_and_follow_over_tls_from_a_host_without_the_tms(

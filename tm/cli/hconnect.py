@@ -75,23 +75,6 @@ def interrupted(command: textcommands.TextCommand) -> int:
     return 130
 
 
-async def watch_under_reactor(reactor: Any, coroutine: Any, command: Any) -> int:
-    """Run a command of WATCHING on the Twisted path: Ctrl-C cancels it (the reactor's own
-    handler would stop the reactor with status 0, the wait's outcome unsaid)."""
-    import signal
-
-    from twisted.internet.defer import CancelledError, ensureDeferred
-
-    running = ensureDeferred(coroutine)
-    previous = signal.signal(signal.SIGINT, lambda *_: reactor.callFromThread(running.cancel))
-    try:
-        return int(await running)
-    except CancelledError:
-        return interrupted(command)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def _text_result(run: Any) -> str:
     try:
         return run()
@@ -118,7 +101,10 @@ async def main_async(reactor: Any, argv: list[str]) -> int:
         return await proto.call(command_named(name), **kw)
 
     if command.name in WATCHING:
-        return await watch_under_reactor(reactor, watching(command, call, args.verbose), command)
+        from tm.cli.jobwatch import under_reactor
+
+        coroutine = watching(command, call, args.verbose)
+        return await under_reactor(reactor, coroutine, lambda: interrupted(command))
     try:
         print(await command.run(call))
     except textcommands.TextCommandError as e:

@@ -347,3 +347,21 @@ async def follow_output(
         await reader.read(sink)
         sink.flush()
     return 0
+
+
+async def under_reactor(reactor: Any, coroutine: Any, on_interrupt: Callable[[], int]) -> int:
+    """Run one of these coroutines on the Twisted path (a TMS reached over TLS): Ctrl-C
+    cancels it and ``on_interrupt()`` gives the status (the reactor's own handler would stop
+    the reactor with status 0, the wait's outcome unsaid)."""
+    import signal
+
+    from twisted.internet.defer import CancelledError, ensureDeferred
+
+    running = ensureDeferred(coroutine)
+    previous = signal.signal(signal.SIGINT, lambda *_: reactor.callFromThread(running.cancel))
+    try:
+        return int(await running)
+    except CancelledError:
+        return on_interrupt()
+    finally:
+        signal.signal(signal.SIGINT, previous)
