@@ -387,3 +387,23 @@ def test_only_a_stderr_file_made_for_the_job_is_removed_when_empty(tmp_path: Pat
     for i in range(outputs.REMEMBERED + 1):
         paths.remember(i, "o", "e")
     assert paths.get(0) is None and paths.get(outputs.REMEMBERED) == ("o", "e")
+
+
+def test_the_runner_removes_the_empty_stderr_file_before_it_hands_the_end_over(
+    tmp_path: Path,
+) -> None:
+    from tests.unit.test_runner_start import make_runner, request
+
+    runner, spawner, _ = make_runner(tmp_path)
+    ended: list[Any] = []
+    runner.start(request(tmp_path, job_id=7), ended.append)
+    runner.start(request(tmp_path, job_id=8), ended.append)
+    logs = tmp_path / "logs"
+    assert (logs / "7.err").exists() and (logs / "8.err").exists()
+    (logs / "8.err").write_text("said something\n")
+    for spawn in spawner.spawns:
+        spawn.exit(0)
+    assert len(ended) == 2
+    assert not (logs / "7.err").exists() and (logs / "8.err").read_text() == "said something\n"
+    assert (logs / "7.out").exists()  # stdout stays, empty or not
+    assert runner.output_paths.get(7) == (str(logs / "7.out"), str(logs / "7.err"))

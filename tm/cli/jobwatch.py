@@ -37,7 +37,8 @@ WAIT_TIMEOUT = 60.0
 #: The interval of ``follow`` between two reads while the job runs: from the first to the
 #: second while nothing is written.
 FOLLOW_INTERVAL = (0.2, 1.0)
-READ_CHUNK = 32 * 1024
+READ_CHUNK = 32 * 1024  # through the executor: one AMP value
+LOCAL_CHUNK = 1 << 20
 KEEP_RUNNING = "stopped waiting; the jobs keep running (see hConnect lsrjobs)"
 
 
@@ -256,6 +257,7 @@ class OutputReader:
         self.local = readable_here(job, self.path)
         self.offset = 0
         self.missing = False
+        self._file: IO[bytes] | None = None
         if verbose is not None:
             how = "here" if self.local else f"through your executor on {job.get('host')}"
             verbose.write(f"hConnect: reading {self.path} {how}\n")
@@ -274,9 +276,10 @@ class OutputReader:
     async def _chunk(self) -> bytes:
         if self.local:
             try:
-                with open(self.path, "rb") as f:
-                    f.seek(self.offset)
-                    data = f.read(READ_CHUNK)
+                if self._file is None:
+                    self._file = open(self.path, "rb")  # noqa: SIM115 - kept while following
+                    self._file.seek(self.offset)
+                data = self._file.read(LOCAL_CHUNK)
             except FileNotFoundError:
                 self.missing = True
                 return b""
