@@ -155,6 +155,7 @@ _SPECS: list[_Spec] = [
     _Spec("invokealltmms", _TMS, "", "start an executor on every active host"),
     _Spec("shutdownalltmms", _TMS, "", "stop all your executors"),
     _Spec("shutdown", _TMS, "", "stop your TaskManagerServer"),
+    _Spec("dashboard", _BOTH, "", "a link to the web dashboard (one use, valid 10 minutes)"),
     # Run by hConnect itself (tm/cli/jobwatch.py): they stream, and their exit status says more.
     _Spec("wait", _TMS, "jobs", "wait until the jobs end; exit 0 if all finished"),
     _Spec("cat", _TMS, "output", "print a job's stdout (cat:ID:err: its stderr)"),
@@ -381,4 +382,6 @@ class TextCommand:
         if n == "shutdown":
             await call("Shutdown")
             return "terminating TMS ..."
+        if n == "dashboard":
+            return str((await call("DashboardLink"))["url"])  # the link alone: `xdg-open $(...)`
         raise TextCommandError(f"unknown command {n!r}: try 'help'")  # pragma: no cover

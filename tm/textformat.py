@@ -49,13 +49,24 @@ def _job_where(job: dict[str, Any]) -> str:
     return f"{state} {format_time(job['state_since'])} {end}"
 
 
+#: The header line of a job listing (the user column only in the dispatcher's listings).
+JOBS_HEADER = ("#", "ID", "USER", "STATE", "GROUP", "INFO", "COMMAND")
+#: What an empty cell shows, so that every row has its columns (``awk '{print $5}'``).
+EMPTY_CELL = "-"
+
+
 def format_jobs(jobs: list[dict[str, Any]], with_user: bool) -> str:
-    rows = []
+    rows = [[h for h in JOBS_HEADER if with_user or h != "USER"]]
     for i, job in enumerate(jobs, 1):
         row = [str(i), str(job["id"])]
         if with_user:
             row.append(job["user"])
-        row += [_job_where(job), job["group"], job["info"], _shorten(job["command"])]
+        row += [
+            _job_where(job),
+            job["group"] or EMPTY_CELL,
+            job["info"] or EMPTY_CELL,
+            _shorten(job["command"]),
+        ]
         rows.append(row)
     return _align(rows)
 
@@ -180,9 +191,13 @@ def format_server_info(info: dict[str, Any], status: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: The header line of lscluster's hosts.
+HOSTS_HEADER = ("#", "HOST", "STATUS", "SLOTS", "LOAD", "EXECUTORS")
+
+
 def format_hosts(response: dict[str, Any]) -> str:
     head = "cluster is active" if response["cluster_active"] else "cluster is not active"
-    rows = []
+    rows = [list(HOSTS_HEADER)]
     for i, h in enumerate(response["hosts"], 1):
         status = "retired" if h["retired"] else ("active" if h["active"] else "inactive")
         free = h["max_slots"] - h["occupied_slots"]
@@ -197,7 +212,7 @@ def format_hosts(response: dict[str, Any]) -> str:
                 f"executors {h['executors']}",
             ]
         )
-    return head + ("\n" + _align(rows) if rows else "\nno hosts")
+    return head + ("\n" + _align(rows) if len(rows) > 1 else "\nno hosts")
 
 
 def format_executors(executors: list[dict[str, Any]]) -> str:
@@ -212,10 +227,25 @@ def format_executors(executors: list[dict[str, Any]]) -> str:
     return _align(rows)
 
 
+#: The header line of lsusers.
+USERS_HEADER = (
+    "#",
+    "USER",
+    "ROLES",
+    "ENABLED",
+    "TMS",
+    "WAITING",
+    "PENDING",
+    "RUNNING",
+    "USAGE",
+    "EXECUTORS",
+)
+
+
 def format_users(users: list[dict[str, Any]]) -> str:
     if not users:
         return "no users"
-    rows = []
+    rows = [list(USERS_HEADER)]
     for i, u in enumerate(users, 1):
         rows.append(
             [

@@ -15,13 +15,18 @@ What is parsed, and how (the formats of tm/textcommands.py and tm/cli/hrunjob.py
 - ``hConnect [-T] lajob:ID``: ``key: value`` lines, then ``history:`` and one row per
   state change (:class:`JobInfo`, :class:`HistoryEntry`).
 - job listings (``lswjobs``, ``lsrjobs``, ``lsfjobs``, ``findjobs:...``, ``lsnextjobs:N``):
-  one row per job, ``N  ID  [USER]  WHERE  GROUP  INFO  COMMAND`` (:class:`ListingRow`).
-- ``hConnect -T lscluster``: an activity line, then one row per host (:class:`HostRow`).
+  a header line ``#  ID  [USER]  STATE  GROUP  INFO  COMMAND``, then one row per job,
+  ``N  ID  [USER]  WHERE  GROUP  INFO  COMMAND`` (:class:`ListingRow`; ``-`` for an empty
+  group or info).
+- ``hConnect -T lscluster``: an activity line, a header line, then one row per host
+  (:class:`HostRow`).
+- ``--json``: one document per command (docs/json.md); :func:`json_of` runs and reads it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import subprocess
 import time
@@ -36,6 +41,9 @@ SUBMITTED = re.compile(r"Job \[(\d+)\] has been submitted to TaskDispatcher\.\n"
 BULK_SUBMITTED = re.compile(
     r"(\d+) job\(s\) \[([\d,-]+)\] have been submitted to TaskDispatcher\.\n"
 )
+#: How the header lines of a job listing and of lscluster begin.
+LISTING_HEADER = ("#", "ID")
+HOSTS_HEADER = ("#", "HOST")
 #: The states a job no longer leaves.
 ENDED = ("finished", "failed", "killed")
 #: Every state a listing row or lajob can show.
@@ -139,6 +147,31 @@ def tms(who: Runs, line: str) -> str:
 def td(who: Runs, line: str) -> str:
     """``hConnect -T LINE`` (to the dispatcher): what it printed, stripped."""
     return who.run("hConnect", "-T", line, check=True).stdout.strip()
+
+
+def json_of(who: Runs, *argv: str) -> dict[str, Any]:
+    """``hConnect --json ARGV...`` (``"-T", "lscluster"`` ...): its one document, read. The
+    output must be exactly one line of JSON."""
+    result = who.run("hConnect", "--json", *argv)
+    assert result.returncode == 0, f"{_name(who)}: hConnect --json {argv}: {result.stderr}"
+    assert result.stdout.count("\n") == 1 and result.stdout.endswith("\n"), result.stdout
+    doc = json.loads(result.stdout)
+    assert isinstance(doc, dict) and doc.get("schema") == 1, result.stdout
+    assert_json_keys(doc)
+    return doc
+
+
+def assert_json_keys(value: Any, where: str = "") -> None:
+    """Every key of every object of a ``--json`` document is a name without spaces (but a
+    job's environment's, which are the variables' names)."""
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            assert isinstance(key, str) and key and " " not in key, f"{where}{key!r}"
+            if key != "env":
+                assert_json_keys(inner, f"{where}{key}.")
+    elif isinstance(value, list):
+        for inner in value:
+            assert_json_keys(inner, where)
 
 
 class HistoryEntry(str):
@@ -289,6 +322,8 @@ def parse_listing(text: str) -> list[ListingRow]:
     rows = []
     for line in text.splitlines():
         cells = line.split()
+        if cells[:2] == list(LISTING_HEADER):
+            continue
         if len(cells) < 3 or not (cells[0].isdigit() and cells[1].isdigit()):
             continue
         at = next((i for i in (2, 3) if i < len(cells) and cells[i] in STATES), None)
@@ -329,7 +364,7 @@ def parse_hosts(text: str) -> tuple[str, dict[str, HostRow]]:
     lines = text.splitlines()
     rows = {}
     for line in lines[1:]:
-        if line == "no hosts":
+        if line == "no hosts" or line.split()[:2] == list(HOSTS_HEADER):
             continue
         cells = re.split(r"\s{2,}", line.strip())
         found = re.fullmatch(r"(\d+)/(\d+) free", cells[3])

@@ -74,17 +74,19 @@ def second_user(prefix: str = "tm-users-") -> Iterator[UnixUser]:
 
 
 @contextlib.contextmanager
-def installation_shared_with(prefix: str, *users: UnixUser) -> Iterator[Installation]:
+def installation_shared_with(
+    prefix: str, *users: UnixUser, dispatcher_args: tuple[str, ...] = ()
+) -> Iterator[Installation]:
     """An installation in a directory every user can reach, its dispatcher run by root (this
-    process, an admin), with ``users`` as plain users; their processes and the installation
-    are ended afterwards."""
+    process, an admin, with ``dispatcher_args``), with ``users`` as plain users; their
+    processes and the installation are ended afterwards."""
     root = Path(tempfile.mkdtemp(prefix=prefix))
     os.chmod(root, 0o755)
     inst = Installation(root)
     try:
         names = "".join(f"{user.name}\tuser\n" for user in users)
         (inst.etc / "users").write_text(f"root\tuser,admin\n{names}")
-        inst.start_dispatcher()
+        inst.start_dispatcher(*dispatcher_args)
         yield inst
     finally:
         for user in users:

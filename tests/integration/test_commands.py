@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from tests.helpers.cli import status, submit, td, tms
+from tests.helpers.cli import listed_ids, parse_hosts, status, submit, td, tms
 from tests.helpers.processes import Installation, alive, wait_until
 from tm.textcommands import SPECS
 
@@ -146,7 +146,7 @@ def test_setalljobsasfinished_ends_jobs_finished(
 def test_updateload_and_lsthreads_report_the_live_state(installation: Installation) -> None:
     job = submit(installation, TICKER)
     wait_until(lambda: ticks(installation) > 1, 30, "the job to run")
-    host = td(installation, "lscluster").splitlines()[1].split()[1]
+    (host,) = parse_hosts(td(installation, "lscluster"))[1]
     wait_until(
         lambda: re.fullmatch(
             rf"load: {re.escape(host)} \d+\.\d\d \(\d+ s ago\)", td(installation, "updateload")
@@ -212,7 +212,7 @@ def test_listings_page_through_jobs_far_beyond_one_amp_value(installation: Insta
         td(installation, "lswjobs"),
         tms(installation, "findjobs:xxxx"),
     ):
-        ids = [int(line.split()[1]) for line in listing.splitlines()]
+        ids = listed_ids(listing)
         assert ids == list(range(first, last + 1))
-    assert len(td(installation, "lsnextjobs:2500").splitlines()) == 2500
+    assert len(listed_ids(td(installation, "lsnextjobs:2500"))) == 2500
     assert "total: 3000" in tms(installation, "lagroup:many")

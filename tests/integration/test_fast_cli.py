@@ -55,7 +55,9 @@ def test_everyday_commands_go_over_the_unix_socket(installation: Installation) -
     big = int(SUBMITTED.fullmatch(blocker.stdout).group(1))  # type: ignore[union-attr]
     listed = installation.run("hConnect", "-v", "lswjobs", check=True)
     assert VIA_SOCKET in listed.stderr
-    assert [int(row.split()[1]) for row in listed.stdout.splitlines()] == [big]
+    header, *rows = listed.stdout.splitlines()
+    assert header.split()[:2] == ["#", "ID"]
+    assert [int(row.split()[1]) for row in rows] == [big]
 
     detail = installation.run("hConnect", "-v", "lajob:" + str(waited_job), check=True).stdout
     assert re.search(r"^state:\s+failed$", detail, re.M), detail

@@ -30,6 +30,7 @@ from tests.helpers.cli import (
     expand_ids,
     listed_ids,
     parse_hosts,
+    parse_listing,
 )
 from tests.helpers.jobrecords import (
     most_jobs_at_once,
@@ -683,7 +684,7 @@ def test_b15_through_the_tms_a_user_sees_only_their_jobs_through_the_dispatcher_
     # The admin, through the dispatcher, sees everyone's jobs and whose they are.
     listing = root.td("lsfjobs")
     assert sorted(listed_ids(listing)) == sorted([mine, theirs])
-    rows = {int(line.split()[1]): line.split()[2] for line in listing.splitlines()}
+    rows = {row.job_id: row.user for row in parse_listing(listing)}
     assert rows == {mine: "root", theirs: other.name}
     assert sorted(listed_ids(root.td("findjobs:secret-marker"))) == sorted([mine, theirs])
     assert root.job(theirs, via_dispatcher=True).fields["user"] == other.name

@@ -38,6 +38,10 @@ FAST_PATH_MODULES = [
     "tm.protocol.limits",
     "tm.cli.jobwatch",
     "tm.joboutput",
+    "tm.textjson",
+    "tm.cli.completion",
+    "tm.cli.completion_scripts",
+    "tm.cli.hrunjob_output",
 ]
 
 
@@ -58,6 +62,46 @@ def test_the_fast_path_imports_neither_twisted_nor_tls() -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd=REPO
     ).stdout
     assert out.strip() == "[]"
+
+
+def test_json_completion_and_version_stay_on_the_fast_path(tmp_path: Path) -> None:
+    """--json (a listing's document), hRunJob's JSON of a submission, the completion scripts,
+    the job ids for them (no TMS here: none, and none started) and --version import neither
+    Twisted nor TLS."""
+    code = (
+        "import contextlib, io, json, sys\n"
+        "from tm import textjson\n"
+        "from tm.cli import completion, hadmindatabase, hconnect, hrunjob\n"
+        "from tm.cli.errors import blocking_call, run_now\n"
+        "args, command = hconnect.prepare(['--json', '-T', 'lswjobs'])\n"
+        "row = {'id': 1, 'user': 'u', 'state': 'waiting', 'state_since': 0.0, 'group': '',\n"
+        "       'info': '', 'command': 'x', 'host': ''}\n"
+        "answer = {'jobs': [row], 'next_after_id': None}\n"
+        "call = blocking_call(lambda name, **kw: answer)\n"
+        "doc = json.loads(run_now(textjson.answer(command, call, args.json)))\n"
+        "assert doc['jobs'][0]['host'] is None, doc\n"
+        "assert doc['jobs'][0]['state_since'] == '1970-01-01T00:00:00Z', doc\n"
+        "args, jobs = hrunjob.prepare(['--json', '--', 'echo', 'a b'])\n"
+        "assert json.loads(hrunjob.submitted_text(args, jobs, [1]))['ids'] == [1]\n"
+        "assert 'complete -F _tm_hconnect hConnect' in completion.script('bash')\n"
+        "assert 'compdef _tm_hconnect hConnect' in completion.script('zsh')\n"
+        "assert completion.job_ids() == []\n"
+        "parsers = [hrunjob.build_parser(), hconnect.build_parser(), hadmindatabase.build_parser()]\n"
+        "for parser in parsers:\n"
+        "    out = io.StringIO()\n"
+        "    with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):\n"
+        "        parser.parse_args(['--version'])\n"
+        "    assert out.getvalue() == 'TaskManager 0.1.0\\n', out.getvalue()\n"
+        "print(sorted(m for m in sys.modules\n"
+        "             if m.split('.')[0] in ('twisted', 'OpenSSL', 'cryptography')))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO), HOME=str(tmp_path))
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+    assert not (tmp_path / ".taskmanager" / "tms.pid").exists()
 
 
 def test_the_text_commands_name_commands_of_the_protocol() -> None:

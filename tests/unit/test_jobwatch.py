@@ -341,7 +341,7 @@ class FakeExecutor:
     host = "h1"
 
     def __init__(self) -> None:
-        self.runner = type("R", (), {"output_paths": outputs.OutputPaths()})()
+        self.runner = type("R", (), {"remembered_outputs": outputs.OutputPaths()})()
 
     def heard_from_dispatcher(self) -> None:
         pass
@@ -353,7 +353,7 @@ class FakeExecutor:
 def test_the_executor_serves_only_the_output_of_jobs_it_started(tmp_path: Path) -> None:
     (tmp_path / "o").write_bytes(b"out")
     executor = FakeExecutor()
-    executor.runner.output_paths.remember(7, str(tmp_path / "o"), str(tmp_path / "e"))
+    executor.runner.remembered_outputs.remember(7, str(tmp_path / "o"), str(tmp_path / "e"))
     locator = outputs.OutputLocator()
     locator.executor = executor
     answer = run_now(locator.read_output(7, "out", 0, 100))
@@ -406,4 +406,4 @@ def test_the_runner_removes_the_empty_stderr_file_before_it_hands_the_end_over(
     assert len(ended) == 2
     assert not (logs / "7.err").exists() and (logs / "8.err").read_text() == "said something\n"
     assert (logs / "7.out").exists()  # stdout stays, empty or not
-    assert runner.output_paths.get(7) == (str(logs / "7.out"), str(logs / "7.err"))
+    assert runner.remembered_outputs.get(7) == (str(logs / "7.out"), str(logs / "7.err"))

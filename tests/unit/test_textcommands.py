@@ -106,14 +106,14 @@ TMS_COMMANDS = [
     "ping", "help", "lswjobs", "lspjobs", "lsrjobs", "lsfjobs", "lajob", "lagroup", "lagroups",
     "hasgroupfinished", "findjobs", "killjob", "killjobs", "killmatchingjobs", "killalljobs",
     "suspendjob", "resumejob", "gettdstatus", "printserverinfo", "lstmms", "invokealltmms",
-    "shutdownalltmms", "shutdown", "wait", "cat", "follow",
+    "shutdownalltmms", "shutdown", "dashboard", "wait", "cat", "follow",
 ]  # fmt: skip
 TD_COMMANDS = [
     "ping", "help", "fullhelp", "status", "gettdstatus", "lscluster", "activatecluster",
     "deactivatecluster", "activatehost", "deactivatehost", "lsusers", "lsuser", "enableuser",
     "disableuser", "lswjobs", "lspjobs", "lsrjobs", "lsfjobs", "lajob", "findjobs", "lsnextjobs",
     "rmjobs", "rmwjobs", "setallpjobsaswaiting", "setallrjobsaswaiting", "setallpjobsasfinished",
-    "setallrjobsasfinished", "checkslots", "updateload", "lsthreads", "reload",
+    "setallrjobsasfinished", "checkslots", "updateload", "lsthreads", "reload", "dashboard",
 ]  # fmt: skip
 
 
@@ -236,7 +236,8 @@ def test_lswjobs_tms_format_aligned_without_user() -> None:
     long = "x" * 40
     jobs = [job(7, command=long), job(12, group="longgroup", info="")]
     out, _ = go("lswjobs", "tms", {commands.ListJobs: {"jobs": jobs}})
-    lines = out.splitlines()
+    header, *lines = out.splitlines()
+    assert header.split() == ["#", "ID", "STATE", "GROUP", "INFO", "COMMAND"]
     assert len(lines) == 2
     ts = format_time(T0)
     assert lines[0].split() == [
@@ -250,14 +251,19 @@ def test_lswjobs_tms_format_aligned_without_user() -> None:
         "x" * 30 + "...",
     ]
     assert "alice" not in out
-    # columns are aligned: the group column starts at the same offset on every line
-    assert lines[0].index("g1") == lines[1].index("longgroup")
+    # columns are aligned: the group column starts at the same offset on every line, under
+    # its header; an empty info shows "-"
+    assert lines[0].index("g1") == lines[1].index("longgroup") == header.index("GROUP")
+    assert lines[1].split()[-4:] == ["longgroup", "-", "echo", "12"]
+    assert lines[1][header.index("INFO")] == "-"
 
 
 def test_lsrjobs_dispatcher_has_user_and_host() -> None:
     jobs = [job(3, "running", host="node1", user="bob"), job(4, "pending", host="node22")]
     out, _ = go("lsrjobs", "dispatcher", {commands.ListJobs: {"jobs": jobs}})
-    l1, l2 = out.splitlines()
+    header, l1, l2 = out.splitlines()
+    assert header.split() == ["#", "ID", "USER", "STATE", "GROUP", "INFO", "COMMAND"]
+    assert l1.index("bob") == header.index("USER")
     assert "bob" in l1 and "running on node1" in l1
     assert "alice" in l2 and "pending on node22" in l2
     assert l1.index("bob") == l2.index("alice")
@@ -267,7 +273,7 @@ def test_lsfjobs_shows_state_time_exit() -> None:
     jobs = [job(5, "finished", exit_code=0), job(6, "killed", signal=9), job(8, "failed")]
     out, _ = go("lsfjobs", "tms", {commands.ListJobs: {"jobs": jobs}})
     ts = format_time(T0)
-    lines = out.splitlines()
+    lines = out.splitlines()[1:]
     assert f"finished {ts} exit 0" in lines[0]
     assert f"killed {ts} signal 9" in lines[1]
     assert f"failed {ts} exit -" in lines[2]
@@ -278,8 +284,8 @@ def test_listing_pages() -> None:
     page2 = {"jobs": [job(3)], "next_after_id": None}
     out, call = go("lswjobs", "dispatcher", {commands.ListJobs: [page1, page2]})
     assert [c[1]["after_id"] for c in call.calls] == [0, 2]
-    assert [line.split()[1] for line in out.splitlines()] == ["1", "2", "3"]
-    assert [line.split()[0] for line in out.splitlines()] == ["1", "2", "3"]
+    assert [line.split()[1] for line in out.splitlines()[1:]] == ["1", "2", "3"]
+    assert [line.split()[0] for line in out.splitlines()[1:]] == ["1", "2", "3"]
 
 
 def test_findjobs() -> None:
@@ -523,9 +529,12 @@ def test_lscluster() -> None:
         "lscluster", "dispatcher", {commands.ListHosts: {"cluster_active": True, "hosts": hosts}}
     )
     assert call.calls == [(commands.ListHosts, {})]
-    lines = out.splitlines()
-    assert lines[0] == "cluster is active"
+    head, header, *lines = out.splitlines()
+    assert head == "cluster is active"
+    assert header.split() == ["#", "HOST", "STATUS", "SLOTS", "LOAD", "EXECUTORS"]
+    lines.insert(0, head)
     assert lines[1].split()[:4] == ["1", "node1", "active", "6/8"]
+    assert lines[1].index("node1") == header.index("HOST")
     assert "inactive" in lines[2] and "n.a." in lines[2]
     assert "retired" in lines[3]
     assert "load 1.50" in lines[1]
@@ -573,7 +582,8 @@ def test_lsusers() -> None:
     users = [user("alice"), user("root", roles=["user", "admin"], enabled=False, executors=[])]
     out, call = go("lsusers", "dispatcher", {commands.ListUsers: {"users": users}})
     assert call.calls == [(commands.ListUsers, {"user": None})]
-    l1, l2 = out.splitlines()
+    header, l1, l2 = out.splitlines()
+    assert header.split()[:3] == ["#", "USER", "ROLES"]
     assert "alice" in l1 and "enabled" in l1 and "running 2" in l1 and "node1" in l1
     assert "root" in l2 and "disabled" in l2 and "user,admin" in l2
     assert go("lsusers", "dispatcher", {commands.ListUsers: {"users": []}})[0] == "no users"
@@ -698,4 +708,4 @@ def test_lsnextjobs_pages_with_an_offset_until_n_jobs() -> None:
     out, call = go("lsnextjobs:3", "dispatcher", {commands.ListJobs: pages})
     assert [kw["after_id"] for _, kw in call.calls] == [0, 2]
     assert [kw["limit"] for _, kw in call.calls] == [3, 1]
-    assert [int(line.split()[1]) for line in out.splitlines()] == [1, 2, 3]
+    assert [int(line.split()[1]) for line in out.splitlines()[1:]] == [1, 2, 3]

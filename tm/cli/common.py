@@ -27,7 +27,7 @@ from twisted.protocols import amp
 from tm import auth
 from tm.cli.errors import CLIError, reader_gone
 from tm.link import DispatcherNotFound, connect_dispatcher, connect_host, find_dispatcher, user_dir
-from tm.protocol import commands
+from tm.protocol import commands, webcommands
 from tm.protocol.base import BoundedAMP
 
 TMS_START_TIMEOUT = 20.0
@@ -43,8 +43,9 @@ TMS_UNUSABLE: tuple[type[Exception], ...] = (
 
 
 def command_named(name: str) -> type[amp.Command]:
-    """The command of :mod:`tm.protocol.commands` whose ``commandName`` is ``name``."""
-    for value in vars(commands).values():
+    """The command of :mod:`tm.protocol.commands` (or :mod:`tm.protocol.webcommands`) whose
+    ``commandName`` is ``name``."""
+    for value in [*vars(commands).values(), webcommands.DashboardLink]:
         if (
             isinstance(value, type)
             and issubclass(value, amp.Command)

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tm.cli.common import CLIError, run_main
+from tm import VERSION_LINE
+from tm.cli.errors import CLIError, leave, report
 
 PROG = "hAdminDatabase"
 
@@ -26,10 +27,7 @@ def default_url(var_dir: str) -> str:
     )
 
 
-async def main_async(reactor: Any, argv: list[str]) -> int:
-    from tm.db.errors import StoreError
-    from tm.db.store import Store, check_url_sync
-
+def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Administer the TaskManager database.")
     p.add_argument(
         "--database",
@@ -43,7 +41,15 @@ async def main_async(reactor: Any, argv: list[str]) -> int:
         choices=["upgrade", "create", "show"],
         help="upgrade/create: apply the schema migrations; show: URL and schema version",
     )
-    args = p.parse_args(argv)
+    p.add_argument("--version", action="version", version=VERSION_LINE)
+    return p
+
+
+async def main_async(reactor: Any, argv: list[str]) -> int:
+    from tm.db.errors import StoreError
+    from tm.db.store import Store, check_url_sync
+
+    args = build_parser().parse_args(argv)
     url = args.database or default_url(args.var_dir)
     if url.startswith("sqlite:///") and args.database is None:
         Path(args.var_dir).mkdir(parents=True, exist_ok=True)
@@ -73,6 +79,20 @@ async def main_async(reactor: Any, argv: list[str]) -> int:
     return 0
 
 
+OPTIONS_OK = -1
+
+
+def _options_ok(argv: list[str]) -> int:
+    build_parser().parse_args(argv)
+    return OPTIONS_OK
+
+
 def main() -> None:
     argv = sys.argv[1:]
+    # The options first, without Twisted: --version, -h and a mistake answer at once.
+    status = report(PROG, lambda: _options_ok(argv))
+    if status != OPTIONS_OK:
+        leave(status)
+    from tm.cli.common import run_main
+
     run_main(PROG, lambda reactor: main_async(reactor, argv))

@@ -11,7 +11,8 @@ import argparse
 import sys
 from typing import Any
 
-from tm import localsocket, textcommands
+from tm import VERSION_LINE, localsocket, textcommands, textjson
+from tm.cli import completion
 from tm.cli.errors import CLIError, blocking_call, leave, report, run_now
 
 PROG = "hConnect"
@@ -27,6 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-T", "--connect_to_td", action="store_true", help="talk to the dispatcher")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--dispatcher", default=None, help="the dispatcher's dispatcher.json")
+    completion.add_options(p, job_ids=True)
+    p.add_argument(
+        "--json", action="store_true", help="answer with one JSON document (docs/json.md)"
+    )
+    p.add_argument("--version", action="version", version=VERSION_LINE)
     p.add_argument("command", nargs=argparse.REMAINDER)
     return p
 
@@ -75,20 +81,13 @@ def interrupted(command: textcommands.TextCommand) -> int:
     return 130
 
 
-def _text_result(run: Any) -> str:
-    try:
-        return run()
-    except textcommands.TextCommandError as e:  # about the request: a group that does not exist
-        raise CLIError(str(e)) from None
-
-
 async def main_async(reactor: Any, argv: list[str]) -> int:
     """The Twisted path: the dispatcher (``-T``) or the user's TMS over TLS."""
     from tm.cli.common import command_named, connect_dispatcher_direct, connect_tms
 
     args, command = prepare(argv)
     if command.name in ("help", "fullhelp"):
-        print(textcommands.help_text(command.target))
+        print(run_now(textjson.answer(command, no_call, args.json)))
         return 0
     if args.connect_to_td:
         proto = await connect_dispatcher_direct(reactor, args.dispatcher)
@@ -105,17 +104,29 @@ async def main_async(reactor: Any, argv: list[str]) -> int:
 
         coroutine = watching(command, call, args.verbose)
         return await under_reactor(reactor, coroutine, lambda: interrupted(command))
-    try:
-        print(await command.run(call))
-    except textcommands.TextCommandError as e:
-        raise CLIError(str(e)) from None
+    print(await answer(command, call, args.json))
     return 0
 
 
+async def answer(command: textcommands.TextCommand, call: Any, as_json: bool) -> str:
+    """The answer's text (or JSON document); a command that names nothing known: CLIError."""
+    try:
+        return await textjson.answer(command, call, as_json)
+    except textcommands.TextCommandError as e:
+        raise CLIError(str(e)) from None
+
+
+async def no_call(name: str, **kw: Any) -> Any:  # pragma: no cover - help asks nothing
+    raise AssertionError(name)
+
+
 def main_fast(argv: list[str]) -> int:
+    early = completion.early(PROG, build_parser().parse_args(argv))
+    if early is not None:  # --completion SHELL, --complete-ids
+        return early
     args, command = prepare(argv)
     if command.name in ("help", "fullhelp"):
-        print(textcommands.help_text(command.target))
+        print(run_now(textjson.answer(command, no_call, args.json)))
         return 0
     if not args.connect_to_td:
         try:
@@ -138,7 +149,7 @@ def main_fast(argv: list[str]) -> int:
                         return int(run_now(coroutine))
                     except KeyboardInterrupt:
                         return interrupted(command)
-                print(_text_result(lambda: run_now(command.run(call))))
+                print(run_now(answer(command, call, args.json)))
                 return 0
             finally:
                 client.close()

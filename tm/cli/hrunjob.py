@@ -17,6 +17,7 @@ import sys
 from typing import Any
 
 from tm import localsocket, trace
+from tm.cli import completion
 from tm.cli.errors import CLIError, leave, report
 from tm.cli.hrunjob_options import (  # noqa: F401  (re-exported)
     ESTIMATES,
@@ -27,7 +28,13 @@ from tm.cli.hrunjob_options import (  # noqa: F401  (re-exported)
     Prepared,
     amount,
     build_parser,
+    parse_command_line,
     whole_number,
+)
+from tm.cli.hrunjob_output import (  # noqa: F401  (re-exported)
+    check_output_options,
+    server_info_text,
+    submitted_text,
 )
 from tm.core import jobfields
 from tm.core.model import JobSpec
@@ -147,8 +154,9 @@ def read_job_file(args: argparse.Namespace) -> list[tuple[int, JobSpec]]:
 
 def prepare(argv: list[str]) -> Prepared:
     """Parse ``argv`` and build its jobs (UUIDs made here, once); CLIError when wrong."""
-    args = build_parser().parse_args(argv)
-    if args.status:
+    args = parse_command_line(argv)
+    check_output_options(args)
+    if args.status or args.completion:
         return args, []
     if args.jobsFile is not None:
         return args, read_job_file(args)
@@ -324,14 +332,12 @@ def run_local(
     client: localsocket.LocalClient, args: argparse.Namespace, jobs: list[tuple[int, JobSpec]]
 ) -> int:
     if args.status:
-        from tm.textcommands import format_server_info
-
         try:
             info = client.call("ServerInfo")
             status = client.call("GetStatus")
         except localsocket.LinkLost as e:
             raise HandOver(str(e)) from None
-        print(format_server_info(info, status))
+        print(server_info_text(args, info, status))
         return 0
     if args.jobsFile is not None and any(spec.excluded_hosts for _, spec in jobs):
         try:
@@ -340,11 +346,9 @@ def run_local(
             raise HandOver(str(e)) from None
         check_job_file_hosts(args.jobsFile, jobs, names)
     ids = submit_local(client, [spec for _, spec in jobs])
-    if not args.quiet:
-        if args.jobsFile is None:
-            print(f"Job [{ids[0]}] has been submitted to TaskDispatcher.")
-        else:
-            print(f"{len(ids)} job(s) [{compress_ids(ids)}] have been submitted to TaskDispatcher.")
+    text = submitted_text(args, jobs, ids)
+    if text is not None:
+        print(text)
     if args.wait and len(ids) > 1:
         sys.stdout.flush()
         return wait_many_local(client, ids)
@@ -362,6 +366,8 @@ def main_fast(argv: list[str]) -> int:
     """``hRunJob argv`` over this host's TMS socket; the Twisted path when that cannot serve."""
     trace.point("cli", "main")
     args, jobs = prepare(argv)
+    if args.completion:
+        return completion.early(PROG, args) or 0
     trace.point("cli", "prepared")
     client = local_client(args.verbose)
     trace.point("cli", "connected")

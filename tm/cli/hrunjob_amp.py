@@ -25,11 +25,12 @@ from tm.cli.hrunjob import (
     current_umask,
     host_names,
     prepare,
+    server_info_text,
     submission_environment,
+    submitted_text,
     terminal_code,
 )
 from tm.core.model import JobSpec
-from tm.jobfile import compress_ids
 from tm.protocol import commands, records
 
 
@@ -164,20 +165,17 @@ async def main_async(
     says why the fast path's TMS was lost after it had sent them (none: it sent nothing)."""
     args, jobs = prepared if prepared is not None else prepare(argv)
     if args.status:
-        from tm.textcommands import format_server_info
-
         proto = await connect_tms(reactor, args.dispatcher, args.verbose)
         info = await proto.call(commands.ServerInfo)
         status = await proto.call(commands.GetStatus)
-        print(format_server_info(info, status))
+        print(server_info_text(args, info, status))
         return 0
     if args.jobsFile is not None:
         return await submit_job_file(reactor, args, jobs, lost)
     spec = jobs[0][1]
     submitter = await _submitter(reactor, args, lost)
     ids = await submit(submitter, [spec])
-    if not args.quiet:
-        print(f"Job [{ids[0]}] has been submitted to TaskDispatcher.")
+    _print_submitted(args, jobs, ids)
     if args.wait:
         return await wait_for(await submitter.ready(), ids[0])
     return 0
@@ -190,11 +188,18 @@ async def submit_job_file(
     names = host_names((await (await submitter.ready()).call(commands.ListHosts))["hosts"])
     check_job_file_hosts(args.jobsFile, jobs, names)
     ids = await submit(submitter, [spec for _, spec in jobs])
-    if not args.quiet:
-        print(f"{len(ids)} job(s) [{compress_ids(ids)}] have been submitted to TaskDispatcher.")
+    _print_submitted(args, jobs, ids)
     if args.wait:
         return await wait_many(reactor, await submitter.ready(), ids)
     return 0
+
+
+def _print_submitted(
+    args: argparse.Namespace, jobs: list[tuple[int, JobSpec]], ids: list[int]
+) -> None:
+    text = submitted_text(args, jobs, ids)
+    if text is not None:
+        print(text)
 
 
 async def wait_many(reactor: Any, proto: Any, ids: list[int]) -> int:

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 from collections.abc import Callable
 from typing import Any
 
+from tm import VERSION_LINE
+from tm.cli import completion
 from tm.cli.errors import CLIError
 from tm.core.model import JobSpec
 from tm.protocol import limits as records  # the limits alone: no Twisted
@@ -151,5 +154,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait", action="store_true", help="wait for the job's end and exit with its code"
     )
     p.add_argument("--dispatcher", default=None, help="the dispatcher's dispatcher.json")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="the command to run")
+    p.add_argument("--json", action="store_true", help="print the ids made as JSON (docs/json.md)")
+    p.add_argument("--parsable", action="store_true", help="print the ids made, one a line")
+    completion.add_options(p)
+    p.add_argument("--version", action="version", version=VERSION_LINE)
+    p.add_argument("command", nargs=argparse.REMAINDER, help=COMMAND_HELP)
     return p
+
+
+COMMAND_HELP = (
+    "the command to run, by your shell (-S): %(prog)s [options] 'CMD ARG...' (several words "
+    "are joined with spaces, so quote what the shell must see quoted), or "
+    "%(prog)s [options] -- CMD ARG... (each argument kept as given: "
+    "%(prog)s -- python3 -c 'print(1)' runs print(1))"
+)
+
+
+def parse_command_line(argv: list[str]) -> argparse.Namespace:
+    """``argv`` parsed. ``hRunJob [options] -- CMD ARG...``: the command is the arguments
+    after ``--``, each quoted for the shell (``shlex.join``), so that it runs with the
+    arguments as given; otherwise the words of the command are joined with spaces, as the
+    seed did (``hRunJob echo 'a  b'`` runs ``echo a  b``)."""
+    p = build_parser()
+    if "--" in argv:
+        cut = argv.index("--")
+        before = p.parse_args(argv[:cut])
+        if not before.command:  # no command before `--`: the `--` form
+            words = argv[cut + 1 :]
+            before.command = [shlex.join(words)] if words else []
+            return before
+    return p.parse_args(argv)

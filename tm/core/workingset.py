@@ -323,3 +323,15 @@ class WorkingSet:
         """Every waiting job as the scheduler sees it, by id (for listings)."""
         views = (self.view(i) for i in sorted(self._by_state.get(JobState.WAITING, _NO_JOBS)))
         return tuple(v for v in views if v is not None)
+
+    def newest(self, states: Iterable[JobState], user: str | None, count: int) -> list[Job]:
+        """The ``count`` jobs in ``states`` (of ``user``, or everyone's) with the highest ids,
+        newest first: what the dashboard lists, at the cost of ``count``, not of the queue."""
+        wanted = set(states)
+        lists = [
+            reversed(ids)
+            for (owner, state), ids in self._ids.items()
+            if state in wanted and user in (None, owner)
+        ]
+        merged = heapq.merge(*lists, reverse=True)
+        return [self._jobs[i] for _, i in zip(range(count), merged, strict=False)]

@@ -12,6 +12,7 @@ build on it; see docs/dispatcher.md.
 from __future__ import annotations
 
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,6 +141,9 @@ class DispatcherCore:
         self._pass_scheduled = False
         self.passes = 0
         self._environments: dict[int, Any] = {}  # env_id -> as RunJob carries it
+        #: Told of each transition (``transition(job, t)``), submission (``submitted(jobs)``)
+        #: and scheduling pass (``pass_done(seconds)``): the dashboard and metrics (tm.web).
+        self.observers: list[Any] = []
         #: Bounded pool for file-system checks that may block on NFS; whoever runs the
         #: dispatcher (tm.tap.dispatcher) provides, starts and stops it.
         self.fs_pool: ThreadPool | None = None
@@ -185,6 +189,8 @@ class DispatcherCore:
             self.ledger.charge(job.user, job.spec.slots * max(0.0, at - job.started_at), now)
         # One record, applied to the job here and written by the writer: the two agree.
         t = self.jobs.transition(job, new, reason, at, **kw)
+        for observer in self.observers:
+            observer.transition(job, t)
         if new is JobState.RUNNING:
             self.start_failures.pop(job.id, None)  # its start order got through
         waiters: list[Deferred] = []
@@ -395,6 +401,7 @@ class DispatcherCore:
         trace.point("dispatcher", "pass")
         self._pass_scheduled = False
         self.passes += 1
+        began = time.perf_counter()
         decision = scheduler.schedule(self.scheduler_input())
         self.reservations = dict(decision.reservations)
         for job_id, host in decision.placements:
@@ -402,6 +409,8 @@ class DispatcherCore:
             job = self.jobs[job_id]
             d = self._transition(job, JobState.PENDING, f"placed on {host}", host=host)
             d.addCallback(self._placed, job, job.attempt)
+        for observer in self.observers:
+            observer.pass_done(time.perf_counter() - began)
 
     # --- provided by the other parts (tm.dispatcher.links, tm.dispatcher.jobcontrol) --------
 

@@ -305,6 +305,8 @@ class Dispatcher(ExecutorLinks, JobControl, DispatcherCore, service.Service):
             self.log.failure("submission of {n} jobs failed", n=len(specs))
             raise commands.DatabaseUnavailable(f"the submission was not stored: {e}") from None
         self.jobs.add_many(created)
+        for observer in self.observers:
+            observer.submitted(created)
         if len(created) < len(ids):  # a resent chunk: what it stored before, if still waiting
             known = {job.id for job in created}
             unknown = [i for i in ids if i not in known and i not in self.jobs]

@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 from tm.dispatcher.admin import AdminResponders
 from tm.dispatcher.responders import HEARTBEAT_INTERVAL, MAX_PAGE, JobResponders  # noqa: F401
 from tm.dispatcher.watchresponders import WatchResponders
+from tm.web.responders import WebResponders
 
 ROLES = (commands.ROLE_TMS, commands.ROLE_TMMS, commands.ROLE_CLIENT)
 HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
@@ -74,7 +75,7 @@ VERSION_MISMATCH = (
 )
 
 
-class Session(WatchResponders, AdminResponders):
+class Session(WatchResponders, AdminResponders, WebResponders):
     """One connection's identity (proven by Hello and Authenticate) and its responders."""
 
     @commands.Hello.responder

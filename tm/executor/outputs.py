@@ -102,7 +102,7 @@ class OutputLocator(amp.CommandLocator):
         """A byte range of the output of a job started here."""
         executor = self.executor
         executor.heard_from_dispatcher()
-        paths = executor.runner.output_paths.get(job_id)
+        paths = executor.runner.remembered_outputs.get(job_id)
         if paths is None or stream not in ("out", "err"):
             raise commands.UnknownJob(
                 f"the executor on {executor.host} did not start job {job_id} (or has "

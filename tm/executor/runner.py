@@ -155,7 +155,7 @@ class JobRunner(JobSignals):
         self._blocking = blocking
         self._jobs: dict[tuple[int, int], _RunningJob] = {}
         #: The output files of the jobs started here, for ReadOutput (tm/executor/outputs.py).
-        self.output_paths = OutputPaths()
+        self.remembered_outputs = OutputPaths()
         if launcher == "spawn":
             self._launcher: Launcher = SpawnLauncher(reactor)
         elif launcher == "zygote":
@@ -248,7 +248,7 @@ class JobRunner(JobSignals):
         job.stdout_path = outputs.stdout_path
         job.stderr_path = outputs.stderr_path
         job.stderr_created = outputs.stderr_created
-        self.output_paths.remember(request.job_id, outputs.stdout_path, outputs.stderr_path)
+        self.remembered_outputs.remember(request.job_id, outputs.stdout_path, outputs.stderr_path)
         job.started_at = self._clock.seconds()
         env = dict(request.env)
         env["TM_JOB_ID"] = str(request.job_id)
@@ -431,6 +431,11 @@ class JobRunner(JobSignals):
         except Exception:
             self.log.failure("on_end of job {job_id} failed", job_id=job.request.job_id)
         self._forget(job)
+
+    def output_paths(self, job_id: int, attempt: int) -> tuple[str, str] | None:
+        """Where the attempt's stdout and stderr go, while the runner has it."""
+        job = self._jobs.get((job_id, attempt))
+        return None if job is None or not job.stdout_path else (job.stdout_path, job.stderr_path)
 
     def running(self) -> list[tuple[int, int]]:
         """Every job from its start order until its end is handed over (starting, running,

@@ -43,6 +43,7 @@ from twisted.python.threadpool import ThreadPool
 from tm import jobsign
 from tm.dispatcher_client import DispatcherLink
 from tm.executor.outputs import OutputLocator
+from tm.executor.outputtail import OutputTailResponder
 from tm.executor.runner import JobEnd, JobRunner, JobStartError, RunRequest
 from tm.executor.verify import SpecChecker
 from tm.link import DispatcherInfo
@@ -77,7 +78,7 @@ class _Reported:
     started_at: float
 
 
-class ExecutorLocator(OutputLocator):
+class ExecutorLocator(OutputLocator, OutputTailResponder):
     def __init__(self, executor: Executor) -> None:
         self.executor = executor
 

@@ -19,11 +19,12 @@ from tm.core.model import User
 from tm.dispatcher import edge
 from tm.link import user_dir, write_info
 from tm.logs import twistd_log_path, with_bounded_log
+from tm.tap.versionopt import VersionOption
 
 DEFAULT_PORT = 10101
 
 
-class Options(usage.Options):
+class Options(VersionOption, usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Runs the TaskManager dispatcher: the queue, the slot accounting and the "
@@ -107,6 +108,34 @@ class Options(usage.Options):
             "Serve a Python manhole (telnet framing) on the Unix socket PATH, mode 0600, for "
             "the dispatcher's own uid only (default: off).",
         ],
+        [
+            "http",
+            None,
+            None,
+            "Serve the web dashboard and /metrics on this Twisted endpoint, e.g. "
+            "tcp:8080:interface=127.0.0.1 or ssl:8443:privateKey=KEY:certKey=CERT "
+            "(default: off; see docs/dashboard.md).",
+        ],
+        [
+            "metrics",
+            None,
+            None,
+            "Serve /metrics on this endpoint instead of on --http's (default: with --http).",
+        ],
+        [
+            "http-url",
+            None,
+            None,
+            "The dashboard's address as browsers reach it, for the links of `hConnect "
+            "dashboard` (default: from the --http endpoint and the public host).",
+        ],
+        [
+            "dashboard-link-lifetime",
+            None,
+            600.0,
+            "Seconds a link of `hConnect dashboard` stays valid (it works once; default 600).",
+            float,
+        ],
     ]
 
     def postOptions(self) -> None:
@@ -146,6 +175,10 @@ class Options(usage.Options):
                 self["manhole"] = check_socket_path(self["manhole"])
             except ManholePathError as e:
                 raise usage.UsageError(str(e)) from None
+        if not self["dashboard-link-lifetime"] > 0:
+            raise usage.UsageError("--dashboard-link-lifetime must be a positive number of seconds")
+        if self["metrics"] is not None and self["http"] is None:
+            raise usage.UsageError("--metrics needs --http (the dashboard's endpoint)")
         try:
             check_url_sync(self["database"])
         except ValueError as e:
@@ -307,6 +340,21 @@ def make_dispatcher(options: Options) -> DispatcherRunner:
     log_path = twistd_log_path(getattr(options, "parent", None))
     audit_dir = Path(log_path).resolve().parent if log_path else var_dir
     runner.dispatcher.audit = AuditLog(audit_dir / "audit.log", reactor)
+    if options["http"] is not None:
+        from tm.web.service import CannotServe, WebService
+
+        try:
+            WebService(
+                reactor,
+                runner.dispatcher,
+                options["http"],
+                options["metrics"],
+                options["http-url"],
+                var_dir,
+                link_lifetime=options["dashboard-link-lifetime"],
+            ).setServiceParent(runner)
+        except CannotServe as e:
+            raise SystemExit(f"tmdispatcher: {e}") from None
     if options["manhole"] is not None:
         from tm.dispatcher.manhole import ManholeService
 

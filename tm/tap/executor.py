@@ -12,9 +12,10 @@ from twisted.python import usage
 from tm import jobsign
 from tm.link import DispatcherNotFound, find_dispatcher, user_dir
 from tm.logs import with_bounded_log
+from tm.tap.versionopt import VersionOption
 
 
-class Options(usage.Options):
+class Options(VersionOption, usage.Options):
     synopsis = "[options]"
     longdesc = "Runs a user's TaskManager executor (TMMS); it connects out to the dispatcher."
     optFlags = [

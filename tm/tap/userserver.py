@@ -7,9 +7,10 @@ from twisted.python import usage
 
 from tm.link import DispatcherNotFound, find_dispatcher
 from tm.logs import with_bounded_log
+from tm.tap.versionopt import VersionOption
 
 
-class Options(usage.Options):
+class Options(VersionOption, usage.Options):
     synopsis = "[options]"
     longdesc = "Runs a user's TaskManager server (TMS). Clients start it on demand."
     optParameters = [
