@@ -77,6 +77,10 @@ class TextCommandError(ValueError):
     """A text command that cannot be understood; the message says why and how to write it."""
 
 
+class UnknownGroup(TextCommandError):
+    """A command about a group that does not exist (hConnect exits non-zero)."""
+
+
 @dataclass(frozen=True)
 class _Spec:
     name: str
@@ -97,6 +101,8 @@ class _Spec:
             "count": f"{self.name}:N",
             "group": f"{self.name}:GROUP",
             "resubmit": f"{self.name}:ID|group:GROUP[:failed]",
+            "jobs": f"{self.name}:ID[:ID...]|A-B|group:GROUP",
+            "output": f"{self.name}:ID[:err]",
         }[self.arg]
 
 
@@ -152,6 +158,10 @@ _SPECS: list[_Spec] = [
     _Spec("shutdown", _TMS, "", "stop your TaskManagerServer"),
     _Spec("dashboard", _BOTH, "", "a link to the web dashboard (one use, valid 10 minutes)"),
     _Spec("resubmit", _TMS, "resubmit", "submit copies of ended jobs (':failed': unsuccessful)"),
+    # Run by hConnect itself (tm/cli/jobwatch.py): they stream, and their exit status says more.
+    _Spec("wait", _TMS, "jobs", "wait until the jobs end; exit 0 if all finished"),
+    _Spec("cat", _TMS, "output", "print a job's stdout (cat:ID:err: its stderr)"),
+    _Spec("follow", _TMS, "output", "print a job's output as it is written, until it ends"),
 ]
 SPECS: dict[str, _Spec] = {s.name: s for s in _SPECS}
 
@@ -216,6 +226,8 @@ def parse(line: str, target: str) -> TextCommand:
             "count": "a number",
             "group": "a group name",
             "resubmit": "a job id or group:GROUP",
+            "jobs": "job ids, a range A-B or group:GROUP",
+            "output": "a job id",
         }[spec.arg]
         raise TextCommandError(f"{name} needs {what}: usage: {spec.usage}")
     args: tuple[Any, ...]
@@ -326,6 +338,8 @@ class TextCommand:
         if n in ("lagroup", "hasgroupfinished"):
             r = await call("GroupSummary", group=a[0], scope=self.scope)
             counts = r["groups"].get(a[0])
+            if not counts and n == "hasgroupfinished":
+                raise UnknownGroup(f"group {a[0]!r} is unknown: see lagroups")
             if not counts:
                 return "group is unknown"
             if n == "lagroup":

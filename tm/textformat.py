@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 from tm.core.jobtime import format_duration, format_limit, format_memory, format_usage
+from tm.joboutput import run_time, shown_outputs
 
 ENDED_STATES = ["finished", "failed", "killed", "timeout"]
 TERMINAL_STATES = ("finished", "failed", "killed", "lost", "timeout")
@@ -101,8 +102,8 @@ def format_job_detail(response: dict[str, Any]) -> str:
         ("priority", str(job["priority"])),
         ("shell", job["shell"]),
         ("cwd", job["cwd"]),
-        ("stdout", job["stdout"]),
-        ("stderr", job["stderr"]),
+        ("stdout", shown_outputs(job)[0]),
+        ("stderr", shown_outputs(job)[1]),
         ("logfile", job["logfile"]),
         ("estimated time", opt(job.get("estimated_time"))),
         ("estimated memory", opt(job.get("estimated_memory"))),
@@ -113,6 +114,9 @@ def format_job_detail(response: dict[str, Any]) -> str:
         ("exit code", opt(job.get("exit_code"))),
         ("signal", opt(job.get("signal"))),
         ("reason", job["reason"]),
+        ("started", format_time(job.get("started_at"))),
+        ("ended", format_time(job.get("ended_at"))),
+        ("run time", run_time(job, time.time())),
         ("resource use", _usage(job) or "n.a."),
     ]
     if job.get("retries") is not None:  # issue 11 point 3 (tm/core/retry.py)

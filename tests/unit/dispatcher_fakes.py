@@ -98,6 +98,31 @@ class MemoryStore:
     def get_jobs(self, job_ids: list[int]) -> Deferred:
         return succeed([copy.deepcopy(self.jobs[i]) for i in job_ids if i in self.jobs])
 
+    def summarise_jobs(self, user: str, ranges: list[tuple[int, int]], group: Any) -> Deferred:
+        """As tm/db/queries_watch.py: counts per state, and the jobs that did not finish."""
+        counts: dict[str, int] = {}
+        failed = []
+        for job in sorted(self.jobs.values(), key=lambda j: j.id):
+            if job.user != user or (group is not None and job.spec.group != group):
+                continue
+            if ranges and not any(a <= job.id <= b for a, b in ranges):
+                continue
+            counts[job.state.value] = counts.get(job.state.value, 0) + 1
+            if job.state.terminal and job.state is not JobState.FINISHED:
+                failed.append(
+                    {
+                        "id": job.id,
+                        "state": job.state.value,
+                        "exit_code": job.exit_code,
+                        "signal": job.signal,
+                        "reason": job.reason,
+                    }
+                )
+        return succeed((counts, failed[:20]))
+
+    def existing_ids(self, user: str, job_ids: list[int]) -> Deferred:
+        return succeed({i for i in job_ids if i in self.jobs and self.jobs[i].user == user})
+
     def set_setting(self, name: str, value: str) -> Deferred:
         self.settings[name] = value
         return succeed(None)

@@ -36,6 +36,8 @@ FAST_PATH_MODULES = [
     "tm.jobfile",
     "tm.localsocket",
     "tm.protocol.limits",
+    "tm.cli.jobwatch",
+    "tm.joboutput",
     "tm.textjson",
     "tm.cli.completion",
     "tm.cli.completion_scripts",
@@ -51,6 +53,7 @@ def test_the_fast_path_imports_neither_twisted_nor_tls() -> None:
         "from tm.cli import hrunjob, hconnect\n"
         "hrunjob.build_parser().parse_args(['-q', 'true'])\n"
         "hconnect.prepare(['lswjobs'])\n"
+        "hconnect.watching(hconnect.prepare(['wait:1-3'])[1], None, False).close()\n"
         "print(sorted(m for m in sys.modules\n"
         "             if m.split('.')[0] in ('twisted', 'OpenSSL', 'cryptography')))\n"
     )

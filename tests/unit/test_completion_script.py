@@ -26,7 +26,7 @@ def test_the_script_names_every_command_and_option(shell: str) -> None:
     for target, key in (("tms", "tms_commands"), ("dispatcher", "td_commands")):
         expected = [s.name + (":" if s.arg else "") for s in SPECS.values() if target in s.targets]
         assert facts[key] == expected
-    assert set(facts["id_commands"]) == {n for n, s in SPECS.items() if s.arg in ("int", "ints")}
+    assert set(facts["id_commands"]) == {n for n, s in SPECS.items() if s.arg in completion.ID_ARGS}
     assert {"--json", "--parsable", "--version", "--completion", "-f", "--wait"} <= set(
         facts["hrunjob_opts"]
     )

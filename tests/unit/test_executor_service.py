@@ -237,6 +237,7 @@ def test_an_attempt_ordered_again_after_its_end_was_reported_does_not_run_twice(
     first = setup.run_job()
     setup.flush()
     setup.spawner.spawns[0].exit(0)
+    setup.flush()  # its empty stderr file removed (tm/executor/outputs.py), then reported
     [(name, kw, answer)] = setup.link.calls
     answer.callback({})
     assert setup.executor.unreported == []
@@ -362,7 +363,7 @@ def test_a_lease_kill_does_not_make_an_ended_job_lost(setup: Setup) -> None:
     setup.run_job(logfile="job.log")
     setup.flush()
     setup.spawner.spawns[0].exit(0)
-    assert setup.pool.names() == ["write_logfile"]
+    assert setup.pool.names() == ["finish_files"]  # the log file, then the stderr file tidied
     setup.link.connected = False
     setup.executor.lease = 10.0
     setup.reactor.advance(60)

@@ -222,7 +222,7 @@ def test_the_log_file_is_assembled_by_the_pool_before_the_end_is_handed_over(
     clock.advance(2)
     spawner.spawns[0].exit(3)
     # Ended, but its log file is still being written: not handed over, still listed.
-    assert pool.names() == ["write_logfile"]
+    assert pool.names() == ["finish_files"]
     assert ended == [] and runner.running() == [(7, 1)]
     assert runner.kill(7, 1) is False
     assert (tmp_path / "job.log").read_text() == ""  # opened (checked) at the start only

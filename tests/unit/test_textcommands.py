@@ -17,6 +17,7 @@ from tm.textcommands import (
     SPECS,
     TextCommand,
     TextCommandError,
+    UnknownGroup,
     format_server_info,
     format_time,
     help_text,
@@ -105,7 +106,7 @@ TMS_COMMANDS = [
     "ping", "help", "lswjobs", "lspjobs", "lsrjobs", "lsfjobs", "lajob", "lagroup", "lagroups",
     "hasgroupfinished", "findjobs", "killjob", "killjobs", "killmatchingjobs", "killalljobs",
     "suspendjob", "resumejob", "gettdstatus", "printserverinfo", "lstmms", "invokealltmms",
-    "shutdownalltmms", "shutdown", "dashboard", "resubmit",
+    "shutdownalltmms", "shutdown", "dashboard", "resubmit", "wait", "cat", "follow",
 ]  # fmt: skip
 TD_COMMANDS = [
     "ping", "help", "fullhelp", "status", "gettdstatus", "lscluster", "activatecluster",
@@ -411,8 +412,8 @@ def test_hasgroupfinished() -> None:
     assert go("hasgroupfinished:g", "tms", {commands.GroupSummary: {"groups": done}})[0] == "yes"
     notdone = {"g": {"finished": 2, "running": 1}}
     assert go("hasgroupfinished:g", "tms", {commands.GroupSummary: {"groups": notdone}})[0] == "no"
-    unknown = go("hasgroupfinished:g", "tms", {commands.GroupSummary: {"groups": {}}})[0]
-    assert unknown == "group is unknown"
+    with pytest.raises(UnknownGroup, match="group 'g' is unknown"):
+        go("hasgroupfinished:g", "tms", {commands.GroupSummary: {"groups": {}}})
 
 
 # --- kill, suspend ------------------------------------------------------------------------

@@ -51,6 +51,36 @@ def prepare(argv: list[str]) -> tuple[argparse.Namespace, textcommands.TextComma
         raise CLIError(str(e), status=2) from None
 
 
+#: Commands hConnect runs itself (tm/cli/jobwatch.py): they stream, with an exit status.
+WATCHING = ("wait", "cat", "follow")
+
+
+def watching(command: textcommands.TextCommand, call: Any, verbose: bool) -> Any:
+    """The coroutine of a command of WATCHING (its argument checked first: CLIError)."""
+    from tm.cli import jobwatch
+
+    text = command.args[0]
+    if command.name == "wait":
+        ranges, group, strict = jobwatch.parse_selection(text)
+        return jobwatch.wait_jobs(
+            call, ranges, group, strict, sys.stdout, sys.stderr, sys.stdout.isatty()
+        )
+    job_id, stream = jobwatch.parse_output(text, command.name)
+    run = jobwatch.cat_output if command.name == "cat" else jobwatch.follow_output
+    return run(call, job_id, stream, sys.stdout.buffer, sys.stderr if verbose else None)
+
+
+def interrupted(command: textcommands.TextCommand) -> int:
+    """Ctrl-C: one line, no traceback; the jobs are not touched."""
+    from tm.cli import jobwatch
+
+    if command.name == "wait":
+        print(f"{PROG}: {jobwatch.KEEP_RUNNING}", file=sys.stderr)
+    elif command.name == "follow":
+        print(f"{PROG}: stopped following; the job keeps running", file=sys.stderr)
+    return 130
+
+
 async def main_async(reactor: Any, argv: list[str]) -> int:
     """The Twisted path: the dispatcher (``-T``) or the user's TMS over TLS."""
     from tm.cli.common import command_named, connect_dispatcher_direct, connect_tms
@@ -65,8 +95,15 @@ async def main_async(reactor: Any, argv: list[str]) -> int:
         proto = await connect_tms(reactor, args.dispatcher, args.verbose)
 
     async def call(name: str, **kw: Any) -> Any:
+        if name == "WaitJobs":
+            kw["reply_timeout"] = 180.0
         return await proto.call(command_named(name), **kw)
 
+    if command.name in WATCHING:
+        from tm.cli.jobwatch import under_reactor
+
+        coroutine = watching(command, call, args.verbose)
+        return await under_reactor(reactor, coroutine, lambda: interrupted(command))
     print(await answer(command, call, args.json))
     return 0
 
@@ -101,7 +138,17 @@ def main_fast(argv: list[str]) -> int:
             if args.verbose:
                 print(f"{PROG}: using the TMS on {localsocket.socket_path()}", file=sys.stderr)
             try:
-                call = blocking_call(lambda name, **kw: client.call(name, **kw))
+                call = blocking_call(
+                    lambda name, **kw: client.call(
+                        name, reply_timeout=None if name == "WaitJobs" else 120.0, **kw
+                    )
+                )
+                if command.name in WATCHING:
+                    coroutine = watching(command, call, args.verbose)
+                    try:
+                        return int(run_now(coroutine))
+                    except KeyboardInterrupt:
+                        return interrupted(command)
                 print(run_now(answer(command, call, args.json)))
                 return 0
             finally:

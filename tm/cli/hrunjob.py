@@ -316,6 +316,26 @@ def wait_local(client: localsocket.LocalClient, job_id: int) -> int:
             return code
 
 
+def wait_many_local(client: localsocket.LocalClient, ids: list[int]) -> int:
+    """``-f FILE --wait``: wait for every job, with hConnect wait's display (a progress bar on
+    a terminal) and exit status (tm/cli/jobwatch.py)."""
+    from tm.cli import jobwatch
+    from tm.cli.errors import blocking_call, run_now
+
+    ranges, _, _ = jobwatch.parse_selection(":".join(str(i) for i in ids))
+    call = blocking_call(lambda name, **kw: client.call(name, reply_timeout=None, **kw))
+    waiting = jobwatch.wait_jobs(
+        call, ranges, None, False, sys.stdout, sys.stderr, sys.stdout.isatty(), prog=PROG
+    )
+    try:
+        return run_now(waiting)
+    except KeyboardInterrupt:
+        print(f"{PROG}: {jobwatch.KEEP_RUNNING}", file=sys.stderr)
+        return 130
+    except localsocket.LinkLost as e:
+        raise CLIError(f"{e} while waiting; the jobs keep running: see hConnect lsrjobs") from None
+
+
 def run_local(
     client: localsocket.LocalClient, args: argparse.Namespace, jobs: list[tuple[int, JobSpec]]
 ) -> int:
@@ -337,6 +357,9 @@ def run_local(
     text = submitted_text(args, jobs, ids)
     if text is not None:
         print(text)
+    if args.wait and len(ids) > 1:
+        sys.stdout.flush()
+        return wait_many_local(client, ids)
     if args.wait:
         sys.stdout.flush()
         code = 0

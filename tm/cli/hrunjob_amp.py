@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,7 +16,7 @@ from twisted.internet import defer
 from twisted.internet.error import ConnectError, ConnectionClosed
 from twisted.internet.task import deferLater
 
-from tm.cli.common import CLIError, connect_tms, run_main
+from tm.cli.common import CLIError, command_named, connect_tms, run_main
 from tm.cli.hrunjob import (
     PROG,
     Acknowledged,
@@ -191,11 +192,7 @@ async def submit_job_file(
     ids = await submit(submitter, [spec for _, spec in jobs])
     _print_submitted(args, jobs, ids)
     if args.wait:
-        code = 0
-        for job_id in ids:
-            end = await wait_for(await submitter.ready(), job_id)
-            code = code or end
-        return code
+        return await wait_many(reactor, await submitter.ready(), ids)
     return 0
 
 
@@ -219,6 +216,25 @@ def _print_submitted(
     text = submitted_text(args, jobs, ids)
     if text is not None:
         print(text)
+
+
+async def wait_many(reactor: Any, proto: Any, ids: list[int]) -> int:
+    """``-f FILE --wait`` over TLS: as on the fast path (hrunjob.wait_many_local)."""
+    from tm.cli import jobwatch
+
+    async def call(name: str, **kw: Any) -> Any:
+        return await proto.call(command_named(name), reply_timeout=180.0, **kw)
+
+    def interrupted() -> int:
+        print(f"{PROG}: {jobwatch.KEEP_RUNNING}", file=sys.stderr)
+        return 130
+
+    sys.stdout.flush()
+    ranges, _, _ = jobwatch.parse_selection(":".join(str(i) for i in ids))
+    waiting = jobwatch.wait_jobs(
+        call, ranges, None, False, sys.stdout, sys.stderr, sys.stdout.isatty(), prog=PROG
+    )
+    return await jobwatch.under_reactor(reactor, waiting, interrupted)
 
 
 async def _submitter(reactor: Any, args: argparse.Namespace, lost: str = "") -> Submitter:

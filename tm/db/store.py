@@ -20,7 +20,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from tm.core.model import HistoryEntry, Job, JobEnvironment, JobSpec, JobState, Transition, User
-from tm.db import queries
+from tm.db import queries, queries_watch
 from tm.db.errors import StoreUnavailable
 from tm.db.queries import Dialect
 
@@ -327,6 +327,14 @@ class Store:
         self, user: str | None = None, group: str | None = None
     ) -> dict[str, dict[str, float | int]]:
         return await self._run(queries.group_usage, user, group)
+
+    async def summarise_jobs(
+        self, user: str, ranges: Sequence[tuple[int, int]], group: str | None
+    ) -> tuple[dict[str, int], list[dict[str, Any]]]:
+        return await self._run(queries_watch.summarise_jobs, user, list(ranges), group)
+
+    async def existing_ids(self, user: str, job_ids: Sequence[int]) -> set[int]:
+        return await self._run(queries_watch.existing_ids, user, list(job_ids))
 
     async def set_suspended(self, job_id: int, suspended: bool) -> None:
         await self._run(queries.set_suspended, job_id, suspended)

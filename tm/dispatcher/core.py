@@ -32,6 +32,7 @@ from tm.core.workingset import WorkingSet
 from tm.dispatcher import callbacks
 from tm.dispatcher.executors import ExecutorTable
 from tm.dispatcher.ports import DispatcherStore, PeerSession
+from tm.dispatcher.watching import Watchers
 from tm.dispatcher.writer import TransitionWriter
 
 #: How long a placed job may wait for its user's executor to appear.
@@ -138,6 +139,8 @@ class DispatcherCore:
         self.reservations: dict[int, str] = {}
         self.ledger = UsageLedger(settings.fairshare_half_life)
         self.waiters: dict[int, list[Deferred]] = {}
+        #: Waits for many jobs (WaitJobs), woken by the changes of their jobs once committed.
+        self.watchers = Watchers(reactor)
         self.started_at = 0.0
         self._pass_scheduled = False
         self.passes = 0
@@ -219,6 +222,8 @@ class DispatcherCore:
             d.addCallback(self._end_recorded, job, waiters)
         if new.terminal and job.spec.on_end:
             d.addCallback(callbacks.tell_end, self, job)  # its user's TMS runs its on_end
+        if self.watchers:
+            d.addCallback(self.watchers.committed, job)
         return d
 
     def _wait_again(self, failure: Failure, job_id: int, waiters: list[Deferred]) -> Failure:

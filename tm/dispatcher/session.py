@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 from tm.dispatcher.admin import AdminResponders
 from tm.dispatcher.callbacks import CallbackResponders
 from tm.dispatcher.responders import HEARTBEAT_INTERVAL, MAX_PAGE, JobResponders  # noqa: F401
+from tm.dispatcher.watchresponders import WatchResponders
 from tm.web.responders import WebResponders
 
 ROLES = (commands.ROLE_TMS, commands.ROLE_TMMS, commands.ROLE_CLIENT)
@@ -75,7 +76,7 @@ VERSION_MISMATCH = (
 )
 
 
-class Session(JobResponders, AdminResponders, WebResponders, CallbackResponders):
+class Session(WatchResponders, AdminResponders, WebResponders, CallbackResponders):
     """One connection's identity (proven by Hello and Authenticate) and its responders."""
 
     @commands.Hello.responder

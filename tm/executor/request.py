@@ -106,6 +106,8 @@ class JobOutputs:
     out_fd: int
     err_fd: int
     fds: list[int]  # every descriptor above, each once: closed once the job is spawned
+    #: The stderr file was made for this job (not there before): removed at the end if empty.
+    stderr_created: bool = False
 
     def close(self) -> None:
         for fd in self.fds:
@@ -207,6 +209,17 @@ def _open_output(path: str, mode: int, what: str) -> int:
         ) from e
 
 
+def _open_new_output(path: str, mode: int, what: str) -> tuple[int, bool]:
+    """``path`` opened as _open_output does, and whether it was created now."""
+    try:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+        return os.open(path, flags, mode), True
+    except FileExistsError:
+        return _open_output(path, mode, what), False
+    except (OSError, ValueError):
+        return _open_output(path, mode, what), False
+
+
 def open_outputs(request: RunRequest, log_dir: str) -> JobOutputs:
     """Check the working directory and open the job's files; may block (NFS).
 
@@ -214,6 +227,7 @@ def open_outputs(request: RunRequest, log_dir: str) -> JobOutputs:
     descriptor it opened is closed again.
     """
     cwd = request.cwd
+    stderr_created = False
     if not os.path.exists(cwd):
         raise JobStartError(f"working directory {cwd} does not exist")
     if not os.path.isdir(cwd):
@@ -228,7 +242,7 @@ def open_outputs(request: RunRequest, log_dir: str) -> JobOutputs:
         if stderr_path == stdout_path:
             err_fd = out_fd
         else:
-            err_fd = _open_output(stderr_path, mode, "stderr")
+            err_fd, stderr_created = _open_new_output(stderr_path, mode, "stderr")
             opened.append(err_fd)
         if request.logfile is not None:
             # Checked now so that an unwritable log file fails the start, not the end.
@@ -246,6 +260,7 @@ def open_outputs(request: RunRequest, log_dir: str) -> JobOutputs:
         out_fd=out_fd,
         err_fd=err_fd,
         fds=opened,
+        stderr_created=stderr_created,
     )
 
 

@@ -57,6 +57,7 @@ from tm.executor.launcher import (
     SpawnLauncher,
     ZygoteLauncher,
 )
+from tm.executor.outputs import OutputPaths, finish_files
 from tm.executor.request import (
     DEFAULT_LOG_DIR,
     JobEnd,
@@ -65,7 +66,6 @@ from tm.executor.request import (
     RunRequest,
     check_request,
     open_outputs,
-    write_logfile,
 )
 from tm.executor.request import LOGFILE_SECTION_CAP as LOGFILE_SECTION_CAP
 from tm.executor.request import MAX_REASON as MAX_REASON
@@ -106,6 +106,7 @@ class _RunningJob:
     on_end: Callable[[JobEnd], None]
     stdout_path: str = ""
     stderr_path: str = ""
+    stderr_created: bool = False
     started_at: float = 0.0
     pid: int = 0
     launching: bool = False
@@ -162,6 +163,8 @@ class JobRunner(JobSignals):
         self._last_resort_grace = last_resort_grace
         self._blocking = blocking
         self._jobs: dict[tuple[int, int], _RunningJob] = {}
+        #: The output files of the jobs started here, for ReadOutput (tm/executor/outputs.py).
+        self.remembered_outputs = OutputPaths()
         if launcher == "spawn":
             self._launcher: Launcher = SpawnLauncher(reactor)
         elif launcher == "zygote":
@@ -253,6 +256,8 @@ class JobRunner(JobSignals):
         trace.point("executor", "files-opened", request.job_id)
         job.stdout_path = outputs.stdout_path
         job.stderr_path = outputs.stderr_path
+        job.stderr_created = outputs.stderr_created
+        self.remembered_outputs.remember(request.job_id, outputs.stdout_path, outputs.stderr_path)
         job.started_at = self._clock.seconds()
         if request.time_limit is not None:
             job.limit_timer = self._clock.callLater(
@@ -431,12 +436,14 @@ class JobRunner(JobSignals):
             attempt=request.attempt,
             reason=text,
         )
-        if request.logfile is None:
+        tidy = job.stderr_created and job.stderr_path != job.stdout_path
+        if request.logfile is None and not tidy:
             self._deliver(job, end)
             return
-        # The end is handed over only once the log file is written (or failed to be): the job's
-        # end is then complete, and stays listed as running meanwhile.
-        d = self._blocking(write_logfile, request, job.stdout_path, job.stderr_path, end)
+        # The end is handed over only once the log file is written (or failed to be) and an
+        # empty stderr file removed: the job's end is then complete, and stays listed as
+        # running meanwhile.
+        d = self._blocking(finish_files, request, job.stdout_path, job.stderr_path, end, tidy)
         d.addErrback(self._logfileFailed, request)
         d.addCallback(lambda _: self._deliver(job, end))
 

@@ -37,12 +37,12 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.protocols import amp
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from tm import jobsign
 from tm.dispatcher_client import DispatcherLink
+from tm.executor.outputs import OutputLocator
 from tm.executor.outputtail import OutputTailResponder
 from tm.executor.runner import JobEnd, JobRunner, JobStartError, RunRequest
 from tm.executor.usage import end_usage
@@ -79,7 +79,7 @@ class _Reported:
     started_at: float
 
 
-class ExecutorLocator(OutputTailResponder, amp.CommandLocator):
+class ExecutorLocator(OutputLocator, OutputTailResponder):
     def __init__(self, executor: Executor) -> None:
         self.executor = executor
 

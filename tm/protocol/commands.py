@@ -16,6 +16,24 @@ from __future__ import annotations
 
 from twisted.protocols import amp
 
+from tm.protocol.errors import (  # noqa: F401  (re-exported: the vocabulary is here)
+    COMMON_ERRORS,
+    AuthenticationFailed,
+    DatabaseUnavailable,
+    DispatcherUnavailable,
+    InvalidRequest,
+    JobStartFailed,
+    NotAuthenticated,
+    PermissionDenied,
+    ProtocolMismatch,
+    ServerError,
+    TMError,
+    TooBusy,
+    UnknownHost,
+    UnknownJob,
+    UnknownUser,
+    UserNotAllowed,
+)
 from tm.protocol.records import (
     HISTORY_FIELDS,
     HOST_FIELDS,
@@ -39,89 +57,11 @@ ROLE_TMMS = "tmms"
 ROLE_CLIENT = "client"
 
 
-class TMError(Exception):
-    """Base of every error that travels over AMP; its text is shown to the user."""
-
-
-class NotAuthenticated(TMError):
-    """A command arrived before the connection proved its user."""
-
-
-class AuthenticationFailed(TMError):
-    """The proof of identity was wrong (file-system challenge or key)."""
-
-
-class ProtocolMismatch(TMError):
-    """The peers speak different protocol versions."""
-
-
-class UserNotAllowed(TMError):
-    """The user is not listed in etc/users."""
-
-
-class PermissionDenied(TMError):
-    """The user may not do this (another user's job, an admin command)."""
-
-
-class UnknownJob(TMError):
-    pass
-
-
-class UnknownHost(TMError):
-    pass
-
-
-class UnknownUser(TMError):
-    pass
-
-
-class InvalidRequest(TMError):
-    """The request itself is malformed; the text says what is wrong and how to fix it."""
-
-
-class DatabaseUnavailable(TMError):
-    pass
-
-
-class DispatcherUnavailable(TMError):
-    """The TMS has no link to the dispatcher right now."""
-
-
-class JobStartFailed(TMError):
-    """The executor could not start the job (output file, directory, shell...)."""
-
-
-class TooBusy(TMError):
-    """Too many requests in flight on this connection."""
-
-
-class ServerError(TMError):
-    """The server failed on this request for a reason of its own (a bug, not the
-    request's fault); the server's log has one line about it."""
-
-
 def check_protocol_version(theirs: int, mismatch: str) -> None:
     """Refuse a peer that speaks another protocol version (in Hello); ``mismatch`` is the
     refusal's text, with ``{ours}`` and ``{theirs}`` standing for the two versions."""
     if theirs != PROTOCOL_VERSION:
         raise ProtocolMismatch(mismatch.format(ours=PROTOCOL_VERSION, theirs=theirs))
-
-
-COMMON_ERRORS: dict[type[Exception], bytes] = {
-    NotAuthenticated: b"NOT_AUTHENTICATED",
-    AuthenticationFailed: b"AUTHENTICATION_FAILED",
-    ProtocolMismatch: b"PROTOCOL_MISMATCH",
-    UserNotAllowed: b"USER_NOT_ALLOWED",
-    PermissionDenied: b"PERMISSION_DENIED",
-    UnknownJob: b"UNKNOWN_JOB",
-    UnknownHost: b"UNKNOWN_HOST",
-    UnknownUser: b"UNKNOWN_USER",
-    InvalidRequest: b"INVALID_REQUEST",
-    DatabaseUnavailable: b"DATABASE_UNAVAILABLE",
-    DispatcherUnavailable: b"DISPATCHER_UNAVAILABLE",
-    TooBusy: b"TOO_BUSY",
-    ServerError: b"SERVER_ERROR",
-}
 
 
 class _Command(amp.Command):
@@ -497,3 +437,6 @@ class Heartbeat(_Command):
         (b"lease", Float64(optional=True)),
         (b"interval", Float64(optional=True)),  # how often to send heartbeats
     ]
+
+
+from tm.protocol.watching import ReadOutput, WaitJobs  # noqa: E402,F401  (the same vocabulary)

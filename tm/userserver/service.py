@@ -54,6 +54,8 @@ FORWARDED: tuple[type[amp.Command], ...] = (
     commands.ListExecutors,
     commands.ControlExecutors,
     webcommands.DashboardLink,
+    commands.WaitJobs,
+    commands.ReadOutput,
 )
 VERSION_MISMATCH = (
     "this TMS speaks protocol {ours}, the client {theirs}: restart it with `hConnect shutdown`"
@@ -97,7 +99,7 @@ class ClientSession(amp.CommandLocator):
             try:
                 if command is commands.GetJob:
                     return self.server.signer.open_answer(await link.call(command, **kw))
-                if command is commands.WaitJob and link.connected:
+                if command in (commands.WaitJob, commands.WaitJobs) and link.connected:
                     return await link.call(command, reply_timeout=FORWARD_TIMEOUT, **kw)
                 return await link.call(command, **kw)
             except CONNECTION_FAILURES as e:
