@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tm.textcontrol import CONTROL_COMMANDS, run_control
+
 # The formatting of the answers lives in tm.textformat: its names stay importable from here.
 from tm.textformat import (
     ENDED_STATES,
@@ -96,6 +98,8 @@ class _Spec:
             "user": f"{self.name}:USER",
             "count": f"{self.name}:N",
             "group": f"{self.name}:GROUP",
+            "idset": f"{self.name}:ID[:ID...] or {self.name}:FIRST-LAST",
+            "idprio": f"{self.name}:ID:PRIORITY",
         }[self.arg]
 
 
@@ -130,7 +134,7 @@ _SPECS: list[_Spec] = [
     _Spec("findjobs", _BOTH, "text", "jobs whose command, info or group contains TEXT"),
     _Spec("lsnextjobs", _TD, "count", "the next N waiting jobs in scheduling order"),
     _Spec("killjob", _TMS, "int", "kill a job"),
-    _Spec("killjobs", _TMS, "ints", "kill several jobs"),
+    _Spec("killjobs", _TMS, "idset", "kill several jobs, or a range of ids"),
     _Spec("killmatchingjobs", _TMS, "regex", "kill the jobs whose command matches REGEX"),
     _Spec("killalljobs", _TMS, "", "kill all your jobs"),
     _Spec("suspendjob", _TMS, "int", "stop a running job's processes"),
@@ -149,6 +153,13 @@ _SPECS: list[_Spec] = [
     _Spec("invokealltmms", _TMS, "", "start an executor on every active host"),
     _Spec("shutdownalltmms", _TMS, "", "stop all your executors"),
     _Spec("shutdown", _TMS, "", "stop your TaskManagerServer"),
+    # Job control of issue 11 (tm/textcontrol.py): holds, groups, ranges, priority.
+    _Spec("killgroup", _TMS, "group", "kill every active job of one of your groups"),
+    _Spec("holdjob", _BOTH, "idset", "keep waiting jobs from starting (they keep their place)"),
+    _Spec("releasejob", _BOTH, "idset", "let held jobs start again"),
+    _Spec("holdgroup", _BOTH, "group", "hold every waiting job of one of your groups"),
+    _Spec("releasegroup", _BOTH, "group", "release every held job of one of your groups"),
+    _Spec("setpriority", _BOTH, "idprio", "set a waiting job's priority (users may lower it)"),
 ]
 SPECS: dict[str, _Spec] = {s.name: s for s in _SPECS}
 
@@ -183,6 +194,19 @@ def _int(text: str, spec: _Spec, what: str = "job id") -> int:
     return value
 
 
+def _id_or_range(text: str, spec: _Spec) -> int | tuple[int, int]:
+    """``12`` or ``3-500`` (a range of ids, both included)."""
+    first, dash, last = text.partition("-")
+    if not dash:
+        return _int(text, spec)
+    low, high = _int(first, spec), _int(last, spec)
+    if high < low:
+        raise TextCommandError(
+            f"{spec.name}: the range {text!r} goes down: write FIRST-LAST: usage: {spec.usage}"
+        )
+    return (low, high)
+
+
 def parse(line: str, target: str) -> TextCommand:
     """Parse ``name``, ``name:ARG`` or ``name:A:B:...`` for ``target`` ("tms" or "dispatcher")."""
     _check_target(target)
@@ -212,6 +236,8 @@ def parse(line: str, target: str) -> TextCommand:
             "user": "a user name",
             "count": "a number",
             "group": "a group name",
+            "idset": "job ids or a range of ids",
+            "idprio": "a job id and a priority",
         }[spec.arg]
         raise TextCommandError(f"{name} needs {what}: usage: {spec.usage}")
     args: tuple[Any, ...]
@@ -219,6 +245,13 @@ def parse(line: str, target: str) -> TextCommand:
         args = (_int(rest, spec),)
     elif spec.arg == "ints":
         args = tuple(_int(p, spec) for p in rest.split(":"))
+    elif spec.arg == "idset":
+        args = tuple(_id_or_range(p, spec) for p in rest.split(":"))
+    elif spec.arg == "idprio":
+        parts = rest.split(":")
+        if len(parts) != 2:
+            raise TextCommandError(f"{name} needs a job id and a priority: usage: {spec.usage}")
+        args = (_int(parts[0], spec), _int(parts[1], spec, "priority"))
     elif spec.arg == "count":
         args = (_int(rest, spec, "number"),)
     elif spec.arg == "regex":
@@ -311,6 +344,8 @@ class TextCommand:
             if not groups:
                 return "no groups found"
             return "\n".join(group_block(g, groups[g]) for g in sorted(groups))
+        if n in CONTROL_COMMANDS or (n == "killjobs" and any(isinstance(x, tuple) for x in a)):
+            return await run_control(n, a, call)
         if n in ("killjob", "killjobs"):
             r = await call("KillJobs", job_ids=list(a), regex=None, all=False)
             return killed_line(r["killed"], r.get("more"))

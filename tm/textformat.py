@@ -11,8 +11,8 @@ import json
 import time
 from typing import Any
 
-ENDED_STATES = ["finished", "failed", "killed"]
-TERMINAL_STATES = ("finished", "failed", "killed", "lost")
+ENDED_STATES = ["finished", "failed", "killed", "cancelled"]
+TERMINAL_STATES = ("finished", "failed", "killed", "lost", "cancelled")
 
 
 def format_time(t: float | None) -> str:
@@ -92,6 +92,7 @@ def format_job_detail(response: dict[str, Any]) -> str:
         ("signal", opt(job.get("signal"))),
         ("reason", job["reason"]),
     ]
+    fields += _control_lines(job)
     width = max(len(k) for k, _ in fields) + 1
     lines = [f"{(k + ':').ljust(width)} {v}" for k, v in fields]
     env = response.get("env")
@@ -109,6 +110,23 @@ def format_job_detail(response: dict[str, Any]) -> str:
         ]
         lines.append("  " + "  ".join(parts).rstrip())
     return "\n".join(lines)
+
+
+def _control_lines(job: dict[str, Any]) -> list[tuple[str, str]]:
+    """A job's dependencies and hold (tm/core/dependencies.py), where it has some."""
+    lines = []
+    for key, label in (
+        ("after", "after (finished)"),
+        ("after_any", "after (any end)"),
+        ("after_group", "after group"),
+    ):
+        if job.get(key):
+            lines.append((label, str(job[key])))
+    hold = job.get("hold") or ""
+    if hold:
+        who, _, name = hold.partition(":")
+        lines.append(("held", f"by {'the admin ' if who == 'admin' else ''}{name}"))
+    return lines
 
 
 def _one_line(value: str) -> str:

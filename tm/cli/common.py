@@ -44,7 +44,9 @@ TMS_UNUSABLE: tuple[type[Exception], ...] = (
 
 def command_named(name: str) -> type[amp.Command]:
     """The command of :mod:`tm.protocol.commands` whose ``commandName`` is ``name``."""
-    for value in vars(commands).values():
+    from tm.protocol import control
+
+    for value in (*vars(commands).values(), *vars(control).values()):
         if (
             isinstance(value, type)
             and issubclass(value, amp.Command)

@@ -56,6 +56,37 @@ def amount(high: float, unit: str) -> Callable[[str], float]:
     return convert
 
 
+def add_control_options(p: argparse.ArgumentParser) -> None:
+    """Dependencies and hold (issue 11; tm/core/dependencies.py)."""
+    p.add_argument(
+        "--after",
+        default="",
+        metavar="ID[,ID...]",
+        help="start once these jobs have all finished (exit 0); cancelled if one does not",
+    )
+    p.add_argument(
+        "--after-any",
+        dest="after_any",
+        default="",
+        metavar="ID[,ID...]",
+        help="start once these jobs have all ended, however they ended",
+    )
+    p.add_argument(
+        "--after-group",
+        dest="after_group",
+        default="",
+        metavar="GROUP",
+        help="start once every job of your group GROUP submitted before has finished",
+    )
+    p.add_argument(
+        "--hold",
+        action="store_const",
+        const="user",
+        default="",
+        help="submit held: it waits until hConnect releasejob:ID",
+    )
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # one clear line, no traceback
         raise CLIError(f"{message} (see {PROG} -h)", status=2)
@@ -151,5 +182,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--wait", action="store_true", help="wait for the job's end and exit with its code"
     )
     p.add_argument("--dispatcher", default=None, help="the dispatcher's dispatcher.json")
+    add_control_options(p)
     p.add_argument("command", nargs=argparse.REMAINDER, help="the command to run")
     return p

@@ -134,6 +134,12 @@ FIELDS: tuple[Field, ...] = (
     # Added by migration 0002 (tm/db/schema/0002_signed_jobs.sql): made by the user's TMS.
     _field("signature", str, "VARCHAR(100) NOT NULL DEFAULT ''", SPEC, CHECKED),
     _field("signed_at", float, "DOUBLE NOT NULL DEFAULT 0", SPEC, CHECKED),
+    # Added by migration 0003 (tm/db/schema/0003_dependencies_holds.sql): dependencies and
+    # holds (tm/core/dependencies.py).
+    _field("after", str, "TEXT NOT NULL DEFAULT ''", SPEC, DETAIL, column="after_ok"),
+    _field("after_any", str, "TEXT NOT NULL DEFAULT ''", SPEC, DETAIL),
+    _field("after_group", str, "VARCHAR(255) NOT NULL DEFAULT ''", SPEC, DETAIL),
+    _field("hold", str, "VARCHAR(120) NOT NULL DEFAULT ''", SPEC, LISTED),
 )
 
 BY_NAME: dict[str, Field] = {f.name: f for f in FIELDS}
@@ -227,6 +233,8 @@ def plain_rows(fields: Sequence[Field], of_spec: bool = False) -> Callable[[Any]
 #: A JobSpec as one row of SubmitJobs.
 spec_to_plain: Callable[[JobSpec], dict[str, Any]] = plain_rows(SPEC_FIELDS, of_spec=True)
 
+#: Fields a row may leave out (rows made before migration 0003 added them): their default.
+LATE_DEFAULTS = {"after": "", "after_any": "", "after_group": "", "hold": ""}
 _SPEC_READERS = tuple((f.name, f.optional, _plain_converters(f)[1]) for f in SPEC_FIELDS)
 
 
@@ -234,6 +242,12 @@ def spec_from_plain(row: dict[str, Any]) -> JobSpec:
     """A JobSpec from one row of SubmitJobs (an optional field may be absent)."""
     values: dict[str, Any] = {}
     for name, optional, convert in _SPEC_READERS:
-        value = row.get(name) if optional else row[name]
+        if optional:
+            value = row.get(name)
+        elif name in LATE_DEFAULTS:
+            value = row.get(name)
+            value = LATE_DEFAULTS[name] if value is None else value
+        else:
+            value = row[name]
         values[name] = value if convert is None or value is None else convert(value)
     return JobSpec(**values)

@@ -20,6 +20,7 @@ class JobState(enum.StrEnum):
     FAILED = "failed"
     KILLED = "killed"
     LOST = "lost"
+    CANCELLED = "cancelled"  # a dependency ended badly: never started (tm/core/dependencies.py)
 
     def __str__(self) -> str:
         return self.value
@@ -34,14 +35,16 @@ class JobState(enum.StrEnum):
         return self in (JobState.PENDING, JobState.RUNNING)
 
 
-TERMINAL_STATES = frozenset({JobState.FINISHED, JobState.FAILED, JobState.KILLED})
+TERMINAL_STATES = frozenset(
+    {JobState.FINISHED, JobState.FAILED, JobState.KILLED, JobState.CANCELLED}
+)
 ACTIVE_STATES = frozenset({JobState.WAITING, JobState.PENDING, JobState.RUNNING, JobState.LOST})
 
 #: old state -> states it may move to.  ``lost`` is left again only by a requeue
 #: (``waiting`` with attempt + 1) or by giving up (``failed``).  Admin repair
 #: commands (setallpjobsaswaiting, setallrjobsasfinished, ...) use the same edges.
 ALLOWED_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    JobState.WAITING: frozenset({JobState.PENDING, JobState.KILLED}),
+    JobState.WAITING: frozenset({JobState.PENDING, JobState.KILLED, JobState.CANCELLED}),
     JobState.PENDING: frozenset(
         {
             JobState.WAITING,
@@ -59,6 +62,7 @@ ALLOWED_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.FINISHED: frozenset(),
     JobState.FAILED: frozenset(),
     JobState.KILLED: frozenset(),
+    JobState.CANCELLED: frozenset(),
 }
 
 
@@ -171,6 +175,12 @@ class JobSpec:
     #: when it was made (whole seconds).
     signature: str = ""
     signed_at: float = 0.0
+    #: Dependencies (tm/core/dependencies.py): job ids as "3,4,9", and a group of the user.
+    after: str = ""
+    after_any: str = ""
+    after_group: str = ""
+    #: "" or who holds the waiting job: "user:NAME" or "admin:NAME" (hRunJob --hold: "user").
+    hold: str = ""
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from tm.protocol.base import BoundedAMP
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from tm.dispatcher.service import Dispatcher
 from tm.dispatcher.admin import AdminResponders
+from tm.dispatcher.control import ControlResponders
 from tm.dispatcher.responders import HEARTBEAT_INTERVAL, MAX_PAGE, JobResponders  # noqa: F401
 
 ROLES = (commands.ROLE_TMS, commands.ROLE_TMMS, commands.ROLE_CLIENT)
@@ -73,7 +74,7 @@ VERSION_MISMATCH = (
 )
 
 
-class Session(JobResponders, AdminResponders):
+class Session(JobResponders, AdminResponders, ControlResponders):
     """One connection's identity (proven by Hello and Authenticate) and its responders."""
 
     @commands.Hello.responder

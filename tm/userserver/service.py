@@ -29,7 +29,7 @@ from tm import auth, jobsign, localsocket
 from tm.dispatcher_client import DispatcherLink
 from tm.link import DispatcherInfo, user_dir
 from tm.loginlimit import LoginAttempts, LoginLimiter
-from tm.protocol import commands
+from tm.protocol import commands, control
 from tm.protocol.base import BoundedAMP
 from tm.userserver import local, signing, startcommands
 from tm.userserver.startcommands import LauncherProtocol, start_failure_reason  # noqa: F401
@@ -53,6 +53,8 @@ FORWARDED: tuple[type[amp.Command], ...] = (
     commands.SuspendJob,
     commands.ListExecutors,
     commands.ControlExecutors,
+    control.ControlJobs,
+    control.SetPriority,
 )
 VERSION_MISMATCH = (
     "this TMS speaks protocol {ours}, the client {theirs}: restart it with `hConnect shutdown`"
