@@ -72,9 +72,16 @@ class ControlResponders(SessionBase):
                 problem = hold_problem(job.spec.hold, me, job.user, as_admin)
             elif action == "release":
                 problem = release_problem(job.spec.hold, me, job.user, as_admin)
+            if (
+                problem
+                and not single
+                and (problem == "is not held" or job.state is not JobState.WAITING)
+            ):
+                continue  # a range or a group: only what can change is meant
             if problem:
                 if single:
-                    self._audit(verb, f"job {job_id} of {job.user}", f"refused: {problem}")
+                    if job.user != me:
+                        self._audit(verb, f"job {job_id} of {job.user}", f"refused: {problem}")
                     raise commands.InvalidRequest(f"job {job_id} {problem}")
                 notes.append(f"job {job_id} {problem}")
                 continue

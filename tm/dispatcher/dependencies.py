@@ -118,9 +118,10 @@ class JobDependencies(DispatcherCore):
         for job in jobs:
             self.deps.joined(job.id, job.user, job.spec.group)
         cancels = []
+        coming = {job.id for job in jobs}
         for job in jobs:
             if job.state is JobState.WAITING:
-                reason = self._register(job, *checked)
+                reason = self._register(job, coming, *checked)
                 if reason:
                     cancels.append((job, reason))
         self.jobs.add_many(jobs)
@@ -131,6 +132,7 @@ class JobDependencies(DispatcherCore):
     def _register(
         self,
         job: Job,
+        coming: set[int],
         ended: Mapping[int, JobState],
         bad: Mapping[tuple[str, str], tuple[int, str]],
     ) -> str | None:
@@ -145,7 +147,7 @@ class JobDependencies(DispatcherCore):
         except DependencyError as e:  # a row written by hand
             return f"unreadable dependency: {e}"
         for dep, any_end in named:
-            if dep in self.jobs:
+            if dep in self.jobs or dep in coming:
                 deps[dep] = deps.get(dep, True) and any_end
                 continue
             finished = self.deps.ending_of(dep)
