@@ -272,6 +272,7 @@ class DispatcherCore:
         self._resyncing.discard(job.id)
         if fresh is None or fresh.state.terminal:
             self._forget(job.id)
+            self._settle_dependants(job, fresh.state if fresh else None)
             for d in self.waiters.pop(job.id, []):
                 d.callback(fresh or job)
             self.request_pass()

@@ -309,9 +309,8 @@ class Dispatcher(ExecutorLinks, JobControl, JobDependencies, DispatcherCore, ser
         if len(created) < len(ids):  # a resent chunk: what it stored before, if still waiting
             known = {job.id for job in created}
             unknown = [i for i in ids if i not in known and i not in self.jobs]
-            for job in await self.store.get_jobs(unknown) if unknown else []:
-                if job.state is JobState.WAITING:
-                    self.jobs.add(job)
+            again = await self.store.get_jobs(unknown) if unknown else []
+            self.take_in([job for job in again if job.state is JobState.WAITING], checked)
         self.request_pass()
         return ids, warnings
 
