@@ -39,6 +39,11 @@ FIELDS: dict[str, str] = {
     "estimatedTime": "estimated_time",
     "estimatedMemory": "estimated_memory",
     "excludedHosts": "excluded_hosts",
+    # Dependencies and hold (issue 11): after::3,4  afterAny::5  afterGroup::prep  hold::yes
+    "after": "after",
+    "afterAny": "after_any",
+    "afterGroup": "after_group",
+    "hold": "hold",
     "timeLimit": "time_limit",
     # Added with migration 0005 (issue 11 points 3 and 7).
     "retries": "retries",
@@ -51,6 +56,8 @@ ALIASES: dict[str, str] = {
     "info_text": "infoText",
     "stdout_file": "stdout",
     "stderr_file": "stderr",
+    "after_any": "afterAny",
+    "after_group": "afterGroup",
     "time_limit": "timeLimit",
     "retry_on_exit": "retryOnExit",
     "on_end": "onEnd",
@@ -133,6 +140,11 @@ def _convert(name: str, value: str, path: str, line_no: int) -> Any:
             raise JobFileError(path, line_no, f"{name} must be a number, not {value!r}") from None
     if name == "command":
         return value
+    if name == "hold":
+        word = value.strip().lower()
+        if word not in ("yes", "no", "1", "0", "true", "false", ""):
+            raise JobFileError(path, line_no, f"hold must be yes or no, not {value!r}")
+        return "user" if word in ("yes", "1", "true") else ""
     return value.strip()
 
 

@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tm.textcontrol import CONTROL_COMMANDS, run_control
+
 # The formatting of the answers lives in tm.textformat: its names stay importable from here.
 from tm.textformat import (
     ENDED_STATES,
@@ -103,6 +105,8 @@ class _Spec:
             "resubmit": f"{self.name}:ID|group:GROUP[:failed]",
             "jobs": f"{self.name}:ID[:ID...]|A-B|group:GROUP",
             "output": f"{self.name}:ID[:err]",
+            "idset": f"{self.name}:ID[:ID...] or {self.name}:FIRST-LAST",
+            "idprio": f"{self.name}:ID:PRIORITY",
         }[self.arg]
 
 
@@ -137,7 +141,7 @@ _SPECS: list[_Spec] = [
     _Spec("findjobs", _BOTH, "text", "jobs whose command, info or group contains TEXT"),
     _Spec("lsnextjobs", _TD, "count", "the next N waiting jobs in scheduling order"),
     _Spec("killjob", _TMS, "int", "kill a job"),
-    _Spec("killjobs", _TMS, "ints", "kill several jobs"),
+    _Spec("killjobs", _TMS, "idset", "kill several jobs, or a range of ids"),
     _Spec("killmatchingjobs", _TMS, "regex", "kill the jobs whose command matches REGEX"),
     _Spec("killalljobs", _TMS, "", "kill all your jobs"),
     _Spec("suspendjob", _TMS, "int", "stop a running job's processes"),
@@ -162,6 +166,13 @@ _SPECS: list[_Spec] = [
     _Spec("wait", _TMS, "jobs", "wait until the jobs end; exit 0 if all finished"),
     _Spec("cat", _TMS, "output", "print a job's stdout (cat:ID:err: its stderr)"),
     _Spec("follow", _TMS, "output", "print a job's output as it is written, until it ends"),
+    # Job control of issue 11 (tm/textcontrol.py): holds, groups, ranges, priority.
+    _Spec("killgroup", _TMS, "group", "kill every active job of one of your groups"),
+    _Spec("holdjob", _BOTH, "idset", "keep waiting jobs from starting (they keep their place)"),
+    _Spec("releasejob", _BOTH, "idset", "let held jobs start again"),
+    _Spec("holdgroup", _BOTH, "group", "hold every waiting job of one of your groups"),
+    _Spec("releasegroup", _BOTH, "group", "release every held job of one of your groups"),
+    _Spec("setpriority", _BOTH, "idprio", "set a waiting job's priority (users may lower it)"),
 ]
 SPECS: dict[str, _Spec] = {s.name: s for s in _SPECS}
 
@@ -196,6 +207,19 @@ def _int(text: str, spec: _Spec, what: str = "job id") -> int:
     return value
 
 
+def _id_or_range(text: str, spec: _Spec) -> int | tuple[int, int]:
+    """``12`` or ``3-500`` (a range of ids, both included)."""
+    first, dash, last = text.partition("-")
+    if not dash:
+        return _int(text, spec)
+    low, high = _int(first, spec), _int(last, spec)
+    if high < low:
+        raise TextCommandError(
+            f"{spec.name}: the range {text!r} goes down: write FIRST-LAST: usage: {spec.usage}"
+        )
+    return (low, high)
+
+
 def parse(line: str, target: str) -> TextCommand:
     """Parse ``name``, ``name:ARG`` or ``name:A:B:...`` for ``target`` ("tms" or "dispatcher")."""
     _check_target(target)
@@ -228,6 +252,8 @@ def parse(line: str, target: str) -> TextCommand:
             "resubmit": "a job id or group:GROUP",
             "jobs": "job ids, a range A-B or group:GROUP",
             "output": "a job id",
+            "idset": "job ids or a range of ids",
+            "idprio": "a job id and a priority",
         }[spec.arg]
         raise TextCommandError(f"{name} needs {what}: usage: {spec.usage}")
     args: tuple[Any, ...]
@@ -235,6 +261,13 @@ def parse(line: str, target: str) -> TextCommand:
         args = (_int(rest, spec),)
     elif spec.arg == "ints":
         args = tuple(_int(p, spec) for p in rest.split(":"))
+    elif spec.arg == "idset":
+        args = tuple(_id_or_range(p, spec) for p in rest.split(":"))
+    elif spec.arg == "idprio":
+        parts = rest.split(":")
+        if len(parts) != 2:
+            raise TextCommandError(f"{name} needs a job id and a priority: usage: {spec.usage}")
+        args = (_int(parts[0], spec), _int(parts[1], spec, "priority"))
     elif spec.arg == "count":
         args = (_int(rest, spec, "number"),)
     elif spec.arg == "resubmit":
@@ -353,6 +386,8 @@ class TextCommand:
             if not groups:
                 return "no groups found"
             return "\n".join(group_block(g, groups[g]) for g in sorted(groups))
+        if n in CONTROL_COMMANDS or (n == "killjobs" and any(isinstance(x, tuple) for x in a)):
+            return await run_control(n, a, call)
         if n in ("killjob", "killjobs"):
             r = await call("KillJobs", job_ids=list(a), regex=None, all=False)
             return killed_line(r["killed"], r.get("more"))

@@ -14,8 +14,8 @@ from typing import Any
 from tm.core.jobtime import format_duration, format_limit, format_memory, format_usage
 from tm.joboutput import run_time, shown_outputs
 
-ENDED_STATES = ["finished", "failed", "killed", "timeout"]
-TERMINAL_STATES = ("finished", "failed", "killed", "lost", "timeout")
+ENDED_STATES = ["finished", "failed", "killed", "timeout", "cancelled"]
+TERMINAL_STATES = ("finished", "failed", "killed", "lost", "timeout", "cancelled")
 
 
 def format_time(t: float | None) -> str:
@@ -129,6 +129,7 @@ def format_job_detail(response: dict[str, Any]) -> str:
         fields.insert(
             7, ("array", f"{job['array_id']} (at most {cap} at once)" if cap else job["array_id"])
         )
+    fields += _control_lines(job)
     width = max(len(k) for k, _ in fields) + 1
     lines = [f"{(k + ':').ljust(width)} {v}" for k, v in fields]
     env = response.get("env")
@@ -146,6 +147,23 @@ def format_job_detail(response: dict[str, Any]) -> str:
         ]
         lines.append("  " + "  ".join(parts).rstrip())
     return "\n".join(lines)
+
+
+def _control_lines(job: dict[str, Any]) -> list[tuple[str, str]]:
+    """A job's dependencies and hold (tm/core/dependencies.py), where it has some."""
+    lines = []
+    for key, label in (
+        ("after", "after (finished)"),
+        ("after_any", "after (any end)"),
+        ("after_group", "after group"),
+    ):
+        if job.get(key):
+            lines.append((label, str(job[key])))
+    hold = job.get("hold") or ""
+    if hold:
+        who, _, name = hold.partition(":")
+        lines.append(("held", f"by {'the admin ' if who == 'admin' else ''}{name}"))
+    return lines
 
 
 def _one_line(value: str) -> str:
@@ -227,6 +245,9 @@ def format_server_info(info: dict[str, Any], status: dict[str, Any]) -> str:
     ]
     for state in ["waiting", "pending", "running", "finished", "failed", "killed"]:
         lines.append(f"    {state}: {counts.get(state, 0)}")
+    for state in ["timeout", "cancelled"]:  # the endings of issue 11, where there are any
+        if counts.get(state):
+            lines.append(f"    {state}: {counts[state]}")
     return "\n".join(lines)
 
 

@@ -172,7 +172,11 @@ def test_updateload_and_lsthreads_report_the_live_state(installation: Installati
         (["killjob:12345"], "unknown job 12345"),
         (["resumejob:12345"], "unknown job 12345"),
         (["lajob:abc"], "lajob: 'abc' is not a job id: usage: lajob:ID"),
-        (["killjobs"], "killjobs needs one or more job ids: usage: killjobs:ID[:ID...]"),
+        (
+            ["killjobs"],
+            "killjobs needs job ids or a range of ids: "
+            "usage: killjobs:ID[:ID...] or killjobs:FIRST-LAST",
+        ),
         (["killmatchingjobs:("], "bad regular expression"),
         (["-T", "activatehost:nohost"], "unknown host 'nohost'; see lscluster"),
         (["-T", "lsuser:nobody_here"], "unknown user 'nobody_here'"),

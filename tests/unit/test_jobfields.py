@@ -139,6 +139,7 @@ def test_the_column_names_differ_from_the_field_names_only_where_declared() -> N
         "group": "group_name",
         "info": "info_text",
         "signal": "`signal`",
+        "after": "after_ok",  # migration 0003: AFTER is a keyword of SQLite and MySQL
     }
 
 

@@ -115,6 +115,10 @@ TD_COMMANDS = [
     "rmjobs", "rmwjobs", "setallpjobsaswaiting", "setallrjobsaswaiting", "setallpjobsasfinished",
     "setallrjobsasfinished", "checkslots", "updateload", "lsthreads", "reload", "dashboard",
 ]  # fmt: skip
+# Issue 11: holds, priority, ranges and groups (tm/textcontrol.py).
+_CONTROL = ["holdjob", "releasejob", "holdgroup", "releasegroup", "setpriority"]
+TMS_COMMANDS += [*_CONTROL, "killgroup"]
+TD_COMMANDS += _CONTROL
 
 
 def test_command_sets_match_targets() -> None:
@@ -217,7 +221,7 @@ def test_ping(target: str) -> None:
         ("lswjobs", ["waiting"], "no waiting jobs"),
         ("lspjobs", ["pending"], "no pending jobs"),
         ("lsrjobs", ["running"], "no running jobs"),
-        ("lsfjobs", ["finished", "failed", "killed", "timeout"], "no finished jobs"),
+        ("lsfjobs", ["finished", "failed", "killed", "timeout", "cancelled"], "no finished jobs"),
     ],
 )
 @pytest.mark.parametrize("target,scope", [("tms", "mine"), ("dispatcher", "all")])

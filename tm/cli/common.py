@@ -44,10 +44,16 @@ TMS_UNUSABLE: tuple[type[Exception], ...] = (
 
 def command_named(name: str) -> type[amp.Command]:
     """The command of :mod:`tm.protocol.commands` (or :mod:`tm.protocol.jobends`,
-    :mod:`tm.protocol.webcommands`) whose ``commandName`` is ``name``."""
-    from tm.protocol import jobends
+    :mod:`tm.protocol.control`, :mod:`tm.protocol.webcommands`) whose ``commandName`` is
+    ``name``."""
+    from tm.protocol import control, jobends
 
-    for value in (*vars(commands).values(), *vars(jobends).values(), webcommands.DashboardLink):
+    for value in (
+        *vars(commands).values(),
+        *vars(jobends).values(),
+        *vars(control).values(),
+        webcommands.DashboardLink,
+    ):
         if (
             isinstance(value, type)
             and issubclass(value, amp.Command)

@@ -38,6 +38,7 @@ from tm.cli.hrunjob_output import (  # noqa: F401  (re-exported)
     submitted_text,
 )
 from tm.core import jobfields
+from tm.core.dependencies import DependencyError, parse_ids
 from tm.core.model import JobSpec
 from tm.core.retry import normalize_exit_codes
 from tm.jobfile import JobFileError, compress_ids, parse_job_file
@@ -101,6 +102,11 @@ def spec_from_options(options: dict[str, Any], shells: dict[Any, str] | None = N
         raise CLIError(str(e), status=2) from None
     spec = JobSpec(uuid=new_uuid(), **values)
     problem = records.spec_problem(spec)  # the dispatcher's own check, without a round trip
+    try:
+        for text, what in ((spec.after, "--after"), (spec.after_any, "--after-any")):
+            parse_ids(text, what)
+    except DependencyError as e:
+        raise CLIError(str(e), status=2) from None
     if problem:
         raise CLIError(problem, status=2)
     return spec
@@ -174,7 +180,7 @@ def prepare(argv: list[str]) -> Prepared:
     return args, [(0, spec_from_options(vars(args) | {"command": command}))]
 
 
-TERMINAL_STATES = ("finished", "failed", "killed", "lost", "timeout")
+TERMINAL_STATES = ("finished", "failed", "killed", "lost", "timeout", "cancelled")
 
 
 def terminal_code(answer: dict[str, Any]) -> int | None:

@@ -70,6 +70,37 @@ def time_limit(text: str) -> float:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def add_control_options(p: argparse.ArgumentParser) -> None:
+    """Dependencies and hold (issue 11; tm/core/dependencies.py)."""
+    p.add_argument(
+        "--after",
+        default="",
+        metavar="ID[,ID...]",
+        help="start once these jobs have all finished (exit 0); cancelled if one does not",
+    )
+    p.add_argument(
+        "--after-any",
+        dest="after_any",
+        default="",
+        metavar="ID[,ID...]",
+        help="start once these jobs have all ended, however they ended",
+    )
+    p.add_argument(
+        "--after-group",
+        dest="after_group",
+        default="",
+        metavar="GROUP",
+        help="start once every job of your group GROUP submitted before has finished",
+    )
+    p.add_argument(
+        "--hold",
+        action="store_const",
+        const="user",
+        default="",
+        help="submit held: it waits until hConnect releasejob:ID",
+    )
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # one clear line, no traceback
         raise CLIError(f"{message} (see {PROG} -h)", status=2)
@@ -207,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parsable", action="store_true", help="print the ids made, one a line")
     completion.add_options(p)
     p.add_argument("--version", action="version", version=VERSION_LINE)
+    add_control_options(p)
     p.add_argument("command", nargs=argparse.REMAINDER, help=COMMAND_HELP)
     return p
 

@@ -137,6 +137,12 @@ FIELDS: tuple[Field, ...] = (
     # Added by migration 0002 (tm/db/schema/0002_signed_jobs.sql): made by the user's TMS.
     _field("signature", str, "VARCHAR(100) NOT NULL DEFAULT ''", SPEC, DETAIL, CHECKED),
     _field("signed_at", float, "DOUBLE NOT NULL DEFAULT 0", SPEC, DETAIL, CHECKED),
+    # Added by migration 0003 (tm/db/schema/0003_dependencies_holds.sql): dependencies and
+    # holds (tm/core/dependencies.py).
+    _field("after", str, "TEXT NOT NULL DEFAULT ''", SPEC, DETAIL, column="after_ok"),
+    _field("after_any", str, "TEXT NOT NULL DEFAULT ''", SPEC, DETAIL),
+    _field("after_group", str, "VARCHAR(255) NOT NULL DEFAULT ''", SPEC, DETAIL),
+    _field("hold", str, "VARCHAR(120) NOT NULL DEFAULT ''", SPEC, LISTED),
     # Added by migration 0004 (tm/db/schema/0004_job_limits.sql): the time limit the executor
     # enforces (signed only when set: tm/jobsign.py), and the last end's resource use.
     _field("time_limit", float | None, "DOUBLE NULL", SPEC, DETAIL, RUN, SIGNED),
@@ -247,6 +253,8 @@ def plain_rows(fields: Sequence[Field], of_spec: bool = False) -> Callable[[Any]
 #: A JobSpec as one row of SubmitJobs.
 spec_to_plain: Callable[[JobSpec], dict[str, Any]] = plain_rows(SPEC_FIELDS, of_spec=True)
 
+#: Fields a row may leave out (rows made before migration 0003 added them): their default.
+LATE_DEFAULTS = {"after": "", "after_any": "", "after_group": "", "hold": ""}
 _SPEC_READERS = tuple((f.name, f.optional, _plain_converters(f)[1]) for f in SPEC_FIELDS)
 
 
@@ -257,7 +265,13 @@ def spec_from_plain(row: dict[str, Any]) -> JobSpec:
     for name, optional, convert in _SPEC_READERS:
         if name in _MADE_NAMES and name not in row:
             continue  # a job of no array, from a client that does not know arrays
-        value = row.get(name) if optional else row[name]
+        if optional:
+            value = row.get(name)
+        elif name in LATE_DEFAULTS:
+            value = row.get(name)
+            value = LATE_DEFAULTS[name] if value is None else value
+        else:
+            value = row[name]
         values[name] = value if convert is None or value is None else convert(value)
     return JobSpec(**values)
 

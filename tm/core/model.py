@@ -21,6 +21,7 @@ class JobState(enum.StrEnum):
     KILLED = "killed"
     LOST = "lost"
     TIMEOUT = "timeout"  # stopped at its time limit (issue 11 point 2)
+    CANCELLED = "cancelled"  # a dependency ended badly: never started (tm/core/dependencies.py)
 
     def __str__(self) -> str:
         return self.value
@@ -35,15 +36,16 @@ class JobState(enum.StrEnum):
         return self in (JobState.PENDING, JobState.RUNNING)
 
 
-TERMINAL_STATES = frozenset({JobState.FINISHED, JobState.FAILED, JobState.KILLED})
-TERMINAL_STATES |= {JobState.TIMEOUT}
+TERMINAL_STATES = frozenset(
+    {JobState.FINISHED, JobState.FAILED, JobState.KILLED, JobState.TIMEOUT, JobState.CANCELLED}
+)
 ACTIVE_STATES = frozenset({JobState.WAITING, JobState.PENDING, JobState.RUNNING, JobState.LOST})
 
 #: old state -> states it may move to.  ``lost`` is left again only by a requeue
 #: (``waiting`` with attempt + 1) or by giving up (``failed``).  Admin repair
 #: commands (setallpjobsaswaiting, setallrjobsasfinished, ...) use the same edges.
 ALLOWED_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    JobState.WAITING: frozenset({JobState.PENDING, JobState.KILLED}),
+    JobState.WAITING: frozenset({JobState.PENDING, JobState.KILLED, JobState.CANCELLED}),
     JobState.PENDING: frozenset(
         {
             JobState.WAITING,
@@ -64,6 +66,7 @@ ALLOWED_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.FAILED: frozenset(),
     JobState.KILLED: frozenset(),
     JobState.TIMEOUT: frozenset(),
+    JobState.CANCELLED: frozenset(),
 }
 
 
@@ -189,6 +192,12 @@ class JobSpec:
     #: when it was made (whole seconds).
     signature: str = ""
     signed_at: float = 0.0
+    #: Dependencies (tm/core/dependencies.py): job ids as "3,4,9", and a group of the user.
+    after: str = ""
+    after_any: str = ""
+    after_group: str = ""
+    #: "" or who holds the waiting job: "user:NAME" or "admin:NAME" (hRunJob --hold: "user").
+    hold: str = ""
     #: Seconds the job may run on its host before its executor stops it (issue 11 point 2).
     time_limit: float | None = None
     #: Retries (issue 11 point 3, tm/core/retry.py): more attempts after a lost attempt, a

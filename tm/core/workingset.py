@@ -22,7 +22,7 @@ The indexes are kept up to date by each change instead of being recomputed:
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from typing import Any
 
 from sortedcontainers import SortedList
@@ -62,6 +62,10 @@ class WorkingSet:
         #: (user, state) -> the ids of the user's jobs in that state, sorted (for listings)
         self._ids: dict[tuple[str, JobState], SortedList] = {}
         self._waiting: dict[int, dict[str, dict[Any, SortedList]]] = {}
+        #: Waiting jobs kept out of the queues while they wait for dependencies (the
+        #: DependencyIndex's ``unmet``); held jobs (``spec.hold``) are kept out too. Change
+        #: either only inside :meth:`change`.
+        self.blocked_ids: Container[int] = frozenset()
         #: the caps of job arrays (tm/core/arrays.py); a capped array waits in its own queues
         self.arrays = ArrayIndex()
         for job in jobs:
@@ -118,7 +122,12 @@ class WorkingSet:
         waiting = self._by_state.setdefault(JobState.WAITING, {})
         fresh: dict[tuple[int, str, Any], list[int]] = {}
         for job in jobs:
-            if job.state is not JobState.WAITING or job.host or job.id in self._jobs:
+            if (
+                job.state is not JobState.WAITING
+                or job.host
+                or job.id in self._jobs
+                or not self.queued(job)
+            ):
                 self._queue_all(fresh)
                 self.add(job)
                 continue
@@ -165,6 +174,21 @@ class WorkingSet:
         self._jobs[job.id] = job
         self._index(job)
 
+    def queued(self, job: Job) -> bool:
+        """A waiting job is in the queues unless it is held or waits for dependencies (it
+        keeps its place: a queue is ordered by id)."""
+        return not job.spec.hold and job.id not in self.blocked_ids
+
+    def change(self, job: Job, apply: Callable[[Job], object]) -> None:
+        """Change what places ``job`` in the queues (its hold, priority, dependencies):
+        ``apply(job)`` runs while it is out of the indexes."""
+        tracked = self._jobs.get(job.id) is job
+        if tracked:
+            self._unindex(job)
+        apply(job)
+        if tracked:
+            self._index(job)
+
     # --- the one way a job changes state ------------------------------------------------
 
     def transition(
@@ -210,7 +234,7 @@ class WorkingSet:
             if state.holds_slots:
                 self.occupied[job.host] = self.occupied.get(job.host, 0) + job.spec.slots
         self.arrays.add(job)
-        if state is JobState.WAITING:
+        if state is JobState.WAITING and self.queued(job):
             queue = (
                 self._waiting.setdefault(job.spec.priority, {})
                 .setdefault(job.user, {})
@@ -247,10 +271,13 @@ class WorkingSet:
                     del self.occupied[job.host]
         self.arrays.remove(job)
         if state is JobState.WAITING:
-            by_user = self._waiting[job.spec.priority]
-            shapes = by_user[job.user]
+            # Held and blocked jobs are in no queue: look before removing.
+            by_user = self._waiting.get(job.spec.priority, {})
+            shapes = by_user.get(job.user, {})
             shape = _key(job)
-            queue = shapes[shape]
+            queue = shapes.get(shape)
+            if queue is None or job.id not in queue:
+                return
             queue.remove(job.id)
             if not queue:
                 del shapes[shape]
@@ -323,7 +350,7 @@ class WorkingSet:
     def view(self, job_id: int) -> JobView | None:
         """The scheduler's view of a waiting job; None if it is not waiting."""
         job = self._jobs.get(job_id)
-        if job is None or job.state is not JobState.WAITING:
+        if job is None or job.state is not JobState.WAITING or not self.queued(job):
             return None
         return JobView(
             id=job.id,

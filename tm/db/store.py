@@ -20,7 +20,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from tm.core.model import HistoryEntry, Job, JobEnvironment, JobSpec, JobState, Transition, User
-from tm.db import queries, queries_watch
+from tm.db import controlqueries, queries, queries_watch
 from tm.db.errors import StoreUnavailable
 from tm.db.queries import Dialect
 
@@ -286,6 +286,17 @@ class Store:
 
     async def apply_transitions(self, transitions: list[Transition], now: float) -> list[bool]:
         return await self._run(queries.apply_transitions, transitions, now)
+
+    # --- dependencies, holds and priority (tm/db/controlqueries.py) ----------------------
+
+    async def set_control_fields(self, job_ids: Sequence[int], values: dict[str, Any]) -> int:
+        return await self._run(controlqueries.set_control_fields, list(job_ids), values)
+
+    async def first_bad_in_group(self, user: str, group: str, below: int) -> tuple[int, str] | None:
+        return await self._run(controlqueries.first_bad_in_group, user, group, below)
+
+    async def group_size(self, user: str, group: str) -> int:
+        return await self._run(controlqueries.group_size, user, group)
 
     async def load_active_jobs(self) -> list[Job]:
         return await self._run(queries.load_active_jobs)

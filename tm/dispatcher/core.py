@@ -25,6 +25,7 @@ from twisted.python.threadpool import ThreadPool
 
 from tm import trace
 from tm.core import scheduler
+from tm.core.dependencies import DependencyIndex
 from tm.core.fairshare import DEFAULT_HALF_LIFE, UsageLedger
 from tm.core.model import Host, Job, JobState, Transition, User
 from tm.core.retry import DEFAULT_LOST_RETRIES, Cause, decide
@@ -116,6 +117,9 @@ class DispatcherCore:
         self.hosts: dict[str, Host] = {h.name: h for h in settings.hosts}
         self.users: dict[str, User] = {u.name: u for u in settings.users}
         self.jobs = WorkingSet()  # waiting, pending, running, lost; indexed
+        #: Who waits for whom (tm.dispatcher.dependencies); its waiting jobs stay unqueued.
+        self.deps = DependencyIndex()
+        self.jobs.blocked_ids = self.deps.unmet
         self.cluster_active = True
         self.loads: dict[str, float] = {}
         self.load_at: dict[str, float] = {}  # when each host's load was last reported
@@ -202,6 +206,9 @@ class DispatcherCore:
             self._forget(job.id)
             trace.point("dispatcher", "ended", job.id)
             waiters = self.waiters.pop(job.id, [])
+        d = self.writer.write(t)
+        if new.terminal:
+            self._settle_dependants(job, new)  # its dependants' changes are written after it
         if new in (
             JobState.WAITING,
             JobState.FINISHED,
@@ -211,7 +218,6 @@ class DispatcherCore:
             JobState.TIMEOUT,
         ):
             self.request_pass()
-        d = self.writer.write(t)
         if waiters:
             # Told once the end is committed: what they hear is what the database says from
             # then on (``lajob`` right after ``hRunJob --wait`` shows it). An end that cannot
@@ -284,6 +290,7 @@ class DispatcherCore:
         self._resyncing.discard(job.id)
         if fresh is None or fresh.state.terminal:
             self._forget(job.id)
+            self._settle_dependants(job, fresh.state if fresh else None)
             for d in self.waiters.pop(job.id, []):
                 d.callback(fresh or job)
             self.request_pass()
@@ -456,4 +463,7 @@ class DispatcherCore:
         raise NotImplementedError
 
     def _killed_attempt_ended(self, job: Job, at: float) -> Deferred:
+        raise NotImplementedError
+
+    def _settle_dependants(self, job: Job, new: JobState | None) -> None:
         raise NotImplementedError

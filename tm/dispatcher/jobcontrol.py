@@ -168,6 +168,8 @@ class JobControl(DispatcherCore):
             if job.id in self._resyncing:
                 continue  # its state is being repaired: removed by a later rmjobs
             self._forget(job.id)
+            if not job.state.terminal:
+                self._settle_dependants(job, None)
             now_ids.append(job.id)
         count = await self.store.delete_jobs(now_ids) if now_ids else 0
         self.request_pass()

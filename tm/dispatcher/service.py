@@ -48,6 +48,7 @@ from tm.dispatcher.core import (  # noqa: F401 - the names tests and the tap imp
     NotWritten,
     Settings,
 )
+from tm.dispatcher.dependencies import JobDependencies
 from tm.dispatcher.jobcontrol import JobControl
 from tm.dispatcher.links import ExecutorLinks
 from tm.dispatcher.ports import DispatcherStore
@@ -56,7 +57,7 @@ from tm.loginlimit import LoginLimiter
 from tm.protocol import commands, records
 
 
-class Dispatcher(ExecutorLinks, JobControl, DispatcherCore, service.Service):
+class Dispatcher(ExecutorLinks, JobControl, JobDependencies, DispatcherCore, service.Service):
     log = Logger()
 
     def __init__(self, reactor: Any, settings: Settings, store: DispatcherStore) -> None:
@@ -87,8 +88,7 @@ class Dispatcher(ExecutorLinks, JobControl, DispatcherCore, service.Service):
                 if retired:  # back in the configuration
                     await self.store.save_host(name, active, False)
         self.cluster_active = await self.store.get_setting("cluster_active") != "0"
-        for job in await self.store.load_active_jobs():
-            self.jobs.add(job)
+        await self.take_in_loaded(await self.store.load_active_jobs())
         # Placements whose start order may not have gone out: back to waiting. (Had it gone
         # out, the executor's heartbeat shows the copy and it is killed: see heartbeat().)
         for job in list(self.jobs.in_state(JobState.PENDING)):
@@ -294,6 +294,7 @@ class Dispatcher(ExecutorLinks, JobControl, DispatcherCore, service.Service):
                     excluded.append(full)
             if tuple(excluded) != spec.excluded_hosts:
                 specs[index] = dataclasses.replace(spec, excluded_hosts=tuple(excluded))
+        checked = await self.check_dependencies(user, specs)
         try:
             ids, created = await self.store.insert_jobs(
                 user, environment, specs, self.reactor.seconds()
@@ -304,15 +305,14 @@ class Dispatcher(ExecutorLinks, JobControl, DispatcherCore, service.Service):
         except Exception as e:
             self.log.failure("submission of {n} jobs failed", n=len(specs))
             raise commands.DatabaseUnavailable(f"the submission was not stored: {e}") from None
-        self.jobs.add_many(created)
+        self.take_in(created, checked)
         for observer in self.observers:
             observer.submitted(created)
         if len(created) < len(ids):  # a resent chunk: what it stored before, if still waiting
             known = {job.id for job in created}
             unknown = [i for i in ids if i not in known and i not in self.jobs]
-            for job in await self.store.get_jobs(unknown) if unknown else []:
-                if job.state is JobState.WAITING:
-                    self.jobs.add(job)
+            again = await self.store.get_jobs(unknown) if unknown else []
+            self.take_in([job for job in again if job.state is JobState.WAITING], checked)
         self.request_pass()
         return ids, warnings
 
@@ -351,6 +351,9 @@ class Dispatcher(ExecutorLinks, JobControl, DispatcherCore, service.Service):
     def wait_reason(self, job: Job) -> str:
         """Why ``job`` waits (or why its start is retried later); "" otherwise."""
         if job.state is JobState.WAITING:
+            blocked = self.blocked_reason(job)
+            if blocked:
+                return blocked
             capped = self.jobs.arrays.at_cap(job)
             if capped:
                 return capped

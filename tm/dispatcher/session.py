@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from tm.dispatcher.service import Dispatcher
 from tm.dispatcher.admin import AdminResponders
 from tm.dispatcher.callbacks import CallbackResponders
+from tm.dispatcher.control import ControlResponders
 from tm.dispatcher.responders import HEARTBEAT_INTERVAL, MAX_PAGE, JobResponders  # noqa: F401
 from tm.dispatcher.watchresponders import WatchResponders
 from tm.web.responders import WebResponders
@@ -76,7 +77,9 @@ VERSION_MISMATCH = (
 )
 
 
-class Session(WatchResponders, AdminResponders, WebResponders, CallbackResponders):
+class Session(
+    WatchResponders, AdminResponders, WebResponders, CallbackResponders, ControlResponders
+):
     """One connection's identity (proven by Hello and Authenticate) and its responders."""
 
     @commands.Hello.responder

@@ -103,7 +103,8 @@ def amp_argument(f: jobfields.Field) -> amp.Argument:
         return amp.Boolean()
     if typing.get_origin(base) is tuple:
         return amp.ListOf(amp.Unicode())
-    return amp.Unicode()  # text, a state; no host travels as ""
+    # text, a state; no host travels as ""; the fields of migration 0003 may be left out
+    return amp.Unicode(optional=f.name in jobfields.LATE_DEFAULTS)
 
 
 def amp_fields(fields: Iterable[jobfields.Field]) -> list[tuple[bytes, amp.Argument]]:

@@ -29,7 +29,7 @@ from tm import auth, jobsign, localsocket
 from tm.dispatcher_client import DispatcherLink
 from tm.link import DispatcherInfo, user_dir
 from tm.loginlimit import LoginAttempts, LoginLimiter
-from tm.protocol import commands, jobends, webcommands
+from tm.protocol import commands, control, jobends, webcommands
 from tm.protocol.base import BoundedAMP
 from tm.userserver import callbacks, local, resubmit, signing, startcommands
 from tm.userserver.startcommands import LauncherProtocol, start_failure_reason  # noqa: F401
@@ -56,6 +56,8 @@ FORWARDED: tuple[type[amp.Command], ...] = (
     webcommands.DashboardLink,
     commands.WaitJobs,
     commands.ReadOutput,
+    control.ControlJobs,
+    control.SetPriority,
 )
 VERSION_MISMATCH = (
     "this TMS speaks protocol {ours}, the client {theirs}: restart it with `hConnect shutdown`"
