@@ -133,7 +133,7 @@ _SPECS: list[_Spec] = [
     _Spec("lswjobs", _BOTH, "", "list waiting jobs"),
     _Spec("lspjobs", _BOTH, "", "list pending jobs"),
     _Spec("lsrjobs", _BOTH, "", "list running jobs"),
-    _Spec("lsfjobs", _BOTH, "", "list ended jobs (finished, failed, killed)"),
+    _Spec("lsfjobs", _BOTH, "", "list ended jobs (finished, failed, killed, timeout, cancelled)"),
     _Spec("lajob", _BOTH, "int", "show everything about a job"),
     _Spec("lagroup", _TMS, "group", "job counts and progress of a group"),
     _Spec("lagroups", _TMS, "", "job counts and progress of every group"),

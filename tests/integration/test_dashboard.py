@@ -104,6 +104,31 @@ def wait_for(driver: Any, css: str, timeout: float = 30) -> Any:
     )
 
 
+def _settled(driver: Any, action: Any, timeout: float = 30) -> Any:
+    """``action(driver)``'s result, tried again while the live page re-renders the element
+    under it (a push may replace a table row between finding it and reading it)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(
+        driver, timeout, ignored_exceptions=[StaleElementReferenceException]
+    ).until(lambda d: (action(d),))[0]
+
+
+def text_of(driver: Any, css: str) -> str:
+    """The text of the element at ``css``, read from one rendering of it."""
+    from selenium.webdriver.common.by import By
+
+    return _settled(driver, lambda d: d.find_element(By.CSS_SELECTOR, css).text)
+
+
+def click(driver: Any, css: str) -> None:
+    """Click the element at ``css`` as it is now rendered."""
+    from selenium.webdriver.common.by import By
+
+    _settled(driver, lambda d: d.find_element(By.CSS_SELECTOR, css).click())
+
+
 def keep_screenshot(driver: Any, name: str) -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     height = driver.execute_script("return document.documentElement.scrollHeight;")
@@ -134,9 +159,9 @@ def test_the_dashboard_shows_a_new_job_live_without_reload(
     link = cli.tms(inst, "dashboard").strip()
     assert link.startswith(dashboard_url(inst) + "/login?token=")
     chromium.get(link)
-    row = wait_for(chromium, f'tr[data-job-id="{first}"]')
+    wait_for(chromium, f'tr[data-job-id="{first}"]')
     # The user's text is shown as text, never as markup.
-    command = row.find_element(By.CSS_SELECTOR, "td.command").text
+    command = text_of(chromium, f'tr[data-job-id="{first}"] td.command')
     assert "<b>not bold</b>" in command
     assert chromium.find_elements(By.CSS_SELECTOR, "#jobs b") == []
     assert chromium.current_url == dashboard_url(inst) + "/"  # the token left the address bar
@@ -153,21 +178,22 @@ def test_the_dashboard_shows_a_new_job_live_without_reload(
     wait_for(chromium, '#throughput[data-total="1"]', timeout=60)
     assert chromium.find_elements(By.CSS_SELECTOR, "#throughput rect")
     # A job's history and where its output is.
-    chromium.find_element(By.CSS_SELECTOR, f'tr[data-job-id="{second}"]').click()
+    click(chromium, f'tr[data-job-id="{second}"]')
     wait_for(chromium, "#history tbody tr")
-    output = chromium.find_element(By.ID, "output").text
+    output = text_of(chromium, "#output")
     assert f"output on host {cli.lajob(inst, second).host}" in output
     assert f".taskmanager/logs/{second}.out" in output
     # The running job's output, read by its executor, shown as text.
     cli.wait_state(inst, first, "running")
-    chromium.find_element(By.CSS_SELECTOR, f'tr[data-job-id="{first}"]').click()
+    click(chromium, f'tr[data-job-id="{first}"]')
     wait_for(chromium, "#output-tail:not([hidden])")
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(chromium, 30).until(
+    WebDriverWait(chromium, 30, ignored_exceptions=[StaleElementReferenceException]).until(
         lambda d: "tail-marker" in d.find_element(By.ID, "output-tail").text
     )
-    assert "<b>not bold</b>" in chromium.find_element(By.ID, "output-tail").text
+    assert "<b>not bold</b>" in text_of(chromium, "#output-tail")
     assert chromium.find_elements(By.CSS_SELECTOR, "#output-tail b") == []
     keep_screenshot(chromium, "dashboard.png")
     cli.tms(inst, f"killjob:{first}")
