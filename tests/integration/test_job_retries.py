@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.cli import lajob, submit, tms, wait_state
+from tests.helpers.cli import lajob, submit, submit_file, tms, wait_state
 from tests.helpers.processes import (
     Installation,
     InstallationWithEnv,
@@ -201,6 +201,32 @@ def test_an_on_end_callback_sees_how_the_job_ended(inst: InstallationWithEnv) ->
         "the callback to be recorded as run",
     )
     assert "on end:" in lajob(inst, job).text
+
+
+def test_the_callback_of_the_job_that_ends_its_group_is_told_so_once(
+    inst: InstallationWithEnv,
+) -> None:
+    # Four jobs of one group in one submission (the group has its size from the start); they
+    # end in any order, some together.
+    callback = "env | grep ^TM_ > .e.$TM_JOB_ID && mv .e.$TM_JOB_ID ended.$TM_JOB_ID"
+    lines = ["command::true"] * 3 + ["command::exit 2"]
+    jobs = submit_file(
+        inst,
+        inst.work / "jobs.txt",
+        "-g",
+        "sweep",
+        "--on-end",
+        callback,
+        content="\n".join(lines) + "\n",
+    )
+    paths = [inst.work / f"ended.{job}" for job in jobs]
+    wait_until(lambda: all(p.exists() for p in paths), 90, "every callback to run")
+    envs = [read_env_file(p) for p in paths]
+    told = [env for env in envs if env["TM_GROUP_ENDED"] == "1"]
+    assert len(told) == 1, [env["TM_GROUP_ENDED"] for env in envs]
+    assert told[0]["TM_GROUP_COUNTS"] == "failed=1 finished=3"
+    assert all(env["TM_JOB_GROUP"] == "sweep" for env in envs)
+    assert all(env["TM_GROUP_ENDED"] == "0" for env in envs if env is not told[0])
 
 
 def test_a_failing_or_hanging_callback_does_not_block_the_next(inst: InstallationWithEnv) -> None:

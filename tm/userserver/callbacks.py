@@ -4,7 +4,10 @@ When a job with an ``on_end`` has ended, the TMS runs its command as the user --
 CMD`` in the job's directory, with the TMS's environment plus ``TM_JOB_ID``,
 ``TM_JOB_GROUP``, ``TM_JOB_STATE``, ``TM_JOB_EXIT_CODE``, ``TM_JOB_SIGNAL``,
 ``TM_JOB_RUN_TIME`` (seconds) and ``TM_JOB_REASON`` (empty where there is no value), the way
-pueue's callback works.
+pueue's callback works. A job of a group also gets ``TM_GROUP_ENDED``: ``1`` in the callback
+of the job whose end ended its group (no job of it waiting, pending or running any more, as
+the dispatcher has committed it), once per group and size, else ``0``; with it
+``TM_GROUP_COUNTS`` (``finished=9 failed=1``), so one command can report on a whole sweep.
 
 How the TMS hears of ends: the dispatcher pushes ``JobEnded`` once a job's end is committed
 (tm/dispatcher/callbacks.py); each time the TMS's link comes up it asks for
@@ -39,7 +42,7 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
 
 from tm.link import user_dir
-from tm.protocol import jobends
+from tm.protocol import commands, jobends
 
 #: Callbacks running at once; more wait their turn.
 MAX_RUNNING = 4
@@ -52,6 +55,8 @@ KILL_GRACE = 5.0
 OUTPUT_KEPT = 2000
 #: Job ids already taken (a push and a page of pending callbacks may name the same job).
 SEEN_KEPT = 10_000
+#: The states in which a job of a group keeps the group from having ended.
+ACTIVE = frozenset({"waiting", "pending", "running", "lost"})
 
 
 def records_dir() -> Path:
@@ -119,6 +124,9 @@ class Callbacks:
         self.queue: deque[dict[str, Any]] = deque()
         self.running = 0
         self._seen: OrderedDict[int, None] = OrderedDict()
+        #: (group, its number of jobs) whose end a callback was told of: told once, even when
+        #: its last jobs end together.
+        self._groups_told: OrderedDict[tuple[str, int], None] = OrderedDict()
         self._setsid = shutil.which("setsid")
 
     def _dir(self) -> Path:
@@ -213,6 +221,9 @@ class Callbacks:
             await self._tell_ran(job_id)
             return
         command, cwd = str(record["on_end"]), str(record.get("cwd") or "/")
+        env = environment(job, dict(os.environ))
+        if job.get("group"):
+            env.update(await self._group_end(str(job["group"])))
         proto = _Output()
         argv = ["/bin/sh", "-c", command]
         if self._setsid:
@@ -222,7 +233,7 @@ class Callbacks:
                 proto,
                 argv[0],
                 argv,
-                env=environment(job, dict(os.environ)),
+                env=env,
                 path=cwd,
                 childFDs={0: "w", 1: "r", 2: "r"},
             )
@@ -259,6 +270,26 @@ class Callbacks:
                 output=proto.output.decode("utf-8", "replace").strip()[-500:] or "no output",
             )
         await self._tell_ran(job_id)
+
+    async def _group_end(self, group: str) -> dict[str, str]:
+        """``TM_GROUP_ENDED`` and ``TM_GROUP_COUNTS`` of ``group``, as the dispatcher has
+        committed it (this job's end included: it is pushed once committed)."""
+        try:
+            answer = await self.link.call(commands.GroupSummary, group=group, scope="mine")
+            counts = answer["groups"].get(group) or {}
+        except Exception as e:
+            self.log.info("could not ask how group {g} stands: {e}", g=group, e=str(e))
+            return {"TM_GROUP_ENDED": "", "TM_GROUP_COUNTS": ""}
+        ended = not any(counts.get(state) for state in ACTIVE)
+        key = (group, sum(counts.values()))
+        if ended and key in self._groups_told:
+            ended = False  # another callback of this group was told already
+        elif ended:
+            self._groups_told[key] = None
+            if len(self._groups_told) > SEEN_KEPT:
+                self._groups_told.popitem(last=False)
+        shown = " ".join(f"{state}={n}" for state, n in sorted(counts.items()) if n)
+        return {"TM_GROUP_ENDED": "1" if ended else "0", "TM_GROUP_COUNTS": shown}
 
     def _stop(self, process: Any, sig: int) -> None:
         pid = process.pid
