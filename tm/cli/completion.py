@@ -18,7 +18,15 @@ from typing import Any
 
 SHELLS = ("bash", "zsh")
 #: The commands whose argument is one or more job ids.
-ID_ARGS = ("int", "ints", "jobs", "output")  # jobs, output: wait, cat, follow
+ID_ARGS = (
+    "int",
+    "ints",
+    "jobs",
+    "output",
+    "idset",
+    "idprio",
+    "resubmit",
+)  # wait, cat, holdjob, ...
 #: At most this many ids are offered (the active jobs first, then the ended ones).
 MAX_IDS = 5_000
 #: The options whose value is a file (by their destination).

@@ -64,7 +64,10 @@ class RunRequest:
         env = order["env"]
         if not isinstance(env, dict):
             raise JobStartError("the environment is not a mapping of names to values")
-        values = {f.name: order[f.name] for f in jobfields.RUN_FIELDS}
+        # An optional field (added later: the time limit, an array's index) may be absent.
+        values = {
+            f.name: order.get(f.name) if f.optional else order[f.name] for f in jobfields.RUN_FIELDS
+        }
         for name in _PATHS:
             values[name] = values[name] or None
         return cls(job_id=job_id, attempt=attempt, env=dict(env), **values)

@@ -63,8 +63,13 @@ async def job_ids_of_group(call: Call, group: str, failed_only: bool) -> list[in
 
 def copy_row(job: dict[str, Any]) -> dict[str, Any]:
     """The spec of a copy of ``job`` (a GetJob row), as a client sends it: a new uuid, no
-    signature yet, no on-end callback."""
-    row = {f.name: job[f.name] for f in jobfields.GIVEN_FIELDS if f.name in job}
+    signature yet, no on-end callback. A job of an array stays one (its index, and its
+    array's cap: the copy counts against it)."""
+    row = {
+        f.name: job[f.name]
+        for f in jobfields.SPEC_FIELDS
+        if jobfields.CHECKED not in f.groups and f.name in job
+    }
     row["uuid"] = str(uuid_module.uuid4())
     row["on_end"] = ""
     return row
