@@ -65,7 +65,7 @@ class RunRequest:
         if not isinstance(env, dict):
             raise JobStartError("the environment is not a mapping of names to values")
         # An optional field (added later: the time limit, an array's index) may be absent.
-        values = {
+        values: dict[str, Any] = {
             f.name: order.get(f.name) if f.optional else order[f.name] for f in jobfields.RUN_FIELDS
         }
         for name in _PATHS:
