@@ -203,6 +203,21 @@ def test_an_on_end_callback_sees_how_the_job_ended(inst: InstallationWithEnv) ->
     assert "on end:" in lajob(inst, job).text
 
 
+def test_resubmitting_a_failed_chain_reruns_it_in_order(inst: InstallationWithEnv) -> None:
+    first = submit(inst, "-g", "chain", "test -e ok")
+    second = submit(inst, "-g", "chain", "--after", str(first), "echo second > second.txt")
+    wait_state(inst, second, "cancelled", timeout=60)
+    assert lajob(inst, first).state == "failed"
+    (inst.work / "ok").write_text("")
+    out = tms(inst, "resubmit:group:chain:failed")
+    copies = [int(n) for n in re.findall(r"resubmitted as job (\d+)", out)]
+    assert len(copies) == 2, out
+    # The copy of the second job waits for the copy of the first, not for the failed one.
+    assert f"after (finished): {copies[0]}" in lajob(inst, copies[1]).text
+    wait_state(inst, copies[1], "finished", timeout=60)
+    assert (inst.work / "second.txt").read_text() == "second\n"
+
+
 def test_the_callback_of_the_job_that_ends_its_group_is_told_so_once(
     inst: InstallationWithEnv,
 ) -> None:

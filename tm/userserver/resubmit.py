@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tm.core import jobfields
+from tm.core.dependencies import ids_text, parse_ids
 from tm.core.model import JobState
 from tm.protocol import commands
 
@@ -133,14 +134,36 @@ async def resubmit(
         rows = submissions[key][1]
         order.append((key, len(rows)))
         rows.append(copy_row(job))
-    new_ids: dict[tuple[str, int, str], list[int]] = {}
+    # Submitted in the order of the old ids, consecutive copies with the same directory,
+    # umask and environment together; a copy that waited for a job copied before it now
+    # waits for that job's copy (so resubmit:group:G:failed reruns a failed chain in order):
+    # such a copy starts a new submission, since a job waits only for jobs submitted before.
+    copies: dict[int, int] = {}
+    job_ids: list[int] = []
     warnings: list[str] = []
-    for key, (kw, rows) in submissions.items():
-        answer = await submit(kw, rows)
-        new_ids[key] = list(answer["job_ids"])
-        warnings += [w for w in answer.get("warnings") or [] if w not in warnings]
-    return {
-        "job_ids": [new_ids[key][i] for key, i in order],
-        "old_ids": ids,
-        "warnings": warnings,
-    }
+    run: list[dict[str, Any]] = []
+    run_old: list[int] = []
+
+    async def send(kw: dict[str, Any]) -> None:
+        nonlocal run, run_old
+        answer = await submit(kw, run)
+        copies.update(zip(run_old, answer["job_ids"], strict=True))
+        job_ids.extend(answer["job_ids"])
+        warnings.extend(w for w in answer.get("warnings") or [] if w not in warnings)
+        run, run_old = [], []
+
+    for n, (key, i) in enumerate(order):
+        row = submissions[key][1][i]
+        waits_for = {
+            d for name in ("after", "after_any") if row.get(name) for d in parse_ids(row[name])
+        }
+        if run and waits_for & set(run_old):
+            await send(submissions[key][0])
+        for name in ("after", "after_any"):
+            if row.get(name):
+                row[name] = ids_text(copies.get(d, d) for d in parse_ids(row[name]))
+        run.append(row)
+        run_old.append(ids[n])
+        if n + 1 == len(order) or order[n + 1][0] != key:
+            await send(submissions[key][0])
+    return {"job_ids": job_ids, "old_ids": ids, "warnings": warnings}
