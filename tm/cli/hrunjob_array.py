@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tm.cli.errors import CLIError
-from tm.core.arrays import ArraySpec, ArraySpecError, parse_array_spec, substitute
 from tm.core.model import JobSpec
 from tm.jobfile import compress_ids
+
+if TYPE_CHECKING:  # tm.core.arrays is imported only when --array is given
+    from tm.core.arrays import ArraySpec
 
 #: The option values in which ``{idx}`` becomes the job's index (the job's field names).
 SUBSTITUTED = ("command", "info", "stdout", "stderr", "logfile")
@@ -21,6 +23,8 @@ SUBSTITUTED = ("command", "info", "stdout", "stderr", "logfile")
 
 def array_option(text: str) -> ArraySpec:
     """An argparse type: the parsed ``--array`` value, refused in one line otherwise."""
+    from tm.core.arrays import ArraySpecError, parse_array_spec
+
     try:
         return parse_array_spec(text)
     except ArraySpecError as e:
@@ -39,6 +43,8 @@ def array_jobs(
     (``-g``, else :func:`group_of` the array). Sets ``args.group`` to that group."""
     if args.jobsFile is not None:
         raise CLIError("--array and -f cannot be combined: give one of them", status=2)
+    from tm.core.arrays import substitute
+
     spec: ArraySpec = args.array
     array_id = new_uuid()
     if not args.group:
