@@ -11,7 +11,6 @@ import json
 import math
 
 from tm.core import jobfields, retry
-from tm.core.arrays import array_problem
 from tm.core.model import JobEnvironment, JobSpec
 
 #: AMP refuses values of 65 535 bytes or more; keep headroom for the encoding.
@@ -108,7 +107,14 @@ def spec_problem(spec: JobSpec, min_priority: int = 0, max_priority: int = 127) 
         isinstance(limit, (int, float)) and math.isfinite(limit) and 0 < limit <= MAX_TIME_LIMIT
     ):
         return f"the time limit must be more than 0 and at most {MAX_TIME_LIMIT:.0f} s"
-    return retry.spec_problem(spec.retries, spec.retry_on_exit, spec.on_end) or array_problem(spec)
+    problem = retry.spec_problem(spec.retries, spec.retry_on_exit, spec.on_end)
+    if problem is None and (
+        spec.array_index is not None or spec.array_cap is not None or spec.array_id
+    ):
+        from tm.core.arrays import array_problem  # only for jobs of arrays: a lighter CLI start
+
+        problem = array_problem(spec)
+    return problem
 
 
 def environment_problem(environment: JobEnvironment) -> str | None:
