@@ -5,6 +5,7 @@ no empty stderr file left behind."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import select
@@ -125,6 +126,24 @@ def test_wait_exits_with_the_first_failing_job_s_code(db_installation: Installat
     assert unknown.returncode != 0 and unknown.stderr.strip() == "hConnect: unknown job 999999"
     bad_input = inst.run("hConnect", "wait:5-x")
     assert bad_input.returncode == 2 and "Traceback" not in bad_input.stderr
+    # --json: one document at the end (no progress lines), the same exit status.
+    doc = inst.run("hConnect", "--json", f"wait:{ok}:{bad}:{sig}")
+    assert doc.returncode == 3 and doc.stderr == ""
+    answer = json.loads(doc.stdout)
+    assert answer["command"] == "wait" and answer["exit_status"] == 3
+    assert answer["total"] == 3 and answer["failed_count"] == 2
+    assert [(j["id"], j["state"], j["exit_code"]) for j in answer["failed"]][0] == (
+        bad,
+        "failed",
+        3,
+    )
+    assert answer["counts"] == {"finished": 1, "failed": 2}
+    cat = inst.run("hConnect", "--json", f"cat:{ok}")
+    assert cat.returncode == 2
+    assert (
+        cat.stderr.strip()
+        == "hConnect: --json does not apply to cat: it prints the job's own output"
+    )
 
 
 def test_wait_for_a_killed_job_exits_with_128_plus_its_signal(installation: Installation) -> None:

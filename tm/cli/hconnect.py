@@ -55,7 +55,9 @@ def prepare(argv: list[str]) -> tuple[argparse.Namespace, textcommands.TextComma
 WATCHING = ("wait", "cat", "follow")
 
 
-def watching(command: textcommands.TextCommand, call: Any, verbose: bool) -> Any:
+def watching(
+    command: textcommands.TextCommand, call: Any, verbose: bool, as_json: bool = False
+) -> Any:
     """The coroutine of a command of WATCHING (its argument checked first: CLIError)."""
     from tm.cli import jobwatch
 
@@ -63,7 +65,18 @@ def watching(command: textcommands.TextCommand, call: Any, verbose: bool) -> Any
     if command.name == "wait":
         ranges, group, strict = jobwatch.parse_selection(text)
         return jobwatch.wait_jobs(
-            call, ranges, group, strict, sys.stdout, sys.stderr, sys.stdout.isatty()
+            call,
+            ranges,
+            group,
+            strict,
+            sys.stdout,
+            sys.stderr,
+            sys.stdout.isatty(),
+            as_json=as_json,
+        )
+    if as_json:
+        raise CLIError(
+            f"--json does not apply to {command.name}: it prints the job's own output", status=2
         )
     job_id, stream = jobwatch.parse_output(text, command.name)
     run = jobwatch.cat_output if command.name == "cat" else jobwatch.follow_output
@@ -102,7 +115,7 @@ async def main_async(reactor: Any, argv: list[str]) -> int:
     if command.name in WATCHING:
         from tm.cli.jobwatch import under_reactor
 
-        coroutine = watching(command, call, args.verbose)
+        coroutine = watching(command, call, args.verbose, args.json)
         return await under_reactor(reactor, coroutine, lambda: interrupted(command))
     print(await answer(command, call, args.json))
     return 0
@@ -144,7 +157,7 @@ def main_fast(argv: list[str]) -> int:
                     )
                 )
                 if command.name in WATCHING:
-                    coroutine = watching(command, call, args.verbose)
+                    coroutine = watching(command, call, args.verbose, args.json)
                     try:
                         return int(run_now(coroutine))
                     except KeyboardInterrupt:

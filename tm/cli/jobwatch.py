@@ -19,6 +19,8 @@ are, :mod:`tm.textcommands`), and writes to the streams it is given.
 from __future__ import annotations
 
 import base64
+import io
+import json
 import os
 import socket
 import time
@@ -178,9 +180,11 @@ async def wait_jobs(
     terminal: bool,
     clock: Callable[[], float] = time.monotonic,
     prog: str = "hConnect",
+    as_json: bool = False,
 ) -> int:
-    """Wait until every job named has ended; the exit status (see the module's docstring)."""
-    progress = Progress(out, terminal, clock)
+    """Wait until every job named has ended; the exit status (see the module's docstring).
+    ``as_json``: no progress, and at the end one document (docs/json.md, ``wait``)."""
+    progress = Progress(io.StringIO() if as_json else out, terminal and not as_json, clock)
     known: dict[str, int] = {}
     try:
         while True:
@@ -202,6 +206,25 @@ async def wait_jobs(
         progress.close()
     done, _, _, failed_count, total = tally(known)
     failed = sorted(answer["failed"], key=lambda j: j["id"])
+    if as_json:
+        code = ending_code(failed[0]) if failed_count else 0
+        keys = ("id", "state", "exit_code", "signal", "reason")
+        out.write(
+            json.dumps(
+                {
+                    "schema": 1,
+                    "command": "wait",
+                    "total": total,
+                    "counts": known,
+                    "failed_count": failed_count,
+                    "failed": [{k: j.get(k) for k in keys} for j in failed],
+                    "exit_status": code,
+                },
+                separators=(",", ":"),
+            )
+            + "\n"
+        )
+        return code
     if not failed_count:
         out.write(f"all {total} job(s) finished\n" if total != 1 else "the job finished\n")
         return 0
