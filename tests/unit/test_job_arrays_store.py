@@ -3,50 +3,17 @@ place, its jobs kept (no array's), and the jobs of an array stored and read back
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 import pytest_twisted
 
-from tests.unit.test_store import ENV, _mysql_admin, _mysql_base
+from tests.unit.test_store import ENV, empty_store  # noqa: F401 - the fixture
 from tm.core.model import Job, JobSpec, JobState
 from tm.db import queries
 from tm.db.store import Store
 
 ARRAY_FIELDS = ("array_id", "array_index", "array_cap")
 ARRAYS = 6
-
-
-@pytest.fixture(params=["sqlite", "mysql"])
-def empty_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    """A store on a database with no table yet."""
-    from twisted.internet import reactor
-
-    if request.param == "sqlite":
-        s = Store.from_url(f"sqlite:///{tmp_path / 'tm.sqlite'}", reactor)
-        try:
-            yield s
-        finally:
-            s.close()
-        return
-    base = _mysql_base()
-    name = "tm_test_" + secrets.token_hex(6)
-    admin = _mysql_admin(base)
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
-        s = Store.from_url(f"{base}/{name}", reactor)
-        try:
-            yield s
-        finally:
-            s.close()
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS {name}")
-        admin.close()
 
 
 def _insert_old_job(txn: Any, d: Any, job: Job) -> int:
@@ -74,7 +41,7 @@ async def _upgrade_to_before_arrays(store: Store) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_database_from_before_arrays_is_upgraded_in_place(empty_store: Store) -> None:
+async def test_a_database_from_before_arrays_is_upgraded_in_place(empty_store: Store) -> None:  # noqa: F811 - the fixture
     store = empty_store
     await _upgrade_to_before_arrays(store)
     spec = JobSpec(uuid="00000000-0000-0000-0000-000000000001", command="echo old")

@@ -3,48 +3,14 @@ existing database is upgraded in place, and an end's use is written and summed p
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 import pytest_twisted
 
-from tests.unit.test_store import ENV, _deferred, _mysql_admin, _mysql_base, spec
+from tests.unit.test_store import ENV, _deferred, empty_store, spec  # noqa: F401 - the fixture
 from tm.core.model import JobState, Transition
 from tm.db import queries
 from tm.db.store import Store
-
-
-@pytest.fixture(params=["sqlite", "mysql"])
-def bare_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    """A store on an empty database: no migration applied yet."""
-    from twisted.internet import reactor
-
-    if request.param == "sqlite":
-        s = Store.from_url(f"sqlite:///{tmp_path / 'tm.sqlite'}", reactor)
-        try:
-            yield s
-        finally:
-            s.close()
-        return
-    base = _mysql_base()
-    name = "tm_test_" + secrets.token_hex(6)
-    admin = _mysql_admin(base)
-    try:
-        with admin.cursor() as cur:
-            cur.execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
-        s = Store.from_url(f"{base}/{name}", reactor)
-        try:
-            yield s
-        finally:
-            s.close()
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS {name}")
-        admin.close()
-
 
 #: A job that ended before migration 0004, in the columns it had then.
 _OLD_JOB = (
@@ -66,8 +32,8 @@ def _old_database(txn: Any, d: Any) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_existing_database_is_upgraded_in_place(bare_store: Store) -> None:
-    store = bare_store
+async def test_an_existing_database_is_upgraded_in_place(empty_store: Store) -> None:  # noqa: F811 - the fixture
+    store = empty_store
     await store._run(_old_database)
     applied = await store.upgrade()
     assert 4 in applied and 1 not in applied and 2 not in applied
@@ -81,8 +47,8 @@ async def test_an_existing_database_is_upgraded_in_place(bare_store: Store) -> N
 
 
 @pytest_twisted.ensureDeferred
-async def test_an_end_s_use_is_stored_and_summed_per_group(bare_store: Store) -> None:
-    store = bare_store
+async def test_an_end_s_use_is_stored_and_summed_per_group(empty_store: Store) -> None:  # noqa: F811 - the fixture
+    store = empty_store
     await store.upgrade()
     ids = await store.submit_jobs(
         "alice",

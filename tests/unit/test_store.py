@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import secrets
@@ -42,14 +43,17 @@ def _mysql_admin(base: str):
     )
 
 
-@pytest.fixture(params=["sqlite", "mysql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+@contextlib.contextmanager
+def store_on(kind: str, tmp_path: Path, upgraded: bool) -> Iterator[Store]:
+    """A store on a fresh database of ``kind`` ("sqlite" or "mysql"), its migrations applied
+    if ``upgraded``; the MariaDB database is dropped afterwards."""
     from twisted.internet import reactor
 
-    if request.param == "sqlite":
+    if kind == "sqlite":
         s = Store.from_url(f"sqlite:///{tmp_path / 'tm.sqlite'}", reactor)
         try:
-            pytest_twisted.blockon(_deferred(s.upgrade()))
+            if upgraded:
+                pytest_twisted.blockon(_deferred(s.upgrade()))
             yield s
         finally:
             s.close()
@@ -62,7 +66,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
             cur.execute(f"CREATE DATABASE {name} CHARACTER SET utf8mb4")
         s = Store.from_url(f"{base}/{name}", reactor)
         try:
-            pytest_twisted.blockon(_deferred(s.upgrade()))
+            if upgraded:
+                pytest_twisted.blockon(_deferred(s.upgrade()))
             yield s
         finally:
             s.close()
@@ -70,6 +75,19 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         with admin.cursor() as cur:
             cur.execute(f"DROP DATABASE IF EXISTS {name}")
         admin.close()
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    with store_on(request.param, tmp_path, upgraded=True) as s:
+        yield s
+
+
+@pytest.fixture(params=["sqlite", "mysql"])
+def empty_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A store on a database with no table yet: no migration applied."""
+    with store_on(request.param, tmp_path, upgraded=False) as s:
+        yield s
 
 
 def _deferred(coro):
