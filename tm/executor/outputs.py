@@ -43,26 +43,40 @@ class OutputPaths:
         return self._paths.get(job_id)
 
 
-def read_range(path: str, offset: int, length: int) -> dict[str, Any]:
-    """Up to ``length`` bytes of ``path`` from ``offset`` (the answer of ReadOutput); may
-    block (NFS): run it off the reactor. Never follows the file past a regular file."""
+def read_bytes(
+    path: str, offset: int, length: int, follow_links: bool = True
+) -> tuple[int, bytes] | None:
+    """The size of ``path`` and up to ``length`` of its bytes from ``offset`` (a negative one
+    counts from the end); None when it is missing or not a regular file. May block (NFS): run
+    it off the reactor. ``follow_links`` False: a symbolic link raises OSError (ELOOP)."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if follow_links else os.O_NOFOLLOW)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = os.open(path, flags)
     except FileNotFoundError:
-        return {"data": "", "size": 0, "missing": True, "path": path}
+        return None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            return {"data": "", "size": 0, "missing": True, "path": path}
-        data = os.pread(fd, max(0, length), max(0, offset)) if length > 0 else b""
-        return {
-            "data": base64.b64encode(data).decode("ascii"),
-            "size": info.st_size,
-            "missing": False,
-            "path": path,
-        }
+            return None
+        start = max(0, info.st_size + offset) if offset < 0 else offset
+        return info.st_size, os.pread(fd, length, start) if length > 0 else b""
     finally:
         os.close(fd)
+
+
+def read_range(path: str, offset: int, length: int) -> dict[str, Any]:
+    """Up to ``length`` bytes of ``path`` from ``offset`` (the answer of ReadOutput); may
+    block (NFS): run it off the reactor. Never follows the file past a regular file."""
+    read = read_bytes(path, max(0, offset), length)
+    if read is None:
+        return {"data": "", "size": 0, "missing": True, "path": path}
+    size, data = read
+    return {
+        "data": base64.b64encode(data).decode("ascii"),
+        "size": size,
+        "missing": False,
+        "path": path,
+    }
 
 
 def remove_if_empty(path: str) -> bool:

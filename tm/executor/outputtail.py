@@ -8,24 +8,22 @@ the user's files).
 
 from __future__ import annotations
 
-import os
+import errno
 from typing import Any
 
 from twisted.protocols import amp
 
+from tm.executor.outputs import read_bytes
 from tm.protocol import commands
 from tm.protocol.webcommands import MAX_TAIL_BYTES, OutputTail
 
 
 def read_tail(path: str, limit: int) -> tuple[int, bytes]:
-    """The file's size and its last ``limit`` bytes."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    try:
-        size = os.fstat(fd).st_size
-        os.lseek(fd, max(0, size - limit), os.SEEK_SET)
-        return size, os.read(fd, limit)
-    finally:
-        os.close(fd)
+    """The file's size and its last ``limit`` bytes (a link is not followed: OSError)."""
+    read = read_bytes(path, -limit, limit, follow_links=False)
+    if read is None:
+        raise FileNotFoundError(errno.ENOENT, "no such regular file", path)
+    return read
 
 
 class OutputTailResponder(amp.CommandLocator):
