@@ -227,6 +227,10 @@ class Peer:
         self.proto.dataReceived(struct.pack("!I", len(data)) + data)
 
     def answers(self) -> list[dict]:
+        # A submission lets each chunk leave (a turn of the reactor) before making the next.
+        clock = self.proto.server.reactor
+        while any(c.getTime() <= clock.seconds() for c in clock.getDelayedCalls()):
+            clock.advance(0)
         raw, out = self.transport.value(), []
         self.transport.clear()
         while raw:

@@ -17,7 +17,7 @@ from twisted.protocols import amp
 from tm.cli import hrunjob
 from tm.core import jobfields
 from tm.core.jobfields import FIELDS
-from tm.core.model import Job, JobSpec, JobState, Transition
+from tm.core.model import Job, JobEnvironment, JobSpec, JobState, Transition
 from tm.db import queries
 from tm.db.dialect import MYSQL, SQLITE, Dialect
 from tm.executor.request import RunRequest
@@ -155,6 +155,45 @@ def test_a_job_row_reads_back_as_the_same_job() -> None:
     assert dict(zip(NAMES, row, strict=True))["excluded_hosts"] == '["h1", "h2"]'
     assert dict(zip(NAMES, row, strict=True))["suspended"] == 1
     assert queries.job_from_row(row) == job
+
+
+def test_a_submission_writes_each_job_as_its_row() -> None:
+    """insert_jobs names the columns in its own order: the values are _job_row's."""
+
+    class Txn:
+        rowcount = 1
+        lastrowid = 0
+        inserted: list[dict[str, Any]] = []
+
+        def execute(self, sql: str, params: tuple = ()) -> None:
+            if sql.startswith("INSERT INTO jobs"):
+                columns = sql.split("(", 1)[1].split(")", 1)[0].split(", ")
+                self.inserted.append(dict(zip(columns, params, strict=True)))
+                self.lastrowid += 1
+
+        def executemany(self, sql: str, params: list) -> None:
+            pass
+
+        def fetchone(self) -> tuple:
+            return (3,)
+
+    spec = a_job().spec
+    specs = [spec, dataclasses.replace(spec, uuid="u2", excluded_hosts=(), time_limit=9.0)]
+    environment = JobEnvironment(cwd="/w", umask=0o27, env={}, sealed="1.k.sealed")
+    txn = Txn()
+    ids, created = queries.insert_jobs(txn, SQLITE, "alice", environment, specs, 50.0)
+    assert ids == [1, 2] and [job.spec for job in created] == specs
+    for job, inserted in zip(created, txn.inserted, strict=True):
+        assert inserted == dict(
+            zip(queries._INSERT_JOB_COLUMNS, queries._job_row(job), strict=True)
+        )
+        assert (job.user, job.cwd, job.umask, job.env_id, job.state) == (
+            "alice",
+            "/w",
+            0o27,
+            3,
+            JobState.WAITING,
+        )
 
 
 # --- AMP ------------------------------------------------------------------------------------

@@ -86,6 +86,13 @@ _WRITERS = tuple(
     for f in _INSERTED
 )
 _USER, _GROUP, _INFO = (jobfields.column(name) for name in ("user", "group", "info"))
+# A submission's INSERT names the spec's columns first, read from each JobSpec by one
+# attrgetter (only the excluded hosts are converted), then the others: the same for each job.
+_SPEC_COLUMNS = tuple(f for f in _INSERTED if f.in_spec and f.name != "excluded_hosts")
+_OTHER_COLUMNS = tuple(f.sql_name for f in _INSERTED if not f.in_spec)
+_NEW_COLUMNS = (*(f.sql_name for f in _SPEC_COLUMNS), "excluded_hosts", *_OTHER_COLUMNS)
+assert all(_sql_converters(f)[0] is _same for f in _SPEC_COLUMNS)  # written as they are
+_spec_values = attrgetter(*(f.name for f in _SPEC_COLUMNS))
 
 
 def job_from_row(row: Sequence[Any]) -> Job:
@@ -168,9 +175,10 @@ def insert_jobs(
     if not specs:
         return [], []
     env_id = store_environment(txn, d, environment_text(environment))
-    insert = d.insert_ignore("jobs", _INSERT_JOB_COLUMNS, "uuid")
+    insert = d.insert_ignore("jobs", _NEW_COLUMNS, "uuid")
     ids: list[int | None] = []
     created: list[Job] = []
+    others: tuple[Any, ...] = ()
     for spec in specs:
         job = Job(
             id=0,
@@ -185,7 +193,11 @@ def insert_jobs(
             umask=environment.umask,
             env_id=env_id,
         )
-        txn.execute(insert, _job_row(job))
+        if not others:  # the values of the columns that are not the spec's, as _job_row's
+            row = dict(zip(_INSERT_JOB_COLUMNS, _job_row(job), strict=True))
+            others = tuple(row[c] for c in _OTHER_COLUMNS)
+        hosts = _json_hosts(spec.excluded_hosts)
+        txn.execute(insert, (*_spec_values(spec), hosts, *others))
         if txn.rowcount == 1:
             job.id = int(txn.lastrowid)
             created.append(job)

@@ -29,12 +29,9 @@ _unpack_from = _LENGTH.unpack_from
 _END = _pack(0)
 
 
-def _utf8_from(value: bytes) -> str:
-    return value.decode("utf-8")
-
-
-def _utf8_to(value: str) -> bytes:
-    return value.encode("utf-8")
+# AMP's Unicode is UTF-8, strict both ways: the methods themselves (no Python frame per value).
+_utf8_from: Callable[[bytes], str] = bytes.decode
+_utf8_to: Callable[[str], bytes] = str.encode
 
 
 def _decoder(argument: amp.Argument) -> Callable[[bytes], Any]:
@@ -53,31 +50,35 @@ def parse_boxes(data: bytes) -> list[dict[bytes, bytes]]:
     """The boxes of an AmpList value, as AMP's parser reads them (a key given twice:
     the last value); ValueError if the value ends inside a box or a key is too long."""
     boxes: list[dict[bytes, bytes]] = []
+    _parse(data, boxes.append)
+    return boxes
+
+
+def _parse(data: bytes, take: Callable[[dict[bytes, bytes]], Any]) -> None:
+    """Hand each box of ``data`` to ``take`` (see :func:`parse_boxes`). The lengths are read
+    byte by byte: a key's first length byte is 0 (a key has at most 255 bytes)."""
     box: dict[bytes, bytes] = {}
     pos = 0
     end = len(data)
-    while pos < end:
-        if pos + 2 > end:
-            raise ValueError("an AMP list ends inside a box")
-        (klen,) = _unpack_from(data, pos)
-        pos += 2
-        if not klen:
-            boxes.append(box)
-            box = {}
-            continue
-        if klen > amp.MAX_KEY_LENGTH:
-            raise ValueError(f"an AMP key of {klen} bytes (at most {amp.MAX_KEY_LENGTH})")
-        key = data[pos : pos + klen]
-        pos += klen
-        if pos + 2 > end:
-            raise ValueError("an AMP list ends inside a box")
-        (vlen,) = _unpack_from(data, pos)
-        pos += 2
-        box[key] = data[pos : pos + vlen]
-        pos += vlen
+    try:
+        while pos < end:
+            if data[pos]:
+                klen = data[pos] << 8 | data[pos + 1]
+                raise ValueError(f"an AMP key of {klen} bytes (at most {amp.MAX_KEY_LENGTH})")
+            klen = data[pos + 1]
+            pos += 2
+            if not klen:
+                take(box)
+                box = {}
+                continue
+            at = pos + klen
+            vlen = data[at] << 8 | data[at + 1]
+            box[data[pos:at]] = data[at + 2 : at + 2 + vlen]
+            pos = at + 2 + vlen
+    except IndexError:  # a length cut off
+        raise ValueError("an AMP list ends inside a box") from None
     if pos > end or box:
         raise ValueError("an AMP list ends inside a box")
-    return boxes
 
 
 class RowList(amp.AmpList):
@@ -146,8 +147,10 @@ class RowList(amp.AmpList):
         if last is not None and last[0] is inString:
             self._last = None
             return last[1]
+        rows: list[dict[str, Any]] = []
         decode = self.decode_box
-        rows = [decode(box) for box in parse_boxes(inString)]
+        add = rows.append
+        _parse(inString, lambda box: add(decode(box)))
         # (b"" is one shared object: an empty list is never handed out twice.)
         self._last = (inString, rows) if rows else None
         return rows

@@ -22,6 +22,7 @@ from twisted.internet import protocol
 from twisted.internet.defer import ensureDeferred
 from twisted.internet.endpoints import SSL4ServerEndpoint
 from twisted.internet.error import CannotListenError
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.protocols import amp
 
@@ -122,8 +123,14 @@ class ClientSession(amp.CommandLocator):
         async def send(**chunk: Any) -> Any:
             return await submit_until_acknowledged(server.link, server.reactor, chunk)
 
+        async def pause() -> None:
+            # Two turns of the reactor: the chunk just written leaves (a write is sent when
+            # the reactor next polls) before the next one is made.
+            for _ in range(2):
+                await deferLater(server.reactor, 0, lambda: None)
+
         server.callbacks.record(jobs, kw.get("cwd", ""))
-        return await signing.submit(server.signer, kw, jobs, send)
+        return await signing.submit(server.signer, kw, jobs, send, ensureDeferred, pause)
 
     @jobends.ResubmitJobs.responder
     async def resubmit(

@@ -82,15 +82,22 @@ async def submit(
     kw: dict[str, Any],
     jobs: list[Any],
     send: Callable[..., Awaitable[Any]],
+    start: Callable[[Any], Awaitable[Any]] | None = None,
+    pause: Callable[[], Awaitable[Any]] | None = None,
 ) -> dict[str, Any]:
     """Sign and send a submission of any size (``kw``: its arguments but the jobs): in chunks
-    that each fit one AMP value, each sent by ``send`` until acknowledged."""
+    that each fit one AMP value, each sent by ``send`` until acknowledged.
+
+    With ``start`` (which runs a send at once, as ``ensureDeferred`` does) and ``pause``
+    (which lets the chunk just sent leave), the next chunk is signed and encoded while the
+    dispatcher stores this one; chunks are still sent one at a time, in order, each after
+    the previous one is acknowledged."""
     sealed, signed_row = signer.submission(kw["cwd"], kw["umask"], kw["env"])
     base = {"cwd": kw["cwd"], "umask": kw["umask"], "env": {}, "sealed_env": sealed}
     ids: list[int] = []
     warnings: list[str] = []
-    rest = jobs
-    while rest:
+
+    def fit(rest: list[Any]) -> tuple[list[dict], int]:
         try:
             rows, n = records.fit_to_value(records.JOB_SPEC_FIELDS, rest, signed_row)
         except Exception as e:
@@ -99,8 +106,26 @@ async def submit(
             raise commands.InvalidRequest(
                 "a job's description is too large to send (shorten the command)"
             )
+        return rows, n
+
+    rest = jobs
+    ready = fit(rest) if rest else None
+    while ready is not None:
+        rows, n = ready
+        rest = rest[n:]
+        ready = None
+        refused: commands.InvalidRequest | None = None
         try:
-            answer = await send(**base, jobs=rows)
+            if start is None or pause is None or not rest:
+                answer = await send(**base, jobs=rows)
+            else:
+                pending = start(send(**base, jobs=rows))
+                await pause()
+                try:
+                    ready = fit(rest)
+                except commands.InvalidRequest as e:
+                    refused = e  # raised once this chunk is acknowledged, as before
+                answer = await pending
         except commands.TMError as e:
             if not ids:
                 raise
@@ -113,5 +138,8 @@ async def submit(
         for warning in answer.get("warnings") or []:
             if warning not in warnings:
                 warnings.append(warning)
-        rest = rest[n:]
+        if refused is not None:
+            raise refused
+        if ready is None and rest:
+            ready = fit(rest)
     return {"job_ids": ids, "warnings": warnings}
