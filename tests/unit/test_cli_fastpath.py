@@ -18,6 +18,7 @@ from typing import Any, cast
 import pytest
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.protocols import amp
 
 from tm import localsocket, textcommands
 from tm.cli import hrunjob
@@ -183,6 +184,8 @@ class FakeLink:
         return None
 
     async def call(self, command: type, **kw: Any) -> Any:
+        if command not in self.answers:  # as a dispatcher that does not know the command
+            raise amp.UnhandledCommand()
         self.calls.append((command, kw))
         answer = self.answers[command]
         if isinstance(answer, Exception):
@@ -288,6 +291,27 @@ def test_requests_are_forwarded_and_errors_keep_their_code(monkeypatch: pytest.M
             "order": None,
         },
     )
+
+
+def test_a_page_asked_as_json_is_passed_on_as_the_dispatcher_wrote_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    text = '[{"id":1,"command":"caf\\u00e9 \\"x\\"","exit_code":null,"run_time":1.5}]'
+    link = FakeLink({commands.ListJobsJSON: {"jobs_json": text, "next_after_id": None}})
+    peer = Peer(link, os.getuid(), monkeypatch)
+    peer.request("ListJobs", states=["waiting"], scope="mine", after_id=0, limit=100)
+    raw = peer.transport.value()
+    assert text.encode() in raw  # as it came
+    [answer] = peer.answers()
+    assert answer == {"id": 1, "answer": {"jobs": json.loads(text), "next_after_id": None}}
+    assert link.calls[-1][0] is commands.ListJobsJSON
+    # A page that is not a list of objects is refused in one line, not passed on.
+    for bad in ('[{"id":1}],"x":[2]', "{}", "[1]"):
+        link.answers[commands.ListJobsJSON] = {"jobs_json": bad, "next_after_id": None}
+        peer.request("ListJobs", states=["waiting"], scope="mine", after_id=0, limit=100)
+        [answer] = peer.answers()
+        assert answer["error"]["code"] == "SERVER_ERROR"
+        assert "not a JSON list of objects" in answer["error"]["message"]
 
 
 def test_the_next_page_of_a_listing_is_asked_for_while_the_client_reads_one(

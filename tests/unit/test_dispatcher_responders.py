@@ -4,6 +4,7 @@ dispatcher method each calls (the store kept in memory, time on a task.Clock).""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,14 @@ def test_the_queue_order_listing_and_a_kill(world: Any) -> None:
         commands.ListJobs, states=["waiting"], scope="mine", after_id=0, limit=10, order="schedule"
     )
     assert [row["id"] for row in answer["jobs"]] == [3, 1, 2]
+    # The same pages as JSON (what a TMS passes on to its local client): the rows as decoded.
+    for order in ("schedule", None):
+        for after_id, limit in ((0, 10), (0, 2), (1, 1)):
+            kw = dict(states=["waiting"], scope="mine", after_id=after_id, limit=limit, order=order)
+            rows = peer.call(commands.ListJobs, **kw)
+            as_json = peer.call(commands.ListJobsJSON, **kw)
+            assert json.loads(as_json["jobs_json"]) == rows["jobs"]
+            assert as_json["next_after_id"] == rows["next_after_id"]
     killed = peer.call(commands.KillJobs, job_ids=[2], all=False)
     assert killed["killed"] == [2] and 2 not in d.jobs
     assert store.jobs[2].state is JobState.KILLED

@@ -64,8 +64,18 @@ class JobResponders(SessionBase):
         return {"job_ids": ids, "warnings": warnings}
 
     @commands.ListJobs.responder
-    async def list_jobs(
+    async def list_jobs(self, **kw: Any) -> dict:
+        page, n, next_after_id = await self._listing(records.fit_to_value, **kw)
+        return {"jobs": page, "next_after_id": next_after_id}
+
+    @commands.ListJobsJSON.responder
+    async def list_jobs_json(self, **kw: Any) -> dict:
+        page, n, next_after_id = await self._listing(records.fit_json, **kw)
+        return {"jobs_json": page, "next_after_id": next_after_id}
+
+    async def _listing(
         self,
+        fit: Any,
         states: list[str],
         scope: str,
         after_id: int,
@@ -74,7 +84,9 @@ class JobResponders(SessionBase):
         group: str | None = None,
         text: str | None = None,
         order: str | None = None,
-    ) -> dict:
+    ) -> tuple[Any, int, int | None]:
+        """A page of ListJobs made by ``fit`` (records.fit_to_value: its rows; fit_json:
+        their JSON), how many jobs it holds, and the next page's ``after_id``."""
         owner = self._scope_user(scope, user)
         try:
             wanted = [JobState(s) for s in states] or list(JobState)
@@ -86,11 +98,9 @@ class JobResponders(SessionBase):
             # Pages of the queue order; after_id counts the jobs already sent (an offset).
             ranked = d.queue_order(owner)
             page = ranked[after_id : after_id + limit]
-            rows, n = records.fit_to_value(
-                records.JOB_SUMMARY_FIELDS, page, records.job_summary_to_amp
-            )
+            rows, n = fit(records.JOB_SUMMARY_FIELDS, page, records.job_summary_to_amp)
             more = n < len(page) or after_id + limit < len(ranked)
-            return {"jobs": rows, "next_after_id": after_id + n if more and n else None}
+            return rows, n, after_id + n if more and n else None
         if group is None and not text and ACTIVE_STATES.issuperset(wanted):
             # Active jobs are all in the working set, as they are now: no database read.
             jobs = list(islice(d.jobs.listing(wanted, owner, after_id), limit + 1))
@@ -103,11 +113,9 @@ class JobResponders(SessionBase):
                 live = d.jobs.get(job.id)
                 if live is not None:
                     jobs[i] = live
-        rows, n = records.fit_to_value(
-            records.JOB_SUMMARY_FIELDS, jobs[:limit], records.job_summary_to_amp
-        )
+        rows, n = fit(records.JOB_SUMMARY_FIELDS, jobs[:limit], records.job_summary_to_amp)
         more = n < len(jobs)
-        return {"jobs": rows, "next_after_id": rows[-1]["id"] if more and rows else None}
+        return rows, n, jobs[n - 1].id if more and n else None
 
     async def _visible_job(self, job_id: int) -> Job:
         me = self._require(commands.ROLE_TMS, commands.ROLE_CLIENT)

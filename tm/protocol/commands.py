@@ -171,6 +171,19 @@ class ListJobs(_Command):
     ]
 
 
+class ListJobsJSON(_Command):
+    """ListJobs whose page comes as the JSON text of its rows (a list of objects with the
+    rows' fields and values, as a ListJobs row decodes): what a TMS passes on to its local
+    client (tm/userserver/local.py) without decoding and encoding each row again."""
+
+    commandName = b"ListJobsJSON"
+    arguments = ListJobs.arguments
+    response = [
+        (b"jobs_json", amp.Unicode()),
+        (b"next_after_id", Int64(optional=True)),
+    ]
+
+
 class GetJob(_Command):
     commandName = b"GetJob"
     arguments = [(b"job_id", Int64())]

@@ -359,3 +359,44 @@ def fit_to_value(
     rows keep their encoding, which the command's :class:`RowList` sends as is.
     """
     return fit_rows(rows_of(fields), rows, to_amp, limit)
+
+
+def _json_coercion(argument: amp.Argument) -> Callable[[Any], Any] | None:
+    """How a value becomes what ``argument`` decodes it to after the wire (None: as it is)."""
+    if isinstance(argument, Int64):
+        return int
+    if isinstance(argument, Float64):
+        return float
+    if isinstance(argument, amp.Boolean):
+        return bool
+    return None
+
+
+def fit_json(
+    fields: Sequence[tuple[bytes, amp.Argument]],
+    rows: Sequence[T],
+    to_amp: Callable[[T], dict],
+    limit: int = MAX_VALUE_BYTES,
+) -> tuple[str, int]:
+    """As many leading ``rows`` as fit in one AMP value, as the JSON text of their records:
+    the objects ``json.dumps`` makes of the rows an AmpList of ``fields`` decodes (each
+    field in order, an absent optional one null); and how many rows it holds."""
+    readers = [
+        (key.decode("ascii"), argument.optional, _json_coercion(argument))
+        for key, argument in fields
+    ]
+    dumps = json.JSONEncoder(separators=(",", ":")).encode
+    texts: list[str] = []
+    used = 2
+    for source in rows:
+        record = to_amp(source)
+        row = {}
+        for name, optional, coerce in readers:
+            value = record.get(name) if optional else record[name]
+            row[name] = value if value is None or coerce is None else coerce(value)
+        text = dumps(row)
+        used += len(text) + 1  # ASCII (json.dumps escapes the rest): characters are bytes
+        if used > limit:
+            break
+        texts.append(text)
+    return "[" + ",".join(texts) + "]", len(texts)

@@ -93,6 +93,8 @@ class LocalClientProtocol(basic.Int32StringReceiver):
         self.commands = served_commands()
         #: The page after the last one answered, asked of the dispatcher already (see _list).
         self.prefetched: tuple[tuple, float, Deferred] | None = None
+        #: Pages asked as JSON (ListJobsJSON) until a dispatcher does not know it.
+        self.rows_as_json = True
 
     def connectionMade(self) -> None:  # noqa: N802 - Twisted's API
         from tm.userserver.service import ClientSession
@@ -229,7 +231,20 @@ class LocalClientProtocol(basic.Int32StringReceiver):
         """A page of a listing. A client reads a listing page after page: while it reads
         this one, the dispatcher already makes the next one (asked for here), so that the
         dispatcher, this TMS and the client work at the same time instead of in turn."""
-        forward = session._forwarder(commands.ListJobs)
+        as_json = session._forwarder(commands.ListJobsJSON)
+        as_rows = session._forwarder(commands.ListJobs)
+
+        async def forward(**kw: Any) -> dict[str, Any]:
+            if self.rows_as_json:
+                try:
+                    answer = await as_json(**kw)
+                except amp.UnhandledCommand:  # a dispatcher older than ListJobsJSON
+                    self.rows_as_json = False
+                else:
+                    jobs = JobsJSON(answer["jobs_json"])
+                    return {"jobs": jobs, "next_after_id": answer.get("next_after_id")}
+            return dict(await as_rows(**kw))
+
         key = _listing_key(kw)
         now = self.server.reactor.seconds()
         ahead, self.prefetched = self.prefetched, None
@@ -258,7 +273,48 @@ class LocalClientProtocol(basic.Int32StringReceiver):
 
     def _send(self, message: dict[str, Any]) -> None:
         if self.transport is not None:
-            self.sendString(json.dumps(message, separators=(",", ":")).encode("utf-8"))
+            self.sendString(message_json(message).encode("utf-8"))
+
+
+class JobsJSON:
+    """A page's rows as the dispatcher wrote them (ListJobsJSON), checked to be a list of
+    objects: written to the client as they came, where decoding the AMP rows and encoding
+    them in JSON again was most of the TMS's work in a long listing."""
+
+    __slots__ = ("count", "text")
+
+    def __init__(self, text: str) -> None:
+        try:
+            rows = json.loads(text)
+        except ValueError:
+            rows = None
+        if not isinstance(rows, list) or not all(isinstance(row, dict) for row in rows):
+            raise ValueError("the dispatcher's page of jobs is not a JSON list of objects")
+        self.text = text
+        self.count = len(rows)
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+
+def message_json(message: dict[str, Any]) -> str:
+    """``json.dumps(message, separators=(",", ":"))``, with the text of a :class:`JobsJSON`
+    where the answer's ``jobs`` are one."""
+    answer = message.get("answer")
+    if not isinstance(answer, dict) or not isinstance(answer.get("jobs"), JobsJSON):
+        return json.dumps(message, separators=(",", ":"))
+    jobs = answer["jobs"]
+    parts = []
+    for key, value in message.items():
+        if key == "answer":
+            fields = [
+                f"{json.dumps(k)}:{jobs.text if k == 'jobs' else json.dumps(v, separators=(',', ':'))}"
+                for k, v in answer.items()
+            ]
+            parts.append('"answer":{' + ",".join(fields) + "}")
+        else:
+            parts.append(f"{json.dumps(key)}:{json.dumps(value, separators=(',', ':'))}")
+    return "{" + ",".join(parts) + "}"
 
 
 def stale(path: Path) -> bool:
