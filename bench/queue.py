@@ -145,6 +145,10 @@ def main() -> None:
     for size in sizes:
         # A fresh dispatcher per size: the figures of one size do not carry the other's history.
         with tempfile.TemporaryDirectory(prefix="tm-bench-queue-") as tmp:
+            if args.database:  # an empty database per size, as for SQLite
+                from bench.peers import reset_mysql
+
+                reset_mysql(args.database)
             inst = Installation(Path(tmp), database_url=args.database)
             (inst.etc / "cluster.tab").write_text(
                 "short_name\tfull_name\tnumber_slots\tmax_number_occupied_slots\t"
