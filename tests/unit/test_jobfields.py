@@ -157,31 +157,51 @@ def test_a_job_row_reads_back_as_the_same_job() -> None:
     assert queries.job_from_row(row) == job
 
 
-def test_a_submission_writes_each_job_as_its_row() -> None:
-    """insert_jobs names the columns in its own order: the values are _job_row's."""
+@pytest.mark.parametrize("dialect, duplicate", [(SQLITE, False), (MYSQL, False), (MYSQL, True)])
+def test_a_submission_writes_each_job_as_its_row(dialect: Dialect, duplicate: bool) -> None:
+    """insert_jobs names the columns in its own order: the values are _job_row's. On MySQL
+    all in one executemany; row by row when a uuid exists (nothing of that one is kept)."""
 
     class Txn:
         rowcount = 1
         lastrowid = 0
-        inserted: list[dict[str, Any]] = []
+
+        def __init__(self) -> None:
+            self.inserted: list[dict[str, Any]] = []
+            self.statements: list[str] = []
+            self.rows: list[tuple] = []
 
         def execute(self, sql: str, params: tuple = ()) -> None:
-            if sql.startswith("INSERT INTO jobs"):
-                columns = sql.split("(", 1)[1].split(")", 1)[0].split(", ")
-                self.inserted.append(dict(zip(columns, params, strict=True)))
-                self.lastrowid += 1
+            self.statements.append(sql.split(" (")[0])
+            if sql.startswith("INSERT IGNORE INTO jobs") or sql.startswith("INSERT INTO jobs"):
+                self.add(sql, params)
+            elif sql.startswith("ROLLBACK TO"):
+                self.inserted.clear()
+            self.rows = [(row["uuid"], i + 1) for i, row in enumerate(self.inserted)]
+
+        def add(self, sql: str, params: tuple) -> None:
+            columns = sql.split("(", 1)[1].split(")", 1)[0].split(", ")
+            self.inserted.append(dict(zip(columns, params, strict=True)))
+            self.lastrowid = len(self.inserted)
 
         def executemany(self, sql: str, params: list) -> None:
-            pass
+            if sql.startswith("INSERT INTO jobs"):
+                for row in params:
+                    self.add(sql, row)
+                if duplicate:
+                    raise RuntimeError(1062, "Duplicate entry")
 
         def fetchone(self) -> tuple:
             return (3,)
+
+        def fetchall(self) -> list[tuple]:
+            return self.rows
 
     spec = a_job().spec
     specs = [spec, dataclasses.replace(spec, uuid="u2", excluded_hosts=(), time_limit=9.0)]
     environment = JobEnvironment(cwd="/w", umask=0o27, env={}, sealed="1.k.sealed")
     txn = Txn()
-    ids, created = queries.insert_jobs(txn, SQLITE, "alice", environment, specs, 50.0)
+    ids, created = queries.insert_jobs(txn, dialect, "alice", environment, specs, 50.0)
     assert ids == [1, 2] and [job.spec for job in created] == specs
     for job, inserted in zip(created, txn.inserted, strict=True):
         assert inserted == dict(
@@ -194,6 +214,8 @@ def test_a_submission_writes_each_job_as_its_row() -> None:
             3,
             JobState.WAITING,
         )
+    one_by_one = txn.statements.count(dialect.insert_ignore("jobs", ["x"], "uuid").split(" (")[0])
+    assert one_by_one == (0 if dialect is MYSQL and not duplicate else 2)
 
 
 # --- AMP ------------------------------------------------------------------------------------

@@ -82,6 +82,44 @@ def _marks(n: int) -> str:
     return ", ".join("?" for _ in range(n))
 
 
+#: MySQL's error number of a duplicate key (ER_DUP_ENTRY).
+_DUPLICATE_KEY = 1062
+
+
+def insert_new_rows(
+    txn: Any, d: Dialect, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> dict[Any, int] | None:
+    """MySQL/MariaDB: ``rows`` (their first column a unique key) inserted with one multi-row
+    INSERT (the driver's executemany) instead of a round trip each; their ids by key. None,
+    with nothing written, when one of the keys exists already (a resent submission: the
+    caller inserts row by row) or on SQLite (whose row by row INSERT costs no round trip)."""
+    if d.name != "mysql" or len(rows) < 2:
+        return None
+    txn.execute("SAVEPOINT tm_insert_new_rows")
+    try:
+        txn.executemany(
+            d.q(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({_marks(len(columns))})"), rows
+        )
+    except Exception as e:
+        if getattr(e, "args", (None,))[:1] != (_DUPLICATE_KEY,):
+            raise
+        # All or nothing, however many statements the driver made of it.
+        txn.execute("ROLLBACK TO SAVEPOINT tm_insert_new_rows")
+        return None
+    txn.execute("RELEASE SAVEPOINT tm_insert_new_rows")
+    ids: dict[Any, int] = {}
+    keys = [row[0] for row in rows]
+    for chunk in _chunks(keys):
+        txn.execute(
+            d.q(
+                f"SELECT {columns[0]}, id FROM {table} WHERE {columns[0]} IN ({_marks(len(chunk))})"
+            ),
+            tuple(chunk),
+        )
+        ids.update((key, int(row_id)) for key, row_id in txn.fetchall())
+    return ids
+
+
 # --- schema -----------------------------------------------------------------
 
 

@@ -36,6 +36,7 @@ from tm.db.dialect import (  # noqa: F401 - the names callers know from here
     applied_versions,
     apply_migration,
     ensure_version_table,
+    insert_new_rows,
     ping,
 )
 from tm.db.errors import StoreRefused
@@ -175,33 +176,29 @@ def insert_jobs(
     if not specs:
         return [], []
     env_id = store_environment(txn, d, environment_text(environment))
-    insert = d.insert_ignore("jobs", _NEW_COLUMNS, "uuid")
+    common: dict[str, Any] = dict(user=user, state=JobState.WAITING, attempt=1, env_id=env_id)
+    common.update(submitted_at=now, state_since=now, cwd=environment.cwd, umask=environment.umask)
+    created = [Job(id=0, uuid=s.uuid, spec=s, **common) for s in specs]
+    # The columns that are not the spec's have the same values for each job (_job_row's).
+    first = dict(zip(_INSERT_JOB_COLUMNS, _job_row(created[0]), strict=True))
+    others = tuple(first[c] for c in _OTHER_COLUMNS)
+    rows = [(*_spec_values(s), _json_hosts(s.excluded_hosts), *others) for s in specs]
+    new_ids = insert_new_rows(txn, d, "jobs", _NEW_COLUMNS, rows)
     ids: list[int | None] = []
-    created: list[Job] = []
-    others: tuple[Any, ...] = ()
-    for spec in specs:
-        job = Job(
-            id=0,
-            uuid=spec.uuid,
-            user=user,
-            spec=spec,
-            state=JobState.WAITING,
-            attempt=1,
-            submitted_at=now,
-            state_since=now,
-            cwd=environment.cwd,
-            umask=environment.umask,
-            env_id=env_id,
-        )
-        if not others:  # the values of the columns that are not the spec's, as _job_row's
-            row = dict(zip(_INSERT_JOB_COLUMNS, _job_row(job), strict=True))
-            others = tuple(row[c] for c in _OTHER_COLUMNS)
-        hosts = _json_hosts(spec.excluded_hosts)
-        txn.execute(insert, (*_spec_values(spec), hosts, *others))
-        if txn.rowcount == 1:
-            job.id = int(txn.lastrowid)
-            created.append(job)
-        ids.append(job.id or None)
+    if new_ids is not None:  # all created, in one statement
+        for job in created:
+            job.id = new_ids[job.uuid]
+        ids.extend(job.id for job in created)
+    else:
+        insert = d.insert_ignore("jobs", _NEW_COLUMNS, "uuid")
+        kept = []
+        for job, row in zip(created, rows, strict=True):
+            txn.execute(insert, row)
+            if txn.rowcount == 1:
+                job.id = int(txn.lastrowid)
+                kept.append(job)
+            ids.append(job.id or None)
+        created = kept
     resent = [spec.uuid for spec, job_id in zip(specs, ids, strict=True) if job_id is None]
     found = ids_by_uuid(txn, d, resent) if resent else {}
     for i, spec in enumerate(specs):
