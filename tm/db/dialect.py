@@ -86,24 +86,46 @@ def _marks(n: int) -> str:
 _DUPLICATE_KEY = 1062
 
 
+#: The longest multi-row INSERT made by insert_new_rows (MySQL's packet limit is larger).
+MAX_STATEMENT_CHARS = 1_000_000
+
+
 def insert_new_rows(
-    txn: Any, d: Dialect, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
+    txn: Any,
+    d: Dialect,
+    table: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    common: Sequence[Any] = (),
 ) -> dict[Any, int] | None:
-    """MySQL/MariaDB: ``rows`` (their first column a unique key) inserted with one multi-row
-    INSERT (the driver's executemany) instead of a round trip each; their ids by key. None,
-    with nothing written, when one of the keys exists already (a resent submission: the
-    caller inserts row by row) or on SQLite (whose row by row INSERT costs no round trip)."""
+    """MySQL/MariaDB: ``rows``, each followed by the values ``common`` to them all (``columns``
+    name both; the first one is a unique key), inserted by multi-row INSERTs instead of a
+    round trip each; their ids by key. None, with nothing written, when one of the keys
+    exists already (a resent submission: the caller inserts row by row) or on SQLite (whose
+    row by row INSERT costs no round trip). The driver escapes the common values once."""
     if d.name != "mysql" or len(rows) < 2:
         return None
+    mogrify = txn.mogrify  # the driver's escaping (pymysql), the same as execute's
+    tail = "".join(", " + mogrify("%s", (value,)).replace("%", "%%") for value in common)
+    template = "(" + ", ".join(["%s"] * len(rows[0])) + tail + ")"
+    head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+    statements: list[list[str]] = [[]]
+    size = 0
+    for row in rows:
+        text = mogrify(template, tuple(row))
+        if statements[-1] and size + len(text) > MAX_STATEMENT_CHARS:
+            statements.append([])
+            size = 0
+        statements[-1].append(text)
+        size += len(text) + 1
     txn.execute("SAVEPOINT tm_insert_new_rows")
     try:
-        txn.executemany(
-            d.q(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({_marks(len(columns))})"), rows
-        )
+        for values in statements:
+            txn.execute(head + ",".join(values))
     except Exception as e:
         if getattr(e, "args", (None,))[:1] != (_DUPLICATE_KEY,):
             raise
-        # All or nothing, however many statements the driver made of it.
+        # All or nothing, however many statements it took.
         txn.execute("ROLLBACK TO SAVEPOINT tm_insert_new_rows")
         return None
     txn.execute("RELEASE SAVEPOINT tm_insert_new_rows")

@@ -182,8 +182,8 @@ def insert_jobs(
     # The columns that are not the spec's have the same values for each job (_job_row's).
     first = dict(zip(_INSERT_JOB_COLUMNS, _job_row(created[0]), strict=True))
     others = tuple(first[c] for c in _OTHER_COLUMNS)
-    rows = [(*_spec_values(s), _json_hosts(s.excluded_hosts), *others) for s in specs]
-    new_ids = insert_new_rows(txn, d, "jobs", _NEW_COLUMNS, rows)
+    rows = [(*_spec_values(s), _json_hosts(s.excluded_hosts)) for s in specs]
+    new_ids = insert_new_rows(txn, d, "jobs", _NEW_COLUMNS, rows, others)
     ids: list[int | None] = []
     if new_ids is not None:  # all created, in one statement
         for job in created:
@@ -193,7 +193,7 @@ def insert_jobs(
         insert = d.insert_ignore("jobs", _NEW_COLUMNS, "uuid")
         kept = []
         for job, row in zip(created, rows, strict=True):
-            txn.execute(insert, row)
+            txn.execute(insert, (*row, *others))
             if txn.rowcount == 1:
                 job.id = int(txn.lastrowid)
                 kept.append(job)
