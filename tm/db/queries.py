@@ -47,7 +47,7 @@ from tm.db.errors import StoreRefused
 
 
 def _json_hosts(value: tuple[str, ...]) -> str:
-    return json.dumps(list(value))
+    return json.dumps(list(value)) if value else "[]"  # most jobs exclude none
 
 
 def _hosts(text: str) -> tuple[str, ...]:
