@@ -107,11 +107,11 @@ def make_venv(where: Path) -> None:
     global PYTHON
     subprocess.run([sys.executable, "-m", "venv", str(where)], check=True)
     python = where / "bin" / "python"
-    subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", str(REPO)],
-        check=True,
-        stdout=subprocess.DEVNULL,
+    done = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", str(REPO)], capture_output=True, text=True
     )
+    if done.returncode != 0:
+        raise SystemExit(f"pip install {REPO} into {where} failed:\n{done.stderr}")
     PYTHON = str(python)
 
 
