@@ -121,15 +121,17 @@ threading.Thread(target=serve, args=(server,), daemon=True).start()
 def test_the_everyday_commands_import_neither_dataclasses_nor_the_model(tmp_path: Path) -> None:
     """hRunJob -q CMD, -q -f FILE, --wait, --help and hConnect lswjobs, lsfjobs, lajob:ID,
     wait:ID, cat:ID, each run to its end through its TMS's socket (a scripted one), import
-    none of NOT_ON_THE_EVERYDAY_PATH."""
+    none of NOT_ON_THE_EVERYDAY_PATH; nor, but for --help, shutil (tm/cli/helpformat.py)."""
     code = FAKE_TMS + (
         "from tm.cli import hconnect, hrunjob\n"
         "runs = [(hrunjob, ['-q', 'true']), (hrunjob, ['-q', '-f', 'jobs.txt']),\n"
-        "        (hrunjob, ['--wait', 'echo', 'hi']), (hrunjob, ['--help']),\n"
+        "        (hrunjob, ['--wait', 'echo', 'hi']),\n"
         "        (hconnect, ['lswjobs']), (hconnect, ['lsfjobs']), (hconnect, ['lajob:7']),\n"
-        "        (hconnect, ['wait:7']), (hconnect, ['cat:7'])]\n"
+        "        (hconnect, ['wait:7']), (hconnect, ['cat:7']), (hrunjob, ['--help'])]\n"
         "results = []\n"
         "for module, argv in runs:\n"
+        "    if argv == ['--help']:  # the help alone asks for the terminal's width\n"
+        "        before_help = sorted(m for m in ('shutil',) if m in sys.modules)\n"
         "    out = io.TextIOWrapper(io.BytesIO(), encoding='utf-8')\n"
         "    with contextlib.redirect_stdout(out):\n"
         "        try:\n"
@@ -141,7 +143,7 @@ def test_the_everyday_commands_import_neither_dataclasses_nor_the_model(tmp_path
         "sys.stdout.flush()\n"
         f"missing = sorted(m for m in sys.modules if m.split('.')[0] in {NOT_ON_THE_EVERYDAY_PATH!r}\n"
         f"                 or m in {NOT_ON_THE_EVERYDAY_PATH!r})\n"
-        "print(json.dumps({'results': results, 'modules': missing}))\n"
+        "print(json.dumps({'results': results, 'modules': missing, 'before_help': before_help}))\n"
     )
     env = dict(os.environ, PYTHONPATH=str(REPO), HOME=str(tmp_path))
     env.pop("TM_TRACE", None)
@@ -162,6 +164,7 @@ def test_the_everyday_commands_import_neither_dataclasses_nor_the_model(tmp_path
     assert outputs["cat:7"] == (0, "the output\n")
     assert outputs["lsfjobs"][0] == 0
     assert report["modules"] == []
+    assert report["before_help"] == []  # shutil: argparse's formatter, for the width alone
 
 
 def test_json_completion_and_version_stay_on_the_fast_path(tmp_path: Path) -> None:

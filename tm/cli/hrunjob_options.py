@@ -13,6 +13,7 @@ from typing import Any
 from tm import VERSION_LINE
 from tm.cli import completion
 from tm.cli.errors import CLIError
+from tm.cli.helpformat import HelpFormatter
 from tm.cli.hrunjob_array import array_option
 from tm.core.plainspec import PlainSpec
 from tm.protocol import limits as records  # the limits alone: no Twisted
@@ -146,7 +147,9 @@ def _metavar(long_option: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Submit a job to TaskManager.")
+    p = _Parser(
+        prog=PROG, description="Submit a job to TaskManager.", formatter_class=HelpFormatter
+    )
     p.add_argument(
         "-c",
         "--slots",
