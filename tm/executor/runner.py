@@ -19,8 +19,8 @@ of their trees has been killed.
 As a last resort, ``last_resort_grace`` after a kill (longer than the shepherd's grace) on the
 injected clock, the runner kills what it can find itself: the descendants of the shepherd in
 ``/proc``, its process group, then the shepherd (by pid: it need not be the runner's child).
-Output goes straight from the job to files (descriptors opened here, handed to the shepherd):
-the daemon never sits in the data path.
+Output goes straight from the job to files (opened by the shepherd, or opened here and handed
+to it): the daemon never sits in the data path.
 
 File-system work that may block (a slow or NFS file system) never runs on the reactor thread.
 With the zygote, the job's shepherd checks the working directory and opens the output files
@@ -180,7 +180,12 @@ class JobRunner(JobSignals):
         self._jobs[key] = job
         if getattr(self._launcher, "opens_files", False):
             # Its shepherd opens its files: nothing here touches the file system.
-            return self._launch(job, output_files(request, self._log_dir))
+            try:
+                files = output_files(request, self._log_dir)
+            except (OSError, ValueError) as e:  # a relative path, and no current directory
+                self._forget(job)
+                return defer.fail(JobStartError(f"cannot prepare the job's files: {e}"))
+            return self._launch(job, files)
         d = self._blocking(open_outputs, request, self._log_dir)
         d.addErrback(self._openFailed, job)
         d.addCallback(self._spawn, job)
