@@ -184,8 +184,10 @@ SEGMENTS = (
     ("the submission committed", "dispatcher submit-committed"),
     ("read back, pass, placed, the placement committed", "dispatcher written-pending"),
     ("RunJob to the executor", "executor start|executor RunJob-received"),
-    ("the output files opened (thread pool)", "executor files-opened"),
-    ("zygote: request, fork, answer", "executor forked"),
+    # Before the shepherds opened the job's files, the executor did, in its thread pool, between
+    # "start" and "zygote-sent" (step "files-opened"); the shepherd now does, after the fork.
+    ("the start prepared (the files opened, before: thread pool)", "executor zygote-sent"),
+    ("zygote: request, fork, files opened by the shepherd, answer", "executor forked"),
     ("the job runs; its end reaped", "executor reaped"),
     ("the end reported to the dispatcher", "dispatcher JobFinished-received"),
     ("the end committed; WaitJob answered; -> TMS -> CLI", "cli wait-answered"),

@@ -17,8 +17,9 @@ would make AMP drop the link and the dispatcher place the job again at once); a 
 repeated while the first one is still opening the job's files waits for that one; and an end
 whose report fails is sent again with a growing delay, a bounded number at a time.
 
-File-system work that may block (opening a job's output files, assembling its ``-l`` log
-file) runs in a small thread pool of the executor's own, never on the reactor thread. A job
+File-system work that may block never runs on the reactor thread: a job's shepherd opens its
+output files itself (tm/executor/runner.py), and what is left (assembling a ``-l`` log file,
+reading output for ReadOutput) runs in a small thread pool of the executor's own. A job
 counts as running (in heartbeats, for the lease and the idle exit) from its start order until
 its end is in hand: while its files are opened, and while its log file is written.
 """
