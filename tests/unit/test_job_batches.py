@@ -6,13 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from twisted.internet.defer import fail
 from twisted.internet.error import ConnectionLost
+from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from tests.unit.dispatcher_fakes import FakeSession, add_job, make_dispatcher, runs_everything
 from tests.unit.executor_fakes import signed_order
 from tests.unit.test_dispatcher_responders import Peer
-from tests.unit.test_executor_service import BASE_ORDER, Setup
+from tests.unit.test_executor_service import BASE_ORDER, Setup, end
 from tm.core.model import Host, JobState
 from tm.protocol import batches, commands
 
@@ -204,3 +206,49 @@ def test_an_executor_answers_each_order_of_a_batch(tmp_path: Path) -> None:
     setup.pump.flush()
     setup.flush()
     assert again[0]["results"][0]["pid"] == pids[0] and len(setup.spawner.spawns) == 2
+
+
+# --- a peer of the previous version, without the batch commands ---------------------------------
+
+
+def test_an_executor_without_run_jobs_gets_each_order_alone(tmp_path: Path) -> None:
+    d, clock, store = four_slots(tmp_path)
+    executor = FakeSession(runs_everything)
+    singles = executor.proto.call
+
+    def old_executor(cmd: Any, /, **kw: Any) -> Any:
+        if cmd is batches.RunJobs:
+            executor.proto.calls.append(("RunJobs", kw))
+            return fail(amp.UnhandledCommand(b"UNHANDLED", "Unhandled Command: 'RunJobs'"))
+        return singles(cmd, **kw)
+
+    executor.proto.call = old_executor  # type: ignore[method-assign]
+    d.executor_connected("alice", "h1", executor)
+    for job_id in (1, 2):
+        add_job(d, store, job_id)
+    d.request_pass()
+    for _ in range(3):
+        clock.advance(0)
+    assert [n for n, _ in executor.proto.calls] == ["RunJobs", "RunJob", "RunJob"]
+    assert all(d.jobs[i].state is JobState.RUNNING for i in (1, 2))
+    for job_id in (3, 4):  # later orders go alone at once
+        add_job(d, store, job_id)
+    d.request_pass()
+    for _ in range(10):
+        clock.advance(0)
+    assert [n for n, _ in executor.proto.calls][3:] == ["RunJob", "RunJob"]
+    assert all(d.jobs[i].state is JobState.RUNNING for i in (3, 4))
+
+
+def test_a_dispatcher_without_jobs_finished_gets_each_end_alone(tmp_path: Path) -> None:
+    setup = Setup(tmp_path)
+
+    def old_dispatcher(name: str, kw: dict) -> Any:
+        if name == "JobsFinished":
+            raise amp.UnhandledCommand(b"UNHANDLED", "Unhandled Command: 'JobsFinished'")
+        return {}
+
+    setup.link.answer = old_dispatcher
+    setup.ended(end(job_id=1), end(job_id=2))
+    assert [n for n, _, _ in setup.link.calls] == ["JobsFinished", "JobFinished", "JobFinished"]
+    assert setup.executor.unreported == [] and setup.executor._report_retry == {}

@@ -2,15 +2,21 @@
 executor and one submission environment go in one ``RunJobs`` (tm/protocol/batches.py), or
 in ``RunJob`` when there is one; each order's outcome is handed to its caller as if it had
 been sent alone: RunJob's answer, ``JobStartFailed`` with its reason, or the call's error.
+
+An executor that does not know ``RunJobs`` (one of the previous version, still running across
+the dispatcher's upgrade) answers it as an unknown command: its orders are then sent again
+one by one, and so are its later ones.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.logger import Logger
+from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from tm.dispatcher.ports import PeerSession
@@ -39,6 +45,8 @@ class StartBatches:
         self.reactor = reactor
         self._queues: dict[int, _Queue] = {}
         self._scheduled = False
+        #: Sessions of executors without RunJobs: their orders go one by one.
+        self._singles: weakref.WeakSet[Any] = weakref.WeakSet()
         self.boxes = 0  # RunJob and RunJobs calls sent
         self.orders = 0  # orders they carried
 
@@ -66,10 +74,11 @@ class StartBatches:
                 self._send_all(queue.session, env, orders)
 
     def _send_all(self, session: PeerSession, env: Any, orders: list[_Order]) -> None:
+        if len(orders) == 1 or session in self._singles:
+            for order in orders:
+                ensureDeferred(self._send_one(session, env, order))
+            return
         while orders:
-            if len(orders) == 1:
-                ensureDeferred(self._send_one(session, env, orders[0]))
-                return
             rows, n = records.fit_to_value(batches.ORDER_FIELDS, orders, lambda o: o.arguments)
             if n == 0:  # one order alone fills a value: it goes as RunJob (a value per field)
                 ensureDeferred(self._send_one(session, env, orders[0]))
@@ -96,7 +105,14 @@ class StartBatches:
         self.boxes += 1
         self.orders += len(orders)
         try:
-            answer = await session.proto.call(batches.RunJobs, env=env, orders=rows)
+            try:
+                answer = await session.proto.call(batches.RunJobs, env=env, orders=rows)
+            except amp.UnhandledCommand:
+                self.log.info("an executor without RunJobs: its start orders go one by one")
+                self._singles.add(session)
+                for order in orders:
+                    ensureDeferred(self._send_one(session, env, order))
+                return
             results = answer["results"]
             if len(results) != len(orders):
                 raise commands.InvalidRequest(

@@ -5,7 +5,9 @@ Ends are batched per reactor turn (issue 13, point 2): the ends of one turn, and
 became ready while every place in flight was taken, go in one ``JobsFinished``
 (tm/protocol/batches.py; several when they do not fit one AMP value), a lone end in
 ``JobFinished``. The dispatcher answers a batch once each of its ends is committed or
-refused, naming the ends it could not record: only those are kept and sent again.
+refused, naming the ends it could not record: only those are kept and sent again. A
+dispatcher that does not know ``JobsFinished`` (the previous version) gets each end alone
+until the link is made again.
 
 A mixin of :class:`tm.executor.service.Executor` (its state is the executor's).
 """
@@ -18,6 +20,7 @@ from typing import Any
 
 from twisted.internet.defer import ensureDeferred
 from twisted.logger import Logger
+from twisted.protocols import amp
 
 from tm.dispatcher_client import DispatcherLink
 from tm.executor.runner import JobEnd
@@ -67,6 +70,7 @@ class EndReports:
         self._flushing = False
         self._flush_again = False
         self._flush_scheduled = False
+        self._single_reports = False  # the dispatcher of this link lacks JobsFinished
         self.report_boxes = 0  # boxes sent, and the ends they carried
         self.reported_ends = 0
 
@@ -87,6 +91,7 @@ class EndReports:
 
     def _connected(self) -> None:
         # A new link: every end waiting for a retry is sent now (its failure count is kept).
+        self._single_reports = False
         self._report_retry = {
             key: (failures, 0.0) for key, (failures, _) in self._report_retry.items()
         }
@@ -128,7 +133,9 @@ class EndReports:
                 continue
             due.append(end)
         while due and self._reports_in_flight < MAX_REPORTS_IN_FLIGHT:
-            rows, n = records.fit_to_value(batches.END_FIELDS, due, self._end_arguments)
+            n = 1
+            if not self._single_reports:
+                rows, n = records.fit_to_value(batches.END_FIELDS, due, self._end_arguments)
             if n <= 1:  # one end (or one alone filling a value: JobFinished, a value per field)
                 rows, n = [self._end_arguments(due[0])], 1
             ends, due = due[:n], due[n:]
@@ -172,7 +179,15 @@ class EndReports:
             if len(ends) == 1:
                 await self.link.call(commands.JobFinished, **rows[0])
             else:
-                answer = await self.link.call(batches.JobsFinished, ends=rows)
+                try:
+                    answer = await self.link.call(batches.JobsFinished, ends=rows)
+                except amp.UnhandledCommand:
+                    self.log.info("the dispatcher lacks JobsFinished: ends are reported alone")
+                    self._single_reports = True
+                    self._reports_in_flight -= 1
+                    self._reporting.difference_update((e.job_id, e.attempt) for e in ends)
+                    self._flush()
+                    return
                 why = answer.get("error") or "not recorded by the dispatcher"
                 failed = {i: why for i in answer.get("failed") or () if 0 <= i < len(ends)}
         except Exception as e:
