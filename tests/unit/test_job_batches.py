@@ -252,3 +252,46 @@ def test_a_dispatcher_without_jobs_finished_gets_each_end_alone(tmp_path: Path) 
     setup.ended(end(job_id=1), end(job_id=2))
     assert [n for n, _, _ in setup.link.calls] == ["JobsFinished", "JobFinished", "JobFinished"]
     assert setup.executor.unreported == [] and setup.executor._report_retry == {}
+
+
+def test_a_start_held_by_its_files_holds_only_its_own_job(tmp_path: Path) -> None:
+    setup = Setup(tmp_path)
+    ok = str(tmp_path)
+    env, orders = orders_of_one_submission(setup, [ok, ok])
+    results: list[Any] = []
+    setup.dispatcher.callRemote(batches.RunJobs, env=env, orders=orders).addBoth(results.append)
+    setup.pump.flush()
+    setup.pool.run(0)  # the first job's files open; the second's hang (a hung NFS server)
+    setup.reactor.advance(0)
+    setup.pump.flush()
+    assert results == []
+    setup.reactor.advance(batches.ANSWER_WITHIN)
+    setup.pump.flush()
+    [answer] = results
+    first, second = answer["results"]
+    assert first["pid"] == setup.spawner.spawns[0].transport.pid
+    assert second == {"pid": None, "started_at": None, "error": None}  # still under way
+    # Sent again alone (as the dispatcher does): it waits for the start under way.
+    again = setup.run_job(job_id=2, **{k: v for k, v in orders[1].items() if k != "job_id"})
+    assert again == []
+    setup.flush()
+    assert again == [{"pid": setup.spawner.spawns[1].transport.pid, "started_at": 1002.0}]
+    assert len(setup.spawner.spawns) == 2
+
+
+def test_an_order_still_starting_is_sent_again_alone(tmp_path: Path) -> None:
+    d, clock, store = four_slots(tmp_path)
+
+    asked = {2: 0}
+
+    def answer(name: str, kw: dict) -> dict:
+        if name == "RunJob" and kw["job_id"] == 2:
+            asked[2] += 1
+            if asked[2] == 1:
+                return {}  # still starting (in RunJobs' answer)
+        return runs_everything(name, kw)
+
+    executor = start(d, clock, store, answer, [1, 2])
+    assert [n for n, _ in executor.proto.calls] == ["RunJobs", "RunJob"]
+    assert executor.proto.calls[1][1]["job_id"] == 2 and executor.proto.calls[1][1]["env"] == {}
+    assert all(d.jobs[i].state is JobState.RUNNING for i in (1, 2))

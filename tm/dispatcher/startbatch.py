@@ -127,8 +127,7 @@ class StartBatches:
             if result.get("error") is not None:
                 order.deferred.errback(commands.JobStartFailed(result["error"]))
             elif result.get("pid") is None or result.get("started_at") is None:
-                order.deferred.errback(
-                    commands.InvalidRequest("the executor answered a start without its process")
-                )
+                # Still starting: asked again alone, that answer waits for the start under way.
+                ensureDeferred(self._send_one(session, env, order))
             else:
                 order.deferred.callback({"pid": result["pid"], "started_at": result["started_at"]})

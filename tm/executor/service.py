@@ -32,7 +32,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from twisted.application import service
-from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -248,26 +248,47 @@ class Executor(EndReports, service.Service):
         return answer
 
     async def start_jobs(self, env: Any, orders: list[dict[str, Any]]) -> list[dict]:
-        """The orders of a RunJobs, each started as :meth:`start_job` starts RunJob's (at
-        once, side by side); their results in the orders' order: RunJob's answer, or the
-        reason of its JobStartFailed."""
+        """The orders of a RunJobs, each started as :meth:`start_job` starts RunJob's (side by
+        side); their results in the orders' order: RunJob's answer, or the reason of its
+        JobStartFailed. Answered once every one has its outcome, or after
+        ``batches.ANSWER_WITHIN`` seconds: a start still under way then (its files on a hung
+        file system) is answered ``{}``, and the dispatcher sends it again alone, so that it
+        holds only its own job."""
+        results: list[dict | None] = [None] * len(orders)
+        all_done: Deferred = Deferred()
+        left = len(orders)
 
-        async def one(order: dict[str, Any]) -> dict:
+        async def one(i: int, order: dict[str, Any]) -> None:
+            nonlocal left
             fields = dict(order)
             job_id, attempt = fields.pop("job_id"), fields.pop("attempt")
             try:
-                return await self.start_job(job_id, attempt, env=env, **fields)
+                results[i] = await self.start_job(job_id, attempt, env=env, **fields)
             except commands.JobStartFailed as e:
-                return {"error": str(e)}
+                results[i] = {"error": str(e)}
             except Exception:  # start_job declares only JobStartFailed: never expected
                 self.log.failure("job {job_id}.{attempt}: start", job_id=job_id, attempt=attempt)
-                return {"error": "the executor could not start it (an internal error)"}
+                results[i] = {"error": "the executor could not start it (an internal error)"}
+            left -= 1
+            if not left and not all_done.called:
+                all_done.callback(None)
 
-        results = await gatherResults([ensureDeferred(one(order)) for order in orders])
-        reasons = batches.error_results([r.get("error") for r in results])
+        def out_of_time() -> None:
+            if not all_done.called:
+                all_done.callback(None)
+
+        for i, order in enumerate(orders):
+            ensureDeferred(one(i, order))
+        if left:
+            timer = self.reactor.callLater(batches.ANSWER_WITHIN, out_of_time)
+            await all_done
+            if timer.active():
+                timer.cancel()
+        answered = [{} if r is None else r for r in results]
+        reasons = batches.error_results([r.get("error") for r in answered])
         return [
             {"error": reason} if reason is not None else result
-            for result, reason in zip(results, reasons, strict=True)
+            for result, reason in zip(answered, reasons, strict=True)
         ]
 
     async def _start(self, job_id: int, attempt: int, fields: dict[str, Any]) -> dict:

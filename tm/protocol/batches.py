@@ -3,9 +3,12 @@ Beside :mod:`tm.protocol.commands` (the rest of the vocabulary), with the same c
 
 * dispatcher -> TMMS: ``RunJobs`` -- the start orders placed in one reactor turn for one
   executor and one submission environment (sent once per batch): each order is ``RunJob``'s
-  arguments but ``env``; answered once every order has its outcome, one result per order
-  in the orders' order: ``pid`` and ``started_at`` (``RunJob``'s answer), or ``error`` (the
-  reason ``RunJob`` would have failed with as ``JobStartFailed``);
+  arguments but ``env``; answered once every order has its outcome (or after
+  :data:`ANSWER_WITHIN` seconds), one result per order in the orders' order: ``pid`` and
+  ``started_at`` (``RunJob``'s answer), ``error`` (the reason ``RunJob`` would have failed
+  with as ``JobStartFailed``), or neither: still under way (e.g. its files on a hung file
+  system), the dispatcher sends that order again alone as ``RunJob`` (which waits for the
+  start under way: a repeated order never starts a job twice);
 * TMMS -> dispatcher: ``JobsFinished`` -- the ends ready in one reactor turn (and those that
   became ready while earlier reports were in flight), each ``JobFinished``'s arguments;
   answered once every one of them is committed or refused: ``failed`` lists the positions
@@ -38,6 +41,9 @@ START_RESULT_FIELDS: list[tuple[bytes, amp.Argument]] = [
 ]
 #: One end of JobsFinished: JobFinished's arguments.
 END_FIELDS: list[tuple[bytes, amp.Argument]] = list(JobFinished.arguments)
+#: Seconds an executor waits for the starts of a RunJobs before it answers without the ones
+#: still under way (one start held by a hung file system holds only its own job).
+ANSWER_WITHIN = 2.0
 #: The characters of one start failure's reason in a RunJobs answer (every result must fit
 #: one value together): the first of them, then "...".
 MAX_BATCHED_ERROR_CHARS = 2000
