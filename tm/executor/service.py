@@ -1,9 +1,10 @@
 """The TMMS: one user's executor on one host.
 
 It connects out to the dispatcher (no listening port), proves its user, runs
-the ``RunJob`` orders it receives through :class:`JobRunner`, reports every end
-(kept and re-sent until the dispatcher has it), heartbeats with the host's
-load, and exits after an idle period without jobs.
+the ``RunJob`` orders it receives (``RunJobs``: those of one dispatcher turn) through
+:class:`JobRunner`, reports every end (kept and re-sent until the dispatcher has it; the ends
+of one turn together: tm/executor/reports.py), heartbeats with the host's load, and exits
+after an idle period without jobs.
 
 Leases: every heartbeat answer renews the executor's lease (its length comes with the answer).
 An executor that has heard nothing from the dispatcher for longer than that stops all its jobs
