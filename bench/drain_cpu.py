@@ -145,6 +145,7 @@ def main() -> None:
     p.add_argument("--database", default="sqlite")
     p.add_argument("--repeat", type=int, default=1)
     args = p.parse_args()
+    peers.prepare_checkout()
     for _ in range(args.repeat):
         print(json.dumps({"database": args.database, **one_run(args.jobs, args.database)}))
 

@@ -31,7 +31,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 from pathlib import Path
@@ -39,21 +38,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.peers import console_script, prepare_checkout  # noqa: E402
 from tests.helpers.processes import Installation, wait_until  # noqa: E402
 
 DEFAULT_MYSQL = "mysql://root@127.0.0.1:3306/tm_bench"
 WARM_UP = 5
-
-
-def script(name: str) -> str:
-    """The console script ``name`` of this interpreter, else the one on PATH."""
-    direct = Path(sysconfig.get_path("scripts")) / name
-    if direct.exists():
-        return str(direct)
-    found = shutil.which(name)
-    if not found:
-        raise SystemExit(f"no {name} installed: pip install -e . first")
-    return found
 
 
 class Bench:
@@ -72,8 +61,8 @@ class Bench:
             f"local\t{socket.gethostname()}\t64\t64\t\tFalse\t0\tTrue\n"
         )
         self.inst.start_dispatcher()
-        self.hrunjob = script("hRunJob")
-        self.hconnect = script("hConnect")
+        self.hrunjob = console_script("hRunJob")
+        self.hconnect = console_script("hConnect")
         self.cpu = 0.0
 
     def run(self, *argv: str, trace: bool = True) -> float:
@@ -195,8 +184,10 @@ SEGMENTS = (
     ("the submission committed", "dispatcher submit-committed"),
     ("read back, pass, placed, the placement committed", "dispatcher written-pending"),
     ("RunJob to the executor", "executor start|executor RunJob-received"),
-    ("the output files opened (thread pool)", "executor files-opened"),
-    ("zygote: request, fork, answer", "executor forked"),
+    # Before the shepherds opened the job's files, the executor did, in its thread pool, between
+    # "start" and "zygote-sent" (step "files-opened"); the shepherd now does, after the fork.
+    ("the start prepared (the files opened, before: thread pool)", "executor zygote-sent"),
+    ("zygote: request, fork, files opened by the shepherd, answer", "executor forked"),
     ("the job runs; its end reaped", "executor reaped"),
     ("the end reported to the dispatcher", "dispatcher JobFinished-received"),
     ("the end committed; WaitJob answered; -> TMS -> CLI", "cli wait-answered"),
@@ -295,15 +286,6 @@ def cli_figures(bench: Bench, runs: int) -> dict[str, tuple[float, float]]:
     }
 
 
-def compile_checkout() -> None:
-    """Byte-compile this checkout's ``tm`` as ``pip install`` does, even where the environment
-    says PYTHONDONTWRITEBYTECODE: the CLI's start is measured as a user's install has it
-    (without, every start compiles the CLI's modules again)."""
-    import compileall
-
-    compileall.compile_dir(str(REPO / "tm"), quiet=1)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--runs", type=int, default=50, help="traced single jobs (default 50)")
@@ -313,7 +295,7 @@ def main() -> None:
     )
     p.add_argument("--keep", default=None, help="copy the trace file here")
     args = p.parse_args()
-    compile_checkout()
+    prepare_checkout()
     with tempfile.TemporaryDirectory(prefix="path-") as tmp:
         root = Path(tmp)
         trace_file = root / "trace"

@@ -46,6 +46,8 @@ sys.path.insert(0, str(REPO))
 from tests.helpers.processes import Installation  # noqa: E402
 
 DEFAULT_MYSQL = "mysql://root@127.0.0.1:3306/tm_bench"
+#: The interpreter whose console scripts are measured: this one, or a venv's (``--venv``).
+PYTHON = sys.executable
 POLL = 0.001  # how often the marker file is looked at (a stat, not a query of the system)
 
 
@@ -66,6 +68,78 @@ def wait_marker(marker: Path, size: int, timeout: float) -> float:
             got = marker.stat().st_size if marker.exists() else 0
             raise RuntimeError(f"only {got} of {size} jobs ran within {timeout:.0f} s")
         time.sleep(POLL)
+
+
+def console_script(name: str) -> str:
+    """The console script ``name`` that pip wrote beside :data:`PYTHON`, else the one on PATH.
+
+    Not a pyenv shim found first on ``PATH``: that is a bash script which starts pyenv before
+    the interpreter and adds 80-130 ms to every call on this machine; a venv, ``pipx`` or a
+    system install runs the console script directly."""
+    direct = Path(PYTHON).parent / name
+    if direct.exists():
+        return str(direct)
+    found = shutil.which(name)
+    if not found:
+        raise SystemExit(f"no {name} installed: pip install . first")
+    return found
+
+
+def prepare_checkout() -> None:
+    """This checkout as ``pip install .`` leaves an install (the processes run the checkout's
+    code): byte-compiled, even where the environment says PYTHONDONTWRITEBYTECODE (without,
+    every start of the CLI compiles its modules again), and the compiled shepherd built
+    (without it, the executor falls back to the Python shepherd)."""
+    import compileall
+
+    from tests.helpers import native
+
+    compileall.compile_dir(str(REPO / "tm"), quiet=1)
+
+    native.build_in_tree()
+    if native.build_error:
+        print(f"# WARNING: the compiled shepherd could not be built: {native.build_error}")
+
+
+def make_venv(where: Path) -> None:
+    """A fresh venv with this checkout installed, the way a user installs it: its interpreter
+    does not read the base installation's site-packages and their ``.pth`` files."""
+    global PYTHON
+    subprocess.run([sys.executable, "-m", "venv", str(where)], check=True)
+    python = where / "bin" / "python"
+    done = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", str(REPO)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"pip install {REPO} into {where} failed:\n{done.stderr}")
+    PYTHON = str(python)
+
+
+def floors(rounds: int = 20) -> dict[str, float]:
+    """What the machine gives anyone, in ms (medians): the interpreter's start with and without
+    ``site``, one job's process tree (``/bin/sh -c printf >> file`` forked, exec'd and waited
+    for from Python), and the kernel's CPU for creating one new file where the jobs' output
+    files go (the installations' temporary directories). That last one varies: after many files
+    were deleted, ext4 scans for a free inode, and it has been seen 20 times dearer."""
+    out = {}
+    for label, argv in (
+        ("python -c pass", [PYTHON, "-c", "pass"]),
+        ("python -S -c pass", [PYTHON, "-S", "-c", "pass"]),
+    ):
+        out[label] = 1000 * statistics.median(
+            timed(lambda argv=argv: subprocess.run(argv, check=True)) for _ in range(rounds)
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        marker = Path(tmp) / "marker"
+        argv = ["/bin/sh", "-c", job_command(marker)]
+        out["sh -c printf (fork+exec+wait)"] = 1000 * statistics.median(
+            timed(lambda: subprocess.run(argv, check=True)) for _ in range(rounds * 5)
+        )
+        t0 = time.process_time()
+        for i in range(500):
+            os.close(os.open(f"{tmp}/{i}.out", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+        out["create one file, CPU"] = (time.process_time() - t0) * 1000 / 500
+    return out
 
 
 def timed(fn: Callable[[], Any]) -> float:
@@ -91,7 +165,7 @@ class TaskManager:
             f"local\t{socket.gethostname()}\t64\t64\t\tFalse\t0\tTrue\n"
         )
         self.inst.start_dispatcher()
-        self.cli = {"hRunJob": ["hRunJob"]}  # the console script, running this checkout
+        self.cli = {"hRunJob": [console_script("hRunJob")]}  # running this checkout's code
         # The first call starts the user's TMS: not part of any figure.
         self.hrunjob("-q", "true", check=True)
 
@@ -266,7 +340,23 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--systems", default="tm,hq,tsp")
     p.add_argument("--json", action="store_true", help="print the raw figures as JSON too")
+    p.add_argument(
+        "--venv",
+        action="store_true",
+        help="run TaskManager's console scripts from a fresh venv with the checkout installed",
+    )
     args = p.parse_args()
+    prepare_checkout()
+    venv = tempfile.TemporaryDirectory(prefix="peers-venv-") if args.venv else None
+    if venv is not None:
+        make_venv(Path(venv.name))
+    print(f"# TaskManager's CLI: {console_script('hRunJob')} (interpreter {PYTHON})")
+    print(
+        "# floors, ms: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in floors().items())
+        + f"; load average {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
     sizes = args.jobs or [1000]
     databases = args.database or ["sqlite"]
     names = args.systems.split(",")

@@ -13,19 +13,20 @@ through untouched.
 
 Pure: text in, field dictionaries out. Any malformed line raises :class:`JobFileError` with
 its line number, so the caller can refuse the whole file before anything is submitted.
+Light to import (no dataclasses, no model): ``hRunJob -f`` and ``hConnect`` load it on their
+fast paths.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-from tm.core import jobfields
-from tm.core.jobtime import TimeLimitError, parse_time_limit
+from tm.core.plainspec import GIVEN
 
 #: File field name (the seed's spelling, as users write it) -> the job's field
-#: (tm/core/jobfields.py), which is also the key of the matching hRunJob option;
-#: :data:`ALIASES` maps the command-line option names onto the file's names.
+#: (tm/core/jobfields.py; its type: tm/core/plainspec.py's GIVEN), which is also the key of
+#: the matching hRunJob option; :data:`ALIASES` maps the command-line option names onto the
+#: file's names.
 FIELDS: dict[str, str] = {
     "command": "command",
     "slots": "slots",
@@ -72,12 +73,24 @@ class JobFileError(ValueError):
         self.message = message
 
 
-@dataclass(frozen=True)
 class JobLine:
     """One job of a job file: its 1-based line number and its option values."""
 
-    line_no: int
-    options: dict[str, Any]
+    __slots__ = ("line_no", "options")
+
+    def __init__(self, line_no: int, options: dict[str, Any]) -> None:
+        self.line_no = line_no
+        self.options = options
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, JobLine):
+            return NotImplemented
+        return (self.line_no, self.options) == (other.line_no, other.options)
+
+    __hash__ = None  # type: ignore[assignment]  # holds a dict
+
+    def __repr__(self) -> str:
+        return f"JobLine(line_no={self.line_no!r}, options={self.options!r})"
 
 
 def parse_job_file(text: str, path: str, defaults: dict[str, Any]) -> list[JobLine]:
@@ -120,8 +133,10 @@ def parse_job_file(text: str, path: str, defaults: dict[str, Any]) -> list[JobLi
 
 def _convert(name: str, value: str, path: str, line_no: int) -> Any:
     """The value of the file's field ``name``, of its job field's type."""
-    kind = jobfields.BY_NAME[FIELDS[name]].base
+    kind = GIVEN[FIELDS[name]]
     if name == "timeLimit":
+        from tm.core.jobtime import TimeLimitError, parse_time_limit  # only when given
+
         try:
             return parse_time_limit(value)
         except TimeLimitError as e:

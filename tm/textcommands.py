@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from tm.textcontrol import CONTROL_COMMANDS, run_control
@@ -83,12 +82,47 @@ class UnknownGroup(TextCommandError):
     """A command about a group that does not exist (hConnect exits non-zero)."""
 
 
-@dataclass(frozen=True)
-class _Spec:
+class _Frozen:
+    """A small immutable record with equality, hash and repr over its ``__slots__``, as a
+    frozen dataclass has them: without ``dataclasses``, which hConnect's start does not import
+    (it imports ``inspect``, ``ast``, ``dis`` and ``tokenize``)."""
+
+    __slots__: tuple[str, ...] = ()
+
+    def __init__(self, *values: Any) -> None:
+        for name, value in zip(self.__slots__, values, strict=True):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}")
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        fields = ", ".join(
+            f"{n}={v!r}" for n, v in zip(self.__slots__, self._values(), strict=True)
+        )
+        return f"{type(self).__name__}({fields})"
+
+
+class _Spec(_Frozen):
+    __slots__ = ("name", "targets", "arg", "description")
     name: str
     targets: tuple[str, ...]
     arg: str  # "", "int", "ints", "text", "regex", "host", "user", "count"
     description: str
+
+    def __init__(self, name: str, targets: tuple[str, ...], arg: str, description: str) -> None:
+        super().__init__(name, targets, arg, description)
 
     @property
     def usage(self) -> str:
@@ -307,11 +341,14 @@ def resubmitted_text(answer: dict[str, Any], args: tuple[Any, ...]) -> str:
     return "\n".join(lines)
 
 
-@dataclass(frozen=True)
-class TextCommand:
+class TextCommand(_Frozen):
+    __slots__ = ("name", "args", "target")
     name: str
     args: tuple[Any, ...]
     target: str
+
+    def __init__(self, name: str, args: tuple[Any, ...], target: str) -> None:
+        super().__init__(name, args, target)
 
     @property
     def scope(self) -> str:

@@ -17,9 +17,9 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from functools import cache
 from typing import Any
 
-from tm.core import jobfields
 from tm.textcommands import SPECS, TERMINAL_STATES, TextCommand, TextCommandError
 
 Call = Callable[..., Awaitable[dict[str, Any]]]
@@ -28,9 +28,16 @@ Call = Callable[..., Awaitable[dict[str, Any]]]
 #: goes away, not when one is added.
 SCHEMA_VERSION = 1
 
-#: A job's fields whose "no value" travels as "" (AMP carries no None for text): null here.
-_NULLABLE_TEXT = frozenset(f.name for f in jobfields.FIELDS if f.optional and f.base is str)
-_FIELD_ORDER = {f.name: i for i, f in enumerate(jobfields.FIELDS)}
+
+@cache
+def _fields() -> tuple[frozenset[str], dict[str, int]]:
+    """A job's fields whose "no value" travels as "" (AMP carries no None for text: null
+    here), and the fields' order. From tm.core.jobfields when a document is made first: the
+    text answers (hConnect without --json) do without it and the model it imports."""
+    from tm.core import jobfields
+
+    nullable = frozenset(f.name for f in jobfields.FIELDS if f.optional and f.base is str)
+    return nullable, {f.name: i for i, f in enumerate(jobfields.FIELDS)}
 
 
 def dumps(doc: dict[str, Any]) -> str:
@@ -65,11 +72,12 @@ def with_times(record: dict[str, Any]) -> dict[str, Any]:
 def job(row: dict[str, Any]) -> dict[str, Any]:
     """A job's object from its record (a row of ListJobs or GetJob): its fields in the order
     of :data:`~tm.core.jobfields.FIELDS`, then any other key of the record, as sent."""
-    keys = sorted(row, key=lambda k: _FIELD_ORDER.get(k, len(_FIELD_ORDER)))
+    nullable, order = _fields()
+    keys = sorted(row, key=lambda k: order.get(k, len(order)))
     out: dict[str, Any] = {}
     for key in keys:
         value = row[key]
-        if key in _NULLABLE_TEXT and value == "":
+        if key in nullable and value == "":
             value = None
         elif isinstance(value, tuple):
             value = list(value)

@@ -59,7 +59,8 @@ def parse_line(line: str) -> tuple[int, str, int, str, str] | None:
 
 def job_of(message: object) -> object:
     """The job a request's arguments or an answer name, for a trace line: ``job_id``, the
-    last of ``job_ids``, or ``u:UUID`` of the first job of a submission; ``-`` for none."""
+    last of ``job_ids`` or of a batch's ``ends`` / ``orders``, or ``u:UUID`` of the first job
+    of a submission; ``-`` for none."""
     if not isinstance(message, dict):
         return "-"
     if message.get("job_id") is not None:
@@ -67,6 +68,10 @@ def job_of(message: object) -> object:
     ids = message.get("job_ids")
     if isinstance(ids, list) and ids:
         return ids[-1]
+    for key in ("ends", "orders"):
+        rows = message.get(key)
+        if isinstance(rows, list) and rows and isinstance(rows[-1], dict):
+            return rows[-1].get("job_id", "-")
     jobs = message.get("jobs")
     if isinstance(jobs, list) and jobs and isinstance(jobs[0], dict):
         return f"u:{jobs[0].get('uuid')}"

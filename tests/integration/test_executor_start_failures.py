@@ -13,12 +13,13 @@ from __future__ import annotations
 import os
 import re
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.cli import lajob, submit_file
+from tests.helpers.native import require_native
 from tests.helpers.processes import (
     Installation,
     alive,
@@ -106,3 +107,36 @@ def test_a_nul_byte_is_refused_at_submission_in_one_line(
     assert "Traceback" not in result.stderr
     assert installation.run("hConnect", "lswjobs", check=True).stdout.count("echo a") == 0
     assert not (installation.work / "ran.txt").exists()
+
+
+@pytest.mark.parametrize("shepherd", ["native", "python"])
+def test_the_shepherd_opens_the_files_and_a_failure_is_the_start_s_reason(
+    make_installation: Callable[..., Installation], shepherd: str
+) -> None:
+    # The job's shepherd opens its files after the zygote's fork (both implementations): what
+    # it cannot open fails the start with the same one line as before, and the executor (its
+    # zygote too) carries on; an empty stderr file made for a job is removed at its end.
+    if shepherd == "native":
+        require_native()
+    inst = make_installation(env={"TM_EXECUTOR_SHEPHERD": shepherd})
+    (inst.work / "adir").mkdir()
+    (inst.work / "afile").write_text("")
+    lines = {
+        "dir": "command::echo a > ran.txt\tstdout::adir\n",
+        "err": "command::echo a > ran.txt\tstderr::afile/e.txt\n",
+        "ok": "command::echo quiet > quiet.txt\tstdout::ok.out\tstderr::ok.err\n",
+    }
+    reasons = {
+        "dir": f"cannot write stdout file {inst.work / 'adir'}: Is a directory",
+        "err": f"cannot write stderr file {inst.work / 'afile' / 'e.txt'}: Not a directory",
+    }
+    for name, line in lines.items():
+        (job,) = submit_file(inst, inst.work / f"{name}.txt", content=line.encode())
+        state = wait_until(lambda job=job: ended_state(inst, job), 60, f"the {name} job to end")
+        if name == "ok":
+            assert state == "finished"
+        else:
+            assert state == "failed" and reasons[name] in lajob(inst, job).reason
+    assert not (inst.work / "ran.txt").exists()
+    assert (inst.work / "quiet.txt").read_text() == "quiet\n"
+    assert (inst.work / "ok.out").exists() and not (inst.work / "ok.err").exists()

@@ -257,19 +257,29 @@ async def test_umask_applies_to_job_and_output_files(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "u.txt").stat().st_mode) == 0o640
 
 
-#: Tries to start a job whose stdout file cannot be written; prints what happened as JSON.
+#: Tries to start a job whose stdout file cannot be written (with the launcher argv[2]); prints
+#: what happened as JSON.
 _START_UNWRITABLE = """
 import json, os, sys
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from tm.executor.runner import JobRunner, JobStartError, RunRequest
 work = sys.argv[1]
-runner = JobRunner(reactor, reactor, log_dir=os.path.join(work, "logs"), kill_grace=0.5)
+runner = JobRunner(reactor, reactor, log_dir=os.path.join(work, "logs"), kill_grace=0.5,
+                   launcher=sys.argv[2])
 req = RunRequest(job_id=7, attempt=1, command="echo no > ran.txt", shell="/bin/sh", cwd=work,
                  umask=0o022, env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
                  stdout="locked/out.txt")
-# Without a thread pool the runner opens the files at once: the Deferred has fired on return.
 failures = []
-runner.start(req, lambda end: None).addErrback(failures.append)
+
+async def attempt(reactor):
+    d = runner.start(req, lambda end: None).addErrback(failures.append)
+    await d.addTimeout(30, reactor)
+    await runner.stop()
+
+reactor.callWhenRunning(
+    lambda: defer.ensureDeferred(attempt(reactor)).addBoth(lambda _: reactor.stop())
+)
+reactor.run()
 result = {"raised": None}
 if failures and isinstance(failures[0].value, JobStartError):
     result["raised"] = failures[0].value.reason
@@ -301,7 +311,7 @@ def test_unwritable_output_raises_before_spawn(tmp_path: Path) -> None:
             os.environ,
             PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p),
         )
-        argv = [sys.executable, "-c", _START_UNWRITABLE, str(work)]
+        argv = [sys.executable, "-c", _START_UNWRITABLE, str(work), LAUNCHER[0]]
         ran = subprocess.run(
             user.argv(*argv) if user is not None else argv,
             env=env,
@@ -332,6 +342,79 @@ async def test_output_path_under_a_file_raises(tmp_path: Path) -> None:
     )
     assert not (tmp_path / "ran.txt").exists()
     assert runner.running() == []
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"cwd": "afile"}, "working directory {t}/afile is not a directory"),
+        ({"stdout": "adir"}, "cannot write stdout file {t}/adir: Is a directory"),
+        ({"stderr": "adir"}, "cannot write stderr file {t}/adir: Is a directory"),
+        (
+            {"stdout": "no/o.txt"},
+            "cannot write stdout file {t}/no/o.txt: No such file or directory",
+        ),
+        ({"logfile": "afile/job.log"}, "cannot write log file {t}/afile/job.log: Not a directory"),
+        ({"log_dir": "afile/logs"}, "cannot create log directory {t}/afile/logs: Not a directory"),
+        ({"log_dir": "afile"}, "cannot create log directory {t}/afile: File exists"),
+    ],
+    ids=[
+        "cwd-is-a-file",
+        "stdout-is-a-dir",
+        "stderr-is-a-dir",
+        "no-such-dir",
+        "log",
+        "logdir",
+        "logdir-file",
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_a_file_that_cannot_be_opened_fails_the_start_with_its_reason(
+    tmp_path: Path, fields: dict[str, str], reason: str
+) -> None:
+    # With the zygote, the job's shepherd opens them after its fork and the zygote reports why
+    # it could not; the reason is the same one line as when the executor opened them itself.
+    (tmp_path / "afile").write_text("")
+    (tmp_path / "adir").mkdir()
+    fields = dict(fields)  # the parameters are shared by every launcher's run
+    log_dir = fields.pop("log_dir", "logs")
+    runner = new_runner(reactor, tmp_path, kill_grace=0.5)
+    runner._log_dir = str(tmp_path / log_dir)
+    if "cwd" in fields:
+        fields["cwd"] = str(tmp_path / fields["cwd"])
+    with pytest.raises(JobStartError) as info:
+        await runner.start(request(tmp_path, "echo no > ran.txt", **fields), lambda e: None)
+    assert info.value.reason == reason.format(t=tmp_path)
+    assert not (tmp_path / "ran.txt").exists() and runner.running() == []
+    # The runner (and its zygote) carry on: the next job runs.
+    runner._log_dir = str(tmp_path / "logs")
+    _, ended = await start(runner, request(tmp_path, "echo yes > ran.txt", job_id=8))
+    assert (await ended).exit_code == 0
+    assert (tmp_path / "ran.txt").read_text() == "yes\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_empty_stderr_file_made_for_the_job_is_removed_at_its_end(tmp_path: Path) -> None:
+    runner = make_runner(tmp_path)
+    (tmp_path / "old.err").write_text("")
+    jobs = [
+        request(tmp_path, "true", job_id=1),  # logs/1.err: made, empty: removed
+        request(tmp_path, "echo x >&2", job_id=2),  # logs/2.err: kept
+        request(tmp_path, "true", job_id=3, stderr="old.err"),  # there before: kept
+        request(tmp_path, "true", job_id=4, logfile="4.log"),  # removed after the log is written
+        request(tmp_path, "true", job_id=5, stdout="5.txt", stderr="5.txt"),  # one file: kept
+    ]
+    for job in jobs:
+        _, ended = await start(runner, job)
+        await ended
+    logs = tmp_path / "logs"
+    assert not (logs / "1.err").exists()
+    assert (logs / "2.err").read_text() == "x\n"
+    assert (tmp_path / "old.err").exists()
+    assert not (logs / "4.err").exists()
+    assert "BEGIN stderr\nEND stderr\n" in (tmp_path / "4.log").read_text()
+    assert (tmp_path / "5.txt").exists()
+    assert sorted(p.name for p in logs.iterdir()) == ["1.out", "2.err", "2.out", "3.out", "4.out"]
 
 
 @pytest_twisted.ensureDeferred

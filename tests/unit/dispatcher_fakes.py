@@ -16,6 +16,7 @@ from tm.core.model import Host, Job, JobSpec, JobState, Transition, User
 from tm.dispatcher.service import Dispatcher, Settings
 from tm.dispatcher.session import Session
 from tm.protocol import commands
+from tm.protocol.commands import JobStartFailed
 
 
 class MemoryStore:
@@ -189,14 +190,39 @@ class FakeProto:
     def call(self, cmd: Any, /, **kw: Any) -> Deferred:
         name = cmd.commandName.decode()
         self.calls.append((name, kw))
+        if name == "RunJobs":
+            return self._run_jobs(kw)
         try:
             result = self.answer(name, kw)
         except Exception as e:
             return fail(e)
         return result if isinstance(result, Deferred) else succeed(result)
 
+    def _run_jobs(self, kw: dict) -> Deferred:
+        """A batch of start orders, each answered by ``answer`` as its RunJob: a start failure
+        is its result, any other error (a dropped link) fails the whole batch."""
+        results = []
+        for order in kw["orders"]:
+            try:
+                result = self.answer("RunJob", {**order, "env": kw["env"]})
+            except JobStartFailed as e:
+                result = {"error": str(e)}
+            except Exception as e:
+                return fail(e)
+            assert not isinstance(result, Deferred), "a fake answers a batch at once"
+            results.append(result)
+        return succeed({"results": results})
+
     def names(self, name: str) -> list[dict]:
-        return [kw for n, kw in self.calls if n == name]
+        """The calls of command ``name``; for RunJob, the orders of RunJobs too (each with
+        its batch's environment)."""
+        out = []
+        for n, kw in self.calls:
+            if n == name:
+                out.append(kw)
+            elif name == "RunJob" and n == "RunJobs":
+                out.extend({**order, "env": kw["env"]} for order in kw["orders"])
+        return out
 
 
 class FakeSession:

@@ -24,6 +24,7 @@ from tm import localsocket, textcommands
 from tm.cli import hrunjob
 from tm.cli.common import command_named
 from tm.cli.errors import blocking_call, run_now
+from tm.core.model import JobSpec
 from tm.jobsign import JobKey
 from tm.protocol import commands, records
 from tm.userserver import callbacks, local, signing
@@ -63,6 +64,108 @@ def test_the_fast_path_imports_neither_twisted_nor_tls() -> None:
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, cwd=REPO
     ).stdout
     assert out.strip() == "[]"
+
+
+#: What the everyday commands do without: each costs their start milliseconds (dataclasses
+#: imports inspect, ast, dis and tokenize; the model is a dozen dataclasses).
+NOT_ON_THE_EVERYDAY_PATH = ("dataclasses", "inspect", "tm.core.model", "twisted", "OpenSSL")
+
+#: A TMS on its Unix socket (tm/localsocket.py's frames), in the subprocess: each command's
+#: answer by name, the last one repeated.
+FAKE_TMS = """
+import base64, contextlib, io, json, os, socket, struct, sys, threading
+from tm import localsocket
+
+T0 = 1_700_000_000.0
+JOB = {"id": 7, "user": "me", "state": "finished", "attempt": 1, "slots": 1, "priority": 0,
+       "host": "node1", "group": "g", "info": "", "command": "echo hi", "submitted_at": T0,
+       "state_since": T0, "exit_code": 0, "signal": None, "reason": "", "suspended": False,
+       "uuid": "u", "shell": "/bin/sh", "cwd": os.environ["HOME"], "stdout": "out.txt",
+       "stderr": "", "logfile": "", "excluded_hosts": [], "estimated_time": None,
+       "estimated_memory": None, "pid": 99, "started_at": T0, "ended_at": T0 + 1}
+ANSWERS = {
+    "SubmitJobs": lambda kw: {"job_ids": list(range(1, len(kw["jobs"]) + 1)), "warnings": []},
+    "WaitJob": lambda kw: {"state": "finished", "exit_code": 0, "signal": None},
+    "WaitJobs": lambda kw: {"counts": {"finished": 1}, "failed": []},
+    "ListJobs": lambda kw: {"jobs": [JOB], "next_after_id": None},
+    "GetJob": lambda kw: {"job": [JOB], "history": [], "wait_reason": ""},
+}
+
+def serve(server):
+    while True:
+        conn, _ = server.accept()
+        with conn:
+            data = b""
+            while True:
+                chunk = conn.recv(1 << 20)
+                if not chunk:
+                    break
+                data += chunk
+                while len(data) >= 4 and len(data) >= 4 + struct.unpack("!I", data[:4])[0]:
+                    size = struct.unpack("!I", data[:4])[0]
+                    request, data = json.loads(data[4 : 4 + size]), data[4 + size :]
+                    answer = ANSWERS[request["command"]](request["arguments"])
+                    conn.sendall(localsocket.frame({"id": request["id"], "answer": answer}))
+
+os.makedirs(localsocket.user_dir(), mode=0o700, exist_ok=True)
+with open(os.path.join(os.environ["HOME"], "out.txt"), "w") as f:
+    f.write("the output\\n")
+with open(os.path.join(os.environ["HOME"], "jobs.txt"), "w") as f:
+    f.write("command::true\\ncommand::false\\tslots::2\\n")
+server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+server.bind(localsocket.socket_path())
+server.listen(8)
+threading.Thread(target=serve, args=(server,), daemon=True).start()
+"""
+
+
+def test_the_everyday_commands_import_neither_dataclasses_nor_the_model(tmp_path: Path) -> None:
+    """hRunJob -q CMD, -q -f FILE, --wait, --help and hConnect lswjobs, lsfjobs, lajob:ID,
+    wait:ID, cat:ID, each run to its end through its TMS's socket (a scripted one), import
+    none of NOT_ON_THE_EVERYDAY_PATH; nor, but for --help, shutil (tm/cli/helpformat.py)."""
+    code = FAKE_TMS + (
+        "from tm.cli import hconnect, hrunjob\n"
+        "runs = [(hrunjob, ['-q', 'true']), (hrunjob, ['-q', '-f', 'jobs.txt']),\n"
+        "        (hrunjob, ['--wait', 'echo', 'hi']),\n"
+        "        (hconnect, ['lswjobs']), (hconnect, ['lsfjobs']), (hconnect, ['lajob:7']),\n"
+        "        (hconnect, ['wait:7']), (hconnect, ['cat:7']), (hrunjob, ['--help'])]\n"
+        "results = []\n"
+        "for module, argv in runs:\n"
+        "    if argv == ['--help']:  # the help alone asks for the terminal's width\n"
+        "        before_help = sorted(m for m in ('shutil',) if m in sys.modules)\n"
+        "    out = io.TextIOWrapper(io.BytesIO(), encoding='utf-8')\n"
+        "    with contextlib.redirect_stdout(out):\n"
+        "        try:\n"
+        "            code = module.main_fast(argv)\n"
+        "        except SystemExit as e:\n"
+        "            code = e.code\n"
+        "    out.flush()\n"
+        "    results.append((argv, code, out.buffer.getvalue().decode()))\n"
+        "sys.stdout.flush()\n"
+        f"missing = sorted(m for m in sys.modules if m.split('.')[0] in {NOT_ON_THE_EVERYDAY_PATH!r}\n"
+        f"                 or m in {NOT_ON_THE_EVERYDAY_PATH!r})\n"
+        "print(json.dumps({'results': results, 'modules': missing, 'before_help': before_help}))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO), HOME=str(tmp_path))
+    env.pop("TM_TRACE", None)
+    # -S: without site-packages' .pth files, which may import any of these themselves.
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", code], env=env, capture_output=True, text=True, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.splitlines()[-1])
+    outputs = {" ".join(argv): (code, out) for argv, code, out in report["results"]}
+    assert outputs["-q true"] == (0, "")
+    assert outputs["-q -f jobs.txt"] == (0, "")
+    assert outputs["--wait echo hi"] == (0, "Job [1] has been submitted to TaskDispatcher.\n")
+    assert outputs["--help"][0] == 0 and "usage: hRunJob" in outputs["--help"][1]
+    assert outputs["lswjobs"][0] == 0 and "echo hi" in outputs["lswjobs"][1]
+    assert outputs["lajob:7"][0] == 0 and "out.txt" in outputs["lajob:7"][1]
+    assert outputs["wait:7"][0] == 0
+    assert outputs["cat:7"] == (0, "the output\n")
+    assert outputs["lsfjobs"][0] == 0
+    assert report["modules"] == []
+    assert report["before_help"] == []  # shutil: argparse's formatter, for the width alone
 
 
 def test_json_completion_and_version_stay_on_the_fast_path(tmp_path: Path) -> None:
@@ -130,7 +233,7 @@ def test_a_job_travels_as_the_protocol_s_record() -> None:
         )
         | {"command": "echo x"}
     )
-    assert hrunjob.spec_to_json(spec) == records.spec_to_amp(spec)
+    assert hrunjob.spec_to_json(spec) == records.spec_to_amp(JobSpec(**spec.values()))
 
 
 def test_run_now_runs_a_coroutine_whose_awaits_are_ready() -> None:

@@ -91,7 +91,14 @@ class Setup:
 
     def flush(self) -> None:
         self.pool.run_all()
+        self.reactor.advance(0)  # the turn's ends reported
         self.pump.flush()
+
+    def ended(self, *ends: JobEnd) -> None:
+        """Ends in one turn, then the turn's end (where they are reported)."""
+        for e in ends:
+            self.executor.job_ended(e)
+        self.reactor.advance(0)
 
     @property
     def linked(self) -> bool:
@@ -283,7 +290,7 @@ def test_a_failing_report_is_sent_again_with_a_growing_delay(setup: Setup) -> No
         return {"time": 0.0}
 
     setup.link.answer = refuse
-    setup.executor.job_ended(end())
+    setup.ended(end())
     sent_at = [setup.reactor.seconds()]
     for _ in range(400):  # heartbeats every second for 400 s
         setup.reactor.advance(1.0)
@@ -297,6 +304,17 @@ def test_a_failing_report_is_sent_again_with_a_growing_delay(setup: Setup) -> No
     assert len(sent_at) < 15  # not 400
 
 
+def reported_ends(setup: Setup) -> list[dict[str, Any]]:
+    """Every end reported so far: each JobFinished's, and each of each JobsFinished."""
+    out = []
+    for name, kw, _ in setup.link.calls:
+        if name == "JobFinished":
+            out.append(kw)
+        elif name == "JobsFinished":
+            out.extend(kw["ends"])
+    return out
+
+
 def test_reports_failing_at_once_do_not_recurse_or_spin(setup: Setup) -> None:
     def refuse(name: str, kw: dict) -> Any:
         raise commands.DatabaseUnavailable("no")
@@ -305,18 +323,57 @@ def test_reports_failing_at_once_do_not_recurse_or_spin(setup: Setup) -> None:
     for i in range(1, 2001):
         setup.executor.unreported.append(end(job_id=i))
     setup.executor._flush()
-    # Each end tried once (as many as fit in flight at a time), then each waits its delay.
-    assert len(setup.link.named("JobFinished")) == 2000
+    # Each end tried once (in batches that each fit one AMP value), then each waits its delay.
+    assert sorted(e["job_id"] for e in reported_ends(setup)) == list(range(1, 2001))
+    assert 1 < len(setup.link.named("JobsFinished")) <= MAX_REPORTS_IN_FLIGHT
     setup.executor._flush()
-    assert len(setup.link.named("JobFinished")) == 2000
+    assert len(reported_ends(setup)) == 2000
+
+
+def test_the_ends_of_one_turn_go_in_one_report(setup: Setup) -> None:
+    setup.ended(*(end(job_id=i) for i in range(1, 41)))
+    [(name, kw, answer)] = setup.link.calls
+    assert name == "JobsFinished" and [e["job_id"] for e in kw["ends"]] == list(range(1, 41))
+    assert kw["ends"][0]["exit_code"] == 0 and kw["ends"][0]["ended_at"] == 100.0
+    answer.callback({"failed": [], "error": None})
+    assert setup.executor.unreported == []
+    assert sorted(setup.executor._reported) == [(i, 1) for i in range(1, 41)]
+
+
+def test_ends_refused_in_a_batch_are_reported_again_alone(setup: Setup) -> None:
+    setup.ended(end(job_id=1), end(job_id=2), end(job_id=3))
+    [(_, _, answer)] = setup.link.calls
+    answer.callback({"failed": [1], "error": "the database is away"})
+    assert [(e.job_id, e.attempt) for e in setup.executor.unreported] == [(2, 1)]
+    assert (2, 1) not in setup.executor._reported and (1, 1) in setup.executor._reported
+    setup.reactor.advance(executor_service.REPORT_RETRY_FIRST)
+    setup.executor._heartbeat()
+    [again] = setup.link.named("JobFinished")
+    assert again["job_id"] == 2
+
+
+def test_a_batch_whose_report_fails_is_retried_end_by_end(setup: Setup) -> None:
+    setup.ended(end(job_id=1), end(job_id=2))
+    setup.link.calls[0][2].errback(ConnectionError("link lost"))
+    assert len(setup.executor.unreported) == 2 and setup.executor._reporting == set()
+    assert set(setup.executor._report_retry) == {(1, 1), (2, 1)}
+    setup.executor._connected()  # a new link: sent again at once, together
+    [_, (name, kw, answer)] = [c for c in setup.link.calls if c[0] != "Heartbeat"]
+    assert name == "JobsFinished" and [e["job_id"] for e in kw["ends"]] == [1, 2]
+    answer.callback({})
+    assert setup.executor.unreported == [] and setup.executor._report_retry == {}
 
 
 def test_reports_in_flight_are_bounded(setup: Setup) -> None:
-    for i in range(1, 41):
-        setup.executor.job_ended(end(job_id=i))
+    for i in range(1, 41):  # one end per turn: one report each, while places are free
+        setup.ended(end(job_id=i))
     assert len(setup.link.calls) == MAX_REPORTS_IN_FLIGHT
+    assert {name for name, _, _ in setup.link.calls} == {"JobFinished"}
+    # A place frees: the ends that waited meanwhile go together.
     setup.link.calls[0][2].callback({})
     assert len(setup.link.calls) == MAX_REPORTS_IN_FLIGHT + 1
+    name, kw, _ = setup.link.calls[-1]
+    assert name == "JobsFinished" and len(kw["ends"]) == 40 - MAX_REPORTS_IN_FLIGHT
     assert len(setup.executor.unreported) == 39
 
 
@@ -343,14 +400,14 @@ def test_the_heartbeat_answer_cannot_make_a_busy_loop(setup: Setup) -> None:
 
 
 def test_a_new_link_sends_every_waiting_report_at_once(setup: Setup) -> None:
-    setup.executor.job_ended(end())
+    setup.ended(end())
     setup.link.calls[0][2].errback(ConnectionError("link lost"))
     setup.executor._connected()
     assert len(setup.link.named("JobFinished")) == 2
 
 
 def test_only_one_report_of_an_end_is_in_flight(setup: Setup) -> None:
-    setup.executor.job_ended(end())
+    setup.ended(end())
     for _ in range(5):
         setup.executor._heartbeat()
         setup.executor._connected()
@@ -378,7 +435,7 @@ def test_a_lease_kill_does_not_make_an_ended_job_lost(setup: Setup) -> None:
 def test_an_end_the_runner_could_not_know_is_reported_lost_with_its_reason(setup: Setup) -> None:
     # The zygote that reaped the job's shepherd ended first: the dispatcher must run it again.
     reason = "lost: the executor's shepherd zygote ended unexpectedly"
-    setup.executor.job_ended(
+    setup.ended(
         JobEnd(
             job_id=7,
             attempt=1,

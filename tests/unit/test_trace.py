@@ -75,6 +75,8 @@ def test_a_malformed_line_is_told_apart() -> None:
 def test_the_job_of_a_message() -> None:
     assert trace.job_of({"job_id": 4, "timeout": 60.0}) == 4
     assert trace.job_of({"job_ids": [7, 8], "warnings": []}) == 8
+    assert trace.job_of({"ends": [{"job_id": 5}, {"job_id": 6}]}) == 6  # JobsFinished
+    assert trace.job_of({"env": {}, "orders": [{"job_id": 9}]}) == 9  # RunJobs
     assert trace.job_of({"cwd": "/", "jobs": [{"uuid": "ab-cd"}, {"uuid": "x"}]}) == "u:ab-cd"
     assert trace.job_of({"state": "finished"}) == "-"
     assert trace.job_of(None) == "-"

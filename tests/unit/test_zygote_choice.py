@@ -8,8 +8,10 @@ import pytest
 
 from tests.helpers.native import require_native
 from tm.executor.launcher import ShepherdArgs, encode_request, zygote_implementation
+from tm.executor.request import OutputFiles
 
-ARGS = ShepherdArgs(grace=0.5, umask=0o022, cwd="/w", shell="/bin/sh", command="true")
+FILES = OutputFiles(stdout="/w/o", stderr="/w/e", logfile=None, log_dir="/l")
+ARGS = ShepherdArgs(grace=0.5, umask=0o022, cwd="/w", shell="/bin/sh", command="true", files=FILES)
 
 
 def test_auto_takes_the_compiled_zygote_where_it_is_built() -> None:
@@ -28,7 +30,14 @@ def test_either_implementation_may_be_asked_for_and_nothing_else() -> None:
 
 def test_a_request_is_nul_terminated_fields_then_the_environment() -> None:
     body = encode_request(5, ARGS, {"A": "1", "B": "x=y"})
-    assert body == b"5\x000.5\x0018\x00/w\x00/bin/sh\x00true\x00A=1\x00B=x=y\x00"
+    fields = b"5\x000.5\x0018\x00/w\x00/bin/sh\x00true\x00/w/o\x00/w/e\x00\x00/l\x00"
+    assert body == fields + b"A=1\x00B=x=y\x00"
+
+
+def test_a_request_needs_the_paths_of_the_jobs_files() -> None:
+    args = ShepherdArgs(grace=0.5, umask=0, cwd="/w", shell="/bin/sh", command="true")
+    with pytest.raises(ValueError, match="paths"):
+        encode_request(1, args, {})
 
 
 @pytest.mark.parametrize(
@@ -40,6 +49,8 @@ def test_what_execve_cannot_take_is_refused_before_it_is_sent(env: dict[str, str
 
 
 def test_a_nul_in_the_command_is_refused() -> None:
-    args = ShepherdArgs(grace=0.5, umask=0, cwd="/w", shell="/bin/sh", command="a\x00b")
+    args = ShepherdArgs(
+        grace=0.5, umask=0, cwd="/w", shell="/bin/sh", command="a\x00b", files=FILES
+    )
     with pytest.raises(ValueError, match="NUL"):
         encode_request(1, args, {})

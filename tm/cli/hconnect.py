@@ -14,6 +14,7 @@ from typing import Any
 from tm import VERSION_LINE, localsocket, textcommands, textjson
 from tm.cli import completion
 from tm.cli.errors import CLIError, blocking_call, leave, report, run_now
+from tm.cli.helpformat import HelpFormatter
 
 PROG = "hConnect"
 
@@ -24,7 +25,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Send a text command to your TMS or (-T) the dispatcher.")
+    p = _Parser(
+        prog=PROG,
+        description="Send a text command to your TMS or (-T) the dispatcher.",
+        formatter_class=HelpFormatter,
+    )
     p.add_argument("-T", "--connect_to_td", action="store_true", help="talk to the dispatcher")
     p.add_argument("-v", "--verbose", action="store_true")
     p.add_argument("--dispatcher", default=None, help="the dispatcher's dispatcher.json")
@@ -37,8 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def prepare(argv: list[str]) -> tuple[argparse.Namespace, textcommands.TextCommand]:
-    args = build_parser().parse_args(argv)
+def prepare(
+    argv: list[str], args: argparse.Namespace | None = None
+) -> tuple[argparse.Namespace, textcommands.TextCommand]:
+    """``argv``'s options and its command; ``args``: ``argv`` parsed already."""
+    if args is None:
+        args = build_parser().parse_args(argv)
     line = " ".join(args.command).strip()
     target = "dispatcher" if args.connect_to_td else "tms"
     if not line:
@@ -134,10 +143,11 @@ async def no_call(name: str, **kw: Any) -> Any:  # pragma: no cover - help asks 
 
 
 def main_fast(argv: list[str]) -> int:
-    early = completion.early(PROG, build_parser().parse_args(argv))
+    parsed = build_parser().parse_args(argv)
+    early = completion.early(PROG, parsed)
     if early is not None:  # --completion SHELL, --complete-ids
         return early
-    args, command = prepare(argv)
+    args, command = prepare(argv, parsed)
     if command.name in ("help", "fullhelp"):
         print(run_now(textjson.answer(command, no_call, args.json)))
         return 0

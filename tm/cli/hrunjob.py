@@ -12,7 +12,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import sys
 from typing import Any
 
@@ -37,12 +36,13 @@ from tm.cli.hrunjob_output import (  # noqa: F401  (re-exported)
     server_info_text,
     submitted_text,
 )
-from tm.core import jobfields
-from tm.core.dependencies import DependencyError, parse_ids
-from tm.core.model import JobSpec
-from tm.core.retry import normalize_exit_codes
+from tm.core.plainspec import GIVEN, PlainSpec
 from tm.jobfile import JobFileError, compress_ids, parse_job_file
 from tm.protocol import limits as records  # the limits alone: no Twisted
+
+# The jobs are PlainSpecs (tm/core/plainspec.py), not the model's JobSpecs: the everyday
+# submission imports neither the model nor dataclasses; dependencies, retries, time limits
+# and arrays import their modules when given.
 
 
 def new_uuid() -> str:
@@ -57,7 +57,12 @@ def new_uuid() -> str:
 
 def resolve_shell(name: str | None) -> str:
     name = name or os.environ.get("SHELL") or "/bin/sh"
-    path = name if os.path.isabs(name) else shutil.which(name)
+    if os.path.isabs(name):
+        path: str | None = name
+    else:
+        import shutil  # a shell given by name alone (-S bash)
+
+        path = shutil.which(name)
     if not path or not os.access(path, os.X_OK):
         raise CLIError(
             f"unknown shell {name!r}: give a shell installed here, e.g. -S bash", status=2
@@ -75,8 +80,8 @@ def _excluded(value: str) -> tuple[str, ...]:
     return tuple(h.strip() for h in value.split(",") if h.strip())
 
 
-def spec_from_options(options: dict[str, Any], shells: dict[Any, str] | None = None) -> JobSpec:
-    """A JobSpec from option values (the parsed command line, or one job-file line over it),
+def spec_from_options(options: dict[str, Any], shells: dict[Any, str] | None = None) -> PlainSpec:
+    """A job's spec from option values (the parsed command line, or one job-file line over it),
     keyed by the job's field names.
 
     Raises CLIError for values that no dispatcher would accept. ``shells``: the shells
@@ -93,20 +98,26 @@ def spec_from_options(options: dict[str, Any], shells: dict[Any, str] | None = N
             raise CLIError(
                 f"{option} must be a number from 0 to {high:.0f} {unit}, not {value}", status=2
             )
-    values = {f.name: options[f.name] for f in jobfields.GIVEN_FIELDS}
+    values = {name: options[name] for name in GIVEN}
     values["shell"] = resolve_shell(options["shell"]) if shells is None else _shell(options, shells)
     values["excluded_hosts"] = _excluded(options["excluded_hosts"])
-    try:
-        values["retry_on_exit"] = normalize_exit_codes(options["retry_on_exit"])
-    except ValueError as e:
-        raise CLIError(str(e), status=2) from None
-    spec = JobSpec(uuid=new_uuid(), **values)
+    if values["retry_on_exit"]:  # "" stays ""
+        from tm.core.retry import normalize_exit_codes
+
+        try:
+            values["retry_on_exit"] = normalize_exit_codes(values["retry_on_exit"])
+        except ValueError as e:
+            raise CLIError(str(e), status=2) from None
+    spec = PlainSpec(uuid=new_uuid(), **values)
     problem = records.spec_problem(spec)  # the dispatcher's own check, without a round trip
-    try:
-        for text, what in ((spec.after, "--after"), (spec.after_any, "--after-any")):
-            parse_ids(text, what)
-    except DependencyError as e:
-        raise CLIError(str(e), status=2) from None
+    if spec.after or spec.after_any:  # "" names no job
+        from tm.core.dependencies import DependencyError, parse_ids
+
+        try:
+            for text, what in ((spec.after, "--after"), (spec.after_any, "--after-any")):
+                parse_ids(text, what)
+        except DependencyError as e:
+            raise CLIError(str(e), status=2) from None
     if problem:
         raise CLIError(problem, status=2)
     return spec
@@ -125,14 +136,14 @@ def host_names(hosts: list[dict]) -> set[str]:
     return {h["name"] for h in hosts} | {h["short_name"] for h in hosts}
 
 
-def check_against_cluster(spec: JobSpec, names: set[str]) -> None:
+def check_against_cluster(spec: PlainSpec, names: set[str]) -> None:
     """Refuse what the dispatcher would refuse, before anything is sent."""
     for host in spec.excluded_hosts:
         if host not in names:
             raise CLIError(f"unknown host {host!r} in -E; see hConnect lscluster", status=2)
 
 
-def read_job_file(args: argparse.Namespace) -> list[tuple[int, JobSpec]]:
+def read_job_file(args: argparse.Namespace) -> list[tuple[int, PlainSpec]]:
     """Every job of ``-f FILE`` as (line number, spec); any bad line refuses the whole file."""
     path = args.jobsFile
     try:
@@ -194,7 +205,7 @@ def terminal_code(answer: dict[str, Any]) -> int | None:
     return 0 if answer["state"] == "finished" else 1
 
 
-spec_to_json = records.spec_to_row  # the row of SubmitJobs, as the AMP path builds it
+spec_to_json = PlainSpec.row  # the row of SubmitJobs, as the AMP path builds it
 
 
 #: Jobs per request over the socket (the TMS cuts each into chunks of one AMP value).
@@ -232,7 +243,7 @@ def submission_environment() -> dict[str, str]:
     return env
 
 
-def submit_local(client: localsocket.LocalClient, specs: list[JobSpec]) -> list[int]:
+def submit_local(client: localsocket.LocalClient, specs: list[PlainSpec]) -> list[int]:
     """Submit ``specs`` over the socket; their ids. HandOver when the link is lost before
     every part was acknowledged (the TLS path sends them again, with the same UUIDs)."""
     env = submission_environment()
@@ -295,7 +306,7 @@ def warn_once(answer: dict, warned: list[str]) -> None:
             print(f"{PROG}: warning: {warning}", file=sys.stderr)
 
 
-def check_job_file_hosts(path: str, jobs: list[tuple[int, JobSpec]], names: set[str]) -> None:
+def check_job_file_hosts(path: str, jobs: list[tuple[int, PlainSpec]], names: set[str]) -> None:
     """Refuse a job file naming a host the cluster does not know, with its line."""
     for line_no, spec in jobs:
         try:
@@ -343,7 +354,7 @@ def wait_many_local(client: localsocket.LocalClient, ids: list[int]) -> int:
 
 
 def run_local(
-    client: localsocket.LocalClient, args: argparse.Namespace, jobs: list[tuple[int, JobSpec]]
+    client: localsocket.LocalClient, args: argparse.Namespace, jobs: list[tuple[int, PlainSpec]]
 ) -> int:
     if args.status:
         try:

@@ -30,16 +30,17 @@ from tm.cli.hrunjob import (
     submitted_text,
     terminal_code,
 )
-from tm.core.model import JobSpec
+from tm.core.plainspec import PlainSpec
 from tm.protocol import commands, records
 
 
-def chunks(specs: list[JobSpec]) -> list[list[dict]]:
+def chunks(specs: list[PlainSpec]) -> list[list[dict]]:
     """Cut a submission into chunks that each fit in one AMP value."""
     out = []
     rest = specs
     while rest:
-        rows, n = records.fit_to_value(records.JOB_SPEC_FIELDS, rest, records.spec_to_amp)
+        # PlainSpec.row: records.spec_to_amp's row of the same JobSpec (test_plainspec.py)
+        rows, n = records.fit_to_value(records.JOB_SPEC_FIELDS, rest, PlainSpec.row)
         if n == 0:
             raise CLIError("a job's description is too large to send (shorten the command)")
         out.append(rows)
@@ -135,7 +136,7 @@ class Submitter:
                 reason = str(e)
 
 
-async def submit(submitter: Submitter, specs: list[JobSpec]) -> list[int]:
+async def submit(submitter: Submitter, specs: list[PlainSpec]) -> list[int]:
     env = submission_environment()
     done = Acknowledged(len(specs))
     for rows in chunks(specs):
@@ -184,7 +185,7 @@ async def main_async(
 
 
 async def submit_job_file(
-    reactor: Any, args: argparse.Namespace, jobs: list[tuple[int, JobSpec]], lost: str = ""
+    reactor: Any, args: argparse.Namespace, jobs: list[tuple[int, PlainSpec]], lost: str = ""
 ) -> int:
     submitter = await _submitter(reactor, args, lost)
     names = host_names((await (await submitter.ready()).call(commands.ListHosts))["hosts"])
@@ -197,7 +198,7 @@ async def submit_job_file(
 
 
 async def submit_array(
-    reactor: Any, args: argparse.Namespace, jobs: list[tuple[int, JobSpec]], lost: str = ""
+    reactor: Any, args: argparse.Namespace, jobs: list[tuple[int, PlainSpec]], lost: str = ""
 ) -> int:
     """``hRunJob --array``: its jobs in one submission, and one line naming them."""
     submitter = await _submitter(reactor, args, lost)
@@ -211,7 +212,7 @@ async def submit_array(
 
 
 def _print_submitted(
-    args: argparse.Namespace, jobs: list[tuple[int, JobSpec]], ids: list[int]
+    args: argparse.Namespace, jobs: list[tuple[int, PlainSpec]], ids: list[int]
 ) -> None:
     text = submitted_text(args, jobs, ids)
     if text is not None:

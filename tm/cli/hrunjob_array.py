@@ -7,11 +7,10 @@ grammar, the fields each job carries and the cap: :mod:`tm.core.arrays`.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from tm.cli.errors import CLIError
-from tm.core.model import JobSpec
+from tm.core.plainspec import PlainSpec
 from tm.jobfile import compress_ids
 
 if TYPE_CHECKING:  # tm.core.arrays is imported only when --array is given
@@ -38,7 +37,7 @@ def group_of(array_id: str) -> str:
 
 def array_jobs(
     args: argparse.Namespace, command: str, new_uuid: Any, spec_from_options: Any
-) -> list[tuple[int, JobSpec]]:
+) -> list[tuple[int, PlainSpec]]:
     """The jobs of ``--array``: (index, spec) each, ``{idx}`` replaced; all in one group
     (``-g``, else :func:`group_of` the array). Sets ``args.group`` to that group."""
     if args.jobsFile is not None:
@@ -57,7 +56,7 @@ def array_jobs(
         for name in SUBSTITUTED:
             options[name] = substitute(base[name], index)
         job = spec_from_options(options, shells)
-        job = dataclasses.replace(job, array_id=array_id, array_index=index, array_cap=spec.cap)
+        job = job.replace(array_id=array_id, array_index=index, array_cap=spec.cap)
         jobs.append((index, job))
     return jobs
 

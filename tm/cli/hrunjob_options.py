@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import argparse
 import math
-import shlex
 from collections.abc import Callable
 from typing import Any
 
 from tm import VERSION_LINE
 from tm.cli import completion
 from tm.cli.errors import CLIError
+from tm.cli.helpformat import HelpFormatter
 from tm.cli.hrunjob_array import array_option
-from tm.core.jobtime import TimeLimitError, parse_time_limit
-from tm.core.model import JobSpec
-from tm.core.retry import MAX_RETRIES
+from tm.core.plainspec import PlainSpec
 from tm.protocol import limits as records  # the limits alone: no Twisted
 
 PROG = "hRunJob"
@@ -64,10 +62,19 @@ def amount(high: float, unit: str) -> Callable[[str], float]:
 
 def time_limit(text: str) -> float:
     """An argparse type: a time limit (tm/core/jobtime.py), refused in one line otherwise."""
+    from tm.core.jobtime import TimeLimitError, parse_time_limit  # only when given
+
     try:
         return parse_time_limit(text)
     except TimeLimitError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def retries(text: str) -> int:
+    """An argparse type: a number of retries (0 to tm/core/retry.py's MAX_RETRIES)."""
+    from tm.core.retry import MAX_RETRIES  # only when given
+
+    return whole_number(0, MAX_RETRIES)(text)
 
 
 def add_control_options(p: argparse.ArgumentParser) -> None:
@@ -107,7 +114,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 #: The parsed command line and the jobs it describes (line number, spec); none for ``-s``.
-Prepared = tuple[argparse.Namespace, list[tuple[int, JobSpec]]]
+Prepared = tuple[argparse.Namespace, list[tuple[int, PlainSpec]]]
 
 
 # The options' destinations are the job's field names (tm/core/jobfields.py); the options,
@@ -140,7 +147,9 @@ def _metavar(long_option: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="Submit a job to TaskManager.")
+    p = _Parser(
+        prog=PROG, description="Submit a job to TaskManager.", formatter_class=HelpFormatter
+    )
     p.add_argument(
         "-c",
         "--slots",
@@ -197,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--retries",
-        type=whole_number(0, MAX_RETRIES),
+        type=retries,
         default=None,
         help="requeue the job up to N times when it is lost, its start fails, or it exits "
         "with a code of --retry-on-exit (default: lost jobs as the dispatcher says, else 0)",
@@ -262,6 +271,11 @@ def parse_command_line(argv: list[str]) -> argparse.Namespace:
         before = p.parse_args(argv[:cut])
         if not before.command:  # no command before `--`: the `--` form
             words = argv[cut + 1 :]
-            before.command = [shlex.join(words)] if words else []
+            if words:
+                import shlex  # the `--` form alone quotes
+
+                before.command = [shlex.join(words)]
+            else:
+                before.command = []
             return before
     return p.parse_args(argv)

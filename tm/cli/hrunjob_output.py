@@ -4,11 +4,12 @@ as JSON (``--json``, docs/json.md), and the status of ``-s``. No Twisted."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any
 
 from tm.cli.errors import CLIError
 from tm.cli.hrunjob_array import submitted as array_submitted
-from tm.core import jobfields
-from tm.core.model import JobSpec
+from tm.core.plainspec import PlainSpec
 from tm.jobfile import compress_ids
 
 
@@ -23,14 +24,15 @@ def check_output_options(args: argparse.Namespace) -> None:
 
 
 def submitted_text(
-    args: argparse.Namespace, jobs: list[tuple[int, JobSpec]], ids: list[int]
+    args: argparse.Namespace, jobs: list[tuple[int, PlainSpec]], ids: list[int]
 ) -> str | None:
     """What a submission prints: the seed's line, the ids alone (``--parsable``), their JSON
     (``--json``), or nothing (``-q``)."""
     if args.json:
         from tm import textjson  # here: the everyday submission does without it
 
-        rows = (SUBMITTED_ROW(spec) for _, spec in jobs)
+        row = submitted_row()
+        rows = (row(spec) for _, spec in jobs)
         return textjson.dumps(textjson.submitted(ids, rows))
     if args.parsable:
         return "\n".join(str(i) for i in ids)
@@ -54,7 +56,8 @@ def server_info_text(args: argparse.Namespace, info: dict, status: dict) -> str:
     return format_server_info(info, status)
 
 
-#: A submitted job's fields in ``hRunJob --json``: what the user gave, and its UUID.
-SUBMITTED_ROW = jobfields.plain_rows(
-    (jobfields.BY_NAME["uuid"], *jobfields.GIVEN_FIELDS), of_spec=True
-)
+def submitted_row() -> Callable[[PlainSpec], dict[str, Any]]:
+    """A submitted job's record in ``hRunJob --json``: what the user gave, and its UUID."""
+    from tm.core import jobfields  # here: the everyday submission does without it
+
+    return jobfields.plain_rows((jobfields.BY_NAME["uuid"], *jobfields.GIVEN_FIELDS), of_spec=True)

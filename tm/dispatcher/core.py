@@ -33,6 +33,7 @@ from tm.core.workingset import WorkingSet
 from tm.dispatcher import callbacks
 from tm.dispatcher.executors import ExecutorTable
 from tm.dispatcher.ports import DispatcherStore, PeerSession
+from tm.dispatcher.startbatch import StartBatches
 from tm.dispatcher.watching import Watchers
 from tm.dispatcher.writer import TransitionWriter
 
@@ -149,6 +150,7 @@ class DispatcherCore:
         self._pass_scheduled = False
         self.passes = 0
         self._environments: dict[int, Any] = {}  # env_id -> as RunJob carries it
+        self.start_batches = StartBatches(reactor)  # the start orders of a turn, per executor
         #: Told of each transition (``transition(job, t)``), submission (``submitted(jobs)``)
         #: and scheduling pass (``pass_done(seconds)``): the dashboard and metrics (tm.web).
         self.observers: list[Any] = []

@@ -254,8 +254,11 @@ class ExecutorLinks(DispatcherCore):
         attempt = job.attempt
         env = await self._environment(job.env_id)
         trace.point("dispatcher", "RunJob-sent", job.id)
+        order = records.run_job_to_amp(job, env)
+        del order["env"]
         try:
-            answer = await session.proto.call(commands.RunJob, **records.run_job_to_amp(job, env))
+            # With the other orders of this turn for this executor (tm/dispatcher/startbatch.py).
+            answer = await self.start_batches.order(session, job.env_id, env, order)
         except commands.JobStartFailed as e:
             if job.state is JobState.PENDING and job.attempt == attempt:
                 self._fail_or_retry(job, Cause.START, f"start failed: {e}")

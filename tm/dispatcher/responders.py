@@ -16,7 +16,8 @@ from tm.core.jobtime import ended_usage
 from tm.core.model import ACTIVE_STATES, Job, JobState
 from tm.core.patterns import PatternError, compile_user_pattern
 from tm.dispatcher.sessionbase import SessionBase, _first, _fit_ids, _fit_text  # noqa: F401
-from tm.protocol import commands, records
+from tm.protocol import batches, commands, records
+from tm.protocol.base import one_line
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     pass
@@ -216,8 +217,46 @@ class JobResponders(SessionBase):
     # --- executor reports ----------------------------------------------------------------
 
     @commands.JobFinished.responder
-    async def job_finished(
+    async def job_finished(self, **end: Any) -> dict:
+        """An attempt's end: answered once committed (until then the executor keeps it)."""
+        user = self._require(commands.ROLE_TMMS)
+        self.last_heard = self.dispatcher.reactor.seconds()
+        written = self._record_end(user, **end)
+        if written is not None:
+            await written
+        return {}
+
+    @batches.JobsFinished.responder
+    async def jobs_finished(self, ends: list[dict[str, Any]]) -> dict:
+        """Ends of one turn: each recorded as JobFinished records it, in one group commit
+        (tm/dispatcher/writer.py); answered once every one is committed or refused. One that
+        cannot be recorded now is named in ``failed``: its executor reports it again."""
+        user = self._require(commands.ROLE_TMMS)
+        self.last_heard = self.dispatcher.reactor.seconds()
+        pending: list[tuple[int, Any]] = []
+        failed: list[int] = []
+        error: str | None = None
+        for i, end in enumerate(ends):
+            try:
+                written = self._record_end(user, **end)
+            except Exception as e:
+                self.log.failure("recording the end of job {id}", id=end.get("job_id"))
+                failed.append(i)
+                error = error or one_line(e)
+                continue
+            if written is not None:
+                pending.append((i, written))
+        for i, written in pending:
+            try:
+                await written
+            except Exception as e:
+                failed.append(i)
+                error = error or one_line(e)
+        return {"failed": sorted(failed), "error": error}
+
+    def _record_end(
         self,
+        user: str,
         job_id: int,
         attempt: int,
         exit_code: int | None,
@@ -228,11 +267,10 @@ class JobResponders(SessionBase):
         lost: bool | None = None,
         timed_out: bool | None = None,
         **usage: Any,
-    ) -> dict:
-        """``usage``: the end's ``cpu_time``, ``max_rss_kib`` and ``run_time`` (optional)."""
-        user = self._require(commands.ROLE_TMMS)
-        self.last_heard = self.dispatcher.reactor.seconds()
-        written = self.dispatcher.job_finished(
+    ) -> Any:
+        """``usage``: the end's ``cpu_time``, ``max_rss_kib`` and ``run_time`` (optional).
+        None (ignored: not current) or a Deferred that fires once the end is committed."""
+        return self.dispatcher.job_finished(
             user,
             self.host or "",
             job_id,
@@ -246,9 +284,6 @@ class JobResponders(SessionBase):
             timed_out=bool(timed_out),
             usage=ended_usage(usage),
         )
-        if written is not None:
-            await written  # answered once committed: until then the executor keeps the end
-        return {}
 
     @commands.Heartbeat.responder
     def heartbeat(self, running: Any, load: float | None = None) -> dict:

@@ -1,8 +1,9 @@
 /* The executor's zygote, compiled: tm/executor/zygote.py without an interpreter per job.
  *
  * serve(fd, ignored) runs the zygote's whole loop (tm/executor/zygote.py describes the protocol
- * on fd): it receives each job's request and its three files, forks the job's shepherd
- * (_shepherd_job.c, which never returns into Python), reports its pid ("S"), and at its end
+ * on fd): it receives each job's request, forks the job's shepherd (_shepherd_job.c, which
+ * never returns into Python), which opens the job's files and says how it went on a pipe of its
+ * own; the zygote then reports its pid ("S") or why the job cannot start ("R"), and at its end
  * its wait status and the rusage of its tree ("E").
  *
  * ``ignored``: a bit mask (bit sig-1) of the control signals that were ignored when the zygote
@@ -13,6 +14,7 @@
 #include <Python.h>
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -28,6 +30,7 @@
 #include "_shepherd.h"
 
 #define MAX_FDS_PER_READ 32
+#define NFIELDS 10
 #define MAX_REQUEST (64u * 1024u * 1024u)
 #define READ_CHUNK (64 * 1024)
 
@@ -40,11 +43,11 @@ struct zygote {
     unsigned long ignored;
     char *in;
     size_t in_len, in_cap;
-    int *fds;
-    size_t fds_head, fds_len, fds_cap;
     struct running {
         pid_t pid;
         long id;
+        int status; /* the read end of its status pipe, until the start is settled; else -1 */
+        int refused; /* its start failed (said with "R"/"F"): its end is not reported */
     } *jobs;
     size_t jobs_len, jobs_cap;
     char *out;
@@ -67,7 +70,7 @@ static int grow(void **buf, size_t *cap, size_t want, size_t item) {
 }
 
 static void tell(struct zygote *z, const char *fmt, ...) {
-    char line[512];
+    char line[8192];
     va_list ap;
     va_start(ap, fmt);
     int n = vsnprintf(line, sizeof line, fmt, ap);
@@ -98,27 +101,23 @@ static void flush(struct zygote *z) {
     z->out_len = 0;
 }
 
-static void close_files(int *files) {
-    for (int i = 0; i < FDS_PER_JOB; i++)
-        close(files[i]);
-}
-
-/* A request: NUL-terminated fields ID, GRACE, UMASK, CWD, SHELL, COMMAND, then K=V each. */
+/* A request: NUL-terminated fields ID, GRACE, UMASK, CWD, SHELL, COMMAND, STDOUT, STDERR,
+ * LOGFILE, LOGDIR, then K=V each. */
 static void start_job(struct zygote *z, char *body, size_t size) {
     struct job job;
     memset(&job, 0, sizeof job);
-    char *fields[6];
+    char *fields[NFIELDS];
     size_t at = 0;
     int nfields = 0;
     if (size == 0 || body[size - 1] != '\0') {
         tell(z, "F 0 the executor's zygote received a malformed request");
         return;
     }
-    while (nfields < 6 && at < size) {
+    while (nfields < NFIELDS && at < size) {
         fields[nfields++] = body + at;
         at += strlen(body + at) + 1;
     }
-    if (nfields < 6) {
+    if (nfields < NFIELDS) {
         tell(z, "F 0 the executor's zygote received a malformed request");
         return;
     }
@@ -128,6 +127,10 @@ static void start_job(struct zygote *z, char *body, size_t size) {
     job.cwd = fields[3];
     job.shell = fields[4];
     job.command = fields[5];
+    job.out = fields[6];
+    job.err = fields[7];
+    job.log = fields[8];
+    job.logdir = fields[9];
     size_t nenv = 0;
     for (size_t i = at; i < size; i += strlen(body + i) + 1)
         nenv++;
@@ -141,21 +144,15 @@ static void start_job(struct zygote *z, char *body, size_t size) {
         envp[nenv++] = body + i;
     envp[nenv] = NULL;
     job.envp = envp;
-    if (z->fds_len < FDS_PER_JOB) {
-        tell(z, "F %ld the executor's zygote did not receive the job's files", job.id);
+    int status[2];
+    if (grow((void **)&z->jobs, &z->jobs_cap, z->jobs_len + 1, sizeof *z->jobs) < 0 ||
+        pipe2(status, O_CLOEXEC | O_NONBLOCK) < 0) {
+        tell(z, "F %ld the executor's zygote cannot prepare the start: %s", job.id,
+             strerror(errno));
         free(envp);
         return;
     }
-    for (int i = 0; i < FDS_PER_JOB; i++) {
-        job.files[i] = z->fds[z->fds_head++];
-        z->fds_len--;
-    }
-    if (grow((void **)&z->jobs, &z->jobs_cap, z->jobs_len + 1, sizeof *z->jobs) < 0) {
-        tell(z, "F %ld the executor's zygote is out of memory", job.id);
-        close_files(job.files);
-        free(envp);
-        return;
-    }
+    job.status = status[1];
     sigset_t control, old;
     control_signals(&control);
     sigprocmask(SIG_BLOCK, &control, &old);
@@ -164,16 +161,54 @@ static void start_job(struct zygote *z, char *body, size_t size) {
         shepherd_main(&job, z->me, z->ignored);
     int e = errno;
     sigprocmask(SIG_SETMASK, &old, NULL);
-    close_files(job.files);
+    close(status[1]);
     free(envp);
     if (pid < 0) {
+        close(status[0]);
         tell(z, "F %ld cannot fork the job's shepherd: %s", job.id, strerror(e));
         return;
     }
+    /* "S" once the shepherd has opened the job's files (settle). */
     z->jobs[z->jobs_len].pid = pid;
     z->jobs[z->jobs_len].id = job.id;
+    z->jobs[z->jobs_len].status = status[0];
+    z->jobs[z->jobs_len].refused = 0;
     z->jobs_len++;
-    tell(z, "S %ld %ld", job.id, (long)pid);
+}
+
+/* The shepherd of job i has said how opening its files went (or ended without a word). */
+static void settle(struct zygote *z, struct running *job) {
+    char msg[4100];
+    ssize_t n = read(job->status, msg, sizeof msg - 1);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    close(job->status);
+    job->status = -1;
+    if (n > 0 && msg[0] == '+') {
+        tell(z, "S %ld %ld %c", job->id, (long)job->pid, n > 1 ? msg[1] : '0');
+        return;
+    }
+    job->refused = 1;
+    if (n < 3) {
+        tell(z, "F %ld the job's shepherd ended before it opened the job's files", job->id);
+        return;
+    }
+    msg[n] = '\0';
+    char kind = msg[0];
+    char *rest;
+    int e = (int)strtol(msg + 2, &rest, 10);
+    const char *path = *rest == ' ' ? rest + 1 : rest;
+    const char *what = kind == 'o' ? "stdout" : kind == 'e' ? "stderr" : "log";
+    if (kind == 'c')
+        tell(z, "R %ld working directory %s does not exist", job->id, path);
+    else if (kind == 'C')
+        tell(z, "R %ld working directory %s is not a directory", job->id, path);
+    else if (kind == 'd')
+        tell(z, "R %ld cannot create log directory %s: %s", job->id, path, strerror(e));
+    else if (kind == 'n')
+        tell(z, "R %ld cannot open %s: %s", job->id, path, strerror(e));
+    else
+        tell(z, "R %ld cannot write %s file %s: %s", job->id, what, path, strerror(e));
 }
 
 /* Read what the executor sent; serve every complete request. 0 at its end. */
@@ -194,15 +229,11 @@ static int receive(struct zygote *z) {
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
         if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
             continue;
+        /* The shepherds open the jobs' files: a descriptor sent anyway is not kept. */
         size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        if (z->fds_head > 0) {
-            memmove(z->fds, z->fds + z->fds_head, z->fds_len * sizeof(int));
-            z->fds_head = 0;
-        }
-        if (grow((void **)&z->fds, &z->fds_cap, z->fds_len + count, sizeof(int)) < 0)
-            return 0;
-        memcpy(z->fds + z->fds_len, CMSG_DATA(c), count * sizeof(int));
-        z->fds_len += count;
+        int *received = (int *)CMSG_DATA(c);
+        for (size_t i = 0; i < count; i++)
+            close(received[i]);
     }
     if (n == 0)
         return 0;
@@ -222,8 +253,6 @@ static int receive(struct zygote *z) {
     }
     memmove(z->in, z->in + at, z->in_len - at);
     z->in_len -= at;
-    if (z->fds_len == 0)
-        z->fds_head = 0;
     return 1;
 }
 
@@ -240,9 +269,12 @@ static void reap_shepherds(struct zygote *z) {
         for (size_t i = 0; i < z->jobs_len; i++) {
             if (z->jobs[i].pid != pid)
                 continue;
-            tell(z, "E %ld %ld %d %ld.%06ld %ld.%06ld %ld", z->jobs[i].id, (long)pid, status,
-                 (long)ru.ru_utime.tv_sec, (long)ru.ru_utime.tv_usec, (long)ru.ru_stime.tv_sec,
-                 (long)ru.ru_stime.tv_usec, ru.ru_maxrss);
+            if (z->jobs[i].status >= 0)
+                settle(z, &z->jobs[i]); /* it has ended: its word is there, or none will come */
+            if (!z->jobs[i].refused)
+                tell(z, "E %ld %ld %d %ld.%06ld %ld.%06ld %ld", z->jobs[i].id, (long)pid,
+                     status, (long)ru.ru_utime.tv_sec, (long)ru.ru_utime.tv_usec,
+                     (long)ru.ru_stime.tv_sec, (long)ru.ru_stime.tv_usec, ru.ru_maxrss);
             z->jobs[i] = z->jobs[--z->jobs_len];
             break;
         }
@@ -269,11 +301,23 @@ static PyObject *serve(PyObject *self, PyObject *args) {
         sigprocmask(SIG_SETMASK, &old, NULL);
         return PyErr_SetFromErrno(PyExc_OSError);
     }
-    struct pollfd polls[2] = {{sock, POLLIN, 0}, {z.sigfd, POLLIN, 0}};
+    struct pollfd *polls = NULL;
+    size_t polls_cap = 0;
     int running = 1;
     PyObject *result = Py_None;
     while (running && !z.broken) {
-        int n = poll(polls, 2, -1);
+        /* The socket, the signals, and the status pipe of each start not yet settled. */
+        if (grow((void **)&polls, &polls_cap, z.jobs_len + 2, sizeof *polls) < 0) {
+            result = PyErr_NoMemory();
+            break;
+        }
+        nfds_t npolls = 2;
+        polls[0] = (struct pollfd){sock, POLLIN, 0};
+        polls[1] = (struct pollfd){z.sigfd, POLLIN, 0};
+        for (size_t i = 0; i < z.jobs_len; i++)
+            if (z.jobs[i].status >= 0)
+                polls[npolls++] = (struct pollfd){z.jobs[i].status, POLLIN, 0};
+        int n = poll(polls, npolls, -1);
         if (n < 0) {
             if (errno == EINTR) {
                 if (PyErr_CheckSignals() < 0) { /* ^C: KeyboardInterrupt, as the Python loop */
@@ -286,17 +330,27 @@ static PyObject *serve(PyObject *self, PyObject *args) {
             result = NULL;
             break;
         }
+        for (nfds_t p = 2; p < npolls; p++) {
+            if (!polls[p].revents)
+                continue;
+            for (size_t i = 0; i < z.jobs_len; i++)
+                if (z.jobs[i].status == polls[p].fd) {
+                    settle(&z, &z.jobs[i]);
+                    break;
+                }
+        }
         if (polls[0].revents)
             running = receive(&z);
         reap_shepherds(&z);
         flush(&z);
     }
+    free(polls);
     close(z.sigfd);
     sigprocmask(SIG_SETMASK, &old, NULL);
-    for (size_t i = 0; i < z.fds_len; i++)
-        close(z.fds[z.fds_head + i]);
+    for (size_t i = 0; i < z.jobs_len; i++)
+        if (z.jobs[i].status >= 0)
+            close(z.jobs[i].status);
     free(z.in);
-    free(z.fds);
     free(z.jobs);
     free(z.out);
     if (result)

@@ -6,7 +6,10 @@
 #include <signal.h>
 #include <sys/types.h>
 
-#define FDS_PER_JOB 3
+/* The descriptor on which a starting shepherd tells the zygote how opening the job's files went
+ * (one write, then closed): "+R" (opened; R "1" when the executor is to remove the stderr file
+ * at the end if empty, "0" otherwise), or "K ERRNO PATH" (K: what failed, see _shepherd.c). */
+#define STATUS_FD 3
 
 /* One job's request, as the zygote parsed it (pointers into its input buffer). */
 struct job {
@@ -16,8 +19,12 @@ struct job {
     char *cwd;
     char *shell;
     char *command;
+    char *out;    /* the stdout file */
+    char *err;    /* the stderr file: the same path as out for one file */
+    char *log;    /* the -l log file, checked at the start ("" if none) */
+    char *logdir; /* created first if missing ("" if none) */
     char **envp;
-    int files[FDS_PER_JOB];
+    int status; /* the write end of the start's status pipe */
 };
 
 /* In the zygote's forked child: be the job's shepherd (tm/executor/shim.py's contract). */

@@ -402,6 +402,125 @@ static void die_by(int sig) {
 }
 
 
+/* -- the job's files, opened by its shepherd ------------------------------------------------- */
+
+/* Tell the zygote why the start failed: "K ERRNO PATH" on STATUS_FD (one write, at most
+ * PIPE_BUF bytes, so the zygote reads it whole), then end; the zygote reports it, not the exit. */
+static void refuse(char kind, int e, const char *path) {
+    char msg[4096];
+    size_t at = 0;
+    msg[at++] = kind;
+    msg[at++] = ' ';
+    char digits[16];
+    int n = 0;
+    unsigned v = (unsigned)e;
+    do {
+        digits[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v && n < 15);
+    while (n > 0)
+        msg[at++] = digits[--n];
+    msg[at++] = ' ';
+    size_t len = strlen(path);
+    if (len > sizeof msg - at)
+        len = sizeof msg - at;
+    memcpy(msg + at, path, len);
+    at += len;
+    ssize_t w;
+    do
+        w = write(STATUS_FD, msg, at);
+    while (w < 0 && errno == EINTR);
+    _exit(126);
+}
+
+/* mkdir -p as Python's os.makedirs(path, 0o700, exist_ok=True): the parents made with 0777
+ * (less the umask), the directory itself with 0700; 0 or an errno. */
+static int make_dirs(char *path, mode_t mode) {
+    if (mkdir(path, mode) == 0)
+        return 0;
+    int e = errno;
+    struct stat st;
+    if (e == EEXIST)
+        return stat(path, &st) == 0 && S_ISDIR(st.st_mode) ? 0 : EEXIST;
+    if (e != ENOENT)
+        return e;
+    char *slash = strrchr(path, '/');
+    if (!slash || slash == path)
+        return e;
+    *slash = '\0';
+    int parent = make_dirs(path, 0777);
+    *slash = '/';
+    if (parent != 0 && parent != EEXIST)
+        return parent;
+    if (mkdir(path, mode) == 0)
+        return 0;
+    e = errno;
+    return e == EEXIST && stat(path, &st) == 0 && S_ISDIR(st.st_mode) ? 0 : e;
+}
+
+static int open_output(const char *path, int mode, char kind) {
+    int fd;
+    do
+        fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+    while (fd < 0 && errno == EINTR);
+    if (fd < 0)
+        refuse(kind, errno, path);
+    return fd;
+}
+
+/* Check the working directory and open the job's files, as tm/executor/request.py's
+ * open_outputs did in the executor: they become 0, 1, 2. Any failure ends the shepherd with
+ * its reason on STATUS_FD; success is "+R" there (R: whether the executor is to remove an
+ * empty stderr file at the end: one made for the job, when a log file will read it first).
+ * Returns whether the shepherd is to remove it itself at the end. */
+__attribute__((noinline)) static int open_files(const struct job *job) {
+    struct stat st;
+    if (stat(job->cwd, &st) != 0)
+        refuse('c', 0, job->cwd);
+    if (!S_ISDIR(st.st_mode))
+        refuse('C', 0, job->cwd);
+    if (job->logdir[0]) {
+        int e = make_dirs(job->logdir, 0700);
+        if (e)
+            refuse('d', e, job->logdir);
+    }
+    int mode = 0666 & ~job->umask;
+    int out = open_output(job->out, mode, 'o');
+    int err = out, created = 0;
+    if (strcmp(job->err, job->out) != 0) {
+        do
+            err = open(job->err, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+        while (err < 0 && errno == EINTR);
+        created = err >= 0;
+        if (err < 0)
+            err = open_output(job->err, mode, 'e');
+    }
+    if (job->log[0])
+        close(open_output(job->log, mode, 'l')); /* now: an unwritable one fails the start */
+    int null = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (null < 0)
+        refuse('n', errno, "/dev/null");
+    int files[3] = {null, out, err};
+    for (int i = 0; i < 3; i++)
+        dup2(files[i], i); /* dup2 clears close-on-exec on the copy */
+    close(null);
+    close(out);
+    if (err != out)
+        close(err);
+    int executor_removes = created && job->log[0];
+    put(STATUS_FD, executor_removes ? "+1" : "+0");
+    close(STATUS_FD);
+    return created && !job->log[0];
+}
+
+/* At the end: the stderr file made for the job, still empty, is removed (no empty ID.err). */
+static void tidy(const struct job *job, int remove_err) {
+    struct stat st;
+    if (remove_err && lstat(job->err, &st) == 0 && S_ISREG(st.st_mode) && st.st_size == 0)
+        unlink(job->err);
+}
+
+
 static const char *env_path(char **envp) {
     for (char **e = envp; *e; e++)
         if (strncmp(*e, "PATH=", 5) == 0)
@@ -487,19 +606,14 @@ void shepherd_main(const struct job *job, pid_t zygote, unsigned long ignored) {
     static const int controls[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2, SIGCHLD};
     for (size_t i = 0; i < sizeof controls / sizeof controls[0]; i++)
         sigaction(controls[i], &sa, NULL);
-    /* The job's files become 0, 1, 2; nothing else of the zygote stays open. */
-    int files[FDS_PER_JOB];
-    for (int i = 0; i < FDS_PER_JOB; i++) {
-        files[i] = job->files[i];
-        if (files[i] < FDS_PER_JOB)
-            files[i] = fcntl(files[i], F_DUPFD_CLOEXEC, FDS_PER_JOB);
-    }
-    for (int i = 0; i < FDS_PER_JOB; i++)
-        dup2(files[i], i); /* dup2 clears close-on-exec on the copy */
+    /* The status pipe becomes STATUS_FD; nothing else of the zygote stays open but 0, 1, 2 (its
+     * own, until the job's files replace them). */
+    if (job->status != STATUS_FD && dup3(job->status, STATUS_FD, O_CLOEXEC) < 0)
+        _exit(125);
 #ifdef SYS_close_range
-    if (syscall(SYS_close_range, 3U, ~0U, 0U) != 0)
+    if (syscall(SYS_close_range, STATUS_FD + 1U, ~0U, 0U) != 0)
 #endif
-        for (int fd = 3; fd < 65536; fd++)
+        for (int fd = STATUS_FD + 1; fd < 65536; fd++)
             close(fd);
     if (job->umask < 0 || job->umask > 0777) {
         say2("invalid umask", "", 0);
@@ -514,6 +628,8 @@ void shepherd_main(const struct job *job, pid_t zygote, unsigned long ignored) {
     if (getppid() != zygote)
         _exit(0);
     setsid(); /* pid == pgid: the runner's last resort can use killpg */
+    /* Under the zygote's umask, as the executor itself opened them before. */
+    int remove_err = open_files(job);
     umask((mode_t)job->umask);
     if (chdir(job->cwd) != 0) {
         int e = errno;
@@ -525,8 +641,10 @@ void shepherd_main(const struct job *job, pid_t zygote, unsigned long ignored) {
     sigpending(&pending);
     static const int kills[] = {SIGHUP, SIGINT, SIGTERM}; /* lowest first, as the shim */
     for (size_t i = 0; i < 3; i++)
-        if (sigismember(&pending, kills[i]))
+        if (sigismember(&pending, kills[i])) {
+            tidy(job, remove_err);
             die_by(kills[i]);
+        }
     s.me = getpid();
     pid_t child = vfork();
     if (child == 0)
@@ -557,6 +675,7 @@ void shepherd_main(const struct job *job, pid_t zygote, unsigned long ignored) {
     if (has_children(&s) && walk(s.me, NULL) > 0)
         kill_tree(&s);
     reap(&s);
+    tidy(job, remove_err);
     if (WIFSIGNALED(s.status))
         die_by(WTERMSIG(s.status));
     _exit(WEXITSTATUS(s.status));

@@ -6,7 +6,10 @@ Two ways, one interface (:class:`Launcher`):
     One helper process per executor, ``python -I -S zygote.py`` (:mod:`tm.executor.zygote`),
     started on the first job with ``spawnProcess`` and kept; it forks each job's shepherd and
     reports its pid, and its exit status and rusage (``wait4``) at its end, over a Unix socket.
-    A job's start then costs a fork, not an interpreter. The shepherds are the zygote's
+    A job's start then costs a fork, not an interpreter. The shepherd opens the job's files
+    itself, after the fork (:attr:`Launcher.opens_files`): the executor does no file-system
+    work to start a job, and a file that cannot be opened fails the start
+    (:class:`StartRefused`, its reason as the executor would have said it). The shepherds are the zygote's
     children, not the executor's: the runner signals them by pid (same user) and learns their
     ends from the zygote. If the zygote ends unexpectedly, a start under way is tried once on a
     new zygote, and each running job is reported lost (:attr:`ShepherdEnd.lost`): its shepherd,
@@ -45,6 +48,7 @@ from twisted.protocols.basic import LineOnlyReceiver
 from twisted.python.failure import Failure
 
 from tm import trace
+from tm.executor.request import OutputFiles
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHIM_PATH = os.path.join(HERE, "shim.py")
@@ -72,12 +76,17 @@ def encode_request(job: int, args: ShepherdArgs, env: dict[str, str]) -> bytes:
     names = "".join(env)
     if "=" in names or not all(env):
         raise ValueError("invalid name of an environment variable (empty, or with '=')")
+    files = args.files
+    if files is None:
+        raise ValueError("the zygote's shepherds open the job's files: their paths are needed")
     fields = [str(job), repr(float(args.grace)), str(int(args.umask)), args.cwd, args.shell]
-    fields.append(args.command)
+    fields += [args.command, files.stdout, files.stderr, files.logfile or "", files.log_dir or ""]
     fields.extend(map("=".join, env.items()))
     text = "\0".join(fields)
     if text.count("\0") != len(fields) - 1:
-        raise ValueError("the job's command, directory, shell or environment holds a NUL byte")
+        raise ValueError(
+            "the job's command, directory, shell, files or environment holds a NUL byte"
+        )
     return os.fsencode(text) + b"\0"
 
 
@@ -88,6 +97,8 @@ class ShepherdArgs:
     cwd: str
     shell: str
     command: str
+    #: For a launcher that opens the job's files itself (:attr:`Launcher.opens_files`).
+    files: OutputFiles | None = None
 
 
 @dataclass(frozen=True)
@@ -112,20 +123,32 @@ class LaunchError(Exception):
         self.reason = reason
 
 
-Started = Callable[[int], None]
+class StartRefused(LaunchError):
+    """The shepherd found that the job cannot start (a file it cannot open, a missing working
+    directory): ``reason`` is the whole reason, as :mod:`tm.executor.request` words it."""
+
+
+#: ``started(pid, remove_empty_stderr)``: the shepherd's pid, and whether the executor is to
+#: remove the job's stderr file at its end if it is empty (a shepherd that opened the files
+#: made it for the job, and leaves it to the log file; else the shepherd removes it itself).
+Started = Callable[[int, bool], None]
 Exited = Callable[[ShepherdEnd], None]
 
 
 class Launcher(Protocol):
+    #: True: the shepherd opens the job's files (``args.files``; ``fds`` is None); False: the
+    #: runner opens them and passes ``fds``.
+    opens_files: bool
+
     def launch(
         self,
         args: ShepherdArgs,
         env: dict[str, str],
-        fds: tuple[int, int, int],
+        fds: tuple[int, int, int] | None,
         started: Started,
         exited: Exited,
     ) -> defer.Deferred[int]:
-        """Start a shepherd with ``fds`` as its stdin, stdout, stderr.
+        """Start a shepherd with ``fds`` as its stdin, stdout, stderr (or the files it opens).
 
         ``started(pid)`` is called once its pid is known, before anything else is said of it;
         ``exited`` once at its end. The Deferred fires with the pid, or fails with
@@ -154,7 +177,7 @@ class _SpawnedShepherd(protocol.ProcessProtocol):
     def makeConnection(self, transport: Any) -> None:  # noqa: N802 - Twisted's API
         # Before the process is registered for reaping, which may report its exit at once
         # (inside spawnProcess): the pid must be known by then.
-        self._started(transport.pid)
+        self._started(transport.pid, False)
         super().makeConnection(transport)
 
     def processExited(self, reason: Failure) -> None:  # noqa: N802
@@ -168,6 +191,8 @@ class _SpawnedShepherd(protocol.ProcessProtocol):
 
 
 class SpawnLauncher:
+    opens_files = False
+
     def __init__(self, reactor: Any) -> None:
         self._reactor = reactor
 
@@ -175,10 +200,12 @@ class SpawnLauncher:
         self,
         args: ShepherdArgs,
         env: dict[str, str],
-        fds: tuple[int, int, int],
+        fds: tuple[int, int, int] | None,
         started: Started,
         exited: Exited,
     ) -> defer.Deferred[int]:
+        if fds is None:
+            raise ValueError("the spawned shepherd takes the job's files opened")
         argv = [
             sys.executable,
             "-I",
@@ -210,7 +237,6 @@ class SpawnLauncher:
 class _Request:
     id: int
     body: bytes
-    fds: tuple[int, int, int]
     started: Started
     exited: Exited
     done: defer.Deferred[int]
@@ -275,23 +301,22 @@ class _Zygote:
     def send(self, request: _Request) -> None:
         self.pending[request.id] = request
         transport: Any = self.link.transport
-        for fd in request.fds:
-            transport.sendFileDescriptor(fd)
         transport.write(HEADER.pack(len(request.body)) + request.body)
 
     def answer(self, line: str) -> None:
         kind, _, rest = line.partition(" ")
         try:
             if kind == "S":
-                job, pid = (int(x) for x in rest.split())
+                job_text, pid_text, remove = rest.split()
+                job, pid = int(job_text), int(pid_text)
                 request = self.pending.pop(job)
                 self.running[job] = request.exited
-                request.started(pid)
+                request.started(pid, remove == "1")
                 request.done.callback(pid)
-            elif kind == "F":
+            elif kind in ("F", "R"):
                 job_text, _, reason = rest.partition(" ")
                 request = self.pending.pop(int(job_text))
-                request.done.errback(LaunchError(reason))
+                request.done.errback((StartRefused if kind == "R" else LaunchError)(reason))
             elif kind == "E":
                 job_text, _, status_text, utime, stime, maxrss = rest.split()
                 exited = self.running.pop(int(job_text))
@@ -366,6 +391,7 @@ class _OneProtocol(protocol.Factory):
 
 class ZygoteLauncher:
     log = Logger()
+    opens_files = True
 
     def __init__(self, reactor: Any, implementation: str = "auto") -> None:
         """``implementation``: ``auto``, ``native`` or ``python`` (:func:`zygote_implementation`)."""
@@ -389,17 +415,19 @@ class ZygoteLauncher:
         self,
         args: ShepherdArgs,
         env: dict[str, str],
-        fds: tuple[int, int, int],
+        fds: tuple[int, int, int] | None,
         started: Started,
         exited: Exited,
     ) -> defer.Deferred[int]:
+        """``fds`` must be None: the shepherd opens ``args.files``."""
         trace.point("executor", "zygote-sent", env.get("TM_JOB_ID", "-"))
+        if fds is not None:
+            raise ValueError("the zygote's shepherds open the job's files themselves")
         self._next_id += 1
         body = encode_request(self._next_id, args, env)
         request = _Request(
             id=self._next_id,
             body=body,
-            fds=fds,
             started=started,
             exited=exited,
             done=defer.Deferred(),

@@ -3,7 +3,9 @@ job's files.
 
 :class:`RunRequest` is a start order, :class:`JobEnd` an end, :class:`JobStartError` a start
 that cannot succeed (its reason in words a user understands). :func:`check_request` refuses what
-the shepherd would choke on; :func:`open_outputs` (at a start) and :func:`write_logfile` (at an
+the shepherd would choke on; :func:`output_files` says where the job's output goes, for a
+shepherd that opens its files itself (the zygote's: no file-system work in the executor);
+:func:`open_outputs` (at a start, for the other launchers) and :func:`write_logfile` (at an
 end) do file-system work that may block (a slow or NFS file system), so the runner runs them
 off the reactor thread. Nothing here touches the runner's state.
 """
@@ -99,6 +101,17 @@ class JobEnd:
     timed_out: bool = False
 
 
+@dataclass(frozen=True)
+class OutputFiles:
+    """Where a job's output goes, for a shepherd that opens the files itself after its fork
+    (the zygote's), with the rules of :func:`open_outputs`; the paths as it resolved them."""
+
+    stdout: str
+    stderr: str  # the same path as stdout: one file for both
+    logfile: str | None  # opened (created, truncated) at the start: unwritable fails it
+    log_dir: str | None  # a default path is in it: created first (0700) if missing
+
+
 @dataclass
 class JobOutputs:
     """The files of a job, opened (off the reactor) before it is spawned."""
@@ -189,6 +202,26 @@ def check_request(request: RunRequest) -> None:
 
 def _resolve(request: RunRequest, path: str) -> str:
     return os.path.normpath(os.path.join(request.cwd, os.path.expanduser(path)))
+
+
+def output_files(request: RunRequest, log_dir: str) -> OutputFiles:
+    """The job's files as :func:`open_outputs` would open them, without touching them: no
+    file-system work (a relative result is made absolute, as the shepherd changes directory)."""
+
+    def where(given: str | None, suffix: str) -> str:
+        path = (
+            _resolve(request, given)
+            if given
+            else os.path.join(log_dir, f"{request.job_id}.{suffix}")
+        )
+        return path if os.path.isabs(path) else os.path.abspath(path)
+
+    return OutputFiles(
+        stdout=where(request.stdout, "out"),
+        stderr=where(request.stderr, "err"),
+        logfile=None if request.logfile is None else where(request.logfile, "log"),
+        log_dir=None if request.stdout and request.stderr else log_dir,
+    )
 
 
 def _output_path(request: RunRequest, given: str | None, suffix: str, log_dir: str) -> str:

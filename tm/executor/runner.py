@@ -19,14 +19,17 @@ of their trees has been killed.
 As a last resort, ``last_resort_grace`` after a kill (longer than the shepherd's grace) on the
 injected clock, the runner kills what it can find itself: the descendants of the shepherd in
 ``/proc``, its process group, then the shepherd (by pid: it need not be the runner's child).
-Output goes straight from the job to files (descriptors opened here, handed to the shepherd):
-the daemon never sits in the data path.
+Output goes straight from the job to files (opened by the shepherd, or opened here and handed
+to it): the daemon never sits in the data path.
 
-File-system work that may block (a slow or NFS file system) never runs on the reactor thread:
-checking the working directory and opening the output files at a start, and assembling the
-``-l`` log file at an end, go through ``blocking`` (the executor passes its own small thread
-pool). A start is therefore asynchronous: :meth:`JobRunner.start` returns a Deferred. Every start
-that cannot succeed fails it with :class:`JobStartError`, whose reason a user understands.
+File-system work that may block (a slow or NFS file system) never runs on the reactor thread.
+With the zygote, the job's shepherd checks the working directory and opens the output files
+itself, after its fork (the runner only works out their paths), and a file it cannot open
+fails the start; with the other launchers that work, and with any launcher the assembling of
+the ``-l`` log file at an end, go through ``blocking`` (the executor passes its own small
+thread pool). A start is therefore asynchronous: :meth:`JobRunner.start` returns a Deferred.
+Every start that cannot succeed fails it with :class:`JobStartError`, whose reason a user
+understands.
 
 The request's types, checks and files are in :mod:`tm.executor.request`, the last resort by
 ``/proc`` in :mod:`tm.executor.lastresort`; their names stay importable from here.
@@ -35,11 +38,9 @@ The request's types, checks and files are in :mod:`tm.executor.request`, the las
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from twisted.internet import defer
-from twisted.internet.base import DelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -55,6 +56,7 @@ from tm.executor.launcher import (
     ShepherdArgs,
     ShepherdEnd,
     SpawnLauncher,
+    StartRefused,
     ZygoteLauncher,
 )
 from tm.executor.outputs import OutputPaths, finish_files
@@ -63,13 +65,15 @@ from tm.executor.request import (
     JobEnd,
     JobOutputs,
     JobStartError,
+    OutputFiles,
     RunRequest,
     check_request,
     open_outputs,
+    output_files,
 )
 from tm.executor.request import LOGFILE_SECTION_CAP as LOGFILE_SECTION_CAP
 from tm.executor.request import MAX_REASON as MAX_REASON
-from tm.executor.signals import JobSignals
+from tm.executor.signals import JobSignals, _RunningJob
 
 __all__ = ["SHIM_PATH", "JobEnd", "JobRunner", "JobStartError", "RunRequest"]
 
@@ -90,38 +94,6 @@ def timeout_reason(limit: float, run_time: float) -> str:
 def run_inline(f: Callable[..., T], *args: Any) -> defer.Deferred[T]:
     """A ``blocking`` that runs the work at once, on the caller's thread (tests, simple tools)."""
     return defer.maybeDeferred(f, *args)
-
-
-@dataclass
-class _RunningJob:
-    """A job from its start order until its end has been handed over.
-
-    Its phases: opening its files, launching its shepherd (``launching``: the pid is not known
-    yet), running (``spawned``, its shepherd's pid known), ended (``ended``, its log file
-    perhaps still being assembled). It stays in the runner's table, and in
-    :meth:`JobRunner.running`, until its end is handed to ``on_end``.
-    """
-
-    request: RunRequest
-    on_end: Callable[[JobEnd], None]
-    stdout_path: str = ""
-    stderr_path: str = ""
-    stderr_created: bool = False
-    started_at: float = 0.0
-    pid: int = 0
-    launching: bool = False
-    spawned: bool = False
-    killed: bool = False
-    # Suspended while launching: the shepherd is stopped once its pid is known.
-    stop_wanted: bool = False
-    # Stopped by the runner itself because it could not yet take SIGUSR1 (see suspend).
-    shepherd_stopped: bool = False
-    kill_timer: DelayedCall | None = None
-    # The request's time limit: the timer, and whether it stopped the job.
-    limit_timer: DelayedCall | None = None
-    timed_out: bool = False
-    ended: bool = False
-    waiters: list[defer.Deferred[None]] = field(default_factory=list)
 
 
 class JobRunner(JobSignals):
@@ -206,6 +178,14 @@ class JobRunner(JobSignals):
             return defer.fail(e)
         job = _RunningJob(request=request, on_end=on_end)
         self._jobs[key] = job
+        if getattr(self._launcher, "opens_files", False):
+            # Its shepherd opens its files: nothing here touches the file system.
+            try:
+                files = output_files(request, self._log_dir)
+            except (OSError, ValueError) as e:  # a relative path, and no current directory
+                self._forget(job)
+                return defer.fail(JobStartError(f"cannot prepare the job's files: {e}"))
+            return self._launch(job, files)
         d = self._blocking(open_outputs, request, self._log_dir)
         d.addErrback(self._openFailed, job)
         d.addCallback(self._spawn, job)
@@ -254,10 +234,22 @@ class JobRunner(JobSignals):
             )
             return 0
         trace.point("executor", "files-opened", request.job_id)
-        job.stdout_path = outputs.stdout_path
-        job.stderr_path = outputs.stderr_path
         job.stderr_created = outputs.stderr_created
-        self.remembered_outputs.remember(request.job_id, outputs.stdout_path, outputs.stderr_path)
+        return self._launch(job, outputs)
+
+    def _launch(self, job: _RunningJob, files: JobOutputs | OutputFiles) -> defer.Deferred[int]:
+        """Have the job's shepherd started, with its files opened (closed once the launcher
+        has them) or to be opened by the shepherd."""
+        request = job.request
+        fds: tuple[int, int, int] | None = None
+        if isinstance(files, JobOutputs):
+            outputs, wanted = files, None
+            job.stdout_path, job.stderr_path = files.stdout_path, files.stderr_path
+            fds = (files.null_fd, files.out_fd, files.err_fd)
+        else:
+            outputs, wanted = None, files
+            job.stdout_path, job.stderr_path = files.stdout, files.stderr
+        self.remembered_outputs.remember(request.job_id, job.stdout_path, job.stderr_path)
         job.started_at = self._clock.seconds()
         if request.time_limit is not None:
             job.limit_timer = self._clock.callLater(
@@ -274,21 +266,23 @@ class JobRunner(JobSignals):
             cwd=request.cwd,
             shell=request.shell,
             command=request.command,
+            files=wanted,
         )
         job.launching = True
         try:
             d = self._launcher.launch(
                 args,
                 env,
-                (outputs.null_fd, outputs.out_fd, outputs.err_fd),
-                lambda pid: self._shepherdStarted(job, pid),
+                fds,
+                lambda pid, remove: self._shepherdStarted(job, pid, remove),
                 lambda end: self._jobExited(job, end),
             )
         except BaseException as e:
-            outputs.close()
+            if outputs is not None:
+                outputs.close()
             return defer.fail(self._launchFailed(Failure(e), job))
-        # The descriptors travel to the zygote asynchronously: closed once it has them.
-        d.addBoth(outputs.closing)
+        if outputs is not None:
+            d.addBoth(outputs.closing)
         d.addCallbacks(
             lambda pid: self._launched(job, pid), lambda failure: self._launchFailed(failure, job)
         )
@@ -299,6 +293,8 @@ class JobRunner(JobSignals):
         job.launching = False
         self._forget(job)
         e = failure.value
+        if isinstance(e, StartRefused):
+            return Failure(JobStartError(e.reason))
         if isinstance(e, LaunchError):
             return Failure(JobStartError(f"cannot start the job: {e.reason}"))
         if isinstance(e, OSError):
@@ -314,10 +310,11 @@ class JobRunner(JobSignals):
         )
         return Failure(JobStartError(f"cannot start the job: unexpected error ({e})"))
 
-    def _shepherdStarted(self, job: _RunningJob, pid: int) -> None:
+    def _shepherdStarted(self, job: _RunningJob, pid: int, remove_empty_stderr: bool) -> None:
         """The shepherd's pid is known: anything asked meanwhile is sent now."""
         trace.point("executor", "forked", job.request.job_id)
         job.pid = pid
+        job.stderr_created = job.stderr_created or remove_empty_stderr
         job.launching = False
         job.spawned = True
         if job.ended:

@@ -1,9 +1,10 @@
 """The TMMS: one user's executor on one host.
 
 It connects out to the dispatcher (no listening port), proves its user, runs
-the ``RunJob`` orders it receives through :class:`JobRunner`, reports every end
-(kept and re-sent until the dispatcher has it), heartbeats with the host's
-load, and exits after an idle period without jobs.
+the ``RunJob`` orders it receives (``RunJobs``: those of one dispatcher turn) through
+:class:`JobRunner`, reports every end (kept and re-sent until the dispatcher has it; the ends
+of one turn together: tm/executor/reports.py), heartbeats with the host's load, and exits
+after an idle period without jobs.
 
 Leases: every heartbeat answer renews the executor's lease (its length comes with the answer).
 An executor that has heard nothing from the dispatcher for longer than that stops all its jobs
@@ -17,8 +18,9 @@ would make AMP drop the link and the dispatcher place the job again at once); a 
 repeated while the first one is still opening the job's files waits for that one; and an end
 whose report fails is sent again with a growing delay, a bounded number at a time.
 
-File-system work that may block (opening a job's output files, assembling its ``-l`` log
-file) runs in a small thread pool of the executor's own, never on the reactor thread. A job
+File-system work that may block never runs on the reactor thread: a job's shepherd opens its
+output files itself (tm/executor/runner.py), and what is left (assembling a ``-l`` log file,
+reading output for ReadOutput) runs in a small thread pool of the executor's own. A job
 counts as running (in heartbeats, for the lease and the idle exit) from its start order until
 its end is in hand: while its files are opened, and while its log file is written.
 """
@@ -29,7 +31,6 @@ import getpass
 import os
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from twisted.application import service
@@ -44,11 +45,18 @@ from tm import jobsign
 from tm.dispatcher_client import DispatcherLink
 from tm.executor.outputs import OutputLocator
 from tm.executor.outputtail import OutputTailResponder
-from tm.executor.runner import JobEnd, JobRunner, JobStartError, RunRequest
-from tm.executor.usage import end_usage
+from tm.executor.reports import (  # noqa: F401  (MAX_..., REPORT_...: read by the tests)
+    MAX_REPORTS_IN_FLIGHT,
+    REMEMBERED_ENDS,
+    REPORT_RETRY_FIRST,
+    REPORT_RETRY_MAX,
+    EndReports,
+    Reported,
+)
+from tm.executor.runner import JobRunner, JobStartError, RunRequest
 from tm.executor.verify import SpecChecker
 from tm.link import DispatcherInfo
-from tm.protocol import commands
+from tm.protocol import batches, commands
 
 HEARTBEAT_INTERVAL = 5.0
 MIN_HEARTBEAT_INTERVAL = 0.25
@@ -57,26 +65,7 @@ MIN_LEASE = 1.0
 #: Threads for file-system work that may block (NFS): a few, so one stuck file system does not
 #: hold every start, and bounded, so a burst of starts does not make hundreds of threads.
 FS_THREADS = 4
-#: Reports of job ends in flight at once (the dispatcher answers each only once it is written,
-#: and refuses more than 64 requests in flight on one link).
-MAX_REPORTS_IN_FLIGHT = 16
-#: A report that failed is sent again after this delay, doubled at each failure up to the cap.
-REPORT_RETRY_FIRST = 1.0
-REPORT_RETRY_MAX = 60.0
-#: Ends already reported that are remembered, so that a start order for one of those attempts
-#: (sent again by a dispatcher that missed the answer) reports the end again instead of running
-#: the job a second time.
-REMEMBERED_ENDS = 1024
-
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class _Reported:
-    end: JobEnd
-    lost: bool
-    pid: int
-    started_at: float
 
 
 class ExecutorLocator(OutputLocator, OutputTailResponder):
@@ -88,6 +77,12 @@ class ExecutorLocator(OutputLocator, OutputTailResponder):
         """The start order; ``fields``: ``env`` and the job's fields of ``jobfields.RUN``."""
         self.executor.heard_from_dispatcher()
         return await self.executor.start_job(job_id, attempt, **fields)
+
+    @batches.RunJobs.responder
+    async def run_jobs(self, env: Any, orders: list[dict[str, Any]]) -> dict:
+        """Start orders of one turn (one environment): each as RunJob's, one result each."""
+        self.executor.heard_from_dispatcher()
+        return {"results": await self.executor.start_jobs(env, orders)}
 
     @commands.SignalJob.responder
     def signal_job(self, job_id: int, attempt: int, action: str) -> dict:
@@ -138,7 +133,7 @@ def read_load() -> float | None:
         return None
 
 
-class Executor(service.Service):
+class Executor(EndReports, service.Service):
     log = Logger()
 
     def __init__(
@@ -167,21 +162,16 @@ class Executor(service.Service):
             blocking=self._in_pool,
             launcher="zygote" if shepherd == "auto" else f"zygote-{shepherd}",
         )
-        self.unreported: list[JobEnd] = []
+        self._init_reports()  # self.unreported: ends not yet acknowledged
         #: Attempts started and not yet reported ended: (job_id, attempt) -> (pid, started_at).
         self.started: dict[tuple[int, int], tuple[int, float]] = {}
         #: Start orders under way (opening the job's files): the same order again waits here.
         self._starting: dict[tuple[int, int], list[Deferred]] = {}
         #: Ends reported lately, oldest first (see REMEMBERED_ENDS).
-        self._reported: OrderedDict[tuple[int, int], _Reported] = OrderedDict()
+        self._reported: OrderedDict[tuple[int, int], Reported] = OrderedDict()
         self.lease: float | None = None  # told by the dispatcher with each heartbeat answer
         self.last_contact = reactor.seconds()
         self.lease_killed: set[tuple[int, int]] = set()
-        self._reporting: set[tuple[int, int]] = set()  # ends whose report is under way
-        #: Ends whose report failed: key -> (failures so far, time before which not to resend).
-        self._report_retry: dict[tuple[int, int], tuple[int, float]] = {}
-        self._flushing = False
-        self._flush_again = False
         self.link = DispatcherLink(
             reactor,
             info,
@@ -259,6 +249,50 @@ class Executor(service.Service):
             d.callback(answer)
         return answer
 
+    async def start_jobs(self, env: Any, orders: list[dict[str, Any]]) -> list[dict]:
+        """The orders of a RunJobs, each started as :meth:`start_job` starts RunJob's (side by
+        side); their results in the orders' order: RunJob's answer, or the reason of its
+        JobStartFailed. Answered once every one has its outcome, or after
+        ``batches.ANSWER_WITHIN`` seconds: a start still under way then (its files on a hung
+        file system) is answered ``{}``, and the dispatcher sends it again alone, so that it
+        holds only its own job."""
+        results: list[dict | None] = [None] * len(orders)
+        all_done: Deferred = Deferred()
+        left = len(orders)
+
+        async def one(i: int, order: dict[str, Any]) -> None:
+            nonlocal left
+            fields = dict(order)
+            job_id, attempt = fields.pop("job_id"), fields.pop("attempt")
+            try:
+                results[i] = await self.start_job(job_id, attempt, env=env, **fields)
+            except commands.JobStartFailed as e:
+                results[i] = {"error": str(e)}
+            except Exception:  # start_job declares only JobStartFailed: never expected
+                self.log.failure("job {job_id}.{attempt}: start", job_id=job_id, attempt=attempt)
+                results[i] = {"error": "the executor could not start it (an internal error)"}
+            left -= 1
+            if not left and not all_done.called:
+                all_done.callback(None)
+
+        def out_of_time() -> None:
+            if not all_done.called:
+                all_done.callback(None)
+
+        for i, order in enumerate(orders):
+            ensureDeferred(one(i, order))
+        if left:
+            timer = self.reactor.callLater(batches.ANSWER_WITHIN, out_of_time)
+            await all_done
+            if timer.active():
+                timer.cancel()
+        answered = [{} if r is None else r for r in results]
+        reasons = batches.error_results([r.get("error") for r in answered])
+        return [
+            {"error": reason} if reason is not None else result
+            for result, reason in zip(answered, reasons, strict=True)
+        ]
+
     async def _start(self, job_id: int, attempt: int, fields: dict[str, Any]) -> dict:
         key = (job_id, attempt)
         try:
@@ -288,10 +322,7 @@ class Executor(service.Service):
             self.started[key] = (pid, started_at)
         return {"pid": pid, "started_at": started_at}
 
-    def _end_pending(self, key: tuple[int, int]) -> bool:
-        return any((end.job_id, end.attempt) == key for end in self.unreported)
-
-    def _started_again(self, key: tuple[int, int], reported: _Reported) -> dict:
+    def _started_again(self, key: tuple[int, int], reported: Reported) -> dict:
         """A start order for an attempt that ran here and whose end was reported: the dispatcher
         missed it (e.g. it had placed the job elsewhere meanwhile). The job does not run twice:
         the order is answered as a start, and the end is reported again."""
@@ -324,104 +355,6 @@ class Executor(service.Service):
             return
         self.log.info("no job for {t:.0f} s: the executor exits", t=self.idle_timeout)
         self.reactor.stop()
-
-    # --- reports -------------------------------------------------------------------------
-
-    def job_ended(self, end: JobEnd) -> None:
-        self.unreported.append(end)
-        self.activity()
-        self._flush()
-
-    def _connected(self) -> None:
-        # A new link: every end waiting for a retry is sent now (its failure count is kept).
-        self._report_retry = {
-            key: (failures, 0.0) for key, (failures, _) in self._report_retry.items()
-        }
-        self._flush()
-        self._heartbeat()  # the dispatcher learns this host's load at once
-
-    def _flush(self) -> None:
-        """Send the reports that are due, at most MAX_REPORTS_IN_FLIGHT at a time.
-
-        Called on each end, each finished report, each heartbeat and each new link; a call
-        from inside (a report that failed at once) makes the running one look again instead
-        of recursing."""
-        if self._flushing:
-            self._flush_again = True
-            return
-        self._flushing = True
-        try:
-            self._flush_again = True
-            while self._flush_again:
-                self._flush_again = False
-                self._send_due()
-        finally:
-            self._flushing = False
-
-    def _send_due(self) -> None:
-        if not self.link.connected:
-            return
-        now = self.reactor.seconds()
-        for end in list(self.unreported):
-            if len(self._reporting) >= MAX_REPORTS_IN_FLIGHT:
-                return
-            key = (end.job_id, end.attempt)
-            if key in self._reporting or self._report_retry.get(key, (0, 0.0))[1] > now:
-                continue
-            ensureDeferred(self._report(end))
-
-    async def _report(self, end: JobEnd) -> None:
-        key = (end.job_id, end.attempt)
-        self._reporting.add(key)
-        lease_lost = key in self.lease_killed
-        # Lost either way: stopped for the lease, or its end unknown (its zygote ended).
-        lost = lease_lost or end.lost
-        try:
-            reason = (
-                (
-                    f"stopped on {self.host}: no contact with the dispatcher for longer than "
-                    f"the executor's lease ({self.lease or 0:.0f} s)"
-                )
-                if lease_lost
-                else end.reason
-            )
-            # ended_at is the process's own end, not the time of this report: an end that waited
-            # for the dispatcher (away, or refusing) is recorded when it happened.
-            await self.link.call(
-                commands.JobFinished,
-                job_id=end.job_id,
-                attempt=end.attempt,
-                exit_code=end.exit_code,
-                signal=end.signal,
-                killed=end.killed,
-                ended_at=end.ended_at,
-                reason=reason,
-                lost=lost,
-                **end_usage(end, lost),
-            )
-        except Exception as e:
-            failures = self._report_retry.get(key, (0, 0.0))[0] + 1
-            delay = min(REPORT_RETRY_MAX, REPORT_RETRY_FIRST * 2 ** (failures - 1))
-            self._report_retry[key] = (failures, self.reactor.seconds() + delay)
-            self.log.info(
-                "end of job {id} not reported yet ({e}); trying again in {d:.0f} s",
-                id=end.job_id,
-                e=str(e) or e.__class__.__name__,
-                d=delay,
-            )
-            self._reporting.discard(key)
-            self._flush()  # a place in flight is free
-            return
-        self._reporting.discard(key)
-        if end in self.unreported:
-            self.unreported.remove(end)
-        self._report_retry.pop(key, None)
-        pid, started_at = self.started.pop(key, (0, end.started_at))
-        self.lease_killed.discard(key)
-        self._reported[key] = _Reported(end=end, lost=lost, pid=pid, started_at=started_at)
-        while len(self._reported) > REMEMBERED_ENDS:
-            self._reported.popitem(last=False)
-        self._flush()  # a place in flight is free
 
     # --- heartbeats and the lease ----------------------------------------------------------
 

@@ -40,6 +40,11 @@ so the runner sees what it would have seen from the shell itself.
 Exit codes of its own: 125 bad usage, 126 cannot change to CWD, 127 cannot execute SHELL, each with
 a message on stderr, which is the job's stderr file.
 
+Under the zygote the shepherd also opens the job's files, after its ``setsid`` and before its
+umask and ``chdir`` (``open_files`` of :mod:`tm.executor.zygote`, which describes it; a failure
+is reported by the zygote as a failed start, not an end). A stderr file made for the job and
+still empty at its end is then removed by the shepherd itself when no log file is asked for.
+
 Control signals stay blocked in the shepherd and are taken with ``sigwaitinfo``. They are blocked
 (then caught) before anything else happens, so the runner can tell from ``SigBlk``/``SigCgt`` in
 ``/proc/PID/status`` when ``SIGUSR1`` and ``SIGUSR2`` stop being fatal to a starting shepherd.
@@ -66,6 +71,10 @@ import os
 import signal
 import sys
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
@@ -337,6 +346,18 @@ def _exec_shell(
     os._exit(127)
 
 
+def _tidy(path: str, remove: bool) -> None:
+    """Remove ``path`` if ``remove`` and it is an empty regular file."""
+    if not remove:
+        return
+    try:
+        info = os.lstat(path)
+        if info.st_mode & 0o170000 == 0o100000 and info.st_size == 0:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
 def take_control_signals() -> dict[int, object]:
     """Block the control signals and catch them (they are taken with sigwaitinfo); return the
     dispositions they had, which the shell gets back."""
@@ -356,13 +377,15 @@ def shepherd(
     inherited: dict[int, object],
     env: dict[str, str] | None = None,
     parent: int | None = None,
+    open_files: Callable[[], tuple[str, bool]] | None = None,
 ) -> int:
     """Be the job's shepherd, its control signals already taken; return its exit code (or
     die by the shell's signal).
 
     ``parent``: the process whose death must take the job down (the executor, or the zygote
     that forked this shepherd); by default the current parent. ``env``: the shell's
-    environment; by default this process's own.
+    environment; by default this process's own. ``open_files()``: opens the job's files (0, 1,
+    2 are them already if not given) and says which stderr file to remove at the end if empty.
     """
     if not _prctl(PR_SET_CHILD_SUBREAPER, 1):
         _say(
@@ -382,6 +405,7 @@ def shepherd(
         os.setsid()
     except OSError:
         pass  # already a group leader: nothing to do
+    stderr, remove_err = ("", False) if open_files is None else open_files()
     os.umask(umask)
     try:
         os.chdir(cwd)
@@ -391,12 +415,14 @@ def shepherd(
     # Killed before the shell even started: go the way the signal says, starting nothing.
     pending = KILL_SIGNALS & signal.sigpending()
     if pending:
+        _tidy(stderr, remove_err)
         return _die_by(min(pending))
     me = os.getpid()
     child = os.fork()
     if child == 0:
         _exec_shell(me, shell, command, inherited, env)
     status = Shepherd(child, grace).run()
+    _tidy(stderr, remove_err)
     if os.WIFSIGNALED(status):
         return _die_by(os.WTERMSIG(status))
     return os.waitstatus_to_exitcode(status)

@@ -1,6 +1,7 @@
 """Signals to a job's shepherd: kill (TERM, then the last resort), stop and continue.
 
-A mixin of :class:`tm.executor.runner.JobRunner`, which owns the jobs, the clock and the grace;
+A mixin of :class:`tm.executor.runner.JobRunner`, which owns the jobs (:class:`_RunningJob`,
+here), the clock and the grace;
 kept apart so that each module stays small. The shepherd's signal protocol is described in
 ``tm/executor/shim.py``.
 """
@@ -10,14 +11,48 @@ from __future__ import annotations
 import errno
 import os
 import signal
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
+from twisted.internet import defer
+from twisted.internet.base import DelayedCall
 from twisted.logger import Logger
 
 from tm.executor.lastresort import kill_trees, shepherd_ready
+from tm.executor.request import JobEnd, RunRequest
 
-if TYPE_CHECKING:
-    from tm.executor.runner import _RunningJob
+
+@dataclass
+class _RunningJob:
+    """A job from its start order until its end has been handed over.
+
+    Its phases: opening its files, launching its shepherd (``launching``: the pid is not known
+    yet), running (``spawned``, its shepherd's pid known), ended (``ended``, its log file
+    perhaps still being assembled). It stays in the runner's table, and in
+    :meth:`JobRunner.running`, until its end is handed to ``on_end``.
+    """
+
+    request: RunRequest
+    on_end: Callable[[JobEnd], None]
+    stdout_path: str = ""
+    stderr_path: str = ""
+    stderr_created: bool = False
+    started_at: float = 0.0
+    pid: int = 0
+    launching: bool = False
+    spawned: bool = False
+    killed: bool = False
+    # Suspended while launching: the shepherd is stopped once its pid is known.
+    stop_wanted: bool = False
+    # Stopped by the runner itself because it could not yet take SIGUSR1 (see suspend).
+    shepherd_stopped: bool = False
+    kill_timer: DelayedCall | None = None
+    # The request's time limit: the timer, and whether it stopped the job.
+    limit_timer: DelayedCall | None = None
+    timed_out: bool = False
+    ended: bool = False
+    waiters: list[defer.Deferred[None]] = field(default_factory=list)
 
 
 class JobSignals:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import math
+from typing import TYPE_CHECKING, Any
 
-from tm.core import jobfields, retry
-from tm.core.model import JobEnvironment, JobSpec
+if TYPE_CHECKING:  # the CLI's fast path checks its PlainSpecs without importing the model
+    from tm.core.model import JobEnvironment, JobSpec
+    from tm.core.plainspec import PlainSpec
 
 #: AMP refuses values of 65 535 bytes or more; keep headroom for the encoding.
 MAX_VALUE_BYTES = 60_000
@@ -46,7 +48,9 @@ MAX_TIME_LIMIT = MAX_ESTIMATED_TIME  # tm/core/jobtime.py's
 LISTING_COMMAND_CHARS = 120
 
 
-def spec_problem(spec: JobSpec, min_priority: int = 0, max_priority: int = 127) -> str | None:
+def spec_problem(
+    spec: JobSpec | PlainSpec, min_priority: int = 0, max_priority: int = 127
+) -> str | None:
     """The first way ``spec`` breaks a documented limit, as one line, or None.
 
     The dispatcher refuses such a submission with this line; a client may call it
@@ -107,7 +111,11 @@ def spec_problem(spec: JobSpec, min_priority: int = 0, max_priority: int = 127) 
         isinstance(limit, (int, float)) and math.isfinite(limit) and 0 < limit <= MAX_TIME_LIMIT
     ):
         return f"the time limit must be more than 0 and at most {MAX_TIME_LIMIT:.0f} s"
-    problem = retry.spec_problem(spec.retries, spec.retry_on_exit, spec.on_end)
+    problem = None
+    if spec.retries is not None or spec.retry_on_exit or spec.on_end:
+        from tm.core import retry  # only for jobs that use them: a lighter CLI start
+
+        problem = retry.spec_problem(spec.retries, spec.retry_on_exit, spec.on_end)
     if problem is None and (
         spec.array_index is not None or spec.array_cap is not None or spec.array_id
     ):
@@ -130,7 +138,12 @@ def environment_problem(environment: JobEnvironment) -> str | None:
     return None
 
 
-#: A job as one row of SubmitJobs (the fields of records.JOB_SPEC_FIELDS), built from the
-#: declaration of a job's fields without Twisted, so that the CLI's fast path and the AMP
-#: records build it the same way.
-spec_to_row = jobfields.spec_to_plain
+def __getattr__(name: str) -> Any:
+    """``spec_to_row``: a job as one row of SubmitJobs (``tm.core.jobfields.spec_to_plain``,
+    also ``tm.protocol.records.spec_to_row``), imported when asked for: the CLI's fast path,
+    which imports this module, makes its rows without the model (tm/core/plainspec.py)."""
+    if name == "spec_to_row":
+        from tm.core import jobfields
+
+        return jobfields.spec_to_plain
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

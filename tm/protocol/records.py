@@ -34,7 +34,6 @@ from tm.protocol.limits import (  # noqa: F401 - re-exported: the limits live th
     MAX_VALUE_BYTES,
     environment_problem,
     spec_problem,
-    spec_to_row,
 )
 from tm.protocol.rowlist import fit_rows, rows_of
 
@@ -185,7 +184,10 @@ def stored_environment(text: str) -> Any:
     return json.loads(text) if text.startswith("{") else text
 
 
-spec_to_amp = spec_to_row  # one row shape for both paths: tm/protocol/limits.py
+#: A job as one row of SubmitJobs (the fields of JOB_SPEC_FIELDS), built from the declaration
+#: of a job's fields; the CLI's fast path makes the same row of its PlainSpec
+#: (tm/core/plainspec.py, PlainSpec.row).
+spec_to_row = spec_to_amp = jobfields.spec_to_plain
 
 
 spec_from_amp = jobfields.spec_from_plain
