@@ -38,6 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench import peers  # noqa: E402
 from bench.peers import console_script, prepare_checkout  # noqa: E402
 from tests.helpers.processes import Installation, wait_until  # noqa: E402
 
@@ -252,7 +253,7 @@ def print_breakdown(table: list[tuple[str, float, float, str]], runs: int) -> No
 
 
 def cli_figures(bench: Bench, runs: int) -> dict[str, tuple[float, float]]:
-    python = sys.executable
+    python = peers.PYTHON  # this interpreter, or the venv's (--venv)
     marker = bench.inst.work / "cli-marker"
     commands = {
         "python3 -S -c pass": [python, "-S", "-c", "pass"],
@@ -294,8 +295,17 @@ def main() -> None:
         "--database", default="sqlite", help=f"sqlite, mysql (= {DEFAULT_MYSQL}) or a URL"
     )
     p.add_argument("--keep", default=None, help="copy the trace file here")
+    p.add_argument(
+        "--venv",
+        action="store_true",
+        help="run the console scripts from a fresh venv with the checkout installed",
+    )
     args = p.parse_args()
     prepare_checkout()
+    venv = tempfile.TemporaryDirectory(prefix="path-venv-") if args.venv else None
+    if venv is not None:
+        peers.make_venv(Path(venv.name))
+        print(f"# the console scripts of {peers.PYTHON}")
     with tempfile.TemporaryDirectory(prefix="path-") as tmp:
         root = Path(tmp)
         trace_file = root / "trace"
