@@ -312,9 +312,10 @@ class DispatcherLink:
     async def _traced(self, proto: BoundedAMP, command: Any, kw: dict[str, Any]) -> Any:
         """A call with the trace's lines when it is sent and answered (see :mod:`tm.trace`)."""
         process = {commands.ROLE_TMS: "tms", commands.ROLE_TMMS: "executor"}.get(self.role, "?")
-        name, job = command.commandName.decode(), trace.job_of(kw)
-        trace.point(process, f"{name}-sent", job)
+        name, jobs = trace.named_jobs(command.commandName.decode(), kw)
+        for job in jobs:
+            trace.point(process, f"{name}-sent", job)
         answer = await proto.call(command, **kw)
-        answered = trace.job_of(answer)
-        trace.point(process, f"{name}-answered", job if answered == "-" else answered)
+        for job in trace.answered_jobs(jobs, answer):
+            trace.point(process, f"{name}-answered", job)
         return answer

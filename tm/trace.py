@@ -57,6 +57,30 @@ def parse_line(line: str) -> tuple[int, str, int, str, str] | None:
         return None
 
 
+#: A batch's trace lines are those of its single command, one for each job it carries: a job's
+#: path reads the same whether its start or its end travelled alone or with others.
+_SINGLE = {"JobsFinished": "JobFinished", "RunJobs": "RunJob"}
+
+
+def named_jobs(command: str, message: object) -> tuple[str, list[object]]:
+    """The stage name (without ``-sent``/``-received``) and the jobs of the trace lines of
+    ``command`` carrying ``message``: every element's job for a batch, else :func:`job_of`'s."""
+    single = _SINGLE.get(command)
+    if single is not None and isinstance(message, dict):
+        for key in ("ends", "orders"):
+            rows = message.get(key)
+            if isinstance(rows, list) and rows:
+                return single, [r.get("job_id", "-") if isinstance(r, dict) else "-" for r in rows]
+    return command, [job_of(message)]
+
+
+def answered_jobs(jobs: list[object], answer: object) -> list[object]:
+    """The jobs of the ``-answered`` lines: the answer's own job for a single command, else
+    those of the request."""
+    job = job_of(answer)
+    return jobs if job == "-" or len(jobs) > 1 else [job]
+
+
 def job_of(message: object) -> object:
     """The job a request's arguments or an answer name, for a trace line: ``job_id``, the
     last of ``job_ids`` or of a batch's ``ends`` / ``orders``, or ``u:UUID`` of the first job

@@ -82,6 +82,19 @@ def test_the_job_of_a_message() -> None:
     assert trace.job_of(None) == "-"
 
 
+def test_a_batch_is_traced_as_its_single_command_once_for_each_job() -> None:
+    # A job's path reads the same whether its end travelled alone or with others' ends.
+    ends = {"ends": [{"job_id": 5}, {"job_id": 6}]}
+    assert trace.named_jobs("JobsFinished", ends) == ("JobFinished", [5, 6])
+    assert trace.named_jobs("RunJobs", {"env": {}, "orders": [{"job_id": 9}]}) == ("RunJob", [9])
+    assert trace.named_jobs("JobFinished", {"job_id": 4}) == ("JobFinished", [4])
+    assert trace.named_jobs("WaitJob", {"job_id": 4}) == ("WaitJob", [4])
+    # Answered: a single command's own answer names its job; a batch's, the request's jobs.
+    assert trace.answered_jobs([5, 6], {"failed": []}) == [5, 6]
+    assert trace.answered_jobs(["u:ab"], {"job_ids": [7, 8]}) == [8]
+    assert trace.answered_jobs([4], {}) == [4]
+
+
 class TCPTransport(StringTransport):
     def __init__(self) -> None:
         super().__init__()

@@ -28,12 +28,13 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 def traced_call(command: type[amp.Command], responder: Callable[..., Any], kw: Any) -> Any:
     """``responder(**kw)`` with the trace's lines when it is called and answers."""
-    name = command.commandName.decode()
-    trace.point("dispatcher", f"{name}-received", trace.job_of(kw))
+    name, jobs = trace.named_jobs(command.commandName.decode(), kw)
+    for job in jobs:
+        trace.point("dispatcher", f"{name}-received", job)
 
     def answered(answer: Any) -> Any:
-        job = trace.job_of(answer)
-        trace.point("dispatcher", f"{name}-answered", trace.job_of(kw) if job == "-" else job)
+        for job in trace.answered_jobs(jobs, answer):
+            trace.point("dispatcher", f"{name}-answered", job)
         return answer
 
     return maybeDeferred(responder, **kw).addErrback(map_store_failure).addCallback(answered)
