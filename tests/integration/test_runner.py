@@ -6,6 +6,7 @@ interpreter per shepherd (``spawn``)."""
 
 from __future__ import annotations
 
+import getpass
 import os
 import signal
 import stat
@@ -18,6 +19,7 @@ from twisted.internet import defer, reactor, task
 
 from tests.helpers.native import require_native
 from tests.helpers.processes import alive
+from tm.executor.request import names_a_home
 from tm.executor.runner import JobEnd, JobRunner, JobStartError, RunRequest, shepherd_ready
 
 DEADLINE = 10
@@ -179,6 +181,19 @@ async def test_stdout_and_stderr_files_relative_to_cwd(tmp_path: Path) -> None:
     await ended
     assert (tmp_path / "o.txt").read_text() == "to-out\npartial"
     assert (tmp_path / "e.txt").read_text() == "to-err\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_path_in_a_users_home_is_looked_up_off_the_reactor(tmp_path: Path) -> None:
+    # ~name is a passwd lookup (NSS: maybe a network service): worked out in the pool.
+    home = Path(os.path.expanduser(f"~{getpass.getuser()}"))
+    given = f"~{getpass.getuser()}/{os.path.relpath(tmp_path / 'home.txt', home)}"
+    job = request(tmp_path, "echo in-home", stdout=given)
+    assert names_a_home(job) and not names_a_home(request(tmp_path, "true", stdout="~/x"))
+    runner = make_runner(tmp_path)
+    _, ended = await start(runner, job)
+    assert (await ended).exit_code == 0
+    assert (tmp_path / "home.txt").read_text() == "in-home\n"
 
 
 @pytest_twisted.ensureDeferred

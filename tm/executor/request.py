@@ -204,9 +204,26 @@ def _resolve(request: RunRequest, path: str) -> str:
     return os.path.normpath(os.path.join(request.cwd, os.path.expanduser(path)))
 
 
+def names_a_home(request: RunRequest) -> bool:
+    """Whether a path of the job names a user's home (``~name/...``): :func:`output_files` then
+    looks the user up (NSS: maybe a network service), which does not belong on a reactor."""
+    return any(
+        p and p.startswith("~") and not p.startswith("~/") and p != "~"
+        for p in (request.stdout, request.stderr, request.logfile)
+    )
+
+
 def output_files(request: RunRequest, log_dir: str) -> OutputFiles:
     """The job's files as :func:`open_outputs` would open them, without touching them: no
-    file-system work (a relative result is made absolute, as the shepherd changes directory)."""
+    file-system work (a relative result is made absolute, as the shepherd changes directory).
+    Paths that cannot be worked out raise :class:`JobStartError`."""
+    try:
+        return _output_files(request, log_dir)
+    except (OSError, ValueError) as e:  # a relative path, and no current directory
+        raise JobStartError(f"cannot prepare the job's files: {e}") from e
+
+
+def _output_files(request: RunRequest, log_dir: str) -> OutputFiles:
 
     def where(given: str | None, suffix: str) -> str:
         path = (

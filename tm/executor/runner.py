@@ -68,6 +68,7 @@ from tm.executor.request import (
     OutputFiles,
     RunRequest,
     check_request,
+    names_a_home,
     open_outputs,
     output_files,
 )
@@ -178,15 +179,17 @@ class JobRunner(JobSignals):
             return defer.fail(e)
         job = _RunningJob(request=request, on_end=on_end)
         self._jobs[key] = job
-        if getattr(self._launcher, "opens_files", False):
-            # Its shepherd opens its files: nothing here touches the file system.
+        if not getattr(self._launcher, "opens_files", False):
+            d = self._blocking(open_outputs, request, self._log_dir)
+        elif names_a_home(request):  # ~name: a user's lookup, in the pool
+            d = self._blocking(output_files, request, self._log_dir)
+        else:  # its shepherd opens its files: nothing here touches the file system
             try:
                 files = output_files(request, self._log_dir)
-            except (OSError, ValueError) as e:  # a relative path, and no current directory
+            except JobStartError as e:
                 self._forget(job)
-                return defer.fail(JobStartError(f"cannot prepare the job's files: {e}"))
+                return defer.fail(e)
             return self._launch(job, files)
-        d = self._blocking(open_outputs, request, self._log_dir)
         d.addErrback(self._openFailed, job)
         d.addCallback(self._spawn, job)
         return d
@@ -207,11 +210,14 @@ class JobRunner(JobSignals):
             )
         )
 
-    def _spawn(self, outputs: JobOutputs, job: _RunningJob) -> int | defer.Deferred[int]:
+    def _spawn(
+        self, outputs: JobOutputs | OutputFiles, job: _RunningJob
+    ) -> int | defer.Deferred[int]:
         request = job.request
         if job.killed:
-            # Killed while its files were being opened: it never runs.
-            outputs.close()
+            # Killed while its files were being opened (or their paths worked out): never runs.
+            if isinstance(outputs, JobOutputs):
+                outputs.close()
             now = self._clock.seconds()
             self.log.info(
                 "job {job_id}.{attempt} killed before it started",
@@ -234,7 +240,8 @@ class JobRunner(JobSignals):
             )
             return 0
         trace.point("executor", "files-opened", request.job_id)
-        job.stderr_created = outputs.stderr_created
+        if isinstance(outputs, JobOutputs):
+            job.stderr_created = outputs.stderr_created
         return self._launch(job, outputs)
 
     def _launch(self, job: _RunningJob, files: JobOutputs | OutputFiles) -> defer.Deferred[int]:
