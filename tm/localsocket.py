@@ -15,17 +15,34 @@ UTF-8 JSON:
 - answer ``{"id": N, "answer": {...}}``, or ``{"id": N, "error": {"code": "UNKNOWN_JOB",
   "message": "..."}}`` with the code the command declares for the error and its one line.
 
-This module is imported on the CLI's everyday path: standard library only.
+This module is imported on the CLI's everyday path: standard library only, and of it only
+what costs next to nothing to import. ``socket`` (which imports ``enum`` and ``selectors``,
+and makes its IntEnums) and ``json`` (which imports ``re``) cost a command's start more than
+its whole exchange with the TMS: the client uses ``_socket``, whose ``socket`` class is the
+base of ``socket.socket``, and ``json``'s own C accelerators in :func:`dumps` and
+:func:`loads`; their bytes and values are ``json``'s, which they fall back to (on an
+interpreter without the accelerators, or for what the fast one does not read).
 """
 
 from __future__ import annotations
 
+import _socket
 import errno
-import json
 import os
-import socket
 import struct
-from typing import Any
+
+try:
+    from _json import encode_basestring_ascii as _c_encode_string
+    from _json import make_encoder as _c_make_encoder
+    from _json import make_scanner as _c_make_scanner
+except ImportError:  # pragma: no cover - an interpreter without json's C accelerators
+    ACCELERATED = False
+else:
+    ACCELERATED = True
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 #: The largest frame either side accepts (a submission of many jobs is sent in parts).
 MAX_FRAME_BYTES = 64 * 1024 * 1024
@@ -45,18 +62,80 @@ def socket_path(host: str | None = None) -> str:
     """The TMS's socket for this host. Named by the host: in a home shared between hosts,
     a socket works only on the host of the TMS that made it, and each host's TMS keeps its
     own."""
-    return os.path.join(user_dir(), f"tms.{host or socket.gethostname()}.sock")
+    return os.path.join(user_dir(), f"tms.{host or _socket.gethostname()}.sock")
 
 
-def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+def peer_credentials(sock: _socket.socket) -> tuple[int, int, int]:
     """(pid, uid, gid) of the process at the other end of the Unix socket ``sock``."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _CREDENTIALS.size)
+    raw = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, _CREDENTIALS.size)
     pid, uid, gid = _CREDENTIALS.unpack(raw)
     return pid, uid, gid
 
 
+def _not_serializable(value: object) -> object:
+    raise TypeError(f"Object of type {value.__class__.__name__} is not JSON serializable")
+
+
+def dumps(value: object, separators: tuple[str, str] = (",", ":")) -> str:
+    """``json.dumps(value, separators=separators)``, the same text, without importing json
+    (json.JSONEncoder.iterencode's one-shot path: its C encoder)."""
+    if not ACCELERATED or isinstance(value, str):  # pragma: no cover
+        import json
+
+        return json.dumps(value, separators=separators)
+    item_separator, key_separator = separators
+    encode = _c_make_encoder(
+        {},
+        _not_serializable,
+        _c_encode_string,
+        None,
+        key_separator,
+        item_separator,
+        False,
+        False,
+        True,
+    )
+    return "".join(encode(value, 0))
+
+
+class _DecoderContext:
+    """What json's C scanner reads of its decoder: json.JSONDecoder()'s defaults."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = {
+        "-Infinity": float("-inf"),
+        "Infinity": float("inf"),
+        "NaN": float("nan"),
+    }.__getitem__
+
+
+_context: Any = _DecoderContext()
+_scan = _c_make_scanner(_context) if ACCELERATED else None
+
+
+def loads(data: bytes) -> Any:
+    """``json.loads(data)``: the same value, or its ValueError. A JSON object in UTF-8 (what
+    the TMS sends) is read by json's C scanner without importing json; anything else by json."""
+    if _scan is not None and data[:1] == b"{":
+        try:
+            text = data.decode("utf-8", "surrogatepass")
+            value, end = _scan(text, 0)
+        except (ValueError, StopIteration):
+            pass  # json says what is wrong
+        else:
+            if not text[end:].strip(" \t\n\r"):
+                return value
+    import json
+
+    return json.loads(data)
+
+
 def frame(message: dict[str, Any]) -> bytes:
-    data = json.dumps(message, separators=(",", ":")).encode("utf-8")
+    data = dumps(message).encode("utf-8")
     return _LENGTH.pack(len(data)) + data
 
 
@@ -80,7 +159,7 @@ class RemoteError(Exception):
 class LocalClient:
     """A blocking client of the TMS's Unix socket: one request at a time."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: _socket.socket) -> None:
         self.sock = sock
         self._next_id = 0
         self._buffer = b""
@@ -91,7 +170,7 @@ class LocalClient:
     ) -> LocalClient:
         """Connect to this host's TMS, or raise :class:`Unavailable` saying why not."""
         path = path or socket_path()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         sock.settimeout(timeout)
         try:
             sock.connect(os.fspath(path))
@@ -153,7 +232,7 @@ class LocalClient:
                     data = self._buffer[_LENGTH.size : end]
                     self._buffer = self._buffer[end:]
                     try:
-                        message = json.loads(data)
+                        message = loads(data)
                     except ValueError:
                         raise LinkLost("the TMS sent a frame that is not JSON") from None
                     if not isinstance(message, dict):

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Awaitable, Callable, Coroutine, Generator
-from typing import Any, TypeVar
 
-T = TypeVar("T")
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # the everyday path imports neither typing nor collections
+    from collections.abc import Awaitable, Callable, Coroutine, Generator
+    from typing import Any, TypeVar
+
+    T = TypeVar("T")
 
 
 class CLIError(Exception):

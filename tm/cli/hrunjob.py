@@ -8,41 +8,46 @@ with the same jobs and UUIDs.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 import sys
-from typing import Any
 
 from tm import localsocket, trace
-from tm.cli import completion
 from tm.cli.errors import CLIError, leave, report
-from tm.cli.hrunjob_array import array_jobs
-from tm.cli.hrunjob_options import (  # noqa: F401  (re-exported)
+from tm.cli.hrunjob_args import (  # noqa: F401  (re-exported)
     ESTIMATES,
     MAX_ESTIMATED_MEMORY,
     MAX_ESTIMATED_TIME,
     MAX_SLOTS,
     PROG,
-    Prepared,
-    amount,
-    build_parser,
-    parse_command_line,
-    whole_number,
 )
+from tm.cli.hrunjob_args import parse as parse_everyday
 from tm.cli.hrunjob_output import (  # noqa: F401  (re-exported)
     check_output_options,
     server_info_text,
     submitted_text,
 )
 from tm.core.plainspec import GIVEN, PlainSpec
-from tm.jobfile import JobFileError, compress_ids, parse_job_file
 from tm.protocol import limits as records  # the limits alone: no Twisted
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # the everyday path imports neither argparse nor typing
+    import argparse
+    from typing import Any
+
+    from tm.cli.hrunjob_options import (  # noqa: F401  (re-exported, imported when asked for)
+        Prepared,
+        amount,
+        build_parser,
+        parse_command_line,
+        whole_number,
+    )
 
 # The jobs are PlainSpecs (tm/core/plainspec.py), not the model's JobSpecs: the everyday
 # submission imports neither the model nor dataclasses; dependencies, retries, time limits
-# and arrays import their modules when given.
+# and arrays import their modules when given. Its command line is read by
+# tm/cli/hrunjob_args.py, argparse's parser (tm/cli/hrunjob_options.py) reads the others;
+# job files (tm/jobfile.py) and arrays import theirs when given.
 
 
 def new_uuid() -> str:
@@ -158,6 +163,8 @@ def read_job_file(args: argparse.Namespace) -> list[tuple[int, PlainSpec]]:
         raise CLIError(
             f"the job file {path} is not UTF-8 text: {e.reason} at byte {e.start}", status=2
         ) from None
+    from tm.jobfile import JobFileError, parse_job_file
+
     defaults = vars(args) | {"command": " ".join(args.command).strip()}
     try:
         lines = parse_job_file(text, path, defaults)
@@ -177,7 +184,11 @@ def read_job_file(args: argparse.Namespace) -> list[tuple[int, PlainSpec]]:
 
 def prepare(argv: list[str]) -> Prepared:
     """Parse ``argv`` and build its jobs (UUIDs made here, once); CLIError when wrong."""
-    args = parse_command_line(argv)
+    args: argparse.Namespace | None = parse_everyday(argv)
+    if args is None:  # help, errors and the rare options: argparse's
+        from tm.cli.hrunjob_options import parse_command_line
+
+        args = parse_command_line(argv)
     check_output_options(args)
     if args.status or args.completion:
         return args, []
@@ -187,6 +198,8 @@ def prepare(argv: list[str]) -> Prepared:
     if not command:
         raise CLIError('no command given: hRunJob "COMMAND" (see hRunJob -h)', status=2)
     if args.array is not None:
+        from tm.cli.hrunjob_array import array_jobs
+
         return args, array_jobs(args, command, new_uuid, spec_from_options)
     return args, [(0, spec_from_options(vars(args) | {"command": command}))]
 
@@ -235,7 +248,7 @@ def local_client(verbose: bool) -> localsocket.LocalClient | None:
 def submission_environment() -> dict[str, str]:
     """The environment the jobs get (this one); CLIError when it is too large to send."""
     env = dict(os.environ)
-    if len(json.dumps(env)) > records.MAX_VALUE_BYTES:
+    if len(localsocket.dumps(env, (", ", ": "))) > records.MAX_VALUE_BYTES:  # json.dumps's
         raise CLIError(
             f"your environment is larger than {records.MAX_VALUE_BYTES} bytes; "
             "unset large variables before submitting"
@@ -274,6 +287,8 @@ def submit_local(client: localsocket.LocalClient, specs: list[PlainSpec]) -> lis
 def partly_submitted(error: Exception, ids: list[int], total: int) -> CLIError:
     """A chunk failed after earlier ones were stored: say exactly which, so that nothing is
     submitted twice."""
+    from tm.jobfile import compress_ids
+
     return CLIError(
         f"{error}; the first {len(ids)} job(s) [{compress_ids(ids)}] were "
         f"submitted, the remaining {total - len(ids)} were not"
@@ -392,6 +407,8 @@ def main_fast(argv: list[str]) -> int:
     trace.point("cli", "main")
     args, jobs = prepare(argv)
     if args.completion:
+        from tm.cli import completion
+
         return completion.early(PROG, args) or 0
     trace.point("cli", "prepared")
     client = local_client(args.verbose)
@@ -419,7 +436,12 @@ def main() -> None:
 
 
 def __getattr__(name: str) -> Any:
-    """The Twisted path's names, for the code that imported them from here."""
+    """The Twisted path's names and argparse's parser, for the code that imported them from
+    here."""
+    if name in ("Prepared", "amount", "build_parser", "parse_command_line", "whole_number"):
+        from tm.cli import hrunjob_options
+
+        return getattr(hrunjob_options, name)
     if name in (
         "Submitter",
         "submit",

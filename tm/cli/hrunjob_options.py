@@ -14,16 +14,15 @@ from tm import VERSION_LINE
 from tm.cli import completion
 from tm.cli.errors import CLIError
 from tm.cli.helpformat import HelpFormatter
+from tm.cli.hrunjob_args import (  # noqa: F401  (re-exported)
+    ESTIMATES,
+    MAX_ESTIMATED_MEMORY,
+    MAX_ESTIMATED_TIME,
+    MAX_SLOTS,
+    PROG,
+)
 from tm.cli.hrunjob_array import array_option
 from tm.core.plainspec import PlainSpec
-from tm.protocol import limits as records  # the limits alone: no Twisted
-
-PROG = "hRunJob"
-#: The dispatcher's limits (tm/protocol/records.py); the client checks them before sending so
-#: that a bad value gets one line saying what to change, not a refusal after a round trip.
-MAX_SLOTS: int = getattr(records, "MAX_SLOTS", 100_000)
-MAX_ESTIMATED_TIME: float = getattr(records, "MAX_ESTIMATED_TIME", 10 * 365 * 86_400.0)
-MAX_ESTIMATED_MEMORY: float = getattr(records, "MAX_ESTIMATED_MEMORY", 1e12)
 
 
 def whole_number(low: int, high: int) -> Callable[[str], int]:
@@ -126,18 +125,6 @@ TEXTS = (
     ("-o", "--stdout_file", "stdout", "file for the job's stdout"),
     ("-O", "--stderr_file", "stderr", "file for the job's stderr"),
     ("-l", "--logfile", "logfile", "log file written when the job ends"),
-)
-#: The estimates a job may carry: option, long option, field, largest value, unit, help.
-ESTIMATES = (
-    ("-t", "--estimatedTime", "estimated_time", MAX_ESTIMATED_TIME, "s", "estimated run time (s)"),
-    (
-        "-m",
-        "--estimatedMemory",
-        "estimated_memory",
-        MAX_ESTIMATED_MEMORY,
-        "MB",
-        "estimated memory (MB)",
-    ),
 )
 
 

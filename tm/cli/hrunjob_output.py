@@ -3,14 +3,15 @@ as JSON (``--json``, docs/json.md), and the status of ``-s``. No Twisted."""
 
 from __future__ import annotations
 
-import argparse
-from collections.abc import Callable
-from typing import Any
-
 from tm.cli.errors import CLIError
-from tm.cli.hrunjob_array import submitted as array_submitted
-from tm.core.plainspec import PlainSpec
-from tm.jobfile import compress_ids
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # the everyday path imports neither argparse nor typing
+    import argparse
+    from collections.abc import Callable
+    from typing import Any
+
+    from tm.core.plainspec import PlainSpec
 
 
 def check_output_options(args: argparse.Namespace) -> None:
@@ -39,9 +40,13 @@ def submitted_text(
     if args.quiet:
         return None
     if args.array is not None:  # hRunJob --array: the ids and the group
+        from tm.cli.hrunjob_array import submitted as array_submitted
+
         return array_submitted(args, ids)
     if args.jobsFile is None:
         return f"Job [{ids[0]}] has been submitted to TaskDispatcher."
+    from tm.jobfile import compress_ids
+
     return f"{len(ids)} job(s) [{compress_ids(ids)}] have been submitted to TaskDispatcher."
 
 

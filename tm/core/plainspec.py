@@ -15,7 +15,9 @@ Pure: no I/O, and nothing imported.
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # not even typing at run time: the CLI's start pays for each import
+    from typing import Any
 
 
 class PlainSpec:

@@ -7,11 +7,12 @@ the system.
 
 from __future__ import annotations
 
-import json
 import math
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing (the CLI's fast path)
 if TYPE_CHECKING:  # the CLI's fast path checks its PlainSpecs without importing the model
+    from typing import Any
+
     from tm.core.model import JobEnvironment, JobSpec
     from tm.core.plainspec import PlainSpec
 
@@ -129,6 +130,8 @@ def environment_problem(environment: JobEnvironment) -> str | None:
     """The first way a submission's directory or environment breaks a limit, or None."""
     if len(environment.cwd.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
         return f"the submission directory is longer than {MAX_PATH_BYTES} bytes"
+    import json  # not on the CLI's fast path, which imports this module
+
     size = len(json.dumps(environment.env).encode("utf-8", "surrogatepass"))
     if size > MAX_ENVIRONMENT_BYTES:
         return (
