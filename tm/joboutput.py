@@ -8,7 +8,10 @@ directory, ``~`` expanded; without them ``~/.taskmanager/logs/ID.out`` and ``ID.
 from __future__ import annotations
 
 import os
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # hConnect's everyday commands do without typing
+    from typing import Any
 
 STREAMS = ("out", "err")
 

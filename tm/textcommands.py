@@ -9,10 +9,6 @@ Twisted: ``hConnect`` runs it over the TMS's Unix socket as well as over AMP.
 
 from __future__ import annotations
 
-import re
-from collections.abc import Awaitable, Callable
-from typing import Any
-
 from tm.textcontrol import CONTROL_COMMANDS, run_control
 
 # The formatting of the answers lives in tm.textformat: its names stay importable from here.
@@ -52,7 +48,12 @@ __all__ = [
     "parse",
 ]
 
-Call = Callable[..., Awaitable[dict[str, Any]]]
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # hConnect's everyday commands import neither typing nor re
+    from collections.abc import Awaitable, Callable
+    from typing import Any
+
+    Call = Callable[..., Awaitable[dict[str, Any]]]
 
 TARGETS = ("tms", "dispatcher")
 PAGE_LIMIT = 1000  # the dispatcher ends a page sooner where one AMP value is full
@@ -307,6 +308,8 @@ def parse(line: str, target: str) -> TextCommand:
     elif spec.arg == "resubmit":
         args = _resubmit_args(rest, spec)
     elif spec.arg == "regex":
+        import re
+
         try:
             re.compile(rest)
         except re.error as e:

@@ -7,12 +7,12 @@ Pure, without Twisted (``hConnect``'s fast path runs it): sends ``ControlJobs`` 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # hConnect's everyday commands import neither typing nor tm.jobfile
+    from collections.abc import Awaitable, Callable
+    from typing import Any
 
-from tm.jobfile import compress_ids
-
-Call = Callable[..., Awaitable[dict[str, Any]]]
+    Call = Callable[..., Awaitable[dict[str, Any]]]
 
 #: command -> (action, by group)
 _ACTIONS = {
@@ -55,6 +55,8 @@ async def run_control(name: str, args: tuple[Any, ...], call: Call) -> str:
         notes += r.get("notes") or []
     verb = _DONE[action]
     if done:
+        from tm.jobfile import compress_ids
+
         line = f"job(s) {compress_ids(sorted(set(done)))}"
         line += f" and {more} more" if more else ""
         lines = [f"{line} {'has' if len(done) == 1 and not more else 'have'} been {verb}"]

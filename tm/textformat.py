@@ -7,12 +7,13 @@ the commands, sends them and formats their answers with these functions.
 
 from __future__ import annotations
 
-import json
 import time
-from typing import Any
 
-from tm.core.jobtime import format_duration, format_limit, format_memory, format_usage
 from tm.joboutput import run_time, shown_outputs
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # hConnect's everyday commands import neither typing nor, for a listing
+    from typing import Any  # of waiting or running jobs, json and tm.core.jobtime (re)
 
 ENDED_STATES = ["finished", "failed", "killed", "timeout", "cancelled"]
 TERMINAL_STATES = ("finished", "failed", "killed", "lost", "timeout", "cancelled")
@@ -53,6 +54,8 @@ def _job_where(job: dict[str, Any]) -> str:
 
 def _usage(job: dict[str, Any]) -> str:
     """An ended job's resource use, as ``seff`` shows it ("" when it was not measured)."""
+    from tm.core.jobtime import format_usage
+
     return format_usage(
         job.get("cpu_time"), job.get("max_rss_kib"), job.get("run_time"), job.get("slots") or 1
     )
@@ -81,6 +84,8 @@ def format_jobs(jobs: list[dict[str, Any]], with_user: bool) -> str:
 
 
 def format_job_detail(response: dict[str, Any]) -> str:
+    from tm.core.jobtime import format_limit
+
     job = response["job"][0]
     state = job["state"]
     if state == "waiting" and response.get("wait_reason"):
@@ -108,7 +113,7 @@ def format_job_detail(response: dict[str, Any]) -> str:
         ("estimated time", opt(job.get("estimated_time"))),
         ("estimated memory", opt(job.get("estimated_memory"))),
         ("time limit", "n.a." if not job.get("time_limit") else format_limit(job["time_limit"])),
-        ("excluded hosts", json.dumps(list(job["excluded_hosts"]))),
+        ("excluded hosts", _json_text(list(job["excluded_hosts"]))),
         ("host", opt(job["host"])),
         ("pid", opt(job.get("pid"))),
         ("exit code", opt(job.get("exit_code"))),
@@ -188,6 +193,8 @@ def group_block(group: str, counts: dict[str, int], used: dict[str, Any] | None 
 def _group_usage(used: dict[str, Any]) -> str:
     """Their CPU time summed, its efficiency over their slot-time, their largest peak memory,
     and their run time summed."""
+    from tm.core.jobtime import format_duration, format_memory
+
     parts = []
     cpu, slot_time = used.get("cpu_time"), used.get("slot_time")
     if cpu is not None:
@@ -214,7 +221,13 @@ def format_td_status_json(status: dict[str, Any]) -> str:
     }
     for state, count in _counts(status["counts"]).items():
         doc[f"{state} jobs"] = count
-    return json.dumps(doc)
+    return _json_text(doc)
+
+
+def _json_text(value: object) -> str:
+    import json
+
+    return json.dumps(value)
 
 
 def format_status(status: dict[str, Any]) -> str:

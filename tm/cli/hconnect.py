@@ -7,24 +7,86 @@ the home is reached over TLS), through :mod:`tm.cli.common`.
 
 from __future__ import annotations
 
-import argparse
 import sys
-from typing import Any
 
-from tm import VERSION_LINE, localsocket, textcommands, textjson
-from tm.cli import completion
+from tm import localsocket, textcommands
 from tm.cli.errors import CLIError, blocking_call, leave, report, run_now
-from tm.cli.helpformat import HelpFormatter
+from tm.cli.hrunjob_args import Options
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # the everyday commands import neither argparse nor typing
+    import argparse
+    from typing import Any
 
 PROG = "hConnect"
 
+#: The options read without argparse (:func:`parse_everyday`): option word -> (destination,
+#: whether it takes the next word as its value).
+EVERYDAY_OPTIONS = {
+    "-T": ("connect_to_td", False),
+    "--connect_to_td": ("connect_to_td", False),
+    "-v": ("verbose", False),
+    "--verbose": ("verbose", False),
+    "--json": ("json", False),
+    "--dispatcher": ("dispatcher", True),
+}
+#: The parser's destinations and defaults, in its order (tests/unit/test_cli_parse.py).
+DEFAULTS: dict[str, object] = {
+    "connect_to_td": False,
+    "verbose": False,
+    "dispatcher": None,
+    "completion": None,
+    "complete_ids": False,
+    "json": False,
+    "command": [],
+}
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:
-        raise CLIError(f"{message} (see {PROG} -h)", status=2)
+
+def parse_everyday(argv: list[str]) -> Options | None:
+    """``argv`` as argparse's parser reads it, for the everyday forms (options as whole words,
+    then the command); None for anything else (help, errors, the rare options), which is
+    argparse's to read, as tm/cli/hrunjob_args.py does for hRunJob."""
+    values: dict[str, object] = dict(DEFAULTS)
+    at = 0
+    while at < len(argv):
+        word = argv[at]
+        if not word.startswith("-"):
+            rest = argv[at:]
+            if "--" in rest:
+                return None
+            values["command"] = rest
+            break
+        option = EVERYDAY_OPTIONS.get(word)
+        if option is None:
+            return None
+        name, valued = option
+        if not valued:
+            values[name] = True
+            at += 1
+            continue
+        if at + 1 >= len(argv) or argv[at + 1].startswith("-"):
+            return None
+        values[name] = argv[at + 1]
+        at += 2
+    return Options(**values)
+
+
+def parse_command_line(argv: list[str]) -> argparse.Namespace:
+    everyday = parse_everyday(argv)
+    return everyday if everyday is not None else build_parser().parse_args(argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    import argparse
+
+    from tm import VERSION_LINE
+    from tm.cli import completion
+    from tm.cli.helpformat import HelpFormatter
+
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> Any:
+            raise CLIError(f"{message} (see {PROG} -h)", status=2)
+
     p = _Parser(
         prog=PROG,
         description="Send a text command to your TMS or (-T) the dispatcher.",
@@ -47,7 +109,7 @@ def prepare(
 ) -> tuple[argparse.Namespace, textcommands.TextCommand]:
     """``argv``'s options and its command; ``args``: ``argv`` parsed already."""
     if args is None:
-        args = build_parser().parse_args(argv)
+        args = parse_command_line(argv)
     line = " ".join(args.command).strip()
     target = "dispatcher" if args.connect_to_td else "tms"
     if not line:
@@ -109,7 +171,7 @@ async def main_async(reactor: Any, argv: list[str]) -> int:
 
     args, command = prepare(argv)
     if command.name in ("help", "fullhelp"):
-        print(run_now(textjson.answer(command, no_call, args.json)))
+        print(run_now(answer(command, no_call, args.json)))
         return 0
     if args.connect_to_td:
         proto = await connect_dispatcher_direct(reactor, args.dispatcher)
@@ -133,6 +195,10 @@ async def main_async(reactor: Any, argv: list[str]) -> int:
 async def answer(command: textcommands.TextCommand, call: Any, as_json: bool) -> str:
     """The answer's text (or JSON document); a command that names nothing known: CLIError."""
     try:
+        if not as_json:
+            return await command.run(call)
+        from tm import textjson  # --json alone
+
         return await textjson.answer(command, call, as_json)
     except textcommands.TextCommandError as e:
         raise CLIError(str(e)) from None
@@ -143,13 +209,14 @@ async def no_call(name: str, **kw: Any) -> Any:  # pragma: no cover - help asks 
 
 
 def main_fast(argv: list[str]) -> int:
-    parsed = build_parser().parse_args(argv)
-    early = completion.early(PROG, parsed)
-    if early is not None:  # --completion SHELL, --complete-ids
-        return early
+    parsed = parse_command_line(argv)
+    if parsed.completion or parsed.complete_ids:  # --completion SHELL, --complete-ids
+        from tm.cli import completion
+
+        return completion.early(PROG, parsed) or 0
     args, command = prepare(argv, parsed)
     if command.name in ("help", "fullhelp"):
-        print(run_now(textjson.answer(command, no_call, args.json)))
+        print(run_now(answer(command, no_call, args.json)))
         return 0
     if not args.connect_to_td:
         try:

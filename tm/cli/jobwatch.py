@@ -18,19 +18,20 @@ are, :mod:`tm.textcommands`), and writes to the streams it is given.
 
 from __future__ import annotations
 
-import base64
+import _socket  # socket's gethostname, without socket's enums (the everyday path)
 import io
-import json
 import os
-import socket
 import time
-from collections.abc import Awaitable, Callable
-from typing import IO, Any
 
 from tm.cli.errors import CLIError
 from tm.joboutput import output_path
 
-Call = Callable[..., Awaitable[dict[str, Any]]]
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # hConnect wait and cat import neither typing nor collections
+    from collections.abc import Awaitable, Callable
+    from typing import IO, Any
+
+    Call = Callable[..., Awaitable[dict[str, Any]]]
 
 ACTIVE = ("waiting", "pending", "running", "lost")
 NOT_STARTED = ("waiting", "pending", "lost")
@@ -207,6 +208,8 @@ async def wait_jobs(
     done, _, _, failed_count, total = tally(known)
     failed = sorted(answer["failed"], key=lambda j: j["id"])
     if as_json:
+        import json
+
         code = ending_code(failed[0]) if failed_count else 0
         keys = ("id", "state", "exit_code", "signal", "reason")
         out.write(
@@ -255,7 +258,7 @@ def parse_output(text: str, name: str) -> tuple[int, str]:
 
 
 def _this_host(name: str) -> bool:
-    here = socket.gethostname()
+    here = _socket.gethostname()
     return name == here or name.split(".")[0] == here.split(".")[0]
 
 
@@ -320,6 +323,8 @@ class OutputReader:
             length=READ_CHUNK,
         )
         self.missing = bool(answer["missing"])
+        import base64  # cat and follow through the TMS alone
+
         return base64.b64decode(answer["data"])
 
 
