@@ -168,6 +168,90 @@ def test_the_everyday_commands_import_neither_dataclasses_nor_the_model(tmp_path
     assert report["before_help"] == []  # shutil: argparse's formatter, for the width alone
 
 
+#: What the commonest commands do without: argparse (with gettext and its parser), re, enum,
+#: typing, socket (its IntEnums), json (re), collections and functools (imported by all of
+#: those), each milliseconds of a start that is tens of milliseconds (tm/cli/hrunjob_args.py,
+#: tm/localsocket.py).
+NOT_ON_THE_COMMONEST_PATH = (
+    "argparse",
+    "re",
+    "enum",
+    "typing",
+    "socket",
+    "json",
+    "collections",
+    "functools",
+    "gettext",
+    "shutil",
+)
+
+
+def test_the_commonest_commands_import_neither_argparse_nor_re_nor_typing(tmp_path: Path) -> None:
+    """hRunJob -q CMD, --wait, options and `--`; hConnect lswjobs (waiting jobs), wait:ID,
+    cat:ID and help, each a process of its own against a TMS's socket (a scripted one, in a
+    process of its own: its json and threads are not the CLI's) import none of
+    NOT_ON_THE_COMMONEST_PATH."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), HOME=str(tmp_path))
+    env.pop("TM_TRACE", None)
+    server_code = FAKE_TMS + (
+        "ANSWERS['ListJobs'] = lambda kw: {'jobs': [dict(JOB, state='waiting')],\n"
+        "                                  'next_after_id': None}\n"
+        "print('ready', flush=True)\n"
+        "sys.stdin.read()\n"  # until the test ends
+    )
+    server = subprocess.Popen(
+        [sys.executable, "-c", server_code],
+        env=env,
+        cwd=tmp_path,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        assert server.stdout.readline() == "ready\n"  # the pipe's end: the test's timeout
+        runs = [
+            ("hrunjob", ["-q", "true"], ""),
+            (
+                "hrunjob",
+                ["--wait", "echo", "hi"],
+                "Job [1] has been submitted to TaskDispatcher.\n",
+            ),
+            ("hrunjob", ["-q", "-c", "2", "-g", "g", "-t", "5", "--", "echo", "a b"], ""),
+            ("hconnect", ["lswjobs"], None),
+            ("hconnect", ["wait:7"], None),
+            ("hconnect", ["cat:7"], "the output\n"),
+            ("hconnect", ["help"], None),
+        ]
+        for module, argv, expected in runs:
+            code = (
+                "import sys\n"
+                f"from tm.cli import {module}\n"
+                f"status = {module}.main_fast({argv!r})\n"
+                "sys.stdout.flush()\n"
+                f"print(status, sorted(m for m in {NOT_ON_THE_COMMONEST_PATH!r}\n"
+                "                      if m in sys.modules), file=sys.stderr)\n"
+            )
+            # -S: without site-packages' .pth files, which may import any of these themselves.
+            done = subprocess.run(
+                [sys.executable, "-S", "-c", code],
+                env=env,
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 0, (argv, done.stderr)
+            assert done.stderr.splitlines()[-1] == "0 []", (argv, done.stderr)
+            if expected is not None:
+                assert done.stdout == expected, argv
+            else:
+                assert done.stdout, argv
+    finally:
+        server.kill()
+        server.wait()
+
+
 def test_json_completion_and_version_stay_on_the_fast_path(tmp_path: Path) -> None:
     """--json (a listing's document), hRunJob's JSON of a submission, the completion scripts,
     the job ids for them (no TMS here: none, and none started) and --version import neither

@@ -1,6 +1,7 @@
 """``hRunJob``'s options: the parser, and the limits it checks before anything is sent.
 
-Split from :mod:`tm.cli.hrunjob` (the everyday path imports it too: no Twisted here).
+Split from :mod:`tm.cli.hrunjob` (no Twisted here). The everyday command lines do without it
+(:mod:`tm.cli.hrunjob_args` reads them); it reads the others, with help and errors.
 """
 
 from __future__ import annotations
