@@ -225,9 +225,10 @@ def format_td_status_json(status: dict[str, Any]) -> str:
 
 
 def _json_text(value: object) -> str:
-    import json
+    """``json.dumps(value)``: the same text, without importing json (and re) for lajob."""
+    from tm.localsocket import dumps
 
-    return json.dumps(value)
+    return dumps(value, (", ", ": "))
 
 
 def format_status(status: dict[str, Any]) -> str:

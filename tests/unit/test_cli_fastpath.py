@@ -187,14 +187,14 @@ NOT_ON_THE_COMMONEST_PATH = (
 
 
 def test_the_commonest_commands_import_neither_argparse_nor_re_nor_typing(tmp_path: Path) -> None:
-    """hRunJob -q CMD, --wait, options and `--`; hConnect lswjobs (waiting jobs), wait:ID,
+    """hRunJob -q CMD, --wait, options and `--`; hConnect lswjobs, lsfjobs, lajob:ID, wait:ID,
     cat:ID and help, each a process of its own against a TMS's socket (a scripted one, in a
     process of its own: its json and threads are not the CLI's) import none of
     NOT_ON_THE_COMMONEST_PATH."""
     env = dict(os.environ, PYTHONPATH=str(REPO), HOME=str(tmp_path))
     env.pop("TM_TRACE", None)
     server_code = FAKE_TMS + (
-        "ANSWERS['ListJobs'] = lambda kw: {'jobs': [dict(JOB, state='waiting')],\n"
+        "ANSWERS['ListJobs'] = lambda kw: {'jobs': [dict(JOB, state=kw['states'][0])],\n"
         "                                  'next_after_id': None}\n"
         "print('ready', flush=True)\n"
         "sys.stdin.read()\n"  # until the test ends
@@ -219,6 +219,8 @@ def test_the_commonest_commands_import_neither_argparse_nor_re_nor_typing(tmp_pa
             ),
             ("hrunjob", ["-q", "-c", "2", "-g", "g", "-t", "5", "--", "echo", "a b"], ""),
             ("hconnect", ["lswjobs"], None),
+            ("hconnect", ["lsfjobs"], None),
+            ("hconnect", ["lajob:7"], None),
             ("hconnect", ["wait:7"], None),
             ("hconnect", ["cat:7"], "the output\n"),
             ("hconnect", ["help"], None),

@@ -11,14 +11,15 @@ TaskManager (``-t``).
 from __future__ import annotations
 
 import math
-import re
 
 #: The longest time limit: ten years, as the estimated time (tm/protocol/limits.py).
 MAX_TIME_LIMIT = 10 * 365 * 86_400.0
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0}
-_WITH_UNIT = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([smhd])")
-_CLOCK = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?")
+# Patterns, compiled (and re imported) when a time limit is read: a listing formats durations
+# without them, and hConnect's start pays for every import.
+_WITH_UNIT = r"(\d+(?:\.\d*)?|\.\d+)([smhd])"
+_CLOCK = r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?"
 _FORMS = "90, 90s, 15m, 2h, 1d, MM:SS, HH:MM:SS or D-HH:MM:SS"
 
 
@@ -49,10 +50,12 @@ def _seconds(t: str) -> float | None:
 
 
 def _forms(t: str) -> float | None:
-    m = _WITH_UNIT.fullmatch(t)
+    import re  # re's own cache keeps the patterns compiled
+
+    m = re.fullmatch(_WITH_UNIT, t)
     if m:
         return float(m.group(1)) * _UNITS[m.group(2)]
-    m = _CLOCK.fullmatch(t)
+    m = re.fullmatch(_CLOCK, t)
     if not m or (m.group(1) is None and m.group(3) is None):
         return None  # a bare number is handled before; "5-" or "" is not a duration
     days = int(m.group(1)) if m.group(1) is not None else None
