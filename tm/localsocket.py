@@ -79,23 +79,27 @@ def _not_serializable(value: object) -> object:
 def dumps(value: object, separators: tuple[str, str] = (",", ":")) -> str:
     """``json.dumps(value, separators=separators)``, the same text, without importing json
     (json.JSONEncoder.iterencode's one-shot path: its C encoder)."""
-    if not ACCELERATED or isinstance(value, str):  # pragma: no cover
-        import json
+    if ACCELERATED and not isinstance(value, str):
+        item_separator, key_separator = separators
+        try:  # json.JSONEncoder's arguments: circular check, default, ensure_ascii, no indent
+            encode = _c_make_encoder(
+                {},
+                _not_serializable,
+                _c_encode_string,
+                None,
+                key_separator,
+                item_separator,
+                False,
+                False,
+                True,
+            )
+        except TypeError:  # pragma: no cover - a Python whose encoder takes other arguments
+            pass
+        else:
+            return "".join(encode(value, 0))
+    import json
 
-        return json.dumps(value, separators=separators)
-    item_separator, key_separator = separators
-    encode = _c_make_encoder(
-        {},
-        _not_serializable,
-        _c_encode_string,
-        None,
-        key_separator,
-        item_separator,
-        False,
-        False,
-        True,
-    )
-    return "".join(encode(value, 0))
+    return json.dumps(value, separators=separators)
 
 
 class _DecoderContext:
@@ -114,7 +118,12 @@ class _DecoderContext:
 
 
 _context: Any = _DecoderContext()
-_scan = _c_make_scanner(_context) if ACCELERATED else None
+_scan = None
+if ACCELERATED:
+    try:
+        _scan = _c_make_scanner(_context)
+    except (TypeError, AttributeError):  # pragma: no cover - a scanner that reads other names
+        pass
 
 
 def loads(data: bytes) -> Any:
