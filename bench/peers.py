@@ -107,6 +107,11 @@ def make_venv(where: Path) -> None:
     global PYTHON
     subprocess.run([sys.executable, "-m", "venv", str(where)], check=True)
     python = where / "bin" / "python"
+    # A current pip first, as `pip install --upgrade pip` leaves a user: pip >= 25 writes
+    # console scripts without the `import re` of older ones (about 4 ms of every command).
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", "--upgrade", "pip"], capture_output=True
+    )
     done = subprocess.run(
         [str(python), "-m", "pip", "install", "--quiet", str(REPO)], capture_output=True, text=True
     )
