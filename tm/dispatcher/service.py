@@ -355,7 +355,8 @@ class Dispatcher(
             for job in mine:
                 self._placed(True, job, job.attempt)
         self.release(claims)
-        self.request_pass()
+        if len(placed) < len(ids):  # jobs of it wait: a pass for them
+            self.request_pass()
         return ids, warnings
 
     async def set_cluster_active(self, active: bool) -> None:
