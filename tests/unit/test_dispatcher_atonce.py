@@ -209,3 +209,24 @@ async def test_a_placed_job_not_started_goes_back_to_waiting_at_restart(
         assert time.monotonic() < deadline, "the placement was not undone in the database"
         await deferLater(reactor, 0.01, lambda: None)
     again.stopService()
+
+
+def test_no_job_is_placed_at_once_ahead_of_jobs_still_being_stored(tmp_path: Path) -> None:
+    """While a submission whose jobs will wait is being stored, nothing is placed at once:
+    the pass after it decides, with every waiting job in view."""
+    d, clock, store, executor = connected(tmp_path)
+    d.tms_connected("root", FakeSession(runs_everything))
+    d.executor_connected("root", "h1", FakeSession(runs_everything))
+    store.gate = Deferred()
+    gate = store.gate
+    first = submitted(d, spec(1), spec(2, slots=2))  # the first is placed, the second waits
+    assert d.claimed == {"h1": 1} and d.waiting_in_flight == 1
+    (other,) = ids_of(submitted(d, spec(3), user="root"))
+    assert d.jobs[other].state is JobState.WAITING  # not placed at once
+    assert not getattr(store, "placed_at_submission", 0)
+    gate.callback(None)
+    small, big = ids_of(first)
+    assert store.placed_at_submission == 1 and d.waiting_in_flight == 0
+    clock.advance(0)
+    assert d.jobs[small].state is JobState.RUNNING
+    assert d.jobs.occupied["h1"] <= 2

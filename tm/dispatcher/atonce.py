@@ -120,6 +120,8 @@ class PlaceAtOnce(DispatcherCore):
             trace.point("dispatcher", "written-pending", job.id)
             for observer in self.observers:
                 observer.transition(job, t)
+            if self.watchers:  # as _transition tells them, once committed
+                self.watchers.committed(True, job)
             if job.env_id is not None and job.env_id not in self._environments:
                 # What the transaction stored: the start order need not read it back.
                 if len(self._environments) >= 256:
