@@ -7,7 +7,7 @@ import copy
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
@@ -95,6 +95,27 @@ class MemoryStore:
             by_uuid[spec.uuid] = job_id
             created.append(copy.deepcopy(self.jobs[job_id]))
         return succeed((ids, created))
+
+    def insert_and_place(
+        self, user: str, environment: Any, specs: list[JobSpec], now: float, placements: Any
+    ) -> Deferred:
+        """As the real store: the submission and its placements in one step."""
+        self.placed_at_submission = getattr(self, "placed_at_submission", 0) + len(placements)
+        ids, created = cast(
+            tuple[list[int], list[Job]], self.insert_jobs(user, environment, specs, now).result
+        )
+        placed = []
+        for job in created:
+            host = placements.get(job.uuid)
+            if host is None:
+                continue
+            t = Transition(job.id, job.attempt, job.state, JobState.PENDING, f"placed on {host}")
+            t = dataclasses.replace(t, host=host, at=now)
+            self.apply_transitions([t], now)
+            for name, value in t.changes(now).items():
+                setattr(job, name, value)
+            placed.append(t)
+        return succeed((ids, created, placed))
 
     def get_jobs(self, job_ids: list[int]) -> Deferred:
         return succeed([copy.deepcopy(self.jobs[i]) for i in job_ids if i in self.jobs])

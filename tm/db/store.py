@@ -284,6 +284,19 @@ class Store:
         """:meth:`submit_jobs`'s ids, and the jobs it created (see queries.insert_jobs)."""
         return await self._run(queries.insert_jobs, user, environment, specs, now)
 
+    async def insert_and_place(
+        self,
+        user: str,
+        environment: JobEnvironment,
+        specs: list[JobSpec],
+        now: float,
+        placements: dict[str, str],
+    ) -> tuple[list[int], list[Job], list[Transition]]:
+        """:meth:`insert_jobs`, and in the same transaction the placement of the created jobs
+        that ``placements`` names (uuid -> host): one commit covers both. The created jobs
+        come back as they are after it; the placements applied, as their transitions."""
+        return await self._run(_insert_and_place, user, environment, specs, now, placements)
+
     async def apply_transitions(self, transitions: list[Transition], now: float) -> list[bool]:
         return await self._run(queries.apply_transitions, transitions, now)
 
@@ -381,6 +394,41 @@ class Store:
 
     async def set_user_enabled(self, name: str, enabled: bool) -> bool:
         return await self._run(queries.set_user_enabled, name, enabled)
+
+
+def _insert_and_place(
+    txn: Any,
+    d: Dialect,
+    user: str,
+    environment: JobEnvironment,
+    specs: list[JobSpec],
+    now: float,
+    placements: dict[str, str],
+) -> tuple[list[int], list[Job], list[Transition]]:
+    """One transaction: the submission (queries.insert_jobs), then the placement of its
+    created jobs that ``placements`` names, as the writer would write it
+    (queries.apply_transitions), applied to the created jobs as the dispatcher applies it."""
+    ids, created = queries.insert_jobs(txn, d, user, environment, specs, now)
+    placing = [
+        (
+            job,
+            Transition(
+                job.id, job.attempt, job.state, JobState.PENDING, f"placed on {host}", host, at=now
+            ),
+        )
+        for job in created
+        if (host := placements.get(job.uuid)) is not None
+    ]
+    if not placing:
+        return ids, created, []
+    applied = queries.apply_transitions(txn, d, [t for _, t in placing], now)
+    done = []
+    for (job, t), ok in zip(placing, applied, strict=True):
+        if ok:
+            for name, value in t.changes(now).items():
+                setattr(job, name, value)
+            done.append(t)
+    return ids, created, done
 
 
 def check_url_sync(url: str) -> None:

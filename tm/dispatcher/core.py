@@ -151,6 +151,9 @@ class DispatcherCore:
         self.passes = 0
         self._environments: dict[int, Any] = {}  # env_id -> as RunJob carries it
         self.start_batches = StartBatches(reactor)  # the start orders of a turn, per executor
+        #: host -> slots claimed by jobs placed in their submission's transaction, not yet in
+        #: the working set (tm/dispatcher/atonce.py); a pass counts them as occupied.
+        self.claimed: dict[str, int] = {}
         #: Told of each transition (``transition(job, t)``), submission (``submitted(jobs)``)
         #: and scheduling pass (``pass_done(seconds)``): the dashboard and metrics (tm.web).
         self.observers: list[Any] = []
@@ -382,6 +385,8 @@ class DispatcherCore:
         walks the waiting jobs. ``listing``: every waiting job as a list too (for
         lsnextjobs and the reason a job waits, which walk the queue anyway)."""
         occ = self.jobs.occupied
+        if self.claimed:
+            occ = {h: occ.get(h, 0) + self.claimed.get(h, 0) for h in {*occ, *self.claimed}}
         now = self.reactor.seconds()
         hosts = tuple(
             scheduler.HostView(

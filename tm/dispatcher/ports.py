@@ -51,6 +51,14 @@ class DispatcherStore(Protocol):
     def insert_jobs(
         self, user: str, environment: JobEnvironment, specs: list[JobSpec], now: float
     ) -> Coroutine[Any, Any, tuple[list[int], list[Job]]]: ...
+    def insert_and_place(
+        self,
+        user: str,
+        environment: JobEnvironment,
+        specs: list[JobSpec],
+        now: float,
+        placements: dict[str, str],
+    ) -> Coroutine[Any, Any, tuple[list[int], list[Job], list[Transition]]]: ...
     def apply_transitions(
         self, transitions: list[Transition], now: float
     ) -> Coroutine[Any, Any, list[bool]]: ...

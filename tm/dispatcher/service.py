@@ -29,9 +29,18 @@ from twisted.logger import Logger
 
 from tm import config, trace
 from tm.core import scheduler
-from tm.core.model import MAX_PRIORITY, MIN_PRIORITY, Job, JobEnvironment, JobSpec, JobState
+from tm.core.model import (
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    Job,
+    JobEnvironment,
+    JobSpec,
+    JobState,
+    Transition,
+)
 from tm.db.errors import StoreError
 from tm.dispatcher import challenges
+from tm.dispatcher.atonce import PlaceAtOnce
 from tm.dispatcher.audit import AuditLog
 from tm.dispatcher.core import (  # noqa: F401 - the names tests and the tap import from here
     EXECUTOR_BACKOFF,
@@ -57,7 +66,9 @@ from tm.loginlimit import LoginLimiter
 from tm.protocol import commands, records
 
 
-class Dispatcher(ExecutorLinks, JobControl, JobDependencies, DispatcherCore, service.Service):
+class Dispatcher(
+    PlaceAtOnce, ExecutorLinks, JobControl, JobDependencies, DispatcherCore, service.Service
+):
     log = Logger()
 
     def __init__(self, reactor: Any, settings: Settings, store: DispatcherStore) -> None:
@@ -295,25 +306,57 @@ class Dispatcher(ExecutorLinks, JobControl, JobDependencies, DispatcherCore, ser
             if tuple(excluded) != spec.excluded_hosts:
                 specs[index] = dataclasses.replace(spec, excluded_hosts=tuple(excluded))
         checked = await self.check_dependencies(user, specs)
+        now = self.reactor.seconds()
+        # Jobs that can start now are placed in the same transaction (tm/dispatcher/atonce.py).
+        claims = self.claim_at_once(user, specs)
+        waits = len(claims) < len(specs)
+        self.waiting_in_flight += waits
+        placed: list[Transition] = []
         try:
-            ids, created = await self.store.insert_jobs(
-                user, environment, specs, self.reactor.seconds()
-            )
+            if claims:
+                hosts = {uuid: host for uuid, (host, _) in claims.items()}
+                ids, created, placed = await self.store.insert_and_place(
+                    user, environment, specs, now, hosts
+                )
+            else:
+                ids, created = await self.store.insert_jobs(user, environment, specs, now)
             trace.point("dispatcher", "submit-committed", ids[-1] if ids else "-")
         except (commands.TMError, StoreError):
+            self.release(claims)
             raise  # a StoreError becomes its AMP error at the responder's edge
         except Exception as e:
+            self.release(claims)
             self.log.failure("submission of {n} jobs failed", n=len(specs))
             raise commands.DatabaseUnavailable(f"the submission was not stored: {e}") from None
+        finally:
+            self.waiting_in_flight -= waits
+        # In the working set (pending ones holding their slots) in the turn their claims end.
+        self.release(claims, [job.uuid for job in created])
         self.take_in(created, checked)
         for observer in self.observers:
             observer.submitted(created)
+        if placed:
+            by_id = {job.id: job for job in created}
+            self.placed_at_once(((by_id[t.job_id], t) for t in placed), environment)
         if len(created) < len(ids):  # a resent chunk: what it stored before, if still waiting
             known = {job.id for job in created}
             unknown = [i for i in ids if i not in known and i not in self.jobs]
             again = await self.store.get_jobs(unknown) if unknown else []
             self.take_in([job for job in again if job.state is JobState.WAITING], checked)
-        self.request_pass()
+            # Placed by an earlier try of this transaction that committed unseen (a lost
+            # connection): started as placed, with the slots claimed for them until now.
+            mine = [
+                job
+                for job in again
+                if job.state is JobState.PENDING and claims.get(job.uuid, ("",))[0] == job.host
+            ]
+            self.release(claims)
+            self.take_in(mine, checked)
+            for job in mine:
+                self._placed(True, job, job.attempt)
+        self.release(claims)
+        if len(placed) < len(ids):  # jobs of it wait: a pass for them
+            self.request_pass()
         return ids, warnings
 
     async def set_cluster_active(self, active: bool) -> None:

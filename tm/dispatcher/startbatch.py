@@ -66,6 +66,11 @@ class StartBatches:
             self.reactor.callLater(0, self._flush)
         return order.deferred
 
+    def send_now(self) -> None:
+        """Send the orders queued so far now, not at the turn's end: the placements made at
+        submission go out right after their commit (tm/dispatcher/atonce.py)."""
+        self._flush()
+
     def _flush(self) -> None:
         self._scheduled = False
         queues, self._queues = self._queues, {}
