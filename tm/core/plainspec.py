@@ -10,46 +10,18 @@ by attribute (``tm.protocol.limits.spec_problem``, the records' row functions) r
 makes of the same JobSpec. ``tests/unit/test_plainspec.py`` checks the names, order,
 defaults and kinds against :mod:`tm.core.jobfields` and the model.
 
-Pure: no I/O, and nothing imported.
+Pure: no I/O, and nothing imported but ``operator``.
 """
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import Any
 
 
 class PlainSpec:
     """One job of a submission, as :class:`~tm.core.model.JobSpec` has it."""
 
-    # The fields of jobfields.SPEC_FIELDS (JobSpec's attributes), in their order.
-    __slots__ = (
-        "uuid",
-        "command",
-        "shell",
-        "slots",
-        "priority",
-        "group",
-        "info",
-        "stdout",
-        "stderr",
-        "logfile",
-        "excluded_hosts",
-        "estimated_time",
-        "estimated_memory",
-        "signature",
-        "signed_at",
-        "after",
-        "after_any",
-        "after_group",
-        "hold",
-        "time_limit",
-        "retries",
-        "retry_on_exit",
-        "on_end",
-        "array_id",
-        "array_index",
-        "array_cap",
-    )
     uuid: str
     command: str
     shell: str
@@ -84,12 +56,14 @@ class PlainSpec:
         unknown = values.keys() - DEFAULTS.keys()
         if unknown:
             raise TypeError(f"PlainSpec has no field {sorted(unknown)[0]!r}")
-        for name, default in DEFAULTS.items():
-            setattr(self, name, values.get(name, default))
+        # Two dict updates, not a setattr per field: hRunJob -f makes one per line.
+        attributes = self.__dict__
+        attributes.update(DEFAULTS)
+        attributes.update(values)
 
     def values(self) -> dict[str, Any]:
         """Every field's value, by name, in the fields' order."""
-        return {name: getattr(self, name) for name in SPEC_NAMES}
+        return dict(zip(SPEC_NAMES, _field_values(self.__dict__), strict=True))
 
     def replace(self, **changes: Any) -> PlainSpec:
         """A copy with ``changes`` (as ``dataclasses.replace`` makes of a JobSpec)."""
@@ -112,7 +86,9 @@ class PlainSpec:
         return "PlainSpec(" + ", ".join(f"{k}={v!r}" for k, v in self.values().items()) + ")"
 
 
-SPEC_NAMES: tuple[str, ...] = PlainSpec.__slots__
+#: The fields of jobfields.SPEC_FIELDS (JobSpec's attributes), in their order.
+SPEC_NAMES: tuple[str, ...] = tuple(PlainSpec.__annotations__)
+_field_values = itemgetter(*SPEC_NAMES)
 #: The fields a spec must be given (JobSpec's fields without a default).
 REQUIRED = ("uuid", "command")
 #: Every field's value when not given: JobSpec's defaults (None for the required ones).
