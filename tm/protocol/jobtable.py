@@ -84,7 +84,10 @@ def fit_table(
     parts: list[bytes] = []
     used = len(HEAD) + len(TAIL) - 1  # the first row has no comma before it
     for source in rows:
-        row = to_row(source)
+        try:
+            row = to_row(source)
+        except (TypeError, ValueError, KeyError) as e:
+            raise TableError(f"job {first + len(parts)}: {e}") from None
         try:
             these = _values_of(row)
         except KeyError:
