@@ -549,7 +549,10 @@ def test_a_large_submission_goes_as_tables_to_a_dispatcher_that_knows_them(
     spec = hrunjob.spec_from_options(
         vars(hrunjob.build_parser().parse_args(["x"])) | {"command": "x" * 1000}
     )
-    rows = [hrunjob.spec_to_json(spec) | {"uuid": f"u{i}"} for i in range(300)]
+    rows = [
+        hrunjob.spec_to_json(spec) | {"uuid": f"u{i}", "command": f"{i}" + "x" * 1000}
+        for i in range(300)
+    ]
     peer.request("SubmitJobs", cwd="/", umask=0o22, env={"A": "b"}, jobs=rows)
     [answer] = peer.answers()
     assert answer["answer"] == {"job_ids": list(range(1, 301)), "warnings": []}

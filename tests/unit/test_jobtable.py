@@ -150,15 +150,56 @@ def test_the_sender_checks_a_table_and_numbers_the_job_in_the_whole_submission()
 
 
 def test_a_table_holds_what_fits_one_amp_value() -> None:
-    rows = [records.spec_to_amp(spec(i)) for i in range(1000)]
+    rows = [records.spec_to_amp(spec(i)) for i in range(5000)]
     text, n = jobtable.fit_table(rows, lambda row: row, 1, LIMIT)
-    assert 0 < n < 1000 and len(text.encode()) <= LIMIT
+    assert 0 < n < 5000 and len(text.encode()) <= LIMIT
     assert [r["uuid"] for r in jobtable.rows_of_table(text)] == [r["uuid"] for r in rows[:n]]
     # More jobs than a value of SubmitJobs' boxes holds.
     _, boxes = records.fit_to_value(records.JOB_SPEC_FIELDS, rows, lambda row: row)
     assert n > boxes
     huge = records.spec_to_amp(dataclasses.replace(spec(1), command="x" * LIMIT))
     assert jobtable.fit_table([huge], lambda row: row, 1, LIMIT)[1] == 0
+
+
+def test_values_the_same_in_each_job_go_once_and_a_job_that_differs_starts_the_next_table() -> None:
+    rows = [records.spec_to_amp(spec(i, group="g")) for i in range(1, 201)]
+    rows[150]["group"] = "other"
+    text, n = jobtable.fit_table(rows, lambda row: row, 1, LIMIT)
+    doc = json.loads(text)
+    assert n == 150 and doc["same"]["group"] == "g" and "group" not in doc["fields"]
+    assert doc["fields"][:2] == ["uuid", "command"]  # what differs from job to job
+    assert jobtable.rows_of_table(text) == rows[:150]
+    text, n = jobtable.fit_table(rows[150:], lambda row: row, 151, LIMIT)
+    assert n == 50 and jobtable.rows_of_table(text) == rows[150:]
+    # One job: every value but its uuid is "the same".
+    text, n = jobtable.fit_table(rows[:1], lambda row: row, 1, LIMIT)
+    assert n == 1 and json.loads(text)["fields"] == ["uuid"]
+    assert jobtable.rows_of_table(text) == rows[:1]
+
+
+@pytest.mark.parametrize(
+    ("same", "said"),
+    [
+        ({"x": 1}, "unknown or listed field: x"),
+        ({"uuid": "u"}, "unknown or listed field: uuid"),
+        ({"slots": "2"}, "slots must be a whole number"),
+        ({"command": None}, "command must be given"),
+        ([1], "same values must be an object"),
+    ],
+)
+def test_bad_same_values_are_refused(same: Any, said: str) -> None:
+    doc = {"fields": ["uuid"], "same": same, "rows": [["u"]]}
+    with pytest.raises(jobtable.TableError, match=said):
+        jobtable.rows_of_table(json.dumps(doc))
+
+
+def test_a_whole_number_given_once_for_a_number_field_is_a_float() -> None:
+    row = records.spec_to_amp(spec(1))
+    same = {name: row[name] for name in jobtable.NAMES if name != "uuid"} | {"time_limit": 5}
+    [got] = jobtable.rows_of_table(
+        json.dumps({"fields": ["uuid"], "same": same, "rows": [[row["uuid"]]]})
+    )
+    assert got["time_limit"] == 5.0 and type(got["time_limit"]) is float
 
 
 # --- the dispatcher's responder ------------------------------------------------------------

@@ -60,9 +60,8 @@ _WHAT = {
 }
 _values_of = itemgetter(*NAMES)
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
-#: The bytes of a table around its rows.
-HEAD = ('{"fields":' + _encode(list(NAMES)) + ',"rows":[').encode("utf-8")
-TAIL = b"]}"
+#: Jobs read ahead to find the fields whose value is the same in each (sent once per table).
+LOOKAHEAD = 64
 
 
 class TableError(ValueError):
@@ -79,31 +78,73 @@ def fit_table(
     many. ``to_row`` makes each one's row of SubmitJobs (its fields by name; an optional one
     may be absent); the values are checked here as the receiver checks them (TableError
     naming the job, numbered from ``first``), so that a bad one is refused before the
-    chunk leaves. A row that alone is over ``limit`` ends the table there."""
+    chunk leaves. A row that alone is over ``limit`` ends the table there.
+
+    The fields whose value is the same in the first :data:`LOOKAHEAD` jobs go once, in
+    ``same``; a later job with another value there ends the table (the next one starts
+    from it)."""
     values: list[tuple[Any, ...]] = []
+    for source in rows[:LOOKAHEAD]:
+        values.append(_values(to_row, source, first + len(values)))
+    if not values:
+        return "", 0
+    checked_rows(NAMES, values, first)
+    # The uuid always varies (and keeps each row a list of at least one value).
+    varying = [0] + [
+        i for i, column in enumerate(zip(*values, strict=True)) if i and not _one_value(column)
+    ]
+    fixed = [i for i in range(len(NAMES)) if i not in varying]
+    row_of = itemgetter(*varying, 0)  # a tuple even of one value; the extra one cut below
+    fixed_of = itemgetter(*fixed) if len(fixed) > 1 else (lambda v: (v[fixed[0]],) if fixed else ())
+    same_values = fixed_of(values[0])
+    same_key = repr(same_values)
+    head = (
+        '{"fields":'
+        + _encode([NAMES[i] for i in varying])
+        + ',"same":'
+        + _encode({NAMES[i]: value for i, value in zip(fixed, same_values, strict=True)})
+        + ',"rows":['
+    ).encode("utf-8")
     parts: list[bytes] = []
-    used = len(HEAD) + len(TAIL) - 1  # the first row has no comma before it
-    for source in rows:
+    later: list[tuple[Any, ...]] = []  # the values of the jobs after the lookahead
+    used = len(head) + 2 - 1  # "]}"; the first row has no comma before it
+    for index, source in enumerate(rows):
+        if index < len(values):
+            these = values[index]
+        else:
+            these = _values(to_row, source, first + index)
+            if repr(fixed_of(these)) != same_key:
+                break  # another value where the table has one for all: the next table
         try:
-            row = to_row(source)
-        except (TypeError, ValueError, KeyError) as e:
-            raise TableError(f"job {first + len(parts)}: {e}") from None
-        try:
-            these = _values_of(row)
-        except KeyError:
-            these = tuple(row.get(name) for name in NAMES)
-        try:
-            data = _encode(these).encode("utf-8")
+            data = _encode(row_of(these)[:-1]).encode("utf-8")
         except (TypeError, ValueError) as e:
-            checked_rows(NAMES, [these], first + len(parts))  # says which field, if it can
-            raise TableError(f"job {first + len(parts)}: {e}") from None
+            checked_rows(NAMES, [these], first + index)  # says which field, if it can
+            raise TableError(f"job {first + index}: {e}") from None
         if used + 1 + len(data) > limit:
             break
-        values.append(these)
+        if index >= len(values):
+            later.append(these)
         parts.append(data)
         used += 1 + len(data)
-    checked_rows(NAMES, values, first)
-    return (HEAD + b",".join(parts) + TAIL).decode("utf-8"), len(parts)
+    checked_rows(NAMES, later, first + len(values))
+    return (head + b",".join(parts) + b"]}").decode("utf-8"), len(parts)
+
+
+def _values(to_row: Callable[[Any], dict[str, Any]], source: Any, number: int) -> tuple[Any, ...]:
+    """The values of one job's row, in the order of :data:`NAMES` (None for one absent)."""
+    try:
+        row = to_row(source)
+    except (TypeError, ValueError, KeyError) as e:
+        raise TableError(f"job {number}: {e}") from None
+    try:
+        return tuple(_values_of(row))
+    except KeyError:
+        return tuple(row.get(name) for name in NAMES)
+
+
+def _one_value(column: tuple[Any, ...]) -> bool:
+    """Each value of ``column`` is the same (by its ``repr``: 1 and 1.0, 0.0 and -0.0 differ)."""
+    return len(set(map(repr, column))) == 1
 
 
 # --- receiving ----------------------------------------------------------------------------
@@ -133,13 +174,19 @@ def rows_of_table(text: str) -> list[dict[str, Any]]:
     unknown = [name for name in names if name not in _KINDS]
     if unknown:
         raise TableError(f"the job table has a field this dispatcher does not know: {unknown[0]}")
-    missing = _REQUIRED.difference(names)
+    same = doc.get("same", {})
+    if not isinstance(same, dict):
+        raise TableError("the job table's same values must be an object")
+    for name, value in same.items():
+        if name not in _KINDS or name in names:
+            raise TableError(f"the job table's same values name an unknown or listed field: {name}")
+        same[name] = _checked_column(name, (value,), 1)[0]
+    missing = _REQUIRED.difference(names, same)
     if missing:
         raise TableError(f"the job table lacks the field {sorted(missing)[0]}")
     rows = checked_rows(names, rows)
-    if len(names) == len(NAMES):
-        return [dict(zip(names, row, strict=True)) for row in rows]
-    return [_NONES | dict(zip(names, row, strict=True)) for row in rows]
+    base = _NONES | same
+    return [base | dict(zip(names, row, strict=True)) for row in rows]
 
 
 def checked_rows(names: Sequence[str], rows: list[Any], first: int = 1) -> list[Any]:
