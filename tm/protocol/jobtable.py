@@ -2,9 +2,11 @@
 
 ``SubmitJobs`` carries each job as an AMP box (each of its 26 fields a key and a
 length-prefixed value), which the dispatcher reads field by field in Python. A table carries
-the same rows as one JSON document, ``{"fields": [NAME, ...], "rows": [[VALUE, ...], ...]}``,
-read by ``json`` in C and checked a column at a time (again in C: ``set(map(type, column))``):
-about three times the jobs in one AMP value, a fraction of the decoding.
+the same rows as one JSON document, ``{"fields": [NAME, ...], "same": {NAME: VALUE, ...},
+"rows": [[VALUE, ...], ...]}`` (``same``: the fields whose value is that in every job, sent
+once), read by ``json`` in C and checked a column at a time (again in C:
+``set(map(type, column))``): three times the jobs of a bulk submission in one AMP value (561
+short jobs against 160), a tenth of the decoding.
 
 The values are those of a row of ``SubmitJobs`` (``tm.protocol.records.JOB_SPEC_FIELDS``),
 checked as AMP's arguments check them: text is text (valid Unicode), an integer an integer of
