@@ -45,18 +45,10 @@ from tm.protocol import limits as records  # the limits alone: no Twisted
 # and arrays import their modules when given.
 
 
-#: Random bytes read ahead for the next UUIDs: one read of the system's randomness per 64
-#: jobs, not per job (a job file of 100 000 lines spent 0.8 s in those reads here).
-_RANDOM_AHEAD = bytearray()
-
-
 def new_uuid() -> str:
     """A random (version 4) UUID as text, as ``str(uuid.uuid4())`` makes it: without the
     uuid module, whose import (it imports ``platform``) costs a command's start 2 ms."""
-    if not _RANDOM_AHEAD:
-        _RANDOM_AHEAD.extend(os.urandom(16 * 64))
-    raw = _RANDOM_AHEAD[-16:]
-    del _RANDOM_AHEAD[-16:]
+    raw = bytearray(os.urandom(16))
     raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
     raw[8] = (raw[8] & 0x3F) | 0x80  # the RFC 4122 variant
     h = raw.hex()
