@@ -9,11 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.protocols import amp
 
+from tests.helpers.amp_pair import connected_pair
 from tests.unit.dispatcher_fakes import make_dispatcher
 from tests.unit.test_dispatcher_responders import Peer
 from tm.core.model import Host, JobEnvironment, JobSpec, JobState
 from tm.protocol import commands, jobtable, records
+from tm.protocol.base import BoundedAMP
 from tm.protocol.rowlist import rows_of
 
 LIMIT = records.MAX_VALUE_BYTES
@@ -248,3 +251,28 @@ def test_a_bad_table_stores_nothing(world: Any) -> None:
     with pytest.raises(commands.UnknownHost):
         submit_table(d, clock, [spec(1), spec(2, excluded_hosts=("nowhere",))])
     assert not store.jobs and not d.jobs
+
+
+def test_a_dispatcher_without_the_command_answers_unhandledcommand_and_keeps_the_link() -> None:
+    """What the TMS's fallback to SubmitJobs relies on (tm/userserver/signing.py)."""
+
+    class OldLocator(amp.CommandLocator):  # a dispatcher from before SubmitJobTable
+        @commands.SubmitJobs.responder
+        def submit(self, cwd: str, umask: int, env: Any, jobs: list, sealed_env: Any = None):
+            return {"job_ids": list(range(1, len(jobs) + 1))}
+
+    server = BoundedAMP(locator=OldLocator())
+    client = BoundedAMP()
+    pump = connected_pair(server, client)
+    rows = [records.spec_to_amp(spec(1))]
+    environment = records.environment_to_amp(JobEnvironment(cwd="/tmp"))
+    results: list[Any] = []
+    client.callRemote(commands.SubmitJobTable, **environment, jobs_table=table_of(rows)).addBoth(
+        results.append
+    )
+    pump.flush()
+    [failure] = results
+    assert failure.check(amp.UnhandledCommand)
+    client.callRemote(commands.SubmitJobs, **environment, jobs=rows).addBoth(results.append)
+    pump.flush()
+    assert results[1] == {"job_ids": [1], "warnings": None}
