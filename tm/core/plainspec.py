@@ -10,12 +10,11 @@ by attribute (``tm.protocol.limits.spec_problem``, the records' row functions) r
 makes of the same JobSpec. ``tests/unit/test_plainspec.py`` checks the names, order,
 defaults and kinds against :mod:`tm.core.jobfields` and the model.
 
-Pure: no I/O, and nothing imported but ``operator``.
+Pure: no I/O, and nothing imported.
 """
 
 from __future__ import annotations
 
-from operator import itemgetter
 from typing import Any
 
 
@@ -63,7 +62,7 @@ class PlainSpec:
 
     def values(self) -> dict[str, Any]:
         """Every field's value, by name, in the fields' order."""
-        return dict(zip(SPEC_NAMES, _field_values(self.__dict__), strict=True))
+        return dict(zip(SPEC_NAMES, map(self.__dict__.__getitem__, SPEC_NAMES), strict=True))
 
     def replace(self, **changes: Any) -> PlainSpec:
         """A copy with ``changes`` (as ``dataclasses.replace`` makes of a JobSpec)."""
@@ -88,7 +87,6 @@ class PlainSpec:
 
 #: The fields of jobfields.SPEC_FIELDS (JobSpec's attributes), in their order.
 SPEC_NAMES: tuple[str, ...] = tuple(PlainSpec.__annotations__)
-_field_values = itemgetter(*SPEC_NAMES)
 #: The fields a spec must be given (JobSpec's fields without a default).
 REQUIRED = ("uuid", "command")
 #: Every field's value when not given: JobSpec's defaults (None for the required ones).
