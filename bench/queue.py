@@ -107,6 +107,19 @@ def measure(inst: Installation, size: int, run: int) -> dict[str, Any]:
     rss = rss_mb(pid)
     load_list = load()
     listed, list_cpu, listing = timed(inst, pids, "hConnect", "lswjobs")
+    result = {
+        "waiting": waiting,
+        "rss_mb": round(rss, 1),
+        "submit_seconds": submit,
+        "submit_cpu": submit_cpu,
+        "load_at_submit": load_submit,
+        "list_seconds": listed,
+        "list_cpu": list_cpu,
+        "load_at_list": load_list,
+        "listed_lines": listing.count("\n"),
+    }
+    if run == 0:  # --run 0: the submission and the listing only
+        return result
     cpu0 = cpu_seconds(pid)
     td(inst, "activatecluster")
     wait_until(lambda: lines(marker) >= run, 1800, f"{run} jobs to end", interval=0.05)
@@ -119,25 +132,21 @@ def measure(inst: Installation, size: int, run: int) -> dict[str, Any]:
     wait_until(settled, 600, "the placed jobs to end", interval=0.5)
     cpu1 = cpu_seconds(pid)
     started = lines(marker)
-    return {
-        "waiting": waiting,
+    return result | {
         "jobs_started": started,
         "cpu_ms_per_job_started": round(1000 * (cpu1 - cpu0) / max(1, started), 3),
-        "rss_mb": round(rss, 1),
-        "submit_seconds": submit,
-        "submit_cpu": submit_cpu,
-        "load_at_submit": load_submit,
-        "list_seconds": listed,
-        "list_cpu": list_cpu,
-        "load_at_list": load_list,
-        "listed_lines": listing.count("\n"),
     }
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--sizes", default="1000,100000")
-    p.add_argument("--run", type=int, default=2000, help="jobs started per measure")
+    p.add_argument(
+        "--run",
+        type=int,
+        default=2000,
+        help="jobs started per measure (0: the submission and the listing only)",
+    )
     p.add_argument("--database", default=None, help="mysql://... (default: SQLite)")
     args = p.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]

@@ -26,7 +26,7 @@ from tm.cli.common import command_named
 from tm.cli.errors import blocking_call, run_now
 from tm.core.model import JobSpec
 from tm.jobsign import JobKey
-from tm.protocol import commands, records
+from tm.protocol import commands, jobtable, records
 from tm.userserver import callbacks, local, signing
 
 REPO = Path(__file__).resolve().parents[2]
@@ -619,6 +619,97 @@ def test_a_large_submission_is_sent_in_chunks_of_one_amp_value(
                 )
                 is None
             )
+
+
+def test_a_large_submission_goes_as_tables_to_a_dispatcher_that_knows_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    counter = iter(range(1, 10_000))
+
+    def stored(kw: dict) -> dict:
+        rows = jobtable.rows_of_table(kw["jobs_table"])  # as the dispatcher reads it
+        return {"job_ids": [next(counter) for _ in rows], "warnings": []}
+
+    link = FakeLink({commands.SubmitJobTable: stored, commands.SubmitJobs: stored})
+    peer = Peer(link, os.getuid(), monkeypatch)
+    spec = hrunjob.spec_from_options(
+        vars(hrunjob.build_parser().parse_args(["x"])) | {"command": "x" * 1000}
+    )
+    rows = [
+        hrunjob.spec_to_json(spec) | {"uuid": f"u{i}", "command": f"{i}" + "x" * 1000}
+        for i in range(300)
+    ]
+    peer.request("SubmitJobs", cwd="/", umask=0o22, env={"A": "b"}, jobs=rows)
+    [answer] = peer.answers()
+    assert answer["answer"] == {"job_ids": list(range(1, 301)), "warnings": []}
+    assert {command for command, _ in link.calls} == {commands.SubmitJobTable}
+    assert len(link.calls) > 1
+    sent = [row for _, kw in link.calls for row in jobtable.rows_of_table(kw["jobs_table"])]
+    assert [row["uuid"] for row in sent] == [f"u{i}" for i in range(300)]
+    for _, kw in link.calls:
+        assert len(kw["jobs_table"].encode()) <= records.MAX_VALUE_BYTES
+        assert kw["env"] == {} and KEY.open("me", kw["sealed_env"]) == {"A": "b"}
+    for row in sent:  # each job signed, as the executor checks it
+        values = row | {"user": "me", "cwd": "/", "umask": 0o22}
+        assert (
+            KEY.check(
+                values,
+                row["signature"],
+                row["signed_at"],
+                link.calls[0][1]["sealed_env"],
+                user="me",
+                now=row["signed_at"],
+                max_age=60.0,
+            )
+            is None
+        )
+
+
+def test_a_dispatcher_without_tables_gets_rows_and_is_not_asked_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    counter = iter(range(1, 10_000))
+    link = FakeLink(
+        {commands.SubmitJobs: lambda kw: {"job_ids": [next(counter) for _ in kw["jobs"]]}}
+    )
+    tried: list[type] = []
+    call = link.call
+
+    async def recorded(command: type, **kw: Any) -> Any:
+        tried.append(command)
+        return await call(command, **kw)
+
+    link.call = recorded  # type: ignore[method-assign]
+    peer = Peer(link, os.getuid(), monkeypatch)
+    spec = hrunjob.spec_from_options(
+        vars(hrunjob.build_parser().parse_args(["x"])) | {"command": "x"}
+    )
+    for first in (0, 3):
+        rows = [hrunjob.spec_to_json(spec) | {"uuid": f"u{first + i}"} for i in range(3)]
+        peer.request("SubmitJobs", cwd="/", umask=0o22, env={}, jobs=rows)
+        [answer] = peer.answers()
+        assert answer["answer"]["job_ids"] == [first + 1, first + 2, first + 3]
+    # The table once (UnhandledCommand), then rows only: the same UUIDs, each sent once.
+    assert tried == [commands.SubmitJobTable, commands.SubmitJobs, commands.SubmitJobs]
+    assert [row["uuid"] for _, kw in link.calls for row in kw["jobs"]] == [
+        f"u{i}" for i in range(6)
+    ]
+
+
+def test_a_bad_job_is_refused_by_the_tms_naming_it_and_nothing_is_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    link = FakeLink({commands.SubmitJobTable: {"job_ids": [1]}})
+    peer = Peer(link, os.getuid(), monkeypatch)
+    spec = hrunjob.spec_from_options(
+        vars(hrunjob.build_parser().parse_args(["x"])) | {"command": "x"}
+    )
+    rows = [hrunjob.spec_to_json(spec) | {"uuid": f"u{i}"} for i in range(3)]
+    rows[2]["slots"] = "two"
+    peer.request("SubmitJobs", cwd="/", umask=0o22, env={}, jobs=rows)
+    [answer] = peer.answers()
+    assert answer["error"]["message"].startswith("bad job: job 3: ")
+    assert link.calls == []
 
 
 # --- the client's side, against a scripted server on a real socket ------------------------

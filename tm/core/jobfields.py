@@ -32,7 +32,7 @@ from functools import cached_property
 from operator import attrgetter
 from typing import Any
 
-from tm.core.model import Job, JobSpec, JobState
+from tm.core.model import Job, JobSpec, JobState, job_spec_of
 
 #: Groups: where a field travels besides its column (every field is a ``jobs`` column).
 #: What a submission carries per job (JobSpec; a row of SubmitJobs, a line of a job file).
@@ -278,7 +278,7 @@ def spec_from_plain(row: dict[str, Any]) -> JobSpec:
             value = values[name]
             if value is not None:
                 values[name] = converter(value)
-        return JobSpec(**values)
+        return job_spec_of(values)
     values = {}
     for name, optional, convert in _SPEC_READERS:
         if name in _MADE_NAMES and name not in row:

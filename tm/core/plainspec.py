@@ -23,35 +23,6 @@ if TYPE_CHECKING:  # not even typing at run time: the CLI's start pays for each 
 class PlainSpec:
     """One job of a submission, as :class:`~tm.core.model.JobSpec` has it."""
 
-    # The fields of jobfields.SPEC_FIELDS (JobSpec's attributes), in their order.
-    __slots__ = (
-        "uuid",
-        "command",
-        "shell",
-        "slots",
-        "priority",
-        "group",
-        "info",
-        "stdout",
-        "stderr",
-        "logfile",
-        "excluded_hosts",
-        "estimated_time",
-        "estimated_memory",
-        "signature",
-        "signed_at",
-        "after",
-        "after_any",
-        "after_group",
-        "hold",
-        "time_limit",
-        "retries",
-        "retry_on_exit",
-        "on_end",
-        "array_id",
-        "array_index",
-        "array_cap",
-    )
     uuid: str
     command: str
     shell: str
@@ -86,12 +57,14 @@ class PlainSpec:
         unknown = values.keys() - DEFAULTS.keys()
         if unknown:
             raise TypeError(f"PlainSpec has no field {sorted(unknown)[0]!r}")
-        for name, default in DEFAULTS.items():
-            setattr(self, name, values.get(name, default))
+        # Two dict updates, not a setattr per field: hRunJob -f makes one per line.
+        attributes = self.__dict__
+        attributes.update(DEFAULTS)
+        attributes.update(values)
 
     def values(self) -> dict[str, Any]:
         """Every field's value, by name, in the fields' order."""
-        return {name: getattr(self, name) for name in SPEC_NAMES}
+        return dict(zip(SPEC_NAMES, map(self.__dict__.__getitem__, SPEC_NAMES), strict=True))
 
     def replace(self, **changes: Any) -> PlainSpec:
         """A copy with ``changes`` (as ``dataclasses.replace`` makes of a JobSpec)."""
@@ -114,7 +87,8 @@ class PlainSpec:
         return "PlainSpec(" + ", ".join(f"{k}={v!r}" for k, v in self.values().items()) + ")"
 
 
-SPEC_NAMES: tuple[str, ...] = PlainSpec.__slots__
+#: The fields of jobfields.SPEC_FIELDS (JobSpec's attributes), in their order.
+SPEC_NAMES: tuple[str, ...] = tuple(PlainSpec.__annotations__)
 #: The fields a spec must be given (JobSpec's fields without a default).
 REQUIRED = ("uuid", "command")
 #: Every field's value when not given: JobSpec's defaults (None for the required ones).

@@ -16,7 +16,7 @@ from tm.core.jobtime import ended_usage
 from tm.core.model import ACTIVE_STATES, Job, JobState
 from tm.core.patterns import PatternError, compile_user_pattern
 from tm.dispatcher.sessionbase import SessionBase, _first, _fit_ids, _fit_text  # noqa: F401
-from tm.protocol import batches, commands, records
+from tm.protocol import batches, commands, jobtable, records
 from tm.protocol.base import one_line
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -38,6 +38,22 @@ class JobResponders(SessionBase):
     @commands.SubmitJobs.responder
     async def submit_jobs(
         self, cwd: str, umask: int, env: Any, jobs: list[dict], sealed_env: str | None = None
+    ) -> dict:
+        return await self._submit(cwd, umask, env, jobs, sealed_env)
+
+    @commands.SubmitJobTable.responder
+    async def submit_job_table(
+        self, cwd: str, umask: int, env: Any, jobs_table: str, sealed_env: str | None = None
+    ) -> dict:
+        self._require(commands.ROLE_TMS, commands.ROLE_CLIENT)
+        try:
+            jobs = jobtable.rows_of_table(jobs_table)
+        except jobtable.TableError as e:
+            raise commands.InvalidRequest(str(e)) from None
+        return await self._submit(cwd, umask, env, jobs, sealed_env)
+
+    async def _submit(
+        self, cwd: str, umask: int, env: Any, jobs: list[dict], sealed_env: str | None
     ) -> dict:
         user = self._require(commands.ROLE_TMS, commands.ROLE_CLIENT)
         d = self.dispatcher

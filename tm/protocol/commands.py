@@ -147,6 +147,22 @@ class SubmitJobs(_Command):
     ]
 
 
+class SubmitJobTable(_Command):
+    """SubmitJobs with its jobs as one table (tm/protocol/jobtable.py): the same checks, the
+    same answer and errors, about three times the jobs per chunk. TMS -> dispatcher; a
+    dispatcher that does not know it answers UnhandledCommand, and the TMS sends SubmitJobs."""
+
+    commandName = b"SubmitJobTable"
+    arguments = [
+        (b"cwd", amp.Unicode()),
+        (b"umask", Int64()),
+        (b"env", JSON()),
+        (b"jobs_table", amp.Unicode()),
+        (b"sealed_env", amp.Unicode(optional=True)),
+    ]
+    response = SubmitJobs.response
+
+
 class ListJobs(_Command):
     """One page of jobs, oldest first, starting after ``after_id``.
 

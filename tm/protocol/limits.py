@@ -49,6 +49,16 @@ MAX_TIME_LIMIT = MAX_ESTIMATED_TIME  # tm/core/jobtime.py's
 LISTING_COMMAND_CHARS = 120
 
 
+def _nbytes(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _over(text: str, limit: int) -> bool:
+    """``text`` takes more than ``limit`` bytes of UTF-8 (not encoded when it cannot: a
+    character takes at most 4; a bulk submission checks five texts of each job)."""
+    return len(text) * 4 > limit and _nbytes(text) > limit
+
+
 def spec_problem(
     spec: JobSpec | PlainSpec, min_priority: int = 0, max_priority: int = 127
 ) -> str | None:
@@ -58,16 +68,13 @@ def spec_problem(
     before sending, so that it can say the same without a round trip.
     """
 
-    def nbytes(text: str) -> int:
-        return len(text.encode("utf-8", "surrogatepass"))
-
     if not spec.uuid or len(spec.uuid) > MAX_UUID_CHARS:
         return f"a job's uuid must have 1 to {MAX_UUID_CHARS} characters"
     if not spec.command.strip():
         return "the command is empty: say what the job should run"
-    if nbytes(spec.command) > MAX_COMMAND_BYTES:
+    if _over(spec.command, MAX_COMMAND_BYTES):
         return (
-            f"the command is {nbytes(spec.command)} bytes, more than the limit of "
+            f"the command is {_nbytes(spec.command)} bytes, more than the limit of "
             f"{MAX_COMMAND_BYTES}: put it in a script and run the script"
         )
     if "\0" in spec.command:
@@ -80,14 +87,14 @@ def spec_problem(
         return f"priority {spec.priority} is out of range {min_priority}..{max_priority}"
     if len(spec.group) > MAX_GROUP_CHARS:
         return f"the group name is longer than {MAX_GROUP_CHARS} characters"
-    if nbytes(spec.info) > MAX_INFO_BYTES:
+    if _over(spec.info, MAX_INFO_BYTES):
         return f"the info text is longer than {MAX_INFO_BYTES} bytes"
     for label, path in (
         ("-o (stdout)", spec.stdout),
         ("-O (stderr)", spec.stderr),
         ("-l (log file)", spec.logfile),
     ):
-        if nbytes(path) > MAX_PATH_BYTES:
+        if _over(path, MAX_PATH_BYTES):
             return f"the {label} path is longer than {MAX_PATH_BYTES} bytes"
         if "\0" in path:
             return f"the {label} path contains a NUL byte"

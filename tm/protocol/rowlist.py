@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable, Sequence
+from operator import itemgetter
 from typing import Any
 
 from twisted.protocols import amp
@@ -98,6 +99,15 @@ class RowList(amp.AmpList):
             name = key.decode("ascii").replace("-", "_")
             writers.append((_pack(len(key)) + key, name, arg.optional, _encoder(arg), key))
         self._writers = writers
+        # Decoding: wire key -> (python name, convert); the names a row must have, and the
+        # row of every field at None (an absent optional field: None).
+        self._by_key = {key: (name, convert) for key, name, _, convert in self._readers}
+        self._nones = dict.fromkeys(name for _, name, _, _ in self._readers)
+        required = [name for _, name, optional, _ in self._readers if not optional]
+        #: A row's required values, as a tuple (None among them: one may be missing).
+        self._required_values: Callable[[dict[str, Any]], Any] = (
+            itemgetter(*required, required[0]) if required else lambda row: ()
+        )
         #: The last value decoded and its rows, handed out once more: the dispatcher checks
         #: a request's arguments (tm.protocol.base.argument_problem) and then AMP decodes
         #: the same bytes object again.
@@ -135,6 +145,53 @@ class RowList(amp.AmpList):
                 row[name] = convert(box[key])
         return row
 
+    def _decode_rows(self, data: bytes) -> list[dict[str, Any]]:
+        """The rows of a value: :func:`_parse` and :meth:`decode_box` in one pass (each value
+        converted as it is read, into its field's name; an unknown key ignored, as AMP does)."""
+        rows: list[dict[str, Any]] = []
+        add = rows.append
+        by_key = self._by_key
+        nones = self._nones
+        required_values = self._required_values
+        row: dict[str, Any] = nones.copy()
+        pos = start = 0  # start: the box's
+        end = len(data)
+        try:
+            while pos < end:
+                if data[pos]:
+                    klen = data[pos] << 8 | data[pos + 1]
+                    raise ValueError(f"an AMP key of {klen} bytes (at most {amp.MAX_KEY_LENGTH})")
+                klen = data[pos + 1]
+                pos += 2
+                if not klen:
+                    if None in required_values(row):
+                        self._check_required(data, start, pos)
+                    add(row)
+                    row = nones.copy()
+                    start = pos
+                    continue
+                at = pos + klen
+                vlen = data[at] << 8 | data[at + 1]
+                reader = by_key.get(data[pos:at])
+                pos = at + 2 + vlen
+                if reader is not None:
+                    if pos > end:
+                        break  # a value cut off: refused below, as the parser does
+                    row[reader[0]] = reader[1](data[at + 2 : pos])
+        except IndexError:  # a length cut off
+            raise ValueError("an AMP list ends inside a box") from None
+        if pos > end or start != pos:  # a box begun, not ended
+            raise ValueError("an AMP list ends inside a box")
+        return rows
+
+    def _check_required(self, data: bytes, start: int, pos: int) -> None:
+        """KeyError, as AMP, when the box from ``start`` to ``pos`` lacks a required field (a
+        required value that is None may also be one decoded so, e.g. JSON's null)."""
+        (box,) = parse_boxes(data[start:pos])
+        for key, _, optional, _ in self._readers:
+            if not optional and key not in box:
+                raise KeyError(key)
+
     # --- AMP's Argument API -------------------------------------------------------------
 
     def toStringProto(self, inObject: Iterable[dict[str, Any]], proto: Any) -> bytes:  # noqa: N802
@@ -147,10 +204,7 @@ class RowList(amp.AmpList):
         if last is not None and last[0] is inString:
             self._last = None
             return last[1]
-        rows: list[dict[str, Any]] = []
-        decode = self.decode_box
-        add = rows.append
-        _parse(inString, lambda box: add(decode(box)))
+        rows = self._decode_rows(inString)
         # (b"" is one shared object: an empty list is never handed out twice.)
         self._last = (inString, rows) if rows else None
         return rows

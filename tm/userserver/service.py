@@ -37,7 +37,9 @@ from tm.userserver.startcommands import LauncherProtocol, start_failure_reason  
 from tm.userserver.submission import (  # noqa: F401 - tests import them from here
     CONNECTION_FAILURES,
     _reason,
+    sends_tables,
     submit_until_acknowledged,
+    tables_refused,
 )
 
 #: Requests a client may send that the TMS passes to the dispatcher as they are;
@@ -130,7 +132,17 @@ class ClientSession(amp.CommandLocator):
                 await deferLater(server.reactor, 0, lambda: None)
 
         server.callbacks.record(jobs, kw.get("cwd", ""))
-        return await signing.submit(server.signer, kw, jobs, send, ensureDeferred, pause)
+        link = server.link
+        return await signing.submit(
+            server.signer,
+            kw,
+            jobs,
+            send,
+            ensureDeferred,
+            pause,
+            tables=sends_tables(link),
+            tables_refused=lambda: tables_refused(link),
+        )
 
     @jobends.ResubmitJobs.responder
     async def resubmit(

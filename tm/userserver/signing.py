@@ -14,8 +14,10 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from twisted.protocols import amp
+
 from tm import jobsign
-from tm.protocol import commands, records
+from tm.protocol import commands, jobtable, records
 from tm.protocol.base import one_line
 
 #: Sealed environments kept for reuse: submissions from one shell share one environment, which
@@ -84,9 +86,16 @@ async def submit(
     send: Callable[..., Awaitable[Any]],
     start: Callable[[Any], Awaitable[Any]] | None = None,
     pause: Callable[[], Awaitable[Any]] | None = None,
+    tables: bool = True,
+    tables_refused: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
     """Sign and send a submission of any size (``kw``: its arguments but the jobs): in chunks
     that each fit one AMP value, each sent by ``send`` until acknowledged.
+
+    With ``tables``, a chunk is one table (``jobs_table``: SubmitJobTable, about three times
+    the jobs of a chunk of rows); when the dispatcher does not know that command
+    (UnhandledCommand), ``tables_refused`` is called and the chunk and the rest go as rows
+    (``jobs``: SubmitJobs), with the same UUIDs.
 
     With ``start`` (which runs a send at once, as ``ensureDeferred`` does) and ``pause``
     (which lets the chunk just sent leave), the next chunk is signed and encoded while the
@@ -96,36 +105,56 @@ async def submit(
     base = {"cwd": kw["cwd"], "umask": kw["umask"], "env": {}, "sealed_env": sealed}
     ids: list[int] = []
     warnings: list[str] = []
+    use_tables = tables
 
-    def fit(rest: list[Any]) -> tuple[list[dict], int]:
+    def fit(rest: list[Any]) -> tuple[dict[str, Any], int]:
+        first = len(jobs) - len(rest) + 1
         try:
-            rows, n = records.fit_to_value(records.JOB_SPEC_FIELDS, rest, signed_row)
+            if use_tables:
+                text, n = jobtable.fit_table(rest, signed_row, first, records.MAX_VALUE_BYTES)
+                part: dict[str, Any] = {"jobs_table": text}
+            else:
+                rows, n = records.fit_to_value(records.JOB_SPEC_FIELDS, rest, signed_row)
+                part = {"jobs": rows}
+        except jobtable.TableError as e:
+            raise commands.InvalidRequest(f"bad job: {e}") from None
         except Exception as e:
             raise commands.InvalidRequest(f"bad job: {one_line(e)}") from None
         if n == 0:
             raise commands.InvalidRequest(
                 "a job's description is too large to send (shorten the command)"
             )
-        return rows, n
+        return part, n
 
     rest = jobs
     ready = fit(rest) if rest else None
     while ready is not None:
-        rows, n = ready
+        part, n = ready
+        these = rest  # this chunk's jobs and those after it
         rest = rest[n:]
         ready = None
         refused: commands.InvalidRequest | None = None
         try:
             if start is None or pause is None or not rest:
-                answer = await send(**base, jobs=rows)
+                answer = await send(**base, **part)
             else:
-                pending = start(send(**base, jobs=rows))
+                pending = start(send(**base, **part))
                 await pause()
                 try:
                     ready = fit(rest)
                 except commands.InvalidRequest as e:
                     refused = e  # raised once this chunk is acknowledged, as before
                 answer = await pending
+        except amp.UnhandledCommand:
+            if not use_tables:
+                raise
+            # A dispatcher without SubmitJobTable: this chunk and the rest as rows.
+            use_tables = False
+            if tables_refused is not None:
+                tables_refused()
+            rest = these
+            ready = fit(rest)
+            continue
         except commands.TMError as e:
             if not ids:
                 raise

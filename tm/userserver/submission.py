@@ -5,6 +5,7 @@ Split from :mod:`tm.userserver.service`.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from twisted.internet import defer
@@ -35,6 +36,28 @@ CONNECTION_FAILURES: tuple[type[Exception], ...] = (
 )
 
 
+#: The connections whose dispatcher answered SubmitJobTable with UnhandledCommand: the
+#: submissions over them send rows (SubmitJobs) from the start. Another connection (the
+#: dispatcher restarted, perhaps upgraded) tries tables again.
+_WITHOUT_TABLES: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _connection(link: Any) -> Any:
+    return getattr(link, "proto", None) or link
+
+
+def sends_tables(link: Any) -> bool:
+    """Whether a submission over ``link`` starts with tables (SubmitJobTable)."""
+    return _connection(link) not in _WITHOUT_TABLES
+
+
+def tables_refused(link: Any) -> None:
+    """The dispatcher behind ``link`` does not know SubmitJobTable."""
+    connection = _connection(link)
+    if connection is not None:
+        _WITHOUT_TABLES.add(connection)
+
+
 def _reason(e: Exception) -> str:
     if isinstance(e, ConnectionClosed):
         return "the link dropped before the answer came"
@@ -46,13 +69,16 @@ def _reason(e: Exception) -> str:
 async def submit_until_acknowledged(
     link: Any, reactor: Any, kw: dict[str, Any], budget: float = SUBMIT_RETRY_SECONDS
 ) -> Any:
-    """Send SubmitJobs over ``link`` until the dispatcher answers it.
+    """Send SubmitJobs (SubmitJobTable when ``kw`` has a ``jobs_table``) over ``link`` until
+    the dispatcher answers it.
 
     The jobs carry their UUIDs, which the store keeps unique, so a submission that was
     stored but whose acknowledgement was lost is acknowledged again, with the same ids.
     Connection failures are retried for ``budget`` s; a DatabaseUnavailable refusal a few
-    times with back-off; any other refusal is passed on at once.
+    times with back-off; any other refusal is passed on at once (UnhandledCommand too: see
+    :func:`tables_refused`).
     """
+    command = commands.SubmitJobTable if "jobs_table" in kw else commands.SubmitJobs
     deadline = reactor.seconds() + budget
     database_refusals = 0
     pause = 0.1
@@ -63,9 +89,7 @@ async def submit_until_acknowledged(
             if not link.connected and link.fatal is None:
                 raise commands.DispatcherUnavailable(link.last_error or "no link")
             left = deadline - reactor.seconds()
-            return await link.call(
-                commands.SubmitJobs, reply_timeout=max(SUBMIT_REPLY_TIMEOUT, left), **kw
-            )
+            return await link.call(command, reply_timeout=max(SUBMIT_REPLY_TIMEOUT, left), **kw)
         except commands.DatabaseUnavailable:
             database_refusals += 1
             if database_refusals > SUBMIT_DATABASE_RETRIES:
