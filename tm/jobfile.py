@@ -19,9 +19,11 @@ fast paths.
 
 from __future__ import annotations
 
-from typing import Any
-
 from tm.core.plainspec import GIVEN
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # hRunJob -f imports neither typing nor re at run time
+    from typing import Any
 
 #: File field name (the seed's spelling, as users write it) -> the job's field
 #: (tm/core/jobfields.py; its type: tm/core/plainspec.py's GIVEN), which is also the key of
