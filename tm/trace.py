@@ -65,6 +65,9 @@ _SINGLE = {"JobsFinished": "JobFinished", "RunJobs": "RunJob"}
 def named_jobs(command: str, message: object) -> tuple[str, list[object]]:
     """The stage name (without ``-sent``/``-received``) and the jobs of the trace lines of
     ``command`` carrying ``message``: every element's job for a batch, else :func:`job_of`'s."""
+    if command == "SubmitJobTable" and isinstance(message, dict):
+        # SubmitJobs with its jobs as one table (tm/protocol/jobtable.py): traced as it.
+        return "SubmitJobs", [_first_uuid_of_table(message.get("jobs_table"))]
     single = _SINGLE.get(command)
     if single is not None and isinstance(message, dict):
         for key in ("ends", "orders"):
@@ -72,6 +75,22 @@ def named_jobs(command: str, message: object) -> tuple[str, list[object]]:
             if isinstance(rows, list) and rows:
                 return single, [r.get("job_id", "-") if isinstance(r, dict) else "-" for r in rows]
     return command, [job_of(message)]
+
+
+def _first_uuid_of_table(table: object) -> str:
+    """``u:UUID`` of a submission table's first job (as :func:`job_of` names a submission)."""
+    import json
+
+    try:
+        decoded = json.loads(table) if isinstance(table, str) else None
+        if isinstance(decoded, dict):
+            uuid = decoded.get("same", {}).get("uuid")
+            if uuid is None:
+                uuid = decoded["rows"][0][decoded["fields"].index("uuid")]
+            return f"u:{uuid}"
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        pass
+    return "-"
 
 
 def answered_jobs(jobs: list[object], answer: object) -> list[object]:

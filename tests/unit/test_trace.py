@@ -89,6 +89,10 @@ def test_a_batch_is_traced_as_its_single_command_once_for_each_job() -> None:
     assert trace.named_jobs("RunJobs", {"env": {}, "orders": [{"job_id": 9}]}) == ("RunJob", [9])
     assert trace.named_jobs("JobFinished", {"job_id": 4}) == ("JobFinished", [4])
     assert trace.named_jobs("WaitJob", {"job_id": 4}) == ("WaitJob", [4])
+    # A submission's table is traced as SubmitJobs, named by its first job's uuid.
+    table = '{"fields":["uuid","command"],"same":{},"rows":[["ab-cd","true"],["x","true"]]}'
+    assert trace.named_jobs("SubmitJobTable", {"jobs_table": table}) == ("SubmitJobs", ["u:ab-cd"])
+    assert trace.named_jobs("SubmitJobTable", {"jobs_table": "{garbled"}) == ("SubmitJobs", ["-"])
     # Answered: a single command's own answer names its job; a batch's, the request's jobs.
     assert trace.answered_jobs([5, 6], {"failed": []}) == [5, 6]
     assert trace.answered_jobs(["u:ab"], {"job_ids": [7, 8]}) == [8]
