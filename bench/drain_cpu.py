@@ -82,7 +82,7 @@ def mariadbd() -> int | None:
     return None
 
 
-def one_run(n: int, database: str) -> dict[str, float]:
+def one_run(n: int, database: str, fields: list[str]) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="drain-cpu-") as tmp:
         root = Path(tmp)
         (root / "sys").mkdir()
@@ -108,8 +108,11 @@ def one_run(n: int, database: str) -> dict[str, float]:
             threads0 = thread_cpu(procs["executor"])
             cli0 = resource.getrusage(resource.RUSAGE_CHILDREN)
             marker = root / "bulk"
+            jobs = marker.with_suffix(".jobs")
+            line = f"command::{peers.job_command(marker)}" + "".join(f"\t{f}" for f in fields)
+            jobs.write_text(f"{line}\n" * n)
             t0 = time.monotonic()
-            tm.bulk(marker, n)
+            tm.hrunjob("-q", "-f", str(jobs), check=True)
             cli1 = resource.getrusage(resource.RUSAGE_CHILDREN)
             wall = peers.wait_marker(marker, n, 3600) - t0
             time.sleep(0.2)  # the last shepherds reaped
@@ -144,10 +147,17 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=1000)
     p.add_argument("--database", default="sqlite")
     p.add_argument("--repeat", type=int, default=1)
+    p.add_argument(
+        "--field",
+        action="append",
+        default=[],
+        metavar="NAME::VALUE",
+        help="a field added to every job's line, e.g. stdout::/dev/null (repeatable)",
+    )
     args = p.parse_args()
     peers.prepare_checkout()
     for _ in range(args.repeat):
-        print(json.dumps({"database": args.database, **one_run(args.jobs, args.database)}))
+        print(json.dumps({"database": args.database, **one_run(args.jobs, args.database, args.field)}))
 
 
 if __name__ == "__main__":

@@ -53,6 +53,9 @@ from tm.executor.request import OutputFiles
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHIM_PATH = os.path.join(HERE, "shim.py")
 ZYGOTE_PATH = os.path.join(HERE, "zygote.py")
+#: The compiled zygote as an executable of its own (``_zygote_main.c``), built beside the
+#: extension: a fork of it costs a fraction of a fork of an interpreter.
+ZYGOTE_EXECUTABLE = os.path.join(HERE, "_zygote")
 HEADER = struct.Struct(">I")
 #: A start under way when its zygote ends is tried again on a new one this many times.
 RELAUNCHES = 1
@@ -278,11 +281,14 @@ class _Zygote:
         self.ended: defer.Deferred[None] = defer.Deferred()  # its process has been reaped
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        argv = [sys.executable, "-I", "-S", ZYGOTE_PATH, str(os.getpid()), implementation]
+        if implementation == "native" and os.access(ZYGOTE_EXECUTABLE, os.X_OK):
+            argv = [ZYGOTE_EXECUTABLE, str(os.getpid())]
         try:
             self.process = reactor.spawnProcess(
                 _ZygoteProcess(self),
-                sys.executable,
-                [sys.executable, "-I", "-S", ZYGOTE_PATH, str(os.getpid()), implementation],
+                argv[0],
+                argv,
                 env=dict(os.environ),
                 childFDs={0: null, 1: 1, 2: 2, 3: theirs.fileno()},
             )
