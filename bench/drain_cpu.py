@@ -157,7 +157,9 @@ def main() -> None:
     args = p.parse_args()
     peers.prepare_checkout()
     for _ in range(args.repeat):
-        print(json.dumps({"database": args.database, **one_run(args.jobs, args.database, args.field)}))
+        print(
+            json.dumps({"database": args.database, **one_run(args.jobs, args.database, args.field)})
+        )
 
 
 if __name__ == "__main__":
