@@ -39,6 +39,7 @@ import socket
 import struct
 import sys
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -253,6 +254,10 @@ class _ZygoteLink(LineOnlyReceiver):
     def __init__(self, zygote: _Zygote) -> None:
         self._zygote = zygote
 
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        with self._zygote.batch():
+            super().dataReceived(data)
+
     def lineReceived(self, line: bytes) -> None:  # noqa: N802
         self._zygote.answer(line.decode("utf-8", "replace"))
 
@@ -303,6 +308,9 @@ class _Zygote:
             implementation=implementation,
             pid=self.process.pid,
         )
+
+    def batch(self) -> AbstractContextManager[None]:
+        return self._owner.batch()
 
     def send(self, request: _Request) -> None:
         self.pending[request.id] = request
@@ -405,6 +413,9 @@ class ZygoteLauncher:
         self.implementation = zygote_implementation(implementation)
         self._zygote: _Zygote | None = None
         self._next_id = 0
+        #: A context around the handling of each read of the zygote's answers (the runner's
+        #: JobLog.batch: the starts and ends of one read logged as one line each).
+        self.batch: Callable[[], AbstractContextManager[None]] = nullcontext
         self._stopping = False
 
     @property
