@@ -3,8 +3,9 @@
 Two ways, one interface (:class:`Launcher`):
 
 :class:`ZygoteLauncher` (the executor's)
-    One helper process per executor, ``python -I -S zygote.py`` (:mod:`tm.executor.zygote`),
-    started on the first job with ``spawnProcess`` and kept; it forks each job's shepherd and
+    One helper process per executor, the compiled ``_zygote`` (``_zygote_main.c``) where it
+    is built, else ``python -I -S zygote.py`` (:mod:`tm.executor.zygote`), started on the
+    first job with ``spawnProcess`` and kept; it forks each job's shepherd and
     reports its pid, and its exit status and rusage (``wait4``) at its end, over a Unix socket.
     A job's start then costs a fork, not an interpreter. The shepherd opens the job's files
     itself, after the fork (:attr:`Launcher.opens_files`): the executor does no file-system
