@@ -10,13 +10,15 @@ children, taken once everything below it has exited; split into the runner's own
 shepherds, shells, printf). Figures, not assertions.
 
     python bench/shepherd.py [--jobs 500] [--concurrency 64] [--launcher spawn,zygote]
-                             [--repeat 3] [--floor]
+                             [--repeat 3] [--floor] [--outputs null|files] [--env small|inherit]
 
 ``--launcher``: ``zygote`` (the executor's default: shepherds forked by one helper process,
 compiled where ``tm/executor/_shepherd.c`` is built), ``zygote-native`` or ``zygote-python``
 (either implementation of it), or ``spawn`` (a fresh ``python -I -S shim.py`` per job, as
 before); several, comma-separated, run alternately. ``--floor`` also measures the
 machine's floor, a bare fork+exec+wait of the same printf per job, CONCURRENCY at once.
+``--outputs files --env inherit``: the jobs' files and environment as in a drain
+(``bench/drain_cpu.py``); by default /dev/null and PATH and LANG only.
 """
 
 from __future__ import annotations
@@ -50,7 +52,14 @@ def cpu_seconds(who: int | None = None) -> float:
     return total
 
 
-def run_jobs(jobs: int, concurrency: int, launcher: str, workdir: Path) -> dict[str, Any]:
+def run_jobs(
+    jobs: int,
+    concurrency: int,
+    launcher: str,
+    workdir: Path,
+    outputs: str = "null",
+    env_of: str = "small",
+) -> dict[str, Any]:
     """One run in a child process of its own, so that its reactor and rusage start afresh."""
     import inspect
 
@@ -69,7 +78,8 @@ def run_jobs(jobs: int, concurrency: int, launcher: str, workdir: Path) -> dict[
         raise SystemExit("this checkout has only the spawn launcher")
     runner = JobRunner(reactor, reactor, **kwargs)
     command = f"/usr/bin/printf x >> {marker}"
-    env = {"PATH": "/usr/bin:/bin", "LANG": "C"}
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C"} if env_of == "small" else dict(os.environ)
+    out = "/dev/null" if outputs == "null" else None  # None: ID.out and ID.err in the log dir
     result: dict[str, Any] = {}
     failures: list[str] = []
 
@@ -97,8 +107,8 @@ def run_jobs(jobs: int, concurrency: int, launcher: str, workdir: Path) -> dict[
                     command=command,
                     cwd=str(workdir),
                     env=env,
-                    stdout="/dev/null",
-                    stderr="/dev/null",
+                    stdout=out,
+                    stderr=out,
                 )
                 d = runner.start(request, ended)
                 d.addErrback(lambda f: failures.append(f.getErrorMessage()))
@@ -168,11 +178,35 @@ def main() -> None:
     )
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--floor", action="store_true")
+    parser.add_argument(
+        "--outputs",
+        choices=("null", "files"),
+        default="null",
+        help="the jobs' stdout and stderr: /dev/null, or the executor's default files "
+        "(ID.out, ID.err removed when empty, in one log directory), as in a drain",
+    )
+    parser.add_argument(
+        "--env",
+        choices=("small", "inherit"),
+        default="small",
+        help="the jobs' environment: PATH and LANG, or this process's whole environment",
+    )
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="tm-bench-shepherd-") as tmp:
         if args.one:
-            print(json.dumps(run_jobs(args.jobs, args.concurrency, args.launcher, Path(tmp))))
+            print(
+                json.dumps(
+                    run_jobs(
+                        args.jobs,
+                        args.concurrency,
+                        args.launcher,
+                        Path(tmp),
+                        args.outputs,
+                        args.env,
+                    )
+                )
+            )
             return
         if any(name not in LAUNCHERS for name in args.launcher.split(",")):
             parser.error("--launcher: " + ", ".join(LAUNCHERS) + ", comma-separated")
@@ -191,6 +225,10 @@ def main() -> None:
                         str(args.concurrency),
                         "--launcher",
                         name,
+                        "--outputs",
+                        args.outputs,
+                        "--env",
+                        args.env,
                     ],
                     check=True,
                     capture_output=True,

@@ -126,6 +126,7 @@ def _source_files(repo: Path) -> list[Path]:
                 if f.is_file()
                 and "__pycache__" not in f.parts
                 and f.suffix not in (".pyc", ".pyo", ".so")  # the extension is built anew
+                and f.name != "_zygote"  # and so is the standalone zygote
                 and f.name != "dropin.cache"
             ]
     return sorted(files)

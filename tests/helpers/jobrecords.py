@@ -56,6 +56,8 @@ def runs(directory: Path) -> dict[int, Run]:
     found = {}
     for path in directory.glob("*.times"):
         lines = [line.split() for line in path.read_text().splitlines() if line.strip()]
+        if not lines:
+            continue  # the shell has opened the file (>>) and not written its line yet
         starts = [line for line in lines if line[0] == "start"]
         ends = [line for line in lines if line[0] == "end"]
         assert len(starts) == 1 and len(ends) <= 1, f"{path}: {lines}"

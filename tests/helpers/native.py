@@ -20,40 +20,48 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = REPO / "tm" / "executor"
-SOURCES = [HERE / "_shepherd.c", HERE / "_shepherd_job.c"]  # as setup.py lists them
+# As setup.py lists them: the extension's, and the standalone zygote's.
+SOURCES = [HERE / "_shepherd.c", HERE / "_zygote.c", HERE / "_shepherd_job.c"]
+ZYGOTE_SOURCES = [HERE / "_zygote_main.c", HERE / "_zygote.c", HERE / "_shepherd_job.c"]
 HEADER = HERE / "_shepherd.h"
 TARGET = HERE / ("_shepherd" + (sysconfig.get_config_var("EXT_SUFFIX") or ".so"))
+ZYGOTE = HERE / "_zygote"
 
 #: Why the extension could not be built in this session, if it could not.
 build_error: str | None = None
 
 
 def build_in_tree() -> None:
-    """Compile the extension next to its sources unless an up-to-date build is there already."""
+    """Compile the extension and the standalone zygote next to their sources unless
+    up-to-date builds are there already."""
     global build_error
-    newest = max(path.stat().st_mtime for path in (*SOURCES, HEADER))
-    if TARGET.exists() and TARGET.stat().st_mtime >= newest:
+    newest = max(path.stat().st_mtime for path in (*SOURCES, *ZYGOTE_SOURCES, HEADER))
+    if all(t.exists() and t.stat().st_mtime >= newest for t in (TARGET, ZYGOTE)):
         return
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     include = sysconfig.get_paths()["include"]
     if cc is None or not Path(include, "Python.h").exists():
         build_error = f"no C compiler or no Python.h in {include}"
         return
-    partial = TARGET.with_name(TARGET.name + f".{os.getpid()}.tmp")
-    argv = [cc, "-O2", "-Wall", "-shared", "-fPIC", f"-I{include}", "-o", str(partial)]
-    done = subprocess.run([*argv, *map(str, SOURCES)], capture_output=True, text=True)
-    if done.returncode != 0:
-        partial.unlink(missing_ok=True)
-        build_error = f"{cc} failed: {done.stderr.strip()[-2000:]}"
-        return
-    os.replace(partial, TARGET)  # atomic: a concurrent session sees the old or the new one
+    for target, flags, sources in (
+        (TARGET, ["-shared", "-fPIC", f"-I{include}"], SOURCES),
+        (ZYGOTE, [], ZYGOTE_SOURCES),
+    ):
+        partial = target.with_name(target.name + f".{os.getpid()}.tmp")
+        argv = [cc, "-O2", "-Wall", *flags, "-o", str(partial), *map(str, sources)]
+        done = subprocess.run(argv, capture_output=True, text=True)
+        if done.returncode != 0:
+            partial.unlink(missing_ok=True)
+            build_error = f"{cc} failed: {done.stderr.strip()[-2000:]}"
+            return
+        os.replace(partial, target)  # atomic: a concurrent session sees the old or the new one
 
 
 def require_native() -> None:
     """Skip (fail in CI) unless the compiled shepherd is built here."""
     from tests.helpers.requirements import skip_or_fail
 
-    if not TARGET.exists():
+    if not (TARGET.exists() and ZYGOTE.exists()):
         skip_or_fail(f"the compiled shepherd is not built ({build_error or 'not tried'})")
 
 

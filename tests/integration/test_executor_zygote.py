@@ -29,19 +29,28 @@ from tests.integration.test_runner import (  # noqa: F401 - no_stray_processes i
     wait_for,
     wait_for_pids,
 )
+from tm.executor import launcher as launcher_module
 from tm.executor.launcher import ZygoteLauncher
 from tm.executor.runner import JobEnd, JobRunner, shepherd_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(params=["zygote-native", "zygote-python"])
-def runner(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[JobRunner]:
-    """A runner with the zygote of each implementation: compiled, and Python."""
-    if request.param == "zygote-native":
+@pytest.fixture(params=["zygote-native", "zygote-native-module", "zygote-python"])
+def runner(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[JobRunner]:
+    """A runner with the zygote of each implementation: compiled (the standalone executable,
+    and the extension's loop in ``python zygote.py``, used where the executable is missing),
+    and Python."""
+    launcher = request.param
+    if launcher.startswith("zygote-native"):
         require_native()
+    if launcher == "zygote-native-module":
+        monkeypatch.setattr(launcher_module, "ZYGOTE_EXECUTABLE", str(tmp_path / "not-built"))
+        launcher = "zygote-native"
     made = JobRunner(
-        reactor, reactor, log_dir=str(tmp_path / "logs"), kill_grace=0.5, launcher=request.param
+        reactor, reactor, log_dir=str(tmp_path / "logs"), kill_grace=0.5, launcher=launcher
     )
     yield made
     pytest_twisted.blockon(made.kill_all().addTimeout(DEADLINE, reactor))
@@ -112,6 +121,21 @@ async def test_shepherds_are_forked_by_one_zygote_and_take_signals_from_birth(
     assert runner.kill(1, 1) and runner.kill(2, 1)
     assert (await e1).killed and (await e2).killed
     assert zygote_pid(runner) == zygote  # one zygote for all
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_compiled_zygote_is_the_standalone_executable_where_it_is_built(
+    tmp_path: Path,
+) -> None:
+    require_native()
+    made = JobRunner(reactor, reactor, log_dir=str(tmp_path / "logs"), launcher="zygote-native")
+    try:
+        _, ended = await start(made, request(tmp_path, "exit 4"))
+        assert (await ended).exit_code == 4
+        exe = Path(f"/proc/{zygote_pid(made)}/exe").resolve()
+        assert exe == Path(launcher_module.ZYGOTE_EXECUTABLE).resolve()
+    finally:
+        await made.stop()
 
 
 @pytest_twisted.ensureDeferred

@@ -498,10 +498,10 @@ def test_b10_lajob_shows_the_state_history_with_timestamps_host_pid_and_exit_cod
     shell, parent = pid_file.read_text().split()
     pid = running.fields["pid"]
     # The job's shell, or the executor's per-job shepherd that runs it: started as
-    # tm/executor/shim.py, or forked by the executor's zygote (tm/executor/zygote.py).
+    # tm/executor/shim.py, or forked by the executor's zygote (tm/executor/_zygote, zygote.py).
     shepherd_cmdline = Path(f"/proc/{parent}/cmdline").read_bytes()
     assert pid == shell or (
-        pid == parent and (b"shim.py" in shepherd_cmdline or b"zygote.py" in shepherd_cmdline)
+        pid == parent and (b"shim.py" in shepherd_cmdline or b"zygote" in shepherd_cmdline)
     ), running.text
     assert running.host == "hosta"
     assert running.fields["exit code"] == "n.a."

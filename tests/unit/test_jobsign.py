@@ -228,3 +228,32 @@ def test_the_executor_without_a_key_refuses_in_one_line() -> None:
 
     with pytest.raises(JobStartError, match="^signature mismatch: cannot check it: .* does not"):
         SpecChecker("alice", Clock(), 30.0, load).order(7, 1, signed())
+
+
+def test_the_executor_opens_a_submission_s_environment_once_and_each_order_gets_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = Clock()
+    clock.advance(NOW)
+    checker = SpecChecker("alice", clock, 30.0, lambda: KEY)
+    opened: list[str] = []
+    real_open = JobKey.open
+
+    def counting_open(key: JobKey, user: str, sealed: str) -> dict[str, str]:
+        opened.append(sealed)
+        return real_open(key, user, sealed)
+
+    monkeypatch.setattr(JobKey, "open", counting_open)
+    sealed = KEY.seal("alice", {"PATH": "/bin"})
+    signer = KEY.submission("alice", JOB["cwd"], JOB["umask"], sealed, NOW)
+    jobs = [JOB | {"command": f"echo {i}"} for i in range(3)]
+    orders = [j | {"env": sealed, "signature": signer.sign(j), "signed_at": NOW} for j in jobs]
+    first = checker.order(7, 1, orders[0])
+    first["env"]["PATH"] = "changed by the runner"
+    assert checker.order(8, 1, orders[1])["env"] == {"PATH": "/bin"}
+    assert len(opened) == 1  # one submission, one decryption
+    with pytest.raises(JobStartError, match="signature mismatch: the job's spec"):
+        checker.order(9, 1, orders[2] | {"command": "id > pwn.txt"})  # each order checked
+    other = signed()  # another submission: its own environment
+    assert checker.order(10, 1, other)["env"] == {"MY_API_TOKEN": "s3cret", "PATH": "/bin"}
+    assert opened == [sealed, other["env"]]

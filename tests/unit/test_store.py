@@ -475,3 +475,53 @@ def test_other_errors_are_not_retried() -> None:
     results, calls = _run_with(FlakyPool(pymysql.err.ProgrammingError(1064, "syntax"), 5))
     assert calls == 1
     assert isinstance(results[0], Failure) and results[0].check(pymysql.err.ProgrammingError)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_batch_of_transitions_is_applied_in_order_each_a_compare_and_set(
+    store: Store,
+) -> None:
+    """Many jobs' changes in one batch (with MariaDB a few statements for the whole batch):
+    each applied only from its old state and attempt, a job's second change in the batch
+    after its first, each job its own values, the history in order."""
+    ids = await store.submit_jobs("alice", ENV, [spec(i) for i in range(6)], now=1.0)
+    place = [
+        Transition(job_id, 1, JobState.WAITING, JobState.PENDING, "placed", host=f"h{job_id % 2}")
+        for job_id in ids
+    ]
+    assert await store.apply_transitions(place, now=2.0) == [True] * 6
+    a, b, c, d, e, f = ids
+    batch = [
+        Transition(a, 1, JobState.PENDING, JobState.RUNNING, "started", pid=100),
+        Transition(b, 1, JobState.PENDING, JobState.RUNNING, "started", pid=101, at=2.5),
+        Transition(c, 2, JobState.PENDING, JobState.RUNNING, "stale attempt", pid=102),
+        Transition(a, 1, JobState.RUNNING, JobState.FINISHED, "exit code 0", exit_code=0),
+        Transition(d, 1, JobState.RUNNING, JobState.FINISHED, "not running yet", exit_code=0),
+        Transition(e, 1, JobState.PENDING, JobState.RUNNING, "started", pid=104),
+        Transition(e, 1, JobState.RUNNING, JobState.FAILED, "exit code 3", exit_code=3),
+        Transition(f, 1, JobState.PENDING, JobState.FAILED, "cannot start", exit_code=None),
+        Transition(b, 1, JobState.PENDING, JobState.RUNNING, "twice", pid=999),
+    ]
+    assert await store.apply_transitions(batch, now=3.0) == [
+        True, True, False, True, False, True, True, True, False
+    ]  # fmt: skip
+    jobs = {j.id: j for j in await store.get_jobs(ids)}
+    assert jobs[a].state is JobState.FINISHED and jobs[a].exit_code == 0 and jobs[a].pid == 100
+    assert jobs[a].started_at == 3.0 and jobs[a].ended_at == 3.0 and jobs[a].host == f"h{a % 2}"
+    assert jobs[b].state is JobState.RUNNING and jobs[b].pid == 101
+    assert jobs[b].started_at == 2.5 and jobs[b].reason == "started"
+    assert jobs[c].state is JobState.PENDING and jobs[c].pid is None
+    assert jobs[d].state is JobState.PENDING
+    assert jobs[e].state is JobState.FAILED and jobs[e].exit_code == 3 and jobs[e].pid == 104
+    assert jobs[f].state is JobState.FAILED and jobs[f].reason == "cannot start"
+    assert [(h.state, h.reason) for h in await store.get_history(a)] == [
+        (JobState.WAITING, "submitted"),
+        (JobState.PENDING, "placed"),
+        (JobState.RUNNING, "started"),
+        (JobState.FINISHED, "exit code 0"),
+    ]
+    assert [h.at for h in await store.get_history(b)] == [1.0, 2.0, 2.5]
+    assert [h.state for h in await store.get_history(e)][-2:] == [
+        JobState.RUNNING,
+        JobState.FAILED,
+    ]

@@ -23,7 +23,6 @@ from tm.core.model import (
     JobEnvironment,
     JobSpec,
     JobState,
-    Transition,
     User,
 )
 from tm.db.dialect import (  # noqa: F401 - the names callers know from here
@@ -40,6 +39,7 @@ from tm.db.dialect import (  # noqa: F401 - the names callers know from here
     ping,
 )
 from tm.db.errors import StoreRefused
+from tm.db.transitions import apply_transitions  # noqa: F401 - store.py calls it from here
 
 # --- jobs -------------------------------------------------------------------
 # The column lists and the row conversions come from the one declaration of a job's fields
@@ -219,36 +219,6 @@ def insert_jobs(
             [(job.id, 1, JobState.WAITING.value, now, None, "submitted") for job in created],
         )
     return [i for i in ids if i is not None], created
-
-
-def apply_transitions(
-    txn: Any, d: Dialect, transitions: Sequence[Transition], now: float
-) -> list[bool]:
-    """Apply each transition as a compare-and-set; which ones were applied."""
-    results: list[bool] = []
-    history = d.q(
-        "INSERT INTO job_history (job_id, attempt, state, at, host, reason) "
-        "VALUES (?, ?, ?, ?, ?, ?)"
-    )
-    for t in transitions:
-        at = now if t.at is None else t.at
-        # The same changes the dispatcher applied to the job in memory (Transition.changes).
-        changes = t.changes(now)
-        sets = [f"{jobfields.column(name)} = ?" for name in changes]
-        params: list[Any] = [
-            value.value if isinstance(value, JobState) else value for value in changes.values()
-        ]
-        params.extend([t.job_id, t.old.value, t.attempt])
-        txn.execute(
-            d.q(f"UPDATE jobs SET {', '.join(sets)} WHERE id = ? AND state = ? AND attempt = ?"),
-            tuple(params),
-        )
-        applied = txn.rowcount == 1
-        results.append(applied)
-        if applied:
-            attempt = t.new_attempt if t.new_attempt is not None else t.attempt
-            txn.execute(history, (t.job_id, attempt, t.new.value, at, t.host, t.reason))
-    return results
 
 
 def load_active_jobs(txn: Any, d: Dialect) -> list[Job]:

@@ -1,5 +1,6 @@
-/* Shared by the two halves of the compiled zygote (_shepherd.c: the zygote's loop and the
- * Python module; _shepherd_job.c: each job's shepherd, after the fork). */
+/* Shared by the parts of the compiled zygote (_zygote.c: the zygote's loop; _zygote_main.c:
+ * the standalone zygote; _shepherd.c: the Python module; _shepherd_job.c: each job's
+ * shepherd, after the fork). */
 #ifndef TM_SHEPHERD_H
 #define TM_SHEPHERD_H
 
@@ -33,6 +34,10 @@ void shepherd_main(const struct job *job, pid_t zygote, unsigned long ignored)
 
 /* TERM, INT, HUP, USR1, USR2 and CHLD: the shepherd's control signals. */
 void control_signals(sigset_t *set);
+
+/* The zygote's loop on sock until the executor closes it: 0; -1 with errno on an error; -2
+ * when interrupted() (called when a signal interrupts the wait) says to stop. */
+int zygote_serve(int sock, unsigned long ignored, int (*interrupted)(void));
 
 /* Write all of text to fd, with system calls only. */
 void put(int fd, const char *text);

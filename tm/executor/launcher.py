@@ -3,8 +3,9 @@
 Two ways, one interface (:class:`Launcher`):
 
 :class:`ZygoteLauncher` (the executor's)
-    One helper process per executor, ``python -I -S zygote.py`` (:mod:`tm.executor.zygote`),
-    started on the first job with ``spawnProcess`` and kept; it forks each job's shepherd and
+    One helper process per executor, the compiled ``_zygote`` (``_zygote_main.c``) where it
+    is built, else ``python -I -S zygote.py`` (:mod:`tm.executor.zygote`), started on the
+    first job with ``spawnProcess`` and kept; it forks each job's shepherd and
     reports its pid, and its exit status and rusage (``wait4``) at its end, over a Unix socket.
     A job's start then costs a fork, not an interpreter. The shepherd opens the job's files
     itself, after the fork (:attr:`Launcher.opens_files`): the executor does no file-system
@@ -39,6 +40,7 @@ import socket
 import struct
 import sys
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -53,6 +55,9 @@ from tm.executor.request import OutputFiles
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHIM_PATH = os.path.join(HERE, "shim.py")
 ZYGOTE_PATH = os.path.join(HERE, "zygote.py")
+#: The compiled zygote as an executable of its own (``_zygote_main.c``), built beside the
+#: extension: a fork of it costs a fraction of a fork of an interpreter.
+ZYGOTE_EXECUTABLE = os.path.join(HERE, "_zygote")
 HEADER = struct.Struct(">I")
 #: A start under way when its zygote ends is tried again on a new one this many times.
 RELAUNCHES = 1
@@ -250,6 +255,10 @@ class _ZygoteLink(LineOnlyReceiver):
     def __init__(self, zygote: _Zygote) -> None:
         self._zygote = zygote
 
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        with self._zygote.batch():
+            super().dataReceived(data)
+
     def lineReceived(self, line: bytes) -> None:  # noqa: N802
         self._zygote.answer(line.decode("utf-8", "replace"))
 
@@ -278,11 +287,14 @@ class _Zygote:
         self.ended: defer.Deferred[None] = defer.Deferred()  # its process has been reaped
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        argv = [sys.executable, "-I", "-S", ZYGOTE_PATH, str(os.getpid()), implementation]
+        if implementation == "native" and os.access(ZYGOTE_EXECUTABLE, os.X_OK):
+            argv = [ZYGOTE_EXECUTABLE, str(os.getpid())]
         try:
             self.process = reactor.spawnProcess(
                 _ZygoteProcess(self),
-                sys.executable,
-                [sys.executable, "-I", "-S", ZYGOTE_PATH, str(os.getpid()), implementation],
+                argv[0],
+                argv,
                 env=dict(os.environ),
                 childFDs={0: null, 1: 1, 2: 2, 3: theirs.fileno()},
             )
@@ -297,6 +309,9 @@ class _Zygote:
             implementation=implementation,
             pid=self.process.pid,
         )
+
+    def batch(self) -> AbstractContextManager[None]:
+        return self._owner.batch()
 
     def send(self, request: _Request) -> None:
         self.pending[request.id] = request
@@ -399,6 +414,9 @@ class ZygoteLauncher:
         self.implementation = zygote_implementation(implementation)
         self._zygote: _Zygote | None = None
         self._next_id = 0
+        #: A context around the handling of each read of the zygote's answers (the runner's
+        #: JobLog.batch: the starts and ends of one read logged as one line each).
+        self.batch: Callable[[], AbstractContextManager[None]] = nullcontext
         self._stopping = False
 
     @property

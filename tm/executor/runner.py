@@ -46,6 +46,7 @@ from twisted.python.failure import Failure
 
 from tm import trace
 from tm.core.jobtime import format_duration, format_limit
+from tm.executor.joblog import JobLog
 from tm.executor.lastresort import LAST_RESORT_ROUNDS as LAST_RESORT_ROUNDS
 from tm.executor.lastresort import kill_trees
 from tm.executor.lastresort import shepherd_ready as shepherd_ready
@@ -148,6 +149,9 @@ class JobRunner(JobSignals):
             raise ValueError(f"unknown launcher {launcher!r}")
         else:
             self._launcher = launcher
+        self._job_log = JobLog(self.log)
+        if isinstance(self._launcher, ZygoteLauncher):
+            self._launcher.batch = self._job_log.batch  # the answers of one read: one line
 
     @property
     def launcher(self) -> Launcher:
@@ -333,12 +337,7 @@ class JobRunner(JobSignals):
             self.suspend(job.request.job_id, job.request.attempt)
 
     def _launched(self, job: _RunningJob, pid: int) -> int:
-        self.log.info(
-            "job {job_id}.{attempt} started, pid {pid}",
-            job_id=job.request.job_id,
-            attempt=job.request.attempt,
-            pid=pid,
-        )
+        self._job_log.started(job.request.job_id, job.request.attempt, pid)
         return pid
 
     def _forget(self, job: _RunningJob) -> None:
@@ -434,12 +433,7 @@ class JobRunner(JobSignals):
             cpu_system=outcome.cpu_system,
             max_rss_kib=outcome.max_rss_kib,
         )
-        self.log.info(
-            "job {job_id}.{attempt} ended: {reason}",
-            job_id=request.job_id,
-            attempt=request.attempt,
-            reason=text,
-        )
+        self._job_log.ended(request.job_id, request.attempt, text)
         tidy = job.stderr_created and job.stderr_path != job.stdout_path
         if request.logfile is None and not tidy:
             self._deliver(job, end)

@@ -39,6 +39,9 @@ class SpecChecker:
         self.max_age = max_age_days * 86400.0
         self._load = load
         self._key: jobsign.JobKey | None = None
+        #: The last environment opened: (key, sealed, its variables). The jobs of a submission
+        #: share one sealed environment, and their orders come together: it is decrypted once.
+        self._opened: tuple[jobsign.JobKey, str, dict[str, str]] | None = None
 
     def _current_key(self, signature: Any) -> jobsign.JobKey:
         key = self._key
@@ -86,10 +89,15 @@ class SpecChecker:
             problem = f"{jobsign.MISMATCH}: the order is incomplete ({e})"
         if problem is not None:
             raise JobStartError(problem)
-        try:
-            env = key.open(self.user, sealed)
-        except ValueError as e:
-            raise JobStartError(f"{jobsign.MISMATCH}: {e}") from None
+        opened = self._opened
+        if opened is not None and opened[0] is key and opened[1] == sealed:
+            env = dict(opened[2])
+        else:
+            try:
+                env = key.open(self.user, sealed)
+            except ValueError as e:
+                raise JobStartError(f"{jobsign.MISMATCH}: {e}") from None
+            self._opened = (key, sealed, dict(env))
         order = {k: v for k, v in fields.items() if k not in _CHECKED_ONLY}
         order["env"] = env
         return order

@@ -2,7 +2,9 @@
 
 Run as: python -I -S zygote.py EXECUTOR_PID native|python, with fd 3 a connected Unix stream
 socket to the executor (:mod:`tm.executor.launcher` starts it, chooses the implementation and
-speaks to it).
+speaks to it). Where it is built, the executor runs the compiled zygote as an executable of
+its own instead (``_zygote EXECUTOR_PID``, ``_zygote_main.c``: the same loop and shepherds,
+and a fork of a small C process costs a job a fraction of a fork of an interpreter).
 
 Starting a job's shepherd as a fresh interpreter costs tens of milliseconds of CPU; forking it
 from a process that has the shepherd's code loaded already costs a fork. The zygote is that
