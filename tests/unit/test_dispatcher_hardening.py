@@ -299,6 +299,7 @@ def test_lsthreads_and_lsusers_fit_one_answer(tmp_path: Path) -> None:
     answer = s.list_sessions()
     encodes(commands.ListSessions, answer)
     assert answer["lines"][-1].startswith("scheduling passes")
+    assert answer["lines"][-1].endswith("start orders: 0 in 0 messages")
     assert any(line.startswith("... and") for line in answer["lines"])
     users = s.list_users()
     encodes(commands.ListUsers, users)

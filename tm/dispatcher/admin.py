@@ -151,7 +151,11 @@ class AdminResponders(SessionBase):
         lines = [f"tms {u}" for u in sorted(d.tms_sessions) if see(u)]
         lines += [f"tmms {u}@{h}" for (u, h) in sorted(d.executors) if see(u)]
         lines += [f"executor starting: {u}@{h}" for (u, h) in sorted(d.starting) if see(u)]
-        lines.append(f"scheduling passes: {d.passes}, group commits: {d.writer.batches}")
+        starts = d.start_batches
+        lines.append(
+            f"scheduling passes: {d.passes}, group commits: {d.writer.batches}, "
+            f"start orders: {starts.orders} in {starts.boxes} messages"
+        )
         return {"lines": records.fit_lines(lines[:-1], records.MAX_VALUE_BYTES - 200) + lines[-1:]}
 
     @commands.AdminJobs.responder
