@@ -277,6 +277,30 @@ def test_wait_jobs_answers_once_a_change_of_its_jobs_is_committed(world: Any) ->
     assert waiting[0]["counts"] == {"killed": 2}
 
 
+def test_a_change_written_before_the_wait_began_and_committed_after_its_read_wakes_it(
+    world: Any,  # noqa: F811
+) -> None:
+    # The end is being written while no one waits (between two of the CLI's WaitJobs); the
+    # next WaitJobs reads the store before that commit, sees its known counts, and waits:
+    # the commit must still wake it (it hung until its timeout on MariaDB in CI).
+    d, clock, store = world
+    d.cluster_active = False
+    job = add_job(d, store, 1)
+    assert not d.watchers
+    d.kill(job)  # written at the writer's next turn: not committed yet
+    waiting = pending_call(
+        peer := Peer(d, clock),
+        commands.WaitJobs,
+        ranges=[[1, 1]],
+        known={"waiting": 1},
+        timeout=60.0,
+    )
+    assert waiting == []  # it read "waiting", as the store still says
+    settle(peer, clock, watching.SETTLE)
+    [answer] = waiting
+    assert answer["counts"] == {"killed": 1}
+
+
 def test_wait_jobs_times_out_with_the_counts_and_refuses_what_is_unknown(world: Any) -> None:  # noqa: F811
     d, clock, store = world
     d.cluster_active = False

@@ -233,8 +233,9 @@ class DispatcherCore:
             d.addCallback(self._end_recorded, job, waiters)
         if new.terminal and job.spec.on_end:
             d.addCallback(callbacks.tell_end, self, job)  # its user's TMS runs its on_end
-        if self.watchers:
-            d.addCallback(self.watchers.committed, job)
+        # Whoever waits when it is committed, not when it is queued: a WaitJobs that read the
+        # store before this commit (and found its known counts) is woken by it.
+        d.addCallback(self.watchers.committed, job)
         return d
 
     def _wait_again(self, failure: Failure, job_id: int, waiters: list[Deferred]) -> Failure:
