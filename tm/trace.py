@@ -79,18 +79,10 @@ def named_jobs(command: str, message: object) -> tuple[str, list[object]]:
 
 def _first_uuid_of_table(table: object) -> str:
     """``u:UUID`` of a submission table's first job (as :func:`job_of` names a submission)."""
-    import json
+    from tm.protocol import jobtable  # Twisted: not on the CLI's path, which never sends one
 
-    try:
-        decoded = json.loads(table) if isinstance(table, str) else None
-        if isinstance(decoded, dict):
-            uuid = decoded.get("same", {}).get("uuid")
-            if uuid is None:
-                uuid = decoded["rows"][0][decoded["fields"].index("uuid")]
-            return f"u:{uuid}"
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-        pass
-    return "-"
+    uuid = jobtable.first_uuid(table)
+    return "-" if uuid is None else f"u:{uuid}"
 
 
 def answered_jobs(jobs: list[object], answer: object) -> list[object]:

@@ -26,7 +26,6 @@ from tm.core import scheduler
 from tm.core.model import Job, JobEnvironment, JobSpec, JobState, Transition
 from tm.db.queries import environment_text
 from tm.dispatcher.core import DispatcherCore
-from tm.protocol import records
 
 #: uuid -> (host, slots) claimed by one submission.
 Claims = dict[str, tuple[str, int]]
@@ -124,10 +123,7 @@ class PlaceAtOnce(DispatcherCore):
                 self.watchers.committed(True, job)
             if job.env_id is not None and job.env_id not in self._environments:
                 # What the transaction stored: the start order need not read it back.
-                if len(self._environments) >= 256:
-                    self._environments.pop(next(iter(self._environments)))
-                text = environment_text(environment)
-                self._environments[job.env_id] = records.stored_environment(text)
+                self.remember_environment(job.env_id, environment_text(environment))
             if job.state is JobState.PENDING:
                 self._placed(True, job, job.attempt)
                 sent = True

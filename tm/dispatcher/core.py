@@ -36,6 +36,7 @@ from tm.dispatcher.ports import DispatcherStore, PeerSession
 from tm.dispatcher.startbatch import StartBatches
 from tm.dispatcher.watching import Watchers
 from tm.dispatcher.writer import TransitionWriter
+from tm.protocol import records
 
 #: How long a placed job may wait for its user's executor to appear.
 EXECUTOR_START_TIMEOUT = 60.0
@@ -237,6 +238,14 @@ class DispatcherCore:
         # store before this commit (and found its known counts) is woken by it.
         d.addCallback(self.watchers.committed, job)
         return d
+
+    def remember_environment(self, env_id: int, text: str) -> Any:
+        """The stored environment ``text`` of ``env_id``, cached as RunJob carries it (the
+        last 256 submissions' environments)."""
+        if len(self._environments) >= 256:
+            self._environments.pop(next(iter(self._environments)))
+        env = self._environments[env_id] = records.stored_environment(text)
+        return env
 
     def _wait_again(self, failure: Failure, job_id: int, waiters: list[Deferred]) -> Failure:
         self.waiters.setdefault(job_id, []).extend(waiters)

@@ -280,8 +280,5 @@ class ExecutorLinks(DispatcherCore):
             return {}
         env = self._environments.get(env_id)
         if env is None:
-            env = records.stored_environment(await self.store.get_environment(env_id))
-            if len(self._environments) >= 256:
-                self._environments.pop(next(iter(self._environments)))
-            self._environments[env_id] = env
+            env = self.remember_environment(env_id, await self.store.get_environment(env_id))
         return env

@@ -330,31 +330,33 @@ class Dispatcher(
             raise commands.DatabaseUnavailable(f"the submission was not stored: {e}") from None
         finally:
             self.waiting_in_flight -= waits
-        # In the working set (pending ones holding their slots) in the turn their claims end.
-        self.release(claims, [job.uuid for job in created])
-        self.take_in(created, checked)
-        for observer in self.observers:
-            observer.submitted(created)
-        if placed:
-            by_id = {job.id: job for job in created}
-            self.placed_at_once(((by_id[t.job_id], t) for t in placed), environment)
-        if len(created) < len(ids):  # a resent chunk: what it stored before, if still waiting
-            known = {job.id for job in created}
-            unknown = [i for i in ids if i not in known and i not in self.jobs]
-            again = await self.store.get_jobs(unknown) if unknown else []
-            self.take_in([job for job in again if job.state is JobState.WAITING], checked)
-            # Placed by an earlier try of this transaction that committed unseen (a lost
-            # connection): started as placed, with the slots claimed for them until now.
-            mine = [
-                job
-                for job in again
-                if job.state is JobState.PENDING and claims.get(job.uuid, ("",))[0] == job.host
-            ]
+        try:
+            # In the working set (pending ones holding their slots) in the turn their claims end.
+            self.release(claims, [job.uuid for job in created])
+            self.take_in(created, checked)
+            for observer in self.observers:
+                observer.submitted(created)
+            if placed:
+                by_id = {job.id: job for job in created}
+                self.placed_at_once(((by_id[t.job_id], t) for t in placed), environment)
+            if len(created) < len(ids):  # a resent chunk: what it stored before, if still waiting
+                known = {job.id for job in created}
+                unknown = [i for i in ids if i not in known and i not in self.jobs]
+                again = await self.store.get_jobs(unknown) if unknown else []
+                self.take_in([job for job in again if job.state is JobState.WAITING], checked)
+                # Placed by an earlier try of this transaction that committed unseen (a lost
+                # connection): started as placed, with the slots claimed for them until now.
+                mine = [
+                    job
+                    for job in again
+                    if job.state is JobState.PENDING and claims.get(job.uuid, ("",))[0] == job.host
+                ]
+                self.release(claims)
+                self.take_in(mine, checked)
+                for job in mine:
+                    self._placed(True, job, job.attempt)
+        finally:  # whatever happens above (a failed read of a resent chunk's jobs)
             self.release(claims)
-            self.take_in(mine, checked)
-            for job in mine:
-                self._placed(True, job, job.attempt)
-        self.release(claims)
         if len(placed) < len(ids):  # jobs of it wait: a pass for them
             self.request_pass()
         return ids, warnings

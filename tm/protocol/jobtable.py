@@ -191,6 +191,19 @@ def rows_of_table(text: str) -> list[dict[str, Any]]:
     return [base | dict(zip(names, row, strict=True)) for row in rows]
 
 
+def first_uuid(table: object) -> object:
+    """The uuid of a table's first job, read without checking the rest (for a trace line);
+    None if there is none to read."""
+    try:
+        doc = json.loads(table) if isinstance(table, str) else None
+        if isinstance(doc, dict):
+            uuid = doc.get("same", {}).get("uuid")
+            return uuid if uuid is not None else doc["rows"][0][doc["fields"].index("uuid")]
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        pass
+    return None
+
+
 def checked_rows(names: Sequence[str], rows: list[Any], first: int = 1) -> list[Any]:
     """``rows`` (lists or tuples of the values of ``names``, known fields) if every value is
     one its field may hold, else TableError naming the first job that breaks it (numbered
